@@ -1,0 +1,288 @@
+//! Node request signing: a small, fixed profile of HTTP Message Signatures (RFC 9421).
+//!
+//! A signed request carries
+//! ```text
+//! Content-Digest: sha-256=:{base64 of SHA-256(body)}:
+//! Signature-Input: odi=("@method" "@path" "@query" "content-digest");created=T;expires=T+60;nonce="N";keyid="{hex key}";alg="ed25519"
+//! Signature: odi=:{base64 Ed25519 signature over the signature base}:
+//! ```
+//! Verification recomputes the base, checks the Ed25519 signature with the key named by `keyid`,
+//! refuses expired, far-future or overlong signatures, and refuses a nonce seen before
+//! (`ReplayGuard`). Only this profile is accepted; anything else is refused, never guessed at.
+
+use std::collections::{BTreeSet, HashSet};
+
+use base64::Engine as _;
+use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
+
+use crate::digest::Digest;
+use crate::message::NodeId;
+use crate::time::UnixTime;
+
+/// How long a signature is valid for.
+pub const SIGNATURE_LIFETIME: u64 = 60;
+/// Longest lifetime accepted from a peer.
+pub const MAX_SIGNATURE_LIFETIME: u64 = 300;
+/// Clock skew tolerated between nodes.
+pub const MAX_CLOCK_SKEW: u64 = 60;
+const COMPONENTS: &str = r#"("@method" "@path" "@query" "content-digest")"#;
+const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
+
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum SigError {
+    #[error("request is not signed: missing {0} header")]
+    Missing(&'static str),
+    #[error("malformed {0} header")]
+    Malformed(&'static str),
+    #[error("Content-Digest does not match the body")]
+    BodyDigest,
+    #[error("signature has expired or is not yet valid")]
+    Expired,
+    #[error("signature is invalid for key {0}")]
+    BadSignature(NodeId),
+    #[error("nonce was already used: replay refused")]
+    Replay,
+    #[error("too many requests in flight to track their nonces; retry shortly")]
+    ReplayCacheFull,
+}
+
+/// The parameters of one signature.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct SigParams {
+    pub created: u64,
+    pub expires: u64,
+    pub nonce: String,
+    pub keyid: NodeId,
+}
+
+impl SigParams {
+    fn serialize(&self) -> String {
+        format!(r#"{COMPONENTS};created={};expires={};nonce="{}";keyid="{}";alg="ed25519""#, self.created, self.expires, self.nonce, self.keyid)
+    }
+}
+
+/// The headers that carry a signature.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct SignedHeaders {
+    pub content_digest: String,
+    pub signature_input: String,
+    pub signature: String,
+}
+
+pub fn content_digest(body: &[u8]) -> String {
+    format!("sha-256=:{}:", Digest::of(body).to_base64())
+}
+
+fn signature_base(method: &str, path: &str, query: &str, content_digest: &str, params: &SigParams) -> String {
+    let query = if query.is_empty() { "?".to_owned() } else { format!("?{query}") };
+    format!(
+        "\"@method\": {}\n\"@path\": {path}\n\"@query\": {query}\n\"content-digest\": {content_digest}\n\"@signature-params\": {}",
+        method.to_ascii_uppercase(),
+        params.serialize()
+    )
+}
+
+/// Signs a request. `nonce` must be fresh randomness from the caller (the core draws none).
+pub fn sign(key: &SigningKey, method: &str, path: &str, query: &str, body: &[u8], now: UnixTime, nonce: &[u8; 16]) -> SignedHeaders {
+    let params = SigParams {
+        created: now.0,
+        expires: now.0 + SIGNATURE_LIFETIME,
+        nonce: hex::encode(nonce),
+        keyid: NodeId(key.verifying_key().to_bytes()),
+    };
+    let content_digest = content_digest(body);
+    let base = signature_base(method, path, query, &content_digest, &params);
+    let signature = key.sign(base.as_bytes());
+    SignedHeaders { content_digest, signature_input: format!("odi={}", params.serialize()), signature: format!("odi=:{}:", B64.encode(signature.to_bytes())) }
+}
+
+/// Parses `odi=(...);created=..;expires=..;nonce="..";keyid="..";alg="ed25519"` (our profile only).
+pub fn parse_signature_input(value: &str) -> Result<SigParams, SigError> {
+    let bad = || SigError::Malformed("Signature-Input");
+    let rest = value.trim().strip_prefix("odi=").ok_or_else(bad)?;
+    let rest = rest.strip_prefix(COMPONENTS).ok_or_else(bad)?;
+    let (mut created, mut expires, mut nonce, mut keyid, mut alg) = (None, None, None, None, None);
+    for param in rest.split(';').skip(1) {
+        let (name, val) = param.split_once('=').ok_or_else(bad)?;
+        let quoted = || val.strip_prefix('"').and_then(|v| v.strip_suffix('"')).ok_or_else(bad);
+        match name {
+            "created" if created.is_none() => created = Some(val.parse::<u64>().map_err(|_| bad())?),
+            "expires" if expires.is_none() => expires = Some(val.parse::<u64>().map_err(|_| bad())?),
+            "nonce" if nonce.is_none() => {
+                let n = quoted()?;
+                if n.is_empty() || n.len() > 64 || !n.bytes().all(|b| b.is_ascii_alphanumeric()) {
+                    return Err(bad());
+                }
+                nonce = Some(n.to_owned());
+            }
+            "keyid" if keyid.is_none() => keyid = Some(quoted()?.parse::<NodeId>().map_err(|_| bad())?),
+            "alg" if alg.is_none() => alg = Some(quoted()?),
+            _ => return Err(bad()),
+        }
+    }
+    if rest.split(';').next() != Some("") || alg != Some("ed25519") {
+        return Err(bad());
+    }
+    Ok(SigParams { created: created.ok_or_else(bad)?, expires: expires.ok_or_else(bad)?, nonce: nonce.ok_or_else(bad)?, keyid: keyid.ok_or_else(bad)? })
+}
+
+/// A request as seen by the verifier.
+#[derive(Clone, Copy, Debug)]
+pub struct SignedRequest<'a> {
+    pub method: &'a str,
+    pub path: &'a str,
+    pub query: &'a str,
+    pub body: &'a [u8],
+    pub content_digest: Option<&'a str>,
+    pub signature_input: Option<&'a str>,
+    pub signature: Option<&'a str>,
+}
+
+/// Verifies a request's signature and freshness and records its nonce. Returns the signer.
+pub fn verify(req: &SignedRequest<'_>, now: UnixTime, replay: &mut ReplayGuard) -> Result<NodeId, SigError> {
+    let content_digest = req.content_digest.ok_or(SigError::Missing("Content-Digest"))?;
+    let params = parse_signature_input(req.signature_input.ok_or(SigError::Missing("Signature-Input"))?)?;
+    let sig_b64 = req
+        .signature
+        .ok_or(SigError::Missing("Signature"))?
+        .trim()
+        .strip_prefix("odi=:")
+        .and_then(|s| s.strip_suffix(':'))
+        .ok_or(SigError::Malformed("Signature"))?;
+    let sig_bytes: [u8; 64] = B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or(SigError::Malformed("Signature"))?;
+    if content_digest != self::content_digest(req.body) {
+        return Err(SigError::BodyDigest);
+    }
+    let fresh = params.created <= now.0 + MAX_CLOCK_SKEW
+        && params.expires + MAX_CLOCK_SKEW > now.0
+        && params.expires > params.created
+        && params.expires - params.created <= MAX_SIGNATURE_LIFETIME;
+    if !fresh {
+        return Err(SigError::Expired);
+    }
+    let key = VerifyingKey::from_bytes(&params.keyid.0).map_err(|_| SigError::BadSignature(params.keyid))?;
+    let base = signature_base(req.method, req.path, req.query, content_digest, &params);
+    key.verify_strict(base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig_bytes)).map_err(|_| SigError::BadSignature(params.keyid))?;
+    replay.check_and_insert(&params, now)?;
+    Ok(params.keyid)
+}
+
+/// Remembers nonces until their signatures expire, so each signed request is accepted once.
+/// Bounded: when full of unexpired nonces it refuses new requests instead of growing.
+#[derive(Debug)]
+pub struct ReplayGuard {
+    by_expiry: BTreeSet<(u64, String)>,
+    seen: HashSet<String>,
+    capacity: usize,
+}
+
+impl ReplayGuard {
+    pub fn new(capacity: usize) -> Self {
+        Self { by_expiry: BTreeSet::new(), seen: HashSet::new(), capacity }
+    }
+
+    fn check_and_insert(&mut self, params: &SigParams, now: UnixTime) -> Result<(), SigError> {
+        while let Some((expires, _)) = self.by_expiry.first() {
+            if *expires + MAX_CLOCK_SKEW > now.0 {
+                break;
+            }
+            if let Some((_, nonce)) = self.by_expiry.pop_first() {
+                self.seen.remove(&nonce);
+            }
+        }
+        let key = format!("{}{}", params.keyid, params.nonce);
+        if self.seen.contains(&key) {
+            return Err(SigError::Replay);
+        }
+        if self.seen.len() >= self.capacity {
+            return Err(SigError::ReplayCacheFull);
+        }
+        self.seen.insert(key.clone());
+        self.by_expiry.insert((params.expires, key));
+        Ok(())
+    }
+
+    pub fn len(&self) -> usize {
+        self.seen.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.seen.is_empty()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn key(n: u8) -> SigningKey {
+        SigningKey::from_bytes(&[n; 32])
+    }
+
+    fn request<'a>(h: &'a SignedHeaders, body: &'a [u8]) -> SignedRequest<'a> {
+        SignedRequest {
+            method: "POST",
+            path: "/odi/v1/heartbeat",
+            query: "",
+            body,
+            content_digest: Some(&h.content_digest),
+            signature_input: Some(&h.signature_input),
+            signature: Some(&h.signature),
+        }
+    }
+
+    #[test]
+    fn a_signed_request_verifies_once() {
+        let now = UnixTime(1_800_000_000);
+        let h = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[7; 16]);
+        let mut guard = ReplayGuard::new(10);
+        assert_eq!(verify(&request(&h, b"{}"), now, &mut guard), Ok(NodeId(key(1).verifying_key().to_bytes())));
+        assert_eq!(verify(&request(&h, b"{}"), now, &mut guard), Err(SigError::Replay));
+    }
+
+    #[test]
+    fn tampering_expiry_and_foreign_keys_are_refused() {
+        let now = UnixTime(1_800_000_000);
+        let mut guard = ReplayGuard::new(10);
+        let h = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[1; 16]);
+        assert_eq!(verify(&request(&h, b"{ }"), now, &mut guard), Err(SigError::BodyDigest));
+        let mut other_path = request(&h, b"{}");
+        other_path.path = "/odi/v1/enroll";
+        assert!(matches!(verify(&other_path, now, &mut guard), Err(SigError::BadSignature(_))));
+        assert_eq!(verify(&request(&h, b"{}"), UnixTime(now.0 + 3600), &mut guard), Err(SigError::Expired));
+        assert_eq!(verify(&request(&h, b"{}"), UnixTime(now.0 - 3600), &mut guard), Err(SigError::Expired));
+        // Claim another node's key: the signature no longer verifies.
+        let forged = SignedHeaders { signature_input: h.signature_input.replace(&NodeId(key(1).verifying_key().to_bytes()).to_hex(), &NodeId(key(2).verifying_key().to_bytes()).to_hex()), ..h.clone() };
+        assert!(matches!(verify(&request(&forged, b"{}"), now, &mut guard), Err(SigError::BadSignature(_))));
+        let unsigned = SignedRequest { signature: None, ..request(&h, b"{}") };
+        assert_eq!(verify(&unsigned, now, &mut guard), Err(SigError::Missing("Signature")));
+    }
+
+    #[test]
+    fn malformed_inputs_are_refused_not_guessed() {
+        for bad in ["", "odi=", "sig=(\"@method\")", r#"odi=("@method" "@path" "@query" "content-digest");created=1;expires=2;nonce="a";keyid="00";alg="ed25519""#, r#"odi=("@method" "@path" "@query" "content-digest");created=1;created=1;expires=2;nonce="a";alg="ed25519""#] {
+            assert!(parse_signature_input(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn replay_guard_is_bounded_and_forgets_expired_nonces() {
+        let now = UnixTime(1_800_000_000);
+        let mut guard = ReplayGuard::new(2);
+        for (i, expect) in [(1u8, true), (2, true), (3, false)] {
+            let h = sign(&key(1), "POST", "/p", "", b"", now, &[i; 16]);
+            assert_eq!(verify(&request(&h, b"").with_path("/p"), now, &mut guard).is_ok(), expect);
+        }
+        let later = UnixTime(now.0 + SIGNATURE_LIFETIME + MAX_CLOCK_SKEW + 1);
+        let h = sign(&key(1), "POST", "/p", "", b"", later, &[4; 16]);
+        assert!(verify(&request(&h, b"").with_path("/p"), later, &mut guard).is_ok());
+        assert_eq!(guard.len(), 1);
+    }
+
+    impl<'a> SignedRequest<'a> {
+        fn with_path(self, path: &'a str) -> Self {
+            Self { path, ..self }
+        }
+    }
+}

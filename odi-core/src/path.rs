@@ -1,0 +1,173 @@
+//! Names that arrive from the network: catalog names and artifact paths. Parsing is the check;
+//! code that holds an `ArtifactPath` knows it cannot escape a data directory.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+
+/// Longest artifact path accepted, in bytes after percent-decoding.
+pub const MAX_PATH_LEN: usize = 1024;
+/// Longest single path segment accepted.
+pub const MAX_SEGMENT_LEN: usize = 255;
+/// Longest catalog name accepted.
+pub const MAX_CATALOG_LEN: usize = 64;
+
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+#[non_exhaustive]
+pub enum PathError {
+    #[error("path is empty")]
+    Empty,
+    #[error("path is longer than {MAX_PATH_LEN} bytes")]
+    TooLong,
+    #[error("path segment is longer than {MAX_SEGMENT_LEN} bytes")]
+    SegmentTooLong,
+    #[error("path is not valid UTF-8 after percent-decoding")]
+    NotUtf8,
+    #[error("path must not be absolute")]
+    Absolute,
+    #[error("path has an empty, `.` or `..` segment")]
+    BadSegment,
+    #[error("path contains a backslash, NUL or control character")]
+    BadCharacter,
+    #[error("catalog name must be 1 to {MAX_CATALOG_LEN} characters of a-z, 0-9, `-`, `_` or `.`, starting with a letter or digit")]
+    BadCatalog,
+}
+
+/// A catalog name: `[a-z0-9][a-z0-9._-]{0,63}`.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct CatalogName(String);
+
+impl CatalogName {
+    pub fn new(name: &str) -> Result<Self, PathError> {
+        let ok = !name.is_empty()
+            && name.len() <= MAX_CATALOG_LEN
+            && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
+            && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if ok { Ok(Self(name.to_owned())) } else { Err(PathError::BadCatalog) }
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl fmt::Display for CatalogName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for CatalogName {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+/// A relative, `/`-separated artifact path inside a catalog.
+#[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+#[serde(transparent)]
+pub struct ArtifactPath(String);
+
+impl ArtifactPath {
+    /// Validates an already-decoded path.
+    pub fn new(path: &str) -> Result<Self, PathError> {
+        if path.is_empty() {
+            return Err(PathError::Empty);
+        }
+        if path.len() > MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        if path.starts_with('/') {
+            return Err(PathError::Absolute);
+        }
+        if path.chars().any(|c| c == '\\' || c.is_control()) {
+            return Err(PathError::BadCharacter);
+        }
+        for segment in path.split('/') {
+            if segment.is_empty() || segment == "." || segment == ".." {
+                return Err(PathError::BadSegment);
+            }
+            if segment.len() > MAX_SEGMENT_LEN {
+                return Err(PathError::SegmentTooLong);
+            }
+        }
+        Ok(Self(path.to_owned()))
+    }
+
+    /// Decodes a path as it appears in a URL (`%2e%2e`, `%2f` and the rest), then validates it.
+    /// A `%2F` becomes a `/` and is held to the same segment rules.
+    pub fn from_url(raw: &str) -> Result<Self, PathError> {
+        if raw.len() > 3 * MAX_PATH_LEN {
+            return Err(PathError::TooLong);
+        }
+        let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
+        let decoded = String::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+        Self::new(&decoded)
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+
+    /// The form to put back in a URL: each segment percent-encoded, `/` kept.
+    pub fn to_url(&self) -> String {
+        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
+        self.0.split('/').map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+    }
+
+    /// The last segment, for a default output file name.
+    pub fn file_name(&self) -> &str {
+        self.0.rsplit('/').next().unwrap_or(&self.0)
+    }
+}
+
+impl fmt::Display for ArtifactPath {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl<'de> Deserialize<'de> for ArtifactPath {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        Self::new(&String::deserialize(d)?).map_err(serde::de::Error::custom)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn accepts_ordinary_release_paths() {
+        for ok in ["a", "releases/1.2.3/odi-1.2.3.tar.gz", "dists/stable/Release", "ünïcode/файл", "a..b/.hidden"] {
+            assert_eq!(ArtifactPath::from_url(ok).unwrap().as_str(), ok);
+        }
+        assert_eq!(ArtifactPath::from_url("with%20space").unwrap().as_str(), "with space");
+    }
+
+    #[test]
+    fn refuses_traversal_in_every_spelling() {
+        let long = "a/".repeat(600);
+        for bad in ["", "..", "../etc/passwd", "a/../../b", "%2e%2e/x", "%2E%2E%2Fx", "a%2f..%2fb", "/etc/passwd", "%2fetc", "a//b", "a/./b", "a/", "a\\b", "a%5cb", "a%00b", "a\u{0}b", "a%0ab", "%ff%fe", &long] {
+            assert!(ArtifactPath::from_url(bad).is_err(), "{bad:?} was accepted");
+        }
+    }
+
+    #[test]
+    fn url_form_round_trips() {
+        let p = ArtifactPath::new("dir/a b%c?#.txt").unwrap();
+        assert_eq!(p.to_url(), "dir/a%20b%25c%3F%23.txt");
+        assert_eq!(ArtifactPath::from_url(&p.to_url()).unwrap(), p);
+    }
+
+    #[test]
+    fn catalog_names() {
+        for ok in ["debian", "odi-releases", "a", "x.y_z-1"] {
+            assert!(CatalogName::new(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "-x", ".x", "Debian", "a/b", "a b", &"a".repeat(65)] {
+            assert!(CatalogName::new(bad).is_err(), "{bad}");
+        }
+    }
+}

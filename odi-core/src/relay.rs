@@ -1,0 +1,325 @@
+//! The relay machine: enrollment, heartbeats, and turning an assignment into verified downloads
+//! inside a disk budget.
+//!
+//! `Relay` performs no I/O. **After every `handle_*` call, drain `poll_effect` and `poll_event`
+//! to `None`, then re-arm one timer at `poll_timeout`.** Every `Effect::Send` must be answered
+//! with `handle_message` (the reply) or `handle_send_failed`; every `Effect::Fetch` with
+//! `handle_fetch`. A blob counts as held only after the driver reports it stored verified.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::time::Duration;
+
+use crate::digest::Digest;
+use crate::manifest::ChunkManifest;
+use crate::message::{Capacity, EnrollRequest, Heartbeat, Message, NodeId, RefusalCode, RelayUrl};
+use crate::path::{ArtifactPath, CatalogName};
+use crate::time::Instant;
+
+#[derive(Clone, Debug)]
+pub struct RelayConfig {
+    pub public_url: RelayUrl,
+    pub capacity: Capacity,
+    pub catalogs: Vec<CatalogName>,
+    pub enroll_token: String,
+    /// Downloads run at once.
+    pub max_fetches: usize,
+    /// A request with no answer after this long counts as failed.
+    pub request_timeout: Duration,
+    /// Wait after a failed request or download before trying again.
+    pub retry_backoff: Duration,
+}
+
+impl RelayConfig {
+    pub fn new(public_url: RelayUrl, capacity: Capacity, enroll_token: String) -> Self {
+        Self {
+            public_url,
+            capacity,
+            catalogs: Vec::new(),
+            enroll_token,
+            max_fetches: 4,
+            request_timeout: Duration::from_secs(10),
+            retry_backoff: Duration::from_secs(2),
+        }
+    }
+}
+
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Effect {
+    /// Send to the directory; answer with `handle_message` or `handle_send_failed`.
+    Send(Message),
+    /// Download and store `manifest.digest()` verified; answer with `handle_fetch`.
+    Fetch { manifest: ChunkManifest },
+    /// Remove a blob from the store (not assigned any more, or expunged).
+    Delete { digest: Digest },
+}
+
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Event {
+    Enrolled { relay: NodeId, directory: NodeId },
+    Refused { reason: String },
+    Ready { digest: Digest },
+    FetchFailed { digest: Digest, reason: String },
+    /// An assigned blob does not fit in the disk budget even after evicting unassigned ones.
+    NoRoom { digest: Digest, size: u64 },
+    Evicted { digest: Digest },
+}
+
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Phase {
+    /// Not enrolled; send `Enroll` at the instant given.
+    Enrolling,
+    Active,
+}
+
+#[derive(Debug)]
+struct Wanted {
+    size: u64,
+    manifest: Option<ChunkManifest>,
+}
+
+#[derive(Debug)]
+pub struct Relay {
+    config: RelayConfig,
+    phase: Phase,
+    heartbeat_interval: Duration,
+    /// Blobs stored verified, with their sizes.
+    held: BTreeMap<Digest, u64>,
+    /// The directory's latest assignment.
+    wanted: BTreeMap<Digest, Wanted>,
+    /// Downloads under way, with the bytes reserved for each.
+    fetching: BTreeMap<Digest, u64>,
+    retry_at: BTreeMap<Digest, Instant>,
+    names: BTreeMap<(CatalogName, ArtifactPath), Digest>,
+    generation: u64,
+    /// When the next request may go out, and whether one is awaiting its answer.
+    next_send: Instant,
+    awaiting: Option<Instant>,
+    /// A heartbeat should go out as soon as nothing is awaited (news to report).
+    report_soon: bool,
+    effects: VecDeque<Effect>,
+    events: VecDeque<Event>,
+}
+
+impl Relay {
+    /// A relay that starts holding `held` (the verified blobs found in its store).
+    pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
+        Self {
+            config,
+            phase: Phase::Enrolling,
+            heartbeat_interval: Duration::from_secs(5),
+            held: held.into_iter().collect(),
+            wanted: BTreeMap::new(),
+            fetching: BTreeMap::new(),
+            retry_at: BTreeMap::new(),
+            names: BTreeMap::new(),
+            generation: 0,
+            next_send: now,
+            awaiting: None,
+            report_soon: false,
+            effects: VecDeque::new(),
+            events: VecDeque::new(),
+        }
+    }
+
+    // ---- inputs ----
+
+    /// The directory's reply to our last `Send`.
+    pub fn handle_message(&mut self, msg: Message, now: Instant) {
+        self.awaiting = None;
+        match msg {
+            Message::Enrolled(ok) => {
+                self.phase = Phase::Active;
+                self.heartbeat_interval = Duration::from_millis(ok.heartbeat_interval_ms.clamp(100, 300_000));
+                self.next_send = now;
+                self.events.push_back(Event::Enrolled { relay: ok.relay, directory: ok.directory });
+            }
+            Message::HeartbeatAck(ack) => {
+                for digest in ack.expunged {
+                    self.drop_blob(digest);
+                }
+                if let Some(state) = ack.state {
+                    self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest })).collect();
+                    // Names of blobs still downloading are kept: `lookup` checks `held`, and a
+                    // finished download must be servable by name before the next ack.
+                    self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
+                }
+                self.generation = ack.generation;
+                self.next_send = now + self.heartbeat_interval;
+                self.start_fetches(now);
+            }
+            Message::Refused(refusal) => {
+                self.events.push_back(Event::Refused { reason: refusal.reason });
+                if refusal.code == RefusalCode::UnknownRelay {
+                    self.phase = Phase::Enrolling;
+                }
+                self.next_send = now + self.config.retry_backoff;
+            }
+            Message::Enroll(_) | Message::Heartbeat(_) => self.next_send = now + self.config.retry_backoff,
+        }
+        self.send_if_due(now);
+    }
+
+    /// The last `Send` got no answer (connection refused, timeout, bad response).
+    pub fn handle_send_failed(&mut self, now: Instant) {
+        self.awaiting = None;
+        self.next_send = now + self.config.retry_backoff;
+    }
+
+    /// The directory announced a new generation: report in now rather than at the next beat.
+    pub fn handle_notify(&mut self, generation: u64, now: Instant) {
+        if generation != self.generation && self.phase == Phase::Active {
+            self.report_soon = true;
+            self.send_if_due(now);
+        }
+    }
+
+    /// The outcome of an `Effect::Fetch`.
+    pub fn handle_fetch(&mut self, digest: Digest, outcome: Result<(), String>, now: Instant) {
+        let Some(size) = self.fetching.remove(&digest) else { return };
+        match outcome {
+            Ok(()) => {
+                self.held.insert(digest, size);
+                self.events.push_back(Event::Ready { digest });
+                if !self.wanted.contains_key(&digest) {
+                    self.drop_blob(digest); // unassigned while downloading
+                }
+                self.report_soon = true;
+            }
+            Err(reason) => {
+                self.retry_at.insert(digest, now + self.config.retry_backoff);
+                self.events.push_back(Event::FetchFailed { digest, reason });
+            }
+        }
+        self.start_fetches(now);
+        self.send_if_due(now);
+    }
+
+    pub fn handle_timeout(&mut self, now: Instant) {
+        if self.awaiting.is_some_and(|t| now >= t) {
+            self.handle_send_failed(now);
+        }
+        self.retry_at.retain(|_, t| *t > now);
+        self.start_fetches(now);
+        self.send_if_due(now);
+    }
+
+    // ---- outputs ----
+
+    #[must_use]
+    pub fn poll_effect(&mut self) -> Option<Effect> {
+        self.effects.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_event(&mut self) -> Option<Event> {
+        self.events.pop_front()
+    }
+
+    #[must_use]
+    pub fn poll_timeout(&self) -> Option<Instant> {
+        let send = match self.awaiting {
+            Some(deadline) => deadline,
+            None => self.next_send,
+        };
+        self.retry_at.values().copied().chain([send]).min()
+    }
+
+    // ---- queries ----
+
+    /// The digest served at `catalog/path`, if this relay holds it.
+    pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
+        let catalog = CatalogName::new(catalog).ok()?;
+        self.names.get(&(catalog, path.clone())).copied().filter(|d| self.held.contains_key(d))
+    }
+
+    pub fn holds(&self, digest: &Digest) -> bool {
+        self.held.contains_key(digest)
+    }
+
+    pub fn held(&self) -> impl Iterator<Item = (&Digest, &u64)> {
+        self.held.iter()
+    }
+
+    pub fn is_enrolled(&self) -> bool {
+        self.phase == Phase::Active
+    }
+
+    /// Bytes held plus bytes reserved for downloads under way; never above the budget.
+    pub fn used(&self) -> u64 {
+        self.held.values().chain(self.fetching.values()).sum()
+    }
+
+    pub fn fetching(&self) -> usize {
+        self.fetching.len()
+    }
+
+    /// True when every assigned blob is held.
+    pub fn is_synced(&self) -> bool {
+        self.wanted.keys().all(|d| self.held.contains_key(d))
+    }
+
+    // ---- internals ----
+
+    fn send_if_due(&mut self, now: Instant) {
+        if self.awaiting.is_some() || (now < self.next_send && !(self.report_soon && self.phase == Phase::Active)) {
+            return;
+        }
+        let msg = match self.phase {
+            Phase::Enrolling => Message::Enroll(EnrollRequest {
+                token: self.config.enroll_token.clone(),
+                public_url: self.config.public_url.clone(),
+                capacity: self.config.capacity,
+                catalogs: self.config.catalogs.clone(),
+            }),
+            Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held: self.held.keys().copied().collect(), used: self.used() }),
+        };
+        self.report_soon = false;
+        self.awaiting = Some(now + self.config.request_timeout);
+        self.effects.push_back(Effect::Send(msg));
+    }
+
+    fn start_fetches(&mut self, now: Instant) {
+        let budget = self.config.capacity.disk_budget;
+        let todo: Vec<(Digest, u64, ChunkManifest)> = self
+            .wanted
+            .iter()
+            .filter(|(d, _)| !self.held.contains_key(d) && !self.fetching.contains_key(d) && !self.retry_at.get(d).is_some_and(|t| *t > now))
+            .filter_map(|(d, w)| w.manifest.clone().map(|m| (*d, w.size, m)))
+            .collect();
+        for (digest, size, manifest) in todo {
+            if self.fetching.len() >= self.config.max_fetches {
+                break;
+            }
+            if manifest.digest() != digest || manifest.total_len() != size {
+                self.events.push_back(Event::FetchFailed { digest, reason: "the directory sent a manifest for other bytes".into() });
+                continue;
+            }
+            if !self.make_room(size, budget) {
+                self.events.push_back(Event::NoRoom { digest, size });
+                continue;
+            }
+            self.fetching.insert(digest, size);
+            self.effects.push_back(Effect::Fetch { manifest });
+        }
+    }
+
+    /// Evicts held blobs that are no longer assigned, largest first, until `size` more bytes
+    /// fit in `budget`. Never touches assigned blobs or downloads under way.
+    fn make_room(&mut self, size: u64, budget: u64) -> bool {
+        while self.used().saturating_add(size) > budget {
+            let victim = self.held.iter().filter(|(d, _)| !self.wanted.contains_key(d)).max_by_key(|(d, s)| (**s, **d)).map(|(d, _)| *d);
+            let Some(victim) = victim else { return false };
+            self.drop_blob(victim);
+            self.events.push_back(Event::Evicted { digest: victim });
+        }
+        true
+    }
+
+    fn drop_blob(&mut self, digest: Digest) {
+        if self.held.remove(&digest).is_some() {
+            self.names.retain(|_, d| *d != digest);
+            self.effects.push_back(Effect::Delete { digest });
+            self.report_soon = true;
+        }
+    }
+}

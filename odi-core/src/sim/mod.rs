@@ -1,0 +1,376 @@
+//! A deterministic simulation of one directory and many relays in one thread.
+//!
+//! Virtual time jumps from event to event (never sleeps); the network delays and drops messages
+//! from a seeded RNG, so a failing run is reproduced by its seed. Storage is a set of digests per
+//! relay; a fetch succeeds after `fetch_time` unless the relay crashed meanwhile.
+
+use std::cmp::Reverse;
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+use std::time::Duration;
+
+use crate::catalog::DEFAULT_REPLICAS;
+use crate::digest::Digest;
+use crate::directory::{self, Directory, DirectoryConfig, Redirect};
+use crate::manifest::{ChunkManifest, MIN_CHUNK_SIZE};
+use crate::message::{Capacity, Message, NodeId, RelayUrl};
+use crate::path::{ArtifactPath, CatalogName};
+use crate::relay::{self, Relay, RelayConfig};
+use crate::rng::{Seed, SeededRng};
+use crate::storage::{Record, TokenRole};
+use crate::time::{Instant, UnixTime};
+
+/// Steps a run may take before it is declared a livelock.
+pub const MAX_STEPS: usize = 1_000_000;
+pub const ENROLL_TOKEN: &str = "sim-enroll-token";
+
+#[derive(Clone, Copy, Debug)]
+pub struct Faults {
+    /// Probability that any one message (request or reply) is lost.
+    pub loss: f64,
+    pub min_delay: Duration,
+    pub max_delay: Duration,
+}
+
+impl Default for Faults {
+    fn default() -> Self {
+        Self { loss: 0.0, min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) }
+    }
+}
+
+#[derive(Debug)]
+enum Delivery {
+    ToDirectory { from: NodeId, msg: Message },
+    ToRelay { to: NodeId, msg: Message },
+    FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
+    SelfTestDone { relay: NodeId, attempt: u64, up: bool },
+}
+
+pub struct SimRelay {
+    pub machine: Relay,
+    pub config: RelayConfig,
+    pub up: bool,
+    /// Verified blobs on the relay's disk, with sizes.
+    pub store: BTreeMap<Digest, u64>,
+    /// Downloads completed since the simulation started.
+    pub fetches: u64,
+    incarnation: u64,
+}
+
+pub struct Sim {
+    pub now: Instant,
+    pub dir: Directory,
+    dir_config: DirectoryConfig,
+    pub relays: BTreeMap<NodeId, SimRelay>,
+    /// Every record the directory made durable, in order.
+    pub durable: Vec<Record>,
+    pub faults: Faults,
+    pub fetch_time: Duration,
+    rng: SeededRng,
+    queue: BinaryHeap<Reverse<(Instant, u64)>>,
+    pending: BTreeMap<u64, Delivery>,
+    next_seq: u64,
+    pub dir_events: Vec<directory::Event>,
+    pub relay_events: Vec<(NodeId, relay::Event)>,
+}
+
+impl Sim {
+    pub fn new(seed: u64) -> Self {
+        let mut rng = SeededRng::new(Seed(seed));
+        let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
+        config.heartbeat_interval = Duration::from_secs(2);
+        config.lease = Duration::from_secs(6);
+        config.self_test_retry = Duration::from_secs(2);
+        let dir = Directory::new(config.clone(), Seed(rng.next_u64()));
+        let mut sim = Self {
+            now: Instant::ZERO,
+            dir,
+            dir_config: config,
+            relays: BTreeMap::new(),
+            durable: Vec::new(),
+            faults: Faults::default(),
+            fetch_time: Duration::from_millis(300),
+            rng,
+            queue: BinaryHeap::new(),
+            pending: BTreeMap::new(),
+            next_seq: 0,
+            dir_events: Vec::new(),
+            relay_events: Vec::new(),
+        };
+        for role in [TokenRole::Enroll, TokenRole::Admin] {
+            let record = sim.dir.plan_token(role, ENROLL_TOKEN).expect("fresh directory has no token");
+            sim.commit(record);
+        }
+        sim
+    }
+
+    pub fn wall(&self) -> UnixTime {
+        UnixTime(1_800_000_000 + self.now.as_millis() / 1000)
+    }
+
+    fn commit(&mut self, record: Record) {
+        self.durable.push(record.clone());
+        self.dir.apply(&record, self.now);
+        self.drain();
+    }
+
+    pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
+        let name = CatalogName::new(name).expect("valid catalog name");
+        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), self.wall()).expect("new catalog");
+        self.commit(record);
+        name
+    }
+
+    pub fn publish(&mut self, catalog: &CatalogName, path: &str, data: &[u8]) -> Digest {
+        let manifest = ChunkManifest::of(data, MIN_CHUNK_SIZE).expect("valid chunk size");
+        let digest = manifest.digest();
+        let path = ArtifactPath::new(path).expect("valid path");
+        if let Some(record) = self.dir.plan_publish(catalog, path, manifest, "application/octet-stream".into(), self.wall()).expect("publish") {
+            self.commit(record);
+        }
+        digest
+    }
+
+    pub fn expunge(&mut self, catalog: &CatalogName, path: &str) {
+        let record = self.dir.plan_expunge(catalog, &ArtifactPath::new(path).expect("valid path"), self.wall()).expect("expunge");
+        self.commit(record);
+    }
+
+    /// Adds a relay with id `[n; 32]` and the given disk budget, and starts it.
+    pub fn add_relay(&mut self, n: u8, disk_budget: u64) -> NodeId {
+        let id = NodeId([n; 32]);
+        let url = RelayUrl::new(&format!("http://relay-{n}.sim")).expect("valid url");
+        let mut config = RelayConfig::new(url, Capacity { disk_budget, bandwidth: 100 << 20 }, ENROLL_TOKEN.into());
+        config.request_timeout = Duration::from_secs(3);
+        config.retry_backoff = Duration::from_secs(1);
+        let machine = Relay::new(config.clone(), [], self.now);
+        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, incarnation: 0 });
+        id
+    }
+
+    /// Crashes a relay: in-flight work is lost, its disk stays.
+    pub fn kill(&mut self, id: NodeId) {
+        let r = self.relays.get_mut(&id).expect("known relay");
+        r.up = false;
+        r.incarnation += 1;
+    }
+
+    /// Restarts a crashed relay from what is on its disk.
+    pub fn revive(&mut self, id: NodeId) {
+        let now = self.now;
+        let r = self.relays.get_mut(&id).expect("known relay");
+        r.machine = Relay::new(r.config.clone(), r.store.iter().map(|(d, s)| (*d, *s)), now);
+        r.up = true;
+        self.drain();
+    }
+
+    /// Crashes the directory and restarts it from its durable records.
+    pub fn restart_directory(&mut self) {
+        self.dir = Directory::new(self.dir_config.clone(), Seed(self.rng.next_u64()));
+        self.pending.retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. }));
+        for record in self.durable.clone() {
+            self.dir.apply(&record, self.now);
+        }
+        self.drain();
+    }
+
+    pub fn redirect(&mut self, catalog: &str, path: &str) -> Result<Redirect, directory::LookupError> {
+        self.dir.redirect(catalog, &ArtifactPath::new(path).expect("valid path"), self.now)
+    }
+
+    /// Id of the relay a redirect points at.
+    pub fn relay_at(&self, url: &RelayUrl) -> NodeId {
+        let n: u8 = url.as_str().trim_start_matches("http://relay-").trim_end_matches(".sim").parse().expect("sim url");
+        NodeId([n; 32])
+    }
+
+    fn schedule(&mut self, delay: Duration, delivery: Delivery) {
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        self.queue.push(Reverse((self.now + delay, seq)));
+        self.pending.insert(seq, delivery);
+    }
+
+    fn net_delay(&mut self) -> Option<Duration> {
+        if self.rng.chance(self.faults.loss) {
+            return None;
+        }
+        let span = self.faults.max_delay.saturating_sub(self.faults.min_delay).as_millis() as u64;
+        Some(self.faults.min_delay + Duration::from_millis(self.rng.below(span + 1)))
+    }
+
+    fn drain(&mut self) {
+        loop {
+            let mut progressed = false;
+            while let Some(effect) = self.dir.poll_effect() {
+                progressed = true;
+                match effect {
+                    directory::Effect::Persist { records } => self.durable.extend(records),
+                    directory::Effect::SelfTest { relay, attempt, .. } => {
+                        let up = self.relays.get(&relay).is_some_and(|r| r.up);
+                        let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
+                        self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
+                    }
+                }
+            }
+            while let Some(event) = self.dir.poll_event() {
+                self.dir_events.push(event);
+            }
+            let ids: Vec<NodeId> = self.relays.keys().copied().collect();
+            for id in ids {
+                let r = self.relays.get_mut(&id).expect("listed");
+                if !r.up {
+                    continue;
+                }
+                let mut effects = Vec::new();
+                while let Some(effect) = r.machine.poll_effect() {
+                    effects.push(effect);
+                }
+                while let Some(event) = r.machine.poll_event() {
+                    self.relay_events.push((id, event));
+                }
+                for effect in effects {
+                    progressed = true;
+                    match effect {
+                        relay::Effect::Send(msg) => {
+                            if let Some(delay) = self.net_delay() {
+                                self.schedule(delay, Delivery::ToDirectory { from: id, msg });
+                            }
+                        }
+                        relay::Effect::Fetch { manifest } => {
+                            let incarnation = self.relays[&id].incarnation;
+                            let time = self.fetch_time;
+                            self.schedule(time, Delivery::FetchDone { to: id, digest: manifest.digest(), incarnation });
+                        }
+                        relay::Effect::Delete { digest } => {
+                            self.relays.get_mut(&id).expect("listed").store.remove(&digest);
+                        }
+                    }
+                }
+            }
+            if !progressed {
+                return;
+            }
+        }
+    }
+
+    fn deliver(&mut self, delivery: Delivery) {
+        let now = self.now;
+        match delivery {
+            Delivery::ToDirectory { from, msg } => {
+                if !self.relays.get(&from).is_some_and(|r| r.up) {
+                    return;
+                }
+                let wall = self.wall();
+                let reply = self.dir.handle_message(from, msg, now, wall);
+                if let Some(delay) = self.net_delay() {
+                    self.schedule(delay, Delivery::ToRelay { to: from, msg: reply });
+                }
+            }
+            Delivery::ToRelay { to, msg } => {
+                if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up) {
+                    r.machine.handle_message(msg, now);
+                }
+            }
+            Delivery::FetchDone { to, digest, incarnation } => {
+                let known = self.dir.manifest(&digest).map(ChunkManifest::total_len);
+                if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up && r.incarnation == incarnation) {
+                    match known {
+                        Ok(size) => {
+                            r.store.insert(digest, size);
+                            r.fetches += 1;
+                            r.machine.handle_fetch(digest, Ok(()), now);
+                        }
+                        Err(e) => r.machine.handle_fetch(digest, Err(e.to_string()), now),
+                    }
+                }
+            }
+            Delivery::SelfTestDone { relay, attempt, up } => {
+                let outcome = if up { Ok(relay) } else { Err("connection refused".into()) };
+                self.dir.handle_self_test(relay, attempt, outcome, now);
+            }
+        }
+    }
+
+    /// Advances to the next instant anything happens. `false` when nothing ever will.
+    pub fn step(&mut self) -> bool {
+        let timers = self.relays.values().filter(|r| r.up).filter_map(|r| r.machine.poll_timeout()).chain(self.dir.poll_timeout());
+        let Some(next) = timers.chain(self.queue.peek().map(|Reverse((t, _))| *t)).min() else { return false };
+        self.now = self.now.max(next);
+        while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
+            if t > self.now {
+                break;
+            }
+            self.queue.pop();
+            if let Some(delivery) = self.pending.remove(&seq) {
+                self.deliver(delivery);
+                self.drain();
+            }
+        }
+        if self.dir.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.dir.handle_timeout(self.now);
+        }
+        let now = self.now;
+        for r in self.relays.values_mut().filter(|r| r.up) {
+            if r.machine.poll_timeout().is_some_and(|t| t <= now) {
+                r.machine.handle_timeout(now);
+            }
+        }
+        self.drain();
+        true
+    }
+
+    /// Runs until `duration` of virtual time has passed, checking invariants after every step.
+    pub fn run_for(&mut self, duration: Duration) {
+        let until = self.now + duration;
+        for _ in 0..MAX_STEPS {
+            if self.now >= until || !self.step() {
+                self.now = self.now.max(until);
+                return;
+            }
+            self.check_invariants();
+        }
+        panic!("livelock: {MAX_STEPS} steps without reaching {until:?}");
+    }
+
+    /// Invariants that must hold at every instant of every run.
+    pub fn check_invariants(&mut self) {
+        for (id, r) in &self.relays {
+            let on_disk: u64 = r.store.values().sum();
+            assert!(on_disk <= r.config.capacity.disk_budget, "relay {id:?} holds {on_disk} bytes over its budget");
+            assert!(r.machine.used() <= r.config.capacity.disk_budget, "relay {id:?} reserved over its budget");
+        }
+        let live: Vec<(String, String)> = self
+            .dir
+            .catalogs()
+            .iter()
+            .flat_map(|c| self.dir.artifacts(&c.name).into_iter().flatten().map(|a| (a.catalog.to_string(), a.path.to_string())).collect::<Vec<_>>())
+            .collect();
+        for (catalog, path) in live {
+            let redirect = self.redirect(&catalog, &path).expect("live artifact");
+            for url in redirect.target.iter().chain(&redirect.alternates) {
+                let id = self.relay_at(url);
+                let r = &self.relays[&id];
+                // The directory may not know of a crash until the lease runs out, but it never
+                // points at a relay that has not stored the bytes verified.
+                assert!(r.store.contains_key(&redirect.digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
+                assert!(!r.up || r.machine.holds(&redirect.digest), "relay {id:?} holds bytes its machine does not know");
+            }
+        }
+    }
+
+    pub fn default_replicas() -> u32 {
+        DEFAULT_REPLICAS
+    }
+
+    /// All sample data of a given length, distinct per `tag`.
+    pub fn data(tag: u8, len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag)).collect()
+    }
+
+    pub fn holders_of(&self, digest: &Digest) -> BTreeSet<NodeId> {
+        self.relays.iter().filter(|(_, r)| r.store.contains_key(digest)).map(|(id, _)| *id).collect()
+    }
+}
+
+#[cfg(test)]
+mod tests;

@@ -1,0 +1,184 @@
+//! The storage traits. odi-core defines them and never calls them: its machines emit effects,
+//! and drivers (odi-net) run those effects against implementations (odi-storage).
+
+use std::fmt;
+use std::ops::Range;
+use std::pin::Pin;
+use std::sync::Arc;
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use futures_core::Stream;
+use serde::{Deserialize, Serialize};
+
+use crate::catalog::{CatalogConfig, LogEntry};
+use crate::digest::Digest;
+use crate::manifest::{ChunkManifest, ManifestError};
+use crate::message::{Capacity, NodeId, RelayUrl};
+use crate::path::CatalogName;
+use crate::time::UnixTime;
+
+/// A stream of bytes going into or out of a store.
+pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send + 'a>>;
+
+pub type Result<T, E = StorageError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum StorageError {
+    /// The blob is absent: for GC, done; for a pull, ask another source.
+    #[error("blob {digest} is not in {store}")]
+    NotFound { store: &'static str, digest: Digest },
+    /// The bytes offered did not match their manifest; nothing was kept.
+    #[error("rejected bytes for {digest}: {source}")]
+    Verify { digest: Digest, source: ManifestError },
+    /// The requested range starts at or past the end of the blob.
+    #[error("range not satisfiable: the blob has {size} bytes")]
+    RangeNotSatisfiable { size: u64 },
+    /// The stream being stored failed (for example, the uploader hung up); nothing was kept.
+    #[error("input stream failed: {0}")]
+    Input(String),
+    #[error("{store} backend failed: {source}")]
+    Backend { store: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+}
+
+impl StorageError {
+    pub fn backend(store: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
+        Self::Backend { store, source: source.into() }
+    }
+}
+
+/// A blob, or a range of one, on its way out of a store.
+pub struct GetResult {
+    /// The size of the whole blob.
+    pub size: u64,
+    /// The byte range `stream` yields.
+    pub range: Range<u64>,
+    pub stream: ByteStream<'static>,
+}
+
+impl fmt::Debug for GetResult {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("GetResult").field("size", &self.size).field("range", &self.range).finish_non_exhaustive()
+    }
+}
+
+/// Content-addressed blob storage. A blob becomes visible under its digest only once all of it
+/// is verified and durable, so a reader never sees a partial or wrong blob.
+#[async_trait]
+pub trait BlobStore: fmt::Debug + fmt::Display + Send + Sync + 'static {
+    /// Stores bytes of unknown digest (a publish), hashing them into a manifest as they stream.
+    async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest>;
+
+    /// Stores bytes that must match `manifest`, checking each chunk as it completes.
+    async fn put_verified(&self, manifest: &ChunkManifest, body: ByteStream<'_>) -> Result<()>;
+
+    /// Reads a blob, or the part of it in `range` (clamped to its end).
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult>;
+
+    /// The size of a stored blob.
+    async fn size(&self, digest: &Digest) -> Result<u64>;
+
+    /// Removes a blob; removing an absent blob succeeds.
+    async fn delete(&self, digest: &Digest) -> Result<()>;
+
+    /// Every stored blob with its size, in digest order.
+    async fn list(&self) -> Result<Vec<(Digest, u64)>>;
+}
+
+macro_rules! forward_blob_store {
+    ($ty:ty) => {
+        #[async_trait]
+        impl<T: BlobStore + ?Sized> BlobStore for $ty {
+            async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
+                (**self).ingest(chunk_size, body).await
+            }
+            async fn put_verified(&self, manifest: &ChunkManifest, body: ByteStream<'_>) -> Result<()> {
+                (**self).put_verified(manifest, body).await
+            }
+            async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult> {
+                (**self).get(digest, range).await
+            }
+            async fn size(&self, digest: &Digest) -> Result<u64> {
+                (**self).size(digest).await
+            }
+            async fn delete(&self, digest: &Digest) -> Result<()> {
+                (**self).delete(digest).await
+            }
+            async fn list(&self) -> Result<Vec<(Digest, u64)>> {
+                (**self).list().await
+            }
+        }
+    };
+}
+forward_blob_store!(Arc<T>);
+forward_blob_store!(Box<T>);
+
+/// Clamps a requested range to a blob of `size` bytes; `None` means the whole blob.
+pub fn clamp_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
+    match range {
+        None => Ok(0..size),
+        Some(r) if r.start >= size && !(size == 0 && r.start == 0) => Err(StorageError::RangeNotSatisfiable { size }),
+        Some(r) => Ok(r.start..r.end.min(size).max(r.start)),
+    }
+}
+
+/// What a directory persists. Restoring is replaying these records in order into a fresh
+/// `Directory`, the same code path as applying them live.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+#[serde(tag = "record", rename_all = "snake_case")]
+pub enum Record {
+    Catalog(CatalogConfig),
+    Log { catalog: CatalogName, entry: LogEntry },
+    Relay(RelayRecord),
+    Token { role: TokenRole, hash: Digest },
+}
+
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct RelayRecord {
+    pub id: NodeId,
+    pub public_url: RelayUrl,
+    pub capacity: Capacity,
+    pub catalogs: Vec<CatalogName>,
+    pub enrolled_at: UnixTime,
+}
+
+#[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TokenRole {
+    Admin,
+    Enroll,
+}
+
+/// Durable directory metadata: an ordered set of records, applied atomically.
+#[async_trait]
+pub trait MetaStore: fmt::Debug + Send + Sync + 'static {
+    /// Every record, in an order that replays correctly (tokens, catalogs, logs by sequence, relays).
+    async fn load(&self) -> Result<Vec<Record>>;
+    /// Applies `records` in one durable transaction: all or none.
+    async fn apply(&self, records: &[Record]) -> Result<()>;
+}
+
+#[async_trait]
+impl<T: MetaStore + ?Sized> MetaStore for Arc<T> {
+    async fn load(&self) -> Result<Vec<Record>> {
+        (**self).load().await
+    }
+    async fn apply(&self, records: &[Record]) -> Result<()> {
+        (**self).apply(records).await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ranges_clamp_to_the_blob() {
+        assert_eq!(clamp_range(None, 10).unwrap(), 0..10);
+        assert_eq!(clamp_range(Some(2..5), 10).unwrap(), 2..5);
+        assert_eq!(clamp_range(Some(2..u64::MAX), 10).unwrap(), 2..10);
+        assert!(clamp_range(Some(10..11), 10).is_err());
+        assert_eq!(clamp_range(None, 0).unwrap(), 0..0);
+    }
+}
