@@ -1,1 +1,385 @@
-fn main(){}
+//! The `odi` binary: parses flags and config, then calls odi-net. Nothing else lives here.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use clap::{Args, Parser, Subcommand};
+use http::Method;
+use serde::Deserialize;
+use serde_json::{Value, json};
+use tokio::net::TcpListener;
+
+mod admin;
+mod dev;
+mod get;
+mod units;
+
+use admin::{Admin, encode_path};
+
+#[derive(Parser)]
+#[command(name = "odi", version, about = "ODI: verified release distribution through directories and volunteer relays")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a directory: catalogs, the relay table, and redirects to relays.
+    Directory(DirectoryArgs),
+    /// Run a relay: cache part of a directory's catalogs and serve it.
+    Relay(RelayArgs),
+    /// Create or list catalogs.
+    #[command(subcommand)]
+    Catalog(CatalogCommand),
+    /// Upload a file into a catalog.
+    Publish(PublishArgs),
+    /// Withdraw an artifact for good: no more redirects, relays delete it.
+    Expunge(ExpungeArgs),
+    /// Show the relays a directory knows and their state.
+    Relays(RelaysArgs),
+    /// Download a URL, verifying its SHA-256.
+    Get(GetCliArgs),
+    /// Start a directory and relays on loopback with a sample catalog.
+    Dev(DevArgs),
+}
+
+#[derive(Args)]
+struct DirectoryArgs {
+    /// Address to listen on, e.g. 0.0.0.0:7700.
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// Data directory (catalogs, blobs, keys, tokens).
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// The URL clients and relays use to reach this directory.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// How often relays report in (e.g. 5s).
+    #[arg(long, value_parser = units::parse_duration)]
+    heartbeat_interval: Option<Duration>,
+    /// A relay silent this long gets no more redirects (e.g. 15s).
+    #[arg(long, value_parser = units::parse_duration)]
+    lease: Option<Duration>,
+    /// TOML file with any of the flags above (flags win).
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Args)]
+struct RelayArgs {
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    #[arg(long)]
+    data: Option<PathBuf>,
+    /// Directory URL to enroll with.
+    #[arg(long = "directory")]
+    directories: Vec<String>,
+    /// The URL clients reach this relay at; the directory tests it before trusting the relay.
+    #[arg(long)]
+    public_url: Option<String>,
+    /// Disk space the relay may fill, e.g. 10GiB.
+    #[arg(long, value_parser = units::parse_size)]
+    disk_budget: Option<u64>,
+    /// Catalogs to carry (default: all).
+    #[arg(long = "catalog")]
+    catalogs: Vec<String>,
+    /// Upload bandwidth offered, e.g. 100MB/s (used to weigh assignments and redirects).
+    #[arg(long, value_parser = units::parse_rate)]
+    bandwidth: Option<u64>,
+    #[arg(long)]
+    config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum CatalogCommand {
+    /// Create a catalog.
+    Create {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Relays that should hold each artifact.
+        #[arg(long)]
+        replicas: Option<u32>,
+        /// Chunk size for verification, e.g. 1MiB.
+        #[arg(long, value_parser = units::parse_size)]
+        chunk_size: Option<u64>,
+    },
+    /// List catalogs.
+    Ls {
+        #[command(flatten)]
+        target: Target,
+    },
+}
+
+#[derive(Args)]
+struct Target {
+    /// Directory URL, e.g. http://127.0.0.1:7700.
+    #[arg(long, env = "ODI_DIRECTORY")]
+    directory: String,
+    /// File holding the admin token (default: $ODI_ADMIN_TOKEN).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+}
+
+impl Target {
+    fn admin(&self) -> Result<Admin> {
+        Admin::from_env(&self.directory, self.token_file.as_deref())
+    }
+}
+
+#[derive(Args)]
+struct PublishArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    catalog: String,
+    /// Path inside the catalog (default: the file's name).
+    #[arg(long)]
+    path: Option<String>,
+    file: PathBuf,
+}
+
+#[derive(Args)]
+struct ExpungeArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    catalog: String,
+    path: String,
+}
+
+#[derive(Args)]
+struct RelaysArgs {
+    #[command(flatten)]
+    target: Target,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(Args)]
+struct GetCliArgs {
+    url: String,
+    /// Output file (default: the URL's last segment; `-` for standard output).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Continue a partial download.
+    #[arg(short = 'c', long = "continue")]
+    resume: bool,
+    /// Expected SHA-256 (hex), for servers that send no digest.
+    #[arg(long)]
+    sha256: Option<String>,
+}
+
+#[derive(Args)]
+struct DevArgs {
+    /// Relays to start.
+    #[arg(long, default_value_t = 2)]
+    relays: u8,
+    /// Data directory (default: odi-dev under the system temp dir).
+    #[arg(long)]
+    data: Option<PathBuf>,
+}
+
+/// Every daemon flag, as it may appear in `--config`.
+#[derive(Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct FileConfig {
+    listen: Option<SocketAddr>,
+    data: Option<PathBuf>,
+    public_url: Option<String>,
+    heartbeat_interval: Option<String>,
+    lease: Option<String>,
+    #[serde(default)]
+    directory: Vec<String>,
+    disk_budget: Option<String>,
+    #[serde(default)]
+    catalog: Vec<String>,
+    bandwidth: Option<String>,
+}
+
+impl FileConfig {
+    fn load(path: Option<&Path>) -> Result<Self> {
+        let Some(path) = path else { return Ok(Self::default()) };
+        let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+        toml::from_str(&text).map_err(|e| anyhow!("config {}: {}", path.display(), e.message()))
+    }
+}
+
+fn main() {
+    let cli = Cli::parse();
+    let filter = tracing_subscriber::EnvFilter::try_from_env("ODI_LOG").unwrap_or_else(|_| {
+        let default = if matches!(cli.command, Command::Directory(_) | Command::Relay(_)) { "info" } else { "warn" };
+        tracing_subscriber::EnvFilter::new(default)
+    });
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            std::process::exit(1);
+        }
+    };
+    if let Err(e) = runtime.block_on(run(cli.command)) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+async fn bind(addr: SocketAddr) -> Result<TcpListener> {
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is the port taken?"))
+}
+
+async fn run(command: Command) -> Result<()> {
+    match command {
+        Command::Directory(args) => {
+            let file = FileConfig::load(args.config.as_deref())?;
+            let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+            let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
+            let mut options = odi_net::directory::DirectoryOptions::new(&data);
+            options.public_url = args.public_url.or(file.public_url);
+            if let Some(d) = args.heartbeat_interval.map(Ok).or_else(|| file.heartbeat_interval.as_deref().map(units::parse_duration)) {
+                options.heartbeat_interval = d.map_err(|e| anyhow!("heartbeat_interval: {e}"))?;
+            }
+            if let Some(d) = args.lease.map(Ok).or_else(|| file.lease.as_deref().map(units::parse_duration)) {
+                options.lease = d.map_err(|e| anyhow!("lease: {e}"))?;
+            }
+            if options.lease < options.heartbeat_interval * 2 {
+                bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
+            }
+            options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
+            options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
+            let listener = bind(listen).await?;
+            let server = odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
+            for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path)] {
+                if let Some(path) = path {
+                    eprintln!("{what} token: {}", path.display());
+                }
+            }
+            eprintln!("directory {} listening on http://{}", server.id(), listener.local_addr()?);
+            server.run(listener, shutdown_signal()).await?;
+        }
+        Command::Relay(args) => {
+            let file = FileConfig::load(args.config.as_deref())?;
+            let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+            let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
+            let directories = if args.directories.is_empty() { file.directory } else { args.directories };
+            let directory = match directories.as_slice() {
+                [one] => one.clone(),
+                [] => bail!("--directory is required (or `directory` in --config)"),
+                _ => bail!("this version enrolls with one directory; pass a single --directory"),
+            };
+            let public_url = args.public_url.or(file.public_url).ok_or_else(|| anyhow!("--public-url is required: the URL clients reach this relay at"))?;
+            let disk_budget = match args.disk_budget {
+                Some(b) => b,
+                None => units::parse_size(file.disk_budget.as_deref().ok_or_else(|| anyhow!("--disk-budget is required, e.g. --disk-budget 10GiB"))?).map_err(|e| anyhow!("disk_budget: {e}"))?,
+            };
+            let bandwidth = match (args.bandwidth, file.bandwidth.as_deref()) {
+                (Some(b), _) => b,
+                (None, Some(s)) => units::parse_rate(s).map_err(|e| anyhow!("bandwidth: {e}"))?,
+                (None, None) => 0,
+            };
+            let enroll_token = std::env::var("ODI_ENROLL_TOKEN").map_err(|_| anyhow!("set ODI_ENROLL_TOKEN to the directory's enrollment token (its enroll.token file)"))?;
+            let options = odi_net::relay::RelayOptions {
+                data_dir: data.clone(),
+                directory,
+                public_url,
+                disk_budget,
+                bandwidth,
+                catalogs: if args.catalogs.is_empty() { file.catalog } else { args.catalogs },
+                enroll_token,
+                max_fetches: 4,
+            };
+            let listener = bind(listen).await?;
+            let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
+            eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
+            server.run(listener, shutdown_signal()).await?;
+        }
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size }) => {
+            let created = target.admin()?.json(Method::POST, "catalogs", Some(json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size }))).await?;
+            println!("created catalog {} (replicas {}, chunk size {})", name, created["replicas"], created["chunk_size"]);
+        }
+        Command::Catalog(CatalogCommand::Ls { target }) => {
+            let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
+            println!("{:<24} {:>8} {:>10} {:>14} {:>8}", "CATALOG", "REPLICAS", "ARTIFACTS", "BYTES", "SEQ");
+            for c in list.as_array().into_iter().flatten() {
+                println!("{:<24} {:>8} {:>10} {:>14} {:>8}", c["name"].as_str().unwrap_or("?"), c["replicas"].to_string(), c["artifacts"].to_string(), c["bytes"].to_string(), c["seq"].to_string());
+            }
+        }
+        Command::Publish(args) => {
+            let path = match &args.path {
+                Some(p) => p.clone(),
+                None => args.file.file_name().and_then(|n| n.to_str()).ok_or_else(|| anyhow!("cannot name {} in the catalog; pass --path", args.file.display()))?.to_owned(),
+            };
+            let meta = std::fs::metadata(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
+            if !meta.is_file() {
+                bail!("{} is not a regular file", args.file.display());
+            }
+            let out = target_publish(&args.target, &args.catalog, &path, &args.file).await?;
+            println!("{} {}/{} {} ({} bytes, seq {})", if out["created"] == Value::Bool(true) { "published" } else { "unchanged" }, args.catalog, path, out["digest"].as_str().unwrap_or("?"), out["size"], out["seq"]);
+        }
+        Command::Expunge(args) => {
+            let path = encode_path(&args.path)?;
+            let out = args.target.admin()?.json(Method::DELETE, &format!("catalogs/{}/artifacts/{path}", args.catalog), None).await?;
+            println!("expunged {}/{} ({})", args.catalog, args.path, out["expunged"].as_str().unwrap_or("?"));
+        }
+        Command::Relays(args) => {
+            let relays = args.target.admin()?.json(Method::GET, "relays", None).await?;
+            if args.json {
+                println!("{}", serde_json::to_string_pretty(&relays)?);
+            } else {
+                print_relays(&relays);
+            }
+        }
+        Command::Get(args) => {
+            let out = get::get(get::GetArgs { url: args.url, output: args.output, resume: args.resume, sha256: args.sha256 }).await?;
+            if out.as_os_str() != "-" {
+                eprintln!("saved {}", out.display());
+            }
+        }
+        Command::Dev(args) => dev::run(args.relays, args.data).await?,
+    }
+    Ok(())
+}
+
+async fn target_publish(target: &Target, catalog: &str, path: &str, file: &Path) -> Result<Value> {
+    target.admin()?.publish(catalog, &encode_path(path)?, file).await
+}
+
+fn print_relays(relays: &Value) {
+    println!("{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}", "RELAY", "STATUS", "URL", "HELD", "ASSIGNED", "BUDGET");
+    for r in relays.as_array().into_iter().flatten() {
+        let id = r["id"].as_str().unwrap_or("?");
+        println!(
+            "{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}",
+            &id[..id.len().min(16)],
+            r["status"].as_str().unwrap_or("?"),
+            r["url"].as_str().unwrap_or("?"),
+            r["held"].to_string(),
+            r["assigned"].to_string(),
+            r["capacity"]["disk_budget"].to_string()
+        );
+    }
+}
+
+/// Completes on Ctrl-C or SIGTERM.
+pub(crate) async fn shutdown_signal() {
+    let ctrl_c = async {
+        let _ = tokio::signal::ctrl_c().await;
+    };
+    #[cfg(unix)]
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending().await,
+        }
+    };
+    #[cfg(not(unix))]
+    let term = std::future::pending::<()>();
+    tokio::select! { () = ctrl_c => {}, () = term => {} }
+}

@@ -380,6 +380,11 @@ impl Directory {
         constant_time_eq(Digest::of(token.as_bytes()).as_bytes(), expected.as_bytes())
     }
 
+    /// True when `id` is an enrolled relay (known from an enrollment or from before a restart).
+    pub fn knows_relay(&self, id: &NodeId) -> bool {
+        self.relays.contains_key(id)
+    }
+
     pub fn has_token(&self, role: TokenRole) -> bool {
         self.tokens.contains_key(&role)
     }

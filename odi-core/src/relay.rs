@@ -240,6 +240,11 @@ impl Relay {
         self.held.iter()
     }
 
+    /// The generation of the last assignment applied.
+    pub fn generation(&self) -> u64 {
+        self.generation
+    }
+
     pub fn is_enrolled(&self) -> bool {
         self.phase == Phase::Active
     }

@@ -1,0 +1,107 @@
+//! Admin commands: talk to a directory's `/api/v1` with the admin token.
+
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context as _, Result, anyhow, bail};
+use bytes::Bytes;
+use http::{Method, Request, header};
+use odi_net::HttpClient;
+use odi_net::http::{Body, full};
+use serde_json::Value;
+
+const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
+
+pub(crate) struct Admin {
+    pub(crate) directory: String,
+    token: String,
+    client: HttpClient,
+}
+
+impl Admin {
+    pub(crate) fn new(directory: &str, token: String) -> Self {
+        Self { directory: directory.trim_end_matches('/').to_owned(), token, client: HttpClient::new() }
+    }
+
+    /// Reads the token from `--token-file`, else `ODI_ADMIN_TOKEN`.
+    pub(crate) fn from_env(directory: &str, token_file: Option<&Path>) -> Result<Self> {
+        let token = match token_file {
+            Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?,
+            None => std::env::var("ODI_ADMIN_TOKEN").map_err(|_| anyhow!("no admin token: set ODI_ADMIN_TOKEN or pass --token-file (the directory wrote one to admin.token in its data dir)"))?,
+        };
+        let token = token.trim().to_owned();
+        if token.is_empty() {
+            bail!("the admin token is empty");
+        }
+        Ok(Self::new(directory, token))
+    }
+
+    pub(crate) async fn call(&self, method: Method, path: &str, body: Body, content_type: &str, timeout: Duration) -> Result<Value> {
+        let url = format!("{}/api/v1/{path}", self.directory);
+        let req = Request::builder()
+            .method(method)
+            .uri(&url)
+            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
+            .header(header::CONTENT_TYPE, content_type)
+            .body(body)
+            .with_context(|| format!("`{url}` is not a valid URL"))?;
+        let resp = self.client.send(req, timeout).await?;
+        Ok(odi_net::client::read_json(resp).await?)
+    }
+
+    pub(crate) async fn json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
+        let body = body.map_or_else(odi_net::http::empty, |v| full(Bytes::from(v.to_string())));
+        self.call(method, path, body, "application/json", ADMIN_TIMEOUT).await
+    }
+
+    /// Streams a file to `PUT /api/v1/catalogs/{catalog}/artifacts/{path}`.
+    pub(crate) async fn publish(&self, catalog: &str, path: &str, file: &Path) -> Result<Value> {
+        use futures_util::StreamExt as _;
+        use http_body_util::BodyExt as _;
+        use tokio::io::AsyncReadExt as _;
+
+        let f = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
+        let stream = futures_util::stream::unfold(f, |mut f| async move {
+            let mut buf = vec![0u8; 256 * 1024];
+            match f.read(&mut buf).await {
+                Ok(0) => None,
+                Ok(n) => {
+                    buf.truncate(n);
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), f))
+                }
+                Err(e) => Some((Err(Box::new(e) as odi_net::http::BoxError), f)),
+            }
+        });
+        let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();
+        let media_type = media_type_for(path);
+        // Large uploads take as long as they take; the head of the answer comes after the body.
+        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}"), body, media_type, Duration::from_secs(24 * 3600)).await
+    }
+}
+
+/// A few common release-artifact types; anything else is octet-stream.
+fn media_type_for(path: &str) -> &'static str {
+    let lower = path.to_ascii_lowercase();
+    let table: &[(&str, &str)] = &[
+        (".tar.gz", "application/gzip"),
+        (".tgz", "application/gzip"),
+        (".gz", "application/gzip"),
+        (".xz", "application/x-xz"),
+        (".zst", "application/zstd"),
+        (".zip", "application/zip"),
+        (".iso", "application/x-iso9660-image"),
+        (".json", "application/json"),
+        (".txt", "text/plain; charset=utf-8"),
+        (".asc", "application/pgp-signature"),
+        (".sig", "application/pgp-signature"),
+        (".deb", "application/vnd.debian.binary-package"),
+        (".rpm", "application/x-rpm"),
+    ];
+    table.iter().find(|(ext, _)| lower.ends_with(ext)).map_or("application/octet-stream", |(_, t)| t)
+}
+
+/// Percent-encodes each segment of an artifact path for a URL.
+pub(crate) fn encode_path(path: &str) -> Result<String> {
+    let p = odi_core::path::ArtifactPath::new(path).map_err(|e| anyhow!("bad artifact path `{path}`: {e}"))?;
+    Ok(p.to_url())
+}

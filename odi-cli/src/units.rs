@@ -1,0 +1,84 @@
+//! Parsing of human-sized flags: SIZE (`10GiB`, `500MB`, `4096`), RATE (SIZE with optional `/s`)
+//! and durations (`500ms`, `2s`, `1m`).
+
+use std::time::Duration;
+
+pub(crate) fn parse_size(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !(c.is_ascii_digit() || c == '.')).unwrap_or(t.len());
+    let (num, unit) = t.split_at(split);
+    let unit = unit.trim().to_ascii_lowercase();
+    let mult: u64 = match unit.as_str() {
+        "" | "b" => 1,
+        "k" | "kb" => 1000,
+        "m" | "mb" => 1000u64.pow(2),
+        "g" | "gb" => 1000u64.pow(3),
+        "t" | "tb" => 1000u64.pow(4),
+        "kib" => 1 << 10,
+        "mib" => 1 << 20,
+        "gib" => 1 << 30,
+        "tib" => 1 << 40,
+        _ => return Err(format!("`{s}` is not a size; use bytes or a unit such as 500MB, 10GiB")),
+    };
+    let bad = || format!("`{s}` is not a size; use bytes or a unit such as 500MB, 10GiB");
+    if num.is_empty() {
+        return Err(bad());
+    }
+    let value = if num.contains('.') {
+        let f: f64 = num.parse().map_err(|_| bad())?;
+        let v = f * mult as f64;
+        if !v.is_finite() || v < 0.0 || v > u64::MAX as f64 {
+            return Err(bad());
+        }
+        v.round() as u64
+    } else {
+        num.parse::<u64>().map_err(|_| bad())?.checked_mul(mult).ok_or_else(bad)?
+    };
+    Ok(value)
+}
+
+pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
+    let t = s.trim();
+    parse_size(t.strip_suffix("/s").unwrap_or(t)).map_err(|_| format!("`{s}` is not a rate; use bytes per second such as 100MB/s or 1GiB/s"))
+}
+
+pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    let t = s.trim();
+    let bad = || format!("`{s}` is not a duration; use e.g. 500ms, 5s, 2m");
+    let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
+        (n, 1)
+    } else if let Some(n) = t.strip_suffix('s') {
+        (n, 1000)
+    } else if let Some(n) = t.strip_suffix('m') {
+        (n, 60_000)
+    } else {
+        (t, 1000)
+    };
+    let n: u64 = num.trim().parse().map_err(|_| bad())?;
+    let ms = n.checked_mul(mult).ok_or_else(bad)?;
+    if ms == 0 {
+        return Err(bad());
+    }
+    Ok(Duration::from_millis(ms))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sizes() {
+        assert_eq!(parse_size("4096"), Ok(4096));
+        assert_eq!(parse_size("10GiB"), Ok(10 << 30));
+        assert_eq!(parse_size("500MB"), Ok(500_000_000));
+        assert_eq!(parse_size("1.5 KiB"), Ok(1536));
+        assert_eq!(parse_size("1mib"), Ok(1 << 20));
+        for bad in ["", "GiB", "ten", "-1", "1 PB", "99999999999999999999TiB"] {
+            assert!(parse_size(bad).is_err(), "{bad}");
+        }
+        assert_eq!(parse_rate("100MB/s"), Ok(100_000_000));
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
+        assert!(parse_duration("0s").is_err());
+    }
+}

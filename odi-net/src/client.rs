@@ -1,0 +1,130 @@
+//! The HTTP client nodes and the CLI use: plain HTTP/1.1 over hyper, with signed node requests
+//! and bounded waits.
+
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use futures_util::StreamExt as _;
+use http::{HeaderValue, Method, Request, Response};
+use http_body_util::{BodyExt as _, BodyStream};
+use hyper::body::Incoming;
+use hyper_util::client::legacy::Client;
+use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::rt::TokioExecutor;
+use odi_core::auth;
+use odi_core::storage::{ByteStream, StorageError};
+
+use crate::http::{Body, full};
+use crate::{NetError, unix_now};
+
+/// Longest JSON body a node or the CLI reads from a peer.
+pub const MAX_JSON_BODY: usize = 64 << 20;
+/// A body that sends nothing for this long is abandoned as stalled.
+pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
+
+#[derive(Clone, Debug)]
+pub struct HttpClient {
+    inner: Client<HttpConnector, Body>,
+}
+
+impl Default for HttpClient {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl HttpClient {
+    pub fn new() -> Self {
+        let mut connector = HttpConnector::new();
+        connector.set_connect_timeout(Some(Duration::from_secs(5)));
+        connector.set_nodelay(true);
+        Self { inner: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector) }
+    }
+
+    /// Sends a request; waits at most `timeout` for the response head.
+    pub async fn send(&self, req: Request<Body>, timeout: Duration) -> Result<Response<Incoming>, NetError> {
+        let uri = req.uri().to_string();
+        if !uri.starts_with("http://") {
+            return Err(NetError::Config(format!("{uri}: only http:// URLs are supported by this build")));
+        }
+        match tokio::time::timeout(timeout, self.inner.request(req)).await {
+            Ok(Ok(resp)) => Ok(resp),
+            Ok(Err(e)) => Err(NetError::Unreachable { url: uri, reason: error_chain(&e) }),
+            Err(_) => Err(NetError::Unreachable { url: uri, reason: format!("no answer within {}s", timeout.as_secs()) }),
+        }
+    }
+
+    /// Builds and sends a request signed by `key` (the node API).
+    pub async fn signed(&self, key: &SigningKey, method: Method, url: &str, body: Vec<u8>, timeout: Duration) -> Result<Response<Incoming>, NetError> {
+        let uri: http::Uri = url.parse().map_err(|_| NetError::Config(format!("`{url}` is not a URL")))?;
+        let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
+        let signed = auth::sign(key, method.as_str(), &path, &query, &body, unix_now(), &crate::keys::random_bytes::<16>());
+        let mut req = Request::builder().method(method).uri(uri);
+        if let Some(h) = req.headers_mut() {
+            for (name, value) in [("content-digest", signed.content_digest), ("signature-input", signed.signature_input), ("signature", signed.signature)] {
+                h.insert(name, HeaderValue::from_str(&value).map_err(|_| NetError::Config("unencodable signature header".into()))?);
+            }
+            if !body.is_empty() {
+                h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            }
+        }
+        let req = req.body(full(body)).map_err(|e| NetError::Config(e.to_string()))?;
+        self.send(req, timeout).await
+    }
+}
+
+/// Reads a whole body of at most `limit` bytes.
+pub async fn read_body(body: Incoming, limit: usize) -> Result<Bytes, NetError> {
+    let limited = http_body_util::Limited::new(body, limit);
+    match tokio::time::timeout(STALL_TIMEOUT, limited.collect()).await {
+        Ok(Ok(collected)) => Ok(collected.to_bytes()),
+        Ok(Err(e)) => Err(NetError::Protocol(format!("cannot read response body: {e}"))),
+        Err(_) => Err(NetError::Protocol("response body stalled".into())),
+    }
+}
+
+/// Reads a JSON response, turning a non-2xx status into an error carrying its one-line reason.
+pub async fn read_json<T: serde::de::DeserializeOwned>(resp: Response<Incoming>) -> Result<T, NetError> {
+    let status = resp.status();
+    let body = read_body(resp.into_body(), MAX_JSON_BODY).await?;
+    if !status.is_success() {
+        return Err(NetError::Status { status, reason: String::from_utf8_lossy(&body).trim().chars().take(500).collect() });
+    }
+    serde_json::from_slice(&body).map_err(|e| NetError::Protocol(format!("malformed JSON from peer: {e}")))
+}
+
+/// A response body as a `ByteStream` for a store, failing if it stalls.
+pub fn body_stream(body: Incoming) -> ByteStream<'static> {
+    let stream = BodyStream::new(body).filter_map(|frame| async move {
+        match frame {
+            Ok(frame) => frame.into_data().ok().map(Ok),
+            Err(e) => Some(Err(StorageError::Input(e.to_string()))),
+        }
+    });
+    Box::pin(stall_guard(Box::pin(stream)))
+}
+
+fn stall_guard<S>(stream: S) -> impl futures_util::Stream<Item = Result<Bytes, StorageError>> + Send
+where
+    S: futures_util::Stream<Item = Result<Bytes, StorageError>> + Send + Unpin,
+{
+    futures_util::stream::unfold(stream, |mut s| async move {
+        match tokio::time::timeout(STALL_TIMEOUT, s.next()).await {
+            Ok(Some(item)) => Some((item, s)),
+            Ok(None) => None,
+            Err(_) => Some((Err(StorageError::Input(format!("no data for {}s", STALL_TIMEOUT.as_secs()))), s)),
+        }
+    })
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut out = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        out.push_str(": ");
+        out.push_str(&s.to_string());
+        source = s.source();
+    }
+    out
+}

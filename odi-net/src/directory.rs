@@ -1,0 +1,624 @@
+//! The directory driver: runs `odi_core::directory::Directory` behind an HTTP server.
+//!
+//! Routes (see ARCHITECTURE.md for the full API):
+//! - clients: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`, `GET /healthz`
+//! - admin (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
+//!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `/api/v1/relays`
+//! - nodes (signed): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`, `GET /odi/v1/watch`,
+//!   `GET /odi/v1/blobs/sha256/{hex}`
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use bytes::Bytes;
+use ed25519_dalek::SigningKey;
+use http::header::{self, HeaderValue};
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use odi_core::auth::{self, ReplayGuard, SignedRequest};
+use odi_core::catalog::DEFAULT_REPLICAS;
+use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError};
+use odi_core::manifest::DEFAULT_CHUNK_SIZE;
+use odi_core::message::{Message, NodeId, RefusalCode, RelayUrl};
+use odi_core::path::{ArtifactPath, CatalogName};
+use odi_core::rng::Seed;
+use odi_core::storage::{BlobStore, MetaStore, Record, StorageError, TokenRole};
+use odi_core::{Digest, time::Instant};
+use odi_storage::{LocalStore, SqliteMeta};
+use serde::{Deserialize, Serialize};
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::client::{self, HttpClient};
+use crate::http::{Body, digest_headers, error, json, serve_blob, split_catalog_path};
+use crate::{Clock, NetError, keys, unix_now};
+
+/// Longest JSON body accepted from the admin API or a node.
+const MAX_REQUEST_JSON: usize = 16 << 20;
+/// How long a watch request is held before it answers with no news.
+const WATCH_HOLD: Duration = Duration::from_secs(25);
+const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Clone, Debug)]
+pub struct DirectoryOptions {
+    pub data_dir: PathBuf,
+    /// The URL clients and relays reach this directory at (for messages and metalinks).
+    pub public_url: Option<String>,
+    pub heartbeat_interval: Duration,
+    pub lease: Duration,
+    /// The admin token; `None` reads or creates `{data_dir}/admin.token`.
+    pub admin_token: Option<String>,
+    /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
+    pub enroll_token: Option<String>,
+}
+
+impl DirectoryOptions {
+    pub fn new(data_dir: impl Into<PathBuf>) -> Self {
+        Self { data_dir: data_dir.into(), public_url: None, heartbeat_interval: Duration::from_secs(5), lease: Duration::from_secs(15), admin_token: None, enroll_token: None }
+    }
+}
+
+/// An opened directory: state restored, keys and tokens in place, not yet listening.
+pub struct DirectoryServer {
+    shared: Arc<Shared>,
+    /// Where the admin token was written, when it came from a file.
+    pub admin_token_path: Option<PathBuf>,
+    pub enroll_token_path: Option<PathBuf>,
+}
+
+struct Shared {
+    machine: Mutex<Directory>,
+    store: Arc<dyn BlobStore>,
+    meta: Arc<dyn MetaStore>,
+    /// Serializes plan → persist → apply, so admin changes are applied in log order.
+    writer: tokio::sync::Mutex<()>,
+    generation: watch::Sender<u64>,
+    replay: Mutex<ReplayGuard>,
+    timer: Notify,
+    clock: Clock,
+    client: HttpClient,
+}
+
+/// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, options: DirectoryOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+    DirectoryServer::open(options).await?.run(listener, shutdown).await
+}
+
+impl DirectoryServer {
+    pub async fn open(options: DirectoryOptions) -> Result<Self, NetError> {
+        let dir = keys::ensure_dir(&options.data_dir)?;
+        let key: SigningKey = keys::load_or_create_key(&dir)?;
+        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dir.join("blobs"))?);
+        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMeta::open(dir.join("directory.sqlite3"))?);
+        let mut config = DirectoryConfig::new(NodeId(key.verifying_key().to_bytes()));
+        config.heartbeat_interval = options.heartbeat_interval;
+        config.lease = options.lease;
+        config.self_test_retry = options.heartbeat_interval;
+        let clock = Clock::start();
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
+        let records = meta.load().await?;
+        let restored = records.iter().filter(|r| machine.apply(r, clock.now())).count();
+        if restored != records.len() {
+            tracing::warn!(skipped = records.len() - restored, "some stored records did not apply");
+        }
+        while machine.poll_event().is_some() {}
+        let mut token_paths = [None, None];
+        for (i, (role, given, file)) in [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate() {
+            let token = match given {
+                Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                _ => {
+                    let path = dir.join(file);
+                    let t = keys::load_or_create_secret(&path, keys::new_token)?;
+                    token_paths[i] = Some(path);
+                    t
+                }
+            };
+            if let Some(record) = machine.plan_token(role, &token) {
+                meta.apply(std::slice::from_ref(&record)).await?;
+                machine.apply(&record, clock.now());
+            }
+        }
+        let generation = watch::Sender::new(machine.generation());
+        let shared = Arc::new(Shared {
+            machine: Mutex::new(machine),
+            store,
+            meta,
+            writer: tokio::sync::Mutex::new(()),
+            generation,
+            replay: Mutex::new(ReplayGuard::new(1 << 20)),
+            timer: Notify::new(),
+            clock,
+            client: HttpClient::new(),
+        });
+        let [admin_token_path, enroll_token_path] = token_paths;
+        Ok(Self { shared, admin_token_path, enroll_token_path })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.lock().id()
+    }
+
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+        let shared = self.shared;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let timer = tokio::spawn(timer_loop(shared.clone(), stop_rx));
+        let handler = {
+            let shared = shared.clone();
+            Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
+        };
+        let result = crate::serve(listener, handler, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = timer.await;
+        result
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Directory> {
+        // A panic while holding the lock leaves a machine whose invariants were checked
+        // before each mutation; serving on is better than refusing every request.
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// Runs `f` on the machine, then drains it: events are logged, effects returned to run.
+    fn with_machine<R>(&self, f: impl FnOnce(&mut Directory, Instant) -> R) -> (R, Vec<Effect>) {
+        let mut m = self.lock();
+        let out = f(&mut m, self.clock.now());
+        let mut effects = Vec::new();
+        while let Some(effect) = m.poll_effect() {
+            effects.push(effect);
+        }
+        while let Some(event) = m.poll_event() {
+            log_event(&event);
+            if let Event::GenerationChanged { generation } = event {
+                self.generation.send_replace(generation);
+            }
+        }
+        drop(m);
+        self.timer.notify_one();
+        (out, effects)
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
+        Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
+        Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
+        Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
+        Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
+    }
+}
+
+/// Runs effects: persistence is awaited (the caller answers only after it is durable);
+/// self-tests run in the background and report back to the machine.
+/// (Boxed: a self-test's outcome yields effects that may start another self-test.)
+fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>> {
+    Box::pin(async move {
+        for effect in effects {
+            match effect {
+                Effect::Persist { records } => shared.meta.apply(&records).await?,
+                Effect::SelfTest { relay, url, attempt } => {
+                    tokio::spawn(self_test(shared.clone(), relay, url, attempt));
+                }
+            }
+        }
+        Ok(())
+    })
+}
+
+async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u64) {
+    #[derive(Deserialize)]
+    struct Health {
+        id: NodeId,
+    }
+    let probe = async {
+        let req = Request::get(format!("{url}/healthz")).body(crate::http::empty()).map_err(|e| e.to_string())?;
+        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let health: Health = client::read_json(resp).await.map_err(|e| e.to_string())?;
+        Ok(health.id)
+    };
+    let outcome: Result<NodeId, String> = probe.await;
+    let (_, effects) = shared.with_machine(|d, now| d.handle_self_test(relay, attempt, outcome, now));
+    if let Err(e) = execute(&shared, effects).await {
+        tracing::error!(error = %e, "cannot persist directory state");
+    }
+}
+
+async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let next = shared.lock().poll_timeout();
+        let sleep = match next {
+            Some(at) => tokio::time::sleep_until(shared.clock.deadline(at)),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = shared.timer.notified() => continue,
+            _ = stop.changed() => return,
+        }
+        let (_, effects) = shared.with_machine(|d, now| d.handle_timeout(now));
+        if let Err(e) = execute(&shared, effects).await {
+            tracing::error!(error = %e, "cannot persist directory state");
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let path = req.uri().path().to_owned();
+    let method = req.method().clone();
+    let read = method == Method::GET || method == Method::HEAD;
+    if let Some(rest) = path.strip_prefix("/r/") {
+        return if read { client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
+    }
+    if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
+        return if read { client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
+    }
+    if let Some(rest) = path.strip_prefix("/api/v1/") {
+        if let Err(resp) = check_admin(&shared, &req) {
+            return resp;
+        }
+        return admin(&shared, req, &rest.to_owned()).await;
+    }
+    if let Some(rest) = path.strip_prefix("/odi/v1/") {
+        return node(&shared, req, &rest.to_owned()).await;
+    }
+    match (path.as_str(), read) {
+        ("/healthz", true) => {
+            let id = shared.lock().id();
+            json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "directory", "id": id }))
+        }
+        ("/healthz", false) => not_allowed("GET, HEAD"),
+        _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+fn not_allowed(allow: &'static str) -> Response<Body> {
+    let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, format!("method not allowed; use {allow}"));
+    resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static(allow));
+    resp
+}
+
+fn lookup_error(e: &LookupError) -> Response<Body> {
+    match e {
+        LookupError::Expunged(_) => error(StatusCode::GONE, e),
+        _ => error(StatusCode::NOT_FOUND, e),
+    }
+}
+
+// ---- clients ----
+
+async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &str) -> Response<Body> {
+    let Some((catalog, raw_path)) = split_catalog_path(rest) else {
+        return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
+    };
+    if CatalogName::new(catalog).is_err() {
+        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
+    }
+    let path = match ArtifactPath::from_url(raw_path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    };
+    let now = shared.clock.now();
+    let redirect = shared.lock().redirect(catalog, &path, now);
+    match redirect {
+        Ok(r) => match r.target {
+            Some(target) => {
+                let tail = format!("r/{catalog}/{}", path.to_url());
+                redirect_response(&target, &tail, &r.alternates, &r.digest)
+            }
+            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type).await,
+        },
+        Err(e) => lookup_error(&e),
+    }
+}
+
+async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -> Response<Body> {
+    let digest = match Digest::from_hex(hex) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let now = shared.clock.now();
+    let redirect = shared.lock().redirect_blob(&digest, now);
+    match redirect {
+        Ok(r) => match r.target {
+            Some(target) => redirect_response(&target, &format!("blobs/sha256/{hex}"), &r.alternates, &digest),
+            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &digest, &r.media_type).await,
+        },
+        Err(e) => lookup_error(&e),
+    }
+}
+
+fn redirect_response(target: &RelayUrl, tail: &str, alternates: &[RelayUrl], digest: &Digest) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    let h = resp.headers_mut();
+    if let Ok(v) = HeaderValue::from_str(&format!("{target}/{tail}")) {
+        h.insert(header::LOCATION, v);
+    }
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    digest_headers(h, digest);
+    for (i, alt) in alternates.iter().enumerate() {
+        if let Ok(v) = HeaderValue::from_str(&format!("<{alt}/{tail}>; rel=duplicate; pri={}", i + 1)) {
+            h.append(header::LINK, v);
+        }
+    }
+    resp
+}
+
+// ---- admin API ----
+
+fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
+        let mut resp = error(StatusCode::UNAUTHORIZED, "admin API needs `Authorization: Bearer {token}`; the token is in the directory's admin.token file or ODI_ADMIN_TOKEN");
+        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
+        return Err(resp);
+    };
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
+    if shared.lock().check_token(TokenRole::Admin, token) {
+        Ok(())
+    } else {
+        Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
+    }
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CreateCatalog {
+    name: String,
+    replicas: Option<u32>,
+    chunk_size: Option<u64>,
+}
+
+#[derive(Serialize)]
+struct Published {
+    catalog: CatalogName,
+    path: ArtifactPath,
+    digest: Digest,
+    size: u64,
+    seq: u64,
+    created: bool,
+}
+
+#[derive(Serialize)]
+struct ArtifactView<'a> {
+    path: &'a ArtifactPath,
+    digest: Digest,
+    size: u64,
+    media_type: &'a str,
+    published_at: u64,
+}
+
+async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let method = req.method().clone();
+    let segments: Vec<&str> = rest.splitn(4, '/').collect();
+    match (method, segments.as_slice()) {
+        (Method::GET, ["catalogs"]) => json(StatusCode::OK, &shared.lock().catalogs()),
+        (Method::POST, ["catalogs"]) => create_catalog(shared, req).await,
+        (Method::GET, ["catalogs", name]) => {
+            let Ok(name) = CatalogName::new(name) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+            let m = shared.lock();
+            let Some(view) = m.catalogs().into_iter().find(|c| c.name == name) else { return error(StatusCode::NOT_FOUND, format!("no catalog named `{name}`")) };
+            let artifacts: Vec<ArtifactView<'_>> = m
+                .artifacts(&name)
+                .into_iter()
+                .flatten()
+                .map(|a| ArtifactView { path: &a.path, digest: a.digest(), size: a.size(), media_type: &a.media_type, published_at: a.published_at.0 })
+                .collect();
+            json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts }))
+        }
+        (Method::PUT, ["catalogs", name, "artifacts", path]) => {
+            let (name, path) = (name.to_string(), path.to_string());
+            publish(shared, req, &name, &path).await
+        }
+        (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
+        (Method::GET, ["relays"]) => {
+            let now = shared.clock.now();
+            json(StatusCode::OK, &shared.lock().relays(now))
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} /api/v1/{rest}", req.method())),
+    }
+}
+
+fn admin_error(e: &AdminError) -> Response<Body> {
+    let status = match e {
+        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) => StatusCode::CONFLICT,
+        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } => StatusCode::NOT_FOUND,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, e)
+}
+
+/// Makes `record` durable, then applies it: the write-ahead rule of the directory.
+async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
+    if let Err(e) = shared.meta.apply(std::slice::from_ref(record)).await {
+        tracing::error!(error = %e, "cannot persist");
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}")));
+    }
+    let (_, effects) = shared.with_machine(|d, now| d.apply(record, now));
+    execute(shared, effects).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))
+}
+
+async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let body = match read_request_json(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let create: CreateCatalog = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+    };
+    let name = match CatalogName::new(&create.name) {
+        Ok(n) => n,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let _writer = shared.writer.lock().await;
+    let planned = shared.lock().plan_create_catalog(name.clone(), create.replicas.unwrap_or(DEFAULT_REPLICAS), create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)), unix_now());
+    let record = match planned {
+        Ok(r) => r,
+        Err(e) => return admin_error(&e),
+    };
+    if let Err(resp) = commit(shared, &record).await {
+        return resp;
+    }
+    let view = shared.lock().catalogs().into_iter().find(|c| c.name == name);
+    json(StatusCode::CREATED, &view)
+}
+
+async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, raw_path: &str) -> Response<Body> {
+    let Ok(catalog) = CatalogName::new(catalog) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+    let path = match ArtifactPath::from_url(raw_path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    };
+    let Some(chunk_size) = shared.lock().catalog_config(&catalog).map(|c| c.chunk_size) else {
+        return admin_error(&AdminError::UnknownCatalog(catalog));
+    };
+    let media_type = req
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .filter(|v| v.len() <= 200 && !v.is_empty())
+        .unwrap_or("application/octet-stream")
+        .to_owned();
+    // The bytes are durable under their digest before the log entry that names them.
+    let manifest = match shared.store.ingest(chunk_size, client::body_stream(req.into_body())).await {
+        Ok(m) => m,
+        Err(StorageError::Input(e)) => return error(StatusCode::BAD_REQUEST, format!("upload failed, nothing was published: {e}")),
+        Err(StorageError::Verify { source, .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, source),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the upload: {e}")),
+    };
+    let (digest, size) = (manifest.digest(), manifest.total_len());
+    let _writer = shared.writer.lock().await;
+    let planned = shared.lock().plan_publish(&catalog, path.clone(), manifest, media_type, unix_now());
+    let created = match planned {
+        Ok(Some(record)) => {
+            if let Err(resp) = commit(shared, &record).await {
+                return resp;
+            }
+            true
+        }
+        Ok(None) => false,
+        Err(e) => return admin_error(&e),
+    };
+    let seq = shared.lock().catalogs().into_iter().find(|c| c.name == catalog).map_or(0, |c| c.seq);
+    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
+    json(status, &Published { catalog, path, digest, size, seq, created })
+}
+
+async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
+    let Ok(catalog) = CatalogName::new(catalog) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+    let path = match ArtifactPath::from_url(raw_path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    };
+    let _writer = shared.writer.lock().await;
+    let planned = shared.lock().plan_expunge(&catalog, &path, unix_now());
+    let record = match planned {
+        Ok(r) => r,
+        Err(e) => return admin_error(&e),
+    };
+    if let Err(resp) = commit(shared, &record).await {
+        return resp;
+    }
+    let digest = match &record {
+        Record::Log { entry, .. } => match &entry.op {
+            odi_core::catalog::LogOp::Expunge { digest, .. } => Some(*digest),
+            odi_core::catalog::LogOp::Put(_) => None,
+        },
+        _ => None,
+    };
+    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "expunged": digest }))
+}
+
+async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+    match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_JSON).collect().await {
+        Ok(c) => Ok(c.to_bytes()),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_REQUEST_JSON} bytes"))),
+        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
+    }
+}
+
+// ---- node API ----
+
+async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let body = match read_request_json(Request::from_parts(parts.clone(), body)).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    let signed = SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        body: &body,
+        content_digest: header("content-digest"),
+        signature_input: header("signature-input"),
+        signature: header("signature"),
+    };
+    let verified = {
+        let mut replay = shared.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        auth::verify(&signed, unix_now(), &mut replay)
+    };
+    let from = match verified {
+        Ok(id) => id,
+        Err(e) => return error(StatusCode::UNAUTHORIZED, format!("node request refused: {e}")),
+    };
+    let known = shared.lock().knows_relay(&from);
+    match (&parts.method, rest) {
+        (&Method::POST, "enroll" | "heartbeat") => {
+            let msg: Message = match serde_json::from_slice(&body) {
+                Ok(m) => m,
+                Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
+            };
+            let expected = matches!((&msg, rest), (Message::Enroll(_), "enroll") | (Message::Heartbeat(_), "heartbeat"));
+            if !expected {
+                return error(StatusCode::BAD_REQUEST, format!("/odi/v1/{rest} takes a {rest} message"));
+            }
+            let wall = unix_now();
+            let (reply, effects) = shared.with_machine(|d, now| d.handle_message(from, msg, now, wall));
+            if let Err(e) = execute(shared, effects).await {
+                return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save relay state: {e}"));
+            }
+            let status = match &reply {
+                Message::Refused(r) => match r.code {
+                    RefusalCode::BadToken => StatusCode::FORBIDDEN,
+                    RefusalCode::UnknownRelay => StatusCode::NOT_FOUND,
+                    RefusalCode::BadRequest => StatusCode::BAD_REQUEST,
+                },
+                _ => StatusCode::OK,
+            };
+            json(status, &reply)
+        }
+        _ if !known => error(StatusCode::FORBIDDEN, "this node is not an enrolled relay"),
+        (&Method::GET, "watch") => {
+            let after: Option<u64> = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after="))).and_then(|v| v.parse().ok());
+            let mut rx = shared.generation.subscribe();
+            let current = *rx.borrow_and_update();
+            if after == Some(current) {
+                let _ = tokio::time::timeout(WATCH_HOLD, rx.changed()).await;
+            }
+            let generation = *rx.borrow();
+            json(StatusCode::OK, &serde_json::json!({ "generation": generation }))
+        }
+        (&Method::GET | &Method::HEAD, blob) if blob.starts_with("blobs/sha256/") => {
+            let hex = &blob["blobs/sha256/".len()..];
+            let digest = match Digest::from_hex(hex) {
+                Ok(d) => d,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            if let Err(e) = shared.lock().manifest(&digest) {
+                return lookup_error(&e);
+            }
+            serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream").await
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such node endpoint: {} /odi/v1/{rest}", parts.method)),
+    }
+}

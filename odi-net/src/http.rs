@@ -1,0 +1,193 @@
+//! HTTP plumbing shared by the directory and the relay: body types, one-line error responses,
+//! `Range` parsing, and serving a blob with the client-facing headers of the contract.
+
+use std::convert::Infallible;
+use std::ops::Range;
+
+use bytes::Bytes;
+use futures_util::TryStreamExt as _;
+use http::header::{self, HeaderMap, HeaderValue};
+use http::{Method, Response, StatusCode};
+use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
+use hyper::body::Frame;
+use odi_core::Digest;
+use odi_core::storage::{BlobStore, StorageError};
+
+pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
+/// The response body type of every ODI server.
+pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
+
+pub fn empty() -> Body {
+    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+pub fn full(bytes: impl Into<Bytes>) -> Body {
+    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
+}
+
+/// A plain-text response whose body is one line saying what went wrong.
+pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {
+    let mut line = reason.to_string().replace(['\r', '\n'], " ");
+    line.push('\n');
+    let mut resp = Response::new(full(line));
+    *resp.status_mut() = status;
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp
+}
+
+pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body> {
+    match serde_json::to_vec(value) {
+        Ok(mut body) => {
+            body.push(b'\n');
+            let mut resp = Response::new(full(body));
+            *resp.status_mut() = status;
+            resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+            resp
+        }
+        Err(e) => error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot encode response: {e}")),
+    }
+}
+
+/// `Repr-Digest` (RFC 9530) and the legacy `Digest` header aria2 reads.
+pub fn digest_headers(headers: &mut HeaderMap, digest: &Digest) {
+    let b64 = digest.to_base64();
+    if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{b64}:")) {
+        headers.insert("repr-digest", v);
+    }
+    if let Ok(v) = HeaderValue::from_str(&format!("SHA-256={b64}")) {
+        headers.insert("digest", v);
+    }
+}
+
+pub fn etag(digest: &Digest) -> String {
+    format!("\"sha256:{}\"", digest.to_hex())
+}
+
+/// What a `Range` header asks of a representation of `size` bytes.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum RangeRequest {
+    /// No usable `Range`: send everything (also for multiple or malformed ranges, which a
+    /// server may ignore).
+    Full,
+    Partial(Range<u64>),
+    Unsatisfiable,
+}
+
+/// Parses a single `bytes=` range against `size`.
+pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
+    let Some(spec) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("bytes=")) else { return RangeRequest::Full };
+    if spec.contains(',') {
+        return RangeRequest::Full;
+    }
+    let Some((start, end)) = spec.trim().split_once('-') else { return RangeRequest::Full };
+    let (start, end) = (start.trim(), end.trim());
+    let parse = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() && s.len() <= 20 { s.parse::<u64>().ok() } else { None };
+    match (start.is_empty(), end.is_empty()) {
+        (true, true) => RangeRequest::Full,
+        (true, false) => match parse(end) {
+            Some(0) => RangeRequest::Unsatisfiable,
+            Some(n) if size == 0 => {
+                let _ = n;
+                RangeRequest::Unsatisfiable
+            }
+            Some(n) => RangeRequest::Partial(size.saturating_sub(n)..size),
+            None => RangeRequest::Full,
+        },
+        (false, _) => {
+            let Some(first) = parse(start) else { return RangeRequest::Full };
+            let last = if end.is_empty() { Some(u64::MAX) } else { parse(end) };
+            match last {
+                Some(last) if last < first => RangeRequest::Full,
+                Some(_) if first >= size => RangeRequest::Unsatisfiable,
+                Some(last) => RangeRequest::Partial(first..last.saturating_add(1).min(size)),
+                None => RangeRequest::Full,
+            }
+        }
+    }
+}
+
+/// Serves a stored blob: `200`, `206` for one satisfiable range, `416`, `304` on a matching
+/// `If-None-Match`, `404` when the store does not have it; HEAD gets the headers alone.
+pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str) -> Response<Body> {
+    let size = match store.size(digest).await {
+        Ok(size) => size,
+        Err(StorageError::NotFound { .. }) => return error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+    };
+    let tag = etag(digest);
+    let mut builder = Response::builder()
+        .header(header::ETAG, &tag)
+        .header(header::ACCEPT_RANGES, "bytes")
+        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+    if let Some(h) = builder.headers_mut() {
+        digest_headers(h, digest);
+    }
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
+        if inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag) {
+            return builder.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        }
+    }
+    let range = match parse_range(headers.get(header::RANGE), size) {
+        RangeRequest::Full => None,
+        RangeRequest::Partial(r) => Some(r),
+        RangeRequest::Unsatisfiable => {
+            return builder
+                .status(StatusCode::RANGE_NOT_SATISFIABLE)
+                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
+                .body(full(format!("range not satisfiable: the artifact has {size} bytes\n")))
+                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        }
+    };
+    let builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    let (status, span, builder) = match &range {
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1))),
+        None => (StatusCode::OK, 0..size, builder),
+    };
+    let builder = builder.status(status).header(header::CONTENT_LENGTH, span.end - span.start);
+    if method == Method::HEAD {
+        return builder.body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+    }
+    match store.get(digest, range).await {
+        Ok(got) => {
+            let frames = got.stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
+            builder.body(StreamBody::new(frames).boxed_unsync()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+        }
+        Err(StorageError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
+        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// Splits `/{prefix}/{catalog}/{rest}` as it appears on the wire (still percent-encoded).
+pub fn split_catalog_path(rest: &str) -> Option<(&str, &str)> {
+    let (catalog, path) = rest.split_once('/')?;
+    Some((catalog, path))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(v: &str, size: u64) -> RangeRequest {
+        parse_range(Some(&HeaderValue::from_str(v).unwrap()), size)
+    }
+
+    #[test]
+    fn ranges() {
+        use RangeRequest::*;
+        assert_eq!(r("bytes=0-0", 10), Partial(0..1));
+        assert_eq!(r("bytes=2-", 10), Partial(2..10));
+        assert_eq!(r("bytes=2-100", 10), Partial(2..10));
+        assert_eq!(r("bytes=-3", 10), Partial(7..10));
+        assert_eq!(r("bytes=-30", 10), Partial(0..10));
+        assert_eq!(r("bytes=10-", 10), Unsatisfiable);
+        assert_eq!(r("bytes=-0", 10), Unsatisfiable);
+        assert_eq!(r("bytes=0-", 0), Unsatisfiable);
+        assert_eq!(r("bytes=5-2", 10), Full);
+        assert_eq!(r("bytes=0-1,3-4", 10), Full);
+        assert_eq!(r("items=0-1", 10), Full);
+        assert_eq!(r("bytes=99999999999999999999999-", 10), Full);
+        assert_eq!(r("bytes=0-18446744073709551615", 10), Partial(0..10));
+        assert_eq!(parse_range(None, 10), Full);
+    }
+}

@@ -1,0 +1,290 @@
+//! The relay driver: runs `odi_core::relay::Relay`, syncs its assignment from the directory
+//! (every chunk verified before a blob becomes visible), and serves what it holds.
+//!
+//! Routes: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}` (404 at once when not
+//! held, so clients fall back fast), `GET /healthz` (names the relay, for the self-test).
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
+use odi_core::message::{Capacity, Message, NodeId, RelayUrl};
+use odi_core::path::{ArtifactPath, CatalogName};
+use odi_core::relay::{Effect, Event, Relay, RelayConfig};
+use odi_core::storage::BlobStore;
+use odi_core::{ChunkManifest, Digest, time::Instant};
+use odi_storage::LocalStore;
+use serde::Deserialize;
+use tokio::net::TcpListener;
+use tokio::sync::{Notify, watch};
+
+use crate::client::{self, HttpClient};
+use crate::http::{Body, error, json, serve_blob, split_catalog_path};
+use crate::{Clock, NetError, keys};
+
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
+
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    pub data_dir: PathBuf,
+    /// Base URL of the directory, e.g. `http://127.0.0.1:7700`.
+    pub directory: String,
+    /// The URL clients reach this relay at; the directory self-tests it before trusting it.
+    pub public_url: String,
+    pub disk_budget: u64,
+    /// Bytes per second; 0 is unlimited.
+    pub bandwidth: u64,
+    pub catalogs: Vec<String>,
+    pub enroll_token: String,
+    pub max_fetches: usize,
+}
+
+pub struct RelayServer {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    machine: Mutex<Relay>,
+    store: Arc<LocalStore>,
+    key: SigningKey,
+    id: NodeId,
+    directory: String,
+    client: HttpClient,
+    clock: Clock,
+    wake: Notify,
+}
+
+/// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+    RelayServer::open(options).await?.run(listener, shutdown).await
+}
+
+impl RelayServer {
+    pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
+        let dir = keys::ensure_dir(&options.data_dir)?;
+        let key = keys::load_or_create_key(&dir)?;
+        let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
+        let directory = options.directory.trim_end_matches('/').to_owned();
+        if !directory.starts_with("http://") {
+            return Err(NetError::Config(format!("directory URL `{directory}` must start with http://")));
+        }
+        let catalogs = options
+            .catalogs
+            .iter()
+            .map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}"))))
+            .collect::<Result<Vec<_>, _>>()?;
+        if options.enroll_token.trim().is_empty() {
+            return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
+        }
+        let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
+        let held = store.list().await?;
+        let budget = options.disk_budget;
+        let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
+        tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
+        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
+        config.catalogs = catalogs;
+        config.max_fetches = options.max_fetches.max(1);
+        config.request_timeout = REQUEST_TIMEOUT + Duration::from_secs(5);
+        config.retry_backoff = Duration::from_secs(1);
+        let clock = Clock::start();
+        let machine = Relay::new(config, held, clock.now());
+        let id = NodeId(key.verifying_key().to_bytes());
+        Ok(Self { shared: Arc::new(Shared { machine: Mutex::new(machine), store, key, id, directory, client: HttpClient::new(), clock, wake: Notify::new() }) })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+        let shared = self.shared;
+        let (stop_tx, stop_rx) = watch::channel(false);
+        let driver = tokio::spawn(drive(shared.clone(), stop_rx.clone()));
+        let watcher = tokio::spawn(watch_directory(shared.clone(), stop_rx));
+        let handler = {
+            let shared = shared.clone();
+            Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
+        };
+        let result = crate::serve(listener, handler, shutdown).await;
+        let _ = stop_tx.send(true);
+        let _ = driver.await;
+        watcher.abort();
+        result
+    }
+}
+
+impl Shared {
+    fn lock(&self) -> MutexGuard<'_, Relay> {
+        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Runs `f` on the machine, then drains it: effects start as tasks, events are logged.
+fn with_machine<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> R) -> R {
+    let mut m = shared.lock();
+    let out = f(&mut m, shared.clock.now());
+    let mut effects = Vec::new();
+    while let Some(effect) = m.poll_effect() {
+        effects.push(effect);
+    }
+    while let Some(event) = m.poll_event() {
+        log_event(&event);
+    }
+    drop(m);
+    for effect in effects {
+        let shared = shared.clone();
+        match effect {
+            Effect::Send(msg) => tokio::spawn(send(shared, msg)),
+            Effect::Fetch { manifest } => tokio::spawn(fetch(shared, manifest)),
+            Effect::Delete { digest } => tokio::spawn(async move {
+                if let Err(e) = shared.store.delete(&digest).await {
+                    tracing::error!(%digest, error = %e, "cannot delete blob");
+                }
+            }),
+        };
+    }
+    shared.wake.notify_one();
+    out
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Enrolled { relay, directory } => tracing::info!(%relay, %directory, "enrolled with the directory"),
+        Event::Refused { reason } => tracing::warn!(%reason, "the directory refused a request"),
+        Event::Ready { digest } => tracing::info!(%digest, "verified and ready"),
+        Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
+        Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
+        Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
+    }
+}
+
+async fn send(shared: Arc<Shared>, msg: Message) {
+    let endpoint = match &msg {
+        Message::Enroll(_) => "enroll",
+        _ => "heartbeat",
+    };
+    let url = format!("{}/odi/v1/{endpoint}", shared.directory);
+    let outcome = async {
+        let body = serde_json::to_vec(&msg).map_err(|e| NetError::Protocol(e.to_string()))?;
+        let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
+        let status = resp.status();
+        let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
+        serde_json::from_slice::<Message>(&bytes).map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
+    };
+    match outcome.await {
+        Ok(reply) => with_machine(&shared, |m, now| m.handle_message(reply, now)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the directory; retrying");
+            with_machine(&shared, |m, now| m.handle_send_failed(now));
+        }
+    }
+}
+
+/// Downloads one blob from the directory into the store, verified chunk by chunk.
+async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest) {
+    let digest = manifest.digest();
+    let url = format!("{}/odi/v1/blobs/sha256/{}", shared.directory, digest.to_hex());
+    let outcome = async {
+        let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), REQUEST_TIMEOUT).await?;
+        if resp.status() != StatusCode::OK {
+            let status = resp.status();
+            let reason = client::read_body(resp.into_body(), 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+            return Err(NetError::Status { status, reason });
+        }
+        shared.store.put_verified(&manifest, client::body_stream(resp.into_body())).await?;
+        Ok(())
+    };
+    let outcome = outcome.await.map_err(|e| e.to_string());
+    with_machine(&shared, |m, now| m.handle_fetch(digest, outcome, now));
+}
+
+/// Re-arms one timer at the machine's `poll_timeout` and feeds it `handle_timeout`.
+async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    with_machine(&shared, |m, now| m.handle_timeout(now));
+    loop {
+        let next = shared.lock().poll_timeout();
+        let sleep = match next {
+            Some(at) => tokio::time::sleep_until(shared.clock.deadline(at)),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        };
+        tokio::select! {
+            () = sleep => {}
+            () = shared.wake.notified() => continue,
+            _ = stop.changed() => return,
+        }
+        with_machine(&shared, |m, now| m.handle_timeout(now));
+    }
+}
+
+/// Long-polls the directory for a new generation, so changes arrive as pushes, not on the
+/// next heartbeat.
+async fn watch_directory(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+    #[derive(Deserialize)]
+    struct Generation {
+        generation: u64,
+    }
+    while !*stop.borrow() {
+        let (enrolled, after) = {
+            let m = shared.lock();
+            (m.is_enrolled(), m.generation())
+        };
+        if !enrolled {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let url = format!("{}/odi/v1/watch?after={after}", shared.directory);
+        let outcome = async {
+            let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), WATCH_TIMEOUT).await?;
+            client::read_json::<Generation>(resp).await
+        };
+        match outcome.await {
+            Ok(g) if g.generation != after => with_machine(&shared, |m, now| m.handle_notify(g.generation, now)),
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
+
+async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method().clone();
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD");
+        resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let path = req.uri().path().to_owned();
+    if path == "/healthz" {
+        let (enrolled, synced) = {
+            let m = shared.lock();
+            (m.is_enrolled(), m.is_synced())
+        };
+        return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
+    }
+    let digest = if let Some(rest) = path.strip_prefix("/r/") {
+        let Some((catalog, raw_path)) = split_catalog_path(rest) else { return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}") };
+        if CatalogName::new(catalog).is_err() {
+            return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+        }
+        let path = match ArtifactPath::from_url(raw_path) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+        };
+        shared.lock().lookup(catalog, &path)
+    } else if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
+        match Digest::from_hex(hex) {
+            Ok(d) => Some(d).filter(|d| shared.lock().holds(d)),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    } else {
+        return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+    };
+    match digest {
+        Some(digest) => serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream").await,
+        None => error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory"),
+    }
+}
