@@ -1,1 +1,21 @@
+//! odi-storage: the storage backends behind odi-core's storage traits.
+//!
+//! - [`LocalStore`]: content-addressed blobs on a local disk, for relays.
+//! - [`ObjectBlobStore`]: the same over any [`object_store::ObjectStore`] (S3 and friends).
+//! - [`SqliteMeta`]: a directory's durable metadata in SQLite.
+//!
+//! Every blob store keeps one promise: a blob becomes visible under its digest only once all
+//! of its bytes are in and verified, so a reader never sees a partial or wrong blob. The
+//! `conformance` module (feature `conformance`, outside semver) checks that promise, and the
+//! rest of the [`BlobStore`](odi_core::storage::BlobStore) contract, for any backend.
 
+pub mod local;
+pub mod object;
+pub mod sqlite;
+
+#[cfg(any(test, feature = "conformance"))]
+pub mod conformance;
+
+pub use local::LocalStore;
+pub use object::ObjectBlobStore;
+pub use sqlite::SqliteMeta;

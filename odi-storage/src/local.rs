@@ -1,0 +1,453 @@
+//! Content-addressed blobs on a local disk.
+//!
+//! Layout under the store's root:
+//!
+//! ```text
+//! blobs/sha256/{first 2 hex digits}/{64 hex digits}   finished, verified blobs
+//! tmp/                                                 blobs still arriving
+//! ```
+//!
+//! Bytes stream into a file in `tmp/`, are fsynced once complete and verified, and are then
+//! renamed to their final path and the directory fsynced. A file under `blobs/` is therefore
+//! always whole and correct; a crash leaves at most a stray file in `tmp/`, removed at the next
+//! [`LocalStore::open`]. A root belongs to one process at a time.
+
+use std::fmt;
+use std::io::{self, SeekFrom};
+use std::ops::Range;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use bytes::BytesMut;
+use futures_util::{StreamExt, stream};
+use odi_core::digest::Digest;
+use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
+use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
+use tokio::fs::{File, OpenOptions};
+use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+
+/// The store name used in errors.
+const STORE: &str = "local";
+/// Bytes read or buffered per step when streaming a blob in or out.
+const PIECE: usize = 256 * 1024;
+/// Attempts at finding an unused temp file name before giving up.
+const TEMP_ATTEMPTS: u32 = 16;
+
+/// Distinguishes temp files created by this process.
+static NEXT_TEMP: AtomicU64 = AtomicU64::new(0);
+
+/// Content-addressed blobs in a directory on local disk.
+#[derive(Debug)]
+pub struct LocalStore {
+    root: PathBuf,
+    blobs: PathBuf,
+    tmp: PathBuf,
+}
+
+impl LocalStore {
+    /// Opens (creating if needed) a store rooted at `root`, and removes any temp files a crash
+    /// left behind.
+    pub fn open(root: impl Into<PathBuf>) -> Result<Self> {
+        let root = root.into();
+        let blobs = root.join("blobs").join("sha256");
+        let tmp = root.join("tmp");
+        for dir in [&blobs, &tmp] {
+            std::fs::create_dir_all(dir).map_err(io_error("create directory", dir))?;
+        }
+        let removed = clean_dir(&tmp)?;
+        if removed > 0 {
+            tracing::info!(removed, tmp = %tmp.display(), "removed unfinished blobs left by an earlier run");
+        }
+        Ok(Self { root, blobs, tmp })
+    }
+
+    /// The root directory this store was opened at.
+    pub fn root(&self) -> &Path {
+        &self.root
+    }
+
+    /// Where the blob `digest` lives once stored (whether or not it is there now).
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        let hex = digest.to_hex();
+        self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    async fn contains(&self, digest: &Digest) -> Result<bool> {
+        let path = self.blob_path(digest);
+        tokio::fs::try_exists(&path).await.map_err(io_error("check for", &path))
+    }
+
+    /// Streams `body` into a new temp file, passing every piece to `check` before writing it.
+    async fn receive(
+        &self,
+        mut body: ByteStream<'_>,
+        mut check: impl FnMut(&[u8]) -> Result<()> + Send,
+    ) -> Result<Staged> {
+        let (file, temp) = self.create_temp().await?;
+        let mut out = BufWriter::with_capacity(PIECE, file);
+        while let Some(piece) = body.next().await {
+            let piece = piece?;
+            check(&piece)?;
+            out.write_all(&piece).await.map_err(io_error("write", &temp.path))?;
+        }
+        out.flush().await.map_err(io_error("write", &temp.path))?;
+        Ok(Staged { file: out.into_inner(), temp })
+    }
+
+    async fn create_temp(&self) -> Result<(File, TempFile)> {
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+        let mut last_error = None;
+        for _ in 0..TEMP_ATTEMPTS {
+            let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+            let path = self.tmp.join(format!("{}-{n}-{nanos:08x}.part", std::process::id()));
+            match OpenOptions::new().write(true).create_new(true).open(&path).await {
+                Ok(file) => return Ok((file, TempFile { path, armed: true })),
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => last_error = Some(e),
+                Err(e) => return Err(io_error("create temp file", &path)(e)),
+            }
+        }
+        let e = last_error.unwrap_or_else(|| io::Error::from(io::ErrorKind::AlreadyExists));
+        Err(io_error("find an unused temp file name in", &self.tmp)(e))
+    }
+
+    /// Makes a complete, verified temp file durable and visible as the blob `digest`.
+    async fn commit(&self, staged: Staged, digest: &Digest) -> Result<()> {
+        let Staged { file, mut temp } = staged;
+        file.sync_all().await.map_err(io_error("fsync", &temp.path))?;
+        drop(file);
+
+        let dest = self.blob_path(digest);
+        let shard = self.blobs.join(&digest.to_hex()[..2]);
+        let new_shard = !tokio::fs::try_exists(&shard).await.map_err(io_error("check for", &shard))?;
+        if new_shard {
+            tokio::fs::create_dir_all(&shard).await.map_err(io_error("create directory", &shard))?;
+        }
+        if tokio::fs::try_exists(&dest).await.map_err(io_error("check for", &dest))? {
+            // Already stored, and only verified blobs are ever renamed into place: keep that one.
+            return Ok(());
+        }
+        if let Err(e) = tokio::fs::rename(&temp.path, &dest).await {
+            // A concurrent writer of the same bytes may have won the race (or, on platforms
+            // where rename does not replace, made ours fail): either way the blob is there.
+            if !tokio::fs::try_exists(&dest).await.unwrap_or(false) {
+                return Err(io_error("rename temp file to", &dest)(e));
+            }
+            return Ok(());
+        }
+        temp.armed = false;
+        sync_dir(&shard).await?;
+        if new_shard {
+            sync_dir(&self.blobs).await?;
+        }
+        Ok(())
+    }
+}
+
+#[async_trait]
+impl BlobStore for LocalStore {
+    async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
+        let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
+        let staged = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
+        let manifest = builder.finish();
+        self.commit(staged, &manifest.digest()).await?;
+        Ok(manifest)
+    }
+
+    async fn put_verified(&self, manifest: &ChunkManifest, body: ByteStream<'_>) -> Result<()> {
+        let digest = manifest.digest();
+        if self.contains(&digest).await? {
+            return Ok(());
+        }
+        let mut verifier = ChunkVerifier::new(manifest);
+        let staged = self
+            .receive(body, |piece| verifier.update(piece).map_err(|source| StorageError::Verify { digest, source }))
+            .await?;
+        verifier.finish().map_err(|source| StorageError::Verify { digest, source })?;
+        self.commit(staged, &digest).await
+    }
+
+    async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult> {
+        let path = self.blob_path(digest);
+        let mut file = match File::open(&path).await {
+            Ok(file) => file,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound { store: STORE, digest: *digest }),
+            Err(e) => return Err(io_error("open", &path)(e)),
+        };
+        let size = file.metadata().await.map_err(io_error("read metadata of", &path))?.len();
+        let range = clamp_range(range, size)?;
+        if range.start > 0 {
+            file.seek(SeekFrom::Start(range.start)).await.map_err(io_error("seek in", &path))?;
+        }
+        let state = (file, range.end - range.start, path);
+        let stream = stream::try_unfold(state, |(mut file, remaining, path)| async move {
+            if remaining == 0 {
+                return Ok(None);
+            }
+            let want = remaining.min(PIECE as u64) as usize;
+            let mut buf = BytesMut::with_capacity(want);
+            let n = (&mut file).take(want as u64).read_buf(&mut buf).await.map_err(io_error("read", &path))?;
+            if n == 0 {
+                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
+                return Err(io_error("read", &path)(e));
+            }
+            Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
+        });
+        Ok(GetResult { size, range, stream: Box::pin(stream) })
+    }
+
+    async fn size(&self, digest: &Digest) -> Result<u64> {
+        let path = self.blob_path(digest);
+        match tokio::fs::metadata(&path).await {
+            Ok(meta) => Ok(meta.len()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Err(StorageError::NotFound { store: STORE, digest: *digest }),
+            Err(e) => Err(io_error("read metadata of", &path)(e)),
+        }
+    }
+
+    async fn delete(&self, digest: &Digest) -> Result<()> {
+        let path = self.blob_path(digest);
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("delete", &path)(e)),
+        }
+    }
+
+    async fn list(&self) -> Result<Vec<(Digest, u64)>> {
+        let blobs = self.blobs.clone();
+        tokio::task::spawn_blocking(move || list_blobs(&blobs))
+            .await
+            .map_err(|e| StorageError::backend(STORE, format!("listing {} stopped: {e}", self.blobs.display())))?
+    }
+}
+
+impl fmt::Display for LocalStore {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "local store at {}", self.root.display())
+    }
+}
+
+/// A finished temp file waiting to be committed.
+struct Staged {
+    file: File,
+    temp: TempFile,
+}
+
+/// A temp file that is removed when dropped unless it was renamed into place, so an error,
+/// or a caller dropping the future, leaves nothing behind.
+struct TempFile {
+    path: PathBuf,
+    armed: bool,
+}
+
+impl Drop for TempFile {
+    // A blocking unlink of one file: quick enough to run on an async worker.
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        if let Err(e) = std::fs::remove_file(&self.path)
+            && e.kind() != io::ErrorKind::NotFound
+        {
+            tracing::warn!(path = %self.path.display(), error = %e, "cannot remove temp file; it will be removed at the next open");
+        }
+    }
+}
+
+/// An I/O failure on a named path.
+#[derive(Debug)]
+struct IoError {
+    op: &'static str,
+    path: PathBuf,
+    source: io::Error,
+}
+
+impl fmt::Display for IoError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "cannot {} {}: {}", self.op, self.path.display(), self.source)?;
+        match self.source.kind() {
+            io::ErrorKind::PermissionDenied => f.write_str("; check that the store's directory is writable by this user"),
+            io::ErrorKind::StorageFull => f.write_str("; free disk space or lower the relay's disk budget"),
+            _ => Ok(()),
+        }
+    }
+}
+
+impl std::error::Error for IoError {}
+
+fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
+    let path = path.to_path_buf();
+    move |source| StorageError::backend(STORE, IoError { op, path, source })
+}
+
+/// Removes everything in `dir`, returning how many entries it removed.
+fn clean_dir(dir: &Path) -> Result<usize> {
+    let mut removed = 0;
+    for entry in std::fs::read_dir(dir).map_err(io_error("read directory", dir))? {
+        let entry = entry.map_err(io_error("read directory", dir))?;
+        let path = entry.path();
+        let is_dir = entry.file_type().map_err(io_error("inspect", &path))?.is_dir();
+        let result = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        match result {
+            Ok(()) => removed += 1,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_error("remove leftover", &path)(e)),
+        }
+    }
+    Ok(removed)
+}
+
+/// Every blob under `blobs` (`{2 hex}/{64 hex}`), ignoring anything else, in digest order.
+fn list_blobs(blobs: &Path) -> Result<Vec<(Digest, u64)>> {
+    let mut found = Vec::new();
+    for shard in std::fs::read_dir(blobs).map_err(io_error("read directory", blobs))? {
+        let shard = shard.map_err(io_error("read directory", blobs))?;
+        let shard_path = shard.path();
+        let Some(prefix) = shard.file_name().to_str().map(str::to_owned) else { continue };
+        if prefix.len() != 2 || !shard.file_type().map_err(io_error("inspect", &shard_path))?.is_dir() {
+            continue;
+        }
+        let entries = match std::fs::read_dir(&shard_path) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+            Err(e) => return Err(io_error("read directory", &shard_path)(e)),
+        };
+        for entry in entries {
+            let entry = entry.map_err(io_error("read directory", &shard_path))?;
+            let name = entry.file_name();
+            let Some(digest) = name.to_str().filter(|n| n.starts_with(&prefix)).and_then(|n| Digest::from_hex(n).ok()) else {
+                continue;
+            };
+            let meta = match entry.metadata() {
+                Ok(meta) => meta,
+                // Deleted while we were listing.
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_error("read metadata of", &entry.path())(e)),
+            };
+            if meta.is_file() {
+                found.push((digest, meta.len()));
+            }
+        }
+    }
+    found.sort_unstable_by_key(|(digest, _)| *digest);
+    Ok(found)
+}
+
+/// Makes a directory's entries (a rename into it, a new subdirectory) durable.
+async fn sync_dir(dir: &Path) -> Result<()> {
+    if cfg!(windows) {
+        // Windows cannot open a directory as a file; NTFS journals renames itself.
+        return Ok(());
+    }
+    let dir_file = File::open(dir).await.map_err(io_error("open directory", dir))?;
+    dir_file.sync_all().await.map_err(io_error("fsync directory", dir))
+}
+
+#[cfg(test)]
+mod tests {
+    use futures_util::future::Either;
+
+    use super::*;
+    use crate::conformance;
+
+    fn scratch() -> (LocalStore, tempfile::TempDir) {
+        let dir = tempfile::tempdir().expect("create a temp dir for the test");
+        let store = LocalStore::open(dir.path()).expect("open a local store in a temp dir");
+        (store, dir)
+    }
+
+    fn files_under(dir: &Path) -> Vec<PathBuf> {
+        let mut out = Vec::new();
+        for entry in std::fs::read_dir(dir).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() { out.extend(files_under(&path)) } else { out.push(path) }
+        }
+        out
+    }
+
+    crate::conformance_tests!(local_conformance, scratch());
+
+    #[test]
+    fn open_removes_crash_leftovers_from_tmp() {
+        let dir = tempfile::tempdir().unwrap();
+        drop(LocalStore::open(dir.path()).unwrap());
+        std::fs::write(dir.path().join("tmp/123-0-0.part"), b"half a blob").unwrap();
+        std::fs::create_dir(dir.path().join("tmp/stray-dir")).unwrap();
+        let store = LocalStore::open(dir.path()).unwrap();
+        assert!(files_under(&dir.path().join("tmp")).is_empty(), "{store}");
+        assert_eq!(std::fs::read_dir(dir.path().join("tmp")).unwrap().count(), 0, "{store}");
+    }
+
+    #[tokio::test]
+    async fn blobs_live_at_their_digest_path() {
+        let (store, dir) = scratch();
+        let data = conformance::sample(10_000, 3);
+        let manifest = store.ingest(4096, conformance::body(&data, 1000)).await.unwrap();
+        let path = store.blob_path(&manifest.digest());
+        let hex = manifest.digest().to_hex();
+        assert_eq!(path, dir.path().join("blobs/sha256").join(&hex[..2]).join(&hex));
+        assert_eq!(std::fs::read(&path).unwrap(), data);
+        assert!(files_under(&dir.path().join("tmp")).is_empty());
+    }
+
+    #[tokio::test]
+    async fn a_rejected_put_leaves_no_file_anywhere() {
+        let (store, dir) = scratch();
+        let data = conformance::sample(3 * 4096 + 1, 5);
+        let manifest = ChunkManifest::of(&data, 4096).unwrap();
+        let mut bad = data.clone();
+        bad[4096 * 2 + 7] ^= 0x40;
+        let err = store.put_verified(&manifest, conformance::body(&bad, 999)).await.unwrap_err();
+        assert!(matches!(err, StorageError::Verify { .. }), "{err}");
+        assert!(files_under(dir.path()).is_empty(), "{:?}", files_under(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn a_dropped_upload_leaves_no_temp_file() {
+        let (store, dir) = scratch();
+        let data = conformance::sample(4096, 9);
+        let manifest = ChunkManifest::of(&data, 4096).unwrap();
+        // A body that yields a piece, says so, then never ends: the caller gives up on it.
+        let (taken_tx, taken_rx) = tokio::sync::oneshot::channel::<()>();
+        let first = bytes::Bytes::copy_from_slice(&data[..100]);
+        let body: ByteStream<'_> = Box::pin(
+            stream::once(async move {
+                let _ = taken_tx.send(());
+                Ok(first)
+            })
+            .chain(stream::pending()),
+        );
+        let put = Box::pin(store.put_verified(&manifest, body));
+        let Either::Right((_, put)) = futures_util::future::select(put, taken_rx).await else {
+            panic!("a body that never ends cannot finish a put");
+        };
+        assert_eq!(files_under(&dir.path().join("tmp")).len(), 1, "the upload is in progress");
+        drop(put);
+        assert!(files_under(dir.path()).is_empty(), "{:?}", files_under(dir.path()));
+    }
+
+    #[tokio::test]
+    async fn list_ignores_foreign_files() {
+        let (store, dir) = scratch();
+        let data = conformance::sample(10, 1);
+        let manifest = store.ingest(4096, conformance::body(&data, 3)).await.unwrap();
+        let blobs = dir.path().join("blobs/sha256");
+        std::fs::write(blobs.join("README"), b"x").unwrap();
+        std::fs::create_dir_all(blobs.join("zz")).unwrap();
+        std::fs::write(blobs.join("zz/not-a-digest"), b"x").unwrap();
+        // A well-formed name in the wrong shard is not a blob `get` could find.
+        let other = Digest::of(b"other").to_hex();
+        let wrong_shard = if other.starts_with("00") { "01" } else { "00" };
+        std::fs::create_dir_all(blobs.join(wrong_shard)).unwrap();
+        std::fs::write(blobs.join(wrong_shard).join(other), b"x").unwrap();
+        assert_eq!(store.list().await.unwrap(), vec![(manifest.digest(), 10)]);
+    }
+
+    #[test]
+    fn display_names_the_root() {
+        let (store, dir) = scratch();
+        assert_eq!(store.to_string(), format!("local store at {}", dir.path().display()));
+    }
+}

@@ -1,0 +1,446 @@
+//! A directory's durable metadata in SQLite.
+//!
+//! One table per kind of [`Record`], each value the record's JSON:
+//!
+//! ```text
+//! tokens(role TEXT PRIMARY KEY, hash TEXT)          the digest of each role's token
+//! catalogs(name TEXT PRIMARY KEY, config TEXT)      CatalogConfig
+//! log(catalog TEXT, seq INTEGER, entry TEXT)        LogEntry, keyed by (catalog, seq)
+//! relays(id TEXT PRIMARY KEY, record TEXT)          RelayRecord
+//! ```
+//!
+//! The database runs in WAL mode with `synchronous=FULL`: once [`MetaStore::apply`] returns,
+//! the records survive a crash or power loss.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::Duration;
+
+use async_trait::async_trait;
+use odi_core::catalog::{CatalogConfig, LogEntry};
+use odi_core::digest::Digest;
+use odi_core::path::CatalogName;
+use odi_core::storage::{MetaStore, Record, RelayRecord, Result, StorageError, TokenRole};
+use rusqlite::{Connection, ErrorCode, Transaction, params};
+
+/// The store name used in errors.
+const STORE: &str = "sqlite";
+/// The schema this code reads and writes, kept in `PRAGMA user_version`.
+const SCHEMA_VERSION: i64 = 1;
+/// How long a statement waits for another connection's lock before failing.
+const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
+
+const SCHEMA: &str = "
+    CREATE TABLE IF NOT EXISTS tokens (role TEXT PRIMARY KEY, hash TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS catalogs (name TEXT PRIMARY KEY, config TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS log (
+        catalog TEXT NOT NULL,
+        seq INTEGER NOT NULL,
+        entry TEXT NOT NULL,
+        PRIMARY KEY (catalog, seq)
+    );
+    CREATE TABLE IF NOT EXISTS relays (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+";
+
+/// Directory metadata in a SQLite database file.
+#[derive(Clone)]
+pub struct SqliteMeta {
+    path: PathBuf,
+    conn: Arc<Mutex<Connection>>,
+}
+
+impl SqliteMeta {
+    /// Opens (creating if needed) the database at `path`.
+    pub fn open(path: impl AsRef<Path>) -> Result<Self> {
+        let path = path.as_ref().to_path_buf();
+        let fail = |what: &str, e: rusqlite::Error| {
+            StorageError::backend(STORE, format!("cannot open {}: {what}: {e}; check the path and its permissions", path.display()))
+        };
+        let mut conn = Connection::open(&path).map_err(|e| fail("open", e))?;
+        conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("set busy timeout", e))?;
+        let mode: String =
+            conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| fail("enable WAL", e))?;
+        if !mode.eq_ignore_ascii_case("wal") {
+            return Err(StorageError::backend(
+                STORE,
+                format!("cannot open {}: journal mode stayed {mode:?}, not WAL; put the database on a local filesystem", path.display()),
+            ));
+        }
+        conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("set synchronous=FULL", e))?;
+        migrate(&mut conn, &path)?;
+        Ok(Self { path, conn: Arc::new(Mutex::new(conn)) })
+    }
+
+    /// The database file.
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Runs `f` on the connection on tokio's blocking pool.
+    async fn run<T: Send + 'static>(&self, op: &'static str, f: impl FnOnce(&mut Connection) -> Result<T> + Send + 'static) -> Result<T> {
+        let conn = Arc::clone(&self.conn);
+        let path = self.path.clone();
+        tokio::task::spawn_blocking(move || {
+            // A panic while holding the lock cannot leave a half-applied batch: an unfinished
+            // transaction rolls back when dropped, so the connection is still consistent.
+            let mut conn = conn.lock().unwrap_or_else(PoisonError::into_inner);
+            f(&mut conn)
+        })
+        .await
+        .map_err(|e| StorageError::backend(STORE, format!("{op} on {} stopped: {e}", path.display())))?
+    }
+}
+
+#[async_trait]
+impl MetaStore for SqliteMeta {
+    async fn load(&self) -> Result<Vec<Record>> {
+        let path = self.path.clone();
+        self.run("load", move |conn| load(conn).map_err(|e| e.into_storage(&path))).await
+    }
+
+    async fn apply(&self, records: &[Record]) -> Result<()> {
+        let rows = records.iter().map(Row::of).collect::<Result<Vec<_>>>()?;
+        let path = self.path.clone();
+        self.run("apply", move |conn| apply(conn, &rows).map_err(|e| e.into_storage(&path))).await
+    }
+}
+
+impl fmt::Debug for SqliteMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("SqliteMeta").field("path", &self.path).finish_non_exhaustive()
+    }
+}
+
+impl fmt::Display for SqliteMeta {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "sqlite metadata at {}", self.path.display())
+    }
+}
+
+/// A record as the row it is stored as.
+enum Row {
+    Token { role: String, hash: String },
+    Catalog { name: String, config: String },
+    Log { catalog: String, seq: i64, entry: String },
+    Relay { id: String, record: String },
+}
+
+impl Row {
+    fn of(record: &Record) -> Result<Self> {
+        Ok(match record {
+            Record::Token { role, hash } => Self::Token { role: role_key(*role)?, hash: hash.to_string() },
+            Record::Catalog(config) => Self::Catalog { name: config.name.as_str().to_owned(), config: to_json(serde_json::to_string(config))? },
+            Record::Log { catalog, entry } => {
+                let seq = i64::try_from(entry.seq).map_err(|_| {
+                    StorageError::backend(STORE, format!("log entry {} of catalog {catalog}: sequence number is too large to store", entry.seq))
+                })?;
+                Self::Log { catalog: catalog.as_str().to_owned(), seq, entry: to_json(serde_json::to_string(entry))? }
+            }
+            Record::Relay(relay) => Self::Relay { id: relay.id.to_hex(), record: to_json(serde_json::to_string(relay))? },
+        })
+    }
+}
+
+/// Why a query failed, before the database path is attached.
+enum DbError {
+    Sql(rusqlite::Error),
+    /// A log entry that is already stored: the log is append-only.
+    DuplicateLog { catalog: String, seq: i64 },
+    /// A catalog that already exists.
+    DuplicateCatalog { name: String },
+    /// A stored row that no longer parses.
+    Corrupt { table: &'static str, key: String, detail: String },
+}
+
+impl DbError {
+    fn into_storage(self, path: &Path) -> StorageError {
+        let path = path.display();
+        let message = match self {
+            Self::Sql(e) => format!("{path}: {e}"),
+            Self::DuplicateLog { catalog, seq } => {
+                format!("{path}: log entry {seq} of catalog {catalog} is already stored; the log is append-only, so nothing in this batch was applied")
+            }
+            Self::DuplicateCatalog { name } => {
+                format!("{path}: catalog {name} already exists; nothing in this batch was applied")
+            }
+            Self::Corrupt { table, key, detail } => {
+                format!("{path}: row {key:?} of table {table} is unreadable ({detail}); restore the database from a backup")
+            }
+        };
+        StorageError::backend(STORE, message)
+    }
+}
+
+impl From<rusqlite::Error> for DbError {
+    fn from(e: rusqlite::Error) -> Self {
+        Self::Sql(e)
+    }
+}
+
+fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
+    let fail = |e: rusqlite::Error| StorageError::backend(STORE, format!("cannot set up the schema of {}: {e}", path.display()));
+    let tx = conn.transaction().map_err(fail)?;
+    let version: i64 = tx.pragma_query_value(None, "user_version", |row| row.get(0)).map_err(fail)?;
+    match version {
+        0 => {
+            tx.execute_batch(SCHEMA).map_err(fail)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail)?;
+        }
+        SCHEMA_VERSION => {}
+        newer => {
+            return Err(StorageError::backend(
+                STORE,
+                format!("{} has schema version {newer}, newer than this build's {SCHEMA_VERSION}; run a newer odi", path.display()),
+            ));
+        }
+    }
+    tx.commit().map_err(fail)
+}
+
+fn apply(conn: &mut Connection, rows: &[Row]) -> Result<(), DbError> {
+    let tx = conn.transaction()?;
+    for row in rows {
+        apply_row(&tx, row)?;
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+fn apply_row(tx: &Transaction<'_>, row: &Row) -> Result<(), DbError> {
+    let result = match row {
+        Row::Token { role, hash } => tx.execute(
+            "INSERT INTO tokens (role, hash) VALUES (?1, ?2) ON CONFLICT (role) DO UPDATE SET hash = excluded.hash",
+            params![role, hash],
+        ),
+        Row::Catalog { name, config } => tx.execute("INSERT INTO catalogs (name, config) VALUES (?1, ?2)", params![name, config]),
+        Row::Log { catalog, seq, entry } => {
+            tx.execute("INSERT INTO log (catalog, seq, entry) VALUES (?1, ?2, ?3)", params![catalog, seq, entry])
+        }
+        Row::Relay { id, record } => tx.execute(
+            "INSERT INTO relays (id, record) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
+            params![id, record],
+        ),
+    };
+    match result {
+        Ok(_) => Ok(()),
+        Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Err(match row {
+            Row::Log { catalog, seq, .. } => DbError::DuplicateLog { catalog: catalog.clone(), seq: *seq },
+            Row::Catalog { name, .. } => DbError::DuplicateCatalog { name: name.clone() },
+            _ => DbError::Sql(e),
+        }),
+        Err(e) => Err(DbError::Sql(e)),
+    }
+}
+
+fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
+    // One read transaction, so the four tables are read at the same moment.
+    let tx = conn.transaction()?;
+    let mut records = Vec::new();
+
+    let mut stmt = tx.prepare("SELECT role, hash FROM tokens ORDER BY role")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        let (role, hash) = row?;
+        let corrupt = |detail: String| DbError::Corrupt { table: "tokens", key: role.clone(), detail };
+        let parsed_role: TokenRole = serde_json::from_value(serde_json::Value::String(role.clone())).map_err(|e| corrupt(e.to_string()))?;
+        let hash: Digest = hash.parse().map_err(|e: odi_core::digest::DigestParseError| corrupt(e.to_string()))?;
+        records.push(Record::Token { role: parsed_role, hash });
+    }
+    drop(stmt);
+
+    let mut stmt = tx.prepare("SELECT name, config FROM catalogs ORDER BY name")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        let (name, config) = row?;
+        let config: CatalogConfig = from_json("catalogs", &name, serde_json::from_str(&config))?;
+        records.push(Record::Catalog(config));
+    }
+    drop(stmt);
+
+    let mut stmt = tx.prepare("SELECT catalog, seq, entry FROM log ORDER BY catalog, seq")?;
+    let rows = stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?, row.get::<_, String>(2)?)))?;
+    for row in rows {
+        let (catalog, seq, entry) = row?;
+        let key = format!("{catalog}/{seq}");
+        let name = CatalogName::new(&catalog).map_err(|e| DbError::Corrupt { table: "log", key: key.clone(), detail: e.to_string() })?;
+        let entry: LogEntry = from_json("log", &key, serde_json::from_str(&entry))?;
+        records.push(Record::Log { catalog: name, entry });
+    }
+    drop(stmt);
+
+    let mut stmt = tx.prepare("SELECT id, record FROM relays ORDER BY id")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        let (id, record) = row?;
+        let record: RelayRecord = from_json("relays", &id, serde_json::from_str(&record))?;
+        records.push(Record::Relay(record));
+    }
+    drop(stmt);
+
+    // Nothing was written; ending the read transaction either way is the same.
+    tx.commit()?;
+    Ok(records)
+}
+
+/// The stored form of a role: its JSON name (`admin`, `enroll`).
+fn role_key(role: TokenRole) -> Result<String> {
+    match serde_json::to_value(role) {
+        Ok(serde_json::Value::String(name)) => Ok(name),
+        other => Err(StorageError::backend(STORE, format!("token role {role:?} has no name to store under (got {other:?})"))),
+    }
+}
+
+fn to_json(encoded: serde_json::Result<String>) -> Result<String> {
+    encoded.map_err(|e| StorageError::backend(STORE, format!("cannot encode a record: {e}")))
+}
+
+fn from_json<T>(table: &'static str, key: &str, decoded: serde_json::Result<T>) -> Result<T, DbError> {
+    decoded.map_err(|e| DbError::Corrupt { table, key: key.to_owned(), detail: e.to_string() })
+}
+
+#[cfg(test)]
+mod tests {
+    use odi_core::catalog::{Artifact, LogOp};
+    use odi_core::message::{Capacity, NodeId, RelayUrl};
+    use odi_core::path::ArtifactPath;
+    use odi_core::time::UnixTime;
+
+    use super::*;
+
+    fn catalog(name: &str) -> CatalogName {
+        CatalogName::new(name).unwrap()
+    }
+
+    fn log(name: &str, seq: u64) -> Record {
+        let op = LogOp::Expunge { path: ArtifactPath::new(&format!("dir/file-{seq}.tar")).unwrap(), digest: Digest::of(&seq.to_be_bytes()) };
+        Record::Log { catalog: catalog(name), entry: LogEntry { seq, at: UnixTime(1_700_000_000 + seq), op } }
+    }
+
+    fn relay(id: u8, catalogs: &[&str]) -> Record {
+        Record::Relay(RelayRecord {
+            id: NodeId([id; 32]),
+            public_url: RelayUrl::new(&format!("https://relay-{id}.example.org")).unwrap(),
+            capacity: Capacity { disk_budget: 1 << 40, bandwidth: 0 },
+            catalogs: catalogs.iter().map(|c| catalog(c)).collect(),
+            enrolled_at: UnixTime(1_700_000_000),
+        })
+    }
+
+    fn catalog_record(name: &str) -> Record {
+        Record::Catalog(CatalogConfig { name: catalog(name), replicas: 3, chunk_size: 1 << 20, created_at: UnixTime(1_700_000_000) })
+    }
+
+    fn token(role: TokenRole, seed: &[u8]) -> Record {
+        Record::Token { role, hash: Digest::of(seed) }
+    }
+
+    fn scratch() -> (SqliteMeta, tempfile::TempDir) {
+        let dir = tempfile::tempdir().unwrap();
+        let meta = SqliteMeta::open(dir.path().join("directory.db")).unwrap();
+        (meta, dir)
+    }
+
+    #[tokio::test]
+    async fn a_new_database_is_empty() {
+        let (meta, _dir) = scratch();
+        assert_eq!(meta.load().await.unwrap(), vec![]);
+    }
+
+    #[tokio::test]
+    async fn records_survive_a_reopen_in_replay_order() {
+        let (meta, dir) = scratch();
+        let put = Record::Log {
+            catalog: catalog("alpha"),
+            entry: LogEntry {
+                seq: 2,
+                at: UnixTime(1_700_000_100),
+                op: LogOp::Put(Artifact {
+                    catalog: catalog("alpha"),
+                    path: ArtifactPath::new("v1/tool.tar.gz").unwrap(),
+                    media_type: "application/gzip".to_owned(),
+                    tags: vec!["stable".to_owned()],
+                    manifest: odi_core::ChunkManifest::of(b"tool", 4096).unwrap(),
+                    published_at: UnixTime(1_700_000_100),
+                }),
+            },
+        };
+        // Applied out of replay order, across several batches.
+        meta.apply(&[relay(9, &["beta"]), catalog_record("beta"), log("beta", 1)]).await.unwrap();
+        meta.apply(&[catalog_record("alpha"), log("alpha", 1), put.clone(), token(TokenRole::Enroll, b"e1")]).await.unwrap();
+        meta.apply(&[log("beta", 2), relay(3, &["alpha", "beta"]), token(TokenRole::Admin, b"a1")]).await.unwrap();
+        // Upserts replace.
+        meta.apply(&[token(TokenRole::Enroll, b"e2"), relay(9, &["alpha"])]).await.unwrap();
+        meta.apply(&[]).await.unwrap();
+        let before = meta.load().await.unwrap();
+        drop(meta);
+
+        let reopened = SqliteMeta::open(dir.path().join("directory.db")).unwrap();
+        let after = reopened.load().await.unwrap();
+        let want = vec![
+            token(TokenRole::Admin, b"a1"),
+            token(TokenRole::Enroll, b"e2"),
+            catalog_record("alpha"),
+            catalog_record("beta"),
+            log("alpha", 1),
+            put,
+            log("beta", 1),
+            log("beta", 2),
+            relay(3, &["alpha", "beta"]),
+            relay(9, &["alpha"]),
+        ];
+        assert_eq!(after, want);
+        assert_eq!(before, want);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_log_entry_rejects_the_whole_batch() {
+        let (meta, _dir) = scratch();
+        meta.apply(&[catalog_record("alpha"), log("alpha", 1)]).await.unwrap();
+        let batch = [token(TokenRole::Admin, b"a"), relay(1, &["alpha"]), log("alpha", 2), log("alpha", 1)];
+        let err = meta.apply(&batch).await.unwrap_err();
+        let message = err.to_string();
+        assert!(message.contains("log entry 1 of catalog alpha is already stored"), "{message}");
+        assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha"), log("alpha", 1)]);
+
+        // A duplicate inside one batch is rejected the same way.
+        let err = meta.apply(&[log("alpha", 2), log("alpha", 2)]).await.unwrap_err();
+        assert!(matches!(err, StorageError::Backend { .. }), "{err}");
+        assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha"), log("alpha", 1)]);
+    }
+
+    #[tokio::test]
+    async fn a_duplicate_catalog_is_rejected() {
+        let (meta, _dir) = scratch();
+        meta.apply(&[catalog_record("alpha")]).await.unwrap();
+        let err = meta.apply(&[catalog_record("alpha")]).await.unwrap_err();
+        assert!(err.to_string().contains("catalog alpha already exists"), "{err}");
+    }
+
+    #[test]
+    fn open_sets_wal_full_sync_and_the_schema_version() {
+        let (meta, dir) = scratch();
+        let conn = meta.conn.lock().unwrap();
+        let mode: String = conn.pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
+        let sync: i64 = conn.pragma_query_value(None, "synchronous", |r| r.get(0)).unwrap();
+        let version: i64 = conn.pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!((mode.as_str(), sync, version), ("wal", 2, SCHEMA_VERSION));
+        drop(conn);
+        assert_eq!(meta.to_string(), format!("sqlite metadata at {}", dir.path().join("directory.db").display()));
+    }
+
+    #[test]
+    fn open_refuses_a_newer_schema() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        drop(SqliteMeta::open(&path).unwrap());
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
+        let err = SqliteMeta::open(&path).unwrap_err();
+        assert!(err.to_string().contains("newer than this build's"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_corrupt_row_is_reported_by_table_and_key() {
+        let (meta, _dir) = scratch();
+        meta.conn.lock().unwrap().execute("INSERT INTO catalogs (name, config) VALUES ('alpha', '{')", []).unwrap();
+        let err = meta.load().await.unwrap_err();
+        assert!(err.to_string().contains("row \"alpha\" of table catalogs is unreadable"), "{err}");
+    }
+}
