@@ -20,14 +20,19 @@ pub(crate) struct Admin {
 
 impl Admin {
     pub(crate) fn new(directory: &str, token: String) -> Self {
-        Self { directory: directory.trim_end_matches('/').to_owned(), token, client: HttpClient::new() }
+        Self {
+            directory: directory.trim_end_matches('/').to_owned(),
+            token,
+            client: HttpClient::new(),
+        }
     }
 
     /// Reads the token from `--token-file`, else `ODI_ADMIN_TOKEN`.
     pub(crate) fn from_env(directory: &str, token_file: Option<&Path>) -> Result<Self> {
         let token = match token_file {
             Some(path) => std::fs::read_to_string(path).with_context(|| format!("cannot read token file {}", path.display()))?,
-            None => std::env::var("ODI_ADMIN_TOKEN").map_err(|_| anyhow!("no admin token: set ODI_ADMIN_TOKEN or pass --token-file (the directory wrote one to admin.token in its data dir)"))?,
+            None => std::env::var("ODI_ADMIN_TOKEN")
+                .map_err(|_| anyhow!("no admin token: set ODI_ADMIN_TOKEN or pass --token-file (the directory wrote one to admin.token in its data dir)"))?,
         };
         let token = token.trim().to_owned();
         if token.is_empty() {
@@ -75,7 +80,14 @@ impl Admin {
         let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();
         let media_type = media_type_for(path);
         // Large uploads take as long as they take; the head of the answer comes after the body.
-        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}"), body, media_type, Duration::from_secs(24 * 3600)).await
+        self.call(
+            Method::PUT,
+            &format!("catalogs/{catalog}/artifacts/{path}"),
+            body,
+            media_type,
+            Duration::from_secs(24 * 3600),
+        )
+        .await
     }
 }
 
@@ -97,7 +109,10 @@ fn media_type_for(path: &str) -> &'static str {
         (".deb", "application/vnd.debian.binary-package"),
         (".rpm", "application/x-rpm"),
     ];
-    table.iter().find(|(ext, _)| lower.ends_with(ext)).map_or("application/octet-stream", |(_, t)| t)
+    table
+        .iter()
+        .find(|(ext, _)| lower.ends_with(ext))
+        .map_or("application/octet-stream", |(_, t)| t)
 }
 
 /// Percent-encodes each segment of an artifact path for a URL.

@@ -37,17 +37,18 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
     let part = part_path(&output);
     let mut offset = 0u64;
     let mut hasher = Sha256::new();
-    if args.resume && !to_stdout {
-        if let Ok(mut f) = tokio::fs::File::open(&part).await {
-            let mut buf = vec![0u8; 1 << 20];
-            loop {
-                let n = f.read(&mut buf).await.with_context(|| format!("cannot read {}", part.display()))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-                offset += n as u64;
+    if args.resume
+        && !to_stdout
+        && let Ok(mut f) = tokio::fs::File::open(&part).await
+    {
+        let mut buf = vec![0u8; 1 << 20];
+        loop {
+            let n = f.read(&mut buf).await.with_context(|| format!("cannot read {}", part.display()))?;
+            if n == 0 {
+                break;
             }
+            hasher.update(&buf[..n]);
+            offset += n as u64;
         }
     }
     let client = HttpClient::new();
@@ -64,7 +65,11 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
             expected = repr_digest(resp.headers());
         }
         if resp.status().is_redirection() {
-            let location = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| anyhow!("{url} redirected without a Location"))?;
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| anyhow!("{url} redirected without a Location"))?;
             url = resolve(&url, location)?;
             redirects += 1;
             if redirects > MAX_REDIRECTS {
@@ -101,7 +106,10 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
         Box::new(options.open(&part).await.with_context(|| format!("cannot write {}", part.display()))?)
     };
     let mut body = BodyStream::new(resp.into_body());
-    while let Some(frame) = tokio::time::timeout(odi_net::client::STALL_TIMEOUT, body.next()).await.map_err(|_| anyhow!("download from {url} stalled; run again with -c to resume"))? {
+    while let Some(frame) = tokio::time::timeout(odi_net::client::STALL_TIMEOUT, body.next())
+        .await
+        .map_err(|_| anyhow!("download from {url} stalled; run again with -c to resume"))?
+    {
         let frame = frame.map_err(|e| anyhow!("download from {url} failed: {e}; run again with -c to resume"))?;
         if let Ok(data) = frame.into_data() {
             hasher.update(&data);
@@ -115,22 +123,27 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
 
 async fn finish(part: &Path, output: &Path, hasher: Sha256, expected: Option<Digest>, to_stdout: bool) -> Result<PathBuf> {
     let got = Digest::from_bytes(hasher.finalize().into());
-    if let Some(expected) = expected {
-        if got != expected {
-            if !to_stdout {
-                let _ = tokio::fs::remove_file(part).await;
-            }
-            bail!("downloaded bytes have {got}, expected {expected}; the file was discarded");
+    if let Some(expected) = expected
+        && got != expected
+    {
+        if !to_stdout {
+            let _ = tokio::fs::remove_file(part).await;
         }
+        bail!("downloaded bytes have {got}, expected {expected}; the file was discarded");
     }
     if to_stdout {
         return Ok(output.to_path_buf());
     }
     let f = tokio::fs::File::open(part).await.with_context(|| format!("cannot reopen {}", part.display()))?;
     f.sync_all().await.context("cannot sync the download")?;
-    tokio::fs::rename(part, output).await.with_context(|| format!("cannot move the download to {}", output.display()))?;
+    tokio::fs::rename(part, output)
+        .await
+        .with_context(|| format!("cannot move the download to {}", output.display()))?;
     if expected.is_none() {
-        eprintln!("warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)", output.display());
+        eprintln!(
+            "warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)",
+            output.display()
+        );
     }
     Ok(output.to_path_buf())
 }
@@ -140,8 +153,16 @@ fn repr_digest(headers: &http::HeaderMap) -> Option<Digest> {
     let b64 = headers
         .get("repr-digest")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.split(',').find_map(|item| item.trim().strip_prefix("sha-256=:")?.strip_suffix(':').map(str::to_owned)))
-        .or_else(|| headers.get("digest").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').find_map(|i| i.trim().strip_prefix("SHA-256=").map(str::to_owned))))?;
+        .and_then(|v| {
+            v.split(',')
+                .find_map(|item| item.trim().strip_prefix("sha-256=:")?.strip_suffix(':').map(str::to_owned))
+        })
+        .or_else(|| {
+            headers
+                .get("digest")
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.split(',').find_map(|i| i.trim().strip_prefix("SHA-256=").map(str::to_owned)))
+        })?;
     let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(b64).ok()?.try_into().ok()?;
     Some(Digest::from_bytes(bytes))
 }
@@ -168,7 +189,11 @@ fn resolve(base: &str, location: &str) -> Result<String> {
         return Ok(location.to_owned());
     }
     let uri: http::Uri = base.parse().map_err(|_| anyhow!("`{base}` is not a URL"))?;
-    let origin = format!("{}://{}", uri.scheme_str().unwrap_or("http"), uri.authority().map(|a| a.as_str()).unwrap_or_default());
+    let origin = format!(
+        "{}://{}",
+        uri.scheme_str().unwrap_or("http"),
+        uri.authority().map(|a| a.as_str()).unwrap_or_default()
+    );
     if location.starts_with('/') {
         Ok(format!("{origin}{location}"))
     } else {

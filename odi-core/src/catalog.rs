@@ -56,5 +56,8 @@ pub struct LogEntry {
 pub enum LogOp {
     Put(Artifact),
     /// Removes `path` and bars `digest` from the network for good.
-    Expunge { path: ArtifactPath, digest: Digest },
+    Expunge {
+        path: ArtifactPath,
+        digest: Digest,
+    },
 }

@@ -205,7 +205,18 @@ mod tests {
             assert!(RelayUrl::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(RelayUrl::new("http://a/").unwrap().as_str(), "http://a");
-        for bad in ["", "ftp://x", "http://", "http://user:pw@host", "http://h/?q", "http://h/#f", "javascript:alert(1)", "http://h/a b", "http://h\r\nX: y", "http:///x"] {
+        for bad in [
+            "",
+            "ftp://x",
+            "http://",
+            "http://user:pw@host",
+            "http://h/?q",
+            "http://h/#f",
+            "javascript:alert(1)",
+            "http://h/a b",
+            "http://h\r\nX: y",
+            "http:///x",
+        ] {
             assert!(RelayUrl::new(bad).is_err(), "{bad}");
         }
     }

@@ -113,7 +113,11 @@ impl ArtifactPath {
     /// The form to put back in a URL: each segment percent-encoded, `/` kept.
     pub fn to_url(&self) -> String {
         const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-        self.0.split('/').map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+        self.0
+            .split('/')
+            .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
+            .collect::<Vec<_>>()
+            .join("/")
     }
 
     /// The last segment, for a default output file name.
@@ -149,7 +153,27 @@ mod tests {
     #[test]
     fn refuses_traversal_in_every_spelling() {
         let long = "a/".repeat(600);
-        for bad in ["", "..", "../etc/passwd", "a/../../b", "%2e%2e/x", "%2E%2E%2Fx", "a%2f..%2fb", "/etc/passwd", "%2fetc", "a//b", "a/./b", "a/", "a\\b", "a%5cb", "a%00b", "a\u{0}b", "a%0ab", "%ff%fe", &long] {
+        for bad in [
+            "",
+            "..",
+            "../etc/passwd",
+            "a/../../b",
+            "%2e%2e/x",
+            "%2E%2E%2Fx",
+            "a%2f..%2fb",
+            "/etc/passwd",
+            "%2fetc",
+            "a//b",
+            "a/./b",
+            "a/",
+            "a\\b",
+            "a%5cb",
+            "a%00b",
+            "a\u{0}b",
+            "a%0ab",
+            "%ff%fe",
+            &long,
+        ] {
             assert!(ArtifactPath::from_url(bad).is_err(), "{bad:?} was accepted");
         }
     }

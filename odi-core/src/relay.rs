@@ -55,13 +55,28 @@ pub enum Effect {
 
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
-    Enrolled { relay: NodeId, directory: NodeId },
-    Refused { reason: String },
-    Ready { digest: Digest },
-    FetchFailed { digest: Digest, reason: String },
+    Enrolled {
+        relay: NodeId,
+        directory: NodeId,
+    },
+    Refused {
+        reason: String,
+    },
+    Ready {
+        digest: Digest,
+    },
+    FetchFailed {
+        digest: Digest,
+        reason: String,
+    },
     /// An assigned blob does not fit in the disk budget even after evicting unassigned ones.
-    NoRoom { digest: Digest, size: u64 },
-    Evicted { digest: Digest },
+    NoRoom {
+        digest: Digest,
+        size: u64,
+    },
+    Evicted {
+        digest: Digest,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -131,14 +146,29 @@ impl Relay {
                 self.phase = Phase::Active;
                 self.heartbeat_interval = Duration::from_millis(ok.heartbeat_interval_ms.clamp(100, 300_000));
                 self.next_send = now;
-                self.events.push_back(Event::Enrolled { relay: ok.relay, directory: ok.directory });
+                self.events.push_back(Event::Enrolled {
+                    relay: ok.relay,
+                    directory: ok.directory,
+                });
             }
             Message::HeartbeatAck(ack) => {
                 for digest in ack.expunged {
                     self.drop_blob(digest);
                 }
                 if let Some(state) = ack.state {
-                    self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest })).collect();
+                    self.wanted = state
+                        .assigned
+                        .into_iter()
+                        .map(|a| {
+                            (
+                                a.digest,
+                                Wanted {
+                                    size: a.size,
+                                    manifest: a.manifest,
+                                },
+                            )
+                        })
+                        .collect();
                     // Names of blobs still downloading are kept: `lookup` checks `held`, and a
                     // finished download must be servable by name before the next ack.
                     self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
@@ -276,7 +306,11 @@ impl Relay {
                 capacity: self.config.capacity,
                 catalogs: self.config.catalogs.clone(),
             }),
-            Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held: self.held.keys().copied().collect(), used: self.used() }),
+            Phase::Active => Message::Heartbeat(Heartbeat {
+                generation: self.generation,
+                held: self.held.keys().copied().collect(),
+                used: self.used(),
+            }),
         };
         self.report_soon = false;
         self.awaiting = Some(now + self.config.request_timeout);
@@ -288,7 +322,7 @@ impl Relay {
         let todo: Vec<(Digest, u64, ChunkManifest)> = self
             .wanted
             .iter()
-            .filter(|(d, _)| !self.held.contains_key(d) && !self.fetching.contains_key(d) && !self.retry_at.get(d).is_some_and(|t| *t > now))
+            .filter(|(d, _)| !self.held.contains_key(d) && !self.fetching.contains_key(d) && self.retry_at.get(d).is_none_or(|t| *t <= now))
             .filter_map(|(d, w)| w.manifest.clone().map(|m| (*d, w.size, m)))
             .collect();
         for (digest, size, manifest) in todo {
@@ -296,7 +330,10 @@ impl Relay {
                 break;
             }
             if manifest.digest() != digest || manifest.total_len() != size {
-                self.events.push_back(Event::FetchFailed { digest, reason: "the directory sent a manifest for other bytes".into() });
+                self.events.push_back(Event::FetchFailed {
+                    digest,
+                    reason: "the directory sent a manifest for other bytes".into(),
+                });
                 continue;
             }
             if !self.make_room(size, budget) {
@@ -312,7 +349,12 @@ impl Relay {
     /// fit in `budget`. Never touches assigned blobs or downloads under way.
     fn make_room(&mut self, size: u64, budget: u64) -> bool {
         while self.used().saturating_add(size) > budget {
-            let victim = self.held.iter().filter(|(d, _)| !self.wanted.contains_key(d)).max_by_key(|(d, s)| (**s, **d)).map(|(d, _)| *d);
+            let victim = self
+                .held
+                .iter()
+                .filter(|(d, _)| !self.wanted.contains_key(d))
+                .max_by_key(|(d, s)| (**s, **d))
+                .map(|(d, _)| *d);
             let Some(victim) = victim else { return false };
             self.drop_blob(victim);
             self.events.push_back(Event::Evicted { digest: victim });

@@ -58,7 +58,14 @@ pub struct DirectoryOptions {
 
 impl DirectoryOptions {
     pub fn new(data_dir: impl Into<PathBuf>) -> Self {
-        Self { data_dir: data_dir.into(), public_url: None, heartbeat_interval: Duration::from_secs(5), lease: Duration::from_secs(15), admin_token: None, enroll_token: None }
+        Self {
+            data_dir: data_dir.into(),
+            public_url: None,
+            heartbeat_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(15),
+            admin_token: None,
+            enroll_token: None,
+        }
     }
 }
 
@@ -107,7 +114,13 @@ impl DirectoryServer {
         }
         while machine.poll_event().is_some() {}
         let mut token_paths = [None, None];
-        for (i, (role, given, file)) in [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate() {
+        for (i, (role, given, file)) in [
+            (TokenRole::Admin, &options.admin_token, "admin.token"),
+            (TokenRole::Enroll, &options.enroll_token, "enroll.token"),
+        ]
+        .into_iter()
+        .enumerate()
+        {
             let token = match given {
                 Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
                 _ => {
@@ -135,7 +148,11 @@ impl DirectoryServer {
             client: HttpClient::new(),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self { shared, admin_token_path, enroll_token_path })
+        Ok(Self {
+            shared,
+            admin_token_path,
+            enroll_token_path,
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -254,19 +271,27 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(rest) = path.strip_prefix("/r/") {
-        return if read { client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
+        return if read {
+            client_artifact(&shared, &req, rest).await
+        } else {
+            not_allowed("GET, HEAD")
+        };
     }
     if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
-        return if read { client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
+        return if read {
+            client_blob(&shared, &req, hex).await
+        } else {
+            not_allowed("GET, HEAD")
+        };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         if let Err(resp) = check_admin(&shared, &req) {
             return resp;
         }
-        return admin(&shared, req, &rest.to_owned()).await;
+        return admin(&shared, req, rest).await;
     }
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
-        return node(&shared, req, &rest.to_owned()).await;
+        return node(&shared, req, rest).await;
     }
     match (path.as_str(), read) {
         ("/healthz", true) => {
@@ -298,7 +323,10 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
         return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
     };
     if CatalogName::new(catalog).is_err() {
-        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()),
+        );
     }
     let path = match ArtifactPath::from_url(raw_path) {
         Ok(p) => p,
@@ -354,9 +382,13 @@ fn redirect_response(target: &RelayUrl, tail: &str, alternates: &[RelayUrl], dig
 
 // ---- admin API ----
 
+#[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
 fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        let mut resp = error(StatusCode::UNAUTHORIZED, "admin API needs `Authorization: Bearer {token}`; the token is in the directory's admin.token file or ODI_ADMIN_TOKEN");
+        let mut resp = error(
+            StatusCode::UNAUTHORIZED,
+            "admin API needs `Authorization: Bearer {token}`; the token is in the directory's admin.token file or ODI_ADMIN_TOKEN",
+        );
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Err(resp);
     };
@@ -402,14 +434,24 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
         (Method::GET, ["catalogs"]) => json(StatusCode::OK, &shared.lock().catalogs()),
         (Method::POST, ["catalogs"]) => create_catalog(shared, req).await,
         (Method::GET, ["catalogs", name]) => {
-            let Ok(name) = CatalogName::new(name) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+            let Ok(name) = CatalogName::new(name) else {
+                return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+            };
             let m = shared.lock();
-            let Some(view) = m.catalogs().into_iter().find(|c| c.name == name) else { return error(StatusCode::NOT_FOUND, format!("no catalog named `{name}`")) };
+            let Some(view) = m.catalogs().into_iter().find(|c| c.name == name) else {
+                return error(StatusCode::NOT_FOUND, format!("no catalog named `{name}`"));
+            };
             let artifacts: Vec<ArtifactView<'_>> = m
                 .artifacts(&name)
                 .into_iter()
                 .flatten()
-                .map(|a| ArtifactView { path: &a.path, digest: a.digest(), size: a.size(), media_type: &a.media_type, published_at: a.published_at.0 })
+                .map(|a| ArtifactView {
+                    path: &a.path,
+                    digest: a.digest(),
+                    size: a.size(),
+                    media_type: &a.media_type,
+                    published_at: a.published_at.0,
+                })
                 .collect();
             json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts }))
         }
@@ -439,7 +481,10 @@ fn admin_error(e: &AdminError) -> Response<Body> {
 async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
     if let Err(e) = shared.meta.apply(std::slice::from_ref(record)).await {
         tracing::error!(error = %e, "cannot persist");
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}")));
+        return Err(error(
+            StatusCode::SERVICE_UNAVAILABLE,
+            format!("cannot save the change, nothing was changed: {e}"),
+        ));
     }
     let (_, effects) = shared.with_machine(|d, now| d.apply(record, now));
     execute(shared, effects).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))
@@ -459,7 +504,12 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_create_catalog(name.clone(), create.replicas.unwrap_or(DEFAULT_REPLICAS), create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)), unix_now());
+    let planned = shared.lock().plan_create_catalog(
+        name.clone(),
+        create.replicas.unwrap_or(DEFAULT_REPLICAS),
+        create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)),
+        unix_now(),
+    );
     let record = match planned {
         Ok(r) => r,
         Err(e) => return admin_error(&e),
@@ -472,7 +522,9 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
 }
 
 async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, raw_path: &str) -> Response<Body> {
-    let Ok(catalog) = CatalogName::new(catalog) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+    let Ok(catalog) = CatalogName::new(catalog) else {
+        return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+    };
     let path = match ArtifactPath::from_url(raw_path) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
@@ -509,11 +561,23 @@ async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, ra
     };
     let seq = shared.lock().catalogs().into_iter().find(|c| c.name == catalog).map_or(0, |c| c.seq);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    json(status, &Published { catalog, path, digest, size, seq, created })
+    json(
+        status,
+        &Published {
+            catalog,
+            path,
+            digest,
+            size,
+            seq,
+            created,
+        },
+    )
 }
 
 async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
-    let Ok(catalog) = CatalogName::new(catalog) else { return error(StatusCode::BAD_REQUEST, "malformed catalog name") };
+    let Ok(catalog) = CatalogName::new(catalog) else {
+        return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+    };
     let path = match ArtifactPath::from_url(raw_path) {
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
@@ -540,7 +604,9 @@ async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Respons
 async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_JSON).collect().await {
         Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_REQUEST_JSON} bytes"))),
+        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
+            Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_REQUEST_JSON} bytes")))
+        }
         Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
     }
 }
@@ -599,7 +665,11 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
         }
         _ if !known => error(StatusCode::FORBIDDEN, "this node is not an enrolled relay"),
         (&Method::GET, "watch") => {
-            let after: Option<u64> = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after="))).and_then(|v| v.parse().ok());
+            let after: Option<u64> = parts
+                .uri
+                .query()
+                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
+                .and_then(|v| v.parse().ok());
             let mut rx = shared.generation.subscribe();
             let current = *rx.borrow_and_update();
             if after == Some(current) {

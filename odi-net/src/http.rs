@@ -31,7 +31,8 @@ pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Bod
     line.push('\n');
     let mut resp = Response::new(full(line));
     *resp.status_mut() = status;
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut()
+        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -75,13 +76,23 @@ pub enum RangeRequest {
 
 /// Parses a single `bytes=` range against `size`.
 pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
-    let Some(spec) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("bytes=")) else { return RangeRequest::Full };
+    let Some(spec) = value.and_then(|v| v.to_str().ok()).and_then(|v| v.trim().strip_prefix("bytes=")) else {
+        return RangeRequest::Full;
+    };
     if spec.contains(',') {
         return RangeRequest::Full;
     }
-    let Some((start, end)) = spec.trim().split_once('-') else { return RangeRequest::Full };
+    let Some((start, end)) = spec.trim().split_once('-') else {
+        return RangeRequest::Full;
+    };
     let (start, end) = (start.trim(), end.trim());
-    let parse = |s: &str| if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() && s.len() <= 20 { s.parse::<u64>().ok() } else { None };
+    let parse = |s: &str| {
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() && s.len() <= 20 {
+            s.parse::<u64>().ok()
+        } else {
+            None
+        }
+    };
     match (start.is_empty(), end.is_empty()) {
         (true, true) => RangeRequest::Full,
         (true, false) => match parse(end) {
@@ -122,10 +133,13 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
     if let Some(h) = builder.headers_mut() {
         digest_headers(h, digest);
     }
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok()) {
-        if inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag) {
-            return builder.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
-        }
+    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
+        && inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag)
+    {
+        return builder
+            .status(StatusCode::NOT_MODIFIED)
+            .body(empty())
+            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
     }
     let range = match parse_range(headers.get(header::RANGE), size) {
         RangeRequest::Full => None,
@@ -139,9 +153,16 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
                 .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
         }
     };
-    let builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    let builder = builder.header(
+        header::CONTENT_TYPE,
+        HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
+    );
     let (status, span, builder) = match &range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1))),
+        Some(r) => (
+            StatusCode::PARTIAL_CONTENT,
+            r.clone(),
+            builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)),
+        ),
         None => (StatusCode::OK, 0..size, builder),
     };
     let builder = builder.status(status).header(header::CONTENT_LENGTH, span.end - span.start);
@@ -151,7 +172,9 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
     match store.get(digest, range).await {
         Ok(got) => {
             let frames = got.stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
-            builder.body(StreamBody::new(frames).boxed_unsync()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+            builder
+                .body(StreamBody::new(frames).boxed_unsync())
+                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
         }
         Err(StorageError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),

@@ -13,7 +13,8 @@ pub fn load_or_create_key(dir: &Path) -> Result<SigningKey, NetError> {
     let path = dir.join("node.key");
     let hex = load_or_create_secret(&path, || hex::encode(random_bytes::<32>()))?;
     let mut bytes = [0u8; 32];
-    hex::decode_to_slice(hex.trim(), &mut bytes).map_err(|_| NetError::Config(format!("{} is not a node key (64 hex digits); move it away to make a new one", path.display())))?;
+    hex::decode_to_slice(hex.trim(), &mut bytes)
+        .map_err(|_| NetError::Config(format!("{} is not a node key (64 hex digits); move it away to make a new one", path.display())))?;
     Ok(SigningKey::from_bytes(&bytes))
 }
 
@@ -37,7 +38,9 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<(), NetError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp).map_err(|e| NetError::io(format!("cannot create {}", tmp.display()), e))?;
-    file.write_all(format!("{secret}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
+    file.write_all(format!("{secret}\n").as_bytes())
+        .and_then(|()| file.sync_all())
+        .map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| NetError::io(format!("cannot write {}", path.display()), e))
 }
 

@@ -79,14 +79,23 @@ impl RelayServer {
             .map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}"))))
             .collect::<Result<Vec<_>, _>>()?;
         if options.enroll_token.trim().is_empty() {
-            return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
+            return Err(NetError::Config(
+                "no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
+            ));
         }
         let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
         let held = store.list().await?;
         let budget = options.disk_budget;
         let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
         tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
-        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
+        let mut config = RelayConfig::new(
+            public_url,
+            Capacity {
+                disk_budget: budget,
+                bandwidth: options.bandwidth,
+            },
+            options.enroll_token.trim().to_owned(),
+        );
         config.catalogs = catalogs;
         config.max_fetches = options.max_fetches.max(1);
         config.request_timeout = REQUEST_TIMEOUT + Duration::from_secs(5);
@@ -94,7 +103,18 @@ impl RelayServer {
         let clock = Clock::start();
         let machine = Relay::new(config, held, clock.now());
         let id = NodeId(key.verifying_key().to_bytes());
-        Ok(Self { shared: Arc::new(Shared { machine: Mutex::new(machine), store, key, id, directory, client: HttpClient::new(), clock, wake: Notify::new() }) })
+        Ok(Self {
+            shared: Arc::new(Shared {
+                machine: Mutex::new(machine),
+                store,
+                key,
+                id,
+                directory,
+                client: HttpClient::new(),
+                clock,
+                wake: Notify::new(),
+            }),
+        })
     }
 
     pub fn id(&self) -> NodeId {
@@ -174,7 +194,10 @@ async fn send(shared: Arc<Shared>, msg: Message) {
         let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
         let status = resp.status();
         let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
-        serde_json::from_slice::<Message>(&bytes).map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
+        serde_json::from_slice::<Message>(&bytes).map_err(|_| NetError::Status {
+            status,
+            reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect(),
+        })
     };
     match outcome.await {
         Ok(reply) => with_machine(&shared, |m, now| m.handle_message(reply, now)),
@@ -193,7 +216,10 @@ async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest) {
         let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), REQUEST_TIMEOUT).await?;
         if resp.status() != StatusCode::OK {
             let status = resp.status();
-            let reason = client::read_body(resp.into_body(), 4096).await.map(|b| String::from_utf8_lossy(&b).trim().to_owned()).unwrap_or_default();
+            let reason = client::read_body(resp.into_body(), 4096)
+                .await
+                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
+                .unwrap_or_default();
             return Err(NetError::Status { status, reason });
         }
         shared.store.put_verified(&manifest, client::body_stream(resp.into_body())).await?;
@@ -263,10 +289,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             let m = shared.lock();
             (m.is_enrolled(), m.is_synced())
         };
-        return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
+        );
     }
     let digest = if let Some(rest) = path.strip_prefix("/r/") {
-        let Some((catalog, raw_path)) = split_catalog_path(rest) else { return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}") };
+        let Some((catalog, raw_path)) = split_catalog_path(rest) else {
+            return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
+        };
         if CatalogName::new(catalog).is_err() {
             return error(StatusCode::BAD_REQUEST, "malformed catalog name");
         }

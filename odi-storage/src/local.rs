@@ -80,11 +80,7 @@ impl LocalStore {
     }
 
     /// Streams `body` into a new temp file, passing every piece to `check` before writing it.
-    async fn receive(
-        &self,
-        mut body: ByteStream<'_>,
-        mut check: impl FnMut(&[u8]) -> Result<()> + Send,
-    ) -> Result<Staged> {
+    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Staged> {
         let (file, temp) = self.create_temp().await?;
         let mut out = BufWriter::with_capacity(PIECE, file);
         while let Some(piece) = body.next().await {
@@ -149,7 +145,9 @@ impl LocalStore {
 impl BlobStore for LocalStore {
     async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
         let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
-        let staged = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
+        let staged = self
+            .receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string())))
+            .await?;
         let manifest = builder.finish();
         self.commit(staged, &manifest.digest()).await?;
         Ok(manifest)
@@ -194,7 +192,11 @@ impl BlobStore for LocalStore {
             }
             Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
         });
-        Ok(GetResult { size, range, stream: Box::pin(stream) })
+        Ok(GetResult {
+            size,
+            range,
+            stream: Box::pin(stream),
+        })
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64> {
@@ -289,7 +291,11 @@ fn clean_dir(dir: &Path) -> Result<usize> {
         let entry = entry.map_err(io_error("read directory", dir))?;
         let path = entry.path();
         let is_dir = entry.file_type().map_err(io_error("inspect", &path))?.is_dir();
-        let result = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
+        let result = if is_dir {
+            std::fs::remove_dir_all(&path)
+        } else {
+            std::fs::remove_file(&path)
+        };
         match result {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}
@@ -305,7 +311,9 @@ fn list_blobs(blobs: &Path) -> Result<Vec<(Digest, u64)>> {
     for shard in std::fs::read_dir(blobs).map_err(io_error("read directory", blobs))? {
         let shard = shard.map_err(io_error("read directory", blobs))?;
         let shard_path = shard.path();
-        let Some(prefix) = shard.file_name().to_str().map(str::to_owned) else { continue };
+        let Some(prefix) = shard.file_name().to_str().map(str::to_owned) else {
+            continue;
+        };
         if prefix.len() != 2 || !shard.file_type().map_err(io_error("inspect", &shard_path))?.is_dir() {
             continue;
         }
