@@ -32,6 +32,7 @@ pub mod rng;
 pub mod sim;
 pub mod storage;
 pub mod time;
+pub mod transfer;
 
 pub use digest::Digest;
 pub use manifest::ChunkManifest;
