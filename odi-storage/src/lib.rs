@@ -11,6 +11,7 @@
 
 pub mod local;
 pub mod object;
+pub mod partial;
 pub mod sqlite;
 
 #[cfg(any(test, feature = "conformance"))]
@@ -18,4 +19,5 @@ pub mod conformance;
 
 pub use local::LocalStore;
 pub use object::ObjectBlobStore;
+pub use partial::PartialFile;
 pub use sqlite::SqliteMeta;

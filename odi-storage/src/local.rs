@@ -25,6 +25,8 @@ use futures_util::{StreamExt, stream};
 use odi_core::digest::Digest;
 use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
+
+use crate::partial::PartialFile;
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
@@ -72,6 +74,35 @@ impl LocalStore {
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
         let hex = digest.to_hex();
         self.blobs.join(&hex[..2]).join(hex)
+    }
+
+    /// Opens the resumable partial download of `manifest`'s blob, with the chunks it already
+    /// holds verified. Partial files live in `partial/` and survive restarts (unlike `tmp/`).
+    pub async fn open_partial(&self, manifest: ChunkManifest) -> Result<(PartialFile, Vec<u64>)> {
+        let path = self.root.join("partial").join(manifest.digest().to_hex());
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir).await.map_err(io_error("create directory", dir))?;
+        }
+        PartialFile::open(path, manifest).await
+    }
+
+    /// Verifies a finished partial download and publishes it as a blob.
+    pub async fn commit_partial(&self, partial: PartialFile, digest: &Digest) -> Result<()> {
+        let dest = self.blob_path(digest);
+        if self.contains(digest).await? {
+            return partial.discard().await;
+        }
+        partial.finish(&dest).await
+    }
+
+    /// Removes the partial download of `digest`, if any (its blob is no longer wanted).
+    pub async fn discard_partial(&self, digest: &Digest) -> Result<()> {
+        let path = self.root.join("partial").join(digest.to_hex());
+        match tokio::fs::remove_file(&path).await {
+            Ok(()) => Ok(()),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(io_error("remove", &path)(e)),
+        }
     }
 
     async fn contains(&self, digest: &Digest) -> Result<bool> {
@@ -279,7 +310,7 @@ impl fmt::Display for IoError {
 
 impl std::error::Error for IoError {}
 
-fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
+pub(crate) fn io_error(op: &'static str, path: &Path) -> impl FnOnce(io::Error) -> StorageError + use<> {
     let path = path.to_path_buf();
     move |source| StorageError::backend(STORE, IoError { op, path, source })
 }
@@ -344,7 +375,7 @@ fn list_blobs(blobs: &Path) -> Result<Vec<(Digest, u64)>> {
 }
 
 /// Makes a directory's entries (a rename into it, a new subdirectory) durable.
-async fn sync_dir(dir: &Path) -> Result<()> {
+pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     if cfg!(windows) {
         // Windows cannot open a directory as a file; NTFS journals renames itself.
         return Ok(());
