@@ -20,11 +20,7 @@ pub(crate) struct Admin {
 
 impl Admin {
     pub(crate) fn new(directory: &str, token: String) -> Self {
-        Self {
-            directory: directory.trim_end_matches('/').to_owned(),
-            token,
-            client: HttpClient::new(),
-        }
+        Self { directory: directory.trim_end_matches('/').to_owned(), token, client: HttpClient::new() }
     }
 
     /// Reads the token from `--token-file`, else `ODI_ADMIN_TOKEN`.
@@ -80,14 +76,7 @@ impl Admin {
         let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();
         let media_type = media_type_for(path);
         // Large uploads take as long as they take; the head of the answer comes after the body.
-        self.call(
-            Method::PUT,
-            &format!("catalogs/{catalog}/artifacts/{path}"),
-            body,
-            media_type,
-            Duration::from_secs(24 * 3600),
-        )
-        .await
+        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}"), body, media_type, Duration::from_secs(24 * 3600)).await
     }
 }
 
@@ -109,10 +98,7 @@ fn media_type_for(path: &str) -> &'static str {
         (".deb", "application/vnd.debian.binary-package"),
         (".rpm", "application/x-rpm"),
     ];
-    table
-        .iter()
-        .find(|(ext, _)| lower.ends_with(ext))
-        .map_or("application/octet-stream", |(_, t)| t)
+    table.iter().find(|(ext, _)| lower.ends_with(ext)).map_or("application/octet-stream", |(_, t)| t)
 }
 
 /// Percent-encodes each segment of an artifact path for a URL.

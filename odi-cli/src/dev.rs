@@ -31,9 +31,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     options.public_url = Some(dir_url.clone());
     options.heartbeat_interval = Duration::from_secs(1);
     options.lease = Duration::from_secs(4);
-    let directory = odi_net::directory::DirectoryServer::open(options)
-        .await
-        .with_context(|| format!("cannot open the directory in {}", data.display()))?;
+    let directory = odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
     let (Some(admin_path), Some(enroll_path)) = (directory.admin_token_path.clone(), directory.enroll_token_path.clone()) else {
         bail!("odi dev keeps its tokens in files; unset ODI_ADMIN_TOKEN and ODI_ENROLL_TOKEN");
     };
@@ -85,9 +83,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     // Wait (up to 10 s) until every relay holds its share, so the first curl is redirected.
     for _ in 0..100 {
         let relays = admin.json(Method::GET, "relays", None).await?;
-        let ready = relays
-            .as_array()
-            .is_some_and(|a| a.iter().filter(|r| r["status"] == "ready").count() >= relay_urls.len());
+        let ready = relays.as_array().is_some_and(|a| a.iter().filter(|r| r["status"] == "ready").count() >= relay_urls.len());
         if ready {
             break;
         }
@@ -105,10 +101,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     println!("  curl -sI {dir_url}/r/sample/odi-sample-5MiB.bin");
     println!("  odi get {dir_url}/r/sample/odi-sample-5MiB.bin");
     println!("  ODI_ADMIN_TOKEN=$(cat {}) odi relays --directory {dir_url}", admin_path.display());
-    println!(
-        "  ODI_ADMIN_TOKEN=$(cat {}) odi publish --directory {dir_url} --catalog sample ./some-file",
-        admin_path.display()
-    );
+    println!("  ODI_ADMIN_TOKEN=$(cat {}) odi publish --directory {dir_url} --catalog sample ./some-file", admin_path.display());
     println!();
     println!("Ctrl-C stops everything.");
 

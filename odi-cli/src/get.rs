@@ -65,11 +65,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
             expected = repr_digest(resp.headers());
         }
         if resp.status().is_redirection() {
-            let location = resp
-                .headers()
-                .get(header::LOCATION)
-                .and_then(|v| v.to_str().ok())
-                .ok_or_else(|| anyhow!("{url} redirected without a Location"))?;
+            let location = resp.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or_else(|| anyhow!("{url} redirected without a Location"))?;
             url = resolve(&url, location)?;
             redirects += 1;
             if redirects > MAX_REDIRECTS {
@@ -136,14 +132,9 @@ async fn finish(part: &Path, output: &Path, hasher: Sha256, expected: Option<Dig
     }
     let f = tokio::fs::File::open(part).await.with_context(|| format!("cannot reopen {}", part.display()))?;
     f.sync_all().await.context("cannot sync the download")?;
-    tokio::fs::rename(part, output)
-        .await
-        .with_context(|| format!("cannot move the download to {}", output.display()))?;
+    tokio::fs::rename(part, output).await.with_context(|| format!("cannot move the download to {}", output.display()))?;
     if expected.is_none() {
-        eprintln!(
-            "warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)",
-            output.display()
-        );
+        eprintln!("warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)", output.display());
     }
     Ok(output.to_path_buf())
 }
@@ -153,15 +144,9 @@ fn repr_digest(headers: &http::HeaderMap) -> Option<Digest> {
     let b64 = headers
         .get("repr-digest")
         .and_then(|v| v.to_str().ok())
-        .and_then(|v| {
-            v.split(',')
-                .find_map(|item| item.trim().strip_prefix("sha-256=:")?.strip_suffix(':').map(str::to_owned))
-        })
+        .and_then(|v| v.split(',').find_map(|item| item.trim().strip_prefix("sha-256=:")?.strip_suffix(':').map(str::to_owned)))
         .or_else(|| {
-            headers
-                .get("digest")
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.split(',').find_map(|i| i.trim().strip_prefix("SHA-256=").map(str::to_owned)))
+            headers.get("digest").and_then(|v| v.to_str().ok()).and_then(|v| v.split(',').find_map(|i| i.trim().strip_prefix("SHA-256=").map(str::to_owned)))
         })?;
     let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(b64).ok()?.try_into().ok()?;
     Some(Digest::from_bytes(bytes))
@@ -189,11 +174,7 @@ fn resolve(base: &str, location: &str) -> Result<String> {
         return Ok(location.to_owned());
     }
     let uri: http::Uri = base.parse().map_err(|_| anyhow!("`{base}` is not a URL"))?;
-    let origin = format!(
-        "{}://{}",
-        uri.scheme_str().unwrap_or("http"),
-        uri.authority().map(|a| a.as_str()).unwrap_or_default()
-    );
+    let origin = format!("{}://{}", uri.scheme_str().unwrap_or("http"), uri.authority().map(|a| a.as_str()).unwrap_or_default());
     if location.starts_with('/') {
         Ok(format!("{origin}{location}"))
     } else {

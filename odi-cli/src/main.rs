@@ -212,11 +212,7 @@ impl FileConfig {
 fn main() {
     let cli = Cli::parse();
     let filter = tracing_subscriber::EnvFilter::try_from_env("ODI_LOG").unwrap_or_else(|_| {
-        let default = if matches!(cli.command, Command::Directory(_) | Command::Relay(_)) {
-            "info"
-        } else {
-            "warn"
-        };
+        let default = if matches!(cli.command, Command::Directory(_) | Command::Relay(_)) { "info" } else { "warn" };
         tracing_subscriber::EnvFilter::new(default)
     });
     tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
@@ -234,45 +230,31 @@ fn main() {
 }
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("cannot listen on {addr}; is the port taken?"))
+    TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is the port taken?"))
 }
 
 async fn run(command: Command) -> Result<()> {
     match command {
         Command::Directory(args) => {
             let file = FileConfig::load(args.config.as_deref())?;
-            let listen = args
-                .listen
-                .or(file.listen)
-                .ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+            let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let mut options = odi_net::directory::DirectoryOptions::new(&data);
             options.public_url = args.public_url.or(file.public_url);
-            if let Some(d) = args
-                .heartbeat_interval
-                .map(Ok)
-                .or_else(|| file.heartbeat_interval.as_deref().map(units::parse_duration))
-            {
+            if let Some(d) = args.heartbeat_interval.map(Ok).or_else(|| file.heartbeat_interval.as_deref().map(units::parse_duration)) {
                 options.heartbeat_interval = d.map_err(|e| anyhow!("heartbeat_interval: {e}"))?;
             }
             if let Some(d) = args.lease.map(Ok).or_else(|| file.lease.as_deref().map(units::parse_duration)) {
                 options.lease = d.map_err(|e| anyhow!("lease: {e}"))?;
             }
             if options.lease < options.heartbeat_interval * 2 {
-                bail!(
-                    "the lease ({:?}) must be at least twice the heartbeat interval ({:?})",
-                    options.lease,
-                    options.heartbeat_interval
-                );
+                bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             let listener = bind(listen).await?;
-            let server = odi_net::directory::DirectoryServer::open(options)
-                .await
-                .with_context(|| format!("cannot open the directory in {}", data.display()))?;
+            let server =
+                odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
             for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path)] {
                 if let Some(path) = path {
                     eprintln!("{what} token: {}", path.display());
@@ -283,10 +265,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Relay(args) => {
             let file = FileConfig::load(args.config.as_deref())?;
-            let listen = args
-                .listen
-                .or(file.listen)
-                .ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+            let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let directories = if args.directories.is_empty() { file.directory } else { args.directories };
             let directory = match directories.as_slice() {
@@ -294,18 +273,11 @@ async fn run(command: Command) -> Result<()> {
                 [] => bail!("--directory is required (or `directory` in --config)"),
                 _ => bail!("this version enrolls with one directory; pass a single --directory"),
             };
-            let public_url = args
-                .public_url
-                .or(file.public_url)
-                .ok_or_else(|| anyhow!("--public-url is required: the URL clients reach this relay at"))?;
+            let public_url = args.public_url.or(file.public_url).ok_or_else(|| anyhow!("--public-url is required: the URL clients reach this relay at"))?;
             let disk_budget = match args.disk_budget {
                 Some(b) => b,
-                None => units::parse_size(
-                    file.disk_budget
-                        .as_deref()
-                        .ok_or_else(|| anyhow!("--disk-budget is required, e.g. --disk-budget 10GiB"))?,
-                )
-                .map_err(|e| anyhow!("disk_budget: {e}"))?,
+                None => units::parse_size(file.disk_budget.as_deref().ok_or_else(|| anyhow!("--disk-budget is required, e.g. --disk-budget 10GiB"))?)
+                    .map_err(|e| anyhow!("disk_budget: {e}"))?,
             };
             let bandwidth = match (args.bandwidth, file.bandwidth.as_deref()) {
                 (Some(b), _) => b,
@@ -325,30 +297,13 @@ async fn run(command: Command) -> Result<()> {
                 max_fetches: 4,
             };
             let listener = bind(listen).await?;
-            let server = odi_net::relay::RelayServer::open(options)
-                .await
-                .with_context(|| format!("cannot open the relay in {}", data.display()))?;
+            let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
             eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
-        Command::Catalog(CatalogCommand::Create {
-            name,
-            target,
-            replicas,
-            chunk_size,
-        }) => {
-            let created = target
-                .admin()?
-                .json(
-                    Method::POST,
-                    "catalogs",
-                    Some(json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size })),
-                )
-                .await?;
-            println!(
-                "created catalog {} (replicas {}, chunk size {})",
-                name, created["replicas"], created["chunk_size"]
-            );
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size }) => {
+            let created = target.admin()?.json(Method::POST, "catalogs", Some(json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size }))).await?;
+            println!("created catalog {} (replicas {}, chunk size {})", name, created["replicas"], created["chunk_size"]);
         }
         Command::Catalog(CatalogCommand::Ls { target }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
@@ -391,11 +346,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Expunge(args) => {
             let path = encode_path(&args.path)?;
-            let out = args
-                .target
-                .admin()?
-                .json(Method::DELETE, &format!("catalogs/{}/artifacts/{path}", args.catalog), None)
-                .await?;
+            let out = args.target.admin()?.json(Method::DELETE, &format!("catalogs/{}/artifacts/{path}", args.catalog), None).await?;
             println!("expunged {}/{} ({})", args.catalog, args.path, out["expunged"].as_str().unwrap_or("?"));
         }
         Command::Relays(args) => {
@@ -407,13 +358,7 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Get(args) => {
-            let out = get::get(get::GetArgs {
-                url: args.url,
-                output: args.output,
-                resume: args.resume,
-                sha256: args.sha256,
-            })
-            .await?;
+            let out = get::get(get::GetArgs { url: args.url, output: args.output, resume: args.resume, sha256: args.sha256 }).await?;
             if out.as_os_str() != "-" {
                 eprintln!("saved {}", out.display());
             }
@@ -428,10 +373,7 @@ async fn target_publish(target: &Target, catalog: &str, path: &str, file: &Path)
 }
 
 fn print_relays(relays: &Value) {
-    println!(
-        "{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}",
-        "RELAY", "STATUS", "URL", "HELD", "ASSIGNED", "BUDGET"
-    );
+    println!("{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}", "RELAY", "STATUS", "URL", "HELD", "ASSIGNED", "BUDGET");
     for r in relays.as_array().into_iter().flatten() {
         let id = r["id"].as_str().unwrap_or("?");
         println!(

@@ -38,12 +38,7 @@ fn free_port() -> u16 {
 }
 
 fn odi(args: &[&str]) -> Output {
-    Command::new(ODI)
-        .args(args)
-        .env("ODI_ADMIN_TOKEN", ADMIN)
-        .env_remove("ODI_DIRECTORY")
-        .output()
-        .expect("run odi")
+    Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
 }
 
 fn odi_ok(args: &[&str]) -> String {
@@ -66,11 +61,7 @@ fn spawn(name: &'static str, args: &[&str]) -> Proc {
 }
 
 fn curl(args: &[&str]) -> Output {
-    Command::new("curl")
-        .args(["-sS", "--max-time", "20"])
-        .args(args)
-        .output()
-        .expect("curl is installed")
+    Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl is installed")
 }
 
 fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
@@ -86,20 +77,7 @@ fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
 
 fn start_directory(data: &Path, port: u16) -> Proc {
     let listen = format!("127.0.0.1:{port}");
-    let p = spawn(
-        "directory",
-        &[
-            "directory",
-            "--listen",
-            &listen,
-            "--data",
-            data.to_str().unwrap(),
-            "--heartbeat-interval",
-            "300ms",
-            "--lease",
-            "1500ms",
-        ],
-    );
+    let p = spawn("directory", &["directory", "--listen", &listen, "--data", data.to_str().unwrap(), "--heartbeat-interval", "300ms", "--lease", "1500ms"]);
     wait_for(20, "the directory to answer", || curl(&[&format!("http://{listen}/healthz")]).status.success());
     p
 }
@@ -178,10 +156,7 @@ fn operator_flow_with_kill_and_directory_crash() {
         let res = curl(&["-L", "-o", out.to_str().unwrap(), "-w", "%{url_effective}", &format!("{dir_url}/r/rel/{name}")]);
         assert!(res.status.success(), "curl {name}: {}", String::from_utf8_lossy(&res.stderr));
         let effective = String::from_utf8_lossy(&res.stdout).into_owned();
-        assert!(
-            effective.contains(&format!(":{r1port}/")) || effective.contains(&format!(":{r2port}/")),
-            "answered by a relay: {effective}"
-        );
+        assert!(effective.contains(&format!(":{r1port}/")) || effective.contains(&format!(":{r2port}/")), "answered by a relay: {effective}");
         assert_eq!(sha256_file(&out), sha256_file(&tmp.path().join(name)), "{name}");
     }
     let odi_get = tmp.path().join("big.get");
@@ -225,32 +200,13 @@ fn cli_errors_are_one_line_and_exit_non_zero() {
     let file = tmp.path().join("f.txt");
     std::fs::write(&file, "x").unwrap();
 
-    let no_token = Command::new(ODI)
-        .args(["publish", "--directory", &dir_url, "--catalog", "c", file.to_str().unwrap()])
-        .env_remove("ODI_ADMIN_TOKEN")
-        .output()
-        .unwrap();
-    let wrong = Command::new(ODI)
-        .args(["catalog", "ls", "--directory", &dir_url])
-        .env("ODI_ADMIN_TOKEN", "nope")
-        .output()
-        .unwrap();
+    let no_token =
+        Command::new(ODI).args(["publish", "--directory", &dir_url, "--catalog", "c", file.to_str().unwrap()]).env_remove("ODI_ADMIN_TOKEN").output().unwrap();
+    let wrong = Command::new(ODI).args(["catalog", "ls", "--directory", &dir_url]).env("ODI_ADMIN_TOKEN", "nope").output().unwrap();
     let unknown = odi(&["publish", "--directory", &dir_url, "--catalog", "nope", file.to_str().unwrap()]);
     let missing = odi(&["publish", "--directory", &dir_url, "--catalog", "nope", "/no/such/file"]);
     let down = odi(&["catalog", "ls", "--directory", &format!("http://127.0.0.1:{}", free_port())]);
-    let size = odi(&[
-        "relay",
-        "--listen",
-        "127.0.0.1:0",
-        "--data",
-        "x",
-        "--directory",
-        &dir_url,
-        "--public-url",
-        "http://x",
-        "--disk-budget",
-        "lots",
-    ]);
+    let size = odi(&["relay", "--listen", "127.0.0.1:0", "--data", "x", "--directory", &dir_url, "--public-url", "http://x", "--disk-budget", "lots"]);
     for (out, expect) in [
         (&no_token, "ODI_ADMIN_TOKEN"),
         (&wrong, "admin token is wrong"),
@@ -270,12 +226,7 @@ fn cli_errors_are_one_line_and_exit_non_zero() {
 fn odi_dev_prints_a_curl_command_that_works() {
     let tmp = tempfile::tempdir().unwrap();
     let started = Instant::now();
-    let mut child = Command::new(ODI)
-        .args(["dev", "--data", tmp.path().to_str().unwrap()])
-        .stdout(Stdio::piped())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
+    let mut child = Command::new(ODI).args(["dev", "--data", tmp.path().to_str().unwrap()]).stdout(Stdio::piped()).stderr(Stdio::inherit()).spawn().unwrap();
     let stdout = child.stdout.take().unwrap();
     let (tx, rx) = mpsc::channel();
     std::thread::spawn(move || {
@@ -298,11 +249,7 @@ fn odi_dev_prints_a_curl_command_that_works() {
     let out = Command::new("sh").args(["-c", &format!("{curl_line} -sS --max-time 10")]).output().unwrap();
     eprintln!("odi dev: working curl {:.2}s after start", started.elapsed().as_secs_f64());
     assert!(out.status.success(), "{curl_line}: {}", String::from_utf8_lossy(&out.stderr));
-    assert!(
-        String::from_utf8_lossy(&out.stdout).contains("Hello from ODI"),
-        "{}",
-        String::from_utf8_lossy(&out.stdout)
-    );
+    assert!(String::from_utf8_lossy(&out.stdout).contains("Hello from ODI"), "{}", String::from_utf8_lossy(&out.stdout));
 
     // Ctrl-C stops everything cleanly.
     let pid = child.id().to_string();

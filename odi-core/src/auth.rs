@@ -58,10 +58,7 @@ pub struct SigParams {
 
 impl SigParams {
     fn serialize(&self) -> String {
-        format!(
-            r#"{COMPONENTS};created={};expires={};nonce="{}";keyid="{}";alg="ed25519""#,
-            self.created, self.expires, self.nonce, self.keyid
-        )
+        format!(r#"{COMPONENTS};created={};expires={};nonce="{}";keyid="{}";alg="ed25519""#, self.created, self.expires, self.nonce, self.keyid)
     }
 }
 
@@ -88,20 +85,11 @@ fn signature_base(method: &str, path: &str, query: &str, content_digest: &str, p
 
 /// Signs a request. `nonce` must be fresh randomness from the caller (the core draws none).
 pub fn sign(key: &SigningKey, method: &str, path: &str, query: &str, body: &[u8], now: UnixTime, nonce: &[u8; 16]) -> SignedHeaders {
-    let params = SigParams {
-        created: now.0,
-        expires: now.0 + SIGNATURE_LIFETIME,
-        nonce: hex::encode(nonce),
-        keyid: NodeId(key.verifying_key().to_bytes()),
-    };
+    let params = SigParams { created: now.0, expires: now.0 + SIGNATURE_LIFETIME, nonce: hex::encode(nonce), keyid: NodeId(key.verifying_key().to_bytes()) };
     let content_digest = content_digest(body);
     let base = signature_base(method, path, query, &content_digest, &params);
     let signature = key.sign(base.as_bytes());
-    SignedHeaders {
-        content_digest,
-        signature_input: format!("odi={}", params.serialize()),
-        signature: format!("odi=:{}:", B64.encode(signature.to_bytes())),
-    }
+    SignedHeaders { content_digest, signature_input: format!("odi={}", params.serialize()), signature: format!("odi=:{}:", B64.encode(signature.to_bytes())) }
 }
 
 /// Parses `odi=(...);created=..;expires=..;nonce="..";keyid="..";alg="ed25519"` (our profile only).
@@ -131,12 +119,7 @@ pub fn parse_signature_input(value: &str) -> Result<SigParams, SigError> {
     if rest.split(';').next() != Some("") || alg != Some("ed25519") {
         return Err(bad());
     }
-    Ok(SigParams {
-        created: created.ok_or_else(bad)?,
-        expires: expires.ok_or_else(bad)?,
-        nonce: nonce.ok_or_else(bad)?,
-        keyid: keyid.ok_or_else(bad)?,
-    })
+    Ok(SigParams { created: created.ok_or_else(bad)?, expires: expires.ok_or_else(bad)?, nonce: nonce.ok_or_else(bad)?, keyid: keyid.ok_or_else(bad)? })
 }
 
 /// A request as seen by the verifier.
@@ -162,11 +145,7 @@ pub fn verify(req: &SignedRequest<'_>, now: UnixTime, replay: &mut ReplayGuard) 
         .strip_prefix("odi=:")
         .and_then(|s| s.strip_suffix(':'))
         .ok_or(SigError::Malformed("Signature"))?;
-    let sig_bytes: [u8; 64] = B64
-        .decode(sig_b64)
-        .ok()
-        .and_then(|b| b.try_into().ok())
-        .ok_or(SigError::Malformed("Signature"))?;
+    let sig_bytes: [u8; 64] = B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or(SigError::Malformed("Signature"))?;
     if content_digest != self::content_digest(req.body) {
         return Err(SigError::BodyDigest);
     }
@@ -179,8 +158,7 @@ pub fn verify(req: &SignedRequest<'_>, now: UnixTime, replay: &mut ReplayGuard) 
     }
     let key = VerifyingKey::from_bytes(&params.keyid.0).map_err(|_| SigError::BadSignature(params.keyid))?;
     let base = signature_base(req.method, req.path, req.query, content_digest, &params);
-    key.verify_strict(base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig_bytes))
-        .map_err(|_| SigError::BadSignature(params.keyid))?;
+    key.verify_strict(base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig_bytes)).map_err(|_| SigError::BadSignature(params.keyid))?;
     replay.check_and_insert(&params, now)?;
     Ok(params.keyid)
 }
@@ -196,11 +174,7 @@ pub struct ReplayGuard {
 
 impl ReplayGuard {
     pub fn new(capacity: usize) -> Self {
-        Self {
-            by_expiry: BTreeSet::new(),
-            seen: HashSet::new(),
-            capacity,
-        }
+        Self { by_expiry: BTreeSet::new(), seen: HashSet::new(), capacity }
     }
 
     fn check_and_insert(&mut self, params: &SigParams, now: UnixTime) -> Result<(), SigError> {
@@ -275,17 +249,13 @@ mod tests {
         assert_eq!(verify(&request(&h, b"{}"), UnixTime(now.0 - 3600), &mut guard), Err(SigError::Expired));
         // Claim another node's key: the signature no longer verifies.
         let forged = SignedHeaders {
-            signature_input: h.signature_input.replace(
-                &NodeId(key(1).verifying_key().to_bytes()).to_hex(),
-                &NodeId(key(2).verifying_key().to_bytes()).to_hex(),
-            ),
+            signature_input: h
+                .signature_input
+                .replace(&NodeId(key(1).verifying_key().to_bytes()).to_hex(), &NodeId(key(2).verifying_key().to_bytes()).to_hex()),
             ..h.clone()
         };
         assert!(matches!(verify(&request(&forged, b"{}"), now, &mut guard), Err(SigError::BadSignature(_))));
-        let unsigned = SignedRequest {
-            signature: None,
-            ..request(&h, b"{}")
-        };
+        let unsigned = SignedRequest { signature: None, ..request(&h, b"{}") };
         assert_eq!(verify(&unsigned, now, &mut guard), Err(SigError::Missing("Signature")));
     }
 

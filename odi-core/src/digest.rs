@@ -99,14 +99,7 @@ mod tests {
 
     #[test]
     fn rejects_malformed_digests() {
-        for bad in [
-            "",
-            "sha256:",
-            "sha256:abc",
-            "md5:00",
-            &format!("sha256:{}", "A".repeat(64)),
-            &format!("sha256:{}", "g".repeat(64)),
-        ] {
+        for bad in ["", "sha256:", "sha256:abc", "md5:00", &format!("sha256:{}", "A".repeat(64)), &format!("sha256:{}", "g".repeat(64))] {
             assert!(bad.parse::<Digest>().is_err(), "{bad}");
         }
     }

@@ -42,12 +42,7 @@ pub struct DirectoryConfig {
 
 impl DirectoryConfig {
     pub fn new(id: NodeId) -> Self {
-        Self {
-            id,
-            heartbeat_interval: Duration::from_secs(5),
-            lease: Duration::from_secs(15),
-            self_test_retry: Duration::from_secs(5),
-        }
+        Self { id, heartbeat_interval: Duration::from_secs(5), lease: Duration::from_secs(15), self_test_retry: Duration::from_secs(5) }
     }
 }
 
@@ -264,12 +259,7 @@ impl Directory {
             return Err(AdminError::Replicas(replicas));
         }
         let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig {
-            name,
-            replicas,
-            chunk_size,
-            created_at: at,
-        }))
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at }))
     }
 
     /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent).
@@ -283,11 +273,7 @@ impl Directory {
     ) -> Result<Option<Record>, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
         if manifest.chunk_size() != cat.config.chunk_size {
-            return Err(AdminError::ChunkSizeMismatch {
-                catalog: catalog.clone(),
-                expected: cat.config.chunk_size,
-                got: manifest.chunk_size(),
-            });
+            return Err(AdminError::ChunkSizeMismatch { catalog: catalog.clone(), expected: cat.config.chunk_size, got: manifest.chunk_size() });
         }
         if self.expunged.contains(&manifest.digest()) {
             return Err(AdminError::ExpungedDigest(manifest.digest()));
@@ -295,38 +281,15 @@ impl Directory {
         if cat.artifacts.get(&path).is_some_and(|e| e.artifact.digest() == manifest.digest()) {
             return Ok(None);
         }
-        let artifact = Artifact {
-            catalog: catalog.clone(),
-            path,
-            media_type,
-            tags: Vec::new(),
-            published_at: at,
-            manifest,
-        };
-        Ok(Some(Record::Log {
-            catalog: catalog.clone(),
-            entry: LogEntry {
-                seq: cat.seq + 1,
-                at,
-                op: LogOp::Put(artifact),
-            },
-        }))
+        let artifact = Artifact { catalog: catalog.clone(), path, media_type, tags: Vec::new(), published_at: at, manifest };
+        Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
     }
 
     pub fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
-        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound {
-            catalog: catalog.clone(),
-            path: path.clone(),
-        })?;
-        let op = LogOp::Expunge {
-            path: path.clone(),
-            digest: entry.artifact.digest(),
-        };
-        Ok(Record::Log {
-            catalog: catalog.clone(),
-            entry: LogEntry { seq: cat.seq + 1, at, op },
-        })
+        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
+        let op = LogOp::Expunge { path: path.clone(), digest: entry.artifact.digest() };
+        Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
     }
 
     pub fn plan_token(&self, role: TokenRole, token: &str) -> Option<Record> {
@@ -342,12 +305,7 @@ impl Directory {
                 if self.catalogs.contains_key(&config.name) {
                     return false;
                 }
-                let state = CatalogState {
-                    config: config.clone(),
-                    seq: 0,
-                    artifacts: BTreeMap::new(),
-                    expunged: BTreeSet::new(),
-                };
+                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeSet::new() };
                 self.catalogs.insert(config.name.clone(), state);
                 true
             }
@@ -382,19 +340,10 @@ impl Directory {
         let (path, old) = match &entry.op {
             LogOp::Put(artifact) => {
                 let digest = artifact.digest();
-                let blob = self.blobs.entry(digest).or_insert_with(|| Blob {
-                    manifest: artifact.manifest.clone(),
-                    names: BTreeSet::new(),
-                });
+                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: BTreeSet::new() });
                 blob.names.insert((catalog.clone(), artifact.path.clone()));
                 cat.expunged.remove(&artifact.path);
-                let old = cat.artifacts.insert(
-                    artifact.path.clone(),
-                    Entry {
-                        artifact: artifact.clone(),
-                        generation,
-                    },
-                );
+                let old = cat.artifacts.insert(artifact.path.clone(), Entry { artifact: artifact.clone(), generation });
                 (artifact.path.clone(), old.map(|e| e.artifact.digest()).filter(|d| *d != digest))
             }
             LogOp::Expunge { path, digest } => {
@@ -484,17 +433,11 @@ impl Directory {
     }
 
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Result<&Artifact, LookupError> {
-        let cat = CatalogName::new(catalog)
-            .ok()
-            .and_then(|n| self.catalogs.get(&n))
-            .ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
+        let cat = CatalogName::new(catalog).ok().and_then(|n| self.catalogs.get(&n)).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
         match cat.artifacts.get(path) {
             Some(e) => Ok(&e.artifact),
             None if cat.expunged.contains(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
-            None => Err(LookupError::NotFound {
-                catalog: catalog.to_owned(),
-                path: path.to_string(),
-            }),
+            None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
         }
     }
 
@@ -519,12 +462,7 @@ impl Directory {
                     held: r.held.len(),
                     held_bytes: r.held.iter().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum(),
                     assigned: assigned.map_or(0, BTreeSet::len),
-                    assigned_bytes: assigned
-                        .into_iter()
-                        .flatten()
-                        .filter_map(|d| self.blobs.get(d))
-                        .map(|b| b.manifest.total_len())
-                        .sum(),
+                    assigned_bytes: assigned.into_iter().flatten().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum(),
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
@@ -596,13 +534,7 @@ impl Directory {
             Some(candidates.swap_remove(index).0.record.public_url.clone())
         };
         let alternates = candidates.into_iter().map(|(r, _)| r.record.public_url.clone()).collect();
-        Redirect {
-            digest,
-            size,
-            media_type,
-            target,
-            alternates,
-        }
+        Redirect { digest, size, media_type, target, alternates }
     }
 
     // ---- relay protocol ----
@@ -613,16 +545,10 @@ impl Directory {
         let reply = match msg {
             Message::Enroll(req) => self.enroll(from, req, now, wall),
             Message::Heartbeat(hb) => self.heartbeat(from, hb, now),
-            other => Message::Refused(Refusal {
-                code: RefusalCode::BadRequest,
-                reason: format!("a directory does not accept {}", kind(&other)),
-            }),
+            other => Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("a directory does not accept {}", kind(&other)) }),
         };
         if let Message::Refused(r) = &reply {
-            self.events.push_back(Event::RelayRefused {
-                relay: from,
-                reason: r.reason.clone(),
-            });
+            self.events.push_back(Event::RelayRefused { relay: from, reason: r.reason.clone() });
         }
         self.settle(now);
         reply
@@ -635,32 +561,15 @@ impl Directory {
                 reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
             });
         }
-        let record = RelayRecord {
-            id: from,
-            public_url: req.public_url,
-            capacity: req.capacity,
-            catalogs: req.catalogs,
-            enrolled_at: wall,
-        };
-        let changed = self.relays.get(&from).is_none_or(|r| {
-            r.record
-                != RelayRecord {
-                    enrolled_at: r.record.enrolled_at,
-                    ..record.clone()
-                }
-        });
+        let record = RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall };
+        let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
         let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone()));
         if changed {
             // New relay, or a new URL or capacity: persist, and test it again before trusting it.
             relay.record = record.clone();
             relay.tested = false;
-            self.effects.push_back(Effect::Persist {
-                records: vec![Record::Relay(record.clone())],
-            });
-            self.events.push_back(Event::RelayEnrolled {
-                relay: from,
-                url: record.public_url,
-            });
+            self.effects.push_back(Effect::Persist { records: vec![Record::Relay(record.clone())] });
+            self.events.push_back(Event::RelayEnrolled { relay: from, url: record.public_url });
         }
         relay.last_seen = Some(now);
         relay.lost = false;
@@ -676,10 +585,7 @@ impl Directory {
 
     fn heartbeat(&mut self, from: NodeId, hb: Heartbeat, now: Instant) -> Message {
         let Some(relay) = self.relays.get_mut(&from) else {
-            return Message::Refused(Refusal {
-                code: RefusalCode::UnknownRelay,
-                reason: "this directory does not know the relay; enroll again".into(),
-            });
+            return Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         };
         let was_serving = relay.tested && !relay.lost && relay.last_seen.is_some_and(|t| now < t + self.config.lease);
         relay.last_seen = Some(now);
@@ -709,30 +615,30 @@ impl Directory {
         }
         self.refresh_assignment(now);
         let relay = &self.relays[&from];
-        let state =
-            (relay.tested && (held_changed || relay.sent != Some(self.generation) || hb.generation != self.generation)).then(|| self.assignment_for(relay));
+        let state = (relay.tested && (held_changed || relay.sent != Some(self.generation) || hb.generation != self.generation))
+            .then(|| self.assignment_for(relay, now));
         if state.is_some()
             && let Some(r) = self.relays.get_mut(&from)
         {
             r.sent = Some(self.generation);
         }
-        Message::HeartbeatAck(HeartbeatAck {
-            generation: self.generation,
-            state,
-            expunged,
-        })
+        Message::HeartbeatAck(HeartbeatAck { generation: self.generation, state, expunged })
     }
 
-    fn assignment_for(&self, relay: &RelayState) -> RelayAssignment {
+    fn assignment_for(&self, relay: &RelayState, now: Instant) -> RelayAssignment {
         let assigned_set = self.assignment.get(&relay.record.id);
         let assigned = assigned_set
             .into_iter()
             .flatten()
             .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
-            .map(|(d, b)| Assigned {
-                digest: *d,
-                size: b.manifest.total_len(),
-                manifest: (!relay.held.contains(d)).then(|| b.manifest.clone()),
+            .map(|(d, b)| {
+                let missing = !relay.held.contains(d);
+                Assigned {
+                    digest: *d,
+                    size: b.manifest.total_len(),
+                    manifest: missing.then(|| b.manifest.clone()),
+                    sources: if missing { self.peer_sources(d, relay.record.id, now) } else { Vec::new() },
+                }
             })
             .collect();
         let names = assigned_set
@@ -742,15 +648,23 @@ impl Directory {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
-            .flat_map(|(d, b)| {
-                b.names.iter().map(move |(c, p)| Named {
-                    catalog: c.clone(),
-                    path: p.clone(),
-                    digest: *d,
-                })
-            })
+            .flat_map(|(d, b)| b.names.iter().map(move |(c, p)| Named { catalog: c.clone(), path: p.clone(), digest: *d }))
             .collect();
         RelayAssignment { assigned, names }
+    }
+
+    /// Up to eight serving relays other than `except` that hold `digest`.
+    fn peer_sources(&self, digest: &Digest, except: NodeId, now: Instant) -> Vec<RelayUrl> {
+        self.holders
+            .get(digest)
+            .into_iter()
+            .flatten()
+            .filter(|id| **id != except)
+            .filter_map(|id| self.relays.get(id))
+            .filter(|r| self.serves(r, now))
+            .map(|r| r.record.public_url.clone())
+            .take(8)
+            .collect()
     }
 
     fn start_self_test(&mut self, relay: NodeId, now: Instant) {
@@ -762,11 +676,7 @@ impl Directory {
         }
         self.self_test_attempts += 1;
         r.self_test = SelfTest::Running(self.self_test_attempts);
-        self.effects.push_back(Effect::SelfTest {
-            relay,
-            url: r.record.public_url.clone(),
-            attempt: self.self_test_attempts,
-        });
+        self.effects.push_back(Effect::SelfTest { relay, url: r.record.public_url.clone(), attempt: self.self_test_attempts });
     }
 
     /// The outcome of an `Effect::SelfTest`: `Ok(id)` is the relay id its `/healthz` reported.
@@ -827,11 +737,7 @@ impl Directory {
     /// The next instant `handle_timeout` has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.relays
-            .values()
-            .flat_map(|r| [(!r.lost).then_some(r.last_seen).flatten().map(|t| t + self.config.lease), r.presumed_until])
-            .flatten()
-            .min()
+        self.relays.values().flat_map(|r| [(!r.lost).then_some(r.last_seen).flatten().map(|t| t + self.config.lease), r.presumed_until]).flatten().min()
     }
 
     #[must_use]
@@ -863,22 +769,13 @@ impl Directory {
             return;
         }
         self.assignment_dirty = false;
-        let eligible: Vec<&RelayState> = self
-            .relays
-            .values()
-            .filter(|r| self.serves(r, now) || (!r.lost && r.presumed_until.is_some_and(|t| now < t)))
-            .collect();
+        let eligible: Vec<&RelayState> =
+            self.relays.values().filter(|r| self.serves(r, now) || (!r.lost && r.presumed_until.is_some_and(|t| now < t))).collect();
         let mut room: BTreeMap<NodeId, u64> = eligible.iter().map(|r| (r.record.id, r.record.capacity.disk_budget)).collect();
         let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
         for (digest, blob) in &self.blobs {
             let size = blob.manifest.total_len();
-            let replicas = blob
-                .names
-                .iter()
-                .filter_map(|(c, _)| self.catalogs.get(c))
-                .map(|c| c.config.replicas)
-                .max()
-                .unwrap_or(1);
+            let replicas = blob.names.iter().filter_map(|(c, _)| self.catalogs.get(c)).map(|c| c.config.replicas).max().unwrap_or(1);
             let mut ranked: Vec<(f64, NodeId)> = eligible
                 .iter()
                 .filter(|r| r.record.catalogs.is_empty() || blob.names.iter().any(|(c, _)| r.record.catalogs.contains(c)))

@@ -23,12 +23,7 @@ pub enum ManifestError {
     #[error("declared size {0} exceeds the {MAX_ARTIFACT_LEN}-byte limit")]
     TooLarge(u64),
     #[error("manifest lists {listed} chunks but {total_len} bytes in {chunk_size}-byte chunks need {needed}")]
-    ChunkCount {
-        listed: usize,
-        needed: u64,
-        total_len: u64,
-        chunk_size: u32,
-    },
+    ChunkCount { listed: usize, needed: u64, total_len: u64, chunk_size: u32 },
     #[error("chunk {index} does not match its SHA-256")]
     ChunkMismatch { index: u64 },
     #[error("got {got} bytes, expected {expected}")]
@@ -81,19 +76,9 @@ impl ChunkManifest {
         }
         let needed = total_len.div_ceil(u64::from(chunk_size));
         if chunks.len() as u64 != needed {
-            return Err(ManifestError::ChunkCount {
-                listed: chunks.len(),
-                needed,
-                total_len,
-                chunk_size,
-            });
+            return Err(ManifestError::ChunkCount { listed: chunks.len(), needed, total_len, chunk_size });
         }
-        Ok(Self {
-            total_len,
-            chunk_size,
-            digest,
-            chunks,
-        })
+        Ok(Self { total_len, chunk_size, digest, chunks })
     }
 
     /// Builds the manifest of bytes held in memory.
@@ -160,14 +145,7 @@ pub struct ManifestBuilder {
 impl ManifestBuilder {
     pub fn new(chunk_size: u32) -> Result<Self, ManifestError> {
         check_chunk_size(u64::from(chunk_size))?;
-        Ok(Self {
-            chunk_size,
-            whole: Sha256::new(),
-            chunk: Sha256::new(),
-            chunk_fill: 0,
-            total_len: 0,
-            chunks: Vec::new(),
-        })
+        Ok(Self { chunk_size, whole: Sha256::new(), chunk: Sha256::new(), chunk_fill: 0, total_len: 0, chunks: Vec::new() })
     }
 
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), ManifestError> {
@@ -203,12 +181,7 @@ impl ManifestBuilder {
         if self.chunk_fill > 0 {
             self.chunks.push(Digest::from_bytes(self.chunk.finalize().into()));
         }
-        ChunkManifest {
-            total_len: self.total_len,
-            chunk_size: self.chunk_size,
-            digest: Digest::from_bytes(self.whole.finalize().into()),
-            chunks: self.chunks,
-        }
+        ChunkManifest { total_len: self.total_len, chunk_size: self.chunk_size, digest: Digest::from_bytes(self.whole.finalize().into()), chunks: self.chunks }
     }
 }
 
@@ -226,14 +199,7 @@ pub struct ChunkVerifier<'m> {
 
 impl<'m> ChunkVerifier<'m> {
     pub fn new(manifest: &'m ChunkManifest) -> Self {
-        Self {
-            manifest,
-            chunk: Sha256::new(),
-            whole: Sha256::new(),
-            chunk_fill: 0,
-            index: 0,
-            seen: 0,
-        }
+        Self { manifest, chunk: Sha256::new(), whole: Sha256::new(), chunk_fill: 0, index: 0, seen: 0 }
     }
 
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), ManifestError> {
@@ -274,10 +240,7 @@ impl<'m> ChunkVerifier<'m> {
         }
         let got = Digest::from_bytes(self.whole.finalize().into());
         if got != self.manifest.digest {
-            return Err(ManifestError::DigestMismatch {
-                got,
-                expected: self.manifest.digest,
-            });
+            return Err(ManifestError::DigestMismatch { got, expected: self.manifest.digest });
         }
         Ok(())
     }
@@ -324,10 +287,7 @@ mod tests {
         bad[MIN_CHUNK_SIZE as usize + 3] ^= 1;
         let mut v = ChunkVerifier::new(&m);
         assert_eq!(v.update(&bad), Err(ManifestError::ChunkMismatch { index: 1 }));
-        assert_eq!(
-            m.verify_chunk(1, &bad[MIN_CHUNK_SIZE as usize..2 * MIN_CHUNK_SIZE as usize]),
-            Err(ManifestError::ChunkMismatch { index: 1 })
-        );
+        assert_eq!(m.verify_chunk(1, &bad[MIN_CHUNK_SIZE as usize..2 * MIN_CHUNK_SIZE as usize]), Err(ManifestError::ChunkMismatch { index: 1 }));
         assert_eq!(m.verify_chunk(0, &bad[..MIN_CHUNK_SIZE as usize]), Ok(()));
     }
 

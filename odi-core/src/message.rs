@@ -169,6 +169,9 @@ pub struct Assigned {
     pub size: u64,
     /// Present when the directory does not believe the relay holds it yet.
     pub manifest: Option<ChunkManifest>,
+    /// Ready relays that serve it now: sync from them too, to offload the directory.
+    #[serde(default)]
+    pub sources: Vec<RelayUrl>,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]

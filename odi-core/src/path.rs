@@ -113,11 +113,7 @@ impl ArtifactPath {
     /// The form to put back in a URL: each segment percent-encoded, `/` kept.
     pub fn to_url(&self) -> String {
         const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-        self.0
-            .split('/')
-            .map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string())
-            .collect::<Vec<_>>()
-            .join("/")
+        self.0.split('/').map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
     }
 
     /// The last segment, for a default output file name.

@@ -47,10 +47,13 @@ impl RelayConfig {
 pub enum Effect {
     /// Send to the directory; answer with `handle_message` or `handle_send_failed`.
     Send(Message),
-    /// Download and store `manifest.digest()` verified; answer with `handle_fetch`.
-    Fetch { manifest: ChunkManifest },
+    /// Download and store `manifest.digest()` verified, from the directory and from `sources`
+    /// (peer relays that hold it); answer with `handle_fetch`.
+    Fetch { manifest: ChunkManifest, sources: Vec<RelayUrl> },
     /// Remove a blob from the store (not assigned any more, or expunged).
     Delete { digest: Digest },
+    /// Remove the partial download of a blob that is no longer assigned.
+    DiscardPartial { digest: Digest },
 }
 
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -90,6 +93,7 @@ enum Phase {
 struct Wanted {
     size: u64,
     manifest: Option<ChunkManifest>,
+    sources: Vec<RelayUrl>,
 }
 
 #[derive(Debug)]
@@ -103,6 +107,9 @@ pub struct Relay {
     wanted: BTreeMap<Digest, Wanted>,
     /// Downloads under way, with the bytes reserved for each.
     fetching: BTreeMap<Digest, u64>,
+    /// Partial downloads on disk that are not running now (after a restart, or a failure),
+    /// with the bytes reserved for each: they count against the budget until resumed or removed.
+    partials: BTreeMap<Digest, u64>,
     retry_at: BTreeMap<Digest, Instant>,
     names: BTreeMap<(CatalogName, ArtifactPath), Digest>,
     generation: u64,
@@ -116,8 +123,9 @@ pub struct Relay {
 }
 
 impl Relay {
-    /// A relay that starts holding `held` (the verified blobs found in its store).
-    pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
+    /// A relay that starts holding `held` (the verified blobs found in its store) and
+    /// `partials` (resumable downloads found on disk, with the bytes they may grow to).
+    pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, partials: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
         Self {
             config,
             phase: Phase::Enrolling,
@@ -125,6 +133,7 @@ impl Relay {
             held: held.into_iter().collect(),
             wanted: BTreeMap::new(),
             fetching: BTreeMap::new(),
+            partials: partials.into_iter().collect(),
             retry_at: BTreeMap::new(),
             names: BTreeMap::new(),
             generation: 0,
@@ -146,29 +155,19 @@ impl Relay {
                 self.phase = Phase::Active;
                 self.heartbeat_interval = Duration::from_millis(ok.heartbeat_interval_ms.clamp(100, 300_000));
                 self.next_send = now;
-                self.events.push_back(Event::Enrolled {
-                    relay: ok.relay,
-                    directory: ok.directory,
-                });
+                self.events.push_back(Event::Enrolled { relay: ok.relay, directory: ok.directory });
             }
             Message::HeartbeatAck(ack) => {
                 for digest in ack.expunged {
                     self.drop_blob(digest);
                 }
                 if let Some(state) = ack.state {
-                    self.wanted = state
-                        .assigned
-                        .into_iter()
-                        .map(|a| {
-                            (
-                                a.digest,
-                                Wanted {
-                                    size: a.size,
-                                    manifest: a.manifest,
-                                },
-                            )
-                        })
-                        .collect();
+                    self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest, sources: a.sources })).collect();
+                    let stale: Vec<Digest> = self.partials.keys().filter(|d| !self.wanted.contains_key(*d)).copied().collect();
+                    for digest in stale {
+                        self.partials.remove(&digest);
+                        self.effects.push_back(Effect::DiscardPartial { digest });
+                    }
                     // Names of blobs still downloading are kept: `lookup` checks `held`, and a
                     // finished download must be servable by name before the next ack.
                     self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
@@ -216,6 +215,8 @@ impl Relay {
                 self.report_soon = true;
             }
             Err(reason) => {
+                // What was verified so far stays on disk for the retry, and stays reserved.
+                self.partials.insert(digest, size);
                 self.retry_at.insert(digest, now + self.config.retry_backoff);
                 self.events.push_back(Event::FetchFailed { digest, reason });
             }
@@ -262,6 +263,16 @@ impl Relay {
         self.names.get(&(catalog, path.clone())).copied().filter(|d| self.held.contains_key(d))
     }
 
+    /// True when `digest` is in the latest assignment (a partial download of it is worth keeping).
+    pub fn wants(&self, digest: &Digest) -> bool {
+        self.wanted.contains_key(digest)
+    }
+
+    /// True once an assignment has arrived since start.
+    pub fn has_assignment(&self) -> bool {
+        self.generation > 0
+    }
+
     pub fn holds(&self, digest: &Digest) -> bool {
         self.held.contains_key(digest)
     }
@@ -281,7 +292,7 @@ impl Relay {
 
     /// Bytes held plus bytes reserved for downloads under way; never above the budget.
     pub fn used(&self) -> u64 {
-        self.held.values().chain(self.fetching.values()).sum()
+        self.held.values().chain(self.fetching.values()).chain(self.partials.values()).sum()
     }
 
     pub fn fetching(&self) -> usize {
@@ -306,11 +317,7 @@ impl Relay {
                 capacity: self.config.capacity,
                 catalogs: self.config.catalogs.clone(),
             }),
-            Phase::Active => Message::Heartbeat(Heartbeat {
-                generation: self.generation,
-                held: self.held.keys().copied().collect(),
-                used: self.used(),
-            }),
+            Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held: self.held.keys().copied().collect(), used: self.used() }),
         };
         self.report_soon = false;
         self.awaiting = Some(now + self.config.request_timeout);
@@ -319,29 +326,33 @@ impl Relay {
 
     fn start_fetches(&mut self, now: Instant) {
         let budget = self.config.capacity.disk_budget;
-        let todo: Vec<(Digest, u64, ChunkManifest)> = self
+        let mut todo: Vec<(Digest, u64, ChunkManifest, Vec<RelayUrl>)> = self
             .wanted
             .iter()
             .filter(|(d, _)| !self.held.contains_key(d) && !self.fetching.contains_key(d) && self.retry_at.get(d).is_none_or(|t| *t <= now))
-            .filter_map(|(d, w)| w.manifest.clone().map(|m| (*d, w.size, m)))
+            .filter_map(|(d, w)| w.manifest.clone().map(|m| (*d, w.size, m, w.sources.clone())))
             .collect();
-        for (digest, size, manifest) in todo {
+        // Resume partial downloads first: their bytes are already on disk.
+        todo.sort_by_key(|(d, ..)| !self.partials.contains_key(d));
+        for (digest, size, manifest, sources) in todo {
             if self.fetching.len() >= self.config.max_fetches {
                 break;
             }
             if manifest.digest() != digest || manifest.total_len() != size {
-                self.events.push_back(Event::FetchFailed {
-                    digest,
-                    reason: "the directory sent a manifest for other bytes".into(),
-                });
+                self.events.push_back(Event::FetchFailed { digest, reason: "the directory sent a manifest for other bytes".into() });
                 continue;
             }
-            if !self.make_room(size, budget) {
+            // A partial download's reservation becomes the fetch's.
+            let reserved = self.partials.remove(&digest).unwrap_or(0);
+            if !self.make_room(size.saturating_sub(reserved), budget) {
+                if reserved > 0 {
+                    self.partials.insert(digest, reserved);
+                }
                 self.events.push_back(Event::NoRoom { digest, size });
                 continue;
             }
             self.fetching.insert(digest, size);
-            self.effects.push_back(Effect::Fetch { manifest });
+            self.effects.push_back(Effect::Fetch { manifest, sources });
         }
     }
 
@@ -349,12 +360,7 @@ impl Relay {
     /// fit in `budget`. Never touches assigned blobs or downloads under way.
     fn make_room(&mut self, size: u64, budget: u64) -> bool {
         while self.used().saturating_add(size) > budget {
-            let victim = self
-                .held
-                .iter()
-                .filter(|(d, _)| !self.wanted.contains_key(d))
-                .max_by_key(|(d, s)| (**s, **d))
-                .map(|(d, _)| *d);
+            let victim = self.held.iter().filter(|(d, _)| !self.wanted.contains_key(d)).max_by_key(|(d, s)| (**s, **d)).map(|(d, _)| *d);
             let Some(victim) = victim else { return false };
             self.drop_blob(victim);
             self.events.push_back(Event::Evicted { digest: victim });

@@ -39,10 +39,7 @@ pub enum StorageError {
     #[error("input stream failed: {0}")]
     Input(String),
     #[error("{store} backend failed: {source}")]
-    Backend {
-        store: &'static str,
-        source: Box<dyn std::error::Error + Send + Sync>,
-    },
+    Backend { store: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
 }
 
 impl StorageError {
@@ -62,10 +59,7 @@ pub struct GetResult {
 
 impl fmt::Debug for GetResult {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("GetResult")
-            .field("size", &self.size)
-            .field("range", &self.range)
-            .finish_non_exhaustive()
+        f.debug_struct("GetResult").field("size", &self.size).field("range", &self.range).finish_non_exhaustive()
     }
 }
 

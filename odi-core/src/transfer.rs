@@ -65,12 +65,23 @@ pub enum Effect {
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
     /// A source sent bytes that did not match chunk `index`; they were thrown away.
-    ChunkRejected { source: SourceId, index: u64 },
+    ChunkRejected {
+        source: SourceId,
+        index: u64,
+    },
     /// A request failed (error, early end, wrong range, stall); its chunks were requeued.
-    RequestFailed { source: SourceId, reason: String },
-    SourceDropped { source: SourceId, reason: String },
+    RequestFailed {
+        source: SourceId,
+        reason: String,
+    },
+    SourceDropped {
+        source: SourceId,
+        reason: String,
+    },
     Done,
-    Failed { reason: String },
+    Failed {
+        reason: String,
+    },
 }
 
 /// Why a transfer is over, once it is.

@@ -39,11 +39,7 @@ impl HttpClient {
         let mut connector = HttpConnector::new();
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
-        Self {
-            inner: Client::builder(TokioExecutor::new())
-                .pool_idle_timeout(Duration::from_secs(30))
-                .build(connector),
-        }
+        Self { inner: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector) }
     }
 
     /// Sends a request; waits at most `timeout` for the response head.
@@ -54,14 +50,8 @@ impl HttpClient {
         }
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(NetError::Unreachable {
-                url: uri,
-                reason: error_chain(&e),
-            }),
-            Err(_) => Err(NetError::Unreachable {
-                url: uri,
-                reason: format!("no answer within {}s", timeout.as_secs()),
-            }),
+            Ok(Err(e)) => Err(NetError::Unreachable { url: uri, reason: error_chain(&e) }),
+            Err(_) => Err(NetError::Unreachable { url: uri, reason: format!("no answer within {}s", timeout.as_secs()) }),
         }
     }
 
@@ -72,15 +62,8 @@ impl HttpClient {
         let signed = auth::sign(key, method.as_str(), &path, &query, &body, unix_now(), &crate::keys::random_bytes::<16>());
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(h) = req.headers_mut() {
-            for (name, value) in [
-                ("content-digest", signed.content_digest),
-                ("signature-input", signed.signature_input),
-                ("signature", signed.signature),
-            ] {
-                h.insert(
-                    name,
-                    HeaderValue::from_str(&value).map_err(|_| NetError::Config("unencodable signature header".into()))?,
-                );
+            for (name, value) in [("content-digest", signed.content_digest), ("signature-input", signed.signature_input), ("signature", signed.signature)] {
+                h.insert(name, HeaderValue::from_str(&value).map_err(|_| NetError::Config("unencodable signature header".into()))?);
             }
             if !body.is_empty() {
                 h.insert(http::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
@@ -106,10 +89,7 @@ pub async fn read_json<T: serde::de::DeserializeOwned>(resp: Response<Incoming>)
     let status = resp.status();
     let body = read_body(resp.into_body(), MAX_JSON_BODY).await?;
     if !status.is_success() {
-        return Err(NetError::Status {
-            status,
-            reason: String::from_utf8_lossy(&body).trim().chars().take(500).collect(),
-        });
+        return Err(NetError::Status { status, reason: String::from_utf8_lossy(&body).trim().chars().take(500).collect() });
     }
     serde_json::from_slice(&body).map_err(|e| NetError::Protocol(format!("malformed JSON from peer: {e}")))
 }

@@ -114,12 +114,8 @@ impl DirectoryServer {
         }
         while machine.poll_event().is_some() {}
         let mut token_paths = [None, None];
-        for (i, (role, given, file)) in [
-            (TokenRole::Admin, &options.admin_token, "admin.token"),
-            (TokenRole::Enroll, &options.enroll_token, "enroll.token"),
-        ]
-        .into_iter()
-        .enumerate()
+        for (i, (role, given, file)) in
+            [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate()
         {
             let token = match given {
                 Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
@@ -148,11 +144,7 @@ impl DirectoryServer {
             client: HttpClient::new(),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self {
-            shared,
-            admin_token_path,
-            enroll_token_path,
-        })
+        Ok(Self { shared, admin_token_path, enroll_token_path })
     }
 
     pub fn id(&self) -> NodeId {
@@ -271,18 +263,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method().clone();
     let read = method == Method::GET || method == Method::HEAD;
     if let Some(rest) = path.strip_prefix("/r/") {
-        return if read {
-            client_artifact(&shared, &req, rest).await
-        } else {
-            not_allowed("GET, HEAD")
-        };
+        return if read { client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
     }
     if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
-        return if read {
-            client_blob(&shared, &req, hex).await
-        } else {
-            not_allowed("GET, HEAD")
-        };
+        return if read { client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         if let Err(resp) = check_admin(&shared, &req) {
@@ -323,10 +307,7 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
         return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
     };
     if CatalogName::new(catalog).is_err() {
-        return error(
-            StatusCode::BAD_REQUEST,
-            format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()),
-        );
+        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
     }
     let path = match ArtifactPath::from_url(raw_path) {
         Ok(p) => p,
@@ -340,7 +321,7 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
                 let tail = format!("r/{catalog}/{}", path.to_url());
                 redirect_response(&target, &tail, &r.alternates, &r.digest)
             }
-            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type).await,
+            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type, None).await,
         },
         Err(e) => lookup_error(&e),
     }
@@ -356,7 +337,7 @@ async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -
     match redirect {
         Ok(r) => match r.target {
             Some(target) => redirect_response(&target, &format!("blobs/sha256/{hex}"), &r.alternates, &digest),
-            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &digest, &r.media_type).await,
+            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &digest, &r.media_type, None).await,
         },
         Err(e) => lookup_error(&e),
     }
@@ -393,11 +374,7 @@ fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<
         return Err(resp);
     };
     let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
-    if shared.lock().check_token(TokenRole::Admin, token) {
-        Ok(())
-    } else {
-        Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
-    }
+    if shared.lock().check_token(TokenRole::Admin, token) { Ok(()) } else { Err(error(StatusCode::FORBIDDEN, "admin token is wrong")) }
 }
 
 #[derive(Deserialize)]
@@ -445,13 +422,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
                 .artifacts(&name)
                 .into_iter()
                 .flatten()
-                .map(|a| ArtifactView {
-                    path: &a.path,
-                    digest: a.digest(),
-                    size: a.size(),
-                    media_type: &a.media_type,
-                    published_at: a.published_at.0,
-                })
+                .map(|a| ArtifactView { path: &a.path, digest: a.digest(), size: a.size(), media_type: &a.media_type, published_at: a.published_at.0 })
                 .collect();
             json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts }))
         }
@@ -481,10 +452,7 @@ fn admin_error(e: &AdminError) -> Response<Body> {
 async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
     if let Err(e) = shared.meta.apply(std::slice::from_ref(record)).await {
         tracing::error!(error = %e, "cannot persist");
-        return Err(error(
-            StatusCode::SERVICE_UNAVAILABLE,
-            format!("cannot save the change, nothing was changed: {e}"),
-        ));
+        return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}")));
     }
     let (_, effects) = shared.with_machine(|d, now| d.apply(record, now));
     execute(shared, effects).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))
@@ -561,17 +529,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, ra
     };
     let seq = shared.lock().catalogs().into_iter().find(|c| c.name == catalog).map_or(0, |c| c.seq);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    json(
-        status,
-        &Published {
-            catalog,
-            path,
-            digest,
-            size,
-            seq,
-            created,
-        },
-    )
+    json(status, &Published { catalog, path, digest, size, seq, created })
 }
 
 async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
@@ -665,11 +623,7 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
         }
         _ if !known => error(StatusCode::FORBIDDEN, "this node is not an enrolled relay"),
         (&Method::GET, "watch") => {
-            let after: Option<u64> = parts
-                .uri
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after=")))
-                .and_then(|v| v.parse().ok());
+            let after: Option<u64> = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("after="))).and_then(|v| v.parse().ok());
             let mut rx = shared.generation.subscribe();
             let current = *rx.borrow_and_update();
             if after == Some(current) {
@@ -687,7 +641,7 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
             if let Err(e) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream").await
+            serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream", None).await
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such node endpoint: {} /odi/v1/{rest}", parts.method)),
     }

@@ -5,13 +5,17 @@ use std::convert::Infallible;
 use std::ops::Range;
 
 use bytes::Bytes;
-use futures_util::TryStreamExt as _;
+use std::sync::Arc;
+
+use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::header::{self, HeaderMap, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use odi_core::Digest;
 use odi_core::storage::{BlobStore, StorageError};
+
+use crate::limit::RateLimiter;
 
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// The response body type of every ODI server.
@@ -31,8 +35,7 @@ pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Bod
     line.push('\n');
     let mut resp = Response::new(full(line));
     *resp.status_mut() = status;
-    resp.headers_mut()
-        .insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
     resp
 }
 
@@ -87,11 +90,7 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
     };
     let (start, end) = (start.trim(), end.trim());
     let parse = |s: &str| {
-        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() && s.len() <= 20 {
-            s.parse::<u64>().ok()
-        } else {
-            None
-        }
+        if s.bytes().all(|b| b.is_ascii_digit()) && !s.is_empty() && s.len() <= 20 { s.parse::<u64>().ok() } else { None }
     };
     match (start.is_empty(), end.is_empty()) {
         (true, true) => RangeRequest::Full,
@@ -119,7 +118,14 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
 
 /// Serves a stored blob: `200`, `206` for one satisfiable range, `416`, `304` on a matching
 /// `If-None-Match`, `404` when the store does not have it; HEAD gets the headers alone.
-pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str) -> Response<Body> {
+pub async fn serve_blob(
+    store: &dyn BlobStore,
+    method: &Method,
+    headers: &HeaderMap,
+    digest: &Digest,
+    media_type: &str,
+    limiter: Option<&Arc<RateLimiter>>,
+) -> Response<Body> {
     let size = match store.size(digest).await {
         Ok(size) => size,
         Err(StorageError::NotFound { .. }) => return error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
@@ -136,10 +142,7 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag)
     {
-        return builder
-            .status(StatusCode::NOT_MODIFIED)
-            .body(empty())
-            .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        return builder.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
     }
     let range = match parse_range(headers.get(header::RANGE), size) {
         RangeRequest::Full => None,
@@ -153,16 +156,9 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
                 .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
         }
     };
-    let builder = builder.header(
-        header::CONTENT_TYPE,
-        HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")),
-    );
+    let builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
     let (status, span, builder) = match &range {
-        Some(r) => (
-            StatusCode::PARTIAL_CONTENT,
-            r.clone(),
-            builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1)),
-        ),
+        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1))),
         None => (StatusCode::OK, 0..size, builder),
     };
     let builder = builder.status(status).header(header::CONTENT_LENGTH, span.end - span.start);
@@ -172,9 +168,23 @@ pub async fn serve_blob(store: &dyn BlobStore, method: &Method, headers: &Header
     match store.get(digest, range).await {
         Ok(got) => {
             let frames = got.stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
-            builder
-                .body(StreamBody::new(frames).boxed_unsync())
-                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+            let body = match limiter {
+                Some(limiter) => {
+                    let limiter = limiter.clone();
+                    let paced = frames.then(move |frame| {
+                        let limiter = limiter.clone();
+                        async move {
+                            if let Ok(data) = frame.as_ref().map(|f| f.data_ref().map_or(0, Bytes::len)) {
+                                limiter.take(data).await;
+                            }
+                            frame
+                        }
+                    });
+                    StreamBody::new(paced).boxed_unsync()
+                }
+                None => StreamBody::new(frames).boxed_unsync(),
+            };
+            builder.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
         }
         Err(StorageError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),

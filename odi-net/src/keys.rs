@@ -38,9 +38,7 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<(), NetError> {
     #[cfg(unix)]
     std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
     let mut file = options.open(&tmp).map_err(|e| NetError::io(format!("cannot create {}", tmp.display()), e))?;
-    file.write_all(format!("{secret}\n").as_bytes())
-        .and_then(|()| file.sync_all())
-        .map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
+    file.write_all(format!("{secret}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| NetError::io(format!("cannot write {}", path.display()), e))
 }
 

@@ -15,10 +15,13 @@ use odi_core::time::UnixTime;
 use tokio::net::TcpListener;
 
 pub mod client;
+pub mod crash;
 pub mod directory;
 pub mod http;
 pub mod keys;
+pub mod limit;
 pub mod relay;
+pub mod transfer;
 
 pub use client::HttpClient;
 
@@ -41,10 +44,7 @@ pub enum NetError {
 
 impl NetError {
     pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io {
-            context: context.into(),
-            source,
-        }
+        Self::Io { context: context.into(), source }
     }
 }
 

@@ -16,6 +16,7 @@ use odi_core::message::{Capacity, Message, NodeId, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::relay::{Effect, Event, Relay, RelayConfig};
 use odi_core::storage::BlobStore;
+use odi_core::transfer::TransferConfig;
 use odi_core::{ChunkManifest, Digest, time::Instant};
 use odi_storage::LocalStore;
 use serde::Deserialize;
@@ -24,7 +25,9 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::http::{Body, error, json, serve_blob, split_catalog_path};
-use crate::{Clock, NetError, keys};
+use crate::limit::RateLimiter;
+use crate::transfer::{Downloader, Source};
+use crate::{Clock, NetError, crash, keys};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
@@ -57,6 +60,9 @@ struct Shared {
     client: HttpClient,
     clock: Clock,
     wake: Notify,
+    /// The `--bandwidth` limit, shared by serving and syncing.
+    limiter: Option<Arc<RateLimiter>>,
+    downloader: Downloader,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -73,48 +79,30 @@ impl RelayServer {
         if !directory.starts_with("http://") {
             return Err(NetError::Config(format!("directory URL `{directory}` must start with http://")));
         }
-        let catalogs = options
-            .catalogs
-            .iter()
-            .map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}"))))
-            .collect::<Result<Vec<_>, _>>()?;
+        let catalogs =
+            options.catalogs.iter().map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}")))).collect::<Result<Vec<_>, _>>()?;
         if options.enroll_token.trim().is_empty() {
-            return Err(NetError::Config(
-                "no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
-            ));
+            return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
         }
         let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
         let held = store.list().await?;
+        let partials = store.partials().await?;
         let budget = options.disk_budget;
         let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
         tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
-        let mut config = RelayConfig::new(
-            public_url,
-            Capacity {
-                disk_budget: budget,
-                bandwidth: options.bandwidth,
-            },
-            options.enroll_token.trim().to_owned(),
-        );
+        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
         config.catalogs = catalogs;
         config.max_fetches = options.max_fetches.max(1);
         config.request_timeout = REQUEST_TIMEOUT + Duration::from_secs(5);
         config.retry_backoff = Duration::from_secs(1);
         let clock = Clock::start();
-        let machine = Relay::new(config, held, clock.now());
+        let machine = Relay::new(config, held, partials, clock.now());
         let id = NodeId(key.verifying_key().to_bytes());
-        Ok(Self {
-            shared: Arc::new(Shared {
-                machine: Mutex::new(machine),
-                store,
-                key,
-                id,
-                directory,
-                client: HttpClient::new(),
-                clock,
-                wake: Notify::new(),
-            }),
-        })
+        let limiter = (options.bandwidth > 0).then(|| Arc::new(RateLimiter::new(options.bandwidth)));
+        let client = HttpClient::new();
+        let downloader = Downloader { client: client.clone(), key: Some(key.clone()), limiter: limiter.clone(), config: TransferConfig::default() };
+        let shared = Shared { machine: Mutex::new(machine), store, key, id, directory, client, clock, wake: Notify::new(), limiter, downloader };
+        Ok(Self { shared: Arc::new(shared) })
     }
 
     pub fn id(&self) -> NodeId {
@@ -160,7 +148,12 @@ fn with_machine<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> 
         let shared = shared.clone();
         match effect {
             Effect::Send(msg) => tokio::spawn(send(shared, msg)),
-            Effect::Fetch { manifest } => tokio::spawn(fetch(shared, manifest)),
+            Effect::Fetch { manifest, sources } => tokio::spawn(fetch(shared, manifest, sources)),
+            Effect::DiscardPartial { digest } => tokio::spawn(async move {
+                if let Err(e) = shared.store.discard_partial(&digest).await {
+                    tracing::error!(%digest, error = %e, "cannot remove partial download");
+                }
+            }),
             Effect::Delete { digest } => tokio::spawn(async move {
                 if let Err(e) = shared.store.delete(&digest).await {
                     tracing::error!(%digest, error = %e, "cannot delete blob");
@@ -194,10 +187,8 @@ async fn send(shared: Arc<Shared>, msg: Message) {
         let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
         let status = resp.status();
         let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
-        serde_json::from_slice::<Message>(&bytes).map_err(|_| NetError::Status {
-            status,
-            reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect(),
-        })
+        serde_json::from_slice::<Message>(&bytes)
+            .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
     };
     match outcome.await {
         Ok(reply) => with_machine(&shared, |m, now| m.handle_message(reply, now)),
@@ -208,22 +199,23 @@ async fn send(shared: Arc<Shared>, msg: Message) {
     }
 }
 
-/// Downloads one blob from the directory into the store, verified chunk by chunk.
-async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest) {
+/// Downloads one blob into the store: from the directory and from peer relays at once, every
+/// chunk verified, resumable across crashes, published only after a whole-file check.
+async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl>) {
     let digest = manifest.digest();
-    let url = format!("{}/odi/v1/blobs/sha256/{}", shared.directory, digest.to_hex());
+    let hex = digest.to_hex();
+    let mut sources = vec![Source { url: format!("{}/odi/v1/blobs/sha256/{hex}", shared.directory), signed: true }];
+    sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
     let outcome = async {
-        let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), REQUEST_TIMEOUT).await?;
-        if resp.status() != StatusCode::OK {
-            let status = resp.status();
-            let reason = client::read_body(resp.into_body(), 4096)
-                .await
-                .map(|b| String::from_utf8_lossy(&b).trim().to_owned())
-                .unwrap_or_default();
-            return Err(NetError::Status { status, reason });
-        }
-        shared.store.put_verified(&manifest, client::body_stream(resp.into_body())).await?;
-        Ok(())
+        let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
+        let (partial, report) = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e)?;
+        crash::point("before-fsync");
+        let sealed = partial.seal().await?;
+        crash::point("after-fsync");
+        shared.store.commit_partial(sealed, &digest).await?;
+        crash::point("after-rename");
+        tracing::debug!(%digest, fetched = report.bytes_fetched, resumed_chunks = report.chunks_resumed, rejected = report.chunks_rejected, "synced");
+        Ok::<_, NetError>(())
     };
     let outcome = outcome.await.map_err(|e| e.to_string());
     with_machine(&shared, |m, now| m.handle_fetch(digest, outcome, now));
@@ -289,10 +281,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             let m = shared.lock();
             (m.is_enrolled(), m.is_synced())
         };
-        return json(
-            StatusCode::OK,
-            &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
-        );
+        return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
     }
     let digest = if let Some(rest) = path.strip_prefix("/r/") {
         let Some((catalog, raw_path)) = split_catalog_path(rest) else {
@@ -315,7 +304,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
     match digest {
-        Some(digest) => serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream").await,
+        Some(digest) => serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await,
         None => error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory"),
     }
 }

@@ -15,11 +15,7 @@ async fn ready_network() -> (tempfile::TempDir, Node, Vec<Node>, Vec<(String, Ve
     let tmp = tempfile::tempdir().unwrap();
     let dir = start_directory(&tmp.path().join("dir"), None).await;
     create_catalog(&dir.url, "rel", 2).await;
-    let files = vec![
-        ("empty.txt".to_owned(), Vec::new()),
-        ("one.bin".to_owned(), vec![0x42]),
-        ("v1/big.tar.gz".to_owned(), sample(FIVE_MIB_PLUS_ONE, 7)),
-    ];
+    let files = vec![("empty.txt".to_owned(), Vec::new()), ("one.bin".to_owned(), vec![0x42]), ("v1/big.tar.gz".to_owned(), sample(FIVE_MIB_PLUS_ONE, 7))];
     for (path, data) in &files {
         let out = publish(&dir.url, "rel", path, data).await;
         assert_eq!(out["digest"], format!("sha256:{}", sha256_hex(data)));
@@ -76,11 +72,7 @@ async fn published_files_are_served_by_relays_with_the_right_bytes() {
 async fn relay_range_answers_are_byte_exact() {
     let (_tmp, dir, _relays, files) = ready_network().await;
     let data = &files[2].1;
-    let location = get(&format!("{}/r/rel/v1/big.tar.gz", dir.url), &[])
-        .await
-        .header("location")
-        .unwrap()
-        .to_owned();
+    let location = get(&format!("{}/r/rel/v1/big.tar.gz", dir.url), &[]).await.header("location").unwrap().to_owned();
     let len = data.len();
     for (spec, range) in [
         ("bytes=0-0", 0..1),
@@ -93,11 +85,7 @@ async fn relay_range_answers_are_byte_exact() {
         let r = get(&location, &[("range", spec)]).await;
         assert_eq!(r.status, StatusCode::PARTIAL_CONTENT, "{spec}");
         assert_eq!(&r.body[..], &data[range.clone()], "{spec}");
-        assert_eq!(
-            r.header("content-range"),
-            Some(format!("bytes {}-{}/{len}", range.start, range.end - 1).as_str()),
-            "{spec}"
-        );
+        assert_eq!(r.header("content-range"), Some(format!("bytes {}-{}/{len}", range.start, range.end - 1).as_str()), "{spec}");
     }
     for spec in [format!("bytes={len}-"), format!("bytes={}-{}", len + 5, len + 10), "bytes=-0".to_owned()] {
         let r = get(&location, &[("range", &spec)]).await;
@@ -130,10 +118,7 @@ async fn a_lost_relay_stops_getting_redirects_within_the_lease() {
         assert!(r.header("location").unwrap().starts_with(&relays[1].url));
     }
     relays[1].stop().await;
-    wait_for(10, "the directory serving the bytes itself", || async {
-        get(&url, &[]).await.status == StatusCode::OK
-    })
-    .await;
+    wait_for(10, "the directory serving the bytes itself", || async { get(&url, &[]).await.status == StatusCode::OK }).await;
     assert_eq!(&get(&url, &[]).await.body[..], &[0x42]);
 }
 
@@ -149,11 +134,7 @@ async fn a_directory_restart_loses_nothing_and_relays_do_not_refetch() {
     let cats = admin(Method::GET, &dir.url, "catalogs/rel", empty()).await;
     assert_eq!(cats.status, StatusCode::OK, "{}", cats.text());
     assert_eq!(cats.json()["artifacts"].as_array().unwrap().len(), 3);
-    assert_eq!(
-        relays_ready(&dir.url).await + relays(&dir.url).await.iter().filter(|r| r["status"] == "unhealthy").count(),
-        2,
-        "both relays are known"
-    );
+    assert_eq!(relays_ready(&dir.url).await + relays(&dir.url).await.iter().filter(|r| r["status"] == "unhealthy").count(), 2, "both relays are known");
     wait_for(15, "relays ready again", || async { relays_ready(&dir.url).await == 2 }).await;
     for (path, data) in &files {
         let (r, visited) = follow(&format!("{}/r/rel/{path}", dir.url), &[]).await;
@@ -208,28 +189,12 @@ async fn bad_input_gets_clear_errors() {
     let r = request(Method::PUT, &format!("{d}/api/v1/catalogs/rel/artifacts/x"), &[], full("x")).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     assert_eq!(r.header("www-authenticate"), Some("Bearer"));
-    let r = request(
-        Method::PUT,
-        &format!("{d}/api/v1/catalogs/rel/artifacts/x"),
-        &[("authorization", "Bearer nope")],
-        full("x"),
-    )
-    .await;
+    let r = request(Method::PUT, &format!("{d}/api/v1/catalogs/rel/artifacts/x"), &[("authorization", "Bearer nope")], full("x")).await;
     assert_eq!(r.status, StatusCode::FORBIDDEN);
-    assert_eq!(
-        get(&format!("{d}/r/rel/x"), &[]).await.status,
-        StatusCode::NOT_FOUND,
-        "the refused publish left nothing"
-    );
-    for body in [
-        "{",
-        "[]",
-        r#"{"name": 5}"#,
-        r#"{"name":"ok","extra":1}"#,
-        r#"{"name":"Bad Name"}"#,
-        r#"{"name":"c","replicas":0}"#,
-        r#"{"name":"c","chunk_size":1}"#,
-    ] {
+    assert_eq!(get(&format!("{d}/r/rel/x"), &[]).await.status, StatusCode::NOT_FOUND, "the refused publish left nothing");
+    for body in
+        ["{", "[]", r#"{"name": 5}"#, r#"{"name":"ok","extra":1}"#, r#"{"name":"Bad Name"}"#, r#"{"name":"c","replicas":0}"#, r#"{"name":"c","chunk_size":1}"#]
+    {
         let r = admin(Method::POST, d, "catalogs", full(body)).await;
         assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.text());
     }

@@ -68,10 +68,7 @@ pub async fn ingest_then_get_round_trips(store: &dyn BlobStore) {
     let chunk = CHUNK as usize;
     for (len, piece) in [(0, 1), (1, 1), (3 * chunk + 1, 1000), (2 * chunk, chunk), (chunk + 5, 10 * chunk)] {
         let data = sample(len, len as u8);
-        let manifest = store
-            .ingest(CHUNK, body(&data, piece))
-            .await
-            .unwrap_or_else(|e| panic!("{store}: ingest {len} bytes: {e}"));
+        let manifest = store.ingest(CHUNK, body(&data, piece)).await.unwrap_or_else(|e| panic!("{store}: ingest {len} bytes: {e}"));
         assert_eq!(manifest, ChunkManifest::of(&data, CHUNK).unwrap(), "{store}: manifest of {len} bytes");
         let digest = manifest.digest();
         let got = store.get(&digest, None).await.unwrap_or_else(|e| panic!("{store}: get {len} bytes: {e}"));
@@ -99,28 +96,17 @@ pub async fn ingest_rejects_a_bad_chunk_size(store: &dyn BlobStore) {
 pub async fn ranges_are_clamped(store: &dyn BlobStore) {
     let data = sample(10_000, 7);
     let digest = store.ingest(CHUNK, body(&data, 1024)).await.unwrap().digest();
-    let cases: [(Range<u64>, Range<usize>); 5] = [
-        (100..200, 100..200),
-        (9000..10_000, 9000..10_000),
-        (9000..u64::MAX, 9000..10_000),
-        (0..1, 0..1),
-        (9999..10_001, 9999..10_000),
-    ];
+    let cases: [(Range<u64>, Range<usize>); 5] =
+        [(100..200, 100..200), (9000..10_000, 9000..10_000), (9000..u64::MAX, 9000..10_000), (0..1, 0..1), (9999..10_001, 9999..10_000)];
     for (asked, want) in cases {
-        let got = store
-            .get(&digest, Some(asked.clone()))
-            .await
-            .unwrap_or_else(|e| panic!("{store}: range {asked:?}: {e}"));
+        let got = store.get(&digest, Some(asked.clone())).await.unwrap_or_else(|e| panic!("{store}: range {asked:?}: {e}"));
         assert_eq!(got.size, 10_000, "{store}: range {asked:?}");
         assert_eq!(got.range, want.start as u64..want.end as u64, "{store}: range {asked:?}");
         assert_eq!(read(store, &digest, Some(asked.clone())).await.unwrap(), data[want], "{store}: range {asked:?}");
     }
     for asked in [10_000..10_001, 10_000..u64::MAX, 20_000..30_000] {
         let err = store.get(&digest, Some(asked.clone())).await.unwrap_err();
-        assert!(
-            matches!(err, StorageError::RangeNotSatisfiable { size: 10_000 }),
-            "{store}: range {asked:?}: {err}"
-        );
+        assert!(matches!(err, StorageError::RangeNotSatisfiable { size: 10_000 }), "{store}: range {asked:?}: {err}");
     }
     // An empty range inside the blob yields nothing.
     let got = store.get(&digest, Some(50..50)).await.unwrap();
@@ -131,10 +117,7 @@ pub async fn ranges_are_clamped(store: &dyn BlobStore) {
 pub async fn ranges_of_an_empty_blob(store: &dyn BlobStore) {
     let digest = store.ingest(CHUNK, body(b"", 1)).await.unwrap().digest();
     for asked in [None, Some(0..0), Some(0..10)] {
-        let got = store
-            .get(&digest, asked.clone())
-            .await
-            .unwrap_or_else(|e| panic!("{store}: range {asked:?}: {e}"));
+        let got = store.get(&digest, asked.clone()).await.unwrap_or_else(|e| panic!("{store}: range {asked:?}: {e}"));
         assert_eq!((got.size, got.range), (0, 0..0), "{store}: range {asked:?}");
         assert_eq!(read(store, &digest, asked).await.unwrap(), b"", "{store}");
     }
@@ -156,21 +139,12 @@ pub async fn put_verified_accepts_the_right_bytes(store: &dyn BlobStore) {
     assert_eq!(read(store, &manifest.digest(), None).await.unwrap(), data, "{store}");
     assert_eq!(store.list().await.unwrap(), vec![(manifest.digest(), data.len() as u64)], "{store}");
     // Putting it again, even with bytes that would not verify, keeps the stored blob.
-    store
-        .put_verified(&manifest, body(&data, 5000))
-        .await
-        .unwrap_or_else(|e| panic!("{store}: second put: {e}"));
-    store
-        .put_verified(&manifest, failing_body(b"", 1))
-        .await
-        .unwrap_or_else(|e| panic!("{store}: put of a stored blob: {e}"));
+    store.put_verified(&manifest, body(&data, 5000)).await.unwrap_or_else(|e| panic!("{store}: second put: {e}"));
+    store.put_verified(&manifest, failing_body(b"", 1)).await.unwrap_or_else(|e| panic!("{store}: put of a stored blob: {e}"));
     assert_eq!(read(store, &manifest.digest(), None).await.unwrap(), data, "{store}");
 
     let empty = ChunkManifest::of(b"", CHUNK).unwrap();
-    store
-        .put_verified(&empty, body(b"", 1))
-        .await
-        .unwrap_or_else(|e| panic!("{store}: empty blob: {e}"));
+    store.put_verified(&empty, body(b"", 1)).await.unwrap_or_else(|e| panic!("{store}: empty blob: {e}"));
     assert_eq!(store.size(&empty.digest()).await.unwrap(), 0, "{store}");
 }
 
@@ -182,10 +156,7 @@ pub async fn put_verified_rejects_a_corrupt_chunk_and_keeps_nothing(store: &dyn 
         bad[flip] ^= 0x01;
         let err = store.put_verified(&manifest, body(&bad, 1000)).await.unwrap_err();
         match &err {
-            StorageError::Verify {
-                digest,
-                source: ManifestError::ChunkMismatch { index },
-            } => {
+            StorageError::Verify { digest, source: ManifestError::ChunkMismatch { index } } => {
                 assert_eq!((digest, *index), (&manifest.digest(), chunk), "{store}: {err}");
             }
             _ => panic!("{store}: expected a chunk mismatch in chunk {chunk}, got {err}"),

@@ -19,5 +19,5 @@ pub mod conformance;
 
 pub use local::LocalStore;
 pub use object::ObjectBlobStore;
-pub use partial::PartialFile;
+pub use partial::{PartialFile, SealedPartial};
 pub use sqlite::SqliteMeta;

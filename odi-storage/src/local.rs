@@ -26,7 +26,7 @@ use odi_core::digest::Digest;
 use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
 
-use crate::partial::PartialFile;
+use crate::partial::{PartialFile, SealedPartial};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 
@@ -86,13 +86,27 @@ impl LocalStore {
         PartialFile::open(path, manifest).await
     }
 
-    /// Verifies a finished partial download and publishes it as a blob.
-    pub async fn commit_partial(&self, partial: PartialFile, digest: &Digest) -> Result<()> {
-        let dest = self.blob_path(digest);
-        if self.contains(digest).await? {
-            return partial.discard().await;
+    /// Publishes a sealed (complete, verified, durable) partial download as a blob.
+    pub async fn commit_partial(&self, sealed: SealedPartial, digest: &Digest) -> Result<()> {
+        sealed.publish(&self.blob_path(digest)).await
+    }
+
+    /// Every partial download on disk, with its current length.
+    pub async fn partials(&self) -> Result<Vec<(Digest, u64)>> {
+        let dir = self.root.join("partial");
+        let mut out = Vec::new();
+        let mut entries = match tokio::fs::read_dir(&dir).await {
+            Ok(e) => e,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(out),
+            Err(e) => return Err(io_error("read directory", &dir)(e)),
+        };
+        while let Some(entry) = entries.next_entry().await.map_err(io_error("read directory", &dir))? {
+            let Some(digest) = entry.file_name().to_str().and_then(|n| Digest::from_hex(n).ok()) else { continue };
+            let len = entry.metadata().await.map_err(io_error("inspect", &entry.path()))?.len();
+            out.push((digest, len));
         }
-        partial.finish(&dest).await
+        out.sort();
+        Ok(out)
     }
 
     /// Removes the partial download of `digest`, if any (its blob is no longer wanted).
@@ -176,9 +190,7 @@ impl LocalStore {
 impl BlobStore for LocalStore {
     async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
         let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
-        let staged = self
-            .receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string())))
-            .await?;
+        let staged = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
         let manifest = builder.finish();
         self.commit(staged, &manifest.digest()).await?;
         Ok(manifest)
@@ -190,9 +202,7 @@ impl BlobStore for LocalStore {
             return Ok(());
         }
         let mut verifier = ChunkVerifier::new(manifest);
-        let staged = self
-            .receive(body, |piece| verifier.update(piece).map_err(|source| StorageError::Verify { digest, source }))
-            .await?;
+        let staged = self.receive(body, |piece| verifier.update(piece).map_err(|source| StorageError::Verify { digest, source })).await?;
         verifier.finish().map_err(|source| StorageError::Verify { digest, source })?;
         self.commit(staged, &digest).await
     }
@@ -223,11 +233,7 @@ impl BlobStore for LocalStore {
             }
             Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
         });
-        Ok(GetResult {
-            size,
-            range,
-            stream: Box::pin(stream),
-        })
+        Ok(GetResult { size, range, stream: Box::pin(stream) })
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64> {
@@ -322,11 +328,7 @@ fn clean_dir(dir: &Path) -> Result<usize> {
         let entry = entry.map_err(io_error("read directory", dir))?;
         let path = entry.path();
         let is_dir = entry.file_type().map_err(io_error("inspect", &path))?.is_dir();
-        let result = if is_dir {
-            std::fs::remove_dir_all(&path)
-        } else {
-            std::fs::remove_file(&path)
-        };
+        let result = if is_dir { std::fs::remove_dir_all(&path) } else { std::fs::remove_file(&path) };
         match result {
             Ok(()) => removed += 1,
             Err(e) if e.kind() == io::ErrorKind::NotFound => {}

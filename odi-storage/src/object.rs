@@ -103,29 +103,18 @@ impl BlobStore for ObjectBlobStore {
                 let range = clamp_range(Some(range), size)?;
                 if range.is_empty() {
                     // Object stores refuse empty ranges; there is nothing to fetch anyway.
-                    return Ok(GetResult {
-                        size,
-                        range,
-                        stream: Box::pin(stream::empty()),
-                    });
+                    return Ok(GetResult { size, range, stream: Box::pin(stream::empty()) });
                 }
                 (Some(size), Some(GetRange::Bounded(range)))
             }
         };
-        let options = GetOptions {
-            range,
-            ..GetOptions::default()
-        };
+        let options = GetOptions { range, ..GetOptions::default() };
         let result = self.inner.get_opts(&key, options).await.map_err(|e| object_error(digest, e))?;
         let size = size.unwrap_or(result.meta.size);
         let range = result.range.clone();
         let digest = *digest;
         let stream = result.into_stream().map_err(move |e| backend_error(&digest, e));
-        Ok(GetResult {
-            size,
-            range,
-            stream: Box::pin(stream),
-        })
+        Ok(GetResult { size, range, stream: Box::pin(stream) })
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64> {
@@ -209,11 +198,7 @@ mod tests {
         let data = conformance::sample(10, 1);
         let manifest = store.ingest(4096, conformance::body(&data, 3)).await.unwrap();
         let hex = Digest::of(b"other").to_hex();
-        for key in [
-            "blobs/sha256/README".to_owned(),
-            format!("blobs/sha256/nested/{hex}"),
-            format!("elsewhere/{hex}"),
-        ] {
+        for key in ["blobs/sha256/README".to_owned(), format!("blobs/sha256/nested/{hex}"), format!("elsewhere/{hex}")] {
             inner.put(&Path::from(key), PutPayload::from_static(b"x")).await.unwrap();
         }
         assert_eq!(store.list().await.unwrap(), vec![(manifest.digest(), 10)]);

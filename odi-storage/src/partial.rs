@@ -21,6 +21,26 @@ use crate::local::{io_error, sync_dir};
 /// Bytes read at a time when re-verifying.
 const READ_PIECE: usize = 1 << 20;
 
+/// A partial file that is complete, durable and verified, waiting to be renamed into place.
+#[derive(Debug)]
+pub struct SealedPartial {
+    path: PathBuf,
+}
+
+impl SealedPartial {
+    /// Second half of `finish`: renames into `dest` and fsyncs its directory.
+    pub async fn publish(self, dest: &Path) -> Result<()> {
+        if let Some(parent) = dest.parent() {
+            tokio::fs::create_dir_all(parent).await.map_err(io_error("create directory", parent))?;
+        }
+        tokio::fs::rename(&self.path, dest).await.map_err(io_error("rename partial file to", dest))?;
+        if let Some(parent) = dest.parent() {
+            sync_dir(parent).await?;
+        }
+        Ok(())
+    }
+}
+
 #[derive(Clone, Debug)]
 pub struct PartialFile {
     path: PathBuf,
@@ -66,16 +86,21 @@ impl PartialFile {
     /// Checks the whole file against the manifest, makes it durable, and renames it to `dest`
     /// (fsyncing `dest`'s directory). On a mismatch the partial file is removed.
     pub async fn finish(self, dest: &Path) -> Result<()> {
-        let (file, path, manifest, dest_owned) = (self.file.clone(), self.path.clone(), self.manifest.clone(), dest.to_path_buf());
+        self.seal().await?.publish(dest).await
+    }
+
+    /// First half of `finish`: sizes the file, fsyncs it, and re-reads all of it against the
+    /// manifest. On a mismatch the partial file is removed.
+    pub async fn seal(self) -> Result<SealedPartial> {
+        let (file, path, manifest) = (self.file.clone(), self.path.clone(), self.manifest.clone());
         blocking(move || {
             file.set_len(manifest.total_len()).map_err(io_error("size", &path))?;
             file.sync_all().map_err(io_error("fsync", &path))?;
             let mut verifier = ChunkVerifier::new(&manifest);
-            let reader = &*file;
             let mut buf = vec![0u8; READ_PIECE];
             let mut offset = 0u64;
             loop {
-                let n = reader.read_at(&mut buf, offset).map_err(io_error("read", &path))?;
+                let n = file.read_at(&mut buf, offset).map_err(io_error("read", &path))?;
                 if n == 0 {
                     break;
                 }
@@ -89,16 +114,10 @@ impl PartialFile {
                 let _ = std::fs::remove_file(&path);
                 return Err(StorageError::Verify { digest: manifest.digest(), source });
             }
-            if let Some(parent) = dest_owned.parent() {
-                std::fs::create_dir_all(parent).map_err(io_error("create directory", parent))?;
-            }
-            std::fs::rename(&path, &dest_owned).map_err(io_error("rename partial file to", &dest_owned))
+            Ok(())
         })
         .await?;
-        if let Some(parent) = dest.parent() {
-            sync_dir(parent).await?;
-        }
-        Ok(())
+        Ok(SealedPartial { path: self.path })
     }
 
     /// Removes the partial file.

@@ -55,31 +55,20 @@ impl SqliteMeta {
     pub fn open(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref().to_path_buf();
         let fail = |what: &str, e: rusqlite::Error| {
-            StorageError::backend(
-                STORE,
-                format!("cannot open {}: {what}: {e}; check the path and its permissions", path.display()),
-            )
+            StorageError::backend(STORE, format!("cannot open {}: {what}: {e}; check the path and its permissions", path.display()))
         };
         let mut conn = Connection::open(&path).map_err(|e| fail("open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("set busy timeout", e))?;
-        let mode: String = conn
-            .pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0))
-            .map_err(|e| fail("enable WAL", e))?;
+        let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| fail("enable WAL", e))?;
         if !mode.eq_ignore_ascii_case("wal") {
             return Err(StorageError::backend(
                 STORE,
-                format!(
-                    "cannot open {}: journal mode stayed {mode:?}, not WAL; put the database on a local filesystem",
-                    path.display()
-                ),
+                format!("cannot open {}: journal mode stayed {mode:?}, not WAL; put the database on a local filesystem", path.display()),
             ));
         }
         conn.pragma_update(None, "synchronous", "FULL").map_err(|e| fail("set synchronous=FULL", e))?;
         migrate(&mut conn, &path)?;
-        Ok(Self {
-            path,
-            conn: Arc::new(Mutex::new(conn)),
-        })
+        Ok(Self { path, conn: Arc::new(Mutex::new(conn)) })
     }
 
     /// The database file.
@@ -139,31 +128,15 @@ enum Row {
 impl Row {
     fn of(record: &Record) -> Result<Self> {
         Ok(match record {
-            Record::Token { role, hash } => Self::Token {
-                role: role_key(*role)?,
-                hash: hash.to_string(),
-            },
-            Record::Catalog(config) => Self::Catalog {
-                name: config.name.as_str().to_owned(),
-                config: to_json(serde_json::to_string(config))?,
-            },
+            Record::Token { role, hash } => Self::Token { role: role_key(*role)?, hash: hash.to_string() },
+            Record::Catalog(config) => Self::Catalog { name: config.name.as_str().to_owned(), config: to_json(serde_json::to_string(config))? },
             Record::Log { catalog, entry } => {
                 let seq = i64::try_from(entry.seq).map_err(|_| {
-                    StorageError::backend(
-                        STORE,
-                        format!("log entry {} of catalog {catalog}: sequence number is too large to store", entry.seq),
-                    )
+                    StorageError::backend(STORE, format!("log entry {} of catalog {catalog}: sequence number is too large to store", entry.seq))
                 })?;
-                Self::Log {
-                    catalog: catalog.as_str().to_owned(),
-                    seq,
-                    entry: to_json(serde_json::to_string(entry))?,
-                }
+                Self::Log { catalog: catalog.as_str().to_owned(), seq, entry: to_json(serde_json::to_string(entry))? }
             }
-            Record::Relay(relay) => Self::Relay {
-                id: relay.id.to_hex(),
-                record: to_json(serde_json::to_string(relay))?,
-            },
+            Record::Relay(relay) => Self::Relay { id: relay.id.to_hex(), record: to_json(serde_json::to_string(relay))? },
         })
     }
 }
@@ -226,10 +199,7 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
         newer => {
             return Err(StorageError::backend(
                 STORE,
-                format!(
-                    "{} has schema version {newer}, newer than this build's {SCHEMA_VERSION}; run a newer odi",
-                    path.display()
-                ),
+                format!("{} has schema version {newer}, newer than this build's {SCHEMA_VERSION}; run a newer odi", path.display()),
             ));
         }
     }
@@ -247,24 +217,19 @@ fn apply(conn: &mut Connection, rows: &[Row]) -> Result<(), DbError> {
 
 fn apply_row(tx: &Transaction<'_>, row: &Row) -> Result<(), DbError> {
     let result = match row {
-        Row::Token { role, hash } => tx.execute(
-            "INSERT INTO tokens (role, hash) VALUES (?1, ?2) ON CONFLICT (role) DO UPDATE SET hash = excluded.hash",
-            params![role, hash],
-        ),
+        Row::Token { role, hash } => {
+            tx.execute("INSERT INTO tokens (role, hash) VALUES (?1, ?2) ON CONFLICT (role) DO UPDATE SET hash = excluded.hash", params![role, hash])
+        }
         Row::Catalog { name, config } => tx.execute("INSERT INTO catalogs (name, config) VALUES (?1, ?2)", params![name, config]),
         Row::Log { catalog, seq, entry } => tx.execute("INSERT INTO log (catalog, seq, entry) VALUES (?1, ?2, ?3)", params![catalog, seq, entry]),
-        Row::Relay { id, record } => tx.execute(
-            "INSERT INTO relays (id, record) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET record = excluded.record",
-            params![id, record],
-        ),
+        Row::Relay { id, record } => {
+            tx.execute("INSERT INTO relays (id, record) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET record = excluded.record", params![id, record])
+        }
     };
     match result {
         Ok(_) => Ok(()),
         Err(e) if e.sqlite_error_code() == Some(ErrorCode::ConstraintViolation) => Err(match row {
-            Row::Log { catalog, seq, .. } => DbError::DuplicateLog {
-                catalog: catalog.clone(),
-                seq: *seq,
-            },
+            Row::Log { catalog, seq, .. } => DbError::DuplicateLog { catalog: catalog.clone(), seq: *seq },
             Row::Catalog { name, .. } => DbError::DuplicateCatalog { name: name.clone() },
             _ => DbError::Sql(e),
         }),
@@ -280,11 +245,7 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
     let mut stmt = tx.prepare("SELECT role, hash FROM tokens ORDER BY role")?;
     for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
         let (role, hash) = row?;
-        let corrupt = |detail: String| DbError::Corrupt {
-            table: "tokens",
-            key: role.clone(),
-            detail,
-        };
+        let corrupt = |detail: String| DbError::Corrupt { table: "tokens", key: role.clone(), detail };
         let parsed_role: TokenRole = serde_json::from_value(serde_json::Value::String(role.clone())).map_err(|e| corrupt(e.to_string()))?;
         let hash: Digest = hash.parse().map_err(|e: odi_core::digest::DigestParseError| corrupt(e.to_string()))?;
         records.push(Record::Token { role: parsed_role, hash });
@@ -304,11 +265,7 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
     for row in rows {
         let (catalog, seq, entry) = row?;
         let key = format!("{catalog}/{seq}");
-        let name = CatalogName::new(&catalog).map_err(|e| DbError::Corrupt {
-            table: "log",
-            key: key.clone(),
-            detail: e.to_string(),
-        })?;
+        let name = CatalogName::new(&catalog).map_err(|e| DbError::Corrupt { table: "log", key: key.clone(), detail: e.to_string() })?;
         let entry: LogEntry = from_json("log", &key, serde_json::from_str(&entry))?;
         records.push(Record::Log { catalog: name, entry });
     }
@@ -331,10 +288,7 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
 fn role_key(role: TokenRole) -> Result<String> {
     match serde_json::to_value(role) {
         Ok(serde_json::Value::String(name)) => Ok(name),
-        other => Err(StorageError::backend(
-            STORE,
-            format!("token role {role:?} has no name to store under (got {other:?})"),
-        )),
+        other => Err(StorageError::backend(STORE, format!("token role {role:?} has no name to store under (got {other:?})"))),
     }
 }
 
@@ -343,11 +297,7 @@ fn to_json(encoded: serde_json::Result<String>) -> Result<String> {
 }
 
 fn from_json<T>(table: &'static str, key: &str, decoded: serde_json::Result<T>) -> Result<T, DbError> {
-    decoded.map_err(|e| DbError::Corrupt {
-        table,
-        key: key.to_owned(),
-        detail: e.to_string(),
-    })
+    decoded.map_err(|e| DbError::Corrupt { table, key: key.to_owned(), detail: e.to_string() })
 }
 
 #[cfg(test)]
@@ -364,40 +314,22 @@ mod tests {
     }
 
     fn log(name: &str, seq: u64) -> Record {
-        let op = LogOp::Expunge {
-            path: ArtifactPath::new(&format!("dir/file-{seq}.tar")).unwrap(),
-            digest: Digest::of(&seq.to_be_bytes()),
-        };
-        Record::Log {
-            catalog: catalog(name),
-            entry: LogEntry {
-                seq,
-                at: UnixTime(1_700_000_000 + seq),
-                op,
-            },
-        }
+        let op = LogOp::Expunge { path: ArtifactPath::new(&format!("dir/file-{seq}.tar")).unwrap(), digest: Digest::of(&seq.to_be_bytes()) };
+        Record::Log { catalog: catalog(name), entry: LogEntry { seq, at: UnixTime(1_700_000_000 + seq), op } }
     }
 
     fn relay(id: u8, catalogs: &[&str]) -> Record {
         Record::Relay(RelayRecord {
             id: NodeId([id; 32]),
             public_url: RelayUrl::new(&format!("https://relay-{id}.example.org")).unwrap(),
-            capacity: Capacity {
-                disk_budget: 1 << 40,
-                bandwidth: 0,
-            },
+            capacity: Capacity { disk_budget: 1 << 40, bandwidth: 0 },
             catalogs: catalogs.iter().map(|c| catalog(c)).collect(),
             enrolled_at: UnixTime(1_700_000_000),
         })
     }
 
     fn catalog_record(name: &str) -> Record {
-        Record::Catalog(CatalogConfig {
-            name: catalog(name),
-            replicas: 3,
-            chunk_size: 1 << 20,
-            created_at: UnixTime(1_700_000_000),
-        })
+        Record::Catalog(CatalogConfig { name: catalog(name), replicas: 3, chunk_size: 1 << 20, created_at: UnixTime(1_700_000_000) })
     }
 
     fn token(role: TokenRole, seed: &[u8]) -> Record {
@@ -436,12 +368,8 @@ mod tests {
         };
         // Applied out of replay order, across several batches.
         meta.apply(&[relay(9, &["beta"]), catalog_record("beta"), log("beta", 1)]).await.unwrap();
-        meta.apply(&[catalog_record("alpha"), log("alpha", 1), put.clone(), token(TokenRole::Enroll, b"e1")])
-            .await
-            .unwrap();
-        meta.apply(&[log("beta", 2), relay(3, &["alpha", "beta"]), token(TokenRole::Admin, b"a1")])
-            .await
-            .unwrap();
+        meta.apply(&[catalog_record("alpha"), log("alpha", 1), put.clone(), token(TokenRole::Enroll, b"e1")]).await.unwrap();
+        meta.apply(&[log("beta", 2), relay(3, &["alpha", "beta"]), token(TokenRole::Admin, b"a1")]).await.unwrap();
         // Upserts replace.
         meta.apply(&[token(TokenRole::Enroll, b"e2"), relay(9, &["alpha"])]).await.unwrap();
         meta.apply(&[]).await.unwrap();
@@ -507,10 +435,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("directory.db");
         drop(SqliteMeta::open(&path).unwrap());
-        Connection::open(&path)
-            .unwrap()
-            .pragma_update(None, "user_version", SCHEMA_VERSION + 1)
-            .unwrap();
+        Connection::open(&path).unwrap().pragma_update(None, "user_version", SCHEMA_VERSION + 1).unwrap();
         let err = SqliteMeta::open(&path).unwrap_err();
         assert!(err.to_string().contains("newer than this build's"), "{err}");
     }
@@ -518,11 +443,7 @@ mod tests {
     #[tokio::test]
     async fn a_corrupt_row_is_reported_by_table_and_key() {
         let (meta, _dir) = scratch();
-        meta.conn
-            .lock()
-            .unwrap()
-            .execute("INSERT INTO catalogs (name, config) VALUES ('alpha', '{')", [])
-            .unwrap();
+        meta.conn.lock().unwrap().execute("INSERT INTO catalogs (name, config) VALUES ('alpha', '{')", []).unwrap();
         let err = meta.load().await.unwrap_err();
         assert!(err.to_string().contains("row \"alpha\" of table catalogs is unreadable"), "{err}");
     }

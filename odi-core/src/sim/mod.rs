@@ -33,11 +33,7 @@ pub struct Faults {
 
 impl Default for Faults {
     fn default() -> Self {
-        Self {
-            loss: 0.0,
-            min_delay: Duration::from_millis(1),
-            max_delay: Duration::from_millis(20),
-        }
+        Self { loss: 0.0, min_delay: Duration::from_millis(1), max_delay: Duration::from_millis(20) }
     }
 }
 
@@ -119,10 +115,7 @@ impl Sim {
 
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
         let name = CatalogName::new(name).expect("valid catalog name");
-        let record = self
-            .dir
-            .plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), self.wall())
-            .expect("new catalog");
+        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), self.wall()).expect("new catalog");
         self.commit(record);
         name
     }
@@ -131,21 +124,14 @@ impl Sim {
         let manifest = ChunkManifest::of(data, MIN_CHUNK_SIZE).expect("valid chunk size");
         let digest = manifest.digest();
         let path = ArtifactPath::new(path).expect("valid path");
-        if let Some(record) = self
-            .dir
-            .plan_publish(catalog, path, manifest, "application/octet-stream".into(), self.wall())
-            .expect("publish")
-        {
+        if let Some(record) = self.dir.plan_publish(catalog, path, manifest, "application/octet-stream".into(), self.wall()).expect("publish") {
             self.commit(record);
         }
         digest
     }
 
     pub fn expunge(&mut self, catalog: &CatalogName, path: &str) {
-        let record = self
-            .dir
-            .plan_expunge(catalog, &ArtifactPath::new(path).expect("valid path"), self.wall())
-            .expect("expunge");
+        let record = self.dir.plan_expunge(catalog, &ArtifactPath::new(path).expect("valid path"), self.wall()).expect("expunge");
         self.commit(record);
     }
 
@@ -153,28 +139,11 @@ impl Sim {
     pub fn add_relay(&mut self, n: u8, disk_budget: u64) -> NodeId {
         let id = NodeId([n; 32]);
         let url = RelayUrl::new(&format!("http://relay-{n}.sim")).expect("valid url");
-        let mut config = RelayConfig::new(
-            url,
-            Capacity {
-                disk_budget,
-                bandwidth: 100 << 20,
-            },
-            ENROLL_TOKEN.into(),
-        );
+        let mut config = RelayConfig::new(url, Capacity { disk_budget, bandwidth: 100 << 20 }, ENROLL_TOKEN.into());
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
-        let machine = Relay::new(config.clone(), [], self.now);
-        self.relays.insert(
-            id,
-            SimRelay {
-                machine,
-                config,
-                up: true,
-                store: BTreeMap::new(),
-                fetches: 0,
-                incarnation: 0,
-            },
-        );
+        let machine = Relay::new(config.clone(), [], [], self.now);
+        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, incarnation: 0 });
         id
     }
 
@@ -189,7 +158,7 @@ impl Sim {
     pub fn revive(&mut self, id: NodeId) {
         let now = self.now;
         let r = self.relays.get_mut(&id).expect("known relay");
-        r.machine = Relay::new(r.config.clone(), r.store.iter().map(|(d, s)| (*d, *s)), now);
+        r.machine = Relay::new(r.config.clone(), r.store.iter().map(|(d, s)| (*d, *s)), [], now);
         r.up = true;
         self.drain();
     }
@@ -197,8 +166,7 @@ impl Sim {
     /// Crashes the directory and restarts it from its durable records.
     pub fn restart_directory(&mut self) {
         self.dir = Directory::new(self.dir_config.clone(), Seed(self.rng.next_u64()));
-        self.pending
-            .retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. }));
+        self.pending.retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. }));
         for record in self.durable.clone() {
             self.dir.apply(&record, self.now);
         }
@@ -211,12 +179,7 @@ impl Sim {
 
     /// Id of the relay a redirect points at.
     pub fn relay_at(&self, url: &RelayUrl) -> NodeId {
-        let n: u8 = url
-            .as_str()
-            .trim_start_matches("http://relay-")
-            .trim_end_matches(".sim")
-            .parse()
-            .expect("sim url");
+        let n: u8 = url.as_str().trim_start_matches("http://relay-").trim_end_matches(".sim").parse().expect("sim url");
         NodeId([n; 32])
     }
 
@@ -273,18 +236,12 @@ impl Sim {
                                 self.schedule(delay, Delivery::ToDirectory { from: id, msg });
                             }
                         }
-                        relay::Effect::Fetch { manifest } => {
+                        relay::Effect::Fetch { manifest, .. } => {
                             let incarnation = self.relays[&id].incarnation;
                             let time = self.fetch_time;
-                            self.schedule(
-                                time,
-                                Delivery::FetchDone {
-                                    to: id,
-                                    digest: manifest.digest(),
-                                    incarnation,
-                                },
-                            );
+                            self.schedule(time, Delivery::FetchDone { to: id, digest: manifest.digest(), incarnation });
                         }
+                        relay::Effect::DiscardPartial { .. } => {}
                         relay::Effect::Delete { digest } => {
                             self.relays.get_mut(&id).expect("listed").store.remove(&digest);
                         }
@@ -337,12 +294,7 @@ impl Sim {
 
     /// Advances to the next instant anything happens. `false` when nothing ever will.
     pub fn step(&mut self) -> bool {
-        let timers = self
-            .relays
-            .values()
-            .filter(|r| r.up)
-            .filter_map(|r| r.machine.poll_timeout())
-            .chain(self.dir.poll_timeout());
+        let timers = self.relays.values().filter(|r| r.up).filter_map(|r| r.machine.poll_timeout()).chain(self.dir.poll_timeout());
         let Some(next) = timers.chain(self.queue.peek().map(|Reverse((t, _))| *t)).min() else {
             return false;
         };
@@ -394,14 +346,7 @@ impl Sim {
             .dir
             .catalogs()
             .iter()
-            .flat_map(|c| {
-                self.dir
-                    .artifacts(&c.name)
-                    .into_iter()
-                    .flatten()
-                    .map(|a| (a.catalog.to_string(), a.path.to_string()))
-                    .collect::<Vec<_>>()
-            })
+            .flat_map(|c| self.dir.artifacts(&c.name).into_iter().flatten().map(|a| (a.catalog.to_string(), a.path.to_string())).collect::<Vec<_>>())
             .collect();
         for (catalog, path) in live {
             let redirect = self.redirect(&catalog, &path).expect("live artifact");
@@ -410,10 +355,7 @@ impl Sim {
                 let r = &self.relays[&id];
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
-                assert!(
-                    r.store.contains_key(&redirect.digest),
-                    "redirect for {catalog}/{path} to {id:?}, which does not hold it"
-                );
+                assert!(r.store.contains_key(&redirect.digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
                 assert!(!r.up || r.machine.holds(&redirect.digest), "relay {id:?} holds bytes its machine does not know");
             }
         }

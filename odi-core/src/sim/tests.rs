@@ -16,19 +16,12 @@ fn network(seed: u64, relays: u8) -> (Sim, CatalogName, Vec<NodeId>) {
 #[test]
 fn relays_join_sync_and_receive_redirects() {
     let (mut sim, cat, ids) = network(1, 2);
-    let digests: Vec<Digest> = [0, 1, 5 * MIN_CHUNK_SIZE as usize + 1]
-        .iter()
-        .enumerate()
-        .map(|(i, len)| sim.publish(&cat, &format!("f{i}"), &Sim::data(i as u8, *len)))
-        .collect();
+    let digests: Vec<Digest> =
+        [0, 1, 5 * MIN_CHUNK_SIZE as usize + 1].iter().enumerate().map(|(i, len)| sim.publish(&cat, &format!("f{i}"), &Sim::data(i as u8, *len))).collect();
     assert_eq!(sim.redirect("releases", "f0").unwrap().target, None, "no relay yet: the directory serves");
     sim.run_for(Duration::from_secs(5));
     for (i, digest) in digests.iter().enumerate() {
-        assert_eq!(
-            sim.holders_of(digest),
-            ids.iter().copied().collect(),
-            "replicas=2 with two relays: both hold f{i}"
-        );
+        assert_eq!(sim.holders_of(digest), ids.iter().copied().collect(), "replicas=2 with two relays: both hold f{i}");
         let r = sim.redirect("releases", &format!("f{i}")).unwrap();
         assert!(r.target.is_some(), "f{i} redirects to a relay");
         assert_eq!(r.alternates.len(), 1, "and names the other as duplicate");
@@ -163,21 +156,14 @@ fn networks_converge_under_message_loss_for_many_seeds() {
         for i in 0..6u8 {
             let r = sim.redirect("releases", &format!("p/{i}")).unwrap();
             assert_ne!(r.target.as_ref().map(|u| sim.relay_at(u)), Some(ids[0]), "seed {seed}");
-            assert_eq!(
-                sim.holders_of(&r.digest).iter().filter(|id| **id != ids[0]).count(),
-                2,
-                "seed {seed}: re-replicated p/{i}"
-            );
+            assert_eq!(sim.holders_of(&r.digest).iter().filter(|id| **id != ids[0]).count(), 2, "seed {seed}: re-replicated p/{i}");
         }
         // Under loss a relay may be between a missed lease and its next self-test; once the
         // network heals, every artifact is served by a relay again.
         sim.faults.loss = 0.0;
         sim.run_for(Duration::from_secs(15));
         for i in 0..6u8 {
-            assert!(
-                sim.redirect("releases", &format!("p/{i}")).unwrap().target.is_some(),
-                "seed {seed}: p/{i} is served by a relay"
-            );
+            assert!(sim.redirect("releases", &format!("p/{i}")).unwrap().target.is_some(), "seed {seed}: p/{i} is served by a relay");
         }
     }
 }
@@ -188,7 +174,7 @@ fn a_wrong_enroll_token_is_refused() {
     let id = sim.add_relay(1, MB);
     sim.relays.get_mut(&id).unwrap().config.enroll_token = "wrong".into();
     let config = sim.relays[&id].config.clone();
-    sim.relays.get_mut(&id).unwrap().machine = Relay::new(config, [], sim.now);
+    sim.relays.get_mut(&id).unwrap().machine = Relay::new(config, [], [], sim.now);
     sim.run_for(Duration::from_secs(3));
     assert!(sim.dir.relays(sim.now).is_empty());
     assert!(sim.relay_events.iter().any(|(_, e)| matches!(e, relay::Event::Refused { .. })));

@@ -46,9 +46,7 @@ pub fn shutdown() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'st
 }
 
 pub async fn start_directory(data: &Path, addr: Option<std::net::SocketAddr>) -> Node {
-    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("bind directory");
+    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind directory");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut options = DirectoryOptions::new(data);
     options.heartbeat_interval = HEARTBEAT;
@@ -59,12 +57,7 @@ pub async fn start_directory(data: &Path, addr: Option<std::net::SocketAddr>) ->
     let server = DirectoryServer::open(options).await.expect("open directory");
     let (stop, signal) = shutdown();
     let task = tokio::spawn(server.run(listener, signal));
-    Node {
-        url,
-        data: data.to_path_buf(),
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Node { url, data: data.to_path_buf(), stop: Some(stop), task: Some(task) }
 }
 
 pub async fn start_relay(data: &Path, directory: &str, budget: u64, addr: Option<std::net::SocketAddr>) -> Node {
@@ -72,9 +65,7 @@ pub async fn start_relay(data: &Path, directory: &str, budget: u64, addr: Option
 }
 
 pub async fn start_relay_with_token(data: &Path, directory: &str, budget: u64, addr: Option<std::net::SocketAddr>, token: &str) -> Node {
-    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap()))
-        .await
-        .expect("bind relay");
+    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind relay");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
@@ -89,12 +80,7 @@ pub async fn start_relay_with_token(data: &Path, directory: &str, budget: u64, a
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
     let task = tokio::spawn(server.run(listener, signal));
-    Node {
-        url,
-        data: data.to_path_buf(),
-        stop: Some(stop),
-        task: Some(task),
-    }
+    Node { url, data: data.to_path_buf(), stop: Some(stop), task: Some(task) }
 }
 
 pub struct Reply {
@@ -123,10 +109,7 @@ pub async fn request(method: Method, url: &str, headers: &[(&str, &str)], body: 
     for (k, v) in headers {
         req = req.header(*k, *v);
     }
-    let resp = HttpClient::new()
-        .send(req.body(body).unwrap(), Duration::from_secs(20))
-        .await
-        .unwrap_or_else(|e| panic!("{url}: {e}"));
+    let resp = HttpClient::new().send(req.body(body).unwrap(), Duration::from_secs(20)).await.unwrap_or_else(|e| panic!("{url}: {e}"));
     let status = resp.status();
     let headers = resp.headers().clone();
     let body = odi_net::client::read_body(resp.into_body(), 64 << 20).await.expect("body");
