@@ -2,6 +2,7 @@
 //! `Repr-Digest` (or `--sha256`), writes to `FILE.part`, and renames to `FILE` only when the
 //! digest matches. `-c` resumes a `.part` file with a `Range` request.
 
+use std::io::IsTerminal as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -10,8 +11,12 @@ use base64::Engine as _;
 use futures_util::StreamExt as _;
 use http::{Request, StatusCode, header};
 use http_body_util::BodyStream;
+use indicatif::{ProgressBar, ProgressStyle};
 use odi_core::Digest;
+use odi_core::transfer::TransferConfig;
 use odi_net::HttpClient;
+use odi_net::metalink;
+use odi_net::transfer::{Downloader, PartialFile, Source};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -52,6 +57,11 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
         }
     }
     let client = HttpClient::new();
+    if !to_stdout {
+        if let Some(metalink) = discover_metalink(&client, &args.url).await? {
+            return odi_download(&client, metalink, &output, args.resume, expected).await;
+        }
+    }
     let mut url = args.url.clone();
     let mut redirects = 0;
     let resp = loop {
@@ -136,6 +146,77 @@ async fn finish(part: &Path, output: &Path, hasher: Sha256, expected: Option<Dig
     if expected.is_none() {
         eprintln!("warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)", output.display());
     }
+    Ok(output.to_path_buf())
+}
+
+/// Asks the URL (without following it) whether it is an ODI directory: its answers carry
+/// `Link: <…>; rel=describedby; type="application/metalink4+xml"`.
+async fn discover_metalink(client: &HttpClient, url: &str) -> Result<Option<metalink::Parsed>> {
+    let req = Request::head(url).body(odi_net::http::empty()).with_context(|| format!("`{url}` is not a valid URL"))?;
+    let resp = client.send(req, Duration::from_secs(30)).await?;
+    let link = resp.headers().get_all(header::LINK).iter().filter_map(|v| v.to_str().ok()).flat_map(|v| v.split(',')).find_map(|l| {
+        let l = l.trim();
+        (l.contains("rel=describedby") && l.contains(metalink::MEDIA_TYPE)).then(|| l.split('>').next().unwrap_or("").trim_start_matches('<').to_owned())
+    });
+    let Some(link) = link else { return Ok(None) };
+    let req = Request::get(&link).body(odi_net::http::empty()).with_context(|| format!("bad metalink URL `{link}`"))?;
+    let resp = client.send(req, Duration::from_secs(30)).await?;
+    if !resp.status().is_success() {
+        bail!("{link} answered {}", resp.status());
+    }
+    let body = odi_net::client::read_body(resp.into_body(), 64 << 20).await?;
+    let parsed = metalink::parse(&String::from_utf8_lossy(&body)).map_err(|e| anyhow!("{link}: {e}"))?;
+    Ok(Some(parsed))
+}
+
+/// Downloads from every source the metalink lists at once, each chunk verified against its
+/// hash, bad chunks fetched again elsewhere, into `FILE.part` (kept for `-c` on failure).
+async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, output: &Path, resume: bool, expected: Option<Digest>) -> Result<PathBuf> {
+    let manifest = metalink.manifest;
+    if let Some(expected) = expected {
+        if expected != manifest.digest() {
+            bail!("the directory announces {}, but --sha256 asks for {expected}", manifest.digest());
+        }
+    }
+    let part = part_path(output);
+    if !resume {
+        match tokio::fs::remove_file(&part).await {
+            Ok(()) => {}
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(e).with_context(|| format!("cannot remove {}", part.display())),
+        }
+    }
+    let (partial, have) = PartialFile::open(&part, manifest.clone()).await.with_context(|| format!("cannot open {}", part.display()))?;
+    let bar = if std::io::stderr().is_terminal() {
+        let bar = ProgressBar::new(manifest.total_len());
+        bar.set_style(
+            ProgressStyle::with_template("{bar:40} {bytes}/{total_bytes} {bytes_per_sec} eta {eta}").unwrap_or_else(|_| ProgressStyle::default_bar()),
+        );
+        bar
+    } else {
+        ProgressBar::hidden()
+    };
+    let sources: Vec<Source> = metalink.urls.iter().map(|u| Source { url: u.clone(), signed: false }).collect();
+    let downloader = Downloader { client: client.clone(), key: None, limiter: None, config: TransferConfig::default() };
+    let progress = |bytes: u64| bar.set_position(bytes);
+    let result = downloader.download(&manifest, &sources, partial, have, &progress).await;
+    bar.finish_and_clear();
+    let (partial, report) = match result {
+        Ok(ok) => ok,
+        Err((e, report)) => {
+            let detail = report.failures.first().map(|f| format!(" (last problem: {f})")).unwrap_or_default();
+            bail!("{e}{detail}; the verified chunks are kept in {}; run again with -c to resume", part.display());
+        }
+    };
+    partial.seal().await?.publish(output).await.with_context(|| format!("cannot save {}", output.display()))?;
+    eprintln!(
+        "verified {} ({} bytes) from {} sources; {} chunks resumed, {} bad chunks repaired",
+        manifest.digest(),
+        manifest.total_len(),
+        sources.len(),
+        report.chunks_resumed,
+        report.chunks_rejected
+    );
     Ok(output.to_path_buf())
 }
 

@@ -35,7 +35,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::http::{Body, digest_headers, error, json, serve_blob, split_catalog_path};
-use crate::{Clock, NetError, keys, unix_now};
+use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
 const MAX_REQUEST_JSON: usize = 16 << 20;
@@ -88,6 +88,10 @@ struct Shared {
     timer: Notify,
     clock: Clock,
     client: HttpClient,
+    /// The base URL for links this directory hands out; `None` uses the request's `Host`.
+    public_url: Option<String>,
+    /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
+    node_blob_bytes: std::sync::atomic::AtomicU64,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -142,6 +146,8 @@ impl DirectoryServer {
             timer: Notify::new(),
             clock,
             client: HttpClient::new(),
+            public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
         Ok(Self { shared, admin_token_path, enroll_token_path })
@@ -268,6 +274,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
         return if read { client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
     }
+    if let Some(rest) = path.strip_prefix("/metalink/") {
+        return if read { metalink(&shared, &req, rest) } else { not_allowed("GET, HEAD") };
+    }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         if let Err(resp) = check_admin(&shared, &req) {
             return resp;
@@ -315,16 +324,16 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
     };
     let now = shared.clock.now();
     let redirect = shared.lock().redirect(catalog, &path, now);
-    match redirect {
+    let tail = format!("r/{catalog}/{}", path.to_url());
+    let mut resp = match redirect {
         Ok(r) => match r.target {
-            Some(target) => {
-                let tail = format!("r/{catalog}/{}", path.to_url());
-                redirect_response(&target, &tail, &r.alternates, &r.digest)
-            }
+            Some(target) => redirect_response(&target, &tail, &r.alternates, &r.digest),
             None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type, None).await,
         },
-        Err(e) => lookup_error(&e),
-    }
+        Err(e) => return lookup_error(&e),
+    };
+    add_describedby(&mut resp, &base_url(shared, req), &tail);
+    resp
 }
 
 async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -> Response<Body> {
@@ -334,13 +343,77 @@ async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -
     };
     let now = shared.clock.now();
     let redirect = shared.lock().redirect_blob(&digest, now);
-    match redirect {
+    let tail = format!("blobs/sha256/{hex}");
+    let mut resp = match redirect {
         Ok(r) => match r.target {
-            Some(target) => redirect_response(&target, &format!("blobs/sha256/{hex}"), &r.alternates, &digest),
+            Some(target) => redirect_response(&target, &tail, &r.alternates, &digest),
             None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &digest, &r.media_type, None).await,
         },
-        Err(e) => lookup_error(&e),
+        Err(e) => return lookup_error(&e),
+    };
+    add_describedby(&mut resp, &base_url(shared, req), &tail);
+    resp
+}
+
+/// The URL this directory is reached at: `--public-url`, else the request's `Host`.
+fn base_url(shared: &Shared, req: &Request<Incoming>) -> String {
+    if let Some(url) = &shared.public_url {
+        return url.clone();
     }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.len() <= 255 && !h.contains(['/', '\\', ' ', '@']));
+    format!("http://{}", host.unwrap_or("localhost"))
+}
+
+fn add_describedby(resp: &mut Response<Body>, base: &str, tail: &str) {
+    if !(resp.status() == StatusCode::FOUND || resp.status().is_success()) {
+        return;
+    }
+    let link = format!("<{base}/metalink/{tail}>; rel=describedby; type=\"{}\"", metalink::MEDIA_TYPE);
+    if let Ok(v) = HeaderValue::from_str(&link) {
+        resp.headers_mut().append(header::LINK, v);
+    }
+}
+
+/// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
+/// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
+fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
+    let now = shared.clock.now();
+    let base = base_url(shared, req);
+    let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
+        let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };
+        let path = match ArtifactPath::from_url(raw_path) {
+            Ok(p) => p,
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+        };
+        let mut m = shared.lock();
+        let manifest = match m.lookup(catalog, &path) {
+            Ok(a) => a.manifest.clone(),
+            Err(e) => return lookup_error(&e),
+        };
+        let redirect = m.redirect(catalog, &path, now);
+        (format!("r/{catalog}/{}", path.to_url()), path.file_name().to_owned(), manifest, redirect)
+    } else if let Some(hex) = rest.strip_prefix("blobs/sha256/") {
+        let Ok(digest) = Digest::from_hex(hex) else { return error(StatusCode::BAD_REQUEST, "malformed digest") };
+        let mut m = shared.lock();
+        let manifest = match m.manifest(&digest) {
+            Ok(manifest) => manifest.clone(),
+            Err(e) => return lookup_error(&e),
+        };
+        let redirect = m.redirect_blob(&digest, now);
+        (format!("blobs/sha256/{hex}"), hex.to_owned(), manifest, redirect)
+    } else {
+        return error(StatusCode::NOT_FOUND, "expected /metalink/r/{catalog}/{path} or /metalink/blobs/sha256/{hex}");
+    };
+    let relays = match redirect {
+        Ok(r) => r.target.into_iter().chain(r.alternates).collect::<Vec<_>>(),
+        Err(e) => return lookup_error(&e),
+    };
+    let urls: Vec<String> = relays.iter().map(|u| format!("{u}/{tail}")).chain([format!("{base}/{tail}")]).collect();
+    let mut resp = Response::new(crate::http::full(metalink::render(&name, &manifest, &urls)));
+    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    digest_headers(resp.headers_mut(), &manifest.digest());
+    resp
 }
 
 fn redirect_response(target: &RelayUrl, tail: &str, alternates: &[RelayUrl], digest: &Digest) -> Response<Body> {
@@ -431,6 +504,11 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
             publish(shared, req, &name, &path).await
         }
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
+        (Method::GET, ["stats"]) => {
+            let generation = shared.lock().generation();
+            let node_blob_bytes = shared.node_blob_bytes.load(std::sync::atomic::Ordering::Relaxed);
+            json(StatusCode::OK, &serde_json::json!({ "generation": generation, "node_blob_bytes": node_blob_bytes }))
+        }
         (Method::GET, ["relays"]) => {
             let now = shared.clock.now();
             json(StatusCode::OK, &shared.lock().relays(now))
@@ -641,7 +719,12 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
             if let Err(e) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream", None).await
+            let resp = serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream", None).await;
+            if parts.method == Method::GET && resp.status().is_success() {
+                let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                shared.node_blob_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            }
+            resp
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such node endpoint: {} /odi/v1/{rest}", parts.method)),
     }

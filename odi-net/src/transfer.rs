@@ -13,7 +13,7 @@ use http::{Method, Request, StatusCode, header};
 use http_body_util::BodyStream;
 use odi_core::ChunkManifest;
 use odi_core::transfer::{Effect, Event, Outcome, RequestId, Transfer, TransferConfig};
-use odi_storage::PartialFile;
+pub use odi_storage::{PartialFile, SealedPartial};
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
