@@ -264,3 +264,109 @@ fn odi_dev_prints_a_curl_command_that_works() {
         std::thread::sleep(Duration::from_millis(100));
     }
 }
+
+fn chunks_verified_on_disk(path: &Path, data: &[u8], chunk: usize) -> usize {
+    let Ok(disk) = std::fs::read(path) else { return 0 };
+    data.chunks(chunk).enumerate().filter(|(i, c)| disk.get(i * chunk..i * chunk + c.len()) == Some(*c)).count()
+}
+
+fn node_blob_bytes(dir: &str) -> u64 {
+    let out = Command::new("curl").args(["-sS", "-H", &format!("Authorization: Bearer {ADMIN}"), &format!("{dir}/api/v1/stats")]).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    v["node_blob_bytes"].as_u64().unwrap()
+}
+
+#[test]
+fn a_syncing_relay_killed_at_twenty_points_never_serves_bad_bytes_and_refetches_only_in_flight_chunks() {
+    const CHUNK: usize = 1 << 20;
+    // Most chunks one relay keeps in flight from the directory (4 requests of 4 chunks).
+    const MAX_IN_FLIGHT: u64 = 16;
+    let tmp = tempfile::tempdir().unwrap();
+    let (dport, rport) = (free_port(), free_port());
+    let dir_url = format!("http://127.0.0.1:{dport}");
+    let _dir = start_directory(&tmp.path().join("dir"), dport);
+    odi_ok(&["catalog", "create", "rel", "--directory", &dir_url, "--replicas", "1"]);
+    let data: Vec<u8> = (0..96 * CHUNK).map(|i| ((i as u64).wrapping_mul(0x9E37_79B9) >> 13) as u8).collect();
+    let file = tmp.path().join("big.bin");
+    std::fs::write(&file, &data).unwrap();
+    odi_ok(&["publish", "--directory", &dir_url, "--catalog", "rel", file.to_str().unwrap()]);
+    let hex = odi_core::Digest::of(&data).to_hex();
+    let relay_data = tmp.path().join("relay");
+    let partial = relay_data.join("blobs/partial").join(&hex);
+    let blob = relay_data.join("blobs/blobs/sha256").join(&hex[..2]).join(&hex);
+    let points = [
+        "mid-chunk:3",
+        "chunk-received:2",
+        "chunk-written:4",
+        "mid-chunk:9",
+        "chunk-written:1",
+        "chunk-received:5",
+        "mid-chunk:1",
+        "chunk-written:3",
+        "mid-chunk:6",
+        "chunk-received:1",
+        "chunk-written:2",
+        "mid-chunk:2",
+        "chunk-received:3",
+        "chunk-written:5",
+        "mid-chunk:4",
+        "chunk-received:4",
+        "chunk-written:1",
+        "before-fsync:1",
+        "after-fsync:1",
+        "after-rename:1",
+    ];
+    let mut refetched_per_kill = Vec::new();
+    for point in points {
+        let served_before = node_blob_bytes(&dir_url);
+        let on_disk_before = chunks_verified_on_disk(&partial, &data, CHUNK);
+        let url = format!("http://127.0.0.1:{rport}");
+        let mut child = Command::new(ODI)
+            .args(["relay", "--listen", &format!("127.0.0.1:{rport}"), "--data", relay_data.to_str().unwrap(), "--directory", &dir_url, "--public-url", &url])
+            .args(["--disk-budget", "1GiB", "--bandwidth", "200MB/s"])
+            .env("ODI_ENROLL_TOKEN", ENROLL)
+            .env("ODI_CRASH_POINT", point)
+            .env("ODI_LOG", "error")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let status = loop {
+            if let Some(status) = child.try_wait().unwrap() {
+                break status;
+            }
+            assert!(Instant::now() < deadline, "the relay never reached crash point {point}");
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        assert!(!status.success(), "{point}: the relay should have crashed");
+        // Whatever was on disk at the crash: never a wrong blob in place.
+        if let Ok(bytes) = std::fs::read(&blob) {
+            assert_eq!(odi_core::Digest::of(&bytes).to_hex(), hex, "{point}: a published blob is always whole and right");
+        }
+        let served = node_blob_bytes(&dir_url) - served_before;
+        let on_disk_after = if blob.exists() { data.len() / CHUNK } else { chunks_verified_on_disk(&partial, &data, CHUNK) };
+        let kept = (on_disk_after.saturating_sub(on_disk_before) * CHUNK) as u64;
+        let lost = served.saturating_sub(kept);
+        assert!(lost <= MAX_IN_FLIGHT * CHUNK as u64, "{point}: {lost} bytes fetched and lost, more than the chunks in flight");
+        refetched_per_kill.push(lost);
+        eprintln!("{point}: fetched {served} bytes, kept {kept}, lost {lost}");
+    }
+    // The last start: no crash point; it holds the blob already and becomes ready without a download.
+    let served_before = node_blob_bytes(&dir_url);
+    let _relay = start_relay(&relay_data, &dir_url, rport);
+    wait_for(30, "the relay to be ready", || ready_count(&dir_url) == 1);
+    assert_eq!(node_blob_bytes(&dir_url), served_before, "nothing fetched after the blob was published");
+    let out = tmp.path().join("after.bin");
+    assert!(curl(&["-L", "-o", out.to_str().unwrap(), &format!("{dir_url}/r/rel/big.bin")]).status.success());
+    assert_eq!(sha256_file(&out), hex);
+    assert!(!partial.exists(), "no partial download left behind");
+    let total: u64 = refetched_per_kill.iter().sum();
+    println!(
+        "crash test: {} kills, {} bytes fetched again in all, at most {} per kill (mean {:.1} chunks; bound {MAX_IN_FLIGHT} chunks in flight)",
+        refetched_per_kill.len(),
+        total,
+        refetched_per_kill.iter().max().unwrap(),
+        total as f64 / refetched_per_kill.len() as f64 / CHUNK as f64
+    );
+}
