@@ -63,6 +63,12 @@ struct DirectoryArgs {
     /// A relay silent this long gets no more redirects (e.g. 15s).
     #[arg(long, value_parser = units::parse_duration)]
     lease: Option<Duration>,
+    /// How often each relay's public URL is checked; a failed check stops redirects at once.
+    #[arg(long, value_parser = units::parse_duration)]
+    probe_interval: Option<Duration>,
+    /// How often each relay's content is audited (one random chunk, hash-checked).
+    #[arg(long, value_parser = units::parse_duration)]
+    audit_interval: Option<Duration>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -158,6 +164,15 @@ struct RelaysArgs {
     /// Print JSON instead of a table.
     #[arg(long)]
     json: bool,
+    /// Drain this relay: no new assignments; it stops serving once its artifacts live elsewhere.
+    #[arg(long, value_name = "RELAY_ID")]
+    drain: Option<String>,
+    /// Stop draining this relay.
+    #[arg(long, value_name = "RELAY_ID")]
+    undrain: Option<String>,
+    /// Lift this relay's quarantine (it must pass a self-test before it serves again).
+    #[arg(long, value_name = "RELAY_ID")]
+    readmit: Option<String>,
 }
 
 #[derive(Args)]
@@ -193,6 +208,8 @@ struct FileConfig {
     public_url: Option<String>,
     heartbeat_interval: Option<String>,
     lease: Option<String>,
+    probe_interval: Option<String>,
+    audit_interval: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
     disk_budget: Option<String>,
@@ -246,6 +263,12 @@ async fn run(command: Command) -> Result<()> {
             }
             if let Some(d) = args.lease.map(Ok).or_else(|| file.lease.as_deref().map(units::parse_duration)) {
                 options.lease = d.map_err(|e| anyhow!("lease: {e}"))?;
+            }
+            if let Some(d) = args.probe_interval.map(Ok).or_else(|| file.probe_interval.as_deref().map(units::parse_duration)) {
+                options.probe_interval = d.map_err(|e| anyhow!("probe_interval: {e}"))?;
+            }
+            if let Some(d) = args.audit_interval.map(Ok).or_else(|| file.audit_interval.as_deref().map(units::parse_duration)) {
+                options.audit_interval = d.map_err(|e| anyhow!("audit_interval: {e}"))?;
             }
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
@@ -350,11 +373,19 @@ async fn run(command: Command) -> Result<()> {
             println!("expunged {}/{} ({})", args.catalog, args.path, out["expunged"].as_str().unwrap_or("?"));
         }
         Command::Relays(args) => {
-            let relays = args.target.admin()?.json(Method::GET, "relays", None).await?;
+            let admin = args.target.admin()?;
+            for (action, id) in [("drain", &args.drain), ("undrain", &args.undrain), ("readmit", &args.readmit)] {
+                if let Some(id) = id {
+                    admin.json(Method::POST, &format!("relays/{id}/{action}"), None).await?;
+                    eprintln!("{action}: {id}");
+                }
+            }
+            let relays = admin.json(Method::GET, "relays", None).await?;
             if args.json {
                 println!("{}", serde_json::to_string_pretty(&relays)?);
             } else {
                 print_relays(&relays);
+                print_stats(&admin.json(Method::GET, "stats", None).await?);
             }
         }
         Command::Get(args) => {
@@ -370,6 +401,20 @@ async fn run(command: Command) -> Result<()> {
 
 async fn target_publish(target: &Target, catalog: &str, path: &str, file: &Path) -> Result<Value> {
     target.admin()?.publish(catalog, &encode_path(path)?, file).await
+}
+
+fn print_stats(stats: &Value) {
+    let hot = stats["hottest"].as_array().cloned().unwrap_or_default();
+    if !hot.is_empty() {
+        println!("\nHOTTEST {:>10} {:>6}  NAMES", "REQ/S", "EXTRA");
+        for h in hot {
+            let names: Vec<&str> = h["names"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+            println!("        {:>10.3} {:>6}  {}", h["rate"].as_f64().unwrap_or(0.0), h["extra_replicas"].to_string(), names.join(", "));
+        }
+    }
+    for e in stats["expunges_pending"].as_array().into_iter().flatten() {
+        println!("expunge of {} not yet confirmed by {} relays", e["digest"].as_str().unwrap_or("?"), e["pending"].as_array().map_or(0, Vec::len));
+    }
 }
 
 fn print_relays(relays: &Value) {

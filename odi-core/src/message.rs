@@ -144,6 +144,9 @@ pub struct Heartbeat {
     pub held: Vec<Digest>,
     /// Bytes on disk (held plus in-flight downloads).
     pub used: u64,
+    /// Client responses in progress right now.
+    #[serde(default)]
+    pub active: u32,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

@@ -103,6 +103,10 @@ pub struct Relay {
     heartbeat_interval: Duration,
     /// Blobs stored verified, with their sizes.
     held: BTreeMap<Digest, u64>,
+    /// How much each held blob is worth keeping: client requests served, and since when held.
+    value: BTreeMap<Digest, (u64, Instant)>,
+    /// Client responses in progress, per blob: never evicted while served.
+    serving: BTreeMap<Digest, u32>,
     /// The directory's latest assignment.
     wanted: BTreeMap<Digest, Wanted>,
     /// Downloads under way, with the bytes reserved for each.
@@ -126,11 +130,15 @@ impl Relay {
     /// A relay that starts holding `held` (the verified blobs found in its store) and
     /// `partials` (resumable downloads found on disk, with the bytes they may grow to).
     pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, partials: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
-        Self {
+        let held: BTreeMap<Digest, u64> = held.into_iter().collect();
+        let value = held.keys().map(|d| (*d, (0, now))).collect();
+        let mut relay = Self {
             config,
             phase: Phase::Enrolling,
             heartbeat_interval: Duration::from_secs(5),
-            held: held.into_iter().collect(),
+            held,
+            value,
+            serving: BTreeMap::new(),
             wanted: BTreeMap::new(),
             fetching: BTreeMap::new(),
             partials: partials.into_iter().collect(),
@@ -142,7 +150,10 @@ impl Relay {
             report_soon: false,
             effects: VecDeque::new(),
             events: VecDeque::new(),
-        }
+        };
+        // The operator may have lowered the budget since the last run.
+        relay.enforce_budget();
+        relay
     }
 
     // ---- inputs ----
@@ -208,6 +219,7 @@ impl Relay {
         match outcome {
             Ok(()) => {
                 self.held.insert(digest, size);
+                self.value.insert(digest, (0, now));
                 self.events.push_back(Event::Ready { digest });
                 if !self.wanted.contains_key(&digest) {
                     self.drop_blob(digest); // unassigned while downloading
@@ -256,6 +268,29 @@ impl Relay {
     }
 
     // ---- queries ----
+
+    /// A client response for `digest` started: it counts toward the blob's value and load,
+    /// and the blob is not evicted until `serving_ended`.
+    pub fn serving_started(&mut self, digest: Digest) {
+        *self.serving.entry(digest).or_default() += 1;
+        if let Some((hits, _)) = self.value.get_mut(&digest) {
+            *hits += 1;
+        }
+    }
+
+    pub fn serving_ended(&mut self, digest: Digest) {
+        if let Some(n) = self.serving.get_mut(&digest) {
+            *n -= 1;
+            if *n == 0 {
+                self.serving.remove(&digest);
+            }
+        }
+    }
+
+    /// Client responses in progress.
+    pub fn active(&self) -> u32 {
+        self.serving.values().sum()
+    }
 
     /// The digest served at `catalog/path`, if this relay holds it.
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
@@ -317,7 +352,12 @@ impl Relay {
                 capacity: self.config.capacity,
                 catalogs: self.config.catalogs.clone(),
             }),
-            Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held: self.held.keys().copied().collect(), used: self.used() }),
+            Phase::Active => Message::Heartbeat(Heartbeat {
+                generation: self.generation,
+                held: self.held.keys().copied().collect(),
+                used: self.used(),
+                active: self.active(),
+            }),
         };
         self.report_soon = false;
         self.awaiting = Some(now + self.config.request_timeout);
@@ -356,20 +396,41 @@ impl Relay {
         }
     }
 
-    /// Evicts held blobs that are no longer assigned, largest first, until `size` more bytes
-    /// fit in `budget`. Never touches assigned blobs or downloads under way.
+    /// Evicts held blobs that are no longer assigned, least valuable first (fewest requests
+    /// served, then oldest), until `size` more bytes fit in `budget`. Never touches assigned
+    /// blobs, blobs being served, or downloads under way.
     fn make_room(&mut self, size: u64, budget: u64) -> bool {
         while self.used().saturating_add(size) > budget {
-            let victim = self.held.iter().filter(|(d, _)| !self.wanted.contains_key(d)).max_by_key(|(d, s)| (**s, **d)).map(|(d, _)| *d);
-            let Some(victim) = victim else { return false };
+            let Some(victim) = self.least_valuable(|d| !self.wanted.contains_key(d)) else { return false };
             self.drop_blob(victim);
             self.events.push_back(Event::Evicted { digest: victim });
         }
         true
     }
 
+    /// Brings the disk back within the budget after it shrank: unassigned blobs first, then
+    /// assigned ones, least valuable first, never one being served.
+    fn enforce_budget(&mut self) {
+        let budget = self.config.capacity.disk_budget;
+        while self.used() > budget {
+            let victim = self.least_valuable(|d| !self.wanted.contains_key(d)).or_else(|| self.least_valuable(|_| true));
+            let Some(victim) = victim else { return };
+            self.drop_blob(victim);
+            self.events.push_back(Event::Evicted { digest: victim });
+        }
+    }
+
+    fn least_valuable(&self, eligible: impl Fn(&Digest) -> bool) -> Option<Digest> {
+        self.held
+            .keys()
+            .filter(|d| eligible(d) && !self.serving.contains_key(*d) && !self.fetching.contains_key(*d))
+            .min_by_key(|d| (self.value.get(*d).copied().unwrap_or((0, Instant::ZERO)), **d))
+            .copied()
+    }
+
     fn drop_blob(&mut self, digest: Digest) {
         if self.held.remove(&digest).is_some() {
+            self.value.remove(&digest);
             self.names.retain(|_, d| *d != digest);
             self.effects.push_back(Effect::Delete { digest });
             self.report_soon = true;

@@ -141,6 +141,13 @@ pub struct RelayRecord {
     pub capacity: Capacity,
     pub catalogs: Vec<CatalogName>,
     pub enrolled_at: UnixTime,
+    /// Why the relay is barred from serving (it failed a content audit); cleared by an admin.
+    #[serde(default)]
+    pub quarantined: Option<String>,
+    /// Set by an admin: no new assignments; it leaves the redirect set once its artifacts have
+    /// their replicas elsewhere.
+    #[serde(default)]
+    pub draining: bool,
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]

@@ -42,11 +42,14 @@ pub struct TransferConfig {
     pub chunk_timeout: Duration,
     /// Strikes after which a source is dropped.
     pub max_strikes: u32,
+    /// Chunks asked for or received but not yet written, over all sources. Bounds the memory
+    /// a transfer holds and what a crash can lose.
+    pub max_outstanding_chunks: u64,
 }
 
 impl Default for TransferConfig {
     fn default() -> Self {
-        Self { max_requests: 8, max_per_source: 4, chunks_per_request: 4, chunk_timeout: Duration::from_secs(20), max_strikes: 3 }
+        Self { max_requests: 8, max_per_source: 4, chunks_per_request: 4, chunk_timeout: Duration::from_secs(20), max_strikes: 3, max_outstanding_chunks: 16 }
     }
 }
 
@@ -328,7 +331,8 @@ impl Transfer {
             self.effects.push_back(Effect::Finish);
             return;
         }
-        while !self.queue.is_empty() && self.requests.len() < self.config.max_requests {
+        let mut outstanding: u64 = self.requests.values().map(|r| r.owed.len() as u64).sum::<u64>() + self.writing.len() as u64;
+        while !self.queue.is_empty() && self.requests.len() < self.config.max_requests && outstanding < self.config.max_outstanding_chunks {
             let Some((&source, _)) = self
                 .sources
                 .iter()
@@ -340,12 +344,14 @@ impl Transfer {
             // A run of consecutive queued chunks, so one response carries several.
             let first = *self.queue.first().expect("queue is not empty");
             let mut chunks = first..first + 1;
-            while chunks.end - chunks.start < self.config.chunks_per_request && self.queue.contains(&chunks.end) {
+            let room = self.config.max_outstanding_chunks - outstanding;
+            while chunks.end - chunks.start < self.config.chunks_per_request.min(room) && self.queue.contains(&chunks.end) {
                 chunks.end += 1;
             }
             for i in chunks.clone() {
                 self.queue.remove(&i);
             }
+            outstanding += chunks.end - chunks.start;
             let start = self.manifest.chunk_range(chunks.start).expect("queued chunk exists").start;
             let end = self.manifest.chunk_range(chunks.end - 1).expect("queued chunk exists").end;
             let id = RequestId(self.next_request);

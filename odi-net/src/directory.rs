@@ -50,6 +50,10 @@ pub struct DirectoryOptions {
     pub public_url: Option<String>,
     pub heartbeat_interval: Duration,
     pub lease: Duration,
+    /// How often each relay's public URL is checked (a failed check stops redirects at once).
+    pub probe_interval: Duration,
+    /// How often each relay gets a content audit (one random whole chunk, hash-checked).
+    pub audit_interval: Duration,
     /// The admin token; `None` reads or creates `{data_dir}/admin.token`.
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
@@ -63,6 +67,8 @@ impl DirectoryOptions {
             public_url: None,
             heartbeat_interval: Duration::from_secs(5),
             lease: Duration::from_secs(15),
+            probe_interval: Duration::from_secs(10),
+            audit_interval: Duration::from_secs(30),
             admin_token: None,
             enroll_token: None,
         }
@@ -109,6 +115,8 @@ impl DirectoryServer {
         config.heartbeat_interval = options.heartbeat_interval;
         config.lease = options.lease;
         config.self_test_retry = options.heartbeat_interval;
+        config.probe_interval = options.probe_interval;
+        config.audit_interval = options.audit_interval;
         let clock = Clock::start();
         let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
         let records = meta.load().await?;
@@ -205,6 +213,10 @@ fn log_event(event: &Event) {
         Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
         Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
         Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
+        Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
+        Event::RelayQuarantined { relay, reason } => tracing::error!(%relay, %reason, "relay quarantined"),
+        Event::AuditPassed { relay, digest, index } => tracing::debug!(%relay, %digest, index, "audit passed"),
+        Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
         Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
         Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
     }
@@ -220,6 +232,9 @@ fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Out
                 Effect::Persist { records } => shared.meta.apply(&records).await?,
                 Effect::SelfTest { relay, url, attempt } => {
                     tokio::spawn(self_test(shared.clone(), relay, url, attempt));
+                }
+                Effect::Audit { relay, url, digest, index: _, range, attempt } => {
+                    tokio::spawn(audit(shared.clone(), relay, url, digest, range, attempt));
                 }
             }
         }
@@ -240,6 +255,29 @@ async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u
     };
     let outcome: Result<NodeId, String> = probe.await;
     let (_, effects) = shared.with_machine(|d, now| d.handle_self_test(relay, attempt, outcome, now));
+    if let Err(e) = execute(&shared, effects).await {
+        tracing::error!(error = %e, "cannot persist directory state");
+    }
+}
+
+/// Fetches exactly one chunk from a relay, as any client would, for `handle_audit` to check.
+async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, digest: Digest, range: std::ops::Range<u64>, attempt: u64) {
+    let fetch = async {
+        let req = Request::get(format!("{url}/blobs/sha256/{}", digest.to_hex()))
+            .header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1))
+            .body(crate::http::empty())
+            .map_err(|e| e.to_string())?;
+        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
+            return Err(format!("answered {status}"));
+        }
+        // One byte more than the chunk is enough to know it sent too much.
+        let limit = (range.end - range.start) as usize + 1;
+        client::read_body(resp.into_body(), limit.max(1)).await.map_err(|e| e.to_string())
+    };
+    let outcome = fetch.await;
+    let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, now));
     if let Err(e) = execute(&shared, effects).await {
         tracing::error!(error = %e, "cannot persist directory state");
     }
@@ -505,9 +543,38 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
         }
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
         (Method::GET, ["stats"]) => {
-            let generation = shared.lock().generation();
+            let now = shared.clock.now();
+            let m = shared.lock();
             let node_blob_bytes = shared.node_blob_bytes.load(std::sync::atomic::Ordering::Relaxed);
-            json(StatusCode::OK, &serde_json::json!({ "generation": generation, "node_blob_bytes": node_blob_bytes }))
+            json(
+                StatusCode::OK,
+                &serde_json::json!({
+                    "generation": m.generation(),
+                    "node_blob_bytes": node_blob_bytes,
+                    "hottest": m.hottest(10, now),
+                    "expunges_pending": m.expunges_pending(),
+                }),
+            )
+        }
+        (Method::POST, ["relays", id, action @ ("drain" | "undrain" | "readmit")]) => {
+            let Ok(id) = id.parse::<NodeId>() else { return error(StatusCode::BAD_REQUEST, "malformed relay id; `odi relays --json` shows them") };
+            let (drain, readmit) = match *action {
+                "drain" => (Some(true), false),
+                "undrain" => (Some(false), false),
+                _ => (None, true),
+            };
+            let _writer = shared.writer.lock().await;
+            let planned = shared.lock().plan_relay_admin(&id, drain, readmit);
+            let record = match planned {
+                Ok(r) => r,
+                Err(e) => return admin_error(&e),
+            };
+            if let Err(resp) = commit(shared, &record).await {
+                return resp;
+            }
+            let now = shared.clock.now();
+            let view = shared.lock().relays(now).into_iter().find(|r| r.id == id);
+            json(StatusCode::OK, &view)
         }
         (Method::GET, ["relays"]) => {
             let now = shared.clock.now();
@@ -520,7 +587,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
 fn admin_error(e: &AdminError) -> Response<Body> {
     let status = match e {
         AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) => StatusCode::CONFLICT,
-        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } => StatusCode::NOT_FOUND,
+        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, e)

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
 use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::message::{Capacity, Message, NodeId, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -283,6 +284,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         };
         return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
     }
+    if !shared.lock().has_assignment() {
+        // Until the directory has answered once, a blob on disk may have been expunged while
+        // this relay was away: serve nothing before hearing from it.
+        return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
+    }
     let digest = if let Some(rest) = path.strip_prefix("/r/") {
         let Some((catalog, raw_path)) = split_catalog_path(rest) else {
             return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
@@ -303,8 +309,28 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     } else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
-    match digest {
-        Some(digest) => serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await,
-        None => error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory"),
+    let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
+    shared.lock().serving_started(digest);
+    let resp = serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
+    // The blob counts as being served (load, and safe from eviction) until its body is done.
+    let guard = ServingGuard { shared: shared.clone(), digest };
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            let _ = &guard;
+            frame
+        })
+        .boxed_unsync()
+    })
+}
+
+/// Ends a response's `serving_started` when the response body is dropped.
+struct ServingGuard {
+    shared: Arc<Shared>,
+    digest: Digest,
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.shared.lock().serving_ended(self.digest);
     }
 }

@@ -43,6 +43,7 @@ enum Delivery {
     ToRelay { to: NodeId, msg: Message },
     FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
     SelfTestDone { relay: NodeId, attempt: u64, up: bool },
+    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, String> },
 }
 
 pub struct SimRelay {
@@ -53,6 +54,8 @@ pub struct SimRelay {
     pub store: BTreeMap<Digest, u64>,
     /// Downloads completed since the simulation started.
     pub fetches: u64,
+    /// Probability that a response it serves has a flipped byte (a lying or broken relay).
+    pub corrupt: f64,
     incarnation: u64,
 }
 
@@ -63,6 +66,8 @@ pub struct Sim {
     pub relays: BTreeMap<NodeId, SimRelay>,
     /// Every record the directory made durable, in order.
     pub durable: Vec<Record>,
+    /// The bytes of every artifact published.
+    pub contents: BTreeMap<Digest, Vec<u8>>,
     pub faults: Faults,
     pub fetch_time: Duration,
     rng: SeededRng,
@@ -87,6 +92,7 @@ impl Sim {
             dir_config: config,
             relays: BTreeMap::new(),
             durable: Vec::new(),
+            contents: BTreeMap::new(),
             faults: Faults::default(),
             fetch_time: Duration::from_millis(300),
             rng,
@@ -123,6 +129,7 @@ impl Sim {
     pub fn publish(&mut self, catalog: &CatalogName, path: &str, data: &[u8]) -> Digest {
         let manifest = ChunkManifest::of(data, MIN_CHUNK_SIZE).expect("valid chunk size");
         let digest = manifest.digest();
+        self.contents.insert(digest, data.to_vec());
         let path = ArtifactPath::new(path).expect("valid path");
         if let Some(record) = self.dir.plan_publish(catalog, path, manifest, "application/octet-stream".into(), self.wall()).expect("publish") {
             self.commit(record);
@@ -143,7 +150,7 @@ impl Sim {
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);
-        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, incarnation: 0 });
+        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, corrupt: 0.0, incarnation: 0 });
         id
     }
 
@@ -209,6 +216,23 @@ impl Sim {
                         let up = self.relays.get(&relay).is_some_and(|r| r.up);
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
                         self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
+                    }
+                    directory::Effect::Audit { relay, digest, range, attempt, .. } => {
+                        let result = match self.relays.get(&relay) {
+                            Some(r) if r.up && r.store.contains_key(&digest) => {
+                                let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
+                                let corrupt = r.corrupt;
+                                if self.rng.chance(corrupt) && !bytes.is_empty() {
+                                    let at = self.rng.below(bytes.len() as u64) as usize;
+                                    bytes[at] ^= 0x55;
+                                }
+                                Ok(bytes::Bytes::from(bytes))
+                            }
+                            Some(r) if r.up => Err("404 not held".to_owned()),
+                            _ => Err("connection refused".to_owned()),
+                        };
+                        let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
+                        self.schedule(delay, Delivery::AuditDone { relay, attempt, result });
                     }
                 }
             }
@@ -285,6 +309,7 @@ impl Sim {
                     }
                 }
             }
+            Delivery::AuditDone { relay, attempt, result } => self.dir.handle_audit(relay, attempt, result, now),
             Delivery::SelfTestDone { relay, attempt, up } => {
                 let outcome = if up { Ok(relay) } else { Err("connection refused".into()) };
                 self.dir.handle_self_test(relay, attempt, outcome, now);
@@ -350,9 +375,21 @@ impl Sim {
             .collect();
         for (catalog, path) in live {
             let redirect = self.redirect(&catalog, &path).expect("live artifact");
+            let views: BTreeMap<NodeId, directory::RelayStatus> = self.dir.relays(self.now).into_iter().map(|v| (v.id, v.status)).collect();
             for url in redirect.target.iter().chain(&redirect.alternates) {
                 let id = self.relay_at(url);
                 let r = &self.relays[&id];
+                let status = views[&id];
+                assert!(
+                    !matches!(
+                        status,
+                        directory::RelayStatus::Quarantined
+                            | directory::RelayStatus::Unhealthy
+                            | directory::RelayStatus::Suspended
+                            | directory::RelayStatus::Enrolled
+                    ),
+                    "redirect for {catalog}/{path} to {id:?}, which is {status:?}"
+                );
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
                 assert!(r.store.contains_key(&redirect.digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");

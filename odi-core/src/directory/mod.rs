@@ -1,4 +1,5 @@
-//! The directory machine: catalogs, the relay table, assignment and redirect choice.
+//! The directory machine: catalogs, the relay table, assignment, health, audits and redirect
+//! choice.
 //!
 //! `Directory` performs no I/O. **After every `handle_*` call or mutator, drain `poll_effect` and
 //! `poll_event` to `None`, then re-arm one timer at `poll_timeout`.** Persistence follows a
@@ -7,16 +8,27 @@
 //! (`apply`). Restoring after a restart replays the stored records through the same `apply`.
 //!
 //! Relay lifecycle: `enrolled` (token accepted) → self-test of the relay's public URL →
-//! `syncing` (assigned work it does not hold yet) → `ready`. A relay silent for longer than the
-//! lease is `unhealthy`: it leaves the redirect and assignment sets at once and must pass a new
-//! self-test when it returns. A client is redirected to a relay only for an artifact the relay
-//! reported holding, at a generation at least as new as the artifact's name.
+//! `syncing` (assigned work it does not hold yet) → `ready`. Every `probe_interval` the directory
+//! checks the relay's URL again; a failed check **suspends** redirects to it at once, and only a
+//! passed self-test lifts that. Every `audit_interval` it fetches one random whole chunk of one
+//! random artifact the relay holds and checks it against the chunk's SHA-256; wrong bytes
+//! **quarantine** the relay (no assignment, no redirects, persisted) until an admin readmits it.
+//! A relay silent for longer than the lease is `unhealthy`: it leaves the redirect and
+//! assignment sets at once and must pass a new self-test when it returns. A client is
+//! redirected to a relay only for an artifact the relay reported holding, at a generation at
+//! least as new as the artifact's name.
+
+mod hot;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::ops::Range;
 use std::time::Duration;
 
+use bytes::Bytes;
 use serde::Serialize;
 
+pub use self::hot::HotConfig;
+use self::hot::{Decayed, extra_replicas};
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
 use crate::digest::Digest;
 use crate::manifest::{ChunkManifest, check_chunk_size};
@@ -28,6 +40,9 @@ use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
 
+/// Bandwidth assumed for a relay that states none (0 = unlimited): 1 Gbit/s.
+const NOMINAL_BANDWIDTH: u64 = 125_000_000;
+
 #[derive(Clone, Debug)]
 pub struct DirectoryConfig {
     /// This directory's node id (its public key).
@@ -38,20 +53,37 @@ pub struct DirectoryConfig {
     pub lease: Duration,
     /// A failed self-test is retried after this long.
     pub self_test_retry: Duration,
+    /// How often each serving relay's public URL is checked again.
+    pub probe_interval: Duration,
+    /// How often each serving relay gets a content audit (one whole chunk).
+    pub audit_interval: Duration,
+    pub hot: HotConfig,
 }
 
 impl DirectoryConfig {
     pub fn new(id: NodeId) -> Self {
-        Self { id, heartbeat_interval: Duration::from_secs(5), lease: Duration::from_secs(15), self_test_retry: Duration::from_secs(5) }
+        Self {
+            id,
+            heartbeat_interval: Duration::from_secs(5),
+            lease: Duration::from_secs(15),
+            self_test_retry: Duration::from_secs(5),
+            probe_interval: Duration::from_secs(10),
+            audit_interval: Duration::from_secs(30),
+            hot: HotConfig::default(),
+        }
     }
 }
 
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Effect {
-    /// Make these records durable (relay enrollments; admin changes use plan/apply instead).
+    /// Make these records durable (enrollments, quarantines; admin changes use plan/apply).
     Persist { records: Vec<Record> },
     /// Fetch `{url}/healthz` and report with `handle_self_test` whether it answered as `relay`.
+    /// Used for the first self-test and for every later health probe.
     SelfTest { relay: NodeId, url: RelayUrl, attempt: u64 },
+    /// Fetch bytes `range` of `{url}/blobs/sha256/{digest hex}` (exactly chunk `index`) and report
+    /// them with `handle_audit`.
+    Audit { relay: NodeId, url: RelayUrl, digest: Digest, index: u64, range: Range<u64>, attempt: u64 },
 }
 
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -67,12 +99,32 @@ pub enum Event {
         relay: NodeId,
         reason: String,
     },
+    /// A serving relay failed a health check or an audit fetch: no redirects until a self-test passes.
+    RelaySuspended {
+        relay: NodeId,
+        reason: String,
+    },
+    /// A relay served bytes that do not match their hash.
+    RelayQuarantined {
+        relay: NodeId,
+        reason: String,
+    },
+    AuditPassed {
+        relay: NodeId,
+        digest: Digest,
+        index: u64,
+    },
     RelayLost {
         relay: NodeId,
     },
     RelayRefused {
         relay: NodeId,
         reason: String,
+    },
+    /// An artifact's extra replicas changed with its request rate.
+    HotnessChanged {
+        digest: Digest,
+        extra: u32,
     },
     /// Assignments or names changed: relays should be told (the driver wakes watchers).
     GenerationChanged {
@@ -111,6 +163,8 @@ pub enum AdminError {
     NotFound { catalog: CatalogName, path: ArtifactPath },
     #[error("{0} was expunged and may not be published again")]
     ExpungedDigest(Digest),
+    #[error("no relay with id {0}; `odi relays` lists them")]
+    UnknownRelay(NodeId),
 }
 
 /// Where to send a client for one artifact.
@@ -135,8 +189,14 @@ pub enum RelayStatus {
     Syncing,
     /// Tested; holds its whole assignment.
     Ready,
+    /// Set to drain by an admin: gets nothing new, serves until its artifacts live elsewhere.
+    Draining,
+    /// Failed its last health check: no redirects until a self-test passes.
+    Suspended,
     /// Silent past its lease, or known only from before a restart: no redirects.
     Unhealthy,
+    /// Served bytes that failed an audit: no redirects, no assignment, until readmitted.
+    Quarantined,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -150,6 +210,11 @@ pub struct RelayView {
     pub held_bytes: u64,
     pub assigned: usize,
     pub assigned_bytes: u64,
+    /// Client responses in progress, as last reported.
+    pub active: u32,
+    pub audits_passed: u64,
+    pub audits_failed: u64,
+    pub quarantined: Option<String>,
     /// Milliseconds since the last heartbeat, if one arrived since the directory started.
     pub last_seen_ms: Option<u64>,
 }
@@ -162,6 +227,22 @@ pub struct CatalogView {
     pub seq: u64,
     pub artifacts: usize,
     pub bytes: u64,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct HotView {
+    pub digest: Digest,
+    pub names: Vec<String>,
+    /// Requests per second, decayed.
+    pub rate: f64,
+    pub extra_replicas: u32,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct ExpungeView {
+    pub digest: Digest,
+    /// Relays that held it and have not yet confirmed deleting it.
+    pub pending: Vec<NodeId>,
 }
 
 #[derive(Debug)]
@@ -190,6 +271,8 @@ struct RelayState {
     record: RelayRecord,
     /// Passed a self-test since it enrolled, returned, or the directory restarted.
     tested: bool,
+    /// Failed its last health check or audit fetch: no redirects until a self-test passes.
+    suspended: bool,
     /// A self-test is under way (attempt number), or failed and waits until this instant.
     self_test: SelfTest,
     /// `None` until a heartbeat arrives after the directory (re)started.
@@ -198,9 +281,15 @@ struct RelayState {
     presumed_until: Option<Instant>,
     held: BTreeSet<Digest>,
     applied_generation: u64,
-    /// Generation last sent with a full state, and the held set it was computed against.
-    sent: Option<u64>,
     lost: bool,
+    next_probe: Instant,
+    next_audit: Instant,
+    /// The audit under way: attempt, digest, chunk.
+    audit: Option<(u64, Digest, u64)>,
+    audits: (u64, u64),
+    /// Responses in progress as last reported, plus redirects sent since.
+    active: u32,
+    redirected: u32,
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -217,13 +306,18 @@ pub struct Directory {
     catalogs: BTreeMap<CatalogName, CatalogState>,
     blobs: BTreeMap<Digest, Blob>,
     expunged: BTreeSet<Digest>,
+    /// Relays that held an expunged digest and have not confirmed deleting it.
+    expunge_pending: BTreeMap<Digest, BTreeSet<NodeId>>,
     relays: BTreeMap<NodeId, RelayState>,
     holders: BTreeMap<Digest, BTreeSet<NodeId>>,
     assignment: BTreeMap<NodeId, BTreeSet<Digest>>,
     assignment_dirty: bool,
+    hits: BTreeMap<Digest, Decayed>,
+    hot: BTreeMap<Digest, u32>,
+    next_hot_tick: Option<Instant>,
     tokens: BTreeMap<TokenRole, Digest>,
     generation: u64,
-    self_test_attempts: u64,
+    attempts: u64,
     rng: SeededRng,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
@@ -236,13 +330,17 @@ impl Directory {
             catalogs: BTreeMap::new(),
             blobs: BTreeMap::new(),
             expunged: BTreeSet::new(),
+            expunge_pending: BTreeMap::new(),
             relays: BTreeMap::new(),
             holders: BTreeMap::new(),
             assignment: BTreeMap::new(),
             assignment_dirty: false,
+            hits: BTreeMap::new(),
+            hot: BTreeMap::new(),
+            next_hot_tick: None,
             tokens: BTreeMap::new(),
             generation: 1,
-            self_test_attempts: 0,
+            attempts: 0,
             rng: SeededRng::new(seed),
             effects: VecDeque::new(),
             events: VecDeque::new(),
@@ -297,6 +395,21 @@ impl Directory {
         (self.tokens.get(&role) != Some(&hash)).then_some(Record::Token { role, hash })
     }
 
+    /// Plans setting a relay to drain (or back), or readmitting it from quarantine (which also
+    /// ends draining).
+    pub fn plan_relay_admin(&self, relay: &NodeId, drain: Option<bool>, readmit: bool) -> Result<Record, AdminError> {
+        let r = self.relays.get(relay).ok_or(AdminError::UnknownRelay(*relay))?;
+        let mut record = r.record.clone();
+        if let Some(drain) = drain {
+            record.draining = drain;
+        }
+        if readmit {
+            record.quarantined = None;
+            record.draining = false;
+        }
+        Ok(Record::Relay(record))
+    }
+
     /// Applies a durable record. Records that do not fit (a log entry out of sequence, a log
     /// for an unknown catalog) are ignored and reported as `false`: replay never panics.
     pub fn apply(&mut self, record: &Record, now: Instant) -> bool {
@@ -312,11 +425,24 @@ impl Directory {
             Record::Log { catalog, entry } => self.apply_log(catalog, entry),
             Record::Relay(record) => {
                 let presumed_until = Some(now + self.config.lease);
-                let relay = self.relays.entry(record.id).or_insert_with(|| RelayState::new(record.clone()));
+                let relay = self.relays.entry(record.id).or_insert_with(|| RelayState::new(record.clone(), now));
+                let newly_quarantined = record.quarantined.is_some() && relay.record.quarantined.is_none();
                 relay.record = record.clone();
                 if relay.last_seen.is_none() {
                     relay.presumed_until = presumed_until;
                 }
+                if newly_quarantined || record.quarantined.is_some() {
+                    self.unhold(record.id);
+                } else if !relay.lost {
+                    // Readmitted: what it holds can be served again once it passes a self-test.
+                    relay.tested = false;
+                    relay.suspended = false;
+                    let (id, held) = (record.id, relay.held.clone());
+                    for d in held {
+                        self.holders.entry(d).or_default().insert(id);
+                    }
+                }
+                self.assignment_dirty = true;
                 true
             }
             Record::Token { role, hash } => {
@@ -326,6 +452,7 @@ impl Directory {
         };
         if applied {
             self.bump_generation();
+            self.refresh_assignment(now);
         }
         applied
     }
@@ -359,7 +486,14 @@ impl Directory {
                         }
                     }
                 }
+                // Every relay that reported it (online or not) must confirm deleting it.
+                let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
+                if !pending.is_empty() {
+                    self.expunge_pending.insert(*digest, pending);
+                }
                 self.holders.remove(digest);
+                self.hits.remove(digest);
+                self.hot.remove(digest);
                 (path.clone(), None)
             }
         };
@@ -453,6 +587,7 @@ impl Directory {
             .values()
             .map(|r| {
                 let assigned = self.assignment.get(&r.record.id);
+                let bytes = |set: &mut dyn Iterator<Item = &Digest>| -> u64 { set.filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum() };
                 RelayView {
                     id: r.record.id,
                     url: r.record.public_url.clone(),
@@ -460,20 +595,57 @@ impl Directory {
                     capacity: r.record.capacity,
                     catalogs: r.record.catalogs.clone(),
                     held: r.held.len(),
-                    held_bytes: r.held.iter().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum(),
+                    held_bytes: bytes(&mut r.held.iter()),
                     assigned: assigned.map_or(0, BTreeSet::len),
-                    assigned_bytes: assigned.into_iter().flatten().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum(),
+                    assigned_bytes: bytes(&mut assigned.into_iter().flatten()),
+                    active: r.active,
+                    audits_passed: r.audits.0,
+                    audits_failed: r.audits.1,
+                    quarantined: r.record.quarantined.clone(),
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
             .collect()
     }
 
+    /// The `n` most requested artifacts, with their decayed request rate.
+    pub fn hottest(&self, n: usize, now: Instant) -> Vec<HotView> {
+        let half_life = self.config.hot.half_life;
+        let mut rates: Vec<(f64, Digest)> = self.hits.iter().map(|(d, c)| (c.rate(now, half_life), *d)).filter(|(r, _)| *r > 0.0).collect();
+        rates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        rates
+            .into_iter()
+            .take(n)
+            .map(|(rate, digest)| HotView {
+                digest,
+                names: self.blobs.get(&digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default(),
+                rate,
+                extra_replicas: self.hot.get(&digest).copied().unwrap_or(0),
+            })
+            .collect()
+    }
+
+    /// Expunged digests some relay has not yet confirmed deleting.
+    pub fn expunges_pending(&self) -> Vec<ExpungeView> {
+        self.expunge_pending.iter().map(|(d, p)| ExpungeView { digest: *d, pending: p.iter().copied().collect() }).collect()
+    }
+
+    /// Which relays the current assignment gives `digest` to.
+    pub fn assigned_to(&self, digest: &Digest) -> Vec<NodeId> {
+        self.assignment.iter().filter(|(_, set)| set.contains(digest)).map(|(id, _)| *id).collect()
+    }
+
     fn status(&self, r: &RelayState, now: Instant) -> RelayStatus {
-        if !self.alive(r, now) {
+        if r.record.quarantined.is_some() {
+            RelayStatus::Quarantined
+        } else if !self.alive(r, now) {
             RelayStatus::Unhealthy
         } else if !r.tested {
             RelayStatus::Enrolled
+        } else if r.suspended {
+            RelayStatus::Suspended
+        } else if r.record.draining {
+            RelayStatus::Draining
         } else if self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
             RelayStatus::Syncing
         } else {
@@ -485,12 +657,23 @@ impl Directory {
         !r.lost && r.last_seen.is_some_and(|t| now < t + self.config.lease)
     }
 
-    fn serves(&self, r: &RelayState, now: Instant) -> bool {
-        r.tested && self.alive(r, now)
+    /// May receive new assignments.
+    fn assignable(&self, r: &RelayState, now: Instant) -> bool {
+        r.record.quarantined.is_none() && !r.record.draining && ((r.tested && self.alive(r, now)) || (!r.lost && r.presumed_until.is_some_and(|t| now < t)))
+    }
+
+    /// May be sent clients (draining relays are filtered per artifact in `choose`).
+    fn redirectable(&self, r: &RelayState, now: Instant) -> bool {
+        r.tested && !r.suspended && r.record.quarantined.is_none() && self.alive(r, now)
+    }
+
+    fn replicas_of(&self, digest: &Digest, blob: &Blob) -> u32 {
+        let base = blob.names.iter().filter_map(|(c, _)| self.catalogs.get(c)).map(|c| c.config.replicas).max().unwrap_or(1);
+        base + self.hot.get(digest).copied().unwrap_or(0)
     }
 
     /// Where to send a client for `catalog/path`. Chooses among relays that hold the artifact,
-    /// are tested and alive, and have applied its current name; weighted by bandwidth.
+    /// are tested, alive, not suspended or quarantined, and have applied its current name.
     pub fn redirect(&mut self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
         let (digest, size, media_type, generation) = {
             let a = self.lookup(catalog, path)?;
@@ -506,35 +689,54 @@ impl Directory {
         Ok(self.choose(*digest, size, "application/octet-stream".to_owned(), None, now))
     }
 
+    /// Power of two choices: two candidates drawn in proportion to bandwidth, the one with
+    /// less load per unit of bandwidth wins. Draining relays count only while the artifact has
+    /// too few other holders.
     fn choose(&mut self, digest: Digest, size: u64, media_type: String, min_generation: Option<u64>, now: Instant) -> Redirect {
-        let mut candidates: Vec<(&RelayState, u64)> = self
+        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
+        self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
+        let mut candidates: Vec<(NodeId, u64, f64)> = self
             .holders
             .get(&digest)
             .into_iter()
             .flatten()
             .filter_map(|id| self.relays.get(id))
-            .filter(|r| self.serves(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
-            .map(|r| (r, r.record.capacity.bandwidth.max(1)))
+            .filter(|r| self.redirectable(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
+            .map(|r| (r.record.id, bandwidth_weight(r), f64::from(r.active + r.redirected)))
             .collect();
+        let settled = candidates.iter().filter(|(id, ..)| !self.relays[id].record.draining).count();
+        let replicas = self.blobs.get(&digest).map_or(1, |b| self.replicas_of(&digest, b)) as usize;
+        if settled >= replicas.min(candidates.len()) && settled > 0 {
+            candidates.retain(|(id, ..)| !self.relays[id].record.draining);
+        }
         let target = if candidates.is_empty() {
             None
         } else {
-            let total: u64 = candidates.iter().map(|(_, w)| *w).fold(0u64, u64::saturating_add);
-            let mut pick = self.rng.below(total.max(1));
-            let index = candidates
-                .iter()
-                .position(|(_, w)| {
-                    if pick < *w {
-                        return true;
-                    }
-                    pick -= w;
-                    false
-                })
-                .unwrap_or(0);
-            Some(candidates.swap_remove(index).0.record.public_url.clone())
+            let a = self.weighted_pick(&candidates);
+            let b = self.weighted_pick(&candidates);
+            let cost = |i: usize| (candidates[i].2 + 1.0) / candidates[i].1 as f64;
+            let pick = if cost(b) < cost(a) { b } else { a };
+            let (id, ..) = candidates.swap_remove(pick);
+            if let Some(r) = self.relays.get_mut(&id) {
+                r.redirected = r.redirected.saturating_add(1);
+            }
+            Some(self.relays[&id].record.public_url.clone())
         };
-        let alternates = candidates.into_iter().map(|(r, _)| r.record.public_url.clone()).collect();
+        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
+        let alternates = candidates.into_iter().map(|(id, ..)| self.relays[&id].record.public_url.clone()).collect();
         Redirect { digest, size, media_type, target, alternates }
+    }
+
+    fn weighted_pick(&mut self, candidates: &[(NodeId, u64, f64)]) -> usize {
+        let total = candidates.iter().map(|c| c.1).fold(0u64, u64::saturating_add).max(1);
+        let mut pick = self.rng.below(total);
+        for (i, c) in candidates.iter().enumerate() {
+            if pick < c.1 {
+                return i;
+            }
+            pick -= c.1;
+        }
+        candidates.len() - 1
     }
 
     // ---- relay protocol ----
@@ -550,7 +752,7 @@ impl Directory {
         if let Message::Refused(r) = &reply {
             self.events.push_back(Event::RelayRefused { relay: from, reason: r.reason.clone() });
         }
-        self.settle(now);
+        self.refresh_assignment(now);
         reply
     }
 
@@ -561,19 +763,27 @@ impl Directory {
                 reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
             });
         }
-        let record = RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall };
+        // Quarantine and draining are the directory's decisions: enrolling again keeps them.
+        let (quarantined, draining) = self.relays.get(&from).map(|r| (r.record.quarantined.clone(), r.record.draining)).unwrap_or_default();
+        let record =
+            RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall, quarantined, draining };
         let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
-        let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone()));
+        let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone(), now));
         if changed {
             // New relay, or a new URL or capacity: persist, and test it again before trusting it.
             relay.record = record.clone();
             relay.tested = false;
             self.effects.push_back(Effect::Persist { records: vec![Record::Relay(record.clone())] });
             self.events.push_back(Event::RelayEnrolled { relay: from, url: record.public_url });
+            self.assignment_dirty = true;
+        }
+        if relay.lost {
+            // Back after its lease ran out: what it held is reported again by its next heartbeat.
+            relay.held.clear();
+            relay.lost = false;
+            relay.tested = false;
         }
         relay.last_seen = Some(now);
-        relay.lost = false;
-        relay.sent = None;
         self.start_self_test(from, now);
         Message::Enrolled(EnrollResponse {
             relay: from,
@@ -584,20 +794,37 @@ impl Directory {
     }
 
     fn heartbeat(&mut self, from: NodeId, hb: Heartbeat, now: Instant) -> Message {
+        let lease = self.config.lease;
         let Some(relay) = self.relays.get_mut(&from) else {
             return Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         };
-        let was_serving = relay.tested && !relay.lost && relay.last_seen.is_some_and(|t| now < t + self.config.lease);
+        let was_alive = !relay.lost && relay.last_seen.is_some_and(|t| now < t + lease);
         relay.last_seen = Some(now);
         relay.presumed_until = None;
-        if relay.lost {
+        relay.active = hb.active;
+        relay.redirected = 0;
+        if relay.lost || !was_alive {
+            // Back after its lease ran out (or first word since a restart): test it again.
+            if relay.lost {
+                relay.held.clear();
+            }
             relay.lost = false;
             relay.tested = false;
-            relay.sent = None;
+            self.assignment_dirty = true;
         }
+        // Expunged digests it no longer reports are confirmed deleted.
+        let reported: BTreeSet<Digest> = hb.held.iter().copied().collect();
+        self.expunge_pending.retain(|d, pending| {
+            if !reported.contains(d) {
+                pending.remove(&from);
+            }
+            !pending.is_empty()
+        });
+        let expunged: Vec<Digest> = reported.iter().copied().filter(|d| self.expunged.contains(d)).collect();
+        let relay = self.relays.get_mut(&from).expect("looked up above");
         relay.applied_generation = hb.generation.min(self.generation);
-        let held: BTreeSet<Digest> = hb.held.iter().copied().filter(|d| self.blobs.contains_key(d)).collect();
-        let expunged: Vec<Digest> = hb.held.iter().copied().filter(|d| self.expunged.contains(d)).collect();
+        let quarantined = relay.record.quarantined.is_some();
+        let held: BTreeSet<Digest> = reported.into_iter().filter(|d| self.blobs.contains_key(d)).collect();
         let held_changed = held != relay.held;
         if held_changed {
             for d in relay.held.difference(&held) {
@@ -605,24 +832,26 @@ impl Directory {
                     h.remove(&from);
                 }
             }
-            for d in held.difference(&relay.held) {
-                self.holders.entry(*d).or_default().insert(from);
+            if !quarantined {
+                for d in held.difference(&relay.held) {
+                    self.holders.entry(*d).or_default().insert(from);
+                }
             }
             relay.held = held;
         }
-        if !was_serving && !relay.tested {
+        let tested = relay.tested;
+        if !tested {
             self.start_self_test(from, now);
         }
         self.refresh_assignment(now);
         let relay = &self.relays[&from];
-        let state = (relay.tested && (held_changed || relay.sent != Some(self.generation) || hb.generation != self.generation))
-            .then(|| self.assignment_for(relay, now));
-        if state.is_some()
-            && let Some(r) = self.relays.get_mut(&from)
-        {
-            r.sent = Some(self.generation);
-        }
-        Message::HeartbeatAck(HeartbeatAck { generation: self.generation, state, expunged })
+        // Full state whenever the relay is behind or its holdings moved. An ack without state
+        // echoes the relay's own generation, so a relay never believes it is current when the
+        // state it needed was withheld (untested) or its reply was lost.
+        let full = relay.tested && (held_changed || hb.generation != self.generation);
+        let state = full.then(|| self.assignment_for(relay, now));
+        let generation = if state.is_some() { self.generation } else { hb.generation.min(self.generation) };
+        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged })
     }
 
     fn assignment_for(&self, relay: &RelayState, now: Instant) -> RelayAssignment {
@@ -661,7 +890,7 @@ impl Directory {
             .flatten()
             .filter(|id| **id != except)
             .filter_map(|id| self.relays.get(id))
-            .filter(|r| self.serves(r, now))
+            .filter(|r| self.redirectable(r, now))
             .map(|r| r.record.public_url.clone())
             .take(8)
             .collect()
@@ -674,9 +903,10 @@ impl Directory {
             SelfTest::RetryAt(t) if now < t => return,
             _ => {}
         }
-        self.self_test_attempts += 1;
-        r.self_test = SelfTest::Running(self.self_test_attempts);
-        self.effects.push_back(Effect::SelfTest { relay, url: r.record.public_url.clone(), attempt: self.self_test_attempts });
+        self.attempts += 1;
+        r.self_test = SelfTest::Running(self.attempts);
+        r.next_probe = now + self.config.probe_interval;
+        self.effects.push_back(Effect::SelfTest { relay, url: r.record.public_url.clone(), attempt: self.attempts });
     }
 
     /// The outcome of an `Effect::SelfTest`: `Ok(id)` is the relay id its `/healthz` reported.
@@ -689,10 +919,14 @@ impl Directory {
         match outcome {
             Ok(id) if id == relay => {
                 r.self_test = SelfTest::Idle;
+                let admitted = !r.tested || r.suspended;
                 r.tested = true;
-                r.sent = None;
-                self.events.push_back(Event::RelayAdmitted { relay });
-                self.assignment_dirty = true;
+                r.suspended = false;
+                if admitted {
+                    r.next_audit = now + self.config.audit_interval;
+                    self.events.push_back(Event::RelayAdmitted { relay });
+                    self.assignment_dirty = true;
+                }
             }
             other => {
                 r.self_test = SelfTest::RetryAt(now + retry);
@@ -700,16 +934,75 @@ impl Directory {
                     Ok(id) => format!("its public URL answered as another relay ({id})"),
                     Err(e) => e,
                 };
+                if r.tested && !r.suspended {
+                    r.suspended = true;
+                    self.events.push_back(Event::RelaySuspended { relay, reason: reason.clone() });
+                }
                 self.events.push_back(Event::SelfTestFailed { relay, reason });
             }
         }
-        self.settle(now);
+        self.refresh_assignment(now);
     }
 
-    /// Expires relays whose lease ran out.
+    /// The outcome of an `Effect::Audit`: the bytes the relay served, or why it served none.
+    pub fn handle_audit(&mut self, relay: NodeId, attempt: u64, outcome: Result<Bytes, String>, now: Instant) {
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        let Some((running, digest, index)) = r.audit else { return };
+        if running != attempt {
+            return;
+        }
+        r.audit = None;
+        let Some(blob) = self.blobs.get(&digest) else { return }; // expunged meanwhile
+        match outcome {
+            Ok(bytes) => match blob.manifest.verify_chunk(index, &bytes) {
+                Ok(()) => {
+                    r.audits.0 += 1;
+                    self.events.push_back(Event::AuditPassed { relay, digest, index });
+                }
+                Err(_) => {
+                    r.audits.1 += 1;
+                    let reason = format!("served wrong bytes for chunk {index} of {digest}");
+                    self.quarantine(relay, reason);
+                }
+            },
+            Err(reason) => {
+                // Not a lie, but a failed check: no redirects until a self-test passes.
+                r.audits.1 += 1;
+                if !r.suspended {
+                    r.suspended = true;
+                    self.events.push_back(Event::RelaySuspended { relay, reason: format!("audit fetch failed: {reason}") });
+                }
+                r.self_test = SelfTest::RetryAt(now);
+                self.start_self_test(relay, now);
+            }
+        }
+        self.refresh_assignment(now);
+    }
+
+    fn quarantine(&mut self, relay: NodeId, reason: String) {
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        r.record.quarantined = Some(reason.clone());
+        let record = r.record.clone();
+        self.unhold(relay);
+        self.effects.push_back(Effect::Persist { records: vec![Record::Relay(record)] });
+        self.events.push_back(Event::RelayQuarantined { relay, reason });
+        self.assignment_dirty = true;
+    }
+
+    /// Removes `relay` from every holder set (it gets no more redirects for anything).
+    fn unhold(&mut self, relay: NodeId) {
+        for holders in self.holders.values_mut() {
+            holders.remove(&relay);
+        }
+    }
+
+    /// Expires relays whose lease ran out, runs health probes and audits, and re-evaluates
+    /// which artifacts are hot.
     pub fn handle_timeout(&mut self, now: Instant) {
         let lease = self.config.lease;
         let mut lost = Vec::new();
+        let mut probes = Vec::new();
+        let mut audits = Vec::new();
         for (id, r) in &mut self.relays {
             if !r.lost && r.last_seen.is_some_and(|t| now >= t + lease) {
                 r.lost = true;
@@ -720,24 +1013,105 @@ impl Directory {
                 r.presumed_until = None;
                 self.assignment_dirty = true;
             }
+            let checked = r.tested && !r.lost && r.record.quarantined.is_none();
+            let probe_due = match r.self_test {
+                SelfTest::Idle => now >= r.next_probe,
+                SelfTest::RetryAt(t) => now >= t,
+                SelfTest::Running(_) => false,
+            };
+            if checked && probe_due {
+                probes.push(*id);
+            }
+            if checked && !r.suspended && r.audit.is_none() && now >= r.next_audit {
+                r.next_audit = now + self.config.audit_interval;
+                audits.push(*id);
+            }
         }
         for id in lost {
-            let held = std::mem::take(&mut self.relays.get_mut(&id).expect("listed above").held);
-            for d in held {
-                if let Some(h) = self.holders.get_mut(&d) {
-                    h.remove(&id);
-                }
-            }
+            self.unhold(id);
             self.events.push_back(Event::RelayLost { relay: id });
             self.assignment_dirty = true;
         }
-        self.settle(now);
+        for id in probes {
+            self.start_self_test(id, now);
+        }
+        for id in audits {
+            self.start_audit(id);
+        }
+        if self.next_hot_tick.is_some_and(|t| now >= t) {
+            self.hot_tick(now);
+        }
+        self.refresh_assignment(now);
+    }
+
+    fn start_audit(&mut self, relay: NodeId) {
+        let Some(r) = self.relays.get(&relay) else { return };
+        let candidates: Vec<Digest> = r.held.iter().filter(|d| self.blobs.get(*d).is_some_and(|b| b.manifest.chunk_count() > 0)).copied().collect();
+        if candidates.is_empty() {
+            return;
+        }
+        let digest = candidates[self.rng.below(candidates.len() as u64) as usize];
+        let manifest = &self.blobs[&digest].manifest;
+        let index = self.rng.below(manifest.chunk_count());
+        let range = manifest.chunk_range(index).expect("index below the chunk count");
+        self.attempts += 1;
+        let attempt = self.attempts;
+        let url = r.record.public_url.clone();
+        if let Some(r) = self.relays.get_mut(&relay) {
+            r.audit = Some((attempt, digest, index));
+        }
+        self.effects.push_back(Effect::Audit { relay, url, digest, index, range, attempt });
+    }
+
+    fn hot_tick(&mut self, now: Instant) {
+        let cfg = self.config.hot.clone();
+        self.hits.retain(|_, c| c.value(now, cfg.half_life) >= 0.01);
+        let mut changed = Vec::new();
+        for (digest, counter) in &self.hits {
+            let current = self.hot.get(digest).copied().unwrap_or(0);
+            let next = extra_replicas(counter.rate(now, cfg.half_life), current, &cfg);
+            if next != current {
+                changed.push((*digest, next));
+            }
+        }
+        for (digest, current) in &self.hot {
+            if !self.hits.contains_key(digest) && *current > 0 {
+                changed.push((*digest, 0));
+            }
+        }
+        for (digest, extra) in changed {
+            if extra == 0 {
+                self.hot.remove(&digest);
+            } else {
+                self.hot.insert(digest, extra);
+            }
+            self.events.push_back(Event::HotnessChanged { digest, extra });
+            self.assignment_dirty = true;
+        }
+        self.next_hot_tick = (!self.hits.is_empty() || !self.hot.is_empty()).then_some(now + cfg.tick);
     }
 
     /// The next instant `handle_timeout` has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.relays.values().flat_map(|r| [(!r.lost).then_some(r.last_seen).flatten().map(|t| t + self.config.lease), r.presumed_until]).flatten().min()
+        self.relays
+            .values()
+            .flat_map(|r| {
+                let checked = r.tested && !r.lost && r.record.quarantined.is_none();
+                [
+                    (!r.lost).then_some(r.last_seen).flatten().map(|t| t + self.config.lease),
+                    r.presumed_until,
+                    (checked && r.self_test == SelfTest::Idle).then_some(r.next_probe),
+                    match r.self_test {
+                        SelfTest::RetryAt(t) if checked => Some(t),
+                        _ => None,
+                    },
+                    (checked && !r.suspended && r.audit.is_none() && !r.held.is_empty()).then_some(r.next_audit),
+                ]
+            })
+            .flatten()
+            .chain(self.next_hot_tick)
+            .min()
     }
 
     #[must_use]
@@ -752,45 +1126,44 @@ impl Directory {
 
     // ---- assignment ----
 
-    fn settle(&mut self, now: Instant) {
-        self.refresh_assignment(now);
-    }
-
     fn bump_generation(&mut self) {
         self.generation += 1;
         self.events.push_back(Event::GenerationChanged { generation: self.generation });
     }
 
     /// Recomputes which relay should hold what, if anything it depends on changed. Weighted
-    /// rendezvous hashing over eligible relays subscribed to the artifact's catalogs, within each
-    /// relay's disk budget, `replicas` relays per artifact.
+    /// rendezvous hashing over assignable relays subscribed to the artifact's catalogs, within
+    /// each relay's disk budget, `replicas` (plus hot extras) relays per artifact.
     fn refresh_assignment(&mut self, now: Instant) {
         if !self.assignment_dirty {
             return;
         }
         self.assignment_dirty = false;
-        let eligible: Vec<&RelayState> =
-            self.relays.values().filter(|r| self.serves(r, now) || (!r.lost && r.presumed_until.is_some_and(|t| now < t))).collect();
-        let mut room: BTreeMap<NodeId, u64> = eligible.iter().map(|r| (r.record.id, r.record.capacity.disk_budget)).collect();
+        let eligible: Vec<(NodeId, f64, &[CatalogName])> =
+            self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.as_slice())).collect();
+        let mut room: BTreeMap<NodeId, u64> = eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
         let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
+        let mut ranked: Vec<(f64, NodeId)> = Vec::with_capacity(eligible.len());
         for (digest, blob) in &self.blobs {
             let size = blob.manifest.total_len();
-            let replicas = blob.names.iter().filter_map(|(c, _)| self.catalogs.get(c)).map(|c| c.config.replicas).max().unwrap_or(1);
-            let mut ranked: Vec<(f64, NodeId)> = eligible
-                .iter()
-                .filter(|r| r.record.catalogs.is_empty() || blob.names.iter().any(|(c, _)| r.record.catalogs.contains(c)))
-                .map(|r| (rendezvous_score(&r.record.id, digest, r.record.capacity.disk_budget), r.record.id))
-                .collect();
+            let replicas = self.replicas_of(digest, blob);
+            ranked.clear();
+            ranked.extend(
+                eligible
+                    .iter()
+                    .filter(|(_, _, cats)| cats.is_empty() || blob.names.iter().any(|(c, _)| cats.contains(c)))
+                    .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id)),
+            );
             ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
             let mut placed = 0;
-            for (_, id) in ranked {
+            for (_, id) in &ranked {
                 if placed == replicas {
                     break;
                 }
-                let free = room.get_mut(&id).expect("every ranked relay has room");
+                let free = room.get_mut(id).expect("every ranked relay has room");
                 if *free >= size {
                     *free -= size;
-                    next.entry(id).or_default().insert(*digest);
+                    next.entry(*id).or_default().insert(*digest);
                     placed += 1;
                 }
             }
@@ -803,32 +1176,55 @@ impl Directory {
 }
 
 impl RelayState {
-    fn new(record: RelayRecord) -> Self {
+    fn new(record: RelayRecord, now: Instant) -> Self {
         Self {
             record,
             tested: false,
+            suspended: false,
             self_test: SelfTest::Idle,
             last_seen: None,
             presumed_until: None,
             held: BTreeSet::new(),
             applied_generation: 0,
-            sent: None,
             lost: false,
+            next_probe: now,
+            next_audit: now,
+            audit: None,
+            audits: (0, 0),
+            active: 0,
+            redirected: 0,
         }
     }
 }
 
-/// Weighted rendezvous score: the relay with the highest score for a digest holds it.
+fn bandwidth_weight(r: &RelayState) -> u64 {
+    match r.record.capacity.bandwidth {
+        0 => NOMINAL_BANDWIDTH,
+        b => b,
+    }
+    .max(1)
+}
+
+/// A relay's share of assignments: the geometric mean of its disk budget (GiB) and bandwidth
+/// (MB/s), so a relay with twice both gets twice the share, not four times.
+fn assignment_weight(r: &RelayState) -> f64 {
+    let disk = r.record.capacity.disk_budget as f64 / f64::from(1u32 << 30);
+    let bw = bandwidth_weight(r) as f64 / 1e6;
+    (disk.max(1e-6) * bw).sqrt()
+}
+
+/// Weighted rendezvous score: the relays with the highest scores for a digest hold it.
 /// `-weight / ln(u)` with `u` uniform in (0, 1) from a hash of both ids gives each relay a share
 /// proportional to its weight, and moves only the minimum when relays come and go.
-fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: u64) -> f64 {
+fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: f64) -> f64 {
     let mut x = u64::from_le_bytes(relay.0[..8].try_into().expect("8 bytes")) ^ u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
     x ^= u64::from_le_bytes(digest.as_bytes()[8..16].try_into().expect("8 bytes")).rotate_left(17);
+    x ^= u64::from_le_bytes(relay.0[8..16].try_into().expect("8 bytes")).rotate_left(41);
     x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
     x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
     x ^= x >> 31;
     let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -(weight.max(1) as f64) / u.ln()
+    -weight / u.ln()
 }
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
