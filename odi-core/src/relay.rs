@@ -90,6 +90,15 @@ enum Phase {
 }
 
 #[derive(Debug)]
+struct Leaving {
+    size: u64,
+    /// A heartbeat without it has gone out.
+    reported: bool,
+    /// Set when that heartbeat was acknowledged.
+    delete_at: Option<Instant>,
+}
+
+#[derive(Debug)]
 struct Wanted {
     size: u64,
     manifest: Option<ChunkManifest>,
@@ -107,6 +116,8 @@ pub struct Relay {
     value: BTreeMap<Digest, (u64, Instant)>,
     /// Client responses in progress, per blob: never evicted while served.
     serving: BTreeMap<Digest, u32>,
+    /// Evicted blobs still on disk until the directory knows they are gone.
+    leaving: BTreeMap<Digest, Leaving>,
     /// The directory's latest assignment.
     wanted: BTreeMap<Digest, Wanted>,
     /// Downloads under way, with the bytes reserved for each.
@@ -139,6 +150,7 @@ impl Relay {
             held,
             value,
             serving: BTreeMap::new(),
+            leaving: BTreeMap::new(),
             wanted: BTreeMap::new(),
             fetching: BTreeMap::new(),
             partials: partials.into_iter().collect(),
@@ -185,6 +197,10 @@ impl Relay {
                 }
                 self.generation = ack.generation;
                 self.next_send = now + self.heartbeat_interval;
+                let linger = self.heartbeat_interval;
+                for leaving in self.leaving.values_mut().filter(|l| l.reported && l.delete_at.is_none()) {
+                    leaving.delete_at = Some(now + linger);
+                }
                 self.start_fetches(now);
             }
             Message::Refused(refusal) => {
@@ -242,6 +258,7 @@ impl Relay {
             self.handle_send_failed(now);
         }
         self.retry_at.retain(|_, t| *t > now);
+        self.delete_departed(now);
         self.start_fetches(now);
         self.send_if_due(now);
     }
@@ -264,7 +281,7 @@ impl Relay {
             Some(deadline) => deadline,
             None => self.next_send,
         };
-        self.retry_at.values().copied().chain([send]).min()
+        self.retry_at.values().copied().chain(self.leaving.values().filter_map(|l| l.delete_at)).chain([send]).min()
     }
 
     // ---- queries ----
@@ -292,15 +309,21 @@ impl Relay {
         self.serving.values().sum()
     }
 
-    /// The digest served at `catalog/path`, if this relay holds it.
+    /// The digest served at `catalog/path`, if this relay has its bytes.
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
         let catalog = CatalogName::new(catalog).ok()?;
-        self.names.get(&(catalog, path.clone())).copied().filter(|d| self.held.contains_key(d))
+        self.names.get(&(catalog, path.clone())).copied().filter(|d| self.has_bytes(d))
     }
 
     /// True when `digest` is in the latest assignment (a partial download of it is worth keeping).
     pub fn wants(&self, digest: &Digest) -> bool {
         self.wanted.contains_key(digest)
+    }
+
+    /// True when the blob's bytes are on disk and may be served: held, or evicted but not yet
+    /// deleted.
+    pub fn has_bytes(&self, digest: &Digest) -> bool {
+        self.held.contains_key(digest) || self.leaving.contains_key(digest)
     }
 
     /// True once an assignment has arrived since start.
@@ -327,7 +350,7 @@ impl Relay {
 
     /// Bytes held plus bytes reserved for downloads under way; never above the budget.
     pub fn used(&self) -> u64 {
-        self.held.values().chain(self.fetching.values()).chain(self.partials.values()).sum()
+        self.held.values().chain(self.fetching.values()).chain(self.partials.values()).chain(self.leaving.values().map(|l| &l.size)).sum()
     }
 
     pub fn fetching(&self) -> usize {
@@ -352,12 +375,15 @@ impl Relay {
                 capacity: self.config.capacity,
                 catalogs: self.config.catalogs.clone(),
             }),
-            Phase::Active => Message::Heartbeat(Heartbeat {
-                generation: self.generation,
-                held: self.held.keys().copied().collect(),
-                used: self.used(),
-                active: self.active(),
-            }),
+            Phase::Active => {
+                self.leaving.values_mut().for_each(|l| l.reported = true);
+                Message::Heartbeat(Heartbeat {
+                    generation: self.generation,
+                    held: self.held.keys().copied().collect(),
+                    used: self.used(),
+                    active: self.active(),
+                })
+            }
         };
         self.report_soon = false;
         self.awaiting = Some(now + self.config.request_timeout);
@@ -388,7 +414,9 @@ impl Relay {
                 if reserved > 0 {
                     self.partials.insert(digest, reserved);
                 }
-                self.events.push_back(Event::NoRoom { digest, size });
+                if self.leaving.is_empty() {
+                    self.events.push_back(Event::NoRoom { digest, size });
+                }
                 continue;
             }
             self.fetching.insert(digest, size);
@@ -399,13 +427,16 @@ impl Relay {
     /// Evicts held blobs that are no longer assigned, least valuable first (fewest requests
     /// served, then oldest), until `size` more bytes fit in `budget`. Never touches assigned
     /// blobs, blobs being served, or downloads under way.
+    ///
+    /// Evicted blobs leave only once the directory knows (see `evict`): this evicts enough for
+    /// the room to come, and answers whether the room is there now.
     fn make_room(&mut self, size: u64, budget: u64) -> bool {
-        while self.used().saturating_add(size) > budget {
-            let Some(victim) = self.least_valuable(|d| !self.wanted.contains_key(d)) else { return false };
-            self.drop_blob(victim);
-            self.events.push_back(Event::Evicted { digest: victim });
+        let staying = |r: &Self| r.used() - r.leaving.values().map(|l| l.size).sum::<u64>();
+        while staying(self).saturating_add(size) > budget {
+            let Some(victim) = self.least_valuable(|d| !self.wanted.contains_key(d)) else { break };
+            self.evict(victim);
         }
-        true
+        self.used().saturating_add(size) <= budget
     }
 
     /// Brings the disk back within the budget after it shrank: unassigned blobs first, then
@@ -428,6 +459,8 @@ impl Relay {
             .copied()
     }
 
+    /// Deletes a held blob at once: for expunged blobs (the directory already stopped sending
+    /// clients) and blobs the directory never heard of.
     fn drop_blob(&mut self, digest: Digest) {
         if self.held.remove(&digest).is_some() {
             self.value.remove(&digest);
@@ -435,5 +468,131 @@ impl Relay {
             self.effects.push_back(Effect::Delete { digest });
             self.report_soon = true;
         }
+    }
+
+    /// Evicts a held blob in two phases: it stops being reported as held but stays on disk and
+    /// servable until the directory has acknowledged a heartbeat without it (plus one heartbeat
+    /// interval for clients already redirected), so no client is sent to bytes that are gone.
+    fn evict(&mut self, digest: Digest) {
+        if let Some(size) = self.held.remove(&digest) {
+            self.value.remove(&digest);
+            self.leaving.insert(digest, Leaving { size, reported: false, delete_at: None });
+            self.report_soon = true;
+            self.events.push_back(Event::Evicted { digest });
+        }
+    }
+
+    fn delete_departed(&mut self, now: Instant) {
+        let due: Vec<Digest> = self.leaving.iter().filter(|(_, l)| l.delete_at.is_some_and(|t| t <= now)).map(|(d, _)| *d).collect();
+        for digest in due {
+            self.leaving.remove(&digest);
+            self.names.retain(|_, d| *d != digest);
+            self.effects.push_back(Effect::Delete { digest });
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Assigned, HeartbeatAck, RelayAssignment};
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    fn relay(budget: u64, held: &[(u8, u64)]) -> Relay {
+        let config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: budget, bandwidth: 0 }, "t".into());
+        Relay::new(config, held.iter().map(|(n, s)| (d(*n), *s)), [], Instant::ZERO)
+    }
+
+    fn assign(r: &mut Relay, generation: u64, wanted: &[(u8, u64)], now: Instant) {
+        let assigned = wanted
+            .iter()
+            .map(|(n, size)| {
+                let data = vec![*n; *size as usize];
+                let manifest = ChunkManifest::of(&data, crate::manifest::MIN_CHUNK_SIZE).unwrap();
+                Assigned { digest: manifest.digest(), size: *size, manifest: Some(manifest), sources: Vec::new() }
+            })
+            .collect();
+        r.phase = Phase::Active;
+        r.handle_message(
+            Message::HeartbeatAck(HeartbeatAck { generation, state: Some(RelayAssignment { assigned, names: Vec::new() }), expunged: Vec::new() }),
+            now,
+        );
+    }
+
+    fn deleted(r: &mut Relay) -> Vec<Digest> {
+        std::iter::from_fn(|| r.poll_effect())
+            .filter_map(|e| match e {
+                Effect::Delete { digest } => Some(digest),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn a_lowered_budget_evicts_least_valuable_first_and_never_a_blob_being_served() {
+        let mut r = relay(10_000, &[(1, 4000), (2, 4000), (3, 4000), (4, 4000)]);
+        assert_eq!(deleted(&mut r).len(), 2, "16 000 bytes held, 10 000 allowed: two go");
+        assert!(r.used() <= 10_000);
+
+        let mut r = relay(100_000, &[(1, 4000), (2, 4000), (3, 4000)]);
+        for _ in 0..5 {
+            r.serving_started(d(1));
+        }
+        r.serving_started(d(2));
+        r.serving_ended(d(2));
+        // d(3) was never requested: it goes first. d(1) is being served: it never goes.
+        r.config.capacity.disk_budget = 5000;
+        r.enforce_budget();
+        assert_eq!(deleted(&mut r), vec![d(3), d(2)]);
+        assert!(r.holds(&d(1)), "being served, so kept even over budget until it is done");
+    }
+
+    #[test]
+    fn room_for_an_assignment_comes_from_unassigned_blobs_only() {
+        let mut r = relay(12_000, &[(1, 4000), (2, 4000)]);
+        let _ = deleted(&mut r);
+        // Assigned: a new 8000-byte blob; d(1) and d(2) are no longer assigned.
+        assign(&mut r, 2, &[(9, 8000)], Instant::ZERO);
+        let count = |effects: &[Effect]| {
+            let deletes = effects.iter().filter(|e| matches!(e, Effect::Delete { .. })).count();
+            let fetches = effects.iter().filter(|e| matches!(e, Effect::Fetch { .. })).count();
+            (deletes, fetches)
+        };
+        // One 4000-byte blob is evicted to fit 8000 in 12 000, but it is not deleted (nor the
+        // download started) before the directory has heard it is gone.
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert_eq!(count(&effects), (0, 0), "{effects:?}");
+        let reported: Vec<Digest> = effects
+            .iter()
+            .find_map(|e| match e {
+                Effect::Send(Message::Heartbeat(hb)) => Some(hb.held.clone()),
+                _ => None,
+            })
+            .expect("a heartbeat reports the eviction");
+        assert_eq!(reported.len(), 1);
+        let evicted = if reported[0] == d(1) { d(2) } else { d(1) };
+        assert!(r.has_bytes(&evicted), "still servable until the directory knows");
+        assign(&mut r, 3, &[(9, 8000)], Instant::from_millis(100));
+        let _ = std::iter::from_fn(|| r.poll_effect()).count();
+        let later = Instant::from_millis(100) + r.heartbeat_interval;
+        r.handle_timeout(later);
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert_eq!(count(&effects), (1, 1), "{effects:?}");
+        assert!(!r.has_bytes(&evicted));
+        assert!(r.used() <= 12_000);
+    }
+
+    #[test]
+    fn partial_downloads_count_against_the_budget_and_are_dropped_when_unassigned() {
+        let config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: 10_000, bandwidth: 0 }, "t".into());
+        let mut r = Relay::new(config, [], [(d(7), 6000)], Instant::ZERO);
+        assert_eq!(r.used(), 6000);
+        assign(&mut r, 2, &[(8, 3000)], Instant::ZERO);
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(effects.contains(&Effect::DiscardPartial { digest: d(7) }), "{effects:?}");
+        assert_eq!(r.used(), 3000, "only the new download is reserved");
     }
 }

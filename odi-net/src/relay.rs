@@ -303,7 +303,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         shared.lock().lookup(catalog, &path)
     } else if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
         match Digest::from_hex(hex) {
-            Ok(d) => Some(d).filter(|d| shared.lock().holds(d)),
+            Ok(d) => Some(d).filter(|d| shared.lock().has_bytes(d)),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         }
     } else {

@@ -427,13 +427,14 @@ impl Directory {
                 let presumed_until = Some(now + self.config.lease);
                 let relay = self.relays.entry(record.id).or_insert_with(|| RelayState::new(record.clone(), now));
                 let newly_quarantined = record.quarantined.is_some() && relay.record.quarantined.is_none();
+                let readmitted = record.quarantined.is_none() && relay.record.quarantined.is_some();
                 relay.record = record.clone();
                 if relay.last_seen.is_none() {
                     relay.presumed_until = presumed_until;
                 }
                 if newly_quarantined || record.quarantined.is_some() {
                     self.unhold(record.id);
-                } else if !relay.lost {
+                } else if readmitted && !relay.lost {
                     // Readmitted: what it holds can be served again once it passes a self-test.
                     relay.tested = false;
                     relay.suspended = false;
@@ -695,20 +696,7 @@ impl Directory {
     fn choose(&mut self, digest: Digest, size: u64, media_type: String, min_generation: Option<u64>, now: Instant) -> Redirect {
         self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
         self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
-        let mut candidates: Vec<(NodeId, u64, f64)> = self
-            .holders
-            .get(&digest)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.relays.get(id))
-            .filter(|r| self.redirectable(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
-            .map(|r| (r.record.id, bandwidth_weight(r), f64::from(r.active + r.redirected)))
-            .collect();
-        let settled = candidates.iter().filter(|(id, ..)| !self.relays[id].record.draining).count();
-        let replicas = self.blobs.get(&digest).map_or(1, |b| self.replicas_of(&digest, b)) as usize;
-        if settled >= replicas.min(candidates.len()) && settled > 0 {
-            candidates.retain(|(id, ..)| !self.relays[id].record.draining);
-        }
+        let mut candidates = self.candidates(&digest, min_generation, now);
         let target = if candidates.is_empty() {
             None
         } else {
@@ -725,6 +713,35 @@ impl Directory {
         candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
         let alternates = candidates.into_iter().map(|(id, ..)| self.relays[&id].record.public_url.clone()).collect();
         Redirect { digest, size, media_type, target, alternates }
+    }
+
+    /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
+    /// suspended or quarantined, have applied `min_generation`, and are not draining unless the
+    /// artifact has too few other holders. With bandwidth weight and current load.
+    fn candidates(&self, digest: &Digest, min_generation: Option<u64>, now: Instant) -> Vec<(NodeId, u64, f64)> {
+        let mut candidates: Vec<(NodeId, u64, f64)> = self
+            .holders
+            .get(digest)
+            .into_iter()
+            .flatten()
+            .filter_map(|id| self.relays.get(id))
+            .filter(|r| self.redirectable(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
+            .map(|r| (r.record.id, bandwidth_weight(r), f64::from(r.active + r.redirected)))
+            .collect();
+        let settled = candidates.iter().filter(|(id, ..)| !self.relays[id].record.draining).count();
+        let replicas = self.blobs.get(digest).map_or(1, |b| self.replicas_of(digest, b)) as usize;
+        if settled > 0 && settled >= replicas.min(candidates.len()) {
+            candidates.retain(|(id, ..)| !self.relays[id].record.draining);
+        }
+        candidates
+    }
+
+    /// Every relay `redirect` could choose for `catalog/path` now, without choosing (and without
+    /// counting a request).
+    pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
+        let a = self.lookup(catalog, path)?;
+        let generation = self.catalogs[&a.catalog].artifacts[path].generation;
+        Ok(self.candidates(&a.digest(), Some(generation), now).into_iter().map(|(id, ..)| id).collect())
     }
 
     fn weighted_pick(&mut self, candidates: &[(NodeId, u64, f64)]) -> usize {

@@ -70,6 +70,10 @@ pub struct Sim {
     pub contents: BTreeMap<Digest, Vec<u8>>,
     pub faults: Faults,
     pub fetch_time: Duration,
+    /// Check invariants every this many steps (1: every step).
+    pub invariant_stride: usize,
+    /// Relays whose public URL fails health probes although their heartbeats arrive.
+    pub probe_down: BTreeSet<NodeId>,
     rng: SeededRng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
@@ -80,11 +84,17 @@ pub struct Sim {
 
 impl Sim {
     pub fn new(seed: u64) -> Self {
+        Self::with_config(seed, |_| {})
+    }
+
+    /// A simulation whose directory config `tune` adjusts (after the simulation defaults).
+    pub fn with_config(seed: u64, tune: impl FnOnce(&mut DirectoryConfig)) -> Self {
         let mut rng = SeededRng::new(Seed(seed));
         let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
         config.heartbeat_interval = Duration::from_secs(2);
         config.lease = Duration::from_secs(6);
         config.self_test_retry = Duration::from_secs(2);
+        tune(&mut config);
         let dir = Directory::new(config.clone(), Seed(rng.next_u64()));
         let mut sim = Self {
             now: Instant::ZERO,
@@ -94,6 +104,8 @@ impl Sim {
             durable: Vec::new(),
             contents: BTreeMap::new(),
             faults: Faults::default(),
+            invariant_stride: 1,
+            probe_down: BTreeSet::new(),
             fetch_time: Duration::from_millis(300),
             rng,
             queue: BinaryHeap::new(),
@@ -213,7 +225,7 @@ impl Sim {
                 match effect {
                     directory::Effect::Persist { records } => self.durable.extend(records),
                     directory::Effect::SelfTest { relay, attempt, .. } => {
-                        let up = self.relays.get(&relay).is_some_and(|r| r.up);
+                        let up = self.relays.get(&relay).is_some_and(|r| r.up) && !self.probe_down.contains(&relay);
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
                         self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
                     }
@@ -317,12 +329,16 @@ impl Sim {
         }
     }
 
-    /// Advances to the next instant anything happens. `false` when nothing ever will.
-    pub fn step(&mut self) -> bool {
+    /// Advances to the next instant anything happens, but not past `limit`. `false` when
+    /// nothing happens until then.
+    pub fn step(&mut self, limit: Instant) -> bool {
         let timers = self.relays.values().filter(|r| r.up).filter_map(|r| r.machine.poll_timeout()).chain(self.dir.poll_timeout());
         let Some(next) = timers.chain(self.queue.peek().map(|Reverse((t, _))| *t)).min() else {
             return false;
         };
+        if next > limit {
+            return false;
+        }
         self.now = self.now.max(next);
         while let Some(Reverse((t, seq))) = self.queue.peek().copied() {
             if t > self.now {
@@ -350,12 +366,15 @@ impl Sim {
     /// Runs until `duration` of virtual time has passed, checking invariants after every step.
     pub fn run_for(&mut self, duration: Duration) {
         let until = self.now + duration;
-        for _ in 0..MAX_STEPS {
-            if self.now >= until || !self.step() {
+        for step in 0..MAX_STEPS {
+            if self.now >= until || !self.step(until) {
                 self.now = self.now.max(until);
+                self.check_invariants();
                 return;
             }
-            self.check_invariants();
+            if step % self.invariant_stride.max(1) == 0 {
+                self.check_invariants();
+            }
         }
         panic!("livelock: {MAX_STEPS} steps without reaching {until:?}");
     }
@@ -373,11 +392,12 @@ impl Sim {
             .iter()
             .flat_map(|c| self.dir.artifacts(&c.name).into_iter().flatten().map(|a| (a.catalog.to_string(), a.path.to_string())).collect::<Vec<_>>())
             .collect();
+        let views: BTreeMap<NodeId, directory::RelayStatus> = self.dir.relays(self.now).into_iter().map(|v| (v.id, v.status)).collect();
         for (catalog, path) in live {
-            let redirect = self.redirect(&catalog, &path).expect("live artifact");
-            let views: BTreeMap<NodeId, directory::RelayStatus> = self.dir.relays(self.now).into_iter().map(|v| (v.id, v.status)).collect();
-            for url in redirect.target.iter().chain(&redirect.alternates) {
-                let id = self.relay_at(url);
+            let path = ArtifactPath::new(&path).expect("valid path");
+            let eligible = self.dir.eligible(&catalog, &path, self.now).expect("live artifact");
+            let digest = self.dir.lookup(&catalog, &path).expect("live artifact").digest();
+            for id in eligible {
                 let r = &self.relays[&id];
                 let status = views[&id];
                 assert!(
@@ -392,8 +412,8 @@ impl Sim {
                 );
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
-                assert!(r.store.contains_key(&redirect.digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
-                assert!(!r.up || r.machine.holds(&redirect.digest), "relay {id:?} holds bytes its machine does not know");
+                assert!(r.store.contains_key(&digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
+                assert!(!r.up || r.machine.has_bytes(&digest), "relay {id:?} is sent clients for bytes its machine does not serve");
             }
         }
     }
@@ -412,5 +432,9 @@ impl Sim {
     }
 }
 
+#[cfg(test)]
+mod health_tests;
+#[cfg(test)]
+mod prop_tests;
 #[cfg(test)]
 mod tests;
