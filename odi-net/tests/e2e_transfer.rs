@@ -258,7 +258,9 @@ async fn odi_get_style_download_repairs_from_a_corrupt_relay() {
     corrupt_relay_copy(&relays[1], &sha256_hex(&data), 1 << 20);
     let parsed = odi_net::metalink::parse(&get(&format!("{}/metalink/r/rel/big.bin", dir.url), &[]).await.text()).unwrap();
     let sources: Vec<Source> = parsed.urls.iter().map(|u| Source { url: u.clone(), signed: false }).collect();
-    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config: TransferConfig::default() };
+    // One chunk per request spreads the six chunks over all four sources, the corrupt one too.
+    let config = TransferConfig { chunks_per_request: 1, ..TransferConfig::default() };
+    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config };
     let path = tmp.path().join("got.bin");
     let (partial, have) = PartialFile::open(tmp.path().join("got.part"), parsed.manifest.clone()).await.unwrap();
     let (partial, report) = downloader.download(&parsed.manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e.to_string()).unwrap();

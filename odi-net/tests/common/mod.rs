@@ -46,6 +46,10 @@ pub fn shutdown() -> (oneshot::Sender<()>, impl Future<Output = ()> + Send + 'st
 }
 
 pub async fn start_directory(data: &Path, addr: Option<std::net::SocketAddr>) -> Node {
+    start_directory_with(data, addr, |_| {}).await
+}
+
+pub async fn start_directory_with(data: &Path, addr: Option<std::net::SocketAddr>, tune: impl FnOnce(&mut DirectoryOptions)) -> Node {
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind directory");
     let url = format!("http://{}", listener.local_addr().unwrap());
     let mut options = DirectoryOptions::new(data);
@@ -54,6 +58,7 @@ pub async fn start_directory(data: &Path, addr: Option<std::net::SocketAddr>) ->
     options.admin_token = Some(ADMIN.into());
     options.enroll_token = Some(ENROLL.into());
     options.public_url = Some(url.clone());
+    tune(&mut options);
     let server = DirectoryServer::open(options).await.expect("open directory");
     let (stop, signal) = shutdown();
     let task = tokio::spawn(server.run(listener, signal));
@@ -67,12 +72,18 @@ pub async fn start_relay(data: &Path, directory: &str, budget: u64, addr: Option
 pub async fn start_relay_with_token(data: &Path, directory: &str, budget: u64, addr: Option<std::net::SocketAddr>, token: &str) -> Node {
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind relay");
     let url = format!("http://{}", listener.local_addr().unwrap());
+    start_relay_on(listener, &url, data, directory, budget, 0, token).await
+}
+
+/// Starts a relay on `listener`, announcing `public_url` (which may be a proxy in front of it).
+pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path, directory: &str, budget: u64, bandwidth: u64, token: &str) -> Node {
+    let url = public_url.to_owned();
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
         directory: directory.to_owned(),
         public_url: url.clone(),
         disk_budget: budget,
-        bandwidth: 0,
+        bandwidth,
         catalogs: Vec::new(),
         enroll_token: token.into(),
         max_fetches: 4,
