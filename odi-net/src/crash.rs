@@ -15,10 +15,11 @@ pub fn point(name: &str) {
         let (point, n) = value.split_once(':')?;
         Some((point.to_owned(), n.parse().ok()?))
     });
-    if let Some((point, n)) = config {
-        if point == name && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n {
-            eprintln!("crash point {name}:{n} reached; aborting");
-            std::process::abort();
-        }
+    if let Some((point, n)) = config
+        && point == name
+        && HITS.fetch_add(1, Ordering::Relaxed) + 1 == *n
+    {
+        eprintln!("crash point {name}:{n} reached; aborting");
+        std::process::abort();
     }
 }

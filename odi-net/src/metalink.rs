@@ -86,11 +86,8 @@ pub fn parse(xml: &str) -> Result<Parsed, String> {
                 path.push(tag);
                 text.clear();
             }
-            Event::Text(t) => {
-                if text.len() < 4096 {
-                    text.push_str(&t.xml10_content());
-                }
-            }
+            // Bounded: no element we read is longer; the rest is ignored.
+            Event::Text(t) if text.len() < 4096 => text.push_str(&t.xml10_content()),
             Event::GeneralRef(r) => {
                 let resolved = match r.resolve_char_ref() {
                     Ok(Some(c)) => c.to_string(),
@@ -168,6 +165,6 @@ mod tests {
         let m = ChunkManifest::of(b"", MIN_CHUNK_SIZE).unwrap();
         let xml = render("e", &m, &["http://r/e".into()]);
         assert!(!xml.contains("<pieces"));
-        assert_eq!(parse(&xml.replace("<size>0</size>", "<size>0</size>")).unwrap().manifest.total_len(), 0);
+        assert_eq!(parse(&xml).unwrap().manifest.total_len(), 0);
     }
 }

@@ -197,8 +197,7 @@ async fn fetch_range_inner(
     let mut url = source.url.clone();
     let mut resp = None;
     for _ in 0..=MAX_REDIRECTS {
-        let r = if source.signed && key.is_some() {
-            let key = key.expect("checked");
+        let r = if let (true, Some(key)) = (source.signed, key) {
             let uri: http::Uri = url.parse().map_err(|_| format!("bad source URL {url}"))?;
             let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
             let signed = odi_core::auth::sign(key, "GET", &path, &query, b"", crate::unix_now(), &crate::keys::random_bytes::<16>());
