@@ -57,10 +57,8 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
         }
     }
     let client = HttpClient::new();
-    if !to_stdout {
-        if let Some(metalink) = discover_metalink(&client, &args.url).await? {
-            return odi_download(&client, metalink, &output, args.resume, expected).await;
-        }
+    if !to_stdout && let Some(metalink) = discover_metalink(&client, &args.url).await? {
+        return odi_download(&client, metalink, &output, args.resume, expected).await;
     }
     let mut url = args.url.clone();
     let mut redirects = 0;
@@ -173,10 +171,10 @@ async fn discover_metalink(client: &HttpClient, url: &str) -> Result<Option<meta
 /// hash, bad chunks fetched again elsewhere, into `FILE.part` (kept for `-c` on failure).
 async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, output: &Path, resume: bool, expected: Option<Digest>) -> Result<PathBuf> {
     let manifest = metalink.manifest;
-    if let Some(expected) = expected {
-        if expected != manifest.digest() {
-            bail!("the directory announces {}, but --sha256 asks for {expected}", manifest.digest());
-        }
+    if let Some(expected) = expected
+        && expected != manifest.digest()
+    {
+        bail!("the directory announces {}, but --sha256 asks for {expected}", manifest.digest());
     }
     let part = part_path(output);
     if !resume {
