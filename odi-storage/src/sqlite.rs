@@ -325,8 +325,8 @@ mod tests {
             capacity: Capacity { disk_budget: 1 << 40, bandwidth: 0 },
             catalogs: catalogs.iter().map(|c| catalog(c)).collect(),
             enrolled_at: UnixTime(1_700_000_000),
-            quarantined: (id % 2 == 0).then(|| "served wrong bytes".to_owned()),
-            draining: id % 3 == 0,
+            quarantined: id.is_multiple_of(2).then(|| "served wrong bytes".to_owned()),
+            draining: id.is_multiple_of(3),
         })
     }
 
