@@ -13,7 +13,9 @@ use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
 use bytes::Bytes;
-use odi_core::manifest::{ChunkManifest, ChunkVerifier};
+use odi_core::Digest;
+use odi_core::manifest::{ChunkManifest, ManifestError};
+use sha2::{Digest as _, Sha256};
 use odi_core::storage::{Result, StorageError};
 
 use crate::local::{io_error, sync_dir};
@@ -74,11 +76,14 @@ impl PartialFile {
         &self.path
     }
 
-    /// Writes chunk `index`, which must match its hash (checked again here: this is the last
-    /// line before the disk).
+    /// Writes chunk `index`. The caller passes only bytes it verified against the chunk's hash
+    /// (the transfer machine does); this checks the length, and `seal` checks the whole file.
     pub async fn write_chunk(&self, index: u64, data: Bytes) -> Result<()> {
-        self.manifest.verify_chunk(index, &data).map_err(|source| StorageError::Verify { digest: self.manifest.digest(), source })?;
-        let offset = self.manifest.chunk_range(index).map_or(0, |r| r.start);
+        let range = self.manifest.chunk_range(index).ok_or(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } })?;
+        if data.len() as u64 != range.end - range.start {
+            return Err(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } });
+        }
+        let offset = range.start;
         let (file, path) = (self.file.clone(), self.path.clone());
         blocking(move || file.write_all_at(&data, offset).map_err(io_error("write", &path))).await
     }
@@ -89,29 +94,33 @@ impl PartialFile {
         self.seal().await?.publish(dest).await
     }
 
-    /// First half of `finish`: sizes the file, fsyncs it, and re-reads all of it against the
-    /// manifest. On a mismatch the partial file is removed.
+    /// First half of `finish`: sizes the file, fsyncs it, and re-reads all of it to check the
+    /// whole-file SHA-256 (each chunk was checked as it arrived). On a mismatch the partial file
+    /// is removed.
     pub async fn seal(self) -> Result<SealedPartial> {
         let (file, path, manifest) = (self.file.clone(), self.path.clone(), self.manifest.clone());
         blocking(move || {
             file.set_len(manifest.total_len()).map_err(io_error("size", &path))?;
             file.sync_all().map_err(io_error("fsync", &path))?;
-            let mut verifier = ChunkVerifier::new(&manifest);
+            let mut whole = Sha256::new();
             let mut buf = vec![0u8; READ_PIECE];
             let mut offset = 0u64;
-            loop {
+            while offset < manifest.total_len() {
                 let n = file.read_at(&mut buf, offset).map_err(io_error("read", &path))?;
                 if n == 0 {
                     break;
                 }
                 offset += n as u64;
-                if let Err(source) = verifier.update(&buf[..n]) {
-                    let _ = std::fs::remove_file(&path);
-                    return Err(StorageError::Verify { digest: manifest.digest(), source });
-                }
+                whole.update(&buf[..n]);
             }
-            if let Err(source) = verifier.finish() {
+            let got = Digest::from_bytes(whole.finalize().into());
+            if offset != manifest.total_len() || got != manifest.digest() {
                 let _ = std::fs::remove_file(&path);
+                let source = if offset != manifest.total_len() {
+                    ManifestError::Length { got: offset, expected: manifest.total_len() }
+                } else {
+                    ManifestError::DigestMismatch { got, expected: manifest.digest() }
+                };
                 return Err(StorageError::Verify { digest: manifest.digest(), source });
             }
             Ok(())
@@ -201,10 +210,12 @@ mod tests {
         let (tmp, data, m) = setup(3 * MIN_CHUNK_SIZE as usize);
         let path = tmp.path().join("p");
         let (p, _) = PartialFile::open(&path, m.clone()).await.unwrap();
-        assert!(matches!(p.write_chunk(1, chunk(&data, &m, 0)).await, Err(StorageError::Verify { .. })));
+        assert!(matches!(p.write_chunk(1, Bytes::from_static(b"short")).await, Err(StorageError::Verify { .. })));
+        // Bytes of the wrong chunk: right length, so only the whole-file check at seal sees it.
+        p.write_chunk(1, chunk(&data, &m, 0)).await.unwrap();
         p.write_chunk(0, chunk(&data, &m, 0)).await.unwrap();
         let dest = tmp.path().join("blob");
-        assert!(matches!(p.finish(&dest).await, Err(StorageError::Verify { .. })), "chunks 1 and 2 are missing");
+        assert!(matches!(p.finish(&dest).await, Err(StorageError::Verify { .. })), "chunk 1 is wrong and chunk 2 missing");
         assert!(!dest.exists() && !path.exists());
     }
 
