@@ -13,7 +13,8 @@ use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::Frame;
 use odi_core::Digest;
-use odi_core::storage::{BlobStore, StorageError};
+use odi_core::storage::{BlobStore, ByteStream, StorageError};
+use odi_storage::LocalStore;
 
 use crate::limit::RateLimiter;
 
@@ -128,9 +129,52 @@ pub async fn serve_blob(
 ) -> Response<Body> {
     let size = match store.size(digest).await {
         Ok(size) => size,
-        Err(StorageError::NotFound { .. }) => return error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, e),
+        Err(e) => return storage_error(digest, e),
     };
+    let (builder, range) = match head(method, headers, digest, media_type, size) {
+        Ok(head) => head,
+        Err(resp) => return resp,
+    };
+    match store.get(digest, Some(range)).await {
+        Ok(got) => respond(builder, got.stream, limiter),
+        Err(e) => storage_error(digest, e),
+    }
+}
+
+/// `serve_blob` for a relay's local store: one trip to the blocking pool opens the file, learns
+/// its size and, for a small blob, reads it whole.
+pub async fn serve_local(
+    store: &LocalStore,
+    method: &Method,
+    headers: &HeaderMap,
+    digest: &Digest,
+    media_type: &str,
+    limiter: Option<&Arc<RateLimiter>>,
+) -> Response<Body> {
+    let blob = match store.open_blob(digest, SMALL_BLOB).await {
+        Ok(blob) => blob,
+        Err(e) => return storage_error(digest, e),
+    };
+    let (builder, range) = match head(method, headers, digest, media_type, blob.size) {
+        Ok(head) => head,
+        Err(resp) => return resp,
+    };
+    respond(builder, blob.stream(range), limiter)
+}
+
+/// Blobs up to this size are read whole when opened for serving.
+const SMALL_BLOB: u64 = 64 << 10;
+
+fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
+    match e {
+        StorageError::NotFound { .. } => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
+        e => error(StatusCode::SERVICE_UNAVAILABLE, e),
+    }
+}
+
+/// The status and headers of a blob response, and the byte range its body must carry; or the
+/// whole response when it has no body to stream (304, 416, HEAD).
+fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
     let tag = etag(digest);
     let mut builder = Response::builder()
         .header(header::ETAG, &tag)
@@ -139,21 +183,21 @@ pub async fn serve_blob(
     if let Some(h) = builder.headers_mut() {
         digest_headers(h, digest);
     }
+    let built = |b: http::response::Builder, body: Body| b.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
     if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
         && inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag)
     {
-        return builder.status(StatusCode::NOT_MODIFIED).body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        return Err(built(builder.status(StatusCode::NOT_MODIFIED), empty()));
     }
     let range = match parse_range(headers.get(header::RANGE), size) {
         RangeRequest::Full => None,
         RangeRequest::Partial(r) => Some(r),
         RangeRequest::Unsatisfiable => {
-            return builder
+            let builder = builder
                 .status(StatusCode::RANGE_NOT_SATISFIABLE)
                 .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8")
-                .body(full(format!("range not satisfiable: the artifact has {size} bytes\n")))
-                .unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
+            return Err(built(builder, full(format!("range not satisfiable: the artifact has {size} bytes\n"))));
         }
     };
     let builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
@@ -163,32 +207,31 @@ pub async fn serve_blob(
     };
     let builder = builder.status(status).header(header::CONTENT_LENGTH, span.end - span.start);
     if method == Method::HEAD {
-        return builder.body(empty()).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
+        return Err(built(builder, empty()));
     }
-    match store.get(digest, range).await {
-        Ok(got) => {
-            let frames = got.stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
-            let body = match limiter {
-                Some(limiter) => {
-                    let limiter = limiter.clone();
-                    let paced = frames.then(move |frame| {
-                        let limiter = limiter.clone();
-                        async move {
-                            if let Ok(data) = frame.as_ref().map(|f| f.data_ref().map_or(0, Bytes::len)) {
-                                limiter.take(data).await;
-                            }
-                            frame
-                        }
-                    });
-                    StreamBody::new(paced).boxed_unsync()
+    Ok((builder, span))
+}
+
+/// Finishes a blob response with its body, paced by `limiter` when there is one.
+fn respond(builder: http::response::Builder, stream: ByteStream<'static>, limiter: Option<&Arc<RateLimiter>>) -> Response<Body> {
+    let frames = stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
+    let body = match limiter {
+        Some(limiter) => {
+            let limiter = limiter.clone();
+            let paced = frames.then(move |frame| {
+                let limiter = limiter.clone();
+                async move {
+                    if let Ok(data) = frame.as_ref().map(|f| f.data_ref().map_or(0, Bytes::len)) {
+                        limiter.take(data).await;
+                    }
+                    frame
                 }
-                None => StreamBody::new(frames).boxed_unsync(),
-            };
-            builder.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+            });
+            StreamBody::new(paced).boxed_unsync()
         }
-        Err(StorageError::NotFound { .. }) => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
-        Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, e),
-    }
+        None => StreamBody::new(frames).boxed_unsync(),
+    };
+    builder.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
 }
 
 /// Splits `/{prefix}/{catalog}/{rest}` as it appears on the wire (still percent-encoded).

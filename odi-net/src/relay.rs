@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, error, json, serve_blob, split_catalog_path};
+use crate::http::{Body, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::transfer::{Downloader, Source};
 use crate::{Clock, NetError, crash, keys};
@@ -284,36 +284,48 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         };
         return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
     }
-    if !shared.lock().has_assignment() {
-        // Until the directory has answered once, a blob on disk may have been expunged while
-        // this relay was away: serve nothing before hearing from it.
-        return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
+    // One lock: started? which digest? count it as served (value, load, no eviction).
+    enum Want {
+        Name(String, ArtifactPath),
+        Blob(Digest),
     }
-    let digest = if let Some(rest) = path.strip_prefix("/r/") {
+    let want = if let Some(rest) = path.strip_prefix("/r/") {
         let Some((catalog, raw_path)) = split_catalog_path(rest) else {
             return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
         };
         if CatalogName::new(catalog).is_err() {
             return error(StatusCode::BAD_REQUEST, "malformed catalog name");
         }
-        let path = match ArtifactPath::from_url(raw_path) {
-            Ok(p) => p,
+        match ArtifactPath::from_url(raw_path) {
+            Ok(p) => Want::Name(catalog.to_owned(), p),
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
-        };
-        shared.lock().lookup(catalog, &path)
+        }
     } else if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
         match Digest::from_hex(hex) {
-            Ok(d) => Some(d).filter(|d| shared.lock().has_bytes(d)),
+            Ok(d) => Want::Blob(d),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         }
     } else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
-    let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
-    shared.lock().serving_started(digest);
-    let resp = serve_blob(shared.store.as_ref(), &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
+    let digest = {
+        let mut m = shared.lock();
+        if !m.has_assignment() {
+            // Until the directory has answered once, a blob on disk may have been expunged while
+            // this relay was away: serve nothing before hearing from it.
+            return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
+        }
+        let digest = match &want {
+            Want::Name(catalog, path) => m.lookup(catalog, path),
+            Want::Blob(d) => Some(*d).filter(|d| m.has_bytes(d)),
+        };
+        let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
+        m.serving_started(digest);
+        digest
+    };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
+    let resp = serve_local(&shared.store, &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;

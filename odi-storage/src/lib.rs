@@ -17,7 +17,7 @@ pub mod sqlite;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
-pub use local::LocalStore;
+pub use local::{LocalStore, OpenedBlob};
 pub use object::ObjectBlobStore;
 pub use partial::{PartialFile, SealedPartial};
 pub use sqlite::SqliteMeta;

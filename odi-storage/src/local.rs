@@ -76,6 +76,32 @@ impl LocalStore {
         self.blobs.join(&hex[..2]).join(hex)
     }
 
+    /// Opens a blob for serving in one trip to the blocking pool: the file, its size, and for
+    /// blobs of at most `small` bytes the whole content, so a small response needs no more I/O.
+    pub async fn open_blob(&self, digest: &Digest, small: u64) -> Result<OpenedBlob> {
+        let path = self.blob_path(digest);
+        let digest = *digest;
+        tokio::task::spawn_blocking(move || {
+            let mut file = match std::fs::File::open(&path) {
+                Ok(f) => f,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound { store: STORE, digest }),
+                Err(e) => return Err(io_error("open", &path)(e)),
+            };
+            let size = file.metadata().map_err(io_error("read metadata of", &path))?.len();
+            if size <= small {
+                let mut content = Vec::with_capacity(size as usize);
+                io::Read::read_to_end(&mut file, &mut content).map_err(io_error("read", &path))?;
+                if content.len() as u64 != size {
+                    return Err(io_error("read", &path)(io::Error::new(io::ErrorKind::UnexpectedEof, "the file changed size while read")));
+                }
+                return Ok(OpenedBlob { size, content: Opened::Small(bytes::Bytes::from(content)), path });
+            }
+            Ok(OpenedBlob { size, content: Opened::File(file), path })
+        })
+        .await
+        .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))?
+    }
+
     /// Opens the resumable partial download of `manifest`'s blob, with the chunks it already
     /// holds verified. Partial files live in `partial/` and survive restarts (unlike `tmp/`).
     pub async fn open_partial(&self, manifest: ChunkManifest) -> Result<(PartialFile, Vec<u64>)> {
@@ -265,6 +291,52 @@ impl BlobStore for LocalStore {
 impl fmt::Display for LocalStore {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(f, "local store at {}", self.root.display())
+    }
+}
+
+/// A blob opened for serving by [`LocalStore::open_blob`].
+#[derive(Debug)]
+pub struct OpenedBlob {
+    pub size: u64,
+    content: Opened,
+    path: PathBuf,
+}
+
+#[derive(Debug)]
+enum Opened {
+    Small(bytes::Bytes),
+    File(std::fs::File),
+}
+
+impl OpenedBlob {
+    /// The bytes in `range` (clamped by the caller to the blob's size).
+    pub fn stream(self, range: Range<u64>) -> ByteStream<'static> {
+        match self.content {
+            Opened::Small(bytes) => {
+                let slice = bytes.slice(range.start as usize..range.end as usize);
+                Box::pin(stream::once(async move { Ok(slice) }))
+            }
+            Opened::File(file) => {
+                let (file, path) = (File::from_std(file), self.path);
+                let state = (file, range.start, range.end - range.start, path);
+                Box::pin(stream::try_unfold(state, |(mut file, start, remaining, path)| async move {
+                    if remaining == 0 {
+                        return Ok(None);
+                    }
+                    if start > 0 {
+                        file.seek(SeekFrom::Start(start)).await.map_err(io_error("seek in", &path))?;
+                    }
+                    let want = remaining.min(PIECE as u64) as usize;
+                    let mut buf = BytesMut::with_capacity(want);
+                    let n = (&mut file).take(want as u64).read_buf(&mut buf).await.map_err(io_error("read", &path))?;
+                    if n == 0 {
+                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
+                        return Err(io_error("read", &path)(e));
+                    }
+                    Ok(Some((buf.freeze(), (file, 0, remaining - n as u64, path))))
+                }))
+            }
+        }
     }
 }
 

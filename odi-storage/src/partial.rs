@@ -15,8 +15,8 @@ use std::sync::Arc;
 use bytes::Bytes;
 use odi_core::Digest;
 use odi_core::manifest::{ChunkManifest, ManifestError};
-use sha2::{Digest as _, Sha256};
 use odi_core::storage::{Result, StorageError};
+use sha2::{Digest as _, Sha256};
 
 use crate::local::{io_error, sync_dir};
 
@@ -79,7 +79,8 @@ impl PartialFile {
     /// Writes chunk `index`. The caller passes only bytes it verified against the chunk's hash
     /// (the transfer machine does); this checks the length, and `seal` checks the whole file.
     pub async fn write_chunk(&self, index: u64, data: Bytes) -> Result<()> {
-        let range = self.manifest.chunk_range(index).ok_or(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } })?;
+        let range =
+            self.manifest.chunk_range(index).ok_or(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } })?;
         if data.len() as u64 != range.end - range.start {
             return Err(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } });
         }

@@ -57,6 +57,9 @@ pub struct DirectoryConfig {
     pub probe_interval: Duration,
     /// How often each serving relay gets a content audit (one whole chunk).
     pub audit_interval: Duration,
+    /// A change to the set of relays is rebalanced this long after it, so that many changes
+    /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
+    pub rebalance_delay: Duration,
     pub hot: HotConfig,
 }
 
@@ -69,6 +72,7 @@ impl DirectoryConfig {
             self_test_retry: Duration::from_secs(5),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
+            rebalance_delay: Duration::from_secs(1),
             hot: HotConfig::default(),
         }
     }
@@ -311,7 +315,15 @@ pub struct Directory {
     relays: BTreeMap<NodeId, RelayState>,
     holders: BTreeMap<Digest, BTreeSet<NodeId>>,
     assignment: BTreeMap<NodeId, BTreeSet<Digest>>,
+    /// The relay set changed: rebalance everything at `rebalance_at`.
     assignment_dirty: bool,
+    rebalance_at: Option<Instant>,
+    /// Artifacts to place (or place again) without a full rebalance.
+    to_place: BTreeSet<Digest>,
+    /// Relays eligible at the last rebalance, with their weight and catalogs, and the room
+    /// their assignment leaves in their budget.
+    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
+    room: BTreeMap<NodeId, u64>,
     hits: BTreeMap<Digest, Decayed>,
     hot: BTreeMap<Digest, u32>,
     next_hot_tick: Option<Instant>,
@@ -335,6 +347,10 @@ impl Directory {
             holders: BTreeMap::new(),
             assignment: BTreeMap::new(),
             assignment_dirty: false,
+            rebalance_at: None,
+            to_place: BTreeSet::new(),
+            eligible: Vec::new(),
+            room: BTreeMap::new(),
             hits: BTreeMap::new(),
             hot: BTreeMap::new(),
             next_hot_tick: None,
@@ -501,7 +517,12 @@ impl Directory {
         if let Some(old) = old {
             self.unname(old, catalog, &path);
         }
-        self.assignment_dirty = true;
+        match &entry.op {
+            LogOp::Put(artifact) => {
+                self.to_place.insert(artifact.digest());
+            }
+            LogOp::Expunge { digest, .. } => self.unplace(digest),
+        }
         true
     }
 
@@ -509,6 +530,7 @@ impl Directory {
         if let Some(blob) = self.blobs.get_mut(&digest) {
             blob.names.remove(&(catalog.clone(), path.clone()));
             if blob.names.is_empty() {
+                self.unplace(&digest);
                 self.blobs.remove(&digest);
                 self.holders.remove(&digest);
             }
@@ -647,7 +669,8 @@ impl Directory {
             RelayStatus::Suspended
         } else if r.record.draining {
             RelayStatus::Draining
-        } else if self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
+        } else if self.rebalance_at.is_some() || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
+            // A pending rebalance may give it work: not ready until its assignment is current.
             RelayStatus::Syncing
         } else {
             RelayStatus::Ready
@@ -1103,7 +1126,8 @@ impl Directory {
                 self.hot.insert(digest, extra);
             }
             self.events.push_back(Event::HotnessChanged { digest, extra });
-            self.assignment_dirty = true;
+            self.unplace(&digest);
+            self.to_place.insert(digest);
         }
         self.next_hot_tick = (!self.hits.is_empty() || !self.hot.is_empty()).then_some(now + cfg.tick);
     }
@@ -1128,6 +1152,7 @@ impl Directory {
             })
             .flatten()
             .chain(self.next_hot_tick)
+            .chain(self.rebalance_at)
             .min()
     }
 
@@ -1148,48 +1173,136 @@ impl Directory {
         self.events.push_back(Event::GenerationChanged { generation: self.generation });
     }
 
-    /// Recomputes which relay should hold what, if anything it depends on changed. Weighted
-    /// rendezvous hashing over assignable relays subscribed to the artifact's catalogs, within
-    /// each relay's disk budget, `replicas` (plus hot extras) relays per artifact.
+    /// Brings the assignment up to date: new artifacts are placed at once; a changed relay
+    /// set is rebalanced `rebalance_delay` after the first change (coalescing the rest).
     fn refresh_assignment(&mut self, now: Instant) {
-        if !self.assignment_dirty {
+        if self.assignment_dirty && self.rebalance_at.is_none() {
+            self.rebalance_at = Some(now + self.config.rebalance_delay);
+        }
+        if self.rebalance_at.is_some_and(|t| t <= now) {
+            self.rebalance(now);
             return;
         }
-        self.assignment_dirty = false;
-        let eligible: Vec<(NodeId, f64, &[CatalogName])> =
-            self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.as_slice())).collect();
-        let mut room: BTreeMap<NodeId, u64> = eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
-        let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
-        let mut ranked: Vec<(f64, NodeId)> = Vec::with_capacity(eligible.len());
-        for (digest, blob) in &self.blobs {
-            let size = blob.manifest.total_len();
-            let replicas = self.replicas_of(digest, blob);
-            ranked.clear();
-            ranked.extend(
-                eligible
-                    .iter()
-                    .filter(|(_, _, cats)| cats.is_empty() || blob.names.iter().any(|(c, _)| cats.contains(c)))
-                    .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id)),
-            );
-            ranked.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-            let mut placed = 0;
-            for (_, id) in &ranked {
-                if placed == replicas {
-                    break;
-                }
-                let free = room.get_mut(id).expect("every ranked relay has room");
-                if *free >= size {
-                    *free -= size;
-                    next.entry(*id).or_default().insert(*digest);
-                    placed += 1;
-                }
+        if self.to_place.is_empty() {
+            return;
+        }
+        let mut changed = false;
+        for digest in std::mem::take(&mut self.to_place) {
+            changed |= self.place(&digest);
+        }
+        if changed {
+            self.bump_generation();
+        }
+    }
+
+    /// Gives `digest`'s place back: no relay is assigned it, and their room grows.
+    fn unplace(&mut self, digest: &Digest) {
+        let size = self.blobs.get(digest).map_or(0, |b| b.manifest.total_len());
+        for (id, set) in &mut self.assignment {
+            if set.remove(digest)
+                && let Some(room) = self.room.get_mut(id)
+            {
+                *room += size;
             }
         }
+    }
+
+    /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
+    fn place(&mut self, digest: &Digest) -> bool {
+        let Some(blob) = self.blobs.get(digest) else { return false };
+        let (size, replicas) = (blob.manifest.total_len(), self.replicas_of(digest, blob) as usize);
+        let mut ranked = rank(&self.eligible, digest, &blob.names);
+        let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
+        if already >= replicas {
+            return false;
+        }
+        let (assignment, room) = (&mut self.assignment, &mut self.room);
+        let placed = place_in_order(&mut ranked, replicas - already, |id| {
+            let set = assignment.entry(id).or_default();
+            match room.get_mut(&id) {
+                Some(free) if !set.contains(digest) && *free >= size => {
+                    *free -= size;
+                    set.insert(*digest);
+                    true
+                }
+                _ => false,
+            }
+        });
+        placed > 0
+    }
+
+    /// Recomputes the whole assignment: weighted rendezvous hashing over assignable relays
+    /// subscribed to each artifact's catalogs, within each relay's disk budget, `replicas` (plus
+    /// hot extras) relays per artifact. O(artifacts × relays), with a partial sort per artifact.
+    fn rebalance(&mut self, now: Instant) {
+        self.assignment_dirty = false;
+        self.rebalance_at = None;
+        self.to_place.clear();
+        self.eligible =
+            self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
+        let mut room: BTreeMap<NodeId, u64> = self.eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
+        let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
+        for (digest, blob) in &self.blobs {
+            let size = blob.manifest.total_len();
+            let replicas = self.replicas_of(digest, blob) as usize;
+            let mut ranked = rank(&self.eligible, digest, &blob.names);
+            place_in_order(&mut ranked, replicas, |id| {
+                let free = room.get_mut(&id).expect("every ranked relay has room");
+                if *free < size {
+                    return false;
+                }
+                *free -= size;
+                next.entry(id).or_default().insert(*digest);
+                true
+            });
+        }
+        self.room = room;
         if next != self.assignment {
             self.assignment = next;
             self.bump_generation();
         }
     }
+}
+
+/// Scores every eligible relay that carries one of `names`' catalogs for `digest`.
+fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &BTreeSet<(CatalogName, ArtifactPath)>) -> Vec<(f64, NodeId)> {
+    eligible
+        .iter()
+        .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
+        .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id))
+        .collect()
+}
+
+/// Offers relays to `try_place` best score first until `want` accepted; returns how many did.
+/// Only the best `2 × want + 4` are sorted up front (a partial selection, O(relays)); the rest
+/// are sorted only if that many relays are full.
+fn place_in_order(ranked: &mut [(f64, NodeId)], want: usize, mut try_place: impl FnMut(NodeId) -> bool) -> usize {
+    let by_score = |a: &(f64, NodeId), b: &(f64, NodeId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
+    let head = (2 * want + 4).min(ranked.len());
+    if head == 0 || want == 0 {
+        return 0;
+    }
+    if head < ranked.len() {
+        ranked.select_nth_unstable_by(head - 1, by_score);
+    }
+    ranked[..head].sort_by(by_score);
+    let mut placed = 0;
+    for (_, id) in &ranked[..head] {
+        if placed == want {
+            return placed;
+        }
+        placed += usize::from(try_place(*id));
+    }
+    if placed < want && head < ranked.len() {
+        ranked[head..].sort_by(by_score);
+        for (_, id) in &ranked[head..] {
+            if placed == want {
+                break;
+            }
+            placed += usize::from(try_place(*id));
+        }
+    }
+    placed
 }
 
 impl RelayState {
