@@ -174,6 +174,7 @@ fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
 
 /// The status and headers of a blob response, and the byte range its body must carry; or the
 /// whole response when it has no body to stream (304, 416, HEAD).
+#[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
 fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
     let tag = etag(digest);
     let mut builder = Response::builder()
