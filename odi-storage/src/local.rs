@@ -34,6 +34,9 @@ use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
 const STORE: &str = "local";
 /// Bytes read or buffered per step when streaming a blob in or out.
 const PIECE: usize = 256 * 1024;
+/// Bytes read per step when serving a large blob to a client: fewer, larger reads cost less
+/// per byte (each is a trip to the blocking pool and a frame through hyper).
+const SERVE_PIECE: usize = 1 << 20;
 /// Attempts at finding an unused temp file name before giving up.
 const TEMP_ATTEMPTS: u32 = 16;
 
@@ -326,7 +329,7 @@ impl OpenedBlob {
                     if start > 0 {
                         file.seek(SeekFrom::Start(start)).await.map_err(io_error("seek in", &path))?;
                     }
-                    let want = remaining.min(PIECE as u64) as usize;
+                    let want = remaining.min(SERVE_PIECE as u64) as usize;
                     let mut buf = BytesMut::with_capacity(want);
                     let n = (&mut file).take(want as u64).read_buf(&mut buf).await.map_err(io_error("read", &path))?;
                     if n == 0 {
