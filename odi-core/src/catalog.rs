@@ -1,5 +1,7 @@
 //! Catalogs: named, append-only logs of `Put` and `Expunge` entries with sequence numbers.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
@@ -26,11 +28,13 @@ pub struct CatalogConfig {
 pub struct Artifact {
     pub catalog: CatalogName,
     pub path: ArtifactPath,
-    pub media_type: String,
+    /// Shared: a catalog has few distinct media types.
+    pub media_type: Arc<str>,
     #[serde(default)]
     pub tags: Vec<String>,
     pub published_at: UnixTime,
-    pub manifest: ChunkManifest,
+    /// Shared with the directory's index by digest.
+    pub manifest: Arc<ChunkManifest>,
 }
 
 impl Artifact {

@@ -2,6 +2,7 @@
 //! code that holds an `ArtifactPath` knows it cannot escape a data directory.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
@@ -34,9 +35,10 @@ pub enum PathError {
 }
 
 /// A catalog name: `[a-z0-9][a-z0-9._-]{0,63}`.
+/// Shared, not copied: a directory holds each name in several indexes.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
-pub struct CatalogName(String);
+pub struct CatalogName(Arc<str>);
 
 impl CatalogName {
     pub fn new(name: &str) -> Result<Self, PathError> {
@@ -44,7 +46,7 @@ impl CatalogName {
             && name.len() <= MAX_CATALOG_LEN
             && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if ok { Ok(Self(name.to_owned())) } else { Err(PathError::BadCatalog) }
+        if ok { Ok(Self(Arc::from(name))) } else { Err(PathError::BadCatalog) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -65,9 +67,10 @@ impl<'de> Deserialize<'de> for CatalogName {
 }
 
 /// A relative, `/`-separated artifact path inside a catalog.
+/// Shared, not copied: a directory holds each path in several indexes.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
-pub struct ArtifactPath(String);
+pub struct ArtifactPath(Arc<str>);
 
 impl ArtifactPath {
     /// Validates an already-decoded path.
@@ -92,7 +95,7 @@ impl ArtifactPath {
                 return Err(PathError::SegmentTooLong);
             }
         }
-        Ok(Self(path.to_owned()))
+        Ok(Self(Arc::from(path)))
     }
 
     /// Decodes a path as it appears in a URL (`%2e%2e`, `%2f` and the rest), then validates it.

@@ -425,7 +425,7 @@ fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
         };
         let mut m = shared.lock();
         let manifest = match m.lookup(catalog, &path) {
-            Ok(a) => a.manifest.clone(),
+            Ok(a) => (*a.manifest).clone(),
             Err(e) => return lookup_error(&e),
         };
         let redirect = m.redirect(catalog, &path, now);

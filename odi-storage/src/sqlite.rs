@@ -361,9 +361,9 @@ mod tests {
                 op: LogOp::Put(Artifact {
                     catalog: catalog("alpha"),
                     path: ArtifactPath::new("v1/tool.tar.gz").unwrap(),
-                    media_type: "application/gzip".to_owned(),
+                    media_type: "application/gzip".into(),
                     tags: vec!["stable".to_owned()],
-                    manifest: odi_core::ChunkManifest::of(b"tool", 4096).unwrap(),
+                    manifest: odi_core::ChunkManifest::of(b"tool", 4096).unwrap().into(),
                     published_at: UnixTime(1_700_000_100),
                 }),
             },

@@ -19,9 +19,11 @@
 //! least as new as the artifact's name.
 
 mod hot;
+mod small_set;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -29,6 +31,7 @@ use serde::Serialize;
 
 pub use self::hot::HotConfig;
 use self::hot::{Decayed, extra_replicas};
+use self::small_set::SmallSet;
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
 use crate::digest::Digest;
 use crate::manifest::{ChunkManifest, check_chunk_size};
@@ -176,7 +179,7 @@ pub enum AdminError {
 pub struct Redirect {
     pub digest: Digest,
     pub size: u64,
-    pub media_type: String,
+    pub media_type: Arc<str>,
     /// The chosen relay; `None` means the directory serves the bytes itself.
     pub target: Option<RelayUrl>,
     /// The other relays that could serve it, for `Link: rel=duplicate`.
@@ -266,8 +269,8 @@ struct Entry {
 
 #[derive(Debug)]
 struct Blob {
-    manifest: ChunkManifest,
-    names: BTreeSet<(CatalogName, ArtifactPath)>,
+    manifest: Arc<ChunkManifest>,
+    names: SmallSet<(CatalogName, ArtifactPath)>,
 }
 
 #[derive(Debug)]
@@ -313,7 +316,9 @@ pub struct Directory {
     /// Relays that held an expunged digest and have not confirmed deleting it.
     expunge_pending: BTreeMap<Digest, BTreeSet<NodeId>>,
     relays: BTreeMap<NodeId, RelayState>,
-    holders: BTreeMap<Digest, BTreeSet<NodeId>>,
+    holders: BTreeMap<Digest, SmallSet<NodeId>>,
+    /// One shared copy of each media type.
+    media_types: BTreeSet<Arc<str>>,
     assignment: BTreeMap<NodeId, BTreeSet<Digest>>,
     /// The relay set changed: rebalance everything at `rebalance_at`.
     assignment_dirty: bool,
@@ -345,6 +350,7 @@ impl Directory {
             expunge_pending: BTreeMap::new(),
             relays: BTreeMap::new(),
             holders: BTreeMap::new(),
+            media_types: BTreeSet::new(),
             assignment: BTreeMap::new(),
             assignment_dirty: false,
             rebalance_at: None,
@@ -395,7 +401,8 @@ impl Directory {
         if cat.artifacts.get(&path).is_some_and(|e| e.artifact.digest() == manifest.digest()) {
             return Ok(None);
         }
-        let artifact = Artifact { catalog: catalog.clone(), path, media_type, tags: Vec::new(), published_at: at, manifest };
+        let artifact =
+            Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
         Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
     }
 
@@ -484,8 +491,18 @@ impl Directory {
         let (path, old) = match &entry.op {
             LogOp::Put(artifact) => {
                 let digest = artifact.digest();
-                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: BTreeSet::new() });
+                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
                 blob.names.insert((catalog.clone(), artifact.path.clone()));
+                let mut artifact = artifact.clone();
+                artifact.manifest = blob.manifest.clone();
+                artifact.media_type = match self.media_types.get(&artifact.media_type) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        self.media_types.insert(artifact.media_type.clone());
+                        artifact.media_type
+                    }
+                };
+                let artifact = &artifact;
                 cat.expunged.remove(&artifact.path);
                 let old = cat.artifacts.insert(artifact.path.clone(), Entry { artifact: artifact.clone(), generation });
                 (artifact.path.clone(), old.map(|e| e.artifact.digest()).filter(|d| *d != digest))
@@ -602,7 +619,7 @@ impl Directory {
         if self.expunged.contains(digest) {
             return Err(LookupError::Expunged(digest.to_string()));
         }
-        self.blobs.get(digest).map(|b| &b.manifest).ok_or(LookupError::UnknownDigest(*digest))
+        self.blobs.get(digest).map(|b| &*b.manifest).ok_or(LookupError::UnknownDigest(*digest))
     }
 
     pub fn relays(&self, now: Instant) -> Vec<RelayView> {
@@ -710,13 +727,13 @@ impl Directory {
     /// Like `redirect`, by digest.
     pub fn redirect_blob(&mut self, digest: &Digest, now: Instant) -> Result<Redirect, LookupError> {
         let size = self.manifest(digest)?.total_len();
-        Ok(self.choose(*digest, size, "application/octet-stream".to_owned(), None, now))
+        Ok(self.choose(*digest, size, Arc::from("application/octet-stream"), None, now))
     }
 
     /// Power of two choices: two candidates drawn in proportion to bandwidth, the one with
     /// less load per unit of bandwidth wins. Draining relays count only while the artifact has
     /// too few other holders.
-    fn choose(&mut self, digest: Digest, size: u64, media_type: String, min_generation: Option<u64>, now: Instant) -> Redirect {
+    fn choose(&mut self, digest: Digest, size: u64, media_type: Arc<str>, min_generation: Option<u64>, now: Instant) -> Redirect {
         self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
         self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
         let mut candidates = self.candidates(&digest, min_generation, now);
@@ -905,7 +922,7 @@ impl Directory {
                 Assigned {
                     digest: *d,
                     size: b.manifest.total_len(),
-                    manifest: missing.then(|| b.manifest.clone()),
+                    manifest: missing.then(|| (*b.manifest).clone()),
                     sources: if missing { self.peer_sources(d, relay.record.id, now) } else { Vec::new() },
                 }
             })
@@ -1265,7 +1282,7 @@ impl Directory {
 }
 
 /// Scores every eligible relay that carries one of `names`' catalogs for `digest`.
-fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &BTreeSet<(CatalogName, ArtifactPath)>) -> Vec<(f64, NodeId)> {
+fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>) -> Vec<(f64, NodeId)> {
     eligible
         .iter()
         .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
