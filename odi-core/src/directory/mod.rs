@@ -1228,7 +1228,8 @@ impl Directory {
     fn place(&mut self, digest: &Digest) -> bool {
         let Some(blob) = self.blobs.get(digest) else { return false };
         let (size, replicas) = (blob.manifest.total_len(), self.replicas_of(digest, blob) as usize);
-        let mut ranked = rank(&self.eligible, digest, &blob.names);
+        let mut ranked = Vec::with_capacity(self.eligible.len());
+        rank(&self.eligible, digest, &blob.names, &mut ranked);
         let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
         if already >= replicas {
             return false;
@@ -1259,10 +1260,11 @@ impl Directory {
             self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
         let mut room: BTreeMap<NodeId, u64> = self.eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
         let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
+        let mut ranked = Vec::with_capacity(self.eligible.len());
         for (digest, blob) in &self.blobs {
             let size = blob.manifest.total_len();
             let replicas = self.replicas_of(digest, blob) as usize;
-            let mut ranked = rank(&self.eligible, digest, &blob.names);
+            rank(&self.eligible, digest, &blob.names, &mut ranked);
             place_in_order(&mut ranked, replicas, |id| {
                 let free = room.get_mut(&id).expect("every ranked relay has room");
                 if *free < size {
@@ -1281,13 +1283,16 @@ impl Directory {
     }
 }
 
-/// Scores every eligible relay that carries one of `names`' catalogs for `digest`.
-fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>) -> Vec<(f64, NodeId)> {
-    eligible
-        .iter()
-        .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
-        .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id))
-        .collect()
+/// Scores, into `ranked` (reused, so a rebalance allocates once), every eligible relay that
+/// carries one of `names`' catalogs for `digest`.
+fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>, ranked: &mut Vec<(f64, NodeId)>) {
+    ranked.clear();
+    ranked.extend(
+        eligible
+            .iter()
+            .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
+            .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id)),
+    );
 }
 
 /// Offers relays to `try_place` best score first until `want` accepted; returns how many did.
