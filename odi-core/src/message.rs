@@ -61,9 +61,10 @@ impl<'de> Deserialize<'de> for NodeId {
 
 /// A relay's public base URL: `http(s)://host[:port][/prefix]`, no credentials, query or
 /// fragment. Validated before it can ever appear in a `Location` header.
+/// Shared, not copied: every redirect hands out a few of them.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
-pub struct RelayUrl(String);
+pub struct RelayUrl(std::sync::Arc<str>);
 
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("relay URL `{0}` must be http:// or https:// with a host, and no credentials, query, fragment or spaces")]
@@ -80,7 +81,7 @@ impl RelayUrl {
             && !host.starts_with(':')
             && !url.contains(['@', '?', '#', '\\', '"', '<', '>', '`', ' ', '{', '}', '|', '^'])
             && !url.chars().any(|c| c.is_control() || !c.is_ascii());
-        if ok { Ok(Self(url.to_owned())) } else { Err(bad()) }
+        if ok { Ok(Self(std::sync::Arc::from(url))) } else { Err(bad()) }
     }
 
     pub fn as_str(&self) -> &str {
