@@ -63,6 +63,8 @@ pub struct DirectoryConfig {
     /// A change to the set of relays is rebalanced this long after it, so that many changes
     /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
     pub rebalance_delay: Duration,
+    /// Relay scores computed per slice of a rebalance, between which the driver may serve.
+    pub rebalance_slice: usize,
     pub hot: HotConfig,
 }
 
@@ -76,6 +78,7 @@ impl DirectoryConfig {
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
             rebalance_delay: Duration::from_secs(1),
+            rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
         }
     }
@@ -329,6 +332,10 @@ pub struct Directory {
     /// their assignment leaves in their budget.
     eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
     room: BTreeMap<NodeId, u64>,
+    /// A rebalance under way, done slice by slice.
+    rebalancing: Option<Rebalancing>,
+    /// When the rebalance under way paused (its next slice is due then).
+    rebalance_paused: Option<Instant>,
     hits: BTreeMap<Digest, Decayed>,
     hot: BTreeMap<Digest, u32>,
     next_hot_tick: Option<Instant>,
@@ -357,6 +364,8 @@ impl Directory {
             to_place: BTreeSet::new(),
             eligible: Vec::new(),
             room: BTreeMap::new(),
+            rebalancing: None,
+            rebalance_paused: None,
             hits: BTreeMap::new(),
             hot: BTreeMap::new(),
             next_hot_tick: None,
@@ -670,6 +679,11 @@ impl Directory {
         self.expunge_pending.iter().map(|(d, p)| ExpungeView { digest: *d, pending: p.iter().copied().collect() }).collect()
     }
 
+    /// True while a rebalance is being computed (slice by slice).
+    pub fn is_rebalancing(&self) -> bool {
+        self.rebalancing.is_some()
+    }
+
     /// Which relays the current assignment gives `digest` to.
     pub fn assigned_to(&self, digest: &Digest) -> Vec<NodeId> {
         self.assignment.iter().filter(|(_, set)| set.contains(digest)).map(|(id, _)| *id).collect()
@@ -686,7 +700,7 @@ impl Directory {
             RelayStatus::Suspended
         } else if r.record.draining {
             RelayStatus::Draining
-        } else if self.rebalance_at.is_some() || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
+        } else if self.rebalance_at.is_some() || self.rebalancing.is_some() || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
             // A pending rebalance may give it work: not ready until its assignment is current.
             RelayStatus::Syncing
         } else {
@@ -1170,6 +1184,7 @@ impl Directory {
             .flatten()
             .chain(self.next_hot_tick)
             .chain(self.rebalance_at)
+            .chain(self.rebalance_paused)
             .min()
     }
 
@@ -1196,8 +1211,9 @@ impl Directory {
         if self.assignment_dirty && self.rebalance_at.is_none() {
             self.rebalance_at = Some(now + self.config.rebalance_delay);
         }
-        if self.rebalance_at.is_some_and(|t| t <= now) {
+        if self.rebalancing.is_some() || self.rebalance_at.is_some_and(|t| t <= now) {
             self.rebalance(now);
+            self.rebalance_paused = self.rebalancing.as_ref().map(|_| now);
             return;
         }
         if self.to_place.is_empty() {
@@ -1251,20 +1267,40 @@ impl Directory {
 
     /// Recomputes the whole assignment: weighted rendezvous hashing over assignable relays
     /// subscribed to each artifact's catalogs, within each relay's disk budget, `replicas` (plus
-    /// hot extras) relays per artifact. O(artifacts × relays), with a partial sort per artifact.
+    /// hot extras) relays per artifact. O(artifacts × relays), with a partial sort per artifact,
+    /// done in slices of about `rebalance_slice` scores: between slices `poll_timeout`
+    /// is due at once, so the driver releases the machine and redirects go on. The current
+    /// assignment stays in force until the new one is complete.
     fn rebalance(&mut self, now: Instant) {
-        self.assignment_dirty = false;
-        self.rebalance_at = None;
-        self.to_place.clear();
-        self.eligible =
-            self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
-        let mut room: BTreeMap<NodeId, u64> = self.eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
-        let mut next: BTreeMap<NodeId, BTreeSet<Digest>> = BTreeMap::new();
-        let mut ranked = Vec::with_capacity(self.eligible.len());
-        for (digest, blob) in &self.blobs {
+        let mut work = match self.rebalancing.take() {
+            Some(work) => work,
+            None => {
+                self.assignment_dirty = false;
+                self.rebalance_at = None;
+                let eligible: Vec<(NodeId, f64, Vec<CatalogName>)> =
+                    self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
+                let room = eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
+                Rebalancing { eligible, room, next: BTreeMap::new(), after: None }
+            }
+        };
+        let slice = (self.config.rebalance_slice / work.eligible.len().max(1)).max(1);
+        let mut ranked = Vec::with_capacity(work.eligible.len());
+        let start = match work.after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        let mut done = 0;
+        let mut last = None;
+        for (digest, blob) in self.blobs.range((start, std::ops::Bound::Unbounded)) {
+            if done == slice {
+                break;
+            }
+            done += 1;
+            last = Some(*digest);
             let size = blob.manifest.total_len();
             let replicas = self.replicas_of(digest, blob) as usize;
-            rank(&self.eligible, digest, &blob.names, &mut ranked);
+            rank(&work.eligible, digest, &blob.names, &mut ranked);
+            let (room, next) = (&mut work.room, &mut work.next);
             place_in_order(&mut ranked, replicas, |id| {
                 let free = room.get_mut(&id).expect("every ranked relay has room");
                 if *free < size {
@@ -1275,12 +1311,50 @@ impl Directory {
                 true
             });
         }
+        if done == slice && last.is_some() {
+            work.after = last;
+            self.rebalancing = Some(work);
+            return;
+        }
+        // Complete. Artifacts expunged meanwhile are dropped; those published meanwhile behind
+        // the cursor are placed again on top.
+        let Rebalancing { eligible, mut next, .. } = work;
+        for set in next.values_mut() {
+            set.retain(|d| self.blobs.contains_key(d));
+        }
+        let room = eligible
+            .iter()
+            .map(|(id, ..)| {
+                let used: u64 = next.get(id).into_iter().flatten().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum();
+                (*id, self.relays[id].record.capacity.disk_budget.saturating_sub(used))
+            })
+            .collect();
+        let placed: BTreeSet<Digest> = next.values().flatten().copied().collect();
+        self.eligible = eligible;
         self.room = room;
+        self.to_place = self.blobs.keys().filter(|d| !placed.contains(d)).copied().collect();
         if next != self.assignment {
             self.assignment = next;
             self.bump_generation();
         }
+        let mut changed = false;
+        for digest in std::mem::take(&mut self.to_place) {
+            changed |= self.place(&digest);
+        }
+        if changed {
+            self.bump_generation();
+        }
     }
+}
+
+/// A rebalance under way: the relays it ranks, their room, the assignment being built, and the
+/// last artifact done.
+#[derive(Debug)]
+struct Rebalancing {
+    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
+    room: BTreeMap<NodeId, u64>,
+    next: BTreeMap<NodeId, BTreeSet<Digest>>,
+    after: Option<Digest>,
 }
 
 /// Scores, into `ranked` (reused, so a rebalance allocates once), every eligible relay that

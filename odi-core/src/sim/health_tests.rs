@@ -221,3 +221,42 @@ fn a_relay_that_fails_a_health_check_gets_no_clients_until_it_passes_one() {
     sim.run_for(Duration::from_secs(5));
     assert_eq!(status(&sim, ids[0]), RelayStatus::Ready, "re-admitted after a passed self-test");
 }
+
+#[test]
+fn a_rebalance_in_slices_ends_with_every_artifact_placed_despite_changes_midway() {
+    let mut sim = Sim::with_config(83, |c| c.rebalance_slice = 8);
+    sim.invariant_stride = 50;
+    let cat = sim.create_catalog("c", 2);
+    for i in 0..150u32 {
+        sim.publish(&cat, &format!("f{i}"), &i.to_le_bytes());
+    }
+    let ids: Vec<NodeId> = (1..=4).map(|n| sim.add_relay(n, 100 * MB)).collect();
+    sim.run_for(Duration::from_secs(10));
+    // A fifth relay joins: a rebalance of 150 artifacts, two per slice. Step until it is under
+    // way, then publish and expunge between its slices.
+    let late = sim.add_relay(5, 100 * MB);
+    let until = sim.now + Duration::from_secs(10);
+    let mut slices = 0;
+    while !sim.dir.is_rebalancing() {
+        assert!(sim.step(until), "the rebalance never started");
+    }
+    while sim.dir.is_rebalancing() && slices < 10 {
+        sim.step(until);
+        slices += 1;
+    }
+    assert!(sim.dir.is_rebalancing(), "still under way after {slices} slices");
+    let fresh: Vec<Digest> = (0..20u32).map(|i| sim.publish(&cat, &format!("new{i}"), &(1000 + i).to_le_bytes())).collect();
+    sim.expunge(&cat, "f3");
+    sim.run_for(Duration::from_secs(30));
+    let expunged = Digest::of(&3u32.to_le_bytes());
+    assert!(sim.dir.assigned_to(&expunged).is_empty());
+    for i in (0..150u32).filter(|i| *i != 3) {
+        assert_eq!(sim.dir.assigned_to(&Digest::of(&i.to_le_bytes())).len(), 2, "f{i}");
+    }
+    for d in &fresh {
+        assert_eq!(sim.dir.assigned_to(d).len(), 2);
+    }
+    assert!(sim.dir.relays(sim.now).iter().any(|v| v.id == late && v.assigned > 0), "the newcomer got its share");
+    assert!(ids.iter().chain([&late]).all(|id| sim.relays[id].machine.is_synced()));
+    assert!(sim.dir.relays(sim.now).iter().all(|v| v.status == RelayStatus::Ready));
+}
