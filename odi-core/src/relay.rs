@@ -234,6 +234,8 @@ impl Relay {
         let Some(size) = self.fetching.remove(&digest) else { return };
         match outcome {
             Ok(()) => {
+                // A fresh copy replaces any evicted one: its pending deletion must not run.
+                self.leaving.remove(&digest);
                 self.held.insert(digest, size);
                 self.value.insert(digest, (0, now));
                 self.events.push_back(Event::Ready { digest });
@@ -391,6 +393,16 @@ impl Relay {
     }
 
     fn start_fetches(&mut self, now: Instant) {
+        // An evicted blob still on disk that is wanted again is taken back, not downloaded (a
+        // download would race its pending deletion).
+        let back: Vec<Digest> = self.leaving.keys().filter(|d| self.wanted.contains_key(*d)).copied().collect();
+        for digest in back {
+            if let Some(leaving) = self.leaving.remove(&digest) {
+                self.held.insert(digest, leaving.size);
+                self.value.insert(digest, (0, now));
+                self.report_soon = true;
+            }
+        }
         let budget = self.config.capacity.disk_budget;
         let mut todo: Vec<(Digest, u64, ChunkManifest, Vec<RelayUrl>)> = self
             .wanted

@@ -492,10 +492,13 @@ impl Directory {
 
     fn apply_log(&mut self, catalog: &CatalogName, entry: &LogEntry) -> bool {
         let generation = self.generation + 1;
-        let Some(cat) = self.catalogs.get_mut(catalog) else { return false };
-        if entry.seq != cat.seq + 1 {
+        if self.catalogs.get(catalog).is_none_or(|cat| entry.seq != cat.seq + 1) {
             return false;
         }
+        if let LogOp::Expunge { digest, .. } = &entry.op {
+            self.unplace(digest); // while its size is still known
+        }
+        let cat = self.catalogs.get_mut(catalog).expect("checked above");
         cat.seq = entry.seq;
         let (path, old) = match &entry.op {
             LogOp::Put(artifact) => {
@@ -543,11 +546,15 @@ impl Directory {
         if let Some(old) = old {
             self.unname(old, catalog, &path);
         }
-        match &entry.op {
-            LogOp::Put(artifact) => {
-                self.to_place.insert(artifact.digest());
+        if let LogOp::Put(artifact) = &entry.op {
+            let digest = artifact.digest();
+            self.to_place.insert(digest);
+            // A rebalance under way has passed this artifact: it must place it when it ends.
+            if let Some(work) = &mut self.rebalancing
+                && work.after.is_some_and(|after| digest <= after)
+            {
+                work.missed.push(digest);
             }
-            LogOp::Expunge { digest, .. } => self.unplace(digest),
         }
         true
     }
@@ -1238,6 +1245,16 @@ impl Directory {
                 *room += size;
             }
         }
+        // And from the assignment a rebalance under way is building.
+        if let Some(work) = &mut self.rebalancing {
+            for (id, set) in &mut work.next {
+                if set.remove(digest)
+                    && let Some(room) = work.room.get_mut(id)
+                {
+                    *room += size;
+                }
+            }
+        }
     }
 
     /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
@@ -1280,7 +1297,7 @@ impl Directory {
                 let eligible: Vec<(NodeId, f64, Vec<CatalogName>)> =
                     self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
                 let room = eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
-                Rebalancing { eligible, room, next: BTreeMap::new(), after: None }
+                Rebalancing { eligible, room, next: BTreeMap::new(), after: None, missed: Vec::new() }
             }
         };
         let slice = (self.config.rebalance_slice / work.eligible.len().max(1)).max(1);
@@ -1316,23 +1333,12 @@ impl Directory {
             self.rebalancing = Some(work);
             return;
         }
-        // Complete. Artifacts expunged meanwhile are dropped; those published meanwhile behind
-        // the cursor are placed again on top.
-        let Rebalancing { eligible, mut next, .. } = work;
-        for set in next.values_mut() {
-            set.retain(|d| self.blobs.contains_key(d));
-        }
-        let room = eligible
-            .iter()
-            .map(|(id, ..)| {
-                let used: u64 = next.get(id).into_iter().flatten().filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum();
-                (*id, self.relays[id].record.capacity.disk_budget.saturating_sub(used))
-            })
-            .collect();
-        let placed: BTreeSet<Digest> = next.values().flatten().copied().collect();
+        // Complete. Artifacts expunged or renamed away meanwhile were taken out by `unplace`;
+        // those published meanwhile behind the cursor are placed now.
+        let Rebalancing { eligible, room, next, missed, .. } = work;
         self.eligible = eligible;
         self.room = room;
-        self.to_place = self.blobs.keys().filter(|d| !placed.contains(d)).copied().collect();
+        self.to_place = missed.into_iter().collect();
         if next != self.assignment {
             self.assignment = next;
             self.bump_generation();
@@ -1355,6 +1361,8 @@ struct Rebalancing {
     room: BTreeMap<NodeId, u64>,
     next: BTreeMap<NodeId, BTreeSet<Digest>>,
     after: Option<Digest>,
+    /// Published behind the cursor while it ran.
+    missed: Vec<Digest>,
 }
 
 /// Scores, into `ranked` (reused, so a rebalance allocates once), every eligible relay that
