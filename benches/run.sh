@@ -29,6 +29,6 @@ cargo build --release --quiet -p odi-benches
 target_dir="${CARGO_TARGET_DIR:-target}"
 
 echo "date: $(date -u +%Y-%m-%dT%H:%M:%SZ)"
-# A hard stop well beyond a normal run (about 2 minutes on 2 cores); SIGTERM lets odi-bench stop
+# A hard stop well beyond a normal run (about 2.5 minutes on 2 cores); SIGTERM lets odi-bench stop
 # nginx and remove its temporary data.
 exec timeout --signal=TERM --kill-after=30 900 "$target_dir/release/odi-bench" "$@"

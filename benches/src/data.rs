@@ -26,15 +26,36 @@ pub(crate) struct Sizes {
     pub(crate) sync_small_len: u64,
     pub(crate) sync_big_count: usize,
     pub(crate) sync_big_len: u64,
+    /// Small artifacts the directory answers with `302` under wrk (comparison 5).
+    pub(crate) redirect_count: usize,
+    pub(crate) redirect_len: u64,
 }
 
 impl Sizes {
-    pub(crate) const FULL: Self =
-        Self { big: GIB, small_count: 1000, small_len: KIB, sync_small_count: 200, sync_small_len: 64 * KIB, sync_big_count: 4, sync_big_len: 250 * MIB };
+    pub(crate) const FULL: Self = Self {
+        big: GIB,
+        small_count: 1000,
+        small_len: KIB,
+        sync_small_count: 200,
+        sync_small_len: 64 * KIB,
+        sync_big_count: 4,
+        sync_big_len: 250 * MIB,
+        redirect_count: 1000,
+        redirect_len: KIB,
+    };
 
     /// A smaller set for checking that the harness works; its figures mean little.
-    pub(crate) const QUICK: Self =
-        Self { big: 64 * MIB, small_count: 200, small_len: KIB, sync_small_count: 40, sync_small_len: 64 * KIB, sync_big_count: 4, sync_big_len: 8 * MIB };
+    pub(crate) const QUICK: Self = Self {
+        big: 64 * MIB,
+        small_count: 200,
+        small_len: KIB,
+        sync_small_count: 40,
+        sync_small_len: 64 * KIB,
+        sync_big_count: 4,
+        sync_big_len: 8 * MIB,
+        redirect_count: 200,
+        redirect_len: KIB,
+    };
 
     pub(crate) fn sync_total(&self) -> u64 {
         self.sync_small_count as u64 * self.sync_small_len + self.sync_big_count as u64 * self.sync_big_len
@@ -64,11 +85,14 @@ pub(crate) struct Dataset {
     pub(crate) big: Artifact,
     pub(crate) small: Vec<Artifact>,
     pub(crate) sync: Vec<Artifact>,
+    /// Published for the directory's `302`s; nginx never reads them (it answers `return 302`).
+    pub(crate) redirect: Vec<Artifact>,
 }
 
 pub(crate) const BIG_CATALOG: &str = "big";
 pub(crate) const SMALL_CATALOG: &str = "small";
 pub(crate) const SYNC_CATALOG: &str = "sync";
+pub(crate) const REDIRECT_CATALOG: &str = "redirect";
 
 impl Dataset {
     /// Writes every file under `www`, each with its own pseudo-random (incompressible, distinct)
@@ -93,7 +117,9 @@ impl Dataset {
             let big = next(SYNC_CATALOG, format!("b{i}.bin"), sizes.sync_big_len)?;
             sync.insert((i * stride).min(sync.len()), big);
         }
-        Ok(Self { www: www.to_path_buf(), big, small, sync })
+        let redirect =
+            (0..sizes.redirect_count).map(|i| next(REDIRECT_CATALOG, format!("d{i:04}.bin"), sizes.redirect_len)).collect::<anyhow::Result<Vec<_>>>()?;
+        Ok(Self { www: www.to_path_buf(), big, small, sync, redirect })
     }
 }
 

@@ -8,7 +8,9 @@
 //! 3. `ManifestBuilder` (whole-file and per-chunk SHA-256) over a 1 GiB file, against
 //!    `openssl dgst -sha256`;
 //! 4. a relay syncing ~1 GiB of small and large artifacts from a directory, against `xargs -P`
-//!    curl fetching the same files from the same directory.
+//!    curl fetching the same files from the same directory;
+//! 5. the directory answering `302` for 1000 small artifacts held by 2 ready relays under wrk,
+//!    against nginx answering the same paths with `return 302`.
 //!
 //! Everything listens on 127.0.0.1 only; data lives in a temporary directory removed at the end
 //! (also on error or SIGINT/SIGTERM). `benches/run.sh` installs the tools and runs this in release.
@@ -25,7 +27,7 @@ use std::time::{Duration, Instant};
 use anyhow::{Context as _, bail, ensure};
 use tokio::signal::unix::{Signal, SignalKind, signal};
 
-use crate::data::{BIG_CATALOG, Dataset, MIB, SMALL_CATALOG, SYNC_CATALOG, Sizes};
+use crate::data::{BIG_CATALOG, Dataset, MIB, REDIRECT_CATALOG, SMALL_CATALOG, SYNC_CATALOG, Sizes};
 use crate::odi::{Admin, Node};
 use crate::report::{Better, Comparison, size};
 use crate::tools::WrkLoad;
@@ -39,6 +41,8 @@ const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N]
 const SYNC_PARALLEL: usize = 4;
 /// Upload concurrency when publishing the many small files.
 const PUBLISH_PARALLEL: usize = 8;
+/// Relays holding the redirect catalog (its replicas), so each `302` names one and lists another.
+const REDIRECT_RELAYS: usize = 2;
 const READY_LIMIT: Duration = Duration::from_secs(300);
 const LEASE_WAIT_LIMIT: Duration = Duration::from_secs(15);
 
@@ -95,7 +99,7 @@ fn main() -> anyhow::Result<()> {
     for c in &comparisons {
         println!("{c}");
     }
-    println!("{}", report::machine_line());
+    println!("{}", odi_benches::machine_line());
     Ok(())
 }
 
@@ -134,11 +138,13 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
     let admin = Admin::new(&directory.url);
     progress(&format!("directory at {}; publishing", directory.url));
     for catalog in [BIG_CATALOG, SMALL_CATALOG, SYNC_CATALOG] {
-        admin.create_catalog(catalog).await?;
+        admin.create_catalog(catalog, 1).await?;
     }
+    admin.create_catalog(REDIRECT_CATALOG, REDIRECT_RELAYS as u32).await?;
     admin.publish(&data.big).await?;
     admin.publish_all(&data.small, PUBLISH_PARALLEL).await?;
     admin.publish_all(&data.sync, SYNC_PARALLEL).await?;
+    admin.publish_all(&data.redirect, PUBLISH_PARALLEL).await?;
     flush_to_disk();
     checkpoint().await;
 
@@ -162,11 +168,19 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
     let served = serving.await;
     nginx.stop();
     relay.stop().await?;
+    let [big, small] = match served {
+        Ok(served) => served,
+        Err(e) => {
+            directory.stop().await?;
+            return Err(e);
+        }
+    };
+    let redirected = redirect_302(work, &directory, &admin, &data, &options).await;
     directory.stop().await?;
-    let [big, small] = served?;
-    // Printed in README.md's order: serving one large, serving many small, hashing, sync.
+    // Printed in README.md's order: serving one large, serving many small, hashing, sync, 302s.
     comparisons.insert(0, small);
     comparisons.insert(0, big);
+    comparisons.push(redirected?);
     drop(tmp);
     Ok(comparisons)
 }
@@ -316,6 +330,119 @@ async fn relay_sync(work: &Path, directory: &Node, admin: &Admin, data: &Dataset
         ));
         c.reference.push(curl.as_secs_f64());
         c.odi.push(times.ready.as_secs_f64());
+    }
+    Ok(finish(c))
+}
+
+/// Comparison 5: the directory's `302` for many small artifacts that two ready relays hold,
+/// against nginx answering the same paths with `return 302`, both under the same wrk load.
+async fn redirect_302(work: &Path, directory: &Node, admin: &Admin, data: &Dataset, options: &Options) -> anyhow::Result<Comparison> {
+    let artifacts = &data.redirect;
+    progress(&format!("starting {REDIRECT_RELAYS} relays for the {} redirect artifacts", artifacts.len()));
+    let since = Instant::now();
+    let mut relays = Vec::new();
+    for i in 0..REDIRECT_RELAYS {
+        relays.push(odi::start_relay(&work.join(format!("relay-302-{i}")), &directory.url, &[REDIRECT_CATALOG], SYNC_PARALLEL).await?);
+    }
+    let mut nginx = None;
+    let result = async {
+        for relay in &relays {
+            let ready = admin.wait_ready(&relay.url, artifacts.len() as u64, since, READY_LIMIT).await?;
+            progress(&format!("  relay at {} ready after {:.2} s", relay.url, ready.ready.as_secs_f64()));
+        }
+        let relay_urls: Vec<&str> = relays.iter().map(|r| r.url.as_str()).collect();
+        // nginx points every 302 at the first relay, with the same path: the same Location a
+        // directory 302 carries, from a fixed rule instead of a choice among holders.
+        let redirect = nginx::Redirect { location: &format!("/r/{REDIRECT_CATALOG}/"), to: relay_urls[0] };
+        let n = nginx.insert(nginx::Nginx::start_with(&work.join("nginx-302"), &data.www, Some(redirect))?);
+        progress(&format!("nginx at {} answers /r/{REDIRECT_CATALOG}/* with return 302 {}$uri", n.url, relay_urls[0]));
+        redirect_runs(work, (&directory.url, &n.url), n.pid(), &relay_urls, artifacts, options).await
+    }
+    .await;
+    if let Some(mut n) = nginx {
+        n.stop();
+    }
+    for relay in relays {
+        relay.stop().await?;
+    }
+    result
+}
+
+async fn redirect_runs(
+    work: &Path,
+    (odi, nginx): (&str, &str),
+    nginx_pid: u32,
+    relays: &[&str],
+    artifacts: &[data::Artifact],
+    options: &Options,
+) -> anyhow::Result<Comparison> {
+    let paths: Vec<String> = artifacts.iter().map(data::Artifact::url_path).collect();
+    // Both sides must answer a 302 to a relay URL with the same path; checked before and after
+    // every measured odi run, and once per side under load by a script that counts statuses.
+    let check = |base: &str, path: &str| -> anyhow::Result<tools::Probe> {
+        let p = tools::probe(&format!("{base}{path}"))?;
+        ensure!(p.code == "302", "{base}{path} answered {} instead of 302", p.code);
+        ensure!(relays.iter().any(|r| p.location == format!("{r}{path}")), "{base}{path} redirected to `{}`, not to a relay with the same path", p.location);
+        Ok(p)
+    };
+    let (first, last) = (&paths[0], &paths[paths.len() - 1]);
+    let (o, n) = (check(odi, first)?, check(nginx, first)?);
+    progress(&format!(
+        "302 answers: odi {} header bytes + {} body bytes, nginx {} header bytes + {} body bytes",
+        o.header_bytes, o.body_bytes, n.header_bytes, n.body_bytes
+    ));
+    let load = options.wrk;
+    progress(&format!("redirect 302 x {} paths: {} over both", paths.len(), load.describe()));
+    // Unmeasured warm-up, 1 s a side, counting every answer's status (the counting costs wrk time).
+    let counting = work.join("count-302.lua");
+    tools::wrk_status_script(&counting, &paths)?;
+    let warm = WrkLoad { duration: Duration::from_secs(1), ..load };
+    for (name, base) in [("odi", odi), ("nginx", nginx)] {
+        let (rps, s) = tools::wrk_statuses(base, &counting, warm)?;
+        ensure!(s.other == 0 && s.no_location == 0 && s.found > 0, "{name} under wrk: {s:?}; expected only 302s with a Location");
+        progress(&format!("  warm-up {name}: {} answers, all 302 with a Location ({rps:.0} req/s while counting)", s.found));
+    }
+    let script = work.join("rotate-302.lua");
+    tools::wrk_script(&script, &paths)?;
+    let mut c = Comparison {
+        name: format!("redirect 302 ({})", load.describe()),
+        unit: "req/s",
+        tool: "nginx".into(),
+        better: Better::Higher,
+        target: 0.8,
+        decimals: 0,
+        odi: Vec::new(),
+        reference: Vec::new(),
+    };
+    // Not part of the figure: CPU time each server used per answer (odi: this whole process,
+    // directory and both relays; nginx: master and workers), user and system, to tell a slower
+    // server from a starved one. wrk shares the same 2 cores with both.
+    let seconds = load.duration.as_secs_f64();
+    let per_answer = |cpu: tools::CpuTime, rps: f64| {
+        let us = |d: Duration| d.as_secs_f64() * 1e6 / (rps * seconds);
+        format!(
+            "{rps:.0} req/s, {:.1} µs CPU per answer (user {:.1}, system {:.1}; {:.2} cores)",
+            us(cpu.total()),
+            us(cpu.user),
+            us(cpu.system),
+            cpu.total().as_secs_f64() / seconds
+        )
+    };
+    for run in 0..options.runs {
+        check(odi, first)?;
+        let before = tools::cpu_time(std::process::id(), false)?;
+        let rps = tools::wrk(odi, &script, load)?;
+        let odi_cpu = tools::cpu_time(std::process::id(), false)?.since(&before);
+        c.odi.push(rps);
+        check(odi, last)?;
+        checkpoint().await;
+        let before = tools::cpu_time(nginx_pid, true)?;
+        let nginx_rps = tools::wrk(nginx, &script, load)?;
+        let nginx_cpu = tools::cpu_time(nginx_pid, true)?.since(&before);
+        c.reference.push(nginx_rps);
+        check(nginx, last)?;
+        progress(&format!("  run {}: odi {}; nginx {}", run + 1, per_answer(odi_cpu, rps), per_answer(nginx_cpu, nginx_rps)));
+        checkpoint().await;
     }
     Ok(finish(c))
 }

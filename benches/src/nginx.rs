@@ -13,6 +13,15 @@ use anyhow::{Context as _, bail};
 const START_TIMEOUT: Duration = Duration::from_secs(10);
 const STOP_TIMEOUT: Duration = Duration::from_secs(5);
 
+/// A location nginx answers with `return 302 {to}$uri` instead of a file.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Redirect<'a> {
+    /// A location prefix such as `/r/redirect/`.
+    pub(crate) location: &'a str,
+    /// Scheme, host and port the `Location` header points at; the request's path follows.
+    pub(crate) to: &'a str,
+}
+
 pub(crate) struct Nginx {
     child: Child,
     pub(crate) url: String,
@@ -24,11 +33,16 @@ impl Nginx {
     /// Starts nginx in the foreground (`daemon off`) with a master and one worker per core,
     /// serving `www` read-only.
     pub(crate) fn start(prefix: &Path, www: &Path) -> anyhow::Result<Self> {
+        Self::start_with(prefix, www, None)
+    }
+
+    /// Like `start`, and answers every path under `redirect.location` with a `302`.
+    pub(crate) fn start_with(prefix: &Path, www: &Path, redirect: Option<Redirect<'_>>) -> anyhow::Result<Self> {
         fs::create_dir_all(prefix).with_context(|| format!("cannot create {}", prefix.display()))?;
         let port = free_loopback_port()?;
         let conf = prefix.join("nginx.conf");
         let error_log = prefix.join("error.log");
-        fs::write(&conf, config(prefix, www, port)).with_context(|| format!("cannot write {}", conf.display()))?;
+        fs::write(&conf, config(prefix, www, port, redirect)).with_context(|| format!("cannot write {}", conf.display()))?;
         let child = Command::new("nginx")
             .arg("-p")
             .arg(prefix)
@@ -56,6 +70,11 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
+    }
+
+    /// The master's process id (its workers are its children).
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
     }
 
     fn log_tail(&self) -> String {
@@ -93,7 +112,7 @@ impl Drop for Nginx {
     }
 }
 
-fn config(prefix: &Path, www: &Path, port: u16) -> String {
+fn config(prefix: &Path, www: &Path, port: u16, redirect: Option<Redirect<'_>>) -> String {
     let p = prefix.display();
     let mut c = String::new();
     // Root may not hand the workers to `nobody`: the data lives in a private temp directory.
@@ -115,6 +134,9 @@ fn config(prefix: &Path, www: &Path, port: u16) -> String {
     let _ = writeln!(c, "    server {{");
     let _ = writeln!(c, "        listen 127.0.0.1:{port};");
     let _ = writeln!(c, "        root {};", www.display());
+    if let Some(Redirect { location, to }) = redirect {
+        let _ = writeln!(c, "        location {location} {{ return 302 {to}$uri; }}");
+    }
     let _ = writeln!(c, "    }}");
     let _ = writeln!(c, "}}");
     c

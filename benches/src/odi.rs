@@ -143,8 +143,8 @@ impl Admin {
         Ok((status, body))
     }
 
-    pub(crate) async fn create_catalog(&self, name: &str) -> anyhow::Result<()> {
-        let (status, body) = self.call(Method::POST, "catalogs", full(format!(r#"{{"name":"{name}","replicas":1}}"#))).await?;
+    pub(crate) async fn create_catalog(&self, name: &str, replicas: u32) -> anyhow::Result<()> {
+        let (status, body) = self.call(Method::POST, "catalogs", full(format!(r#"{{"name":"{name}","replicas":{replicas}}}"#))).await?;
         if status != StatusCode::CREATED {
             bail!("cannot create catalog {name}: {status} {}", String::from_utf8_lossy(&body).trim());
         }

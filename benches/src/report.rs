@@ -1,4 +1,4 @@
-//! Result lines: one per comparison, then the machine they were measured on.
+//! Result lines: one per comparison (the machine line is `odi_benches::machine_line`).
 
 use std::fmt;
 
@@ -66,18 +66,6 @@ impl fmt::Display for Comparison {
             unit = self.unit,
         )
     }
-}
-
-/// `nproc`, the CPU model and the kernel, as one line.
-pub(crate) fn machine_line() -> String {
-    let nproc = std::thread::available_parallelism().map_or(0, usize::from);
-    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
-    let cpu = cpuinfo
-        .lines()
-        .find_map(|l| l.strip_prefix("model name").and_then(|rest| rest.split_once(':')).map(|(_, m)| m.trim().to_owned()))
-        .unwrap_or_else(|| "unknown".into());
-    let kernel = std::fs::read_to_string("/proc/sys/kernel/osrelease").map_or_else(|_| "unknown".into(), |k| k.trim().to_owned());
-    format!("machine: nproc {nproc}, cpu {cpu}, kernel {kernel}")
 }
 
 /// `1 GiB`, `250 MiB`, `64 KiB`, `1012.5 MiB`: binary units, a decimal only when needed.

@@ -108,9 +108,156 @@ pub(crate) fn wrk_script(path: &Path, paths: &[String]) -> anyhow::Result<()> {
     fs::write(path, lua).with_context(|| format!("cannot write {}", path.display()))
 }
 
+/// Writes a wrk script like `wrk_script`'s that also counts each thread's answers by status and,
+/// at the end, prints `statuses: 302={n} other={m} no_location={k}` (answers that were not `302`,
+/// and `302`s without a `Location`). The `response` callback costs wrk time, so this script is
+/// for checking a run, not for measuring one.
+pub(crate) fn wrk_status_script(path: &Path, paths: &[String]) -> anyhow::Result<()> {
+    let mut lua = String::from("-- Rotates through every path and counts answers by status.\nlocal paths = {\n");
+    for p in paths {
+        let _ = writeln!(lua, "  \"{p}\",");
+    }
+    lua.push_str(
+        r#"}
+local threads = {}
+function setup(thread)
+  table.insert(threads, thread)
+end
+function init(args)
+  i = 0
+  found = 0
+  other = 0
+  no_location = 0
+end
+function request()
+  i = i % #paths + 1
+  return wrk.format("GET", paths[i])
+end
+function response(status, headers, body)
+  if status == 302 then
+    found = found + 1
+    if headers["Location"] == nil and headers["location"] == nil then
+      no_location = no_location + 1
+    end
+  else
+    other = other + 1
+  end
+end
+function done(summary, latency, requests)
+  local f, o, n = 0, 0, 0
+  for _, t in ipairs(threads) do
+    f = f + t:get("found")
+    o = o + t:get("other")
+    n = n + t:get("no_location")
+  end
+  io.write(string.format("statuses: 302=%d other=%d no_location=%d\n", f, o, n))
+end
+"#,
+    );
+    fs::write(path, lua).with_context(|| format!("cannot write {}", path.display()))
+}
+
+/// Counts from a `wrk_status_script` run.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Statuses {
+    pub(crate) found: u64,
+    pub(crate) other: u64,
+    pub(crate) no_location: u64,
+}
+
+/// Runs wrk with a `wrk_status_script` script; returns requests per second and the counts.
+pub(crate) fn wrk_statuses(base: &str, script: &Path, load: WrkLoad) -> anyhow::Result<(f64, Statuses)> {
+    let (rps, text) = wrk_output(base, script, load)?;
+    let line = text.lines().find_map(|l| l.strip_prefix("statuses: ")).with_context(|| format!("no statuses line in wrk output: {text}"))?;
+    let field = |name: &str| -> anyhow::Result<u64> {
+        let value = line.split_whitespace().find_map(|f| f.strip_prefix(name)).with_context(|| format!("no {name} in `{line}`"))?;
+        value.parse().with_context(|| format!("`{value}` in `{line}`"))
+    };
+    Ok((rps, Statuses { found: field("302=")?, other: field("other=")?, no_location: field("no_location=")? }))
+}
+
+/// One `GET` without following redirects: status, `Location`, and header and body sizes.
+#[derive(Clone, Debug)]
+pub(crate) struct Probe {
+    pub(crate) code: String,
+    pub(crate) location: String,
+    pub(crate) header_bytes: u64,
+    pub(crate) body_bytes: u64,
+}
+
+pub(crate) fn probe(url: &str) -> anyhow::Result<Probe> {
+    let out = run(Command::new("curl").args([
+        "-s",
+        "-o",
+        "/dev/null",
+        "--max-time",
+        "10",
+        "-w",
+        "%{http_code} %{size_header} %{size_download} %{redirect_url}",
+        url,
+    ]))?;
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let mut fields = text.split_whitespace();
+    let (Some(code), Some(header), Some(body)) = (fields.next(), fields.next(), fields.next()) else { bail!("unexpected curl output `{text}`") };
+    Ok(Probe {
+        code: code.to_owned(),
+        location: fields.next().unwrap_or_default().to_owned(),
+        header_bytes: header.parse().with_context(|| format!("curl header size `{header}`"))?,
+        body_bytes: body.parse().with_context(|| format!("curl body size `{body}`"))?,
+    })
+}
+
+/// CPU time used so far by a process, all its threads.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct CpuTime {
+    pub(crate) user: Duration,
+    pub(crate) system: Duration,
+}
+
+impl CpuTime {
+    pub(crate) fn total(&self) -> Duration {
+        self.user + self.system
+    }
+
+    pub(crate) fn since(&self, earlier: &Self) -> Self {
+        Self { user: self.user.saturating_sub(earlier.user), system: self.system.saturating_sub(earlier.system) }
+    }
+}
+
+/// CPU time used so far by process `pid`, all threads; with `children`, plus that of its live
+/// child processes (nginx's workers). Clock-tick resolution (10 ms).
+pub(crate) fn cpu_time(pid: u32, children: bool) -> anyhow::Result<CpuTime> {
+    let ticks = |pid: &str| -> anyhow::Result<(u64, u64)> {
+        let stat = fs::read_to_string(format!("/proc/{pid}/stat")).with_context(|| format!("cannot read /proc/{pid}/stat"))?;
+        // Fields after the parenthesised command name; utime and stime are fields 14 and 15.
+        let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or_default();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        let field = |i: usize| fields.get(i - 3).and_then(|f| f.parse::<u64>().ok()).with_context(|| format!("/proc/{pid}/stat field {i}"));
+        Ok((field(14)?, field(15)?))
+    };
+    let (mut user, mut system) = ticks(&pid.to_string())?;
+    if children {
+        let list = fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+        for child in list.split_whitespace() {
+            let (u, s) = ticks(child).unwrap_or_default();
+            user += u;
+            system += s;
+        }
+    }
+    // SAFETY: sysconf has no preconditions.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as u64;
+    let time = |t: u64| Duration::from_micros(t * 1_000_000 / per_second);
+    Ok(CpuTime { user: time(user), system: time(system) })
+}
+
 /// Runs wrk against `base` with `script`; returns requests per second. Fails on any non-2xx/3xx
 /// answer, so an error page can never pass for a fast one.
 pub(crate) fn wrk(base: &str, script: &Path, load: WrkLoad) -> anyhow::Result<f64> {
+    Ok(wrk_output(base, script, load)?.0)
+}
+
+/// `wrk`, also returning wrk's whole standard output.
+fn wrk_output(base: &str, script: &Path, load: WrkLoad) -> anyhow::Result<(f64, String)> {
     let out = run(Command::new("wrk")
         .arg(format!("-t{}", load.threads))
         .arg(format!("-c{}", load.connections))
@@ -126,7 +273,8 @@ pub(crate) fn wrk(base: &str, script: &Path, load: WrkLoad) -> anyhow::Result<f6
         eprintln!("  note: wrk against {base}: {}", line.trim());
     }
     let rps = text.lines().find_map(|l| l.trim().strip_prefix("Requests/sec:")).with_context(|| format!("no Requests/sec in wrk output: {text}"))?;
-    rps.trim().parse::<f64>().with_context(|| format!("wrk Requests/sec `{rps}`"))
+    let rps = rps.trim().parse::<f64>().with_context(|| format!("wrk Requests/sec `{rps}`"))?;
+    Ok((rps, text.into_owned()))
 }
 
 /// `openssl dgst -sha256` over `file`: wall time and the hex digest it printed.

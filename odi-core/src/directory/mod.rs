@@ -77,7 +77,7 @@ impl DirectoryConfig {
             self_test_retry: Duration::from_secs(5),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
-            rebalance_delay: Duration::from_secs(1),
+            rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
         }
