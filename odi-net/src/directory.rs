@@ -285,11 +285,7 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, digest: Digest
 
 async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     loop {
-        let next = shared.lock().poll_timeout();
-        let sleep = match next {
-            Some(at) => tokio::time::sleep_until(shared.clock.deadline(at)),
-            None => tokio::time::sleep(Duration::from_secs(3600)),
-        };
+        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
         tokio::select! {
             () = sleep => {}
             () = shared.timer.notified() => continue,

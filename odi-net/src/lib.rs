@@ -71,6 +71,15 @@ impl Clock {
     pub fn deadline(&self, at: odi_core::time::Instant) -> tokio::time::Instant {
         tokio::time::Instant::from_std(self.0 + Duration::from_millis(at.as_millis()))
     }
+
+    /// Sleeps until a machine's `poll_timeout`; with none, for an hour (drivers are woken by a
+    /// notification long before).
+    pub fn sleep_until(&self, at: Option<odi_core::time::Instant>) -> tokio::time::Sleep {
+        match at {
+            Some(at) => tokio::time::sleep_until(self.deadline(at)),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        }
+    }
 }
 
 /// Time allowed for a client to send its request head (slowloris guard).

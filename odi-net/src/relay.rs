@@ -226,11 +226,7 @@ async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl
 async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     with_machine(&shared, |m, now| m.handle_timeout(now));
     loop {
-        let next = shared.lock().poll_timeout();
-        let sleep = match next {
-            Some(at) => tokio::time::sleep_until(shared.clock.deadline(at)),
-            None => tokio::time::sleep(Duration::from_secs(3600)),
-        };
+        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
         tokio::select! {
             () = sleep => {}
             () = shared.wake.notified() => continue,

@@ -126,13 +126,7 @@ impl Downloader {
                 break outcome.clone();
             }
             progress(resumed_bytes + machine.bytes_good);
-            let deadline = machine.poll_timeout().map(|t| clock.deadline(t));
-            let timer = async {
-                match deadline {
-                    Some(d) => tokio::time::sleep_until(d).await,
-                    None => std::future::pending().await,
-                }
-            };
+            let timer = clock.sleep_until(machine.poll_timeout());
             tokio::select! {
                 msg = rx.recv() => match msg {
                     Some(Msg::Chunk(id, index, data)) => machine.handle_chunk(id, index, data, clock.now()),
