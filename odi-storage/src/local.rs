@@ -237,32 +237,9 @@ impl BlobStore for LocalStore {
     }
 
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult> {
-        let path = self.blob_path(digest);
-        let mut file = match File::open(&path).await {
-            Ok(file) => file,
-            Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound { store: STORE, digest: *digest }),
-            Err(e) => return Err(io_error("open", &path)(e)),
-        };
-        let size = file.metadata().await.map_err(io_error("read metadata of", &path))?.len();
-        let range = clamp_range(range, size)?;
-        if range.start > 0 {
-            file.seek(SeekFrom::Start(range.start)).await.map_err(io_error("seek in", &path))?;
-        }
-        let state = (file, range.end - range.start, path);
-        let stream = stream::try_unfold(state, |(mut file, remaining, path)| async move {
-            if remaining == 0 {
-                return Ok(None);
-            }
-            let want = remaining.min(PIECE as u64) as usize;
-            let mut buf = BytesMut::with_capacity(want);
-            let n = (&mut file).take(want as u64).read_buf(&mut buf).await.map_err(io_error("read", &path))?;
-            if n == 0 {
-                let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
-                return Err(io_error("read", &path)(e));
-            }
-            Ok(Some((buf.freeze(), (file, remaining - n as u64, path))))
-        });
-        Ok(GetResult { size, range, stream: Box::pin(stream) })
+        let blob = self.open_blob(digest, 0).await?;
+        let (size, range) = (blob.size, clamp_range(range, blob.size)?);
+        Ok(GetResult { size, range: range.clone(), stream: blob.stream(range) })
     }
 
     async fn size(&self, digest: &Digest) -> Result<u64> {
