@@ -215,16 +215,7 @@ async fn serve_big(relay: &str, nginx: &str, data: &Dataset, options: &Options) 
     // One unmeasured run each: connection set-up paths and page cache warm on both sides.
     mib_s(&odi_url)?;
     mib_s(&nginx_url)?;
-    let mut c = Comparison {
-        name: format!("serve {} over loopback (curl)", size(data.big.len)),
-        unit: "MiB/s",
-        tool: "nginx".into(),
-        better: Better::Higher,
-        target: 0.9,
-        decimals: 0,
-        odi: Vec::new(),
-        reference: Vec::new(),
-    };
+    let mut c = Comparison::new(format!("serve {} over loopback (curl)", size(data.big.len)), "MiB/s", "nginx", Better::Higher, 0.9, 0);
     for _ in 0..options.runs {
         c.odi.push(mib_s(&odi_url)?);
         c.reference.push(mib_s(&nginx_url)?);
@@ -242,16 +233,8 @@ async fn serve_small(relay: &str, nginx: &str, work: &Path, data: &Dataset, opti
     let warm = WrkLoad { duration: Duration::from_secs(1), ..load };
     tools::wrk(relay, &script, warm)?;
     tools::wrk(nginx, &script, warm)?;
-    let mut c = Comparison {
-        name: format!("serve {} x {} ({})", data.small.len(), size(data.small[0].len), load.describe()),
-        unit: "req/s",
-        tool: "nginx".into(),
-        better: Better::Higher,
-        target: 0.8,
-        decimals: 0,
-        odi: Vec::new(),
-        reference: Vec::new(),
-    };
+    let mut c =
+        Comparison::new(format!("serve {} x {} ({})", data.small.len(), size(data.small[0].len), load.describe()), "req/s", "nginx", Better::Higher, 0.8, 0);
     for _ in 0..options.runs {
         c.odi.push(tools::wrk(relay, &script, load)?);
         checkpoint().await;
@@ -270,16 +253,14 @@ async fn hashing(data: &Dataset, options: &Options) -> anyhow::Result<Comparison
     let (_, hex) = tools::openssl_sha256(file)?;
     ensure!(digest.to_hex() == hex, "odi and openssl disagree on the SHA-256 of {}: {digest} vs {hex}", file.display());
     let mib = data.big.len as f64 / MIB as f64;
-    let mut c = Comparison {
-        name: format!("hash {} in 1 MiB chunks (whole-file + per-chunk SHA-256)", size(data.big.len)),
-        unit: "MiB/s",
-        tool: "openssl dgst -sha256".into(),
-        better: Better::Higher,
-        target: 1.0,
-        decimals: 0,
-        odi: Vec::new(),
-        reference: Vec::new(),
-    };
+    let mut c = Comparison::new(
+        format!("hash {} in 1 MiB chunks (whole-file + per-chunk SHA-256)", size(data.big.len)),
+        "MiB/s",
+        "openssl dgst -sha256",
+        Better::Higher,
+        1.0,
+        0,
+    );
     for _ in 0..options.runs {
         c.odi.push(mib / tools::odi_manifest(file)?.0.as_secs_f64());
         c.reference.push(mib / tools::openssl_sha256(file)?.0.as_secs_f64());
@@ -294,16 +275,14 @@ async fn relay_sync(work: &Path, directory: &Node, admin: &Admin, data: &Dataset
     let sizes = options.sizes;
     let mix = format!("{} x {} + {} x {}", sizes.sync_small_count, size(sizes.sync_small_len), sizes.sync_big_count, size(sizes.sync_big_len));
     progress(&format!("sync {mix}: relay (max_fetches {SYNC_PARALLEL}) and xargs -P {SYNC_PARALLEL} -n {} curl", options.per_curl));
-    let mut c = Comparison {
-        name: format!("relay sync {} ({mix}), time; ratio = curl / odi", size(sizes.sync_total())),
-        unit: "s",
-        tool: format!("curl (xargs -P {SYNC_PARALLEL} -n {})", options.per_curl),
-        better: Better::Lower,
-        target: 0.9,
-        decimals: 2,
-        odi: Vec::new(),
-        reference: Vec::new(),
-    };
+    let mut c = Comparison::new(
+        format!("relay sync {} ({mix}), time; ratio = curl / odi", size(sizes.sync_total())),
+        "s",
+        format!("curl (xargs -P {SYNC_PARALLEL} -n {})", options.per_curl),
+        Better::Lower,
+        0.9,
+        2,
+    );
     for run in 0..options.runs {
         admin.wait_no_live_relays(LEASE_WAIT_LIMIT).await?;
         let out = work.join(format!("curl-{run}"));
@@ -404,16 +383,7 @@ async fn redirect_runs(
     }
     let script = work.join("rotate-302.lua");
     tools::wrk_script(&script, &paths)?;
-    let mut c = Comparison {
-        name: format!("redirect 302 ({})", load.describe()),
-        unit: "req/s",
-        tool: "nginx".into(),
-        better: Better::Higher,
-        target: 0.8,
-        decimals: 0,
-        odi: Vec::new(),
-        reference: Vec::new(),
-    };
+    let mut c = Comparison::new(format!("redirect 302 ({})", load.describe()), "req/s", "nginx", Better::Higher, 0.8, 0);
     // Not part of the figure: CPU time each server used per answer (odi: this whole process,
     // directory and both relays; nginx: master and workers), user and system, to tell a slower
     // server from a starved one. wrk shares the same 2 cores with both.

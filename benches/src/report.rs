@@ -27,6 +27,11 @@ pub(crate) struct Comparison {
 }
 
 impl Comparison {
+    /// A comparison with no runs yet; `decimals` is how the values are printed.
+    pub(crate) fn new(name: String, unit: &'static str, tool: impl Into<String>, better: Better, target: f64, decimals: usize) -> Self {
+        Self { name, unit, tool: tool.into(), better, target, decimals, odi: Vec::new(), reference: Vec::new() }
+    }
+
     /// The best run: the highest throughput or the shortest time.
     fn best(&self, runs: &[f64]) -> f64 {
         let pick = match self.better {
