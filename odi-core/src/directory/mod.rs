@@ -623,9 +623,14 @@ impl Directory {
     }
 
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Result<&Artifact, LookupError> {
+        self.entry(catalog, path).map(|e| &e.artifact)
+    }
+
+    /// The catalog entry at `catalog/path`: one search of each map (redirects go through here).
+    fn entry(&self, catalog: &str, path: &ArtifactPath) -> Result<&Entry, LookupError> {
         let cat = CatalogName::new(catalog).ok().and_then(|n| self.catalogs.get(&n)).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
         match cat.artifacts.get(path) {
-            Some(e) => Ok(&e.artifact),
+            Some(e) => Ok(e),
             None if cat.expunged.contains(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
             None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
         }
@@ -738,9 +743,8 @@ impl Directory {
     /// are tested, alive, not suspended or quarantined, and have applied its current name.
     pub fn redirect(&mut self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
         let (digest, size, media_type, generation) = {
-            let a = self.lookup(catalog, path)?;
-            let cat = &self.catalogs[&a.catalog];
-            (a.digest(), a.size(), a.media_type.clone(), cat.artifacts[path].generation)
+            let e = self.entry(catalog, path)?;
+            (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
         };
         Ok(self.choose(digest, size, media_type, Some(generation), now))
     }
@@ -800,9 +804,8 @@ impl Directory {
     /// Every relay `redirect` could choose for `catalog/path` now, without choosing (and without
     /// counting a request).
     pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
-        let a = self.lookup(catalog, path)?;
-        let generation = self.catalogs[&a.catalog].artifacts[path].generation;
-        Ok(self.candidates(&a.digest(), Some(generation), now).into_iter().map(|(id, ..)| id).collect())
+        let e = self.entry(catalog, path)?;
+        Ok(self.candidates(&e.artifact.digest(), Some(e.generation), now).into_iter().map(|(id, ..)| id).collect())
     }
 
     fn weighted_pick(&mut self, candidates: &[(NodeId, u64, f64)]) -> usize {
