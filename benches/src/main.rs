@@ -32,8 +32,13 @@ use crate::odi::{Admin, Node};
 use crate::report::{Better, Comparison, size};
 use crate::tools::WrkLoad;
 
-const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N]
+/// The allocator the `odi` binary uses, so the servers run here as they do there.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N] [--only LIST]
   --quick       small data set, short wrk runs: checks the harness, figures mean little
+  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302
   --runs N      measured runs per side (default 3); each figure is the best of them
   --per-curl N  URLs per curl process in the sync comparison (default 16)";
 
@@ -46,17 +51,47 @@ const REDIRECT_RELAYS: usize = 2;
 const READY_LIMIT: Duration = Duration::from_secs(300);
 const LEASE_WAIT_LIMIT: Duration = Duration::from_secs(15);
 
+/// The comparisons `--only` can pick; `Serve` is the pair that shares one relay and nginx.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+enum Part {
+    Serve,
+    Hash,
+    Sync,
+    Redirect,
+}
+
+impl Part {
+    const ALL: [Self; 4] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect];
+
+    fn name(self) -> &'static str {
+        match self {
+            Self::Serve => "serve",
+            Self::Hash => "hash",
+            Self::Sync => "sync",
+            Self::Redirect => "302",
+        }
+    }
+}
+
 #[derive(Clone, Copy, Debug)]
 struct Options {
     sizes: Sizes,
     runs: usize,
     per_curl: usize,
     wrk: WrkLoad,
+    /// Which comparisons run, indexed like `Part::ALL`.
+    parts: [bool; 4],
 }
 
 impl Options {
     fn parse(mut args: impl Iterator<Item = String>) -> anyhow::Result<Self> {
-        let mut options = Self { sizes: Sizes::FULL, runs: 3, per_curl: 16, wrk: WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(5) } };
+        let mut options = Self {
+            sizes: Sizes::FULL,
+            runs: 3,
+            per_curl: 16,
+            wrk: WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(5) },
+            parts: [true; 4],
+        };
         let number = |flag: &str, value: Option<String>| -> anyhow::Result<usize> {
             let value = value.with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
             let n: usize = value.parse().with_context(|| format!("{flag} {value}: not a number\n{USAGE}"))?;
@@ -71,6 +106,14 @@ impl Options {
                 }
                 "--runs" => options.runs = number("--runs", args.next())?,
                 "--per-curl" => options.per_curl = number("--per-curl", args.next())?,
+                "--only" => {
+                    let list = args.next().with_context(|| format!("--only needs a list\n{USAGE}"))?;
+                    options.parts = [false; 4];
+                    for name in list.split(',') {
+                        let i = Part::ALL.iter().position(|p| p.name() == name).with_context(|| format!("--only: no comparison `{name}`\n{USAGE}"))?;
+                        options.parts[i] = true;
+                    }
+                }
                 "-h" | "--help" => {
                     println!("{USAGE}");
                     std::process::exit(0);
@@ -79,6 +122,10 @@ impl Options {
             }
         }
         Ok(options)
+    }
+
+    fn wants(&self, part: Part) -> bool {
+        Part::ALL.iter().zip(self.parts).any(|(p, on)| *p == part && on)
     }
 }
 
@@ -141,17 +188,44 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         admin.create_catalog(catalog, 1).await?;
     }
     admin.create_catalog(REDIRECT_CATALOG, REDIRECT_RELAYS as u32).await?;
-    admin.publish(&data.big).await?;
-    admin.publish_all(&data.small, PUBLISH_PARALLEL).await?;
-    admin.publish_all(&data.sync, SYNC_PARALLEL).await?;
-    admin.publish_all(&data.redirect, PUBLISH_PARALLEL).await?;
+    if options.wants(Part::Serve) {
+        admin.publish(&data.big).await?;
+        admin.publish_all(&data.small, PUBLISH_PARALLEL).await?;
+    }
+    if options.wants(Part::Sync) {
+        admin.publish_all(&data.sync, SYNC_PARALLEL).await?;
+    }
+    if options.wants(Part::Redirect) {
+        admin.publish_all(&data.redirect, PUBLISH_PARALLEL).await?;
+    }
     flush_to_disk();
     checkpoint().await;
 
-    let mut comparisons = Vec::new();
-    comparisons.push(hashing(&data, &options).await?);
-    comparisons.push(relay_sync(work, &directory, &admin, &data, &options).await?);
+    // Printed in README.md's order: serving one large, serving many small, hashing, sync, 302s.
+    let compared = async {
+        let mut comparisons = Vec::new();
+        if options.wants(Part::Serve) {
+            comparisons.extend(serving(work, &directory, &admin, &data, &options).await?);
+        }
+        if options.wants(Part::Hash) {
+            comparisons.push(hashing(&data, &options).await?);
+        }
+        if options.wants(Part::Sync) {
+            comparisons.push(relay_sync(work, &directory, &admin, &data, &options).await?);
+        }
+        if options.wants(Part::Redirect) {
+            comparisons.push(redirect_302(work, &directory, &admin, &data, &options).await?);
+        }
+        anyhow::Ok(comparisons)
+    }
+    .await;
+    directory.stop().await?;
+    drop(tmp);
+    compared
+}
 
+/// Comparisons 1 and 2, which share one serving relay and one nginx.
+async fn serving(work: &Path, directory: &Node, admin: &Admin, data: &Dataset, options: &Options) -> anyhow::Result<[Comparison; 2]> {
     progress("starting the serving relay and nginx");
     let since = Instant::now();
     let relay = odi::start_relay(&work.join("relay-serve"), &directory.url, &[BIG_CATALOG, SMALL_CATALOG], SYNC_PARALLEL).await?;
@@ -168,21 +242,7 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
     let served = serving.await;
     nginx.stop();
     relay.stop().await?;
-    let [big, small] = match served {
-        Ok(served) => served,
-        Err(e) => {
-            directory.stop().await?;
-            return Err(e);
-        }
-    };
-    let redirected = redirect_302(work, &directory, &admin, &data, &options).await;
-    directory.stop().await?;
-    // Printed in README.md's order: serving one large, serving many small, hashing, sync, 302s.
-    comparisons.insert(0, small);
-    comparisons.insert(0, big);
-    comparisons.push(redirected?);
-    drop(tmp);
-    Ok(comparisons)
+    served
 }
 
 fn progress(msg: &str) {

@@ -104,5 +104,5 @@ fn media_type_for(path: &str) -> &'static str {
 /// Percent-encodes each segment of an artifact path for a URL.
 pub(crate) fn encode_path(path: &str) -> Result<String> {
     let p = odi_core::path::ArtifactPath::new(path).map_err(|e| anyhow!("bad artifact path `{path}`: {e}"))?;
-    Ok(p.to_url())
+    Ok(p.to_url().into_owned())
 }

@@ -1,6 +1,7 @@
 //! Names that arrive from the network: catalog names and artifact paths. Parsing is the check;
 //! code that holds an `ArtifactPath` knows it cannot escape a data directory.
 
+use std::borrow::Cow;
 use std::fmt;
 use std::sync::Arc;
 
@@ -42,11 +43,18 @@ pub struct CatalogName(Arc<str>);
 
 impl CatalogName {
     pub fn new(name: &str) -> Result<Self, PathError> {
+        Self::check(name)?;
+        Ok(Self(Arc::from(name)))
+    }
+
+    /// The check `new` makes, without keeping the name: for a lookup by `&str` that must refuse
+    /// a malformed name before it searches.
+    pub fn check(name: &str) -> Result<(), PathError> {
         let ok = !name.is_empty()
             && name.len() <= MAX_CATALOG_LEN
             && name.bytes().next().is_some_and(|b| b.is_ascii_lowercase() || b.is_ascii_digit())
             && name.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
-        if ok { Ok(Self(Arc::from(name))) } else { Err(PathError::BadCatalog) }
+        if ok { Ok(()) } else { Err(PathError::BadCatalog) }
     }
 
     pub fn as_str(&self) -> &str {
@@ -104,8 +112,7 @@ impl ArtifactPath {
         if raw.len() > 3 * MAX_PATH_LEN {
             return Err(PathError::TooLong);
         }
-        let bytes: Vec<u8> = percent_encoding::percent_decode_str(raw).collect();
-        let decoded = String::from_utf8(bytes).map_err(|_| PathError::NotUtf8)?;
+        let decoded = percent_encoding::percent_decode_str(raw).decode_utf8().map_err(|_| PathError::NotUtf8)?;
         Self::new(&decoded)
     }
 
@@ -113,10 +120,13 @@ impl ArtifactPath {
         &self.0
     }
 
-    /// The form to put back in a URL: each segment percent-encoded, `/` kept.
-    pub fn to_url(&self) -> String {
-        const SEGMENT: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~');
-        self.0.split('/').map(|s| percent_encoding::utf8_percent_encode(s, SEGMENT).to_string()).collect::<Vec<_>>().join("/")
+    /// The form to put back in a URL: each segment percent-encoded, `/` kept. Borrowed when
+    /// nothing needs encoding, as for most release file names.
+    pub fn to_url(&self) -> Cow<'_, str> {
+        // Everything but the unreserved characters, and `/`: segments never contain a `/`, so
+        // encoding the whole path at once is encoding each segment.
+        const PATH: &percent_encoding::AsciiSet = &percent_encoding::NON_ALPHANUMERIC.remove(b'-').remove(b'_').remove(b'.').remove(b'~').remove(b'/');
+        percent_encoding::utf8_percent_encode(&self.0, PATH).into()
     }
 
     /// The last segment, for a default output file name.
@@ -182,6 +192,11 @@ mod tests {
         let p = ArtifactPath::new("dir/a b%c?#.txt").unwrap();
         assert_eq!(p.to_url(), "dir/a%20b%25c%3F%23.txt");
         assert_eq!(ArtifactPath::from_url(&p.to_url()).unwrap(), p);
+        let plain = ArtifactPath::new("pool/main/o/odi_1.0-1~b2_amd64.deb").unwrap();
+        assert!(matches!(plain.to_url(), Cow::Borrowed("pool/main/o/odi_1.0-1~b2_amd64.deb")));
+        let unicode = ArtifactPath::new("dist/café+1.tar").unwrap();
+        assert_eq!(unicode.to_url(), "dist/caf%C3%A9%2B1.tar");
+        assert_eq!(ArtifactPath::from_url(&unicode.to_url()).unwrap(), unicode);
     }
 
     #[test]

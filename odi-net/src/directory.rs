@@ -21,7 +21,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::auth::{self, ReplayGuard, SignedRequest};
 use odi_core::catalog::DEFAULT_REPLICAS;
-use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError};
+use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Redirect};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{Message, NodeId, RefusalCode, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, digest_headers, error, json, serve_blob, split_catalog_path};
+use crate::http::{Body, Values, digest_headers, error, json, serve_blob, split_catalog_path};
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
@@ -299,9 +299,8 @@ async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let path = req.uri().path().to_owned();
-    let method = req.method().clone();
-    let read = method == Method::GET || method == Method::HEAD;
+    let path = req.uri().path();
+    let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if let Some(rest) = path.strip_prefix("/r/") {
         return if read { client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
     }
@@ -315,12 +314,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         if let Err(resp) = check_admin(&shared, &req) {
             return resp;
         }
-        return admin(&shared, req, rest).await;
+        let rest = rest.to_owned();
+        return admin(&shared, req, &rest).await;
     }
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
-        return node(&shared, req, rest).await;
+        let rest = rest.to_owned();
+        return node(&shared, req, &rest).await;
     }
-    match (path.as_str(), read) {
+    match (path, read) {
         ("/healthz", true) => {
             let id = shared.lock().id();
             json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "directory", "id": id }))
@@ -349,7 +350,7 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
     let Some((catalog, raw_path)) = split_catalog_path(rest) else {
         return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
     };
-    if CatalogName::new(catalog).is_err() {
+    if CatalogName::check(catalog).is_err() {
         return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
     }
     let path = match ArtifactPath::from_url(raw_path) {
@@ -358,16 +359,10 @@ async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &s
     };
     let now = shared.clock.now();
     let redirect = shared.lock().redirect(catalog, &path, now);
-    let tail = format!("r/{catalog}/{}", path.to_url());
-    let mut resp = match redirect {
-        Ok(r) => match r.target {
-            Some(target) => redirect_response(&target, &tail, &r.alternates, &r.digest),
-            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type, None).await,
-        },
-        Err(e) => return lookup_error(&e),
-    };
-    add_describedby(&mut resp, &base_url(shared, req), &tail);
-    resp
+    match redirect {
+        Ok(r) => answer(shared, req, r, &["r/", catalog, "/", &path.to_url()]).await,
+        Err(e) => lookup_error(&e),
+    }
 }
 
 async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -> Response<Body> {
@@ -377,42 +372,51 @@ async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -
     };
     let now = shared.clock.now();
     let redirect = shared.lock().redirect_blob(&digest, now);
-    let tail = format!("blobs/sha256/{hex}");
-    let mut resp = match redirect {
-        Ok(r) => match r.target {
-            Some(target) => redirect_response(&target, &tail, &r.alternates, &digest),
-            None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &digest, &r.media_type, None).await,
-        },
-        Err(e) => return lookup_error(&e),
+    match redirect {
+        Ok(r) => answer(shared, req, r, &["blobs/sha256/", hex]).await,
+        Err(e) => lookup_error(&e),
+    }
+}
+
+/// A `302` to the chosen relay, or the bytes themselves when no relay can serve them; either way
+/// with `Link: rel=describedby` to the metalink. `tail`: the request path after the first `/`, in
+/// pieces (as a relay serves it too).
+async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail: &[&str]) -> Response<Body> {
+    let tail_len: usize = tail.iter().map(|t| t.len()).sum();
+    let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
+    let mut values = Values::with_capacity(urls + tail_len + 256);
+    let mut resp = match &r.target {
+        Some(target) => redirect_response(&mut values, target, tail, &r.alternates, &r.digest),
+        None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type, None).await,
     };
-    add_describedby(&mut resp, &base_url(shared, req), &tail);
+    if resp.status() == StatusCode::FOUND || resp.status().is_success() {
+        let [scheme, base] = base_url(shared, req);
+        values.text("<").text(scheme).text(base).text("/metalink/");
+        for t in tail {
+            values.text(t);
+        }
+        if let Some(v) = values.text(">; rel=describedby; type=\"").text(metalink::MEDIA_TYPE).text("\"").finish() {
+            resp.headers_mut().append(header::LINK, v);
+        }
+    }
     resp
 }
 
-/// The URL this directory is reached at: `--public-url`, else the request's `Host`.
-fn base_url(shared: &Shared, req: &Request<Incoming>) -> String {
+/// The URL this directory is reached at, in two pieces to write one after the other:
+/// `--public-url`, else `http://` and the request's `Host`.
+fn base_url<'a>(shared: &'a Shared, req: &'a Request<Incoming>) -> [&'a str; 2] {
     if let Some(url) = &shared.public_url {
-        return url.clone();
+        return ["", url];
     }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.len() <= 255 && !h.contains(['/', '\\', ' ', '@']));
-    format!("http://{}", host.unwrap_or("localhost"))
-}
-
-fn add_describedby(resp: &mut Response<Body>, base: &str, tail: &str) {
-    if !(resp.status() == StatusCode::FOUND || resp.status().is_success()) {
-        return;
-    }
-    let link = format!("<{base}/metalink/{tail}>; rel=describedby; type=\"{}\"", metalink::MEDIA_TYPE);
-    if let Ok(v) = HeaderValue::from_str(&link) {
-        resp.headers_mut().append(header::LINK, v);
-    }
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.len() <= 255 && !h.contains(['/', '\\', ' ', '@', '<', '>']));
+    ["http://", host.unwrap_or("localhost")]
 }
 
 /// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
 /// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
 fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
     let now = shared.clock.now();
-    let base = base_url(shared, req);
+    let base = base_url(shared, req).concat();
     let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
         let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };
         let path = match ArtifactPath::from_url(raw_path) {
@@ -446,22 +450,32 @@ fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
     let mut resp = Response::new(crate::http::full(metalink::render(&name, &manifest, &urls)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    digest_headers(resp.headers_mut(), &manifest.digest());
+    digest_headers(resp.headers_mut(), &mut Values::with_capacity(128), &manifest.digest());
     resp
 }
 
-fn redirect_response(target: &RelayUrl, tail: &str, alternates: &[RelayUrl], digest: &Digest) -> Response<Body> {
+fn redirect_response(values: &mut Values, target: &RelayUrl, tail: &[&str], alternates: &[RelayUrl], digest: &Digest) -> Response<Body> {
     let mut resp = Response::new(crate::http::empty());
     *resp.status_mut() = StatusCode::FOUND;
     let h = resp.headers_mut();
-    if let Ok(v) = HeaderValue::from_str(&format!("{target}/{tail}")) {
+    // Location, Cache-Control, Content-Length, two digests, the duplicates and describedby.
+    h.reserve(6 + alternates.len());
+    values.text(target.as_str()).text("/");
+    for t in tail {
+        values.text(t);
+    }
+    if let Some(v) = values.finish() {
         h.insert(header::LOCATION, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    digest_headers(h, digest);
-    for (i, alt) in alternates.iter().enumerate() {
-        if let Ok(v) = HeaderValue::from_str(&format!("<{alt}/{tail}>; rel=duplicate; pri={}", i + 1)) {
+    digest_headers(h, values, digest);
+    for (i, alt) in (1..).zip(alternates) {
+        values.text("<").text(alt.as_str()).text("/");
+        for t in tail {
+            values.text(t);
+        }
+        if let Some(v) = values.text(">; rel=duplicate; pri=").number(i).finish() {
             h.append(header::LINK, v);
         }
     }

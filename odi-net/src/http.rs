@@ -4,11 +4,11 @@
 use std::convert::Infallible;
 use std::ops::Range;
 
-use bytes::Bytes;
+use bytes::{Bytes, BytesMut};
 use std::sync::Arc;
 
 use futures_util::{StreamExt as _, TryStreamExt as _};
-use http::header::{self, HeaderMap, HeaderValue};
+use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
 use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
 use hyper::body::Frame;
@@ -53,19 +53,67 @@ pub fn json(status: StatusCode, value: &impl serde::Serialize) -> Response<Body>
     }
 }
 
-/// `Repr-Digest` (RFC 9530) and the legacy `Digest` header aria2 reads.
-pub fn digest_headers(headers: &mut HeaderMap, digest: &Digest) {
-    let b64 = digest.to_base64();
-    if let Ok(v) = HeaderValue::from_str(&format!("sha-256=:{b64}:")) {
-        headers.insert("repr-digest", v);
+pub const REPR_DIGEST: HeaderName = HeaderName::from_static("repr-digest");
+pub const DIGEST: HeaderName = HeaderName::from_static("digest");
+
+/// The header values of one response, written into one buffer and split off as each is
+/// finished: one allocation for all of them, where `format!` and `HeaderValue::from_str` take
+/// one or two per value. Redirects and small-blob answers are mostly headers, so this is most of
+/// their cost.
+pub struct Values(BytesMut);
+
+impl Values {
+    /// `capacity`: about the total length of the values to come (the buffer grows if needed).
+    pub fn with_capacity(capacity: usize) -> Self {
+        Self(BytesMut::with_capacity(capacity))
     }
-    if let Ok(v) = HeaderValue::from_str(&format!("SHA-256={b64}")) {
-        headers.insert("digest", v);
+
+    pub fn text(&mut self, s: &str) -> &mut Self {
+        self.0.extend_from_slice(s.as_bytes());
+        self
+    }
+
+    pub fn number(&mut self, n: u64) -> &mut Self {
+        self.text(itoa::Buffer::new().format(n))
+    }
+
+    pub fn base64(&mut self, bytes: &[u8]) -> &mut Self {
+        use base64::Engine as _;
+        let start = self.0.len();
+        self.0.resize(start + base64::encoded_len(bytes.len(), true).unwrap_or(0), 0);
+        let written = base64::engine::general_purpose::STANDARD.encode_slice(bytes, &mut self.0[start..]).unwrap_or(0);
+        self.0.truncate(start + written);
+        self
+    }
+
+    pub fn hex(&mut self, bytes: &[u8]) -> &mut Self {
+        const DIGITS: &[u8; 16] = b"0123456789abcdef";
+        for b in bytes {
+            self.0.extend_from_slice(&[DIGITS[usize::from(b >> 4)], DIGITS[usize::from(b & 15)]]);
+        }
+        self
+    }
+
+    /// The value written since the last `finish`, or `None` if it holds a byte no header value
+    /// may hold (a control character); either way the next value starts empty.
+    pub fn finish(&mut self) -> Option<HeaderValue> {
+        HeaderValue::from_maybe_shared(self.0.split().freeze()).ok()
     }
 }
 
-pub fn etag(digest: &Digest) -> String {
-    format!("\"sha256:{}\"", digest.to_hex())
+/// `Repr-Digest` (RFC 9530) and the legacy `Digest` header aria2 reads.
+pub fn digest_headers(headers: &mut HeaderMap, values: &mut Values, digest: &Digest) {
+    if let Some(v) = values.text("sha-256=:").base64(digest.as_bytes()).text(":").finish() {
+        headers.insert(REPR_DIGEST, v);
+    }
+    if let Some(v) = values.text("SHA-256=").base64(digest.as_bytes()).finish() {
+        headers.insert(DIGEST, v);
+    }
+}
+
+/// A blob's strong `ETag`: `"sha256:{hex}"`.
+pub fn etag(values: &mut Values, digest: &Digest) -> HeaderValue {
+    values.text("\"sha256:").hex(digest.as_bytes()).text("\"").finish().unwrap_or(HeaderValue::from_static("\"\""))
 }
 
 /// What a `Range` header asks of a representation of `size` bytes.
@@ -176,18 +224,22 @@ fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
 /// whole response when it has no body to stream (304, 416, HEAD).
 #[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
 fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
-    let tag = etag(digest);
+    let mut values = Values::with_capacity(320 + media_type.len());
+    let tag = etag(&mut values, digest);
     let mut builder = Response::builder()
-        .header(header::ETAG, &tag)
-        .header(header::ACCEPT_RANGES, "bytes")
-        .header(header::CACHE_CONTROL, "public, max-age=31536000, immutable");
+        .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))
+        .header(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
     if let Some(h) = builder.headers_mut() {
-        digest_headers(h, digest);
+        h.reserve(9);
+        digest_headers(h, &mut values, digest);
     }
     let built = |b: http::response::Builder, body: Body| b.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
-    if let Some(inm) = headers.get(header::IF_NONE_MATCH).and_then(|v| v.to_str().ok())
-        && inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/") == tag)
-    {
+    let not_modified = headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()));
+    let builder = builder.header(header::ETAG, tag);
+    if not_modified {
         return Err(built(builder.status(StatusCode::NOT_MODIFIED), empty()));
     }
     let range = match parse_range(headers.get(header::RANGE), size) {
@@ -201,12 +253,17 @@ fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str,
             return Err(built(builder, full(format!("range not satisfiable: the artifact has {size} bytes\n"))));
         }
     };
-    let builder = builder.header(header::CONTENT_TYPE, HeaderValue::from_str(media_type).unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    let content_type = values.text(media_type).finish().unwrap_or(HeaderValue::from_static("application/octet-stream"));
+    let builder = builder.header(header::CONTENT_TYPE, content_type);
     let (status, span, builder) = match &range {
-        Some(r) => (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, format!("bytes {}-{}/{size}", r.start, r.end - 1))),
+        Some(r) => {
+            let content_range = values.text("bytes ").number(r.start).text("-").number(r.end - 1).text("/").number(size).finish();
+            (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, content_range.unwrap_or(HeaderValue::from_static("bytes */0"))))
+        }
         None => (StatusCode::OK, 0..size, builder),
     };
-    let builder = builder.status(status).header(header::CONTENT_LENGTH, span.end - span.start);
+    let length = values.number(span.end - span.start).finish().unwrap_or(HeaderValue::from_static("0"));
+    let builder = builder.status(status).header(header::CONTENT_LENGTH, length);
     if method == Method::HEAD {
         return Err(built(builder, empty()));
     }
@@ -247,6 +304,20 @@ mod tests {
 
     fn r(v: &str, size: u64) -> RangeRequest {
         parse_range(Some(&HeaderValue::from_str(v).unwrap()), size)
+    }
+
+    #[test]
+    fn values_share_one_buffer_and_refuse_control_characters() {
+        let digest = Digest::of(b"odi");
+        let mut values = Values::with_capacity(8);
+        let mut headers = HeaderMap::new();
+        digest_headers(&mut headers, &mut values, &digest);
+        assert_eq!(headers[REPR_DIGEST], format!("sha-256=:{}:", digest.to_base64()).as_str());
+        assert_eq!(headers[DIGEST], format!("SHA-256={}", digest.to_base64()).as_str());
+        assert_eq!(etag(&mut values, &digest), format!("\"sha256:{}\"", digest.to_hex()).as_str());
+        assert_eq!(values.number(0).text("-").number(u64::MAX).finish().unwrap(), "0-18446744073709551615");
+        assert!(values.text("a\r\nb").finish().is_none());
+        assert_eq!(values.text("after").finish().unwrap(), "after");
     }
 
     #[test]
