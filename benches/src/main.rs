@@ -235,8 +235,8 @@ async fn serving(work: &Path, directory: &Node, admin: &Admin, data: &Dataset, o
     progress(&format!("nginx at {}", nginx.url));
 
     let serving = async {
-        let big = serve_big(&relay.url, &nginx.url, &data, &options).await?;
-        let small = serve_small(&relay.url, &nginx.url, work, &data, &options).await?;
+        let big = serve_big(&relay.url, &nginx.url, data, options).await?;
+        let small = serve_small(&relay.url, &nginx.url, work, data, options).await?;
         anyhow::Ok([big, small])
     };
     let served = serving.await;
