@@ -210,8 +210,9 @@ pub async fn serve_local(
     respond(builder, blob.stream(range), limiter)
 }
 
-/// Blobs up to this size are read whole when opened for serving.
-const SMALL_BLOB: u64 = 64 << 10;
+/// Blobs up to this size are read whole when opened for serving (and kept in memory, verified,
+/// while they are in demand).
+const SMALL_BLOB: u64 = odi_storage::local::CACHED_BLOB_MAX;
 
 fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
     match e {
@@ -223,55 +224,57 @@ fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
 /// The status and headers of a blob response, and the byte range its body must carry; or the
 /// whole response when it has no body to stream (304, 416, HEAD).
 #[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
-fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(http::response::Builder, Range<u64>), Response<Body>> {
+fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(Response<()>, Range<u64>), Response<Body>> {
     let mut values = Values::with_capacity(320 + media_type.len());
+    let mut resp = Response::new(());
+    let h = resp.headers_mut();
+    // ETag, Accept-Ranges, Cache-Control, two digests, Content-Type, -Range and -Length.
+    h.reserve(8);
     let tag = etag(&mut values, digest);
-    let mut builder = Response::builder()
-        .header(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"))
-        .header(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    if let Some(h) = builder.headers_mut() {
-        h.reserve(9);
-        digest_headers(h, &mut values, digest);
-    }
-    let built = |b: http::response::Builder, body: Body| b.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e));
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
         .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()));
-    let builder = builder.header(header::ETAG, tag);
+    h.insert(header::ETAG, tag);
+    h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    digest_headers(h, &mut values, digest);
     if not_modified {
-        return Err(built(builder.status(StatusCode::NOT_MODIFIED), empty()));
+        *resp.status_mut() = StatusCode::NOT_MODIFIED;
+        return Err(resp.map(|()| empty()));
     }
-    let range = match parse_range(headers.get(header::RANGE), size) {
-        RangeRequest::Full => None,
-        RangeRequest::Partial(r) => Some(r),
+    let span = match parse_range(headers.get(header::RANGE), size) {
+        RangeRequest::Full => 0..size,
+        RangeRequest::Partial(r) => {
+            *resp.status_mut() = StatusCode::PARTIAL_CONTENT;
+            if let Some(v) = values.text("bytes ").number(r.start).text("-").number(r.end - 1).text("/").number(size).finish() {
+                resp.headers_mut().insert(header::CONTENT_RANGE, v);
+            }
+            r
+        }
         RangeRequest::Unsatisfiable => {
-            let builder = builder
-                .status(StatusCode::RANGE_NOT_SATISFIABLE)
-                .header(header::CONTENT_RANGE, format!("bytes */{size}"))
-                .header(header::CONTENT_TYPE, "text/plain; charset=utf-8");
-            return Err(built(builder, full(format!("range not satisfiable: the artifact has {size} bytes\n"))));
+            *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
+            let h = resp.headers_mut();
+            if let Some(v) = values.text("bytes */").number(size).finish() {
+                h.insert(header::CONTENT_RANGE, v);
+            }
+            h.insert(header::CONTENT_TYPE, HeaderValue::from_static("text/plain; charset=utf-8"));
+            return Err(resp.map(|()| full(format!("range not satisfiable: the artifact has {size} bytes\n"))));
         }
     };
-    let content_type = values.text(media_type).finish().unwrap_or(HeaderValue::from_static("application/octet-stream"));
-    let builder = builder.header(header::CONTENT_TYPE, content_type);
-    let (status, span, builder) = match &range {
-        Some(r) => {
-            let content_range = values.text("bytes ").number(r.start).text("-").number(r.end - 1).text("/").number(size).finish();
-            (StatusCode::PARTIAL_CONTENT, r.clone(), builder.header(header::CONTENT_RANGE, content_range.unwrap_or(HeaderValue::from_static("bytes */0"))))
-        }
-        None => (StatusCode::OK, 0..size, builder),
-    };
-    let length = values.number(span.end - span.start).finish().unwrap_or(HeaderValue::from_static("0"));
-    let builder = builder.status(status).header(header::CONTENT_LENGTH, length);
-    if method == Method::HEAD {
-        return Err(built(builder, empty()));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, values.text(media_type).finish().unwrap_or(HeaderValue::from_static("application/octet-stream")));
+    if let Some(v) = values.number(span.end - span.start).finish() {
+        h.insert(header::CONTENT_LENGTH, v);
     }
-    Ok((builder, span))
+    if method == Method::HEAD {
+        return Err(resp.map(|()| empty()));
+    }
+    Ok((resp, span))
 }
 
 /// Finishes a blob response with its body, paced by `limiter` when there is one.
-fn respond(builder: http::response::Builder, stream: ByteStream<'static>, limiter: Option<&Arc<RateLimiter>>) -> Response<Body> {
+fn respond(head: Response<()>, stream: ByteStream<'static>, limiter: Option<&Arc<RateLimiter>>) -> Response<Body> {
     let frames = stream.map_ok(Frame::data).map_err(|e| Box::new(e) as BoxError);
     let body = match limiter {
         Some(limiter) => {
@@ -289,7 +292,7 @@ fn respond(builder: http::response::Builder, stream: ByteStream<'static>, limite
         }
         None => StreamBody::new(frames).boxed_unsync(),
     };
-    builder.body(body).unwrap_or_else(|e| error(StatusCode::INTERNAL_SERVER_ERROR, e))
+    head.map(|()| body)
 }
 
 /// Splits `/{prefix}/{catalog}/{rest}` as it appears on the wire (still percent-encoded).

@@ -266,13 +266,13 @@ async fn watch_directory(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let method = req.method().clone();
+    let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD");
         resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
         return resp;
     }
-    let path = req.uri().path().to_owned();
+    let path = req.uri().path();
     if path == "/healthz" {
         let (enrolled, synced) = {
             let m = shared.lock();
@@ -281,19 +281,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
     }
     // One lock: started? which digest? count it as served (value, load, no eviction).
-    enum Want {
-        Name(String, ArtifactPath),
+    enum Want<'a> {
+        Name(&'a str, ArtifactPath),
         Blob(Digest),
     }
     let want = if let Some(rest) = path.strip_prefix("/r/") {
         let Some((catalog, raw_path)) = split_catalog_path(rest) else {
             return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
         };
-        if CatalogName::new(catalog).is_err() {
+        if CatalogName::check(catalog).is_err() {
             return error(StatusCode::BAD_REQUEST, "malformed catalog name");
         }
         match ArtifactPath::from_url(raw_path) {
-            Ok(p) => Want::Name(catalog.to_owned(), p),
+            Ok(p) => Want::Name(catalog, p),
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
         }
     } else if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
@@ -321,7 +321,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
-    let resp = serve_local(&shared.store, &method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
+    let resp = serve_local(&shared.store, method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;

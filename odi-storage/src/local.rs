@@ -20,7 +20,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use futures_util::{StreamExt, stream};
 use odi_core::digest::Digest;
 use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
@@ -37,6 +37,10 @@ const PIECE: usize = 256 * 1024;
 /// Bytes read per step when serving a large blob to a client: fewer, larger reads cost less
 /// per byte (each is a trip to the blocking pool and a frame through hyper).
 const SERVE_PIECE: usize = 1 << 20;
+/// Blobs up to this size can be kept in memory, verified, for serving.
+pub const CACHED_BLOB_MAX: u64 = 64 << 10;
+/// Memory for those copies, by default.
+pub const DEFAULT_CACHE_BYTES: u64 = 64 << 20;
 /// Attempts at finding an unused temp file name before giving up.
 const TEMP_ATTEMPTS: u32 = 16;
 
@@ -49,6 +53,68 @@ pub struct LocalStore {
     root: PathBuf,
     blobs: PathBuf,
     tmp: PathBuf,
+    small: SmallBlobs,
+}
+
+/// Copies of small blobs in memory, each checked against its digest when read from disk, so a
+/// hot small blob is served with no file I/O and the memory never holds a wrong byte. A blob's
+/// bytes never change, so a copy needs no invalidation except when the blob is deleted.
+struct SmallBlobs {
+    /// `None` when the store keeps no copies.
+    cache: Option<quick_cache::sync::Cache<Digest, Bytes, ByLength>>,
+    /// Bumped by every delete. A copy read before a delete may not be kept after it, so a
+    /// deleted blob cannot come back from memory.
+    deletes: AtomicU64,
+}
+
+#[derive(Clone, Copy)]
+struct ByLength;
+
+impl quick_cache::Weighter<Digest, Bytes> for ByLength {
+    fn weight(&self, _: &Digest, bytes: &Bytes) -> u64 {
+        // Empty blobs still take an entry.
+        bytes.len().max(1) as u64
+    }
+}
+
+impl SmallBlobs {
+    fn new(capacity: u64) -> Self {
+        let items = (capacity / 4096).clamp(16, 1 << 20) as usize;
+        let cache = (capacity > 0).then(|| quick_cache::sync::Cache::with_weighter(items, capacity, ByLength));
+        Self { cache, deletes: AtomicU64::new(0) }
+    }
+
+    fn get(&self, digest: &Digest) -> Option<Bytes> {
+        self.cache.as_ref()?.get(digest)
+    }
+
+    /// Keeps `bytes`, verified as the blob `digest` after being read while the delete count was
+    /// `epoch`, unless a delete happened since.
+    fn keep(&self, digest: Digest, bytes: Bytes, epoch: u64) {
+        if let Some(cache) = &self.cache
+            && self.deletes.load(Ordering::Acquire) == epoch
+        {
+            cache.insert(digest, bytes);
+            // A delete between the check and the insert: take the copy out again.
+            if self.deletes.load(Ordering::Acquire) != epoch {
+                cache.remove(&digest);
+            }
+        }
+    }
+
+    fn forget(&self, digest: &Digest) {
+        self.deletes.fetch_add(1, Ordering::AcqRel);
+        if let Some(cache) = &self.cache {
+            cache.remove(digest);
+        }
+    }
+}
+
+impl fmt::Debug for SmallBlobs {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let cache = self.cache.as_ref();
+        f.debug_struct("SmallBlobs").field("blobs", &cache.map_or(0, |c| c.len())).field("bytes", &cache.map_or(0, |c| c.weight())).finish()
+    }
 }
 
 impl LocalStore {
@@ -65,7 +131,14 @@ impl LocalStore {
         if removed > 0 {
             tracing::info!(removed, tmp = %tmp.display(), "removed unfinished blobs left by an earlier run");
         }
-        Ok(Self { root, blobs, tmp })
+        Ok(Self { root, blobs, tmp, small: SmallBlobs::new(DEFAULT_CACHE_BYTES) })
+    }
+
+    /// Sets the memory kept for verified copies of small blobs (0 keeps none).
+    #[must_use]
+    pub fn with_cache_bytes(mut self, bytes: u64) -> Self {
+        self.small = SmallBlobs::new(bytes);
+        self
     }
 
     /// The root directory this store was opened at.
@@ -75,16 +148,26 @@ impl LocalStore {
 
     /// Where the blob `digest` lives once stored (whether or not it is there now).
     pub fn blob_path(&self, digest: &Digest) -> PathBuf {
-        let hex = digest.to_hex();
-        self.blobs.join(&hex[..2]).join(hex)
+        let mut buf = [0u8; 64];
+        let hex = hex::encode_to_slice(digest.as_bytes(), &mut buf).ok().and_then(|()| std::str::from_utf8(&buf).ok()).unwrap_or_default();
+        let mut path = PathBuf::with_capacity(self.blobs.as_os_str().len() + 68);
+        path.push(&self.blobs);
+        path.push(hex.get(..2).unwrap_or_default());
+        path.push(hex);
+        path
     }
 
     /// Opens a blob for serving in one trip to the blocking pool: the file, its size, and for
     /// blobs of at most `small` bytes the whole content, so a small response needs no more I/O.
     pub async fn open_blob(&self, digest: &Digest, small: u64) -> Result<OpenedBlob> {
+        if let Some(bytes) = self.small.get(digest) {
+            return Ok(OpenedBlob { size: bytes.len() as u64, content: Opened::Small(bytes), path: PathBuf::new() });
+        }
         let path = self.blob_path(digest);
         let digest = *digest;
-        tokio::task::spawn_blocking(move || {
+        let epoch = self.small.deletes.load(Ordering::Acquire);
+        let caching = self.small.cache.is_some();
+        let (opened, verified) = tokio::task::spawn_blocking(move || {
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound { store: STORE, digest }),
@@ -97,12 +180,20 @@ impl LocalStore {
                 if content.len() as u64 != size {
                     return Err(io_error("read", &path)(io::Error::new(io::ErrorKind::UnexpectedEof, "the file changed size while read")));
                 }
-                return Ok(OpenedBlob { size, content: Opened::Small(bytes::Bytes::from(content)), path });
+                let verified = caching && size <= CACHED_BLOB_MAX && Digest::of(&content) == digest;
+                if caching && size <= CACHED_BLOB_MAX && !verified {
+                    tracing::error!(path = %path.display(), "stored blob does not match its digest; serving it uncached for audits to catch");
+                }
+                return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)), path }, verified));
             }
-            Ok(OpenedBlob { size, content: Opened::File(file), path })
+            Ok((OpenedBlob { size, content: Opened::File(file), path }, false))
         })
         .await
-        .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))?
+        .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))??;
+        if let (true, Opened::Small(bytes)) = (verified, &opened.content) {
+            self.small.keep(digest, bytes.clone(), epoch);
+        }
+        Ok(opened)
     }
 
     /// Opens the resumable partial download of `manifest`'s blob, with the chunks it already
@@ -252,8 +343,12 @@ impl BlobStore for LocalStore {
     }
 
     async fn delete(&self, digest: &Digest) -> Result<()> {
+        // Before and after the unlink: a read racing with it cannot keep its copy either way.
+        self.small.forget(digest);
         let path = self.blob_path(digest);
-        match tokio::fs::remove_file(&path).await {
+        let removed = tokio::fs::remove_file(&path).await;
+        self.small.forget(digest);
+        match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
             Err(e) => Err(io_error("delete", &path)(e)),
@@ -284,7 +379,7 @@ pub struct OpenedBlob {
 
 #[derive(Debug)]
 enum Opened {
-    Small(bytes::Bytes),
+    Small(Bytes),
     File(std::fs::File),
 }
 
@@ -485,6 +580,52 @@ mod tests {
         assert!(files_under(&dir.path().join("tmp")).is_empty());
     }
 
+    async fn read_small(store: &LocalStore, digest: &Digest) -> Result<Vec<u8>> {
+        let blob = store.open_blob(digest, CACHED_BLOB_MAX).await?;
+        let size = blob.size;
+        let mut stream = blob.stream(0..size);
+        let mut out = Vec::new();
+        while let Some(piece) = stream.next().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn small_blobs_are_served_from_memory_once_read_until_deleted() {
+        let (store, _dir) = scratch();
+        let data = conformance::sample(1024, 5);
+        let digest = store.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
+        assert_eq!(read_small(&store, &digest).await.unwrap(), data);
+        // Gone from disk behind the store's back: the verified copy still answers.
+        std::fs::remove_file(store.blob_path(&digest)).unwrap();
+        assert_eq!(read_small(&store, &digest).await.unwrap(), data);
+        store.delete(&digest).await.unwrap();
+        assert!(matches!(read_small(&store, &digest).await, Err(StorageError::NotFound { .. })));
+    }
+
+    #[tokio::test]
+    async fn a_small_blob_that_fails_its_check_is_never_kept_in_memory() {
+        let (store, _dir) = scratch();
+        let data = conformance::sample(1024, 6);
+        let digest = store.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
+        let path = store.blob_path(&digest);
+        let mut rotten = data.clone();
+        rotten[100] ^= 0x80;
+        std::fs::write(&path, &rotten).unwrap();
+        // Served as stored (an audit is what catches it), but not kept.
+        assert_eq!(read_small(&store, &digest).await.unwrap(), rotten);
+        std::fs::remove_file(&path).unwrap();
+        assert!(matches!(read_small(&store, &digest).await, Err(StorageError::NotFound { .. })));
+        // And a store that keeps no copies always reads the disk.
+        let (plain, _dir) = scratch();
+        let plain = plain.with_cache_bytes(0);
+        let digest = plain.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
+        assert_eq!(read_small(&plain, &digest).await.unwrap(), data);
+        std::fs::remove_file(plain.blob_path(&digest)).unwrap();
+        assert!(matches!(read_small(&plain, &digest).await, Err(StorageError::NotFound { .. })));
+    }
+
     #[tokio::test]
     async fn a_rejected_put_leaves_no_file_anywhere() {
         let (store, dir) = scratch();
@@ -504,7 +645,7 @@ mod tests {
         let manifest = ChunkManifest::of(&data, 4096).unwrap();
         // A body that yields a piece, says so, then never ends: the caller gives up on it.
         let (taken_tx, taken_rx) = tokio::sync::oneshot::channel::<()>();
-        let first = bytes::Bytes::copy_from_slice(&data[..100]);
+        let first = Bytes::copy_from_slice(&data[..100]);
         let body: ByteStream<'_> = Box::pin(
             stream::once(async move {
                 let _ = taken_tx.send(());
