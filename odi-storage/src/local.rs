@@ -16,11 +16,12 @@ use std::fmt;
 use std::io::{self, SeekFrom};
 use std::ops::Range;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use odi_core::digest::Digest;
 use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
@@ -28,7 +29,7 @@ use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, 
 
 use crate::partial::{PartialFile, SealedPartial};
 use tokio::fs::{File, OpenOptions};
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt, BufWriter};
+use tokio::io::{AsyncWriteExt, BufWriter};
 
 /// The store name used in errors.
 const STORE: &str = "local";
@@ -392,27 +393,53 @@ impl OpenedBlob {
                 Box::pin(stream::once(async move { Ok(slice) }))
             }
             Opened::File(file) => {
-                let (file, path) = (File::from_std(file), self.path);
-                let state = (file, range.start, range.end - range.start, path);
-                Box::pin(stream::try_unfold(state, |(mut file, start, remaining, path)| async move {
-                    if remaining == 0 {
-                        return Ok(None);
-                    }
-                    if start > 0 {
-                        file.seek(SeekFrom::Start(start)).await.map_err(io_error("seek in", &path))?;
-                    }
-                    let want = remaining.min(SERVE_PIECE as u64) as usize;
-                    let mut buf = BytesMut::with_capacity(want);
-                    let n = (&mut file).take(want as u64).read_buf(&mut buf).await.map_err(io_error("read", &path))?;
-                    if n == 0 {
-                        let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
-                        return Err(io_error("read", &path)(e));
-                    }
-                    Ok(Some((buf.freeze(), (file, 0, remaining - n as u64, path))))
+                // Sequential reads on the blocking pool, straight into the buffer that becomes
+                // the frame, with the next piece already being read while hyper writes this one.
+                let reader = Arc::new(PieceReader { file, path: self.path });
+                let state = (reader, range.start, range.end, None);
+                Box::pin(stream::try_unfold(state, |(reader, mut next, end, ahead): PieceState| async move {
+                    let Some(current) = ahead.or_else(|| start_read(&reader, &mut next, end, true)) else { return Ok(None) };
+                    let piece = current.await.map_err(|e| StorageError::backend(STORE, format!("blocking read stopped: {e}")))??;
+                    let ahead = start_read(&reader, &mut next, end, false);
+                    Ok(Some((piece, (reader, next, end, ahead))))
                 }))
             }
         }
     }
+}
+
+/// A blob file being streamed out, read from its current position.
+struct PieceReader {
+    file: std::fs::File,
+    path: PathBuf,
+}
+
+/// The reader, the offset of the next piece to start reading, the end, and the piece being read.
+type PieceState = (Arc<PieceReader>, u64, u64, Option<tokio::task::JoinHandle<Result<Bytes>>>);
+
+/// Starts reading the piece at `*next` (seeking there first if `seek`) and advances `*next`, or
+/// returns `None` at `end`.
+fn start_read(reader: &Arc<PieceReader>, next: &mut u64, end: u64, seek: bool) -> Option<tokio::task::JoinHandle<Result<Bytes>>> {
+    if *next >= end {
+        return None;
+    }
+    let (at, len) = (*next, (end - *next).min(SERVE_PIECE as u64) as usize);
+    *next += len as u64;
+    let reader = reader.clone();
+    Some(tokio::task::spawn_blocking(move || {
+        use std::io::{Read as _, Seek as _};
+        let mut file = &reader.file;
+        if seek {
+            file.seek(SeekFrom::Start(at)).map_err(io_error("seek in", &reader.path))?;
+        }
+        let mut buf = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut buf).map_err(io_error("read", &reader.path))?;
+        if buf.len() < len {
+            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
+            return Err(io_error("read", &reader.path)(e));
+        }
+        Ok(Bytes::from(buf))
+    }))
 }
 
 /// A finished temp file waiting to be committed.
