@@ -4,13 +4,20 @@
 //! There is no journal to keep in step with the data: the file *is* the state. Reopening it
 //! re-hashes every chunk it covers and keeps exactly those that match the manifest, so a crash
 //! at any point (mid-chunk, before or after an fsync, before the rename) costs at most the chunks
-//! that were not yet written, and can never leave a wrong chunk counted as done. Finishing
-//! re-reads the whole file against the manifest before the atomic rename into place.
+//! that were not yet written, and can never leave a wrong chunk counted as done.
+//!
+//! Finishing checks the whole-file SHA-256 before the atomic rename into place. For a download
+//! that started from nothing, that digest is computed from the chunks as they are written, in
+//! order (a chunk that arrives early waits in memory for the ones before it, up to a bound); a
+//! resumed download, or one whose chunks came too far out of order, re-reads the file instead.
+//! Each write also starts the disk's write-back of its range, so the final fsync waits for the
+//! last writes only, not for the whole file.
 
+use std::collections::BTreeMap;
 use std::fs::{File, OpenOptions};
 use std::os::unix::fs::FileExt as _;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, PoisonError};
 
 use bytes::Bytes;
 use odi_core::Digest;
@@ -22,6 +29,9 @@ use crate::local::{io_error, sync_dir};
 
 /// Bytes read at a time when re-verifying.
 const READ_PIECE: usize = 1 << 20;
+/// Bytes of chunks written ahead of the whole-file hash that may wait in memory for it; past
+/// this, `seal` re-reads the file instead.
+const AHEAD_LIMIT: u64 = 64 << 20;
 
 /// A partial file that is complete, durable and verified, waiting to be renamed into place.
 #[derive(Debug)]
@@ -48,6 +58,63 @@ pub struct PartialFile {
     path: PathBuf,
     file: Arc<File>,
     manifest: Arc<ChunkManifest>,
+    running: Arc<Mutex<RunningHash>>,
+}
+
+/// The whole-file SHA-256 of the chunks written so far, fed in order.
+struct RunningHash {
+    /// `None` once it cannot cover the whole file (resumed, or too far out of order).
+    hasher: Option<Sha256>,
+    /// The next chunk to feed it.
+    next: u64,
+    /// Chunks written ahead of `next`, waiting for it.
+    ahead: BTreeMap<u64, Bytes>,
+    ahead_bytes: u64,
+}
+
+impl RunningHash {
+    fn new(from_start: bool) -> Self {
+        Self { hasher: from_start.then(Sha256::new), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0 }
+    }
+
+    /// Takes chunk `index`, just written; feeds it and any chunks waiting behind it.
+    fn written(&mut self, index: u64, data: Bytes) {
+        let Some(hasher) = &mut self.hasher else { return };
+        if index < self.next {
+            return;
+        }
+        if index > self.next {
+            self.ahead_bytes += data.len() as u64;
+            if let Some(old) = self.ahead.insert(index, data) {
+                self.ahead_bytes -= old.len() as u64;
+            }
+            if self.ahead_bytes > AHEAD_LIMIT {
+                *self = Self::new(false);
+            }
+            return;
+        }
+        hasher.update(&data);
+        self.next += 1;
+        while let Some(data) = self.ahead.remove(&self.next) {
+            self.ahead_bytes -= data.len() as u64;
+            hasher.update(&data);
+            self.next += 1;
+        }
+    }
+
+    /// The whole-file digest, if every one of `chunks` chunks was fed.
+    fn finish(&mut self, chunks: u64) -> Option<Digest> {
+        if self.next != chunks {
+            return None;
+        }
+        Some(Digest::from_bytes(self.hasher.take()?.finalize().into()))
+    }
+}
+
+impl std::fmt::Debug for RunningHash {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RunningHash").field("hashing", &self.hasher.is_some()).field("next", &self.next).field("ahead", &self.ahead.len()).finish()
+    }
 }
 
 impl PartialFile {
@@ -69,7 +136,8 @@ impl PartialFile {
             })
             .await?
         };
-        Ok((Self { path, file: Arc::new(file), manifest }, have))
+        let running = Arc::new(Mutex::new(RunningHash::new(have.is_empty())));
+        Ok((Self { path, file: Arc::new(file), manifest, running }, have))
     }
 
     pub fn path(&self) -> &Path {
@@ -85,8 +153,14 @@ impl PartialFile {
             return Err(StorageError::Verify { digest: self.manifest.digest(), source: ManifestError::ChunkMismatch { index } });
         }
         let offset = range.start;
-        let (file, path) = (self.file.clone(), self.path.clone());
-        blocking(move || file.write_all_at(&data, offset).map_err(io_error("write", &path))).await
+        let (file, path, running) = (self.file.clone(), self.path.clone(), self.running.clone());
+        blocking(move || {
+            file.write_all_at(&data, offset).map_err(io_error("write", &path))?;
+            start_writeback(&file, offset, data.len() as u64);
+            running.lock().unwrap_or_else(PoisonError::into_inner).written(index, data);
+            Ok(())
+        })
+        .await
     }
 
     /// Checks the whole file against the manifest, makes it durable, and renames it to `dest`
@@ -95,14 +169,22 @@ impl PartialFile {
         self.seal().await?.publish(dest).await
     }
 
-    /// First half of `finish`: sizes the file, fsyncs it, and re-reads all of it to check the
-    /// whole-file SHA-256 (each chunk was checked as it arrived). On a mismatch the partial file
-    /// is removed.
+    /// First half of `finish`: sizes the file, fsyncs it, and checks the whole-file SHA-256
+    /// (each chunk was checked as it arrived), from the running hash when it covers every chunk,
+    /// else by re-reading the file. On a mismatch the partial file is removed.
     pub async fn seal(self) -> Result<SealedPartial> {
         let (file, path, manifest) = (self.file.clone(), self.path.clone(), self.manifest.clone());
+        let running = self.running.lock().unwrap_or_else(PoisonError::into_inner).finish(manifest.chunk_count());
         blocking(move || {
             file.set_len(manifest.total_len()).map_err(io_error("size", &path))?;
             file.sync_all().map_err(io_error("fsync", &path))?;
+            if let Some(got) = running {
+                if got != manifest.digest() {
+                    let _ = std::fs::remove_file(&path);
+                    return Err(StorageError::Verify { digest: manifest.digest(), source: ManifestError::DigestMismatch { got, expected: manifest.digest() } });
+                }
+                return Ok(());
+            }
             let mut whole = Sha256::new();
             let mut buf = vec![0u8; READ_PIECE];
             let mut offset = 0u64;
@@ -138,6 +220,22 @@ impl PartialFile {
             Err(e) => Err(io_error("remove", &self.path)(e)),
         }
     }
+}
+
+/// Asks the kernel to start writing `len` bytes at `offset` to disk now, without waiting, so a
+/// large download reaches the disk while it arrives instead of all at the final fsync. Only a
+/// hint: a failure here changes nothing (the fsync in `seal` is what makes the file durable).
+fn start_writeback(file: &File, offset: u64, len: u64) {
+    #[cfg(target_os = "linux")]
+    {
+        use std::os::fd::AsRawFd as _;
+        let (Ok(offset), Ok(len)) = (i64::try_from(offset), i64::try_from(len)) else { return };
+        // SAFETY: the descriptor is open for the whole call (borrowed from `file`), and
+        // sync_file_range reads no memory of ours.
+        unsafe { libc::sync_file_range(file.as_raw_fd(), offset, len, libc::SYNC_FILE_RANGE_WRITE) };
+    }
+    #[cfg(not(target_os = "linux"))]
+    let _ = (file, offset, len);
 }
 
 /// Chunks wholly inside the first `len` bytes whose hash matches.
@@ -218,6 +316,48 @@ mod tests {
         let dest = tmp.path().join("blob");
         assert!(matches!(p.finish(&dest).await, Err(StorageError::Verify { .. })), "chunk 1 is wrong and chunk 2 missing");
         assert!(!dest.exists() && !path.exists());
+    }
+
+    #[tokio::test]
+    async fn the_running_hash_checks_a_fresh_download_whatever_order_its_chunks_came_in() {
+        let (tmp, data, m) = setup(6 * MIN_CHUNK_SIZE as usize + 7);
+        let (p, _) = PartialFile::open(tmp.path().join("p"), m.clone()).await.unwrap();
+        for i in [5, 1, 6, 0, 3, 2, 4] {
+            p.write_chunk(i, chunk(&data, &m, i)).await.unwrap();
+        }
+        p.finish(&tmp.path().join("blob")).await.unwrap();
+        assert_eq!(std::fs::read(tmp.path().join("blob")).unwrap(), data);
+
+        // A manifest whose chunk hashes describe other bytes than its digest: every chunk passes
+        // its own check, the whole file does not.
+        let other: Vec<u8> = data.iter().map(|b| b ^ 0x55).collect();
+        let lying = ChunkManifest::of(&other, MIN_CHUNK_SIZE).unwrap();
+        let lying = ChunkManifest::new(lying.total_len(), MIN_CHUNK_SIZE, m.digest(), lying.chunks().to_vec()).unwrap();
+        let (p, _) = PartialFile::open(tmp.path().join("q"), lying.clone()).await.unwrap();
+        for i in 0..lying.chunk_count() {
+            p.write_chunk(i, chunk(&other, &lying, i)).await.unwrap();
+        }
+        let refused = p.finish(&tmp.path().join("lie")).await;
+        assert!(matches!(refused, Err(StorageError::Verify { source: ManifestError::DigestMismatch { .. }, .. })), "{refused:?}");
+        assert!(!tmp.path().join("lie").exists() && !tmp.path().join("q").exists());
+    }
+
+    #[test]
+    fn the_running_hash_gives_up_when_too_much_waits_for_an_early_chunk() {
+        static MIB: [u8; 1 << 20] = [0; 1 << 20];
+        let mut r = RunningHash::new(true);
+        for (i, piece) in [b"c", b"b", b"a"].into_iter().enumerate().map(|(i, p)| (2 - i as u64, p)) {
+            r.written(i, Bytes::from_static(piece));
+        }
+        assert_eq!(r.finish(3), Some(Digest::of(b"abc")));
+        let mut r = RunningHash::new(true);
+        for i in 1..=(AHEAD_LIMIT >> 20) + 1 {
+            r.written(i, Bytes::from_static(&MIB));
+        }
+        assert!(r.hasher.is_none() && r.ahead.is_empty(), "{r:?}");
+        r.written(0, Bytes::from_static(&MIB));
+        assert_eq!(r.finish((AHEAD_LIMIT >> 20) + 2), None, "seal re-reads the file instead");
+        assert_eq!(RunningHash::new(false).finish(0), None, "a resumed download re-reads");
     }
 
     #[tokio::test]
