@@ -20,7 +20,8 @@ pub(crate) struct Comparison {
     pub(crate) unit: &'static str,
     pub(crate) tool: String,
     pub(crate) better: Better,
-    pub(crate) target: f64,
+    /// The ratio to reach; `None` for a line printed for context.
+    pub(crate) target: Option<f64>,
     pub(crate) decimals: usize,
     pub(crate) odi: Vec<f64>,
     pub(crate) reference: Vec<f64>,
@@ -28,8 +29,8 @@ pub(crate) struct Comparison {
 
 impl Comparison {
     /// A comparison with no runs yet; `decimals` is how the values are printed.
-    pub(crate) fn new(name: String, unit: &'static str, tool: impl Into<String>, better: Better, target: f64, decimals: usize) -> Self {
-        Self { name, unit, tool: tool.into(), better, target, decimals, odi: Vec::new(), reference: Vec::new() }
+    pub(crate) fn new(name: String, unit: &'static str, tool: impl Into<String>, better: Better, target: impl Into<Option<f64>>, decimals: usize) -> Self {
+        Self { name, unit, tool: tool.into(), better, target: target.into(), decimals, odi: Vec::new(), reference: Vec::new() }
     }
 
     /// The best run: the highest throughput or the shortest time.
@@ -61,15 +62,18 @@ impl fmt::Display for Comparison {
         let d = self.decimals;
         write!(
             f,
-            "{}: odi {:.d$} {unit}, reference {} {:.d$} {unit}, ratio {:.2} (target >= {:.1})",
+            "{}: odi {:.d$} {unit}, reference {} {:.d$} {unit}, ratio {:.2} ",
             self.name,
             self.best(&self.odi),
             self.tool,
             self.best(&self.reference),
             self.ratio(),
-            self.target,
             unit = self.unit,
-        )
+        )?;
+        match self.target {
+            Some(target) => write!(f, "(target >= {target:.1})"),
+            None => f.write_str("(no target)"),
+        }
     }
 }
 

@@ -9,8 +9,7 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use odi_core::Digest;
-use odi_core::manifest::{DEFAULT_CHUNK_SIZE, ManifestBuilder};
+use odi_core::manifest::{ChunkManifest, DEFAULT_CHUNK_SIZE, ManifestBuilder};
 
 use crate::data::Artifact;
 
@@ -290,9 +289,24 @@ pub(crate) fn openssl_sha256(file: &Path) -> anyhow::Result<(Duration, String)> 
 /// Read size for the odi hashing side: one chunk per read.
 const HASH_READ: usize = DEFAULT_CHUNK_SIZE as usize;
 
+/// odi checking every chunk of `file` against `manifest` (per-chunk SHA-256, as a relay or
+/// `odi get` checks each chunk it receives), reading 1 MiB chunks from disk: wall time.
+pub(crate) fn odi_chunk_check(file: &Path, manifest: &ChunkManifest) -> anyhow::Result<Duration> {
+    let start = Instant::now();
+    let mut f = fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
+    let mut buf = vec![0u8; manifest.chunk_size() as usize];
+    for index in 0..manifest.chunk_count() {
+        let range = manifest.chunk_range(index).context("chunk out of range")?;
+        let chunk = &mut buf[..(range.end - range.start) as usize];
+        f.read_exact(chunk).with_context(|| format!("cannot read {}", file.display()))?;
+        manifest.verify_chunk(index, chunk).with_context(|| format!("chunk {index} of {} does not match", file.display()))?;
+    }
+    Ok(start.elapsed())
+}
+
 /// odi's manifest hashing over `file` (1 MiB chunks: whole-file and per-chunk SHA-256), reading
-/// from disk like a publish does: wall time and the whole-file digest.
-pub(crate) fn odi_manifest(file: &Path) -> anyhow::Result<(Duration, Digest)> {
+/// from disk like a publish does: wall time and the manifest.
+pub(crate) fn odi_manifest(file: &Path) -> anyhow::Result<(Duration, ChunkManifest)> {
     let start = Instant::now();
     let mut f = fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
     let mut builder = ManifestBuilder::new(DEFAULT_CHUNK_SIZE)?;
@@ -305,5 +319,5 @@ pub(crate) fn odi_manifest(file: &Path) -> anyhow::Result<(Duration, Digest)> {
         builder.update(&buf[..n])?;
     }
     let manifest = builder.finish();
-    Ok((start.elapsed(), manifest.digest()))
+    Ok((start.elapsed(), manifest))
 }
