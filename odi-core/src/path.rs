@@ -62,6 +62,13 @@ impl CatalogName {
     }
 }
 
+/// Ordered and compared as its text, so maps keyed by name can be searched with a `&str`.
+impl std::borrow::Borrow<str> for CatalogName {
+    fn borrow(&self) -> &str {
+        &self.0
+    }
+}
+
 impl fmt::Display for CatalogName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(&self.0)

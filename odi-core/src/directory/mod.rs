@@ -628,7 +628,7 @@ impl Directory {
 
     /// The catalog entry at `catalog/path`: one search of each map (redirects go through here).
     fn entry(&self, catalog: &str, path: &ArtifactPath) -> Result<&Entry, LookupError> {
-        let cat = CatalogName::new(catalog).ok().and_then(|n| self.catalogs.get(&n)).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
+        let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
         match cat.artifacts.get(path) {
             Some(e) => Ok(e),
             None if cat.expunged.contains(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
@@ -767,36 +767,44 @@ impl Directory {
         } else {
             let a = self.weighted_pick(&candidates);
             let b = self.weighted_pick(&candidates);
-            let cost = |i: usize| (candidates[i].2 + 1.0) / candidates[i].1 as f64;
+            let cost = |i: usize| (candidates[i].load + 1.0) / candidates[i].weight as f64;
             let pick = if cost(b) < cost(a) { b } else { a };
-            let (id, ..) = candidates.swap_remove(pick);
-            if let Some(r) = self.relays.get_mut(&id) {
+            let chosen = candidates.swap_remove(pick);
+            if let Some(r) = self.relays.get_mut(&chosen.id) {
                 r.redirected = r.redirected.saturating_add(1);
             }
-            Some(self.relays[&id].record.public_url.clone())
+            Some(chosen.url)
         };
-        candidates.sort_by(|a, b| b.1.cmp(&a.1).then(a.0.cmp(&b.0)));
-        let alternates = candidates.into_iter().map(|(id, ..)| self.relays[&id].record.public_url.clone()).collect();
+        candidates.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
+        let alternates = candidates.into_iter().map(|c| c.url).collect();
         Redirect { digest, size, media_type, target, alternates }
     }
 
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
     /// suspended or quarantined, have applied `min_generation`, and are not draining unless the
     /// artifact has too few other holders. With bandwidth weight and current load.
-    fn candidates(&self, digest: &Digest, min_generation: Option<u64>, now: Instant) -> Vec<(NodeId, u64, f64)> {
-        let mut candidates: Vec<(NodeId, u64, f64)> = self
+    fn candidates(&self, digest: &Digest, min_generation: Option<u64>, now: Instant) -> Vec<Candidate> {
+        let mut candidates: Vec<Candidate> = self
             .holders
             .get(digest)
             .into_iter()
             .flatten()
             .filter_map(|id| self.relays.get(id))
             .filter(|r| self.redirectable(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
-            .map(|r| (r.record.id, bandwidth_weight(r), f64::from(r.active + r.redirected)))
+            .map(|r| Candidate {
+                id: r.record.id,
+                weight: bandwidth_weight(r),
+                load: f64::from(r.active + r.redirected),
+                draining: r.record.draining,
+                url: r.record.public_url.clone(),
+            })
             .collect();
-        let settled = candidates.iter().filter(|(id, ..)| !self.relays[id].record.draining).count();
-        let replicas = self.blobs.get(digest).map_or(1, |b| self.replicas_of(digest, b)) as usize;
-        if settled > 0 && settled >= replicas.min(candidates.len()) {
-            candidates.retain(|(id, ..)| !self.relays[id].record.draining);
+        let settled = candidates.iter().filter(|c| !c.draining).count();
+        if settled > 0 && settled < candidates.len() {
+            let replicas = self.blobs.get(digest).map_or(1, |b| self.replicas_of(digest, b)) as usize;
+            if settled >= replicas.min(candidates.len()) {
+                candidates.retain(|c| !c.draining);
+            }
         }
         candidates
     }
@@ -805,17 +813,17 @@ impl Directory {
     /// counting a request).
     pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
         let e = self.entry(catalog, path)?;
-        Ok(self.candidates(&e.artifact.digest(), Some(e.generation), now).into_iter().map(|(id, ..)| id).collect())
+        Ok(self.candidates(&e.artifact.digest(), Some(e.generation), now).into_iter().map(|c| c.id).collect())
     }
 
-    fn weighted_pick(&mut self, candidates: &[(NodeId, u64, f64)]) -> usize {
-        let total = candidates.iter().map(|c| c.1).fold(0u64, u64::saturating_add).max(1);
+    fn weighted_pick(&mut self, candidates: &[Candidate]) -> usize {
+        let total = candidates.iter().map(|c| c.weight).fold(0u64, u64::saturating_add).max(1);
         let mut pick = self.rng.below(total);
         for (i, c) in candidates.iter().enumerate() {
-            if pick < c.1 {
+            if pick < c.weight {
                 return i;
             }
-            pick -= c.1;
+            pick -= c.weight;
         }
         candidates.len() - 1
     }
@@ -1432,6 +1440,17 @@ impl RelayState {
             redirected: 0,
         }
     }
+}
+
+/// A relay a client may be sent to, with what the choice weighs.
+struct Candidate {
+    id: NodeId,
+    /// Bandwidth: the chance of being drawn.
+    weight: u64,
+    /// Requests in progress and redirects since the last heartbeat.
+    load: f64,
+    draining: bool,
+    url: RelayUrl,
 }
 
 fn bandwidth_weight(r: &RelayState) -> u64 {
