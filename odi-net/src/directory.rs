@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, Values, digest_headers, error, json, serve_blob, split_catalog_path};
+use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
@@ -98,6 +98,7 @@ struct Shared {
     public_url: Option<String>,
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
+    digests: DigestHeaders,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -156,6 +157,7 @@ impl DirectoryServer {
             client: HttpClient::new(),
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
+            digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
         Ok(Self { shared, admin_token_path, enroll_token_path })
@@ -386,8 +388,8 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
     let mut values = Values::with_capacity(urls + tail_len + 256);
     let mut resp = match &r.target {
-        Some(target) => redirect_response(&mut values, target, tail, &r.alternates, &r.digest),
-        None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &r.media_type, None).await,
+        Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
+        None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &shared.digests, &r.media_type, None).await,
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
         let [scheme, base] = base_url(shared, req);
@@ -450,11 +452,18 @@ fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
     let mut resp = Response::new(crate::http::full(metalink::render(&name, &manifest, &urls)));
     resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    digest_headers(resp.headers_mut(), &mut Values::with_capacity(128), &manifest.digest());
+    shared.digests.insert(resp.headers_mut(), &manifest.digest());
     resp
 }
 
-fn redirect_response(values: &mut Values, target: &RelayUrl, tail: &[&str], alternates: &[RelayUrl], digest: &Digest) -> Response<Body> {
+fn redirect_response(
+    values: &mut Values,
+    digests: &DigestHeaders,
+    target: &RelayUrl,
+    tail: &[&str],
+    alternates: &[RelayUrl],
+    digest: &Digest,
+) -> Response<Body> {
     let mut resp = Response::new(crate::http::empty());
     *resp.status_mut() = StatusCode::FOUND;
     let h = resp.headers_mut();
@@ -469,7 +478,7 @@ fn redirect_response(values: &mut Values, target: &RelayUrl, tail: &[&str], alte
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    digest_headers(h, values, digest);
+    digests.insert(h, digest);
     for (i, alt) in (1..).zip(alternates) {
         values.text("<").text(alt.as_str()).text("/");
         for t in tail {
@@ -796,7 +805,7 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
             if let Err(e) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            let resp = serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, "application/octet-stream", None).await;
+            let resp = serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, &shared.digests, "application/octet-stream", None).await;
             if parts.method == Method::GET && resp.status().is_success() {
                 let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 shared.node_blob_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);

@@ -101,18 +101,55 @@ impl Values {
     }
 }
 
-/// `Repr-Digest` (RFC 9530) and the legacy `Digest` header aria2 reads.
-pub fn digest_headers(headers: &mut HeaderMap, values: &mut Values, digest: &Digest) {
-    if let Some(v) = values.text("sha-256=:").base64(digest.as_bytes()).text(":").finish() {
-        headers.insert(REPR_DIGEST, v);
+/// Blobs whose digest headers a server keeps ready (about 4 MiB).
+pub const DIGEST_HEADERS_KEPT: usize = 16 << 10;
+
+/// The header values that depend only on a blob's digest: `ETag`, `Repr-Digest` (RFC 9530) and
+/// the legacy `Digest` aria2 reads. Built once per blob in demand, not once per answer: a
+/// digest's base64 and hex forms were a tenth of the work of a `302`.
+pub struct DigestHeaders(quick_cache::sync::Cache<Digest, Arc<[HeaderValue; 3]>>);
+
+impl DigestHeaders {
+    /// Keeps the values of up to `blobs` blobs (about 250 bytes each).
+    pub fn new(blobs: usize) -> Self {
+        Self(quick_cache::sync::Cache::new(blobs.max(1)))
     }
-    if let Some(v) = values.text("SHA-256=").base64(digest.as_bytes()).finish() {
-        headers.insert(DIGEST, v);
+
+    fn values(&self, digest: &Digest) -> Arc<[HeaderValue; 3]> {
+        if let Some(values) = self.0.get(digest) {
+            return values;
+        }
+        let mut v = Values::with_capacity(200);
+        let tag = etag(&mut v, digest);
+        let repr = v.text("sha-256=:").base64(digest.as_bytes()).text(":").finish();
+        let legacy = v.text("SHA-256=").base64(digest.as_bytes()).finish();
+        // Base64 and hex are always valid header text.
+        let values = Arc::new([tag, repr.unwrap_or(HeaderValue::from_static("")), legacy.unwrap_or(HeaderValue::from_static(""))]);
+        self.0.insert(*digest, values.clone());
+        values
+    }
+
+    /// Adds `Repr-Digest` and `Digest`.
+    pub fn insert(&self, headers: &mut HeaderMap, digest: &Digest) {
+        let [_, repr, legacy] = &*self.values(digest);
+        headers.insert(REPR_DIGEST, repr.clone());
+        headers.insert(DIGEST, legacy.clone());
+    }
+
+    /// The blob's strong `ETag`.
+    pub fn etag(&self, digest: &Digest) -> HeaderValue {
+        self.values(digest)[0].clone()
+    }
+}
+
+impl std::fmt::Debug for DigestHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DigestHeaders").field("blobs", &self.0.len()).finish()
     }
 }
 
 /// A blob's strong `ETag`: `"sha256:{hex}"`.
-pub fn etag(values: &mut Values, digest: &Digest) -> HeaderValue {
+fn etag(values: &mut Values, digest: &Digest) -> HeaderValue {
     values.text("\"sha256:").hex(digest.as_bytes()).text("\"").finish().unwrap_or(HeaderValue::from_static("\"\""))
 }
 
@@ -172,6 +209,7 @@ pub async fn serve_blob(
     method: &Method,
     headers: &HeaderMap,
     digest: &Digest,
+    digests: &DigestHeaders,
     media_type: &str,
     limiter: Option<&Arc<RateLimiter>>,
 ) -> Response<Body> {
@@ -179,7 +217,7 @@ pub async fn serve_blob(
         Ok(size) => size,
         Err(e) => return storage_error(digest, e),
     };
-    let (builder, range) = match head(method, headers, digest, media_type, size) {
+    let (builder, range) = match head(method, headers, digest, digests, media_type, size) {
         Ok(head) => head,
         Err(resp) => return resp,
     };
@@ -196,6 +234,7 @@ pub async fn serve_local(
     method: &Method,
     headers: &HeaderMap,
     digest: &Digest,
+    digests: &DigestHeaders,
     media_type: &str,
     limiter: Option<&Arc<RateLimiter>>,
 ) -> Response<Body> {
@@ -203,7 +242,7 @@ pub async fn serve_local(
         Ok(blob) => blob,
         Err(e) => return storage_error(digest, e),
     };
-    let (builder, range) = match head(method, headers, digest, media_type, blob.size) {
+    let (builder, range) = match head(method, headers, digest, digests, media_type, blob.size) {
         Ok(head) => head,
         Err(resp) => return resp,
     };
@@ -224,13 +263,20 @@ fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
 /// The status and headers of a blob response, and the byte range its body must carry; or the
 /// whole response when it has no body to stream (304, 416, HEAD).
 #[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
-fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str, size: u64) -> Result<(Response<()>, Range<u64>), Response<Body>> {
-    let mut values = Values::with_capacity(320 + media_type.len());
+fn head(
+    method: &Method,
+    headers: &HeaderMap,
+    digest: &Digest,
+    digests: &DigestHeaders,
+    media_type: &str,
+    size: u64,
+) -> Result<(Response<()>, Range<u64>), Response<Body>> {
+    let mut values = Values::with_capacity(64 + media_type.len());
     let mut resp = Response::new(());
     let h = resp.headers_mut();
     // ETag, Accept-Ranges, Cache-Control, two digests, Content-Type, -Range and -Length.
     h.reserve(8);
-    let tag = etag(&mut values, digest);
+    let tag = digests.etag(digest);
     let not_modified = headers
         .get(header::IF_NONE_MATCH)
         .and_then(|v| v.to_str().ok())
@@ -238,7 +284,7 @@ fn head(method: &Method, headers: &HeaderMap, digest: &Digest, media_type: &str,
     h.insert(header::ETAG, tag);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
-    digest_headers(h, &mut values, digest);
+    digests.insert(h, digest);
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
         return Err(resp.map(|()| empty()));
@@ -313,10 +359,14 @@ mod tests {
     fn values_share_one_buffer_and_refuse_control_characters() {
         let digest = Digest::of(b"odi");
         let mut values = Values::with_capacity(8);
-        let mut headers = HeaderMap::new();
-        digest_headers(&mut headers, &mut values, &digest);
-        assert_eq!(headers[REPR_DIGEST], format!("sha-256=:{}:", digest.to_base64()).as_str());
-        assert_eq!(headers[DIGEST], format!("SHA-256={}", digest.to_base64()).as_str());
+        let digests = DigestHeaders::new(1);
+        for _ in 0..2 {
+            let mut headers = HeaderMap::new();
+            digests.insert(&mut headers, &digest);
+            assert_eq!(headers[REPR_DIGEST], format!("sha-256=:{}:", digest.to_base64()).as_str());
+            assert_eq!(headers[DIGEST], format!("SHA-256={}", digest.to_base64()).as_str());
+            assert_eq!(digests.etag(&digest), format!("\"sha256:{}\"", digest.to_hex()).as_str());
+        }
         assert_eq!(etag(&mut values, &digest), format!("\"sha256:{}\"", digest.to_hex()).as_str());
         assert_eq!(values.number(0).text("-").number(u64::MAX).finish().unwrap(), "0-18446744073709551615");
         assert!(values.text("a\r\nb").finish().is_none());

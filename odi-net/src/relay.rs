@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, error, json, serve_local, split_catalog_path};
+use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::transfer::{Downloader, Source};
 use crate::{Clock, NetError, crash, keys};
@@ -64,6 +64,7 @@ struct Shared {
     /// The `--bandwidth` limit, shared by serving and syncing.
     limiter: Option<Arc<RateLimiter>>,
     downloader: Downloader,
+    digests: DigestHeaders,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -102,7 +103,19 @@ impl RelayServer {
         let limiter = (options.bandwidth > 0).then(|| Arc::new(RateLimiter::new(options.bandwidth)));
         let client = HttpClient::new();
         let downloader = Downloader { client: client.clone(), key: Some(key.clone()), limiter: limiter.clone(), config: TransferConfig::default() };
-        let shared = Shared { machine: Mutex::new(machine), store, key, id, directory, client, clock, wake: Notify::new(), limiter, downloader };
+        let shared = Shared {
+            machine: Mutex::new(machine),
+            store,
+            key,
+            id,
+            directory,
+            client,
+            clock,
+            wake: Notify::new(),
+            limiter,
+            downloader,
+            digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
+        };
         Ok(Self { shared: Arc::new(shared) })
     }
 
@@ -321,7 +334,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
-    let resp = serve_local(&shared.store, method, req.headers(), &digest, "application/octet-stream", shared.limiter.as_ref()).await;
+    let resp = serve_local(&shared.store, method, req.headers(), &digest, &shared.digests, "application/octet-stream", shared.limiter.as_ref()).await;
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;
