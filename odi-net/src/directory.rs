@@ -393,11 +393,17 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
         let [scheme, base] = base_url(shared, req);
-        values.text("<").text(scheme).text(base).text("/metalink/");
-        for t in tail {
-            values.text(t);
-        }
-        if let Some(v) = values.text(">; rel=describedby; type=\"").text(metalink::MEDIA_TYPE).text("\"").finish() {
+        if let Some(v) = values
+            .text("<")
+            .text(scheme)
+            .text(base)
+            .text("/metalink/")
+            .texts(tail)
+            .text(">; rel=describedby; type=\"")
+            .text(metalink::MEDIA_TYPE)
+            .text("\"")
+            .finish()
+        {
             resp.headers_mut().append(header::LINK, v);
         }
     }
@@ -469,22 +475,14 @@ fn redirect_response(
     let h = resp.headers_mut();
     // Location, Cache-Control, Content-Length, two digests, the duplicates and describedby.
     h.reserve(6 + alternates.len());
-    values.text(target.as_str()).text("/");
-    for t in tail {
-        values.text(t);
-    }
-    if let Some(v) = values.finish() {
+    if let Some(v) = values.text(target.as_str()).text("/").texts(tail).finish() {
         h.insert(header::LOCATION, v);
     }
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     digests.insert(h, digest);
     for (i, alt) in (1..).zip(alternates) {
-        values.text("<").text(alt.as_str()).text("/");
-        for t in tail {
-            values.text(t);
-        }
-        if let Some(v) = values.text(">; rel=duplicate; pri=").number(i).finish() {
+        if let Some(v) = values.text("<").text(alt.as_str()).text("/").texts(tail).text(">; rel=duplicate; pri=").number(i).finish() {
             h.append(header::LINK, v);
         }
     }

@@ -73,6 +73,14 @@ impl Values {
         self
     }
 
+    /// Each of `pieces`, one after the other.
+    pub fn texts(&mut self, pieces: &[&str]) -> &mut Self {
+        for piece in pieces {
+            self.text(piece);
+        }
+        self
+    }
+
     pub fn number(&mut self, n: u64) -> &mut Self {
         self.text(itoa::Buffer::new().format(n))
     }
