@@ -30,8 +30,9 @@ use crate::local::{io_error, sync_dir};
 /// Bytes read at a time when re-verifying.
 const READ_PIECE: usize = 1 << 20;
 /// Bytes of chunks written ahead of the whole-file hash that may wait in memory for it; past
-/// this, `seal` re-reads the file instead.
-const AHEAD_LIMIT: u64 = 64 << 20;
+/// this, `seal` re-reads the file instead. Twice what the transfer engine keeps in flight with
+/// 1 MiB chunks, so in-order-enough downloads never hit it, and bounded per download.
+const AHEAD_LIMIT: u64 = 32 << 20;
 
 /// A partial file that is complete, durable and verified, waiting to be renamed into place.
 #[derive(Debug)]
