@@ -34,7 +34,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
+use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
@@ -389,7 +389,17 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     let mut values = Values::with_capacity(urls + tail_len + 256);
     let mut resp = match &r.target {
         Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
-        None => serve_blob(shared.store.as_ref(), req.method(), req.headers(), &r.digest, &shared.digests, &r.media_type, None).await,
+        None => {
+            let blob = BlobRequest {
+                method: req.method(),
+                headers: req.headers(),
+                digest: &r.digest,
+                digests: &shared.digests,
+                media_type: &r.media_type,
+                limiter: None,
+            };
+            serve_blob(shared.store.as_ref(), &blob).await
+        }
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
         let [scheme, base] = base_url(shared, req);
@@ -803,7 +813,15 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
             if let Err(e) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            let resp = serve_blob(shared.store.as_ref(), &parts.method, &parts.headers, &digest, &shared.digests, "application/octet-stream", None).await;
+            let blob = BlobRequest {
+                method: &parts.method,
+                headers: &parts.headers,
+                digest: &digest,
+                digests: &shared.digests,
+                media_type: "application/octet-stream",
+                limiter: None,
+            };
+            let resp = serve_blob(shared.store.as_ref(), &blob).await;
             if parts.method == Method::GET && resp.status().is_success() {
                 let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
                 shared.node_blob_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);

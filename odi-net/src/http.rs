@@ -210,51 +210,46 @@ pub fn parse_range(value: Option<&HeaderValue>, size: u64) -> RangeRequest {
     }
 }
 
+/// What a blob answer is made from, besides the store: the request, the blob, and the server's
+/// digest headers and bandwidth limit.
+pub struct BlobRequest<'a> {
+    pub method: &'a Method,
+    pub headers: &'a HeaderMap,
+    pub digest: &'a Digest,
+    pub digests: &'a DigestHeaders,
+    pub media_type: &'a str,
+    pub limiter: Option<&'a Arc<RateLimiter>>,
+}
+
 /// Serves a stored blob: `200`, `206` for one satisfiable range, `416`, `304` on a matching
 /// `If-None-Match`, `404` when the store does not have it; HEAD gets the headers alone.
-pub async fn serve_blob(
-    store: &dyn BlobStore,
-    method: &Method,
-    headers: &HeaderMap,
-    digest: &Digest,
-    digests: &DigestHeaders,
-    media_type: &str,
-    limiter: Option<&Arc<RateLimiter>>,
-) -> Response<Body> {
-    let size = match store.size(digest).await {
+pub async fn serve_blob(store: &dyn BlobStore, req: &BlobRequest<'_>) -> Response<Body> {
+    let size = match store.size(req.digest).await {
         Ok(size) => size,
-        Err(e) => return storage_error(digest, e),
+        Err(e) => return storage_error(req.digest, e),
     };
-    let (builder, range) = match head(method, headers, digest, digests, media_type, size) {
+    let (builder, range) = match head(req, size) {
         Ok(head) => head,
         Err(resp) => return resp,
     };
-    match store.get(digest, Some(range)).await {
-        Ok(got) => respond(builder, got.stream, limiter),
-        Err(e) => storage_error(digest, e),
+    match store.get(req.digest, Some(range)).await {
+        Ok(got) => respond(builder, got.stream, req.limiter),
+        Err(e) => storage_error(req.digest, e),
     }
 }
 
 /// `serve_blob` for a relay's local store: one trip to the blocking pool opens the file, learns
 /// its size and, for a small blob, reads it whole.
-pub async fn serve_local(
-    store: &LocalStore,
-    method: &Method,
-    headers: &HeaderMap,
-    digest: &Digest,
-    digests: &DigestHeaders,
-    media_type: &str,
-    limiter: Option<&Arc<RateLimiter>>,
-) -> Response<Body> {
-    let blob = match store.open_blob(digest, SMALL_BLOB).await {
+pub async fn serve_local(store: &LocalStore, req: &BlobRequest<'_>) -> Response<Body> {
+    let blob = match store.open_blob(req.digest, SMALL_BLOB).await {
         Ok(blob) => blob,
-        Err(e) => return storage_error(digest, e),
+        Err(e) => return storage_error(req.digest, e),
     };
-    let (builder, range) = match head(method, headers, digest, digests, media_type, blob.size) {
+    let (builder, range) = match head(req, blob.size) {
         Ok(head) => head,
         Err(resp) => return resp,
     };
-    respond(builder, blob.stream(range), limiter)
+    respond(builder, blob.stream(range), req.limiter)
 }
 
 /// Blobs up to this size are read whole when opened for serving (and kept in memory, verified,
@@ -271,14 +266,8 @@ fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
 /// The status and headers of a blob response, and the byte range its body must carry; or the
 /// whole response when it has no body to stream (304, 416, HEAD).
 #[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
-fn head(
-    method: &Method,
-    headers: &HeaderMap,
-    digest: &Digest,
-    digests: &DigestHeaders,
-    media_type: &str,
-    size: u64,
-) -> Result<(Response<()>, Range<u64>), Response<Body>> {
+fn head(req: &BlobRequest<'_>, size: u64) -> Result<(Response<()>, Range<u64>), Response<Body>> {
+    let BlobRequest { method, headers, digest, digests, media_type, .. } = *req;
     let mut values = Values::with_capacity(64 + media_type.len());
     let mut resp = Response::new(());
     let h = resp.headers_mut();
@@ -321,7 +310,7 @@ fn head(
     if let Some(v) = values.number(span.end - span.start).finish() {
         h.insert(header::CONTENT_LENGTH, v);
     }
-    if method == Method::HEAD {
+    if *method == Method::HEAD {
         return Err(resp.map(|()| empty()));
     }
     Ok((resp, span))

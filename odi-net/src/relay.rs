@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
+use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::transfer::{Downloader, Source};
 use crate::{Clock, NetError, crash, keys};
@@ -334,7 +334,15 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
-    let resp = serve_local(&shared.store, method, req.headers(), &digest, &shared.digests, "application/octet-stream", shared.limiter.as_ref()).await;
+    let blob = BlobRequest {
+        method,
+        headers: req.headers(),
+        digest: &digest,
+        digests: &shared.digests,
+        media_type: "application/octet-stream",
+        limiter: shared.limiter.as_ref(),
+    };
+    let resp = serve_local(&shared.store, &blob).await;
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;
