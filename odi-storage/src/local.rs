@@ -162,7 +162,7 @@ impl LocalStore {
     /// blobs of at most `small` bytes the whole content, so a small response needs no more I/O.
     pub async fn open_blob(&self, digest: &Digest, small: u64) -> Result<OpenedBlob> {
         if let Some(bytes) = self.small.get(digest) {
-            return Ok(OpenedBlob { size: bytes.len() as u64, content: Opened::Small(bytes), path: PathBuf::new() });
+            return Ok(OpenedBlob { size: bytes.len() as u64, content: Opened::Small(bytes) });
         }
         let path = self.blob_path(digest);
         let digest = *digest;
@@ -185,9 +185,9 @@ impl LocalStore {
                 if caching && size <= CACHED_BLOB_MAX && !verified {
                     tracing::error!(path = %path.display(), "stored blob does not match its digest; serving it uncached for audits to catch");
                 }
-                return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)), path }, verified));
+                return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)) }, verified));
             }
-            Ok((OpenedBlob { size, content: Opened::File(file), path }, false))
+            Ok((OpenedBlob { size, content: Opened::File(PieceReader { file, path }) }, false))
         })
         .await
         .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))??;
@@ -375,13 +375,12 @@ impl fmt::Display for LocalStore {
 pub struct OpenedBlob {
     pub size: u64,
     content: Opened,
-    path: PathBuf,
 }
 
 #[derive(Debug)]
 enum Opened {
     Small(Bytes),
-    File(std::fs::File),
+    File(PieceReader),
 }
 
 impl OpenedBlob {
@@ -392,10 +391,10 @@ impl OpenedBlob {
                 let slice = bytes.slice(range.start as usize..range.end as usize);
                 Box::pin(stream::once(async move { Ok(slice) }))
             }
-            Opened::File(file) => {
+            Opened::File(reader) => {
                 // Sequential reads on the blocking pool, straight into the buffer that becomes
                 // the frame, with the next piece already being read while hyper writes this one.
-                let reader = Arc::new(PieceReader { file, path: self.path });
+                let reader = Arc::new(reader);
                 let state = (reader, range.start, range.end, None);
                 Box::pin(stream::try_unfold(state, |(reader, mut next, end, ahead): PieceState| async move {
                     let Some(current) = ahead.or_else(|| start_read(&reader, &mut next, end, true)) else { return Ok(None) };
@@ -409,6 +408,7 @@ impl OpenedBlob {
 }
 
 /// A blob file being streamed out, read from its current position.
+#[derive(Debug)]
 struct PieceReader {
     file: std::fs::File,
     path: PathBuf,
