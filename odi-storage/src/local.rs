@@ -181,8 +181,9 @@ impl LocalStore {
                 if content.len() as u64 != size {
                     return Err(io_error("read", &path)(io::Error::new(io::ErrorKind::UnexpectedEof, "the file changed size while read")));
                 }
-                let verified = caching && size <= CACHED_BLOB_MAX && Digest::of(&content) == digest;
-                if caching && size <= CACHED_BLOB_MAX && !verified {
+                let checked = caching && size <= CACHED_BLOB_MAX;
+                let verified = checked && Digest::of(&content) == digest;
+                if checked && !verified {
                     tracing::error!(path = %path.display(), "stored blob does not match its digest; serving it uncached for audits to catch");
                 }
                 return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)) }, verified));
