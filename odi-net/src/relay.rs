@@ -187,6 +187,10 @@ fn log_event(event: &Event) {
         Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
         Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
         Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
+        Event::StandingChanged { standing } => match &standing.reason {
+            None => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
+            Some(reason) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
+        },
     }
 }
 
@@ -287,11 +291,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path();
     if path == "/healthz" {
-        let (enrolled, synced) = {
+        // 200 whenever the process serves (the directory's self-test reads `id`); `status` and
+        // `reason` are how the directory last said it sees this relay, so an operator learns
+        // here why it gets no clients.
+        let (enrolled, synced, standing) = {
             let m = shared.lock();
-            (m.is_enrolled(), m.is_synced())
+            (m.is_enrolled(), m.is_synced(), m.standing().cloned())
         };
-        return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
+        let (status, reason) = match (&standing, enrolled) {
+            (Some(s), _) => (s.status.as_str(), s.reason.clone()),
+            (None, false) => ("enrolling", Some("not enrolled with the directory yet".to_owned())),
+            (None, true) => ("enrolled", Some("waiting for the directory's first answer".to_owned())),
+        };
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": status, "reason": reason, "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
+        );
     }
     // One lock: started? which digest? count it as served (value, load, no eviction).
     enum Want<'a> {
