@@ -1,5 +1,5 @@
-//! The example configs under `contrib/` (and shown in OPERATING.md) load with the same
-//! `FileConfig` the daemons use, every value parses, and together they show every key.
+//! The example configs under `contrib/` load with the same `FileConfig` the daemons use, every
+//! value parses, together they show every key, and OPERATING.md shows them as they are.
 
 use std::collections::BTreeSet;
 use std::path::PathBuf;
@@ -31,4 +31,19 @@ fn example_configs_load_and_show_every_key() {
     let every: BTreeSet<String> = serde_json::to_value(FileConfig::default()).unwrap().as_object().unwrap().keys().cloned().collect();
     let shown: BTreeSet<String> = dir_keys.union(&relay_keys).cloned().collect();
     assert_eq!(shown, every, "contrib/directory.toml and contrib/relay.toml together show every config key");
+}
+
+#[test]
+fn operating_md_shows_the_example_configs_as_they_are() {
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
+    let doc = std::fs::read_to_string(root.join("OPERATING.md")).unwrap();
+    for name in ["directory.toml", "relay.toml"] {
+        let text = std::fs::read_to_string(root.join("contrib").join(name)).unwrap();
+        assert!(doc.contains(&format!("```toml\n{text}```")), "OPERATING.md does not show contrib/{name} as it is");
+    }
+    for unit in ["odi-directory.service", "odi-relay.service"] {
+        let text = std::fs::read_to_string(root.join("contrib").join(unit)).unwrap();
+        assert!(text.contains("ExecStart=/usr/local/bin/odi ") && text.contains("--config /etc/odi/"), "{unit}");
+        assert!(doc.contains(&format!("contrib/{unit}")), "OPERATING.md links {unit}");
+    }
 }
