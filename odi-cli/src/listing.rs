@@ -165,7 +165,8 @@ mod tests {
         let row = text.lines().nth(1).unwrap();
         assert!(row.starts_with("0123456789abcdef  ready"), "{text}");
         assert!(row.contains("5.0 MiB") && row.contains("1.0 GiB") && row.contains("0%"), "{text}");
-        let stats = stats(&json!({ "hottest": [{ "digest": "sha256:00112233445566778899", "names": ["sample/hello.txt"], "rate": 1.5, "extra_replicas": 1 }] }));
+        let stats =
+            stats(&json!({ "hottest": [{ "digest": "sha256:00112233445566778899", "names": ["sample/hello.txt"], "rate": 1.5, "extra_replicas": 1 }] }));
         let hot: Vec<&str> = stats.lines().filter(|l| !l.is_empty()).collect();
         assert_eq!(hot[1], "sha256:001122334455  1.500      1  sample/hello.txt", "{stats}");
     }

@@ -85,7 +85,12 @@ pub(crate) fn plan(args: &[PathBuf], prefix: Option<&str>) -> Result<(Vec<Item>,
     items.sort_by(|a, b| a.path.cmp(&b.path));
     for pair in items.windows(2) {
         if pair[0].path == pair[1].path {
-            bail!("{} and {} would both be published as `{}`; publish them separately with --path", pair[0].file.display(), pair[1].file.display(), pair[0].path);
+            bail!(
+                "{} and {} would both be published as `{}`; publish them separately with --path",
+                pair[0].file.display(),
+                pair[1].file.display(),
+                pair[0].path
+            );
         }
     }
     Ok((items, skipped))
@@ -197,7 +202,10 @@ pub(crate) async fn run(admin: &Admin, catalog: &str, items: Vec<Item>, skipped:
     bar.finish_and_clear();
     output::line(&format!("published {published}, unchanged {unchanged}, failed {failed} ({})", human_size(bytes)));
     if failed > 0 {
-        bail!("{failed} of {} files failed to publish; fix what is reported above and run the same command again (files already published are skipped)", items.len());
+        bail!(
+            "{failed} of {} files failed to publish; fix what is reported above and run the same command again (files already published are skipped)",
+            items.len()
+        );
     }
     Ok(())
 }
