@@ -201,6 +201,7 @@ struct RelaysArgs {
     #[arg(long)]
     json: bool,
     /// Drain this relay: no new assignments; it stops serving once its artifacts live elsewhere.
+    /// RELAY_ID may be any unique prefix of the id, such as the short ids the table shows.
     #[arg(long, value_name = "RELAY_ID")]
     drain: Option<String>,
     /// Stop draining this relay.

@@ -449,3 +449,24 @@ fn odi_dev_prints_the_binary_path_when_odi_is_not_on_path() {
     assert_clean_success(ls, &out);
     assert!(stdout(&out).contains("hello.txt"), "{}", stdout(&out));
 }
+
+#[test]
+fn publish_shows_a_progress_bar_on_a_terminal_only() {
+    let tmp = tempfile::tempdir().unwrap();
+    let (_dir, url) = start_directory(&tmp.path().join("dir"));
+    odi_ok(&["catalog", "create", "rel", "--directory", &url]);
+    let tree = tmp.path().join("t");
+    write(&tree.join("big.bin"), &sample(8 << 20, 3));
+    let publish = format!("ODI_ADMIN_TOKEN={ADMIN} {ODI} publish --directory {url} --catalog rel {}", tree.display());
+    // `script` gives the command a terminal, as when a person types it.
+    let out = Command::new("script").args(["-qec", &publish, "/dev/null"]).output().expect("script (util-linux) is installed");
+    let screen = stdout(&out);
+    assert!(out.status.success(), "{screen}");
+    assert!(screen.contains("/8.00 MiB"), "a progress bar on the terminal: {screen:?}");
+    assert!(screen.contains("published 1, unchanged 0, failed 0 (8.0 MiB)"), "{screen:?}");
+    // Not on a terminal: no bar, only the lines to read.
+    let out = Command::new("sh").args(["-c", &publish]).output().unwrap();
+    assert_clean_success("odi publish, not on a terminal", &out);
+    assert!(out.stderr.is_empty(), "{}", stderr(&out));
+    assert_eq!(stdout(&out).lines().last(), Some("published 0, unchanged 1, failed 0 (0 B)"));
+}
