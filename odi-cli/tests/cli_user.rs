@@ -470,3 +470,24 @@ fn publish_shows_a_progress_bar_on_a_terminal_only() {
     assert!(out.stderr.is_empty(), "{}", stderr(&out));
     assert_eq!(stdout(&out).lines().last(), Some("published 0, unchanged 1, failed 0 (0 B)"));
 }
+
+#[test]
+fn logs_are_coloured_on_a_terminal_unless_no_color_is_set() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dead = format!("http://127.0.0.1:{}", free_port());
+    let mut screens = Vec::new();
+    for no_color in ["", "1"] {
+        let data = tmp.path().join(format!("relay{no_color}"));
+        // A relay whose directory is down logs at once, then keeps retrying until stopped.
+        let relay = format!(
+            "NO_COLOR={no_color} ODI_LOG=info ODI_ENROLL_TOKEN={ENROLL} timeout -s INT 5 {ODI} relay --listen 127.0.0.1:0 --data {} --directory {dead} --public-url http://127.0.0.1:9 --disk-budget 1GiB",
+            data.display()
+        );
+        let out = Command::new("script").args(["-qec", &relay, "/dev/null"]).output().expect("script (util-linux) is installed");
+        let screen = stdout(&out);
+        assert!(screen.contains("relay store opened"), "{screen:?}");
+        screens.push(screen);
+    }
+    assert!(screens[0].contains("\x1b["), "colour on a terminal: {:?}", screens[0]);
+    assert!(!screens[1].contains("\x1b["), "no colour with NO_COLOR=1: {:?}", screens[1]);
+}
