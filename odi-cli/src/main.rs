@@ -12,6 +12,17 @@ use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tokio::net::TcpListener;
 
+/// Every `println!` in this crate goes through `output::line`: a reader that went away
+/// (`odi … | head -1`) ends the command quietly instead of panicking it.
+macro_rules! println {
+    () => {
+        $crate::output::line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(&format!($($arg)*))
+    };
+}
+
 mod admin;
 #[cfg(test)]
 mod config_examples;

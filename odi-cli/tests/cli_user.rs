@@ -319,6 +319,13 @@ fn listings_piped_into_head_end_quietly_and_relays_drain_by_short_id() {
         }
     }
 
+    // A one-line answer to a reader that is already gone.
+    let script = format!("{token} {ODI} catalog create piped --directory {url} | true; echo \"odi exited ${{PIPESTATUS[0]}}\" >&2");
+    let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+    assert!(!stderr(&out).contains("panicked"), "{script}: {}", stderr(&out));
+    assert!(stderr(&out).ends_with("odi exited 0\n"), "{script}: {}", stderr(&out));
+    assert!(odi_ok(&["catalog", "ls", "--directory", &url]).contains("piped"), "the catalog was created all the same");
+
     let out = odi(&["relays", "--directory", &url, "--drain", &short]);
     assert_clean_success("odi relays --drain SHORT_ID", &out);
     assert_eq!(relays_json(&url)[0]["status"], "draining");
