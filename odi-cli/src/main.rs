@@ -226,8 +226,9 @@ struct RelaysArgs {
 #[derive(Args)]
 struct GetCliArgs {
     url: String,
-    /// Output file (default: the URL's last segment; `-` for standard output).
-    #[arg(short, long)]
+    /// Output file, or a directory (existing, or ending in `/`) to save the URL's last segment
+    /// in (default: that name in the current directory; `-` for standard output).
+    #[arg(short, long, value_name = "FILE|DIR")]
     output: Option<PathBuf>,
     /// Continue a partial download.
     #[arg(short = 'c', long = "continue")]
