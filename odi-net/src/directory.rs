@@ -35,6 +35,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
+use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
@@ -80,6 +81,8 @@ impl DirectoryOptions {
 
 /// An opened directory: state restored, keys and tokens in place, not yet listening.
 pub struct DirectoryServer {
+    /// Held until `run` returns or the server is dropped: one daemon per data directory.
+    _data_lock: DataDirLock,
     shared: Arc<Shared>,
     /// Where the admin token was written, when it came from a file.
     pub admin_token_path: Option<PathBuf>,
@@ -111,6 +114,7 @@ pub async fn run(listener: TcpListener, options: DirectoryOptions, shutdown: imp
 
 impl DirectoryServer {
     pub async fn open(options: DirectoryOptions) -> Result<Self, NetError> {
+        let data_lock = DataDirLock::acquire(&options.data_dir)?;
         let dir = keys::ensure_dir(&options.data_dir)?;
         let key: SigningKey = keys::load_or_create_key(&dir)?;
         let store: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dir.join("blobs"))?);
@@ -166,7 +170,7 @@ impl DirectoryServer {
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self { shared, admin_token_path, enroll_token_path })
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path })
     }
 
     pub fn id(&self) -> NodeId {

@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use crate::client::{self, HttpClient};
 use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
+use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Source};
 use crate::{Clock, NetError, crash, keys};
 
@@ -49,6 +50,8 @@ pub struct RelayOptions {
 }
 
 pub struct RelayServer {
+    /// Held until `run` returns or the server is dropped: one daemon per data directory.
+    _data_lock: DataDirLock,
     shared: Arc<Shared>,
 }
 
@@ -74,6 +77,7 @@ pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Fu
 
 impl RelayServer {
     pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
+        let data_lock = DataDirLock::acquire(&options.data_dir)?;
         let dir = keys::ensure_dir(&options.data_dir)?;
         let key = keys::load_or_create_key(&dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
@@ -116,7 +120,7 @@ impl RelayServer {
             downloader,
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         };
-        Ok(Self { shared: Arc::new(shared) })
+        Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
     }
 
     pub fn id(&self) -> NodeId {
