@@ -78,7 +78,8 @@ pub(crate) fn relays(relays: &Value) -> String {
             (Some(u), Some(b)) if b > 0 => format!("{:.0}%", u as f64 * 100.0 / b as f64),
             _ => "-".to_owned(),
         };
-        let note = r["quarantined"].as_str().map(|q| format!("quarantined: {q}")).unwrap_or_default();
+        // Why it gets no clients, as the directory tells the relay itself.
+        let note = r["reason"].as_str().or_else(|| r["quarantined"].as_str()).unwrap_or_default().to_owned();
         t.row(vec![
             id.chars().take(SHORT_ID).collect(),
             text(&r["status"]),
