@@ -7,6 +7,7 @@
 //! - nodes (signed): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`, `GET /odi/v1/watch`,
 //!   `GET /odi/v1/blobs/sha256/{hex}`
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -19,27 +20,42 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use odi_core::auth::{self, ReplayGuard, SignedRequest};
+use odi_core::Digest;
+use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::catalog::DEFAULT_REPLICAS;
 use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
-use odi_core::message::{Message, NodeId, RefusalCode, RelayUrl};
+use odi_core::message::{Message, NodeId, Refusal, RefusalCode, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, Record, StorageError, TokenRole};
-use odi_core::{Digest, time::Instant};
+use odi_core::time::{Instant, UnixTime};
 use odi_storage::{LocalStore, SqliteMeta};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
+use crate::guard::{ClientAddr, FailureLimiter, LogLimiter};
 use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
 use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
-/// Longest JSON body accepted from the admin API or a node.
+/// Longest JSON body accepted from the admin API or a relay's heartbeat.
 const MAX_REQUEST_JSON: usize = 16 << 20;
+/// Longest enrollment body: read before the sender is known to hold the token.
+const MAX_ENROLL_BODY: usize = 64 << 10;
+/// Node endpoints that carry no body still get a little slack.
+const MAX_EMPTY_BODY: usize = 1 << 10;
+/// A node request's whole body must arrive within this.
+const NODE_BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Nonces remembered per node: a relay sends a few requests a second, and a nonce is kept for at
+/// most its lifetime plus the clock skew (about six minutes).
+const NONCES_PER_NODE: usize = 8192;
+/// Past this many per-node guards, the empty ones are dropped.
+const REPLAY_SWEEP_AT: usize = 4096;
+/// Wrong enrollment tokens accepted from one address per minute.
+const ENROLL_FAILURES_PER_MINUTE: u32 = 10;
 /// How long a watch request is held before it answers with no news.
 const WATCH_HOLD: Duration = Duration::from_secs(25);
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -96,7 +112,12 @@ struct Shared {
     /// Serializes plan → persist → apply, so admin changes are applied in log order.
     writer: tokio::sync::Mutex<()>,
     generation: watch::Sender<u64>,
-    replay: Mutex<ReplayGuard>,
+    /// Nonces seen, per signing node.
+    replay: Mutex<HashMap<NodeId, ReplayGuard>>,
+    /// Signatures made before this instant are refused: their nonces may predate the guards.
+    started: UnixTime,
+    refusal_log: LogLimiter,
+    enroll_failures: FailureLimiter,
     timer: Notify,
     clock: Clock,
     client: HttpClient,
@@ -161,7 +182,10 @@ impl DirectoryServer {
             meta,
             writer: tokio::sync::Mutex::new(()),
             generation,
-            replay: Mutex::new(ReplayGuard::new(1 << 20)),
+            replay: Mutex::new(HashMap::new()),
+            started: unix_now(),
+            refusal_log: LogLimiter::new(10, Duration::from_secs(10)),
+            enroll_failures: FailureLimiter::new(ENROLL_FAILURES_PER_MINUTE, Duration::from_secs(60)),
             timer: Notify::new(),
             clock,
             client: HttpClient::new(),
@@ -754,29 +778,114 @@ async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Bod
 
 // ---- node API ----
 
-async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let body = match read_request_json(Request::from_parts(parts.clone(), body)).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+/// Longest body a node may send to each endpoint: an enrollment is small; a heartbeat lists what
+/// the relay holds; the rest carry none.
+fn node_body_limit(rest: &str) -> usize {
+    match rest {
+        "enroll" => MAX_ENROLL_BODY,
+        "heartbeat" => MAX_REQUEST_JSON,
+        _ => MAX_EMPTY_BODY,
+    }
+}
+
+/// Authenticates a node request, cheapest check first, so that a stranger costs the directory
+/// nothing a relay needs: the signature headers are parsed (and must be fresh, and made after this
+/// directory started); a key that is not an enrolled relay is refused right there, unless it
+/// enrolls, and then only a correct token (read from a body of at most 64 KiB) earns a signature
+/// check. For a known relay the signature over the head is checked *before* its body is read;
+/// the body (bounded per endpoint, with a deadline) must then match the signed `Content-Digest`.
+/// Nonces are remembered per known key, in a guard of bounded size, so no stranger can fill it.
+async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, body: Incoming, rest: &str) -> Result<(NodeId, Bytes), Response<Body>> {
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+    let refuse = |status: StatusCode, why: String| {
+        if let Some(held_back) = shared.refusal_log.allow() {
+            tracing::info!(client = ?client, %status, reason = %why, held_back, "refused a node request");
+        }
+        error(status, format!("node request refused: {why}"))
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let signed = SignedRequest {
+    let head = SignedRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
-        body: &body,
+        body: &[],
         content_digest: header("content-digest"),
         signature_input: header("signature-input"),
         signature: header("signature"),
     };
-    let verified = {
-        let mut replay = shared.replay.lock().unwrap_or_else(PoisonError::into_inner);
-        auth::verify(&signed, unix_now(), &mut replay)
+    let now = unix_now();
+    let claim = match Claim::parse(&head, now, shared.started) {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string())),
     };
-    let from = match verified {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, format!("node request refused: {e}")),
+    let from = claim.keyid();
+    let enrolling = parts.method == Method::POST && rest == "enroll";
+    if !enrolling && !shared.lock().knows_relay(&from) {
+        refuse(StatusCode::NOT_FOUND, "not an enrolled relay".into());
+        // The relay's machine enrolls again on this answer (the directory may have lost it).
+        let reply = Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
+        return Err(json(StatusCode::NOT_FOUND, &reply));
+    }
+    if enrolling
+        && let Some(addr) = client
+        && let Err(wait) = shared.enroll_failures.check(addr)
+    {
+        let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "too many wrong enrollment tokens from this address; wait and retry");
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Err(resp);
+    }
+    if !enrolling && let Err(e) = claim.verify() {
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    let limit = node_body_limit(rest);
+    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes for /odi/v1/{rest}")));
+        }
+        Ok(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Err(_) => return Err(refuse(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", NODE_BODY_DEADLINE.as_secs()))),
+    };
+    if let Err(e) = claim.check_body(&body) {
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    if enrolling {
+        // The token first (one keyed hash), the signature only for a holder of the token.
+        let token_ok = match serde_json::from_slice::<Message>(&body) {
+            Ok(Message::Enroll(req)) => shared.lock().check_token(TokenRole::Enroll, &req.token),
+            _ => return Err(refuse(StatusCode::BAD_REQUEST, "/odi/v1/enroll takes an enroll message".into())),
+        };
+        if !token_ok {
+            if let Some(addr) = client {
+                shared.enroll_failures.failed(addr);
+            }
+            return Err(refuse(StatusCode::FORBIDDEN, "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
+        }
+        if let Err(e) = claim.verify() {
+            return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+        }
+    }
+    let remembered = {
+        let mut guards = shared.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = guards.entry(from).or_insert_with(|| ReplayGuard::new(NONCES_PER_NODE)).check_and_insert(claim.params(), now);
+        if guards.len() > REPLAY_SWEEP_AT {
+            guards.retain(|_, g| !g.is_empty());
+        }
+        outcome
+    };
+    match remembered {
+        Ok(()) => Ok((from, body)),
+        Err(e) => Err(refuse(StatusCode::UNAUTHORIZED, e.to_string())),
+    }
+}
+
+async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let (from, body) = match authenticate_node(shared, &parts, body, rest).await {
+        Ok(ok) => ok,
+        Err(refusal) => return refusal,
     };
     let known = shared.lock().knows_relay(&from);
     match (&parts.method, rest) {
