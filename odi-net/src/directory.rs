@@ -121,8 +121,10 @@ struct Shared {
     timer: Notify,
     clock: Clock,
     client: HttpClient,
-    /// The base URL for links this directory hands out; `None` uses the request's `Host`.
-    public_url: Option<String>,
+    /// The base URL for links this directory hands out: `--public-url`, or else the address it
+    /// listens on (set when it starts to listen). Never the request's `Host`, which any client
+    /// chooses, in answers that caches keep.
+    public_url: std::sync::OnceLock<String>,
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
     digests: DigestHeaders,
@@ -189,7 +191,7 @@ impl DirectoryServer {
             timer: Notify::new(),
             clock,
             client: HttpClient::new(),
-            public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         });
@@ -203,6 +205,13 @@ impl DirectoryServer {
 
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
         let shared = self.shared;
+        if shared.public_url.get().is_none() {
+            let addr = listener.local_addr().map_err(|e| NetError::io("cannot read the listening address", e))?;
+            if addr.ip().is_unspecified() {
+                return Err(NetError::Config(format!("--public-url is required when listening on {addr}: links and metalinks name the directory by it")));
+            }
+            let _ = shared.public_url.set(format!("http://{addr}"));
+        }
         let (stop_tx, stop_rx) = watch::channel(false);
         let timer = tokio::spawn(timer_loop(shared.clone(), stop_rx));
         let handler = {
@@ -434,7 +443,7 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
         }
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
-        let [scheme, base] = base_url(shared, req);
+        let [scheme, base] = base_url(shared);
         if let Some(v) = values
             .text("<")
             .text(scheme)
@@ -454,19 +463,15 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
 
 /// The URL this directory is reached at, in two pieces to write one after the other:
 /// `--public-url`, else `http://` and the request's `Host`.
-fn base_url<'a>(shared: &'a Shared, req: &'a Request<Incoming>) -> [&'a str; 2] {
-    if let Some(url) = &shared.public_url {
-        return ["", url];
-    }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.len() <= 255 && !h.contains(['/', '\\', ' ', '@', '<', '>']));
-    ["http://", host.unwrap_or("localhost")]
+fn base_url(shared: &Shared) -> [&str; 2] {
+    ["", shared.public_url.get().map_or("http://localhost", String::as_str)]
 }
 
 /// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
 /// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
-fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
+fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) -> Response<Body> {
     let now = shared.clock.now();
-    let base = base_url(shared, req).concat();
+    let base = base_url(shared).concat();
     let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
         let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };
         let path = match ArtifactPath::from_url(raw_path) {
