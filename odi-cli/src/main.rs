@@ -89,6 +89,10 @@ struct DirectoryArgs {
     /// How often each relay's content is audited (one random chunk, hash-checked).
     #[arg(long, value_parser = units::parse_duration)]
     audit_interval: Option<Duration>,
+    /// How long a new or readmitted relay serves only clients that verify what they get
+    /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
+    #[arg(long, value_parser = units::parse_duration)]
+    probation: Option<Duration>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -259,6 +263,7 @@ struct FileConfig {
     lease: Option<String>,
     probe_interval: Option<String>,
     audit_interval: Option<String>,
+    probation: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
     disk_budget: Option<String>,
@@ -325,6 +330,9 @@ async fn run(command: Command) -> Result<()> {
             }
             if let Some(d) = args.audit_interval.map(Ok).or_else(|| file.audit_interval.as_deref().map(units::parse_duration)) {
                 options.audit_interval = d.map_err(|e| anyhow!("audit_interval: {e}"))?;
+            }
+            if let Some(d) = args.probation.map(Ok).or_else(|| file.probation.as_deref().map(units::parse_duration)) {
+                options.probation = d.map_err(|e| anyhow!("probation: {e}"))?;
             }
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);

@@ -203,7 +203,7 @@ fn anonymous_floods_neither_stop_relays_nor_legitimate_clients() {
         Command::new("sh")
             .arg("-c")
             .arg(format!(
-                "ulimit -n 1024 && exec {ODI} directory --listen 127.0.0.1:{dport} --data {} --heartbeat-interval 300ms --lease 1500ms",
+                "ulimit -n 1024 && exec {ODI} directory --listen 127.0.0.1:{dport} --data {} --heartbeat-interval 300ms --lease 1500ms --probation 0s",
                 tmp.path().join("dir").display()
             ))
             .env("ODI_ADMIN_TOKEN", ADMIN)

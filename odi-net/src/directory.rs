@@ -71,6 +71,8 @@ pub struct DirectoryOptions {
     pub probe_interval: Duration,
     /// How often each relay gets a content audit (one random whole chunk, hash-checked).
     pub audit_interval: Duration,
+    /// How long a new or readmitted relay serves only verifying clients (`Duration::ZERO`: off).
+    pub probation: Duration,
     /// The admin token; `None` reads or creates `{data_dir}/admin.token`.
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
@@ -88,6 +90,7 @@ impl DirectoryOptions {
             lease: Duration::from_secs(15),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
+            probation: odi_core::directory::DEFAULT_PROBATION,
             admin_token: None,
             enroll_token: None,
             meta: None,
@@ -151,6 +154,7 @@ impl DirectoryServer {
         config.self_test_retry = options.heartbeat_interval;
         config.probe_interval = options.probe_interval;
         config.audit_interval = options.audit_interval;
+        config.probation = options.probation;
         let clock = Clock::start();
         let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
         let records = meta.load().await?;
@@ -256,6 +260,7 @@ fn log_event(event: &Event) {
     match event {
         Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
         Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
         Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
         Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
         Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
@@ -439,7 +444,12 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
                 media_type: &r.media_type,
                 limiter: None,
             };
-            serve_blob(shared.store.as_ref(), &blob).await
+            let mut resp = serve_blob(shared.store.as_ref(), &blob).await;
+            // Relays on probation: offered to clients that verify (aria2 reads these).
+            if resp.status().is_success() {
+                duplicate_links(&mut values, resp.headers_mut(), &r.alternates, tail);
+            }
+            resp
         }
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
@@ -528,12 +538,17 @@ fn redirect_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     digests.insert(h, digest);
+    duplicate_links(values, h, alternates, tail);
+    resp
+}
+
+/// `Link: <{relay}/{tail}>; rel=duplicate; pri={n}` for each of `alternates` (RFC 6249).
+fn duplicate_links(values: &mut Values, h: &mut http::HeaderMap, alternates: &[RelayUrl], tail: &[&str]) {
     for (i, alt) in (1..).zip(alternates) {
         if let Some(v) = values.text("<").text(alt.as_str()).text("/").texts(tail).text(">; rel=duplicate; pri=").number(i).finish() {
             h.append(header::LINK, v);
         }
     }
-    resp
 }
 
 // ---- admin API ----

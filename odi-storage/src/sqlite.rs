@@ -327,6 +327,7 @@ mod tests {
             enrolled_at: UnixTime(1_700_000_000),
             quarantined: id.is_multiple_of(2).then(|| "served wrong bytes".to_owned()),
             draining: id.is_multiple_of(3),
+            proven: id.is_multiple_of(5),
         })
     }
 

@@ -48,6 +48,10 @@ use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
 
+/// A new relay's probation: long enough for hundreds of audits at the default interval, short
+/// enough that a volunteer sees plain-client traffic the day they join.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(6 * 3600);
+
 /// Bandwidth assumed for a relay that states none (0 = unlimited): 1 Gbit/s.
 const NOMINAL_BANDWIDTH: u64 = 125_000_000;
 
@@ -65,6 +69,11 @@ pub struct DirectoryConfig {
     pub probe_interval: Duration,
     /// How often each serving relay gets a content audit (one whole chunk).
     pub audit_interval: Duration,
+    /// How long a newly admitted (or readmitted) relay serves only clients that verify what they
+    /// get (it is named in `Link: rel=duplicate` and metalinks, never in a `Location`), and the
+    /// clean audits it must pass meanwhile. Zero turns probation off.
+    pub probation: Duration,
+    pub probation_audits: u64,
     /// A change to the set of relays is rebalanced this long after it, so that many changes
     /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
     pub rebalance_delay: Duration,
@@ -82,6 +91,8 @@ impl DirectoryConfig {
             self_test_retry: Duration::from_secs(5),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
+            probation: DEFAULT_PROBATION,
+            probation_audits: 3,
             rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
@@ -108,6 +119,10 @@ pub enum Event {
         url: RelayUrl,
     },
     RelayAdmitted {
+        relay: NodeId,
+    },
+    /// A relay passed its probation: plain clients may be sent to it from now on.
+    RelayProven {
         relay: NodeId,
     },
     SelfTestFailed {
@@ -240,6 +255,8 @@ pub struct RelayView {
     pub quarantined: Option<String>,
     /// Why it gets no clients (or no work), when it gets none.
     pub reason: Option<String>,
+    /// Past its probation: plain clients may be sent to it.
+    pub proven: bool,
     /// Milliseconds since the last heartbeat, if one arrived since the directory started.
     pub last_seen_ms: Option<u64>,
 }
@@ -317,6 +334,8 @@ struct RelayState {
     redirected: u32,
     /// Why its last self-test, probe or audit fetch failed; cleared when one passes.
     failure: Option<String>,
+    /// On probation since it was admitted then, with clean audits passed since.
+    probation: Option<(Instant, u64)>,
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -458,8 +477,10 @@ impl Directory {
             record.draining = drain;
         }
         if readmit {
+            // Back on probation: it must earn plain clients again.
             record.quarantined = None;
             record.draining = false;
+            record.proven = false;
         }
         Ok(Record::Relay(record))
     }
@@ -746,6 +767,7 @@ impl Directory {
                     audits_failed: r.audits.1,
                     quarantined: r.record.quarantined.clone(),
                     reason: self.standing(r, now).reason,
+                    proven: r.record.proven,
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
@@ -815,6 +837,11 @@ impl Directory {
             }),
             RelayStatus::Suspended => Some(format!("a check of {} failed: {}", r.record.public_url, r.failure.as_deref().unwrap_or("no answer"))),
             RelayStatus::Draining => Some("drained by an admin: no new work; clients go elsewhere once others hold its artifacts".into()),
+            RelayStatus::Syncing | RelayStatus::Ready if !r.record.proven => Some(format!(
+                "on probation (at least {} s and {} clean audits): only clients that verify what they get (metalink, odi get) are sent here yet",
+                self.config.probation.as_secs(),
+                self.config.probation_audits
+            )),
             RelayStatus::Syncing | RelayStatus::Ready => None,
         };
         Standing { status, reason }
@@ -862,11 +889,17 @@ impl Directory {
         self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
         self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
         let mut candidates = self.candidates(&digest, min_generation, now);
-        let target = if candidates.is_empty() {
+        // Relays on probation are offered to verifying clients only (as alternates): the
+        // `Location` a plain client follows is always a proven relay, or the directory.
+        let proven = candidates.iter().filter(|c| c.proven).count();
+        if proven < candidates.len() {
+            candidates.sort_by_key(|c| !c.proven);
+        }
+        let target = if proven == 0 {
             None
         } else {
-            let a = self.weighted_pick(&candidates);
-            let b = self.weighted_pick(&candidates);
+            let a = self.weighted_pick(&candidates[..proven]);
+            let b = self.weighted_pick(&candidates[..proven]);
             let cost = |i: usize| (candidates[i].load + 1.0) / candidates[i].weight as f64;
             let pick = if cost(b) < cost(a) { b } else { a };
             let chosen = candidates.swap_remove(pick);
@@ -896,6 +929,7 @@ impl Directory {
                 weight: bandwidth_weight(r),
                 load: f64::from(r.active + r.redirected),
                 draining: r.record.draining,
+                proven: r.record.proven,
                 url: r.record.public_url.clone(),
             })
             .collect();
@@ -952,10 +986,23 @@ impl Directory {
                 reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
             }));
         }
-        // Quarantine and draining are the directory's decisions: enrolling again keeps them.
-        let (quarantined, draining) = self.relays.get(&from).map(|r| (r.record.quarantined.clone(), r.record.draining)).unwrap_or_default();
-        let record =
-            RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall, quarantined, draining };
+        // Quarantine, draining and probation are the directory's decisions: enrolling again keeps
+        // them (a relay that moves to another URL is on probation again).
+        let (quarantined, draining, proven) = self
+            .relays
+            .get(&from)
+            .map(|r| (r.record.quarantined.clone(), r.record.draining, r.record.proven && r.record.public_url == req.public_url))
+            .unwrap_or_default();
+        let record = RelayRecord {
+            id: from,
+            public_url: req.public_url,
+            capacity: req.capacity,
+            catalogs: req.catalogs,
+            enrolled_at: wall,
+            quarantined,
+            draining,
+            proven,
+        };
         let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
         if !changed {
             return Reply::Now(self.enrolled(record, now));
@@ -979,7 +1026,12 @@ impl Directory {
         let is_new = !self.relays.contains_key(&from);
         let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone(), now));
         // A decision taken while the enrollment was being written stays in force.
-        let record = RelayRecord { quarantined: relay.record.quarantined.clone(), draining: relay.record.draining, ..record };
+        let record = RelayRecord {
+            quarantined: relay.record.quarantined.clone(),
+            draining: relay.record.draining,
+            proven: record.proven && relay.record.proven,
+            ..record
+        };
         if is_new || relay.record != (RelayRecord { enrolled_at: relay.record.enrolled_at, ..record.clone() }) {
             // New relay, or a new URL or capacity: test it again before trusting it.
             relay.record = record.clone();
@@ -1135,9 +1187,13 @@ impl Directory {
                 r.suspended = false;
                 if admitted {
                     r.next_audit = now + self.config.audit_interval;
+                    if !r.record.proven {
+                        r.probation.get_or_insert((now, 0));
+                    }
                     self.events.push_back(Event::RelayAdmitted { relay });
                     self.assignment_dirty = true;
                 }
+                self.end_probation(relay, now);
             }
             other => {
                 r.self_test = SelfTest::RetryAt(now + retry);
@@ -1169,7 +1225,11 @@ impl Directory {
             Ok(bytes) => match blob.manifest.verify_chunk(index, &bytes) {
                 Ok(()) => {
                     r.audits.0 += 1;
+                    if let Some((_, clean)) = &mut r.probation {
+                        *clean += 1;
+                    }
                     self.events.push_back(Event::AuditPassed { relay, digest, index });
+                    self.end_probation(relay, now);
                 }
                 Err(_) => {
                     r.audits.1 += 1;
@@ -1192,10 +1252,31 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
+    /// Ends a relay's probation once it has served long enough and passed enough audits; the
+    /// decision is written like a quarantine.
+    fn end_probation(&mut self, relay: NodeId, now: Instant) {
+        let (probation, audits) = (self.config.probation, self.config.probation_audits);
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        if r.record.proven || r.record.quarantined.is_some() || !r.tested {
+            return;
+        }
+        let done = probation.is_zero() || r.probation.is_some_and(|(since, clean)| now >= since + probation && clean >= audits);
+        if !done {
+            return;
+        }
+        r.record.proven = true;
+        r.probation = None;
+        self.persist.decided(relay, now);
+        self.write_decisions(now);
+        self.events.push_back(Event::RelayProven { relay });
+    }
+
     /// Bars a relay at once, then writes the decision; a failed write is retried until durable.
     fn quarantine(&mut self, relay: NodeId, reason: String, now: Instant) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
         r.record.quarantined = Some(reason.clone());
+        r.record.proven = false;
+        r.probation = None;
         self.unhold(relay);
         self.persist.decided(relay, now);
         self.write_decisions(now);
@@ -1566,6 +1647,7 @@ impl RelayState {
             active: 0,
             redirected: 0,
             failure: None,
+            probation: None,
         }
     }
 }
@@ -1573,6 +1655,8 @@ impl RelayState {
 /// A relay a client may be sent to, with what the choice weighs.
 struct Candidate {
     id: NodeId,
+    /// Past its probation: may be a plain client's `Location`.
+    proven: bool,
     /// Bandwidth: the chance of being drawn.
     weight: u64,
     /// Requests in progress and redirects since the last heartbeat.

@@ -147,6 +147,7 @@ mod tests {
             enrolled_at: UnixTime(0),
             quarantined: None,
             draining: false,
+            proven: false,
         }
     }
 

@@ -101,6 +101,7 @@ impl Sim {
         config.heartbeat_interval = Duration::from_secs(2);
         config.lease = Duration::from_secs(6);
         config.self_test_retry = Duration::from_secs(2);
+        config.probation = Duration::ZERO;
         tune(&mut config);
         let dir = Directory::new(config.clone(), Seed(rng.next_u64()));
         let mut sim = Self {
@@ -479,6 +480,8 @@ impl Sim {
 
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod probation_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

@@ -58,6 +58,8 @@ pub async fn start_directory_with(data: &Path, addr: Option<std::net::SocketAddr
     options.admin_token = Some(ADMIN.into());
     options.enroll_token = Some(ENROLL.into());
     options.public_url = Some(url.clone());
+    // Plain clients go to fresh relays at once; probation has tests of its own.
+    options.probation = Duration::ZERO;
     tune(&mut options);
     let server = DirectoryServer::open(options).await.expect("open directory");
     let (stop, signal) = shutdown();
