@@ -357,16 +357,16 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Catalog(CatalogCommand::Ls { target }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
-            println!("{:<24} {:>8} {:>7} {:>10} {:>14} {:>8}", "CATALOG", "REPLICAS", "MUTABLE", "ARTIFACTS", "BYTES", "SEQ");
+            println!("{:<24} {:>8} {:>10} {:>14} {:>8} {:>7}", "CATALOG", "REPLICAS", "ARTIFACTS", "BYTES", "SEQ", "MUTABLE");
             for c in list.as_array().into_iter().flatten() {
                 println!(
-                    "{:<24} {:>8} {:>7} {:>10} {:>14} {:>8}",
+                    "{:<24} {:>8} {:>10} {:>14} {:>8} {:>7}",
                     c["name"].as_str().unwrap_or("?"),
                     c["replicas"].to_string(),
-                    if c["mutable"] == Value::Bool(true) { "yes" } else { "no" },
                     c["artifacts"].to_string(),
                     c["bytes"].to_string(),
-                    c["seq"].to_string()
+                    c["seq"].to_string(),
+                    if c["mutable"] == Value::Bool(true) { "yes" } else { "no" }
                 );
             }
         }
