@@ -191,6 +191,16 @@ async fn names_are_cached_by_catalog_kind_and_revalidate_on_relay_and_directory(
             assert_eq!((status, header(&h, "cache-control"), header(&h, "etag")), (304, Some(cache), Some(etag(data).as_str())), "{base}/r/{path}");
         }
     }
+    // A part of the file: the digest headers still describe the whole representation (RFC 9530
+    // `Repr-Digest`, RFC 3230 instance `Digest`), and nothing claims to digest this part.
+    let (status, h) = curl_head(&format!("{}/r/rel/tool-1.0.tar", relay.url), &["-H", "Range: bytes=0-99"]).await;
+    let whole = odi_core::Digest::of(&tool).to_base64();
+    assert_eq!((status, header(&h, "content-length")), (206, Some("100")));
+    assert_eq!(header(&h, "repr-digest"), Some(format!("sha-256=:{whole}:").as_str()));
+    assert_eq!(header(&h, "digest"), Some(format!("SHA-256={whole}").as_str()));
+    assert_eq!(header(&h, "content-digest"), None);
+    let (status, h) = curl_head(&format!("{}/r/rel/tool-1.0.tar", relay.url), &["-H", "Range: bytes=70000-"]).await;
+    assert_eq!((status, header(&h, "repr-digest"), header(&h, "cache-control")), (416, None, Some("no-store")), "an error line is not the file");
     // By digest, bytes never change.
     let (status, h) = curl_head(&format!("{}/blobs/sha256/{}", relay.url, sha256_hex(&v1)), &[]).await;
     assert_eq!((status, header(&h, "cache-control")), (200, Some(IMMUTABLE)));
