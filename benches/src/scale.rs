@@ -9,7 +9,7 @@
 
 use anyhow::{Context as _, bail, ensure};
 use odi_core::catalog::{Artifact, CatalogConfig, LogEntry, LogOp};
-use odi_core::directory::{Directory, DirectoryConfig, Effect, Event, LookupError, Redirect, RelayStatus};
+use odi_core::directory::{Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, RelayStatus, Reply};
 use odi_core::message::{Capacity, EnrollRequest, Heartbeat, Message, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
@@ -207,7 +207,8 @@ impl Fleet {
                         out.self_tests += 1;
                         self.dir.handle_self_test(relay, attempt, Ok(relay), self.now);
                     }
-                    Effect::Persist { .. } | Effect::Audit { .. } => {}
+                    Effect::Persist { id, .. } => self.dir.handle_storage(id, Ok(()), self.now),
+                    Effect::Audit { .. } => {}
                 }
             }
             while let Some(event) = self.dir.poll_event() {
@@ -263,7 +264,14 @@ impl Fleet {
             };
             let reply = self.dir.handle_message(relay, Message::Enroll(req), self.now, WALL);
             let drained = self.drain();
-            ensure!(matches!(reply, Message::Enrolled(_)), "relay {index} was not enrolled: {reply:?}");
+            let reply = match reply {
+                Reply::Now(reply) => Some(reply),
+                Reply::AfterStorage(id) => match self.dir.take_outcome(id) {
+                    Some(Outcome::Reply(reply)) => Some(reply),
+                    _ => None,
+                },
+            };
+            ensure!(matches!(reply, Some(Message::Enrolled(_))), "relay {index} was not enrolled: {reply:?}");
             ensure!(drained.admitted == 1, "relay {index} was not admitted after its self-test ({drained:?})");
             self.relays.push(relay);
         }
@@ -305,7 +313,7 @@ impl Fleet {
         for (index, relay) in self.relays.clone().into_iter().enumerate() {
             let first = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0 };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(first), self.now, WALL) {
-                Message::HeartbeatAck(ack) => ack,
+                Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: first heartbeat answered {other:?}"),
             };
             self.drain();
@@ -317,7 +325,7 @@ impl Fleet {
             self.held.extend_from_slice(&held);
             let second = Heartbeat { generation: ack.generation, held, used, active: 0 };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(second), self.now, WALL) {
-                Message::HeartbeatAck(ack) => ack,
+                Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: second heartbeat answered {other:?}"),
             };
             self.drain();
@@ -337,7 +345,7 @@ impl Fleet {
             let ack = self.dir.handle_message(relay, Message::Heartbeat(hb), self.now, WALL);
             self.drain();
             spent += start.elapsed();
-            ensure!(matches!(&ack, Message::HeartbeatAck(a) if a.state.is_none()), "relay {index}: a heartbeat with nothing new got {ack:?}");
+            ensure!(matches!(&ack, Reply::Now(Message::HeartbeatAck(a)) if a.state.is_none()), "relay {index}: a heartbeat with nothing new got {ack:?}");
         }
         Ok(spent)
     }

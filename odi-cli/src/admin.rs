@@ -6,6 +6,7 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
 use http::{Method, Request, header};
+use indicatif::ProgressBar;
 use odi_net::HttpClient;
 use odi_net::http::{Body, full};
 use serde_json::Value;
@@ -55,22 +56,24 @@ impl Admin {
         self.call(method, path, body, "application/json", ADMIN_TIMEOUT).await
     }
 
-    /// Streams a file to `PUT /api/v1/catalogs/{catalog}/artifacts/{path}`.
-    pub(crate) async fn publish(&self, catalog: &str, path: &str, file: &Path) -> Result<Value> {
+    /// Streams a file to `PUT /api/v1/catalogs/{catalog}/artifacts/{path}` (`path` already
+    /// percent-encoded), advancing `progress` by the bytes sent.
+    pub(crate) async fn publish(&self, catalog: &str, path: &str, file: &Path, progress: &ProgressBar) -> Result<Value> {
         use futures_util::StreamExt as _;
         use http_body_util::BodyExt as _;
         use tokio::io::AsyncReadExt as _;
 
         let f = tokio::fs::File::open(file).await.with_context(|| format!("cannot open {}", file.display()))?;
-        let stream = futures_util::stream::unfold(f, |mut f| async move {
+        let stream = futures_util::stream::unfold((f, progress.clone()), |(mut f, progress)| async move {
             let mut buf = vec![0u8; 256 * 1024];
             match f.read(&mut buf).await {
                 Ok(0) => None,
                 Ok(n) => {
                     buf.truncate(n);
-                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), f))
+                    progress.inc(n as u64);
+                    Some((Ok(hyper::body::Frame::data(Bytes::from(buf))), (f, progress)))
                 }
-                Err(e) => Some((Err(Box::new(e) as odi_net::http::BoxError), f)),
+                Err(e) => Some((Err(Box::new(e) as odi_net::http::BoxError), (f, progress))),
             }
         });
         let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();

@@ -25,6 +25,9 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
         bail!("--relays must be 1 to 32");
     }
     let data = data.unwrap_or_else(|| std::env::temp_dir().join("odi-dev"));
+    // The directory and each relay lock their own data directories; this lock names the root
+    // when a second `odi dev` is started on it.
+    let _lock = odi_net::lock::DataDirLock::acquire(&data).context("cannot start odi dev")?;
     let dir_listener = listen(DIRECTORY_PORT).await?;
     let dir_url = format!("http://{}", dir_listener.local_addr()?);
     let mut options = odi_net::directory::DirectoryOptions::new(data.join("directory"));
@@ -77,7 +80,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
         return Err(e.context("cannot create the sample catalog"));
     }
     for (name, file) in [("hello.txt", &hello), ("odi-sample-5MiB.bin", &big)] {
-        admin.publish("sample", name, file).await.with_context(|| format!("cannot publish {name}"))?;
+        admin.publish("sample", name, file, &indicatif::ProgressBar::hidden()).await.with_context(|| format!("cannot publish {name}"))?;
     }
 
     // Wait (up to 10 s) until every relay holds its share, so the first curl is redirected.
@@ -90,20 +93,26 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 
-    println!("ODI dev network is up (data in {}).", data.display());
-    println!("  directory  {dir_url}");
+    let odi = odi_command();
+    let token = format!("ODI_ADMIN_TOKEN=$(cat {})", shell_quote(&admin_path.display().to_string()));
+    let mut text = format!("ODI dev network is up (data in {}).\n", data.display());
+    text.push_str(&format!("  directory  {dir_url}\n"));
     for url in &relay_urls {
-        println!("  relay      {url}");
+        text.push_str(&format!("  relay      {url}\n"));
     }
-    println!();
-    println!("Try:");
-    println!("  curl -L {dir_url}/r/sample/hello.txt");
-    println!("  curl -sI {dir_url}/r/sample/odi-sample-5MiB.bin");
-    println!("  odi get {dir_url}/r/sample/odi-sample-5MiB.bin");
-    println!("  ODI_ADMIN_TOKEN=$(cat {}) odi relays --directory {dir_url}", admin_path.display());
-    println!("  ODI_ADMIN_TOKEN=$(cat {}) odi publish --directory {dir_url} --catalog sample ./some-file", admin_path.display());
-    println!();
-    println!("Ctrl-C stops everything.");
+    text.push_str("\nTry:\n");
+    for command in [
+        format!("curl -L {dir_url}/r/sample/hello.txt"),
+        format!("curl -sI {dir_url}/r/sample/odi-sample-5MiB.bin"),
+        format!("{odi} get {dir_url}/r/sample/odi-sample-5MiB.bin"),
+        format!("{token} {odi} ls --directory {dir_url} --catalog sample"),
+        format!("{token} {odi} relays --directory {dir_url}"),
+        format!("{token} {odi} publish --directory {dir_url} --catalog sample {}", shell_quote(&sample.display().to_string())),
+    ] {
+        text.push_str(&format!("  {command}\n"));
+    }
+    text.push_str("\nCtrl-C stops everything.\n");
+    crate::output::emit(&text);
 
     crate::shutdown_signal().await;
     eprintln!("stopping...");
@@ -116,4 +125,33 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
         }
     }
     Ok(())
+}
+
+/// How to run this binary from a shell: `odi` if that is what `PATH` finds, else its absolute
+/// path (as after `cargo run`), so every command printed works as printed.
+fn odi_command() -> String {
+    let Ok(me) = std::env::current_exe().and_then(std::fs::canonicalize) else { return "odi".to_owned() };
+    let on_path = std::env::var_os("PATH")
+        .into_iter()
+        .flat_map(|p| std::env::split_paths(&p).collect::<Vec<_>>())
+        .find_map(|dir| std::fs::canonicalize(dir.join("odi")).ok().filter(|p| p.is_file()));
+    if on_path.as_deref() == Some(me.as_path()) { "odi".to_owned() } else { shell_quote(&me.display().to_string()) }
+}
+
+/// `s` as one shell word.
+fn shell_quote(s: &str) -> String {
+    let plain = !s.is_empty() && s.chars().all(|c| c.is_ascii_alphanumeric() || "/._-+:=@%,".contains(c));
+    if plain { s.to_owned() } else { format!("'{}'", s.replace('\'', "'\\''")) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shell_words() {
+        assert_eq!(shell_quote("/tmp/odi-dev/directory/admin.token"), "/tmp/odi-dev/directory/admin.token");
+        assert_eq!(shell_quote("/tmp/my dir/it's"), "'/tmp/my dir/it'\\''s'");
+        assert_eq!(shell_quote(""), "''");
+    }
 }

@@ -34,10 +34,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
         Some(hex) => Some(Digest::from_hex(&hex.to_ascii_lowercase()).map_err(|e| anyhow!("--sha256: {e}"))?),
         None => None,
     };
-    let output = match &args.output {
-        Some(p) => p.clone(),
-        None => PathBuf::from(default_name(&args.url)?),
-    };
+    let output = output_path(args.output.as_deref(), &args.url)?;
     let to_stdout = output.as_os_str() == "-";
     let part = part_path(&output);
     let mut offset = 0u64;
@@ -117,10 +114,20 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
         let frame = frame.map_err(|e| anyhow!("download from {url} failed: {e}; run again with -c to resume"))?;
         if let Ok(data) = frame.into_data() {
             hasher.update(&data);
-            sink.write_all(&data).await.context("cannot write the download")?;
+            if let Err(e) = sink.write_all(&data).await {
+                if to_stdout {
+                    crate::output::exit_on_write_error(&e);
+                }
+                return Err(e).context("cannot write the download");
+            }
         }
     }
-    sink.flush().await.context("cannot write the download")?;
+    if let Err(e) = sink.flush().await {
+        if to_stdout {
+            crate::output::exit_on_write_error(&e);
+        }
+        return Err(e).context("cannot write the download");
+    }
     drop(sink);
     finish(&part, &output, hasher, expected, to_stdout).await
 }
@@ -141,6 +148,7 @@ async fn finish(part: &Path, output: &Path, hasher: Sha256, expected: Option<Dig
     let f = tokio::fs::File::open(part).await.with_context(|| format!("cannot reopen {}", part.display()))?;
     f.sync_all().await.context("cannot sync the download")?;
     tokio::fs::rename(part, output).await.with_context(|| format!("cannot move the download to {}", output.display()))?;
+    sync_parent(output).await?;
     if expected.is_none() {
         eprintln!("warning: {} was not verified (the server sent no Repr-Digest; pass --sha256 to check it)", output.display());
     }
@@ -229,6 +237,34 @@ fn repr_digest(headers: &http::HeaderMap) -> Option<Digest> {
         })?;
     let bytes: [u8; 32] = base64::engine::general_purpose::STANDARD.decode(b64).ok()?.try_into().ok()?;
     Some(Digest::from_bytes(bytes))
+}
+
+/// Where `-o` says to save: nothing is the URL's last segment in the current directory, `-`
+/// is standard output, an existing directory or a path ending in `/` (created if missing) is
+/// that directory with the URL's last segment, anything else is the file itself.
+fn output_path(output: Option<&Path>, url: &str) -> Result<PathBuf> {
+    let Some(output) = output else { return Ok(PathBuf::from(default_name(url)?)) };
+    if output.as_os_str() == "-" {
+        return Ok(output.to_path_buf());
+    }
+    let names_dir = output.as_os_str().as_encoded_bytes().ends_with(b"/");
+    if names_dir {
+        std::fs::create_dir_all(output).with_context(|| format!("cannot create directory {}", output.display()))?;
+    }
+    if names_dir || output.is_dir() {
+        return Ok(output.join(default_name(url)?));
+    }
+    Ok(output.to_path_buf())
+}
+
+/// Makes the rename into the output's directory durable; a bare file name lives in `.`.
+async fn sync_parent(output: &Path) -> Result<()> {
+    let parent = match output.parent() {
+        Some(p) if !p.as_os_str().is_empty() => p,
+        _ => Path::new("."),
+    };
+    let dir = tokio::fs::File::open(parent).await.with_context(|| format!("cannot open directory {}", parent.display()))?;
+    dir.sync_all().await.with_context(|| format!("cannot sync directory {}", parent.display()))
 }
 
 fn part_path(output: &Path) -> PathBuf {

@@ -1,5 +1,6 @@
 //! The `odi` binary: parses flags and config, then calls odi-net. Nothing else lives here.
 
+use std::io::IsTerminal as _;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -7,13 +8,29 @@ use std::time::Duration;
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
+/// Every `println!` in this crate goes through `output::line`: a reader that went away
+/// (`odi … | head -1`) ends the command quietly instead of panicking it.
+macro_rules! println {
+    () => {
+        $crate::output::line("")
+    };
+    ($($arg:tt)*) => {
+        $crate::output::line(&format!($($arg)*))
+    };
+}
+
 mod admin;
+#[cfg(test)]
+mod config_examples;
 mod dev;
 mod get;
+mod listing;
+mod output;
+mod publish;
 mod units;
 
 use admin::{Admin, encode_path};
@@ -34,7 +51,10 @@ enum Command {
     /// Create or list catalogs.
     #[command(subcommand)]
     Catalog(CatalogCommand),
-    /// Upload a file into a catalog.
+    /// List the artifacts of a catalog.
+    Ls(LsArgs),
+    /// Upload files, or whole directory trees, into a catalog.
+    #[command(long_about = PUBLISH_HELP)]
     Publish(PublishArgs),
     /// Withdraw one name (--catalog NAME PATH), or bar an artifact's bytes everywhere (--digest).
     ///
@@ -131,6 +151,9 @@ enum CatalogCommand {
     Ls {
         #[command(flatten)]
         target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -150,16 +173,40 @@ impl Target {
     }
 }
 
+const PUBLISH_HELP: &str = "Upload files, or whole directory trees, into a catalog.
+
+Naming: a DIR publishes every file under it at its path relative to DIR (dist/a/b.txt as a/b.txt),
+or under --path P as P/a/b.txt. A FILE is published at its file name; a single FILE with --path P at
+exactly P. With several FILE or DIR arguments, --path must be a prefix ending in `/` (e.g. v1.2/).
+
+Hidden files and directories (names starting with `.`) are skipped. Symbolic links to files are
+followed; links to directories are not. A file the catalog already lists with the same SHA-256 is
+not uploaded again (`unchanged`). A failed file does not stop the others: the command ends with a
+summary line and exits non-zero if any file failed.";
+
+#[derive(Args)]
+struct LsArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    catalog: String,
+    /// Print JSON instead of a table.
+    #[arg(long)]
+    json: bool,
+}
+
 #[derive(Args)]
 struct PublishArgs {
     #[command(flatten)]
     target: Target,
     #[arg(long)]
     catalog: String,
-    /// Path inside the catalog (default: the file's name).
+    /// Path inside the catalog: exactly this for a single FILE, else a prefix (see above).
     #[arg(long)]
     path: Option<String>,
-    file: PathBuf,
+    /// Files and directories to publish.
+    #[arg(required = true, value_name = "FILE|DIR")]
+    files: Vec<PathBuf>,
 }
 
 #[derive(Args)]
@@ -185,6 +232,7 @@ struct RelaysArgs {
     #[arg(long)]
     json: bool,
     /// Drain this relay: no new assignments; it stops serving once its artifacts live elsewhere.
+    /// RELAY_ID may be any unique prefix of the id, such as the short ids the table shows.
     #[arg(long, value_name = "RELAY_ID")]
     drain: Option<String>,
     /// Stop draining this relay.
@@ -198,8 +246,9 @@ struct RelaysArgs {
 #[derive(Args)]
 struct GetCliArgs {
     url: String,
-    /// Output file (default: the URL's last segment; `-` for standard output).
-    #[arg(short, long)]
+    /// Output file, or a directory (existing, or ending in `/`) to save the URL's last segment
+    /// in (default: that name in the current directory; `-` for standard output).
+    #[arg(short, long, value_name = "FILE|DIR")]
     output: Option<PathBuf>,
     /// Continue a partial download.
     #[arg(short = 'c', long = "continue")]
@@ -220,7 +269,7 @@ struct DevArgs {
 }
 
 /// Every daemon flag, as it may appear in `--config`.
-#[derive(Default, Deserialize)]
+#[derive(Default, Deserialize, Serialize)]
 #[serde(deny_unknown_fields)]
 struct FileConfig {
     listen: Option<SocketAddr>,
@@ -257,7 +306,9 @@ fn main() {
         let default = if matches!(cli.command, Command::Directory(_) | Command::Relay(_)) { "info" } else { "warn" };
         tracing_subscriber::EnvFilter::new(default)
     });
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    // Colour only for a person at a terminal, and never against NO_COLOR (https://no-color.org).
+    let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
+    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -355,61 +406,47 @@ async fn run(command: Command) -> Result<()> {
             let kind = if mutable { ", mutable" } else { "" };
             println!("created catalog {} (replicas {}, chunk size {}{kind})", name, created["replicas"], created["chunk_size"]);
         }
-        Command::Catalog(CatalogCommand::Ls { target }) => {
+        Command::Catalog(CatalogCommand::Ls { target, json }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
-            println!("{:<24} {:>8} {:>10} {:>14} {:>8} {:>7}", "CATALOG", "REPLICAS", "ARTIFACTS", "BYTES", "SEQ", "MUTABLE");
-            for c in list.as_array().into_iter().flatten() {
-                println!(
-                    "{:<24} {:>8} {:>10} {:>14} {:>8} {:>7}",
-                    c["name"].as_str().unwrap_or("?"),
-                    c["replicas"].to_string(),
-                    c["artifacts"].to_string(),
-                    c["bytes"].to_string(),
-                    c["seq"].to_string(),
-                    if c["mutable"] == Value::Bool(true) { "yes" } else { "no" }
-                );
+            if json {
+                output::line(&serde_json::to_string_pretty(&list)?);
+            } else {
+                output::emit(&listing::catalogs(&list));
+            }
+        }
+        Command::Ls(args) => {
+            let listing = args.target.admin()?.json(Method::GET, &format!("catalogs/{}", args.catalog), None).await?;
+            if args.json {
+                output::line(&serde_json::to_string_pretty(&listing)?);
+            } else {
+                output::emit(&listing::artifacts(&listing));
             }
         }
         Command::Publish(args) => {
-            let path = match &args.path {
-                Some(p) => p.clone(),
-                None => args
-                    .file
-                    .file_name()
-                    .and_then(|n| n.to_str())
-                    .ok_or_else(|| anyhow!("cannot name {} in the catalog; pass --path", args.file.display()))?
-                    .to_owned(),
-            };
-            let meta = std::fs::metadata(&args.file).with_context(|| format!("cannot read {}", args.file.display()))?;
-            if !meta.is_file() {
-                bail!("{} is not a regular file", args.file.display());
-            }
-            let out = target_publish(&args.target, &args.catalog, &path, &args.file).await?;
-            println!(
-                "{} {}/{} {} ({} bytes, seq {})",
-                if out["created"] == Value::Bool(true) { "published" } else { "unchanged" },
-                args.catalog,
-                path,
-                out["digest"].as_str().unwrap_or("?"),
-                out["size"],
-                out["seq"]
-            );
+            let (items, skipped) = publish::plan(&args.files, args.path.as_deref())?;
+            publish::run(&args.target.admin()?, &args.catalog, items, &skipped).await?;
         }
         Command::Expunge(args) => expunge(args).await?,
         Command::Relays(args) => {
             let admin = args.target.admin()?;
-            for (action, id) in [("drain", &args.drain), ("undrain", &args.undrain), ("readmit", &args.readmit)] {
-                if let Some(id) = id {
-                    admin.json(Method::POST, &format!("relays/{id}/{action}"), None).await?;
-                    eprintln!("{action}: {id}");
+            let mut relays = admin.json(Method::GET, "relays", None).await?;
+            let actions = [("drain", &args.drain), ("undrain", &args.undrain), ("readmit", &args.readmit)];
+            if actions.iter().any(|(_, id)| id.is_some()) {
+                for (action, prefix) in actions {
+                    if let Some(prefix) = prefix {
+                        // Any unique prefix of an id will do, such as the short ids the table shows.
+                        let id = listing::resolve_relay(&relays, prefix)?;
+                        admin.json(Method::POST, &format!("relays/{id}/{action}"), None).await?;
+                        eprintln!("{action}: {id}");
+                    }
                 }
+                relays = admin.json(Method::GET, "relays", None).await?;
             }
-            let relays = admin.json(Method::GET, "relays", None).await?;
             if args.json {
-                println!("{}", serde_json::to_string_pretty(&relays)?);
+                output::line(&serde_json::to_string_pretty(&relays)?);
             } else {
-                print_relays(&relays);
-                print_stats(&admin.json(Method::GET, "stats", None).await?);
+                output::emit(&listing::relays(&relays));
+                output::emit(&listing::stats(&admin.json(Method::GET, "stats", None).await?));
             }
         }
         Command::Get(args) => {
@@ -449,40 +486,6 @@ async fn expunge(args: ExpungeArgs) -> Result<()> {
         println!("to bar the bytes under every name: odi expunge --directory {} --digest {digest}", args.target.directory);
     }
     Ok(())
-}
-
-async fn target_publish(target: &Target, catalog: &str, path: &str, file: &Path) -> Result<Value> {
-    target.admin()?.publish(catalog, &encode_path(path)?, file).await
-}
-
-fn print_stats(stats: &Value) {
-    let hot = stats["hottest"].as_array().cloned().unwrap_or_default();
-    if !hot.is_empty() {
-        println!("\nHOTTEST {:>10} {:>6}  NAMES", "REQ/S", "EXTRA");
-        for h in hot {
-            let names: Vec<&str> = h["names"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-            println!("        {:>10.3} {:>6}  {}", h["rate"].as_f64().unwrap_or(0.0), h["extra_replicas"].to_string(), names.join(", "));
-        }
-    }
-    for e in stats["expunges_pending"].as_array().into_iter().flatten() {
-        println!("expunge of {} not yet confirmed by {} relays", e["digest"].as_str().unwrap_or("?"), e["pending"].as_array().map_or(0, Vec::len));
-    }
-}
-
-fn print_relays(relays: &Value) {
-    println!("{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}", "RELAY", "STATUS", "URL", "HELD", "ASSIGNED", "BUDGET");
-    for r in relays.as_array().into_iter().flatten() {
-        let id = r["id"].as_str().unwrap_or("?");
-        println!(
-            "{:<18} {:<10} {:<32} {:>8} {:>8} {:>14}",
-            &id[..id.len().min(16)],
-            r["status"].as_str().unwrap_or("?"),
-            r["url"].as_str().unwrap_or("?"),
-            r["held"].to_string(),
-            r["assigned"].to_string(),
-            r["capacity"]["disk_budget"].to_string()
-        );
-    }
 }
 
 /// Completes on Ctrl-C or SIGTERM.

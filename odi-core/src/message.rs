@@ -158,6 +158,57 @@ pub struct HeartbeatAck {
     /// Digests the relay holds that were expunged: delete before serving anything else.
     #[serde(default)]
     pub expunged: Vec<Digest>,
+    /// How the directory sees the relay, so that its operator learns why it gets no clients.
+    #[serde(default)]
+    pub standing: Option<Standing>,
+}
+
+/// The state a relay is shown in, derived from what the directory knows.
+#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd, Deserialize, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum RelayStatus {
+    /// Token accepted; self-test not passed yet.
+    Enrolled,
+    /// Tested; downloading part of its assignment.
+    Syncing,
+    /// Tested; holds its whole assignment.
+    Ready,
+    /// Set to drain by an admin: gets nothing new, serves until its artifacts live elsewhere.
+    Draining,
+    /// Failed its last health check: no redirects until a self-test passes.
+    Suspended,
+    /// Silent past its lease, or known only from before a restart: no redirects.
+    Unhealthy,
+    /// Served bytes that failed an audit: no redirects, no assignment, until readmitted.
+    Quarantined,
+}
+
+impl RelayStatus {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Enrolled => "enrolled",
+            Self::Syncing => "syncing",
+            Self::Ready => "ready",
+            Self::Draining => "draining",
+            Self::Suspended => "suspended",
+            Self::Unhealthy => "unhealthy",
+            Self::Quarantined => "quarantined",
+        }
+    }
+}
+
+impl fmt::Display for RelayStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A relay's status as its directory sees it, and why it gets no clients when it gets none.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct Standing {
+    pub status: RelayStatus,
+    #[serde(default)]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
@@ -205,6 +256,8 @@ pub enum RefusalCode {
     UnknownRelay,
     /// The message is not valid here.
     BadRequest,
+    /// The directory cannot take the request now (its store failed, or is busy): try again.
+    Unavailable,
 }
 
 #[cfg(test)]

@@ -11,7 +11,7 @@ use std::time::Duration;
 
 use crate::digest::Digest;
 use crate::manifest::ChunkManifest;
-use crate::message::{Capacity, EnrollRequest, Heartbeat, Message, NodeId, RefusalCode, RelayUrl};
+use crate::message::{Capacity, EnrollRequest, Heartbeat, Message, NodeId, RefusalCode, RelayUrl, Standing};
 use crate::path::{ArtifactPath, CatalogName};
 use crate::time::Instant;
 
@@ -80,6 +80,11 @@ pub enum Event {
     Evicted {
         digest: Digest,
     },
+    /// The directory sees the relay differently than before (for example: it failed its
+    /// self-test, and why). The operator needs to hear it: the directory's log is not theirs.
+    StandingChanged {
+        standing: Standing,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -135,6 +140,8 @@ pub struct Relay {
     awaiting: Option<Instant>,
     /// A heartbeat should go out as soon as nothing is awaited (news to report).
     report_soon: bool,
+    /// How the directory last said it sees this relay.
+    standing: Option<Standing>,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
 }
@@ -163,6 +170,7 @@ impl Relay {
             next_send: now,
             awaiting: None,
             report_soon: false,
+            standing: None,
             effects: VecDeque::new(),
             events: VecDeque::new(),
         };
@@ -186,6 +194,12 @@ impl Relay {
             Message::HeartbeatAck(ack) => {
                 for digest in ack.expunged {
                     self.drop_blob(digest);
+                }
+                if let Some(standing) = ack.standing
+                    && self.standing.as_ref() != Some(&standing)
+                {
+                    self.standing = Some(standing.clone());
+                    self.events.push_back(Event::StandingChanged { standing });
                 }
                 if let Some(state) = ack.state {
                     self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest, sources: a.sources })).collect();
@@ -308,6 +322,11 @@ impl Relay {
                 self.serving.remove(&digest);
             }
         }
+    }
+
+    /// How the directory last said it sees this relay (`None` before its first answer).
+    pub fn standing(&self) -> Option<&Standing> {
+        self.standing.as_ref()
     }
 
     /// Client responses in progress.
@@ -538,7 +557,12 @@ mod tests {
             .collect();
         r.phase = Phase::Active;
         r.handle_message(
-            Message::HeartbeatAck(HeartbeatAck { generation, state: Some(RelayAssignment { assigned, names: Vec::new() }), expunged: Vec::new() }),
+            Message::HeartbeatAck(HeartbeatAck {
+                generation,
+                state: Some(RelayAssignment { assigned, names: Vec::new() }),
+                expunged: Vec::new(),
+                standing: None,
+            }),
             now,
         );
     }

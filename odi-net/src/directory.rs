@@ -22,7 +22,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::auth::{self, ReplayGuard, SignedRequest};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Redirect};
+use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{Message, NodeId, RefusalCode, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -36,6 +36,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, none_match, serve_blob, split_catalog_path};
+use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
 /// Longest JSON body accepted from the admin API or a node.
@@ -59,6 +60,8 @@ pub struct DirectoryOptions {
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
     pub enroll_token: Option<String>,
+    /// The metadata store; `None` opens `{data_dir}/directory.sqlite3`.
+    pub meta: Option<Arc<dyn MetaStore>>,
 }
 
 impl DirectoryOptions {
@@ -72,12 +75,15 @@ impl DirectoryOptions {
             audit_interval: Duration::from_secs(30),
             admin_token: None,
             enroll_token: None,
+            meta: None,
         }
     }
 }
 
 /// An opened directory: state restored, keys and tokens in place, not yet listening.
 pub struct DirectoryServer {
+    /// Held until `run` returns or the server is dropped: one daemon per data directory.
+    _data_lock: DataDirLock,
     shared: Arc<Shared>,
     /// Where the admin token was written, when it came from a file.
     pub admin_token_path: Option<PathBuf>,
@@ -109,10 +115,14 @@ pub async fn run(listener: TcpListener, options: DirectoryOptions, shutdown: imp
 
 impl DirectoryServer {
     pub async fn open(options: DirectoryOptions) -> Result<Self, NetError> {
+        let data_lock = DataDirLock::acquire(&options.data_dir)?;
         let dir = keys::ensure_dir(&options.data_dir)?;
         let key: SigningKey = keys::load_or_create_key(&dir)?;
         let store: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dir.join("blobs"))?);
-        let meta: Arc<dyn MetaStore> = Arc::new(SqliteMeta::open(dir.join("directory.sqlite3"))?);
+        let meta: Arc<dyn MetaStore> = match &options.meta {
+            Some(meta) => meta.clone(),
+            None => Arc::new(SqliteMeta::open(dir.join("directory.sqlite3"))?),
+        };
         let mut config = DirectoryConfig::new(NodeId(key.verifying_key().to_bytes()));
         config.heartbeat_interval = options.heartbeat_interval;
         config.lease = options.lease;
@@ -161,7 +171,7 @@ impl DirectoryServer {
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self { shared, admin_token_path, enroll_token_path })
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path })
     }
 
     pub fn id(&self) -> NodeId {
@@ -222,17 +232,22 @@ fn log_event(event: &Event) {
         Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
         Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
         Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
+        Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
     }
 }
 
-/// Runs effects: persistence is awaited (the caller answers only after it is durable);
-/// self-tests run in the background and report back to the machine.
-/// (Boxed: a self-test's outcome yields effects that may start another self-test.)
-fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = Result<(), StorageError>> + Send + '_>> {
+/// Runs effects: writes are awaited and their outcome reported to the machine (so a caller that
+/// awaits this may then take the outcome of its own write); self-tests and audits run in the
+/// background and report back. (Boxed: an outcome yields effects that may start more.)
+fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
     Box::pin(async move {
         for effect in effects {
             match effect {
-                Effect::Persist { records } => shared.meta.apply(&records).await?,
+                Effect::Persist { id, records } => {
+                    let outcome = shared.meta.apply(&records).await.map_err(|e| e.to_string());
+                    let (_, more) = shared.with_machine(|d, now| d.handle_storage(id, outcome, now));
+                    execute(shared, more).await;
+                }
                 Effect::SelfTest { relay, url, attempt } => {
                     tokio::spawn(self_test(shared.clone(), relay, url, attempt));
                 }
@@ -241,7 +256,6 @@ fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Out
                 }
             }
         }
-        Ok(())
     })
 }
 
@@ -258,9 +272,7 @@ async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u
     };
     let outcome: Result<NodeId, String> = probe.await;
     let (_, effects) = shared.with_machine(|d, now| d.handle_self_test(relay, attempt, outcome, now));
-    if let Err(e) = execute(&shared, effects).await {
-        tracing::error!(error = %e, "cannot persist directory state");
-    }
+    execute(&shared, effects).await;
 }
 
 /// Fetches exactly one chunk from a relay, as any client would, for `handle_audit` to check.
@@ -281,9 +293,7 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, digest: Digest
     };
     let outcome = fetch.await;
     let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, now));
-    if let Err(e) = execute(&shared, effects).await {
-        tracing::error!(error = %e, "cannot persist directory state");
-    }
+    execute(&shared, effects).await;
 }
 
 async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
@@ -295,9 +305,7 @@ async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
             _ = stop.changed() => return,
         }
         let (_, effects) = shared.with_machine(|d, now| d.handle_timeout(now));
-        if let Err(e) = execute(&shared, effects).await {
-            tracing::error!(error = %e, "cannot persist directory state");
-        }
+        execute(&shared, effects).await;
     }
 }
 
@@ -650,23 +658,22 @@ fn admin_error(e: &AdminError) -> Response<Body> {
     error(status, e)
 }
 
-/// Makes `record` durable, then applies it: the write-ahead rule of the directory.
+/// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
+/// machine's one persistence path.
 async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
     commit_all(shared, std::slice::from_ref(record)).await
 }
 
 /// Makes `records` durable in one transaction (all or none), then applies them in order.
 async fn commit_all(shared: &Arc<Shared>, records: &[Record]) -> Result<(), Response<Body>> {
-    if let Err(e) = shared.meta.apply(records).await {
-        tracing::error!(error = %e, "cannot persist");
-        return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}")));
+    let (id, effects) = shared.with_machine(|d, _| d.commit_all(records.to_vec()));
+    let id = id.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
+    execute(shared, effects).await;
+    match shared.with_machine(|d, _| d.take_outcome(id)).0 {
+        Some(Outcome::Applied) => Ok(()),
+        Some(Outcome::Failed(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}"))),
+        other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("the change ended unexpectedly: {other:?}"))),
     }
-    let (_, effects) = shared.with_machine(|d, now| {
-        for record in records {
-            d.apply(record, now);
-        }
-    });
-    execute(shared, effects).await.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))
 }
 
 async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -841,14 +848,21 @@ async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Respo
             }
             let wall = unix_now();
             let (reply, effects) = shared.with_machine(|d, now| d.handle_message(from, msg, now, wall));
-            if let Err(e) = execute(shared, effects).await {
-                return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save relay state: {e}"));
-            }
+            execute(shared, effects).await;
+            let reply = match reply {
+                Reply::Now(reply) => reply,
+                // The write it waited for was reported by `execute`.
+                Reply::AfterStorage(id) => match shared.with_machine(|d, _| d.take_outcome(id)).0 {
+                    Some(Outcome::Reply(reply)) => reply,
+                    other => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("the request ended unexpectedly: {other:?}")),
+                },
+            };
             let status = match &reply {
                 Message::Refused(r) => match r.code {
                     RefusalCode::BadToken => StatusCode::FORBIDDEN,
                     RefusalCode::UnknownRelay => StatusCode::NOT_FOUND,
                     RefusalCode::BadRequest => StatusCode::BAD_REQUEST,
+                    RefusalCode::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
                 },
                 _ => StatusCode::OK,
             };

@@ -20,6 +20,7 @@ pub mod directory;
 pub mod http;
 pub mod keys;
 pub mod limit;
+pub mod lock;
 pub mod metalink;
 pub mod relay;
 pub mod transfer;

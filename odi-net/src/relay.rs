@@ -27,6 +27,7 @@ use tokio::sync::{Notify, watch};
 use crate::client::{self, HttpClient};
 use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
+use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Source};
 use crate::{Clock, NetError, crash, keys};
 
@@ -49,6 +50,8 @@ pub struct RelayOptions {
 }
 
 pub struct RelayServer {
+    /// Held until `run` returns or the server is dropped: one daemon per data directory.
+    _data_lock: DataDirLock,
     shared: Arc<Shared>,
 }
 
@@ -74,6 +77,7 @@ pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Fu
 
 impl RelayServer {
     pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
+        let data_lock = DataDirLock::acquire(&options.data_dir)?;
         let dir = keys::ensure_dir(&options.data_dir)?;
         let key = keys::load_or_create_key(&dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
@@ -116,7 +120,7 @@ impl RelayServer {
             downloader,
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         };
-        Ok(Self { shared: Arc::new(shared) })
+        Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
     }
 
     pub fn id(&self) -> NodeId {
@@ -187,6 +191,10 @@ fn log_event(event: &Event) {
         Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
         Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
         Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
+        Event::StandingChanged { standing } => match &standing.reason {
+            None => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
+            Some(reason) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
+        },
     }
 }
 
@@ -287,11 +295,22 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     let path = req.uri().path();
     if path == "/healthz" {
-        let (enrolled, synced) = {
+        // 200 whenever the process serves (the directory's self-test reads `id`); `status` and
+        // `reason` are how the directory last said it sees this relay, so an operator learns
+        // here why it gets no clients.
+        let (enrolled, synced, standing) = {
             let m = shared.lock();
-            (m.is_enrolled(), m.is_synced())
+            (m.is_enrolled(), m.is_synced(), m.standing().cloned())
         };
-        return json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }));
+        let (status, reason) = match (&standing, enrolled) {
+            (Some(s), _) => (s.status.as_str(), s.reason.clone()),
+            (None, false) => ("enrolling", Some("not enrolled with the directory yet".to_owned())),
+            (None, true) => ("enrolled", Some("waiting for the directory's first answer".to_owned())),
+        };
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": status, "reason": reason, "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
+        );
     }
     // One lock: started? which digest? count it as served (value, load, no eviction).
     enum Want<'a> {

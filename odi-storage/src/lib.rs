@@ -3,12 +3,14 @@
 //! - [`LocalStore`]: content-addressed blobs on a local disk, for relays.
 //! - [`ObjectBlobStore`]: the same over any [`object_store::ObjectStore`] (S3 and friends).
 //! - [`SqliteMeta`]: a directory's durable metadata in SQLite.
+//! - [`FaultyMeta`]: any metadata store, failing on demand (for tests of the failure paths).
 //!
 //! Every blob store keeps one promise: a blob becomes visible under its digest only once all
 //! of its bytes are in and verified, so a reader never sees a partial or wrong blob. The
 //! `conformance` module (feature `conformance`, outside semver) checks that promise, and the
 //! rest of the [`BlobStore`](odi_core::storage::BlobStore) contract, for any backend.
 
+pub mod faulty;
 pub mod local;
 pub mod object;
 pub mod partial;
@@ -17,6 +19,7 @@ pub mod sqlite;
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
 
+pub use faulty::{FaultSwitch, FaultyMeta};
 pub use local::{LocalStore, OpenedBlob};
 pub use object::ObjectBlobStore;
 pub use partial::{PartialFile, SealedPartial};

@@ -551,12 +551,14 @@ fn list_blobs(blobs: &Path) -> Result<Vec<(Digest, u64)>> {
     Ok(found)
 }
 
-/// Makes a directory's entries (a rename into it, a new subdirectory) durable.
+/// Makes a directory's entries (a rename into it, a new subdirectory) durable. An empty path
+/// (the `parent()` of a bare file name) is the current directory.
 pub(crate) async fn sync_dir(dir: &Path) -> Result<()> {
     if cfg!(windows) {
         // Windows cannot open a directory as a file; NTFS journals renames itself.
         return Ok(());
     }
+    let dir = if dir.as_os_str().is_empty() { Path::new(".") } else { dir };
     let dir_file = File::open(dir).await.map_err(io_error("open directory", dir))?;
     dir_file.sync_all().await.map_err(io_error("fsync directory", dir))
 }
@@ -567,6 +569,12 @@ mod tests {
 
     use super::*;
     use crate::conformance;
+
+    #[tokio::test]
+    async fn the_empty_parent_of_a_bare_file_name_is_the_current_directory() {
+        assert_eq!(Path::new("file.bin").parent(), Some(Path::new("")));
+        sync_dir(Path::new("")).await.expect("an empty path syncs the current directory");
+    }
 
     fn scratch() -> (LocalStore, tempfile::TempDir) {
         let dir = tempfile::tempdir().expect("create a temp dir for the test");

@@ -19,6 +19,7 @@
 //! least as new as the artifact's name.
 
 mod hot;
+mod persist;
 mod small_set;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
@@ -31,12 +32,16 @@ use serde::Serialize;
 
 pub use self::hot::HotConfig;
 use self::hot::{Decayed, extra_replicas};
+pub use self::persist::RequestId;
+use self::persist::{Persistence, Write};
 use self::small_set::SmallSet;
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
 use crate::digest::Digest;
 use crate::manifest::{ChunkManifest, check_chunk_size};
+pub use crate::message::RelayStatus;
 use crate::message::{
     Assigned, Capacity, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, RelayUrl,
+    Standing,
 };
 use crate::path::{ArtifactPath, CatalogName};
 use crate::rng::{Seed, SeededRng};
@@ -86,8 +91,8 @@ impl DirectoryConfig {
 
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Effect {
-    /// Make these records durable (enrollments, quarantines; admin changes use plan/apply).
-    Persist { records: Vec<Record> },
+    /// Make these records durable, then report the outcome with `handle_storage(id, ..)`.
+    Persist { id: RequestId, records: Vec<Record> },
     /// Fetch `{url}/healthz` and report with `handle_self_test` whether it answered as `relay`.
     /// Used for the first self-test and for every later health probe.
     SelfTest { relay: NodeId, url: RelayUrl, attempt: u64 },
@@ -140,6 +145,32 @@ pub enum Event {
     GenerationChanged {
         generation: u64,
     },
+    /// A write failed. For a decision of the directory's own (a quarantine) it is retried until
+    /// it is durable; an enrollment or admin change was refused and changed nothing.
+    PersistFailed {
+        what: String,
+        error: String,
+    },
+}
+
+/// The answer to a node message: at once, or once a write it needs is durable (then from
+/// `take_outcome` after `handle_storage` reported that write).
+#[derive(Clone, Debug, Eq, PartialEq)]
+#[must_use]
+pub enum Reply {
+    Now(Message),
+    AfterStorage(RequestId),
+}
+
+/// How a write that a caller waits for ended (see [`Directory::take_outcome`]).
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Outcome {
+    /// The answer to a node message that waited for its write.
+    Reply(Message),
+    /// An admin change is durable and applied.
+    Applied,
+    /// The write failed; nothing was changed.
+    Failed(String),
 }
 
 /// Why a lookup found nothing to serve.
@@ -187,6 +218,8 @@ pub enum AdminError {
     NoCatalogs(Digest),
     #[error("no relay with id {0}; `odi relays` lists them")]
     UnknownRelay(NodeId),
+    #[error("relay {0}'s state is being saved right now; try again")]
+    RelayBusy(NodeId),
 }
 
 /// Where to send a client for one artifact.
@@ -202,26 +235,6 @@ pub struct Redirect {
     /// The name may be bound to other bytes later (its catalog is mutable): answers must not be
     /// cached without revalidation. Always `false` for a digest.
     pub mutable: bool,
-}
-
-/// The state a relay is shown in, derived from what the directory knows.
-#[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd, Serialize)]
-#[serde(rename_all = "snake_case")]
-pub enum RelayStatus {
-    /// Token accepted; self-test not passed yet.
-    Enrolled,
-    /// Tested; downloading part of its assignment.
-    Syncing,
-    /// Tested; holds its whole assignment.
-    Ready,
-    /// Set to drain by an admin: gets nothing new, serves until its artifacts live elsewhere.
-    Draining,
-    /// Failed its last health check: no redirects until a self-test passes.
-    Suspended,
-    /// Silent past its lease, or known only from before a restart: no redirects.
-    Unhealthy,
-    /// Served bytes that failed an audit: no redirects, no assignment, until readmitted.
-    Quarantined,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -240,6 +253,8 @@ pub struct RelayView {
     pub audits_passed: u64,
     pub audits_failed: u64,
     pub quarantined: Option<String>,
+    /// Why it gets no clients (or no work), when it gets none.
+    pub reason: Option<String>,
     /// Milliseconds since the last heartbeat, if one arrived since the directory started.
     pub last_seen_ms: Option<u64>,
 }
@@ -318,6 +333,8 @@ struct RelayState {
     /// Responses in progress as last reported, plus redirects sent since.
     active: u32,
     redirected: u32,
+    /// Why its last self-test, probe or audit fetch failed; cleared when one passes.
+    failure: Option<String>,
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -358,6 +375,9 @@ pub struct Directory {
     hot: BTreeMap<Digest, u32>,
     next_hot_tick: Option<Instant>,
     tokens: BTreeMap<TokenRole, Digest>,
+    persist: Persistence,
+    /// Outcomes of writes that a caller waits for, until it takes them.
+    outcomes: BTreeMap<RequestId, Outcome>,
     generation: u64,
     attempts: u64,
     rng: SeededRng,
@@ -388,6 +408,8 @@ impl Directory {
             hot: BTreeMap::new(),
             next_hot_tick: None,
             tokens: BTreeMap::new(),
+            persist: Persistence::default(),
+            outcomes: BTreeMap::new(),
             generation: 1,
             attempts: 0,
             rng: SeededRng::new(seed),
@@ -491,6 +513,74 @@ impl Directory {
             record.draining = false;
         }
         Ok(Record::Relay(record))
+    }
+
+    /// Writes a planned admin change ahead: it is applied once `handle_storage` reports it
+    /// durable, and its [`Outcome`] is then taken with `take_outcome`.
+    pub fn commit(&mut self, record: Record) -> Result<RequestId, AdminError> {
+        self.commit_all(vec![record])
+    }
+
+    /// Like `commit`, for records that must be durable together (all or none) and are then
+    /// applied in order: an expunge by digest writes one entry per catalog.
+    pub fn commit_all(&mut self, records: Vec<Record>) -> Result<RequestId, AdminError> {
+        let relay = records.iter().find_map(|r| match r {
+            Record::Relay(r) => Some(r.id),
+            _ => None,
+        });
+        let id = self.persist.begin(Write::Admin(records.clone())).ok_or_else(|| AdminError::RelayBusy(relay.unwrap_or(NodeId([0; 32]))))?;
+        self.effects.push_back(Effect::Persist { id, records });
+        Ok(id)
+    }
+
+    /// The outcome of an `Effect::Persist`. Every write is reported exactly once, in any order.
+    pub fn handle_storage(&mut self, id: RequestId, outcome: Result<(), String>, now: Instant) {
+        let Some(write) = self.persist.finish(id, outcome.is_ok(), now) else { return };
+        match (write, outcome) {
+            (Write::Admin(records), Ok(())) => {
+                for record in &records {
+                    self.apply(record, now);
+                }
+                self.outcomes.insert(id, Outcome::Applied);
+            }
+            (Write::Admin(_), Err(error)) => {
+                self.events.push_back(Event::PersistFailed { what: "an admin change".into(), error: error.clone() });
+                self.outcomes.insert(id, Outcome::Failed(error));
+            }
+            (Write::Enroll(record), Ok(())) => {
+                let reply = self.enrolled(record, now);
+                self.outcomes.insert(id, Outcome::Reply(reply));
+            }
+            (Write::Enroll(record), Err(error)) => {
+                self.events.push_back(Event::PersistFailed { what: format!("the enrollment of relay {}", record.id), error: error.clone() });
+                let reason = format!("the directory cannot save the enrollment ({error}); try again");
+                self.outcomes.insert(id, Outcome::Reply(Message::Refused(Refusal { code: RefusalCode::Unavailable, reason })));
+            }
+            (Write::Decision { .. }, Ok(())) => {}
+            (Write::Decision { relay, .. }, Err(error)) => {
+                self.events.push_back(Event::PersistFailed { what: format!("the state of relay {relay} (retried)"), error });
+            }
+        }
+        self.write_decisions(now);
+        self.refresh_assignment(now);
+    }
+
+    /// Takes the outcome of a write started by `commit` or answered with `Reply::AfterStorage`,
+    /// once `handle_storage` has reported it.
+    pub fn take_outcome(&mut self, id: RequestId) -> Option<Outcome> {
+        self.outcomes.remove(&id)
+    }
+
+    /// Writes the relay records the directory decided on and that are not durable yet.
+    fn write_decisions(&mut self, now: Instant) {
+        for (id, relay) in self.persist.begin_due(now) {
+            match self.relays.get(&relay) {
+                Some(r) => self.effects.push_back(Effect::Persist { id, records: vec![Record::Relay(r.record.clone())] }),
+                None => {
+                    self.persist.finish(id, true, now);
+                }
+            }
+        }
     }
 
     /// Applies a durable record. Records that do not fit (a log entry out of sequence, a log
@@ -723,6 +813,7 @@ impl Directory {
                     audits_passed: r.audits.0,
                     audits_failed: r.audits.1,
                     quarantined: r.record.quarantined.clone(),
+                    reason: self.standing(r, now).reason,
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
@@ -778,6 +869,23 @@ impl Directory {
         } else {
             RelayStatus::Ready
         }
+    }
+
+    /// A relay's status with the reason it gets no clients, as the relay itself is told.
+    fn standing(&self, r: &RelayState, now: Instant) -> Standing {
+        let status = self.status(r, now);
+        let reason = match status {
+            RelayStatus::Quarantined => r.record.quarantined.clone(),
+            RelayStatus::Unhealthy => Some(format!("no heartbeat within the lease ({} ms)", self.config.lease.as_millis())),
+            RelayStatus::Enrolled => Some(match &r.failure {
+                Some(why) => format!("the self-test of {} failed: {why}", r.record.public_url),
+                None => format!("waiting for the self-test of {}", r.record.public_url),
+            }),
+            RelayStatus::Suspended => Some(format!("a check of {} failed: {}", r.record.public_url, r.failure.as_deref().unwrap_or("no answer"))),
+            RelayStatus::Draining => Some("drained by an admin: no new work; clients go elsewhere once others hold its artifacts".into()),
+            RelayStatus::Syncing | RelayStatus::Ready => None,
+        };
+        Standing { status, reason }
     }
 
     fn alive(&self, r: &RelayState, now: Instant) -> bool {
@@ -893,37 +1001,58 @@ impl Directory {
 
     /// Handles a message from node `from` (already authenticated by the driver) and returns the
     /// reply to send back.
-    pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Instant, wall: UnixTime) -> Message {
+    pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Instant, wall: UnixTime) -> Reply {
         let reply = match msg {
             Message::Enroll(req) => self.enroll(from, req, now, wall),
-            Message::Heartbeat(hb) => self.heartbeat(from, hb, now),
-            other => Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("a directory does not accept {}", kind(&other)) }),
+            Message::Heartbeat(hb) => Reply::Now(self.heartbeat(from, hb, now)),
+            other => Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("a directory does not accept {}", kind(&other)) })),
         };
-        if let Message::Refused(r) = &reply {
+        if let Reply::Now(Message::Refused(r)) = &reply {
             self.events.push_back(Event::RelayRefused { relay: from, reason: r.reason.clone() });
         }
         self.refresh_assignment(now);
         reply
     }
 
-    fn enroll(&mut self, from: NodeId, req: EnrollRequest, now: Instant, wall: UnixTime) -> Message {
+    fn enroll(&mut self, from: NodeId, req: EnrollRequest, now: Instant, wall: UnixTime) -> Reply {
         if !self.check_token(TokenRole::Enroll, &req.token) {
-            return Message::Refused(Refusal {
+            return Reply::Now(Message::Refused(Refusal {
                 code: RefusalCode::BadToken,
                 reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
-            });
+            }));
         }
         // Quarantine and draining are the directory's decisions: enrolling again keeps them.
         let (quarantined, draining) = self.relays.get(&from).map(|r| (r.record.quarantined.clone(), r.record.draining)).unwrap_or_default();
         let record =
             RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall, quarantined, draining };
         let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
+        if !changed {
+            return Reply::Now(self.enrolled(record, now));
+        }
+        // New relay, or a new URL or capacity: answered once the record is durable.
+        match self.persist.begin(Write::Enroll(record.clone())) {
+            Some(id) => {
+                self.effects.push_back(Effect::Persist { id, records: vec![Record::Relay(record)] });
+                Reply::AfterStorage(id)
+            }
+            None => Reply::Now(Message::Refused(Refusal {
+                code: RefusalCode::Unavailable,
+                reason: "the directory is saving this relay's state right now; try again".into(),
+            })),
+        }
+    }
+
+    /// Takes in an enrollment whose record is durable (or unchanged), and answers it.
+    fn enrolled(&mut self, record: RelayRecord, now: Instant) -> Message {
+        let from = record.id;
+        let is_new = !self.relays.contains_key(&from);
         let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone(), now));
-        if changed {
-            // New relay, or a new URL or capacity: persist, and test it again before trusting it.
+        // A decision taken while the enrollment was being written stays in force.
+        let record = RelayRecord { quarantined: relay.record.quarantined.clone(), draining: relay.record.draining, ..record };
+        if is_new || relay.record != (RelayRecord { enrolled_at: relay.record.enrolled_at, ..record.clone() }) {
+            // New relay, or a new URL or capacity: test it again before trusting it.
             relay.record = record.clone();
             relay.tested = false;
-            self.effects.push_back(Effect::Persist { records: vec![Record::Relay(record.clone())] });
             self.events.push_back(Event::RelayEnrolled { relay: from, url: record.public_url });
             self.assignment_dirty = true;
         }
@@ -1001,7 +1130,7 @@ impl Directory {
         let full = relay.tested && (held_changed || hb.generation != self.generation);
         let state = full.then(|| self.assignment_for(relay, now));
         let generation = if state.is_some() { self.generation } else { hb.generation.min(self.generation) };
-        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged })
+        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged, standing: Some(self.standing(relay, now)) })
     }
 
     fn assignment_for(&self, relay: &RelayState, now: Instant) -> RelayAssignment {
@@ -1076,6 +1205,7 @@ impl Directory {
         match outcome {
             Ok(id) if id == relay => {
                 r.self_test = SelfTest::Idle;
+                r.failure = None;
                 let admitted = !r.tested || r.suspended;
                 r.tested = true;
                 r.suspended = false;
@@ -1091,6 +1221,7 @@ impl Directory {
                     Ok(id) => format!("its public URL answered as another relay ({id})"),
                     Err(e) => e,
                 };
+                r.failure = Some(reason.clone());
                 if r.tested && !r.suspended {
                     r.suspended = true;
                     self.events.push_back(Event::RelaySuspended { relay, reason: reason.clone() });
@@ -1119,12 +1250,13 @@ impl Directory {
                 Err(_) => {
                     r.audits.1 += 1;
                     let reason = format!("served wrong bytes for chunk {index} of {digest}");
-                    self.quarantine(relay, reason);
+                    self.quarantine(relay, reason, now);
                 }
             },
             Err(reason) => {
                 // Not a lie, but a failed check: no redirects until a self-test passes.
                 r.audits.1 += 1;
+                r.failure = Some(format!("audit fetch failed: {reason}"));
                 if !r.suspended {
                     r.suspended = true;
                     self.events.push_back(Event::RelaySuspended { relay, reason: format!("audit fetch failed: {reason}") });
@@ -1136,12 +1268,13 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
-    fn quarantine(&mut self, relay: NodeId, reason: String) {
+    /// Bars a relay at once, then writes the decision; a failed write is retried until durable.
+    fn quarantine(&mut self, relay: NodeId, reason: String, now: Instant) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
         r.record.quarantined = Some(reason.clone());
-        let record = r.record.clone();
         self.unhold(relay);
-        self.effects.push_back(Effect::Persist { records: vec![Record::Relay(record)] });
+        self.persist.decided(relay, now);
+        self.write_decisions(now);
         self.events.push_back(Event::RelayQuarantined { relay, reason });
         self.assignment_dirty = true;
     }
@@ -1198,6 +1331,7 @@ impl Directory {
         if self.next_hot_tick.is_some_and(|t| now >= t) {
             self.hot_tick(now);
         }
+        self.write_decisions(now);
         self.refresh_assignment(now);
     }
 
@@ -1269,6 +1403,7 @@ impl Directory {
             })
             .flatten()
             .chain(self.next_hot_tick)
+            .chain(self.persist.poll_timeout())
             .chain(self.rebalance_at)
             .chain(self.rebalance_paused)
             .min()
@@ -1506,6 +1641,7 @@ impl RelayState {
             audits: (0, 0),
             active: 0,
             redirected: 0,
+            failure: None,
         }
     }
 }

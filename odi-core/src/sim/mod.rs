@@ -44,6 +44,7 @@ enum Delivery {
     FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
     SelfTestDone { relay: NodeId, attempt: u64, up: bool },
     AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, String> },
+    StorageDone { id: directory::RequestId, records: Vec<Record>, ok: bool },
 }
 
 pub struct SimRelay {
@@ -74,6 +75,12 @@ pub struct Sim {
     pub invariant_stride: usize,
     /// Relays whose public URL fails health probes although their heartbeats arrive.
     pub probe_down: BTreeSet<NodeId>,
+    /// The directory's metadata store refuses every write while this is set.
+    pub store_fails: bool,
+    /// How long a write takes; zero completes it within the step that asked for it.
+    pub storage_delay: Duration,
+    /// Node messages whose answer waits for a write: the relay to send it to.
+    awaiting_storage: BTreeMap<directory::RequestId, NodeId>,
     rng: SeededRng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
@@ -106,6 +113,9 @@ impl Sim {
             faults: Faults::default(),
             invariant_stride: 1,
             probe_down: BTreeSet::new(),
+            store_fails: false,
+            storage_delay: Duration::ZERO,
+            awaiting_storage: BTreeMap::new(),
             fetch_time: Duration::from_millis(300),
             rng,
             queue: BinaryHeap::new(),
@@ -125,10 +135,12 @@ impl Sim {
         UnixTime(1_800_000_000 + self.now.as_millis() / 1000)
     }
 
+    /// An admin change, written ahead and applied as a driver does it. Panics if the write failed
+    /// or is still under way: tests that make the store fail or slow check outcomes themselves.
     fn commit(&mut self, record: Record) {
-        self.durable.push(record.clone());
-        self.dir.apply(&record, self.now);
+        let id = self.dir.commit(record).expect("no write of this relay in flight");
         self.drain();
+        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "admin change not applied");
     }
 
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
@@ -163,11 +175,9 @@ impl Sim {
     /// Bars `digest` everywhere: one record per catalog, durable together, then applied.
     pub fn expunge_digest(&mut self, digest: Digest) {
         let records = self.dir.plan_expunge_digest(digest, self.wall()).expect("expunge by digest");
-        self.durable.extend(records.iter().cloned());
-        for record in &records {
-            self.dir.apply(record, self.now);
-        }
+        let id = self.dir.commit_all(records).expect("no write of this relay in flight");
         self.drain();
+        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "expunge not applied");
     }
 
     /// Adds a relay with id `[n; 32]` and the given disk budget, and starts it.
@@ -201,7 +211,9 @@ impl Sim {
     /// Crashes the directory and restarts it from its durable records.
     pub fn restart_directory(&mut self) {
         self.dir = Directory::new(self.dir_config.clone(), Seed(self.rng.next_u64()));
-        self.pending.retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. }));
+        // Writes in flight die with it, unacknowledged (as if the disk never got them).
+        self.pending.retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. } | Delivery::StorageDone { .. }));
+        self.awaiting_storage.clear();
         for record in self.durable.clone() {
             self.dir.apply(&record, self.now);
         }
@@ -239,7 +251,14 @@ impl Sim {
             while let Some(effect) = self.dir.poll_effect() {
                 progressed = true;
                 match effect {
-                    directory::Effect::Persist { records } => self.durable.extend(records),
+                    directory::Effect::Persist { id, records } => {
+                        let ok = !self.store_fails;
+                        if self.storage_delay.is_zero() {
+                            self.storage_done(id, records, ok);
+                        } else {
+                            self.schedule(self.storage_delay, Delivery::StorageDone { id, records, ok });
+                        }
+                    }
                     directory::Effect::SelfTest { relay, attempt, .. } => {
                         let up = self.relays.get(&relay).is_some_and(|r| r.up) && !self.probe_down.contains(&relay);
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
@@ -314,9 +333,11 @@ impl Sim {
                     return;
                 }
                 let wall = self.wall();
-                let reply = self.dir.handle_message(from, msg, now, wall);
-                if let Some(delay) = self.net_delay() {
-                    self.schedule(delay, Delivery::ToRelay { to: from, msg: reply });
+                match self.dir.handle_message(from, msg, now, wall) {
+                    directory::Reply::Now(reply) => self.reply(from, reply),
+                    directory::Reply::AfterStorage(id) => {
+                        self.awaiting_storage.insert(id, from);
+                    }
                 }
             }
             Delivery::ToRelay { to, msg } => {
@@ -338,9 +359,31 @@ impl Sim {
                 }
             }
             Delivery::AuditDone { relay, attempt, result } => self.dir.handle_audit(relay, attempt, result, now),
+            Delivery::StorageDone { id, records, ok } => self.storage_done(id, records, ok),
             Delivery::SelfTestDone { relay, attempt, up } => {
                 let outcome = if up { Ok(relay) } else { Err("connection refused".into()) };
                 self.dir.handle_self_test(relay, attempt, outcome, now);
+            }
+        }
+    }
+
+    fn reply(&mut self, to: NodeId, msg: Message) {
+        if let Some(delay) = self.net_delay() {
+            self.schedule(delay, Delivery::ToRelay { to, msg });
+        }
+    }
+
+    /// A write finished: durable if `ok`, and reported to the directory either way.
+    fn storage_done(&mut self, id: directory::RequestId, records: Vec<Record>, ok: bool) {
+        if ok {
+            self.durable.extend(records);
+        }
+        let outcome = if ok { Ok(()) } else { Err("disk I/O error".to_owned()) };
+        self.dir.handle_storage(id, outcome, self.now);
+        if let Some(relay) = self.awaiting_storage.remove(&id) {
+            match self.dir.take_outcome(id) {
+                Some(directory::Outcome::Reply(msg)) => self.reply(relay, msg),
+                other => panic!("a node message's write ended without a reply: {other:?}"),
             }
         }
     }
@@ -454,5 +497,7 @@ mod health_tests;
 mod name_tests;
 #[cfg(test)]
 mod prop_tests;
+#[cfg(test)]
+mod storage_tests;
 #[cfg(test)]
 mod tests;
