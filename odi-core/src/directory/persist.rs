@@ -3,8 +3,9 @@
 //!
 //! Three kinds of write go through it, and each has its own rule for what happens before the
 //! store answers:
-//! - **Admin changes** (`Directory::commit`) are applied only once durable; their caller learns the
-//!   outcome from `Directory::take_outcome`.
+//! - **Admin changes** (`Directory::commit`, or `commit_all` for records that are durable together,
+//!   such as an expunge by digest's entry in every catalog) are applied only once durable; their
+//!   caller learns the outcome from `Directory::take_outcome`.
 //! - **Enrollments** are answered only once durable: the relay gets `Enrolled` after the record is
 //!   stored, or a refusal it retries; a failed write changes nothing in memory.
 //! - **The directory's own decisions** (a quarantine) take effect at once, because safety cannot
