@@ -675,7 +675,10 @@ impl Directory {
             LogOp::Expunge { path, digest } => {
                 // The meaning such records were written with: the digest is barred.
                 cat.expunged.insert(path.clone(), *digest);
-                cat.artifacts.remove(path);
+                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
+                if let Some(held) = held {
+                    self.unname(held, catalog, path);
+                }
                 self.bar(digest);
             }
         }
