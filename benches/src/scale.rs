@@ -179,7 +179,7 @@ impl Fleet {
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
         fleet.apply(&Record::Token { role: TokenRole::Enroll, hash: Digest::of(ENROLL_TOKEN.as_bytes()) })?;
-        let config = CatalogConfig { name: fleet.catalog.clone(), replicas: REPLICAS, chunk_size: CHUNK_SIZE, created_at: WALL };
+        let config = CatalogConfig { name: fleet.catalog.clone(), replicas: REPLICAS, chunk_size: CHUNK_SIZE, created_at: WALL, mutable: false };
         fleet.apply(&Record::Catalog(config))?;
         Ok(fleet)
     }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// Every `println!` in this crate goes through `output::line`: a reader that went away
@@ -56,7 +56,15 @@ enum Command {
     /// Upload files, or whole directory trees, into a catalog.
     #[command(long_about = PUBLISH_HELP)]
     Publish(PublishArgs),
-    /// Withdraw an artifact for good: no more redirects, relays delete it.
+    /// Withdraw one name (--catalog NAME PATH), or bar an artifact's bytes everywhere (--digest).
+    ///
+    /// `odi expunge --catalog NAME PATH` withdraws that one name: it answers 410 from then on,
+    /// and the same bytes stay served under any other name that holds them (relays drop them
+    /// once no name does). In an immutable catalog the name is not reused for other bytes.
+    ///
+    /// `odi expunge --digest sha256:HEX` bars the bytes themselves, for a defective or dangerous
+    /// artifact: every name holding them, in every catalog, answers 410, `/blobs/sha256/HEX`
+    /// too, publishing them again anywhere is refused, and relays delete them at once.
     Expunge(ExpungeArgs),
     /// Show the relays a directory knows and their state.
     Relays(RelaysArgs),
@@ -136,6 +144,12 @@ enum CatalogCommand {
         /// Chunk size for verification, e.g. 1MiB.
         #[arg(long, value_parser = units::parse_size)]
         chunk_size: Option<u64>,
+        /// Let paths be published again with other bytes (index files such as `Packages`,
+        /// `repomd.xml`, `latest.txt`); their answers are then revalidated by caches
+        /// (`no-cache` + ETag). Without it a path keeps its first bytes for good and is cached
+        /// as immutable; publishing other bytes under it is refused.
+        #[arg(long)]
+        mutable: bool,
     },
     /// List catalogs.
     Ls {
@@ -203,9 +217,15 @@ struct PublishArgs {
 struct ExpungeArgs {
     #[command(flatten)]
     target: Target,
-    #[arg(long)]
-    catalog: String,
-    path: String,
+    /// The catalog of PATH.
+    #[arg(long, required_unless_present = "digest", conflicts_with = "digest")]
+    catalog: Option<String>,
+    /// The name to withdraw (only this name: other names for the same bytes keep working).
+    #[arg(required_unless_present = "digest", requires = "catalog", conflicts_with = "digest")]
+    path: Option<String>,
+    /// Bar these bytes under every name, network-wide (sha256:HEX).
+    #[arg(long, value_name = "sha256:HEX")]
+    digest: Option<odi_core::Digest>,
 }
 
 #[derive(Args)]
@@ -388,9 +408,11 @@ async fn run(command: Command) -> Result<()> {
             eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
-        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size }) => {
-            let created = target.admin()?.json(Method::POST, "catalogs", Some(json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size }))).await?;
-            println!("created catalog {} (replicas {}, chunk size {})", name, created["replicas"], created["chunk_size"]);
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable }) => {
+            let body = json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable });
+            let created = target.admin()?.json(Method::POST, "catalogs", Some(body)).await?;
+            let kind = if mutable { ", mutable" } else { "" };
+            println!("created catalog {} (replicas {}, chunk size {}{kind})", name, created["replicas"], created["chunk_size"]);
         }
         Command::Catalog(CatalogCommand::Ls { target, json }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
@@ -412,11 +434,7 @@ async fn run(command: Command) -> Result<()> {
             let (items, skipped) = publish::plan(&args.files, args.path.as_deref())?;
             publish::run(&args.target.admin()?, &args.catalog, items, &skipped).await?;
         }
-        Command::Expunge(args) => {
-            let path = encode_path(&args.path)?;
-            let out = args.target.admin()?.json(Method::DELETE, &format!("catalogs/{}/artifacts/{path}", args.catalog), None).await?;
-            println!("expunged {}/{} ({})", args.catalog, args.path, out["expunged"].as_str().unwrap_or("?"));
-        }
+        Command::Expunge(args) => expunge(args).await?,
         Command::Relays(args) => {
             let admin = args.target.admin()?;
             let mut relays = admin.json(Method::GET, "relays", None).await?;
@@ -446,6 +464,34 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Dev(args) => dev::run(args.relays, args.data).await?,
+    }
+    Ok(())
+}
+
+async fn expunge(args: ExpungeArgs) -> Result<()> {
+    let admin = args.target.admin()?;
+    let names = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect() };
+    if let Some(digest) = args.digest {
+        let out = admin.json(Method::DELETE, &format!("blobs/sha256/{}", digest.to_hex()), None).await?;
+        if out["already"] == Value::Bool(true) {
+            println!("{digest} was already expunged");
+            return Ok(());
+        }
+        let gone = names(&out["expunged"]);
+        let listed = if gone.is_empty() { "no name held it".to_owned() } else { format!("expunged {}", gone.join(", ")) };
+        println!("barred {digest} everywhere: {listed}; relays delete it now and publishing it is refused");
+        return Ok(());
+    }
+    // Both are required by clap unless --digest is given.
+    let (Some(catalog), Some(path)) = (args.catalog, args.path) else { bail!("give --catalog NAME PATH, or --digest sha256:HEX") };
+    let out = admin.json(Method::DELETE, &format!("catalogs/{catalog}/artifacts/{}", encode_path(&path)?), None).await?;
+    let digest = out["digest"].as_str().unwrap_or("?");
+    let others = names(&out["still_named"]);
+    if others.is_empty() {
+        println!("expunged {catalog}/{path} ({digest}); no other name holds those bytes");
+    } else {
+        println!("expunged {catalog}/{path} ({digest}); the same bytes stay served as {}", others.join(", "));
+        println!("to bar the bytes under every name: odi expunge --directory {} --digest {digest}", args.target.directory);
     }
     Ok(())
 }

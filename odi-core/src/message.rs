@@ -234,6 +234,11 @@ pub struct Named {
     pub catalog: CatalogName,
     pub path: ArtifactPath,
     pub digest: Digest,
+    /// The name's catalog is mutable: it may be bound to other bytes later, so a relay answers
+    /// it `no-cache` (revalidate with the ETag), not `immutable`. Absent means immutable (and
+    /// is what directories before this field send).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutable: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

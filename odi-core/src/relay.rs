@@ -6,7 +6,7 @@
 //! with `handle_message` (the reply) or `handle_send_failed`; every `Effect::Fetch` with
 //! `handle_fetch`. A blob counts as held only after the driver reports it stored verified.
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -132,6 +132,8 @@ pub struct Relay {
     partials: BTreeMap<Digest, u64>,
     retry_at: BTreeMap<Digest, Instant>,
     names: BTreeMap<(CatalogName, ArtifactPath), Digest>,
+    /// Catalogs whose names may be rebound (answered `no-cache`, not `immutable`).
+    mutable: BTreeSet<CatalogName>,
     generation: u64,
     /// When the next request may go out, and whether one is awaiting its answer.
     next_send: Instant,
@@ -163,6 +165,7 @@ impl Relay {
             partials: partials.into_iter().collect(),
             retry_at: BTreeMap::new(),
             names: BTreeMap::new(),
+            mutable: BTreeSet::new(),
             generation: 0,
             next_send: now,
             awaiting: None,
@@ -207,6 +210,7 @@ impl Relay {
                     }
                     // Names of blobs still downloading are kept: `lookup` checks `held`, and a
                     // finished download must be servable by name before the next ack.
+                    self.mutable = state.names.iter().filter(|n| n.mutable).map(|n| n.catalog.clone()).collect();
                     self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
                 }
                 self.generation = ack.generation;
@@ -334,6 +338,11 @@ impl Relay {
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
         let catalog = CatalogName::new(catalog).ok()?;
         self.names.get(&(catalog, path.clone())).copied().filter(|d| self.has_bytes(d))
+    }
+
+    /// True when names in `catalog` may be bound to other bytes later, as the directory said.
+    pub fn is_mutable(&self, catalog: &str) -> bool {
+        self.mutable.contains(catalog)
     }
 
     /// True when `digest` is in the latest assignment (a partial download of it is worth keeping).

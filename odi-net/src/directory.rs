@@ -3,7 +3,8 @@
 //! Routes (see ARCHITECTURE.md for the full API):
 //! - clients: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`, `GET /healthz`
 //! - admin (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
-//!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `/api/v1/relays`
+//!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
+//!   `/api/v1/relays`
 //! - nodes (signed): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`, `GET /odi/v1/watch`,
 //!   `GET /odi/v1/blobs/sha256/{hex}`
 
@@ -22,7 +23,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
-use odi_core::catalog::DEFAULT_REPLICAS;
+use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
 use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{Message, NodeId, Refusal, RefusalCode, RelayUrl};
@@ -37,7 +38,7 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::guard::{ClientAddr, FailureLimiter, LogLimiter};
-use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
+use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, none_match, serve_blob, split_catalog_path};
 use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
@@ -433,7 +434,10 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     let tail_len: usize = tail.iter().map(|t| t.len()).sum();
     let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
     let mut values = Values::with_capacity(urls + tail_len + 256);
+    let caching = Caching::of_name(r.mutable);
     let mut resp = match &r.target {
+        // The client holds these bytes already (the ETag names them): no redirect needed.
+        Some(_) if none_match(req.headers(), &shared.digests.etag(&r.digest)) => not_modified(&shared.digests, &r.digest, caching),
         Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
         None => {
             let blob = BlobRequest {
@@ -445,6 +449,7 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
                 limiter: None,
             };
             let mut resp = serve_blob(shared.store.as_ref(), &blob).await;
+            caching.apply(&mut resp);
             // Relays on probation: offered to clients that verify (aria2 reads these).
             if resp.status().is_success() {
                 duplicate_links(&mut values, resp.headers_mut(), &r.alternates, tail);
@@ -471,8 +476,19 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     resp
 }
 
-/// The URL this directory is reached at, in two pieces to write one after the other:
-/// `--public-url`, else `http://` and the request's `Host`.
+/// `304 Not Modified` for a name or digest whose current bytes the client already has.
+fn not_modified(digests: &DigestHeaders, digest: &Digest, caching: Caching) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, digests.etag(digest));
+    h.insert(header::CACHE_CONTROL, caching.header());
+    digests.insert(h, digest);
+    resp
+}
+
+/// The URL this directory is reached at: `--public-url`, else the address it listens on (never
+/// the request's `Host`). Two pieces, as the callers write them one after the other.
 fn base_url(shared: &Shared) -> [&str; 2] {
     ["", shared.public_url.get().map_or("http://localhost", String::as_str)]
 }
@@ -512,10 +528,19 @@ fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) -> Response<B
         Err(e) => return lookup_error(&e),
     };
     let urls: Vec<String> = relays.iter().map(|u| format!("{u}/{tail}")).chain([format!("{base}/{tail}")]).collect();
-    let mut resp = Response::new(crate::http::full(metalink::render(&name, &manifest, &urls)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    shared.digests.insert(resp.headers_mut(), &manifest.digest());
+    let document = metalink::render(&name, &manifest, &urls);
+    let mut resp = Response::new(crate::http::full(document));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
+    // Its sources change with the relays' health: never reused.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Saved (aria2c without `--follow-metalink=mem`, browsers), the document must not take the
+    // artifact's name: aria2c would then find "the artifact" already there, and stop.
+    if let Ok(v) = HeaderValue::from_str(&metalink::content_disposition(&name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    // No digest header: those describe this answer's bytes, which are the document, not the
+    // artifact (aria2c checks the document against them, and fails on the artifact's).
     resp
 }
 
@@ -573,6 +598,9 @@ struct CreateCatalog {
     name: String,
     replicas: Option<u32>,
     chunk_size: Option<u64>,
+    /// Paths may be published again with other bytes (index files); default false.
+    #[serde(default)]
+    mutable: bool,
 }
 
 #[derive(Serialize)]
@@ -621,6 +649,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
             publish(shared, req, &name, &path).await
         }
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
+        (Method::DELETE, ["blobs", "sha256", hex]) => expunge_digest(shared, hex).await,
         (Method::GET, ["stats"]) => {
             let now = shared.clock.now();
             let m = shared.lock();
@@ -665,8 +694,8 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
 
 fn admin_error(e: &AdminError) -> Response<Body> {
     let status = match e {
-        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) => StatusCode::CONFLICT,
-        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) => StatusCode::NOT_FOUND,
+        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) | AdminError::Rebind { .. } | AdminError::ExpungedPath { .. } => StatusCode::CONFLICT,
+        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) | AdminError::NoCatalogs(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, e)
@@ -675,7 +704,12 @@ fn admin_error(e: &AdminError) -> Response<Body> {
 /// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
 /// machine's one persistence path.
 async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
-    let (id, effects) = shared.with_machine(|d, _| d.commit(record.clone()));
+    commit_all(shared, std::slice::from_ref(record)).await
+}
+
+/// Makes `records` durable in one transaction (all or none), then applies them in order.
+async fn commit_all(shared: &Arc<Shared>, records: &[Record]) -> Result<(), Response<Body>> {
+    let (id, effects) = shared.with_machine(|d, _| d.commit_all(records.to_vec()));
     let id = id.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
     execute(shared, effects).await;
     match shared.with_machine(|d, _| d.take_outcome(id)).0 {
@@ -703,6 +737,7 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
         name.clone(),
         create.replicas.unwrap_or(DEFAULT_REPLICAS),
         create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)),
+        create.mutable,
         unix_now(),
     );
     let record = match planned {
@@ -777,13 +812,34 @@ async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Respons
         return resp;
     }
     let digest = match &record {
-        Record::Log { entry, .. } => match &entry.op {
-            odi_core::catalog::LogOp::Expunge { digest, .. } => Some(*digest),
-            odi_core::catalog::LogOp::Put(_) => None,
-        },
+        Record::Log { entry: LogEntry { op: LogOp::ExpungePath { digest, .. }, .. }, .. } => Some(*digest),
         _ => None,
     };
-    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "expunged": digest }))
+    // The names that still serve those bytes: an expunge by path withdraws only this one.
+    let names = digest.map(|d| shared.lock().names_of(&d)).unwrap_or_default();
+    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "digest": digest, "still_named": names }))
+}
+
+/// `DELETE /api/v1/blobs/sha256/{hex}`: bars the bytes from the directory, under every name.
+async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
+    let digest = match Digest::from_hex(hex) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let _writer = shared.writer.lock().await;
+    let (planned, names) = {
+        let m = shared.lock();
+        (m.plan_expunge_digest(digest, unix_now()), m.names_of(&digest))
+    };
+    let records = match planned {
+        Ok(r) => r,
+        Err(e) => return admin_error(&e),
+    };
+    let already = records.is_empty();
+    if let Err(resp) = commit_all(shared, &records).await {
+        return resp;
+    }
+    json(StatusCode::OK, &serde_json::json!({ "digest": digest, "expunged": names, "already": already }))
 }
 
 async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {

@@ -161,6 +161,48 @@ fn etag(values: &mut Values, digest: &Digest) -> HeaderValue {
     values.text("\"sha256:").hex(digest.as_bytes()).text("\"").finish().unwrap_or(HeaderValue::from_static("\"\""))
 }
 
+/// Whether caches may keep an answer for good or must ask again before each use.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Caching {
+    /// Bytes that never change under this URL: a digest (`/blobs/sha256/...`), or a name in
+    /// an immutable catalog, which is never bound to other bytes.
+    Immutable,
+    /// A name in a mutable catalog, which may be bound to other bytes later: a cache may keep
+    /// the answer but must revalidate it (`If-None-Match` with the ETag) before each use.
+    Revalidate,
+}
+
+impl Caching {
+    /// For a name: `mutable` when its catalog may rebind it.
+    pub fn of_name(mutable: bool) -> Self {
+        if mutable { Self::Revalidate } else { Self::Immutable }
+    }
+
+    pub fn header(self) -> HeaderValue {
+        match self {
+            Self::Immutable => HeaderValue::from_static("public, max-age=31536000, immutable"),
+            Self::Revalidate => HeaderValue::from_static("no-cache"),
+        }
+    }
+
+    /// Sets `Cache-Control` on a blob answer (`200`, `206`, `304`) that `serve_blob` built as
+    /// immutable; other answers are left as they are.
+    pub fn apply<B>(self, resp: &mut Response<B>) {
+        let status = resp.status();
+        if self != Self::Immutable && (status.is_success() || status == StatusCode::NOT_MODIFIED) {
+            resp.headers_mut().insert(header::CACHE_CONTROL, self.header());
+        }
+    }
+}
+
+/// True when an `If-None-Match` in `headers` matches the strong `tag` (or is `*`).
+pub fn none_match(headers: &HeaderMap, tag: &HeaderValue) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()))
+}
+
 /// What a `Range` header asks of a representation of `size` bytes.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum RangeRequest {
@@ -274,13 +316,10 @@ fn head(req: &BlobRequest<'_>, size: u64) -> Result<(Response<()>, Range<u64>), 
     // ETag, Accept-Ranges, Cache-Control, two digests, Content-Type, -Range and -Length.
     h.reserve(8);
     let tag = digests.etag(digest);
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()));
+    let not_modified = none_match(headers, &tag);
     h.insert(header::ETAG, tag);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    h.insert(header::CACHE_CONTROL, Caching::Immutable.header());
     digests.insert(h, digest);
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -298,6 +337,11 @@ fn head(req: &BlobRequest<'_>, size: u64) -> Result<(Response<()>, Range<u64>), 
         RangeRequest::Unsatisfiable => {
             *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             let h = resp.headers_mut();
+            // The body is an error line, not the representation: no digest may describe it,
+            // and no cache may keep it.
+            h.remove(REPR_DIGEST);
+            h.remove(DIGEST);
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Some(v) = values.text("bytes */").number(size).finish() {
                 h.insert(header::CONTENT_RANGE, v);
             }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
+use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Source};
@@ -336,7 +336,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     } else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
-    let digest = {
+    let (digest, caching) = {
         let mut m = shared.lock();
         if !m.has_assignment() {
             // Until the directory has answered once, a blob on disk may have been expunged while
@@ -349,7 +349,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         };
         let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
         m.serving_started(digest);
-        digest
+        // A name in a mutable catalog may be rebound: caches must revalidate it.
+        let mutable = matches!(&want, Want::Name(catalog, _) if m.is_mutable(catalog));
+        (digest, Caching::of_name(mutable))
     };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
@@ -361,7 +363,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         media_type: "application/octet-stream",
         limiter: shared.limiter.as_ref(),
     };
-    let resp = serve_local(&shared.store, &blob).await;
+    let mut resp = serve_local(&shared.store, &blob).await;
+    caching.apply(&mut resp);
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;

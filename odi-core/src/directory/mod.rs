@@ -219,6 +219,18 @@ pub enum AdminError {
     NotFound { catalog: CatalogName, path: ArtifactPath },
     #[error("{0} was expunged and may not be published again")]
     ExpungedDigest(Digest),
+    /// A path of an immutable catalog already holds other bytes.
+    #[error(
+        "`{path}` in catalog `{catalog}` already holds {current}, and names in an immutable catalog never change; publish under a new path, or create the catalog with --mutable"
+    )]
+    Rebind { catalog: CatalogName, path: ArtifactPath, current: Digest },
+    /// A path of an immutable catalog was expunged while holding other bytes.
+    #[error(
+        "`{path}` in catalog `{catalog}` was expunged while it held {previous}, and names in an immutable catalog never change; publish the replacement under a new path, or create the catalog with --mutable"
+    )]
+    ExpungedPath { catalog: CatalogName, path: ArtifactPath, previous: Digest },
+    #[error("there is no catalog to bar {0} from; nothing can hold it")]
+    NoCatalogs(Digest),
     #[error("no relay with id {0}; `odi relays` lists them")]
     UnknownRelay(NodeId),
     #[error("relay {0}'s state is being saved right now; try again")]
@@ -235,6 +247,9 @@ pub struct Redirect {
     pub target: Option<RelayUrl>,
     /// The other relays that could serve it, for `Link: rel=duplicate`.
     pub alternates: Vec<RelayUrl>,
+    /// The name may be bound to other bytes later (its catalog is mutable): answers must not be
+    /// cached without revalidation. Always `false` for a digest.
+    pub mutable: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -266,6 +281,8 @@ pub struct CatalogView {
     pub name: CatalogName,
     pub replicas: u32,
     pub chunk_size: u32,
+    /// Paths may be published again with other bytes.
+    pub mutable: bool,
     pub seq: u64,
     pub artifacts: usize,
     pub bytes: u64,
@@ -292,7 +309,8 @@ struct CatalogState {
     config: CatalogConfig,
     seq: u64,
     artifacts: BTreeMap<ArtifactPath, Entry>,
-    expunged: BTreeSet<ArtifactPath>,
+    /// Expunged paths (410), with the bytes each held when it was expunged.
+    expunged: BTreeMap<ArtifactPath, Digest>,
 }
 
 #[derive(Debug)]
@@ -421,7 +439,8 @@ impl Directory {
 
     // ---- write-ahead admin changes: plan (pure), persist (driver), apply ----
 
-    pub fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, at: UnixTime) -> Result<Record, AdminError> {
+    /// Plans a new catalog. `mutable`: its paths may later be published with other bytes.
+    pub fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, mutable: bool, at: UnixTime) -> Result<Record, AdminError> {
         if self.catalogs.contains_key(&name) {
             return Err(AdminError::CatalogExists(name));
         }
@@ -429,10 +448,12 @@ impl Directory {
             return Err(AdminError::Replicas(replicas));
         }
         let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at }))
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
     }
 
-    /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent).
+    /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent). In
+    /// an immutable catalog a path is bound to one digest for good: other bytes for a path that
+    /// holds (or held, before it was expunged) another digest are refused.
     pub fn plan_publish(
         &self,
         catalog: &CatalogName,
@@ -448,19 +469,49 @@ impl Directory {
         if self.expunged.contains(&manifest.digest()) {
             return Err(AdminError::ExpungedDigest(manifest.digest()));
         }
-        if cat.artifacts.get(&path).is_some_and(|e| e.artifact.digest() == manifest.digest()) {
-            return Ok(None);
+        let digest = manifest.digest();
+        match cat.artifacts.get(&path).map(|e| e.artifact.digest()) {
+            Some(current) if current == digest => return Ok(None),
+            Some(current) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
+            _ => {}
+        }
+        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable) {
+            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: *previous });
         }
         let artifact =
             Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
         Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
     }
 
+    /// Plans withdrawing one name (`ExpungePath`): the path answers 410; its bytes stay under
+    /// any other name that holds them.
     pub fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
         let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
-        let op = LogOp::Expunge { path: path.clone(), digest: entry.artifact.digest() };
+        let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
         Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
+    }
+
+    /// Plans barring `digest` everywhere (`ExpungeDigest`): one entry in the log of every
+    /// catalog, to be made durable in one transaction. Empty when it is barred already. A digest
+    /// no catalog holds may be barred too (it will be refused on publish).
+    pub fn plan_expunge_digest(&self, digest: Digest, at: UnixTime) -> Result<Vec<Record>, AdminError> {
+        if self.expunged.contains(&digest) {
+            return Ok(Vec::new());
+        }
+        if self.catalogs.is_empty() {
+            return Err(AdminError::NoCatalogs(digest));
+        }
+        Ok(self
+            .catalogs
+            .iter()
+            .map(|(name, cat)| Record::Log { catalog: name.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::ExpungeDigest { digest } } })
+            .collect())
+    }
+
+    /// Every name (`catalog/path`) that holds `digest` now.
+    pub fn names_of(&self, digest: &Digest) -> Vec<String> {
+        self.blobs.get(digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default()
     }
 
     pub fn plan_token(&self, role: TokenRole, token: &str) -> Option<Record> {
@@ -488,12 +539,18 @@ impl Directory {
     /// Writes a planned admin change ahead: it is applied once `handle_storage` reports it
     /// durable, and its [`Outcome`] is then taken with `take_outcome`.
     pub fn commit(&mut self, record: Record) -> Result<RequestId, AdminError> {
-        let relay = match &record {
+        self.commit_all(vec![record])
+    }
+
+    /// Like `commit`, for records that must be durable together (all or none) and are then
+    /// applied in order: an expunge by digest writes one entry per catalog.
+    pub fn commit_all(&mut self, records: Vec<Record>) -> Result<RequestId, AdminError> {
+        let relay = records.iter().find_map(|r| match r {
             Record::Relay(r) => Some(r.id),
             _ => None,
-        };
-        let id = self.persist.begin(Write::Admin(record.clone())).ok_or_else(|| AdminError::RelayBusy(relay.unwrap_or(NodeId([0; 32]))))?;
-        self.effects.push_back(Effect::Persist { id, records: vec![record] });
+        });
+        let id = self.persist.begin(Write::Admin(records.clone())).ok_or_else(|| AdminError::RelayBusy(relay.unwrap_or(NodeId([0; 32]))))?;
+        self.effects.push_back(Effect::Persist { id, records });
         Ok(id)
     }
 
@@ -501,8 +558,10 @@ impl Directory {
     pub fn handle_storage(&mut self, id: RequestId, outcome: Result<(), String>, now: Instant) {
         let Some(write) = self.persist.finish(id, outcome.is_ok(), now) else { return };
         match (write, outcome) {
-            (Write::Admin(record), Ok(())) => {
-                self.apply(&record, now);
+            (Write::Admin(records), Ok(())) => {
+                for record in &records {
+                    self.apply(record, now);
+                }
                 self.outcomes.insert(id, Outcome::Applied);
             }
             (Write::Admin(_), Err(error)) => {
@@ -553,7 +612,7 @@ impl Directory {
                 if self.catalogs.contains_key(&config.name) {
                     return false;
                 }
-                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeSet::new() };
+                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new() };
                 self.catalogs.insert(config.name.clone(), state);
                 true
             }
@@ -598,12 +657,9 @@ impl Directory {
         if self.catalogs.get(catalog).is_none_or(|cat| entry.seq != cat.seq + 1) {
             return false;
         }
-        if let LogOp::Expunge { digest, .. } = &entry.op {
-            self.unplace(digest); // while its size is still known
-        }
         let cat = self.catalogs.get_mut(catalog).expect("checked above");
         cat.seq = entry.seq;
-        let (path, old) = match &entry.op {
+        match &entry.op {
             LogOp::Put(artifact) => {
                 let digest = artifact.digest();
                 let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
@@ -617,49 +673,63 @@ impl Directory {
                         artifact.media_type
                     }
                 };
-                let artifact = &artifact;
                 cat.expunged.remove(&artifact.path);
-                let old = cat.artifacts.insert(artifact.path.clone(), Entry { artifact: artifact.clone(), generation });
-                (artifact.path.clone(), old.map(|e| e.artifact.digest()).filter(|d| *d != digest))
+                let path = artifact.path.clone();
+                let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
+                if let Some(old) = old {
+                    self.unname(old, catalog, &path);
+                }
+                self.to_place.insert(digest);
+                // A rebalance under way has passed this artifact: it must place it when it ends.
+                if let Some(work) = &mut self.rebalancing
+                    && work.after.is_some_and(|after| digest <= after)
+                {
+                    work.missed.push(digest);
+                }
             }
+            LogOp::ExpungePath { path, digest } => {
+                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
+                cat.expunged.insert(path.clone(), held);
+                self.unname(held, catalog, path);
+            }
+            LogOp::ExpungeDigest { digest } => self.bar(digest),
             LogOp::Expunge { path, digest } => {
-                self.expunged.insert(*digest);
-                cat.expunged.insert(path.clone());
-                cat.artifacts.remove(path);
-                if let Some(blob) = self.blobs.remove(digest) {
-                    // Every other name for the same bytes goes too: the bytes are what is barred.
-                    for (other_cat, other_path) in blob.names {
-                        if let Some(c) = self.catalogs.get_mut(&other_cat) {
-                            c.artifacts.remove(&other_path);
-                            c.expunged.insert(other_path);
-                        }
-                    }
+                // The meaning such records were written with: the digest is barred.
+                cat.expunged.insert(path.clone(), *digest);
+                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
+                if let Some(held) = held {
+                    self.unname(held, catalog, path);
                 }
-                // Every relay that reported it (online or not) must confirm deleting it.
-                let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
-                if !pending.is_empty() {
-                    self.expunge_pending.insert(*digest, pending);
-                }
-                self.holders.remove(digest);
-                self.hits.remove(digest);
-                self.hot.remove(digest);
-                (path.clone(), None)
-            }
-        };
-        if let Some(old) = old {
-            self.unname(old, catalog, &path);
-        }
-        if let LogOp::Put(artifact) = &entry.op {
-            let digest = artifact.digest();
-            self.to_place.insert(digest);
-            // A rebalance under way has passed this artifact: it must place it when it ends.
-            if let Some(work) = &mut self.rebalancing
-                && work.after.is_some_and(|after| digest <= after)
-            {
-                work.missed.push(digest);
+                self.bar(digest);
             }
         }
         true
+    }
+
+    /// Bars `digest` from the directory: every name holding it is expunged, it is never
+    /// placed or redirected to again, and every relay that reported it must confirm deleting
+    /// it. Applying it again (its copy in another catalog's log) changes nothing.
+    fn bar(&mut self, digest: &Digest) {
+        if !self.expunged.insert(*digest) {
+            return;
+        }
+        self.unplace(digest); // while its size is still known
+        if let Some(blob) = self.blobs.remove(digest) {
+            for (cat, path) in blob.names {
+                if let Some(c) = self.catalogs.get_mut(&cat) {
+                    c.artifacts.remove(&path);
+                    c.expunged.insert(path, *digest);
+                }
+            }
+        }
+        // Every relay that reported it (online or not) must confirm deleting it.
+        let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
+        if !pending.is_empty() {
+            self.expunge_pending.insert(*digest, pending);
+        }
+        self.holders.remove(digest);
+        self.hits.remove(digest);
+        self.hot.remove(digest);
     }
 
     fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath) {
@@ -710,6 +780,7 @@ impl Directory {
                 name: c.config.name.clone(),
                 replicas: c.config.replicas,
                 chunk_size: c.config.chunk_size,
+                mutable: c.config.mutable,
                 seq: c.seq,
                 artifacts: c.artifacts.len(),
                 bytes: c.artifacts.values().map(|e| e.artifact.size()).sum(),
@@ -734,7 +805,7 @@ impl Directory {
         let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
         match cat.artifacts.get(path) {
             Some(e) => Ok(e),
-            None if cat.expunged.contains(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
+            None if cat.expunged.contains_key(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
             None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
         }
     }
@@ -873,7 +944,8 @@ impl Directory {
             let e = self.entry(catalog, path)?;
             (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
         };
-        Ok(self.choose(digest, size, media_type, Some(generation), now))
+        let mutable = self.catalogs.get(catalog).is_some_and(|c| c.config.mutable);
+        Ok(Redirect { mutable, ..self.choose(digest, size, media_type, Some(generation), now) })
     }
 
     /// Like `redirect`, by digest.
@@ -910,7 +982,7 @@ impl Directory {
         };
         candidates.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
         let alternates = candidates.into_iter().map(|c| c.url).collect();
-        Redirect { digest, size, media_type, target, alternates }
+        Redirect { digest, size, media_type, target, alternates, mutable: false }
     }
 
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
@@ -1139,7 +1211,14 @@ impl Directory {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
-            .flat_map(|(d, b)| b.names.iter().map(move |(c, p)| Named { catalog: c.clone(), path: p.clone(), digest: *d }))
+            .flat_map(|(d, b)| {
+                b.names.iter().map(move |(c, p)| Named {
+                    catalog: c.clone(),
+                    path: p.clone(),
+                    digest: *d,
+                    mutable: self.catalogs.get(c).is_some_and(|cat| cat.config.mutable),
+                })
+            })
             .collect();
         RelayAssignment { assigned, names }
     }

@@ -145,8 +145,13 @@ impl Sim {
     }
 
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
+        self.create_catalog_with(name, replicas, false)
+    }
+
+    /// A catalog whose paths may be published again with other bytes when `mutable`.
+    pub fn create_catalog_with(&mut self, name: &str, replicas: u32, mutable: bool) -> CatalogName {
         let name = CatalogName::new(name).expect("valid catalog name");
-        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), self.wall()).expect("new catalog");
+        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), mutable, self.wall()).expect("new catalog");
         self.commit(record);
         name
     }
@@ -162,9 +167,18 @@ impl Sim {
         digest
     }
 
+    /// Withdraws one name.
     pub fn expunge(&mut self, catalog: &CatalogName, path: &str) {
         let record = self.dir.plan_expunge(catalog, &ArtifactPath::new(path).expect("valid path"), self.wall()).expect("expunge");
         self.commit(record);
+    }
+
+    /// Bars `digest` everywhere: one record per catalog, durable together, then applied.
+    pub fn expunge_digest(&mut self, digest: Digest) {
+        let records = self.dir.plan_expunge_digest(digest, self.wall()).expect("expunge by digest");
+        let id = self.dir.commit_all(records).expect("no write of this relay in flight");
+        self.drain();
+        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "expunge not applied");
     }
 
     /// Adds a relay with id `[n; 32]` and the given disk budget, and starts it.
@@ -480,6 +494,8 @@ impl Sim {
 
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod name_tests;
 #[cfg(test)]
 mod probation_tests;
 #[cfg(test)]
