@@ -4,7 +4,8 @@
 //! `Relay` performs no I/O. **After every `handle_*` call, drain `poll_effect` and `poll_event`
 //! to `None`, then re-arm one timer at `poll_timeout`.** Every `Effect::Send` must be answered
 //! with `handle_message` (the reply) or `handle_send_failed`; every `Effect::Fetch` with
-//! `handle_fetch`. A blob counts as held only after the driver reports it stored verified.
+//! `handle_fetch`. A blob counts as held only after the driver reports it stored verified, and
+//! stops counting the moment the driver reports its stored copy corrupt (`handle_corrupt`).
 
 use std::collections::{BTreeMap, VecDeque};
 use std::time::Duration;
@@ -78,6 +79,10 @@ pub enum Event {
         size: u64,
     },
     Evicted {
+        digest: Digest,
+    },
+    /// The stored copy failed a read-side check and was dropped; it is fetched again if assigned.
+    Corrupt {
         digest: Digest,
     },
 }
@@ -251,6 +256,29 @@ impl Relay {
                 self.events.push_back(Event::FetchFailed { digest, reason });
             }
         }
+        self.start_fetches(now);
+        self.send_if_due(now);
+    }
+
+    /// The driver found that its stored copy of `digest` no longer matches what was verified
+    /// (a read-side check while serving, or the scrub). It stops counting as held or servable
+    /// at once and is deleted (`Effect::Delete`), the directory hears at once (a heartbeat
+    /// without it, so it stops sending clients here), and it is downloaded again while it is
+    /// assigned (the directory sends its manifest again to a relay that does not hold it).
+    ///
+    /// A report that arrives late, after a fresh copy was stored, drops the fresh copy too:
+    /// wasted work, never a wrong byte served.
+    pub fn handle_corrupt(&mut self, digest: Digest, now: Instant) {
+        let held = self.held.remove(&digest).is_some();
+        let leaving = self.leaving.remove(&digest).is_some();
+        if !held && !leaving {
+            return; // already dropped (several reads may find the same rot)
+        }
+        self.value.remove(&digest);
+        self.retry_at.remove(&digest);
+        self.effects.push_back(Effect::Delete { digest });
+        self.events.push_back(Event::Corrupt { digest });
+        self.report_soon = true;
         self.start_fetches(now);
         self.send_if_due(now);
     }
@@ -595,6 +623,47 @@ mod tests {
         assert_eq!(count(&effects), (1, 1), "{effects:?}");
         assert!(!r.has_bytes(&evicted));
         assert!(r.used() <= 12_000);
+    }
+
+    #[test]
+    fn a_corrupt_copy_stops_being_held_is_reported_at_once_and_is_fetched_again() {
+        let data = vec![5u8; 10_000];
+        let manifest = ChunkManifest::of(&data, crate::manifest::MIN_CHUNK_SIZE).unwrap();
+        let digest = manifest.digest();
+        let mut r = relay(100_000, &[]);
+        r.held.insert(digest, 10_000);
+        // Assigned and held: the directory sends no manifest.
+        let held = Assigned { digest, size: 10_000, manifest: None, sources: Vec::new() };
+        r.phase = Phase::Active;
+        let ack = |assigned: Assigned| {
+            Message::HeartbeatAck(HeartbeatAck {
+                generation: 2,
+                state: Some(RelayAssignment { assigned: vec![assigned], names: Vec::new() }),
+                expunged: Vec::new(),
+            })
+        };
+        r.handle_message(ack(held), Instant::ZERO);
+        let _ = std::iter::from_fn(|| r.poll_effect()).count();
+        r.awaiting = None;
+
+        r.handle_corrupt(digest, Instant::from_millis(10));
+        assert!(!r.holds(&digest) && !r.has_bytes(&digest), "neither counted nor served");
+        assert_eq!(r.poll_event(), Some(Event::Corrupt { digest }));
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(
+            matches!(&effects[..], [Effect::Delete { digest: d }, Effect::Send(Message::Heartbeat(hb))] if hb.held.is_empty() && *d == digest),
+            "the directory hears at once, before the next beat: {effects:?}"
+        );
+        r.handle_corrupt(digest, Instant::from_millis(11));
+        assert_eq!(r.poll_effect(), None, "a second report of the same rot changes nothing");
+
+        // The directory, no longer believing it held, sends the manifest: fetched again.
+        let missing = Assigned { digest, size: 10_000, manifest: Some(manifest.clone()), sources: Vec::new() };
+        r.handle_message(ack(missing), Instant::from_millis(20));
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(effects.iter().any(|e| matches!(e, Effect::Fetch { manifest: m, .. } if m.digest() == digest)), "{effects:?}");
+        r.handle_fetch(digest, Ok(()), Instant::from_millis(30));
+        assert!(r.holds(&digest));
     }
 
     #[test]

@@ -87,6 +87,7 @@ pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path
         catalogs: Vec::new(),
         enroll_token: token.into(),
         max_fetches: 4,
+        scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
     };
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
