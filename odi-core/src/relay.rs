@@ -16,6 +16,12 @@ use crate::message::{Capacity, EnrollRequest, Heartbeat, Message, NodeId, Refusa
 use crate::path::{ArtifactPath, CatalogName};
 use crate::time::Instant;
 
+/// Bytes a stored blob of `len` bytes takes on a relay's disk: its content plus its block
+/// checksums (odi-storage `sums`: 28 bytes and 8 per MiB), all counted against the budget.
+pub fn footprint(len: u64) -> u64 {
+    len.saturating_add(28 + 8 * len.div_ceil(1 << 20))
+}
+
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
     pub public_url: RelayUrl,
@@ -146,7 +152,7 @@ impl Relay {
     /// A relay that starts holding `held` (the verified blobs found in its store) and
     /// `partials` (resumable downloads found on disk, with the bytes they may grow to).
     pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, partials: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
-        let held: BTreeMap<Digest, u64> = held.into_iter().collect();
+        let held: BTreeMap<Digest, u64> = held.into_iter().map(|(d, len)| (d, footprint(len))).collect();
         let value = held.keys().map(|d| (*d, (0, now))).collect();
         let mut relay = Self {
             config,
@@ -450,6 +456,7 @@ impl Relay {
             }
             // A partial download's reservation becomes the fetch's.
             let reserved = self.partials.remove(&digest).unwrap_or(0);
+            let size = footprint(size);
             if !self.make_room(size.saturating_sub(reserved), budget) {
                 if reserved > 0 {
                     self.partials.insert(digest, reserved);
@@ -592,7 +599,7 @@ mod tests {
 
     #[test]
     fn room_for_an_assignment_comes_from_unassigned_blobs_only() {
-        let mut r = relay(12_000, &[(1, 4000), (2, 4000)]);
+        let mut r = relay(12_200, &[(1, 4000), (2, 4000)]);
         let _ = deleted(&mut r);
         // Assigned: a new 8000-byte blob; d(1) and d(2) are no longer assigned.
         assign(&mut r, 2, &[(9, 8000)], Instant::ZERO);
@@ -622,7 +629,7 @@ mod tests {
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert_eq!(count(&effects), (1, 1), "{effects:?}");
         assert!(!r.has_bytes(&evicted));
-        assert!(r.used() <= 12_000);
+        assert!(r.used() <= 12_200);
     }
 
     #[test]
@@ -674,6 +681,6 @@ mod tests {
         assign(&mut r, 2, &[(8, 3000)], Instant::ZERO);
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert!(effects.contains(&Effect::DiscardPartial { digest: d(7) }), "{effects:?}");
-        assert_eq!(r.used(), 3000, "only the new download is reserved");
+        assert_eq!(r.used(), footprint(3000), "only the new download is reserved");
     }
 }

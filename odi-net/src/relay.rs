@@ -237,7 +237,12 @@ async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl
     sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
     let outcome = async {
         let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
-        let (partial, report) = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e)?;
+        let result = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await;
+        let report = match &result {
+            Ok((_, report)) | Err((_, report)) => report,
+        };
+        crate::transfer::report_rejected(&shared.client, &shared.directory, digest, report).await;
+        let (partial, report) = result.map_err(|(e, _)| e)?;
         crash::point("before-fsync");
         let sealed = partial.seal().await?;
         crash::point("after-fsync");

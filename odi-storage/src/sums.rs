@@ -205,6 +205,14 @@ mod tests {
     }
 
     #[test]
+    fn the_relay_budgets_exactly_the_sidecar_size() {
+        for len in [0u64, 1, 5000, u64::from(SUM_BLOCK), u64::from(SUM_BLOCK) + 1, 3 * u64::from(SUM_BLOCK) + 17] {
+            let sums = sums_of(&vec![1u8; len as usize], 65_536);
+            assert_eq!(odi_core::relay::footprint(len), len + sums.encode().len() as u64, "len {len}");
+        }
+    }
+
+    #[test]
     fn a_damaged_or_mismatched_sidecar_reads_as_missing() {
         let data = vec![7u8; 5000];
         let sums = sums_of(&data, 100);

@@ -42,6 +42,7 @@ use crate::message::{
     Assigned, Capacity, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, RelayUrl,
 };
 use crate::path::{ArtifactPath, CatalogName};
+use crate::relay::footprint;
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
@@ -1352,7 +1353,7 @@ impl Directory {
 
     /// Gives `digest`'s place back: no relay is assigned it, and their room grows.
     fn unplace(&mut self, digest: &Digest) {
-        let size = self.blobs.get(digest).map_or(0, |b| b.manifest.total_len());
+        let size = self.blobs.get(digest).map_or(0, |b| footprint(b.manifest.total_len()));
         for (id, set) in &mut self.assignment {
             if set.remove(digest)
                 && let Some(room) = self.room.get_mut(id)
@@ -1375,7 +1376,7 @@ impl Directory {
     /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
     fn place(&mut self, digest: &Digest) -> bool {
         let Some(blob) = self.blobs.get(digest) else { return false };
-        let (size, replicas) = (blob.manifest.total_len(), self.replicas_of(digest, blob) as usize);
+        let (size, replicas) = (footprint(blob.manifest.total_len()), self.replicas_of(digest, blob) as usize);
         let mut ranked = Vec::with_capacity(self.eligible.len());
         rank(&self.eligible, digest, &blob.names, &mut ranked);
         let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
@@ -1429,7 +1430,8 @@ impl Directory {
             }
             done += 1;
             last = Some(*digest);
-            let size = blob.manifest.total_len();
+            // Room is counted as the relay counts it: content plus block sums.
+            let size = footprint(blob.manifest.total_len());
             let replicas = self.replicas_of(digest, blob) as usize;
             rank(&work.eligible, digest, &blob.names, &mut ranked);
             let (room, next) = (&mut work.room, &mut work.next);
