@@ -7,7 +7,7 @@
 //! `handle_fetch`. A blob counts as held only after the driver reports it stored verified, and
 //! stops counting the moment the driver reports its stored copy corrupt (`handle_corrupt`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -129,6 +129,9 @@ pub struct Relay {
     serving: BTreeMap<Digest, u32>,
     /// Evicted blobs still on disk until the directory knows they are gone.
     leaving: BTreeMap<Digest, Leaving>,
+    /// Copies dropped as corrupt and not held again yet: the directory may still send clients
+    /// for them until it has our heartbeat, and they are sent back to it (`was_dropped`).
+    dropped: BTreeSet<Digest>,
     /// The directory's latest assignment.
     wanted: BTreeMap<Digest, Wanted>,
     /// Downloads under way, with the bytes reserved for each.
@@ -162,6 +165,7 @@ impl Relay {
             value,
             serving: BTreeMap::new(),
             leaving: BTreeMap::new(),
+            dropped: BTreeSet::new(),
             wanted: BTreeMap::new(),
             fetching: BTreeMap::new(),
             partials: partials.into_iter().collect(),
@@ -197,6 +201,8 @@ impl Relay {
                 }
                 if let Some(state) = ack.state {
                     self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest, sources: a.sources })).collect();
+                    let wanted = &self.wanted;
+                    self.dropped.retain(|d| wanted.contains_key(d));
                     let stale: Vec<Digest> = self.partials.keys().filter(|d| !self.wanted.contains_key(*d)).copied().collect();
                     for digest in stale {
                         self.partials.remove(&digest);
@@ -247,6 +253,7 @@ impl Relay {
             Ok(()) => {
                 // A fresh copy replaces any evicted one: its pending deletion must not run.
                 self.leaving.remove(&digest);
+                self.dropped.remove(&digest);
                 self.held.insert(digest, size);
                 self.value.insert(digest, (0, now));
                 self.events.push_back(Event::Ready { digest });
@@ -282,6 +289,7 @@ impl Relay {
         }
         self.value.remove(&digest);
         self.retry_at.remove(&digest);
+        self.dropped.insert(digest);
         self.effects.push_back(Effect::Delete { digest });
         self.events.push_back(Event::Corrupt { digest });
         self.report_soon = true;
@@ -349,6 +357,18 @@ impl Relay {
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
         let catalog = CatalogName::new(catalog).ok()?;
         self.names.get(&(catalog, path.clone())).copied().filter(|d| self.has_bytes(d))
+    }
+
+    /// The digest named `catalog/path` in the latest assignment, held or not.
+    pub fn name_of(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
+        let catalog = CatalogName::new(catalog).ok()?;
+        self.names.get(&(catalog, path.clone())).copied()
+    }
+
+    /// True when this relay dropped its copy of `digest` as corrupt and has not stored it again:
+    /// a client sent here for it (the directory had not heard yet) is sent back to the directory.
+    pub fn was_dropped(&self, digest: &Digest) -> bool {
+        self.dropped.contains(digest) && !self.has_bytes(digest)
     }
 
     /// True when `digest` is in the latest assignment (a partial download of it is worth keeping).
@@ -509,6 +529,7 @@ impl Relay {
     /// Deletes a held blob at once: for expunged blobs (the directory already stopped sending
     /// clients) and blobs the directory never heard of.
     fn drop_blob(&mut self, digest: Digest) {
+        self.dropped.remove(&digest);
         if self.held.remove(&digest).is_some() {
             self.value.remove(&digest);
             self.names.retain(|_, d| *d != digest);
@@ -655,6 +676,7 @@ mod tests {
 
         r.handle_corrupt(digest, Instant::from_millis(10));
         assert!(!r.holds(&digest) && !r.has_bytes(&digest), "neither counted nor served");
+        assert!(r.was_dropped(&digest), "clients sent here meanwhile go back to the directory");
         assert_eq!(r.poll_event(), Some(Event::Corrupt { digest }));
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert!(
@@ -670,7 +692,7 @@ mod tests {
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert!(effects.iter().any(|e| matches!(e, Effect::Fetch { manifest: m, .. } if m.digest() == digest)), "{effects:?}");
         r.handle_fetch(digest, Ok(()), Instant::from_millis(30));
-        assert!(r.holds(&digest));
+        assert!(r.holds(&digest) && !r.was_dropped(&digest));
     }
 
     #[test]

@@ -393,7 +393,19 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             Want::Name(catalog, path) => m.lookup(catalog, path),
             Want::Blob(d) => Some(*d).filter(|d| m.has_bytes(d)),
         };
-        let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
+        let Some(digest) = digest else {
+            let named = match &want {
+                Want::Name(catalog, path) => m.name_of(catalog, path),
+                Want::Blob(d) => Some(*d),
+            };
+            if named.is_some_and(|d| m.was_dropped(&d)) {
+                // Dropped as corrupt a moment ago; the directory is being told. A 404 would be
+                // saved as the file by a client that does not check the status (`curl -L`):
+                // send it back to the directory, which sends it to a good copy.
+                return back_to_directory(&shared.directory, path);
+            }
+            return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory");
+        };
         m.serving_started(digest);
         digest
     };
@@ -410,6 +422,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let resp = serve_local(&shared.store, &blob).await;
     if let Some(CorruptBlob(digest)) = resp.extensions().get::<CorruptBlob>().copied() {
         found_corrupt(&shared, digest);
+        return back_to_directory(&shared.directory, path);
     }
     let on_error = shared.clone();
     resp.map(|body| {
@@ -426,6 +439,20 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         })
         .boxed_unsync()
     })
+}
+
+/// A `302` to the same path on the directory (`/r/...` and `/blobs/...` mean the same there).
+fn back_to_directory(directory: &str, path: &str) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    match http::HeaderValue::from_str(&format!("{directory}{path}")) {
+        Ok(location) => {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+            resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "this relay's copy failed its check; ask the directory"),
+    }
 }
 
 /// Ends a response's `serving_started` when the response body is dropped.
