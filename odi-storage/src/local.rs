@@ -771,8 +771,8 @@ mod tests {
         assert_eq!(std::fs::read(sums_path(&third.blob_path(&digest))).unwrap(), std::fs::read(sums_path(&path)).unwrap());
 
         // 16 bytes rot in the third block.
-        let mut file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
-        std::os::unix::fs::FileExt::write_all_at(&mut file, &[0xAA; 16], 2 * MIB + 500).unwrap();
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xAA; 16], 2 * MIB + 500).unwrap();
         let (got, err) = read_range(&store, &digest, 0..data.len() as u64).await;
         assert_eq!(got, data[..2 * MIB as usize], "the blocks before it are served, none of it");
         assert!(matches!(err, Some(StorageError::Corrupt { offset, .. }) if offset == 2 * MIB), "{err:?}");
