@@ -184,6 +184,7 @@ impl LocalStore {
         let path = self.blob_path(digest);
         let digest = *digest;
         let epoch = self.small.deletes.load(Ordering::Acquire);
+        let tmp = self.tmp.clone();
         let (opened, keep) = tokio::task::spawn_blocking(move || {
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
@@ -202,7 +203,7 @@ impl LocalStore {
             }
             let sums = match read_sums(&path, size) {
                 Some(sums) => sums,
-                None => verify_whole(&file, &path, digest, size)?,
+                None => verify_whole(&file, &path, digest, size, &tmp)?,
             };
             Ok((OpenedBlob { size, content: Opened::File(PieceReader { file, path, digest, sums }) }, false))
         })
@@ -227,7 +228,20 @@ impl LocalStore {
     /// Publishes a sealed (complete, verified, durable) partial download as a blob, its block
     /// sums written first.
     pub async fn commit_partial(&self, sealed: SealedPartial, digest: &Digest) -> Result<()> {
-        sealed.publish(&self.blob_path(digest)).await
+        let dest = self.blob_path(digest);
+        if let Some(shard) = dest.parent() {
+            tokio::fs::create_dir_all(shard).await.map_err(io_error("create directory", shard))?;
+        }
+        self.write_sums(&dest, sealed.sums().clone()).await?;
+        sealed.publish(&dest).await
+    }
+
+    /// Writes the block sums of the blob that will live at `dest`, durably.
+    async fn write_sums(&self, dest: &Path, sums: BlockSums) -> Result<()> {
+        let (dest, tmp) = (dest.to_path_buf(), self.tmp.clone());
+        tokio::task::spawn_blocking(move || write_sums(&dest, &sums, &tmp).map_err(io_error("write block sums for", &dest)))
+            .await
+            .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))?
     }
 
     /// Every partial download on disk, with its current length.
@@ -311,11 +325,7 @@ impl LocalStore {
             return Ok(());
         }
         // The sums are durable before the blob is visible: no reader finds a blob without them.
-        let sums_for = dest.clone();
-        tokio::task::spawn_blocking(move || write_sums(&sums_for, &sums))
-            .await
-            .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))?
-            .map_err(io_error("write block sums for", &dest))?;
+        self.write_sums(&dest, sums).await?;
         if let Err(e) = tokio::fs::rename(&temp.path, &dest).await {
             // A concurrent writer of the same bytes may have won the race (or, on platforms
             // where rename does not replace, made ours fail): either way the blob is there.
@@ -480,7 +490,7 @@ fn start_read(reader: &Arc<PieceReader>, next: &mut u64, end: u64) -> Option<tok
 
 /// Verifies a blob stored without sums (by an older version, or its sums were damaged) against
 /// its digest, and writes its sums; a mismatch is [`StorageError::Corrupt`].
-fn verify_whole(file: &std::fs::File, path: &Path, digest: Digest, size: u64) -> Result<BlockSums> {
+fn verify_whole(file: &std::fs::File, path: &Path, digest: Digest, size: u64, tmp: &Path) -> Result<BlockSums> {
     use sha2::Digest as _;
     use std::os::unix::fs::FileExt as _;
     let mut whole = sha2::Sha256::new();
@@ -501,7 +511,7 @@ fn verify_whole(file: &std::fs::File, path: &Path, digest: Digest, size: u64) ->
         return Err(StorageError::Corrupt { store: STORE, digest, offset: 0 });
     }
     let sums = sums.finish();
-    write_sums(path, &sums).map_err(io_error("write block sums for", path))?;
+    write_sums(path, &sums, tmp).map_err(io_error("write block sums for", path))?;
     if let Some(dir) = path.parent() {
         std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("fsync directory", dir))?;
     }

@@ -26,7 +26,7 @@ use odi_core::storage::{Result, StorageError};
 use sha2::{Digest as _, Sha256};
 
 use crate::local::{io_error, sync_dir};
-use crate::sums::{BlockSums, SumsBuilder, write_sums};
+use crate::sums::{BlockSums, SumsBuilder};
 
 /// Bytes read at a time when re-verifying.
 const READ_PIECE: usize = 1 << 20;
@@ -44,14 +44,16 @@ pub struct SealedPartial {
 }
 
 impl SealedPartial {
-    /// Second half of `finish`: writes the block sums beside `dest` (durably, before the blob is
-    /// visible), renames into `dest` and fsyncs its directory.
+    /// The block sums of the sealed bytes (a store writes them before publishing the blob).
+    pub fn sums(&self) -> &BlockSums {
+        &self.sums
+    }
+
+    /// Second half of `finish`: renames into `dest` and fsyncs its directory.
     pub async fn publish(self, dest: &Path) -> Result<()> {
         if let Some(parent) = dest.parent() {
             tokio::fs::create_dir_all(parent).await.map_err(io_error("create directory", parent))?;
         }
-        let (sums, sums_for) = (self.sums, dest.to_path_buf());
-        blocking(move || write_sums(&sums_for, &sums).map_err(io_error("write block sums for", &sums_for))).await?;
         tokio::fs::rename(&self.path, dest).await.map_err(io_error("rename partial file to", dest))?;
         if let Some(parent) = dest.parent() {
             sync_dir(parent).await?;
@@ -316,6 +318,8 @@ mod tests {
         p.finish(&dest).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         assert!(!path.exists());
+        // A download saved for a user (`odi get`) gets no sidecar: only a store writes sums.
+        assert_eq!(std::fs::read_dir(tmp.path().join("out")).unwrap().count(), 1);
     }
 
     #[tokio::test]

@@ -151,17 +151,16 @@ pub fn read_sums(blob: &Path, len: u64) -> Option<BlockSums> {
     BlockSums::decode(&bytes, len)
 }
 
-/// Writes the sums of the blob at `blob` durably and atomically (temp file, fsync, rename). The
-/// caller fsyncs the directory (the blob's own rename into it does that), so sums are always
-/// written before the blob they describe becomes visible.
-pub fn write_sums(blob: &Path, sums: &BlockSums) -> io::Result<()> {
+/// Writes the sums of the blob at `blob` durably and atomically: a temp file in `tmp_dir` (on
+/// the same file system, emptied when the store opens, so a crash leaves nothing behind),
+/// fsync, rename. The caller fsyncs the blob's directory (the blob's own rename into it does
+/// that), so sums are always written before the blob they describe becomes visible.
+pub fn write_sums(blob: &Path, sums: &BlockSums, tmp_dir: &Path) -> io::Result<()> {
     let dest = sums_path(blob);
-    let mut tmp = dest.as_os_str().to_owned();
     // Unique per writer: two tasks may store the same blob at once.
     static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
     let n = NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    tmp.push(format!(".{}-{n}.tmp", std::process::id()));
-    let tmp = PathBuf::from(tmp);
+    let tmp = tmp_dir.join(format!("{}-sums-{n}.tmp", std::process::id()));
     let result = (|| {
         let mut file = std::fs::File::create(&tmp)?;
         file.write_all(&sums.encode())?;
