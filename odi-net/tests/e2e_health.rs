@@ -48,6 +48,26 @@ async fn a_relay_whose_disk_corrupted_a_file_drops_it_gets_no_clients_for_it_and
     assert_eq!(admin(Method::POST, &dir.url, &format!("relays/{}/readmit", "0".repeat(64)), empty()).await.status, StatusCode::NOT_FOUND);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_scrub_finds_rot_in_a_blob_nobody_asks_for() {
+    let tmp = tempfile::tempdir().unwrap();
+    // No audits and no clients: only the relay's background scrub reads the blob.
+    let dir = start_directory_with(&tmp.path().join("dir"), None, |o| o.audit_interval = Duration::from_secs(3600)).await;
+    create_catalog(&dir.url, "rel", 1).await;
+    let data = sample((2 << 20) + 99, 7);
+    publish(&dir.url, "rel", "cold.bin", &data).await;
+    let relay = start_relay(&tmp.path().join("r0"), &dir.url, 1 << 30, None).await;
+    wait_for(20, "the relay ready", || async { relays(&dir.url).await.iter().any(|r| r["status"] == "ready") }).await;
+    let path = blob_path(&relay, &sha256_hex(&data));
+    let mut bytes = std::fs::read(&path).unwrap();
+    assert_eq!(bytes, data);
+    bytes[(1 << 20) + 5] ^= 0x01;
+    std::fs::write(&path, &bytes).unwrap();
+    wait_for(30, "the scrub to replace the rotten copy", || async { std::fs::read(&path).is_ok_and(|b| b == data) }).await;
+    let view = relays(&dir.url).await.into_iter().next().unwrap();
+    assert_eq!(view["audits_passed"].as_u64().unwrap() + view["audits_failed"].as_u64().unwrap(), 0, "no audit did it: {view}");
+}
+
 /// Forwards TCP connections from a listener to `target`; while `cut` is true it hangs up on
 /// new connections and drops the open ones, as a host that went dark.
 async fn proxy(listener: TcpListener, target: String, cut: tokio::sync::watch::Receiver<bool>) {
