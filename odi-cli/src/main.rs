@@ -127,6 +127,10 @@ struct RelayArgs {
     /// Upload bandwidth offered, e.g. 100MB/s (used to weigh assignments and redirects).
     #[arg(long, value_parser = units::parse_rate)]
     bandwidth: Option<u64>,
+    /// Rate the background scrub re-reads held blobs at to find bit rot, e.g. 8MiB/s (the
+    /// default); 0 turns it off (reads are still checked as they are served).
+    #[arg(long, value_parser = units::parse_rate)]
+    scrub_rate: Option<u64>,
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -290,6 +294,7 @@ struct FileConfig {
     #[serde(default)]
     catalog: Vec<String>,
     bandwidth: Option<String>,
+    scrub_rate: Option<String>,
 }
 
 impl FileConfig {
@@ -391,6 +396,11 @@ async fn run(command: Command) -> Result<()> {
                 (None, Some(s)) => units::parse_rate(s).map_err(|e| anyhow!("bandwidth: {e}"))?,
                 (None, None) => 0,
             };
+            let scrub_rate = match (args.scrub_rate, file.scrub_rate.as_deref()) {
+                (Some(r), _) => r,
+                (None, Some(s)) => units::parse_rate(s).map_err(|e| anyhow!("scrub_rate: {e}"))?,
+                (None, None) => odi_net::relay::DEFAULT_SCRUB_RATE,
+            };
             let enroll_token =
                 std::env::var("ODI_ENROLL_TOKEN").map_err(|_| anyhow!("set ODI_ENROLL_TOKEN to the directory's enrollment token (its enroll.token file)"))?;
             let options = odi_net::relay::RelayOptions {
@@ -402,6 +412,7 @@ async fn run(command: Command) -> Result<()> {
                 catalogs: if args.catalogs.is_empty() { file.catalog } else { args.catalogs },
                 enroll_token,
                 max_fetches: 4,
+                scrub_rate,
             };
             let listener = bind(listen).await?;
             let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;

@@ -97,6 +97,8 @@ fn mutable_catalogs_republish_and_the_two_expunges_cover_what_they_say() {
         "300ms",
         "--lease",
         "1500ms",
+        "--probation",
+        "0s",
     ]);
     wait_for(20, "the directory to answer", || curl(&[&format!("{dir_url}/healthz")]).status.success());
 

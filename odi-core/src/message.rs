@@ -241,6 +241,20 @@ pub struct Named {
     pub mutable: bool,
 }
 
+/// A client's report that a relay sent a chunk that did not match its hash: the body of the
+/// directory's unsigned `POST /report`. Anyone can send one; the directory only audits that
+/// chunk on that relay (see `Directory::handle_report`).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct ChunkReport {
+    /// The URL the bad bytes came from (on the relay, after any redirect).
+    pub url: String,
+    pub digest: Digest,
+    pub chunk: u64,
+}
+
+/// The largest `ChunkReport` body accepted.
+pub const MAX_REPORT_BYTES: usize = 4096;
+
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Refusal {
     pub code: RefusalCode,

@@ -32,6 +32,10 @@ pub enum StorageError {
     /// The bytes offered did not match their manifest; nothing was kept.
     #[error("rejected bytes for {digest}: {source}")]
     Verify { digest: Digest, source: ManifestError },
+    /// A stored blob's bytes no longer match the checksums made when they were verified (bit
+    /// rot, or tampering on disk): the blob must be dropped and fetched again.
+    #[error("blob {digest} in {store} is corrupt near byte {offset}; drop it and fetch it again")]
+    Corrupt { store: &'static str, digest: Digest, offset: u64 },
     /// The requested range starts at or past the end of the blob.
     #[error("range not satisfiable: the blob has {size} bytes")]
     RangeNotSatisfiable { size: u64 },

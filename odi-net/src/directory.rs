@@ -370,6 +370,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         let rest = rest.to_owned();
         return node(&shared, req, &rest).await;
     }
+    if path == "/report" {
+        return if *req.method() == Method::POST { report(&shared, req).await } else { not_allowed("POST") };
+    }
     match (path, read) {
         ("/healthz", true) => {
             let id = shared.lock().id();
@@ -377,6 +380,38 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
         ("/healthz", false) => not_allowed("GET, HEAD"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// `POST /report`: a client's word that a relay sent a bad chunk (`ChunkReport`). Unsigned and
+/// open to anyone, so it is small, bounded and cheap: the directory at most audits that chunk on
+/// that relay (`202`), and ignores reports it cannot act on (`204`).
+async fn report(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use odi_core::directory::ReportOutcome;
+    use odi_core::message::{ChunkReport, MAX_REPORT_BYTES};
+    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(req.into_body(), MAX_REPORT_BYTES).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, format!("a report is a JSON body of at most {MAX_REPORT_BYTES} bytes")),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, format!("the report did not arrive within {} s", NODE_BODY_DEADLINE.as_secs())),
+    };
+    let report: ChunkReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed report, expected {{url, digest, chunk}}: {e}")),
+    };
+    let (outcome, effects) = shared.with_machine(|d, now| d.handle_report(&report.url, report.digest, report.chunk, now));
+    execute(shared, effects).await;
+    match outcome {
+        ReportOutcome::Auditing => {
+            tracing::info!(url = %report.url.chars().take(200).collect::<String>(), digest = %report.digest, chunk = report.chunk, "a client reported a bad chunk; auditing it");
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            resp
+        }
+        ReportOutcome::Ignored | ReportOutcome::Busy => {
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
     }
 }
 

@@ -280,8 +280,24 @@ pub async fn serve_blob(store: &dyn BlobStore, req: &BlobRequest<'_>) -> Respons
     }
 }
 
+/// Set on an answer refused because the stored copy failed its check when opened, so the
+/// server can drop it (a check failing mid-body shows as a `StorageError::Corrupt` body error).
+#[derive(Clone, Copy, Debug)]
+pub struct CorruptBlob(pub Digest);
+
+/// The digest whose stored copy failed its check, if `error` (a body error) says so.
+pub fn corrupt_blob(error: &BoxError) -> Option<Digest> {
+    match error.downcast_ref::<StorageError>() {
+        Some(StorageError::Corrupt { digest, .. }) => Some(*digest),
+        _ => None,
+    }
+}
+
 /// `serve_blob` for a relay's local store: one trip to the blocking pool opens the file, learns
-/// its size and, for a small blob, reads it whole.
+/// its size and, for a small blob, reads it whole. Every byte is checked as it is read (see
+/// `LocalStore`): a copy found corrupt is refused with `503` (and a [`CorruptBlob`] extension)
+/// when opened, or ends the body with an error mid-way, so hyper cuts the connection and the
+/// client sees a failed transfer, never a complete wrong file.
 pub async fn serve_local(store: &LocalStore, req: &BlobRequest<'_>) -> Response<Body> {
     let blob = match store.open_blob(req.digest, SMALL_BLOB).await {
         Ok(blob) => blob,
@@ -301,6 +317,12 @@ const SMALL_BLOB: u64 = odi_storage::local::CACHED_BLOB_MAX;
 fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
     match e {
         StorageError::NotFound { .. } => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
+        StorageError::Corrupt { .. } => {
+            let mut resp =
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("the copy of {digest} here failed its check and is being fetched again; ask the directory"));
+            resp.extensions_mut().insert(CorruptBlob(*digest));
+            resp
+        }
         e => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }

@@ -10,9 +10,12 @@
 //! Relay lifecycle: `enrolled` (token accepted) → self-test of the relay's public URL →
 //! `syncing` (assigned work it does not hold yet) → `ready`. Every `probe_interval` the directory
 //! checks the relay's URL again; a failed check **suspends** redirects to it at once, and only a
-//! passed self-test lifts that. Every `audit_interval` it fetches one random whole chunk of one
-//! random artifact the relay holds and checks it against the chunk's SHA-256; wrong bytes
-//! **quarantine** the relay (no assignment, no redirects, persisted) until an admin readmits it.
+//! passed self-test lifts that. Every `audit_interval` it fetches one whole chunk the relay
+//! holds and checks it against the chunk's SHA-256, going through all the relay's held chunks
+//! in a seeded random order without repeats (so every chunk is audited within held chunks ×
+//! `audit_interval`); a client's report of a bad chunk (`handle_report`) audits that chunk at
+//! once. Wrong bytes **quarantine** the relay (no assignment, no redirects, persisted) until an
+//! admin readmits it.
 //! A relay silent for longer than the lease is `unhealthy`: it leaves the redirect and
 //! assignment sets at once and must pass a new self-test when it returns. A client is
 //! redirected to a relay only for an artifact the relay reported holding, at a generation at
@@ -44,6 +47,7 @@ use crate::message::{
     Standing,
 };
 use crate::path::{ArtifactPath, CatalogName};
+use crate::relay::footprint;
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
@@ -347,6 +351,11 @@ struct RelayState {
     /// The audit under way: attempt, digest, chunk.
     audit: Option<(u64, Digest, u64)>,
     audits: (u64, u64),
+    /// Where the scheduled audits are in their walk through the held chunks.
+    audit_cycle: AuditCycle,
+    /// When the last audit asked for by a client report started (at most one per
+    /// `REPORT_AUDIT_GAP`).
+    last_report_audit: Option<Instant>,
     /// Responses in progress as last reported, plus redirects sent since.
     active: u32,
     redirected: u32,
@@ -354,6 +363,61 @@ struct RelayState {
     failure: Option<String>,
     /// On probation since it was admitted then, with clean audits passed since.
     probation: Option<(Instant, u64)>,
+}
+
+/// A walk through `n` held chunks in a random order without repeats: step `i` audits chunk
+/// `(a·i + b) mod n` of the held chunks in digest order, a bijection because `gcd(a, n) = 1`.
+/// A new walk starts when this one ends or the number of held chunks changes. Constant memory
+/// per relay, however much it holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AuditCycle {
+    n: u64,
+    a: u64,
+    b: u64,
+    i: u64,
+}
+
+impl AuditCycle {
+    /// The next position in `0..n`, starting a new walk (from `rng`) when needed.
+    pub(crate) fn next(&mut self, n: u64, rng: &mut SeededRng) -> u64 {
+        if self.n != n || self.i >= n {
+            let a = if n <= 1 {
+                1
+            } else {
+                loop {
+                    let a = 1 + rng.below(n - 1);
+                    if gcd(a, n) == 1 {
+                        break a;
+                    }
+                }
+            };
+            *self = Self { n, a, b: rng.below(n.max(1)), i: 0 };
+        }
+        let at = ((u128::from(self.a) * u128::from(self.i) + u128::from(self.b)) % u128::from(n.max(1))) as u64;
+        self.i += 1;
+        at
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Audits started by client reports: at most one per relay per this long (anyone can report).
+pub const REPORT_AUDIT_GAP: Duration = Duration::from_secs(1);
+
+/// What the directory did with a client's report of a bad chunk.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ReportOutcome {
+    /// That chunk is being audited on the relay now.
+    Auditing,
+    /// Not a serving relay's URL, or not a chunk it holds: nothing to check.
+    Ignored,
+    /// An audit of that relay is under way or started too recently: this one is dropped.
+    Busy,
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -1419,16 +1483,57 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
+    /// A client says `url` (a relay's `/r/...` or `/blobs/...` URL) sent chunk `index` of
+    /// `digest` with wrong bytes: audit exactly that chunk on that relay now. Anyone can say so,
+    /// so it costs little: unknown relays, digests and chunks are ignored, and a relay gets at
+    /// most one audit in flight and one report-started audit per `REPORT_AUDIT_GAP`. A report
+    /// counts for nothing by itself; only the audit's answer does.
+    pub fn handle_report(&mut self, url: &str, digest: Digest, index: u64, now: Instant) -> ReportOutcome {
+        let Some(blob) = self.blobs.get(&digest) else { return ReportOutcome::Ignored };
+        let Some(range) = blob.manifest.chunk_range(index) else { return ReportOutcome::Ignored };
+        let found = self.relays.iter().find(|(_, r)| url.strip_prefix(r.record.public_url.as_str()).is_some_and(|rest| rest.starts_with('/')));
+        let Some((&relay, r)) = found else { return ReportOutcome::Ignored };
+        let checked = r.tested && !r.lost && r.record.quarantined.is_none();
+        if !checked || !r.held.contains(&digest) {
+            return ReportOutcome::Ignored;
+        }
+        if r.audit.is_some() || r.last_report_audit.is_some_and(|t| now < t + REPORT_AUDIT_GAP) {
+            return ReportOutcome::Busy;
+        }
+        if let Some(r) = self.relays.get_mut(&relay) {
+            r.last_report_audit = Some(now);
+        }
+        self.audit_chunk(relay, digest, index, range);
+        ReportOutcome::Auditing
+    }
+
+    /// Starts the next scheduled audit of `relay`: the next chunk of its walk through every
+    /// chunk it holds.
     fn start_audit(&mut self, relay: NodeId) {
-        let Some(r) = self.relays.get(&relay) else { return };
-        let candidates: Vec<Digest> = r.held.iter().filter(|d| self.blobs.get(*d).is_some_and(|b| b.manifest.chunk_count() > 0)).copied().collect();
-        if candidates.is_empty() {
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        let held: Vec<(Digest, u64)> =
+            r.held.iter().filter_map(|d| self.blobs.get(d).map(|b| (*d, b.manifest.chunk_count()))).filter(|(_, n)| *n > 0).collect();
+        let total: u64 = held.iter().map(|(_, n)| n).sum();
+        if total == 0 {
             return;
         }
-        let digest = candidates[self.rng.below(candidates.len() as u64) as usize];
-        let manifest = &self.blobs[&digest].manifest;
-        let index = self.rng.below(manifest.chunk_count());
-        let range = manifest.chunk_range(index).expect("index below the chunk count");
+        let mut at = r.audit_cycle.next(total, &mut self.rng);
+        let Some((digest, index)) = held.into_iter().find_map(|(d, n)| {
+            if at < n {
+                Some((d, at))
+            } else {
+                at -= n;
+                None
+            }
+        }) else {
+            return;
+        };
+        let range = self.blobs[&digest].manifest.chunk_range(index).expect("index below the chunk count");
+        self.audit_chunk(relay, digest, index, range);
+    }
+
+    fn audit_chunk(&mut self, relay: NodeId, digest: Digest, index: u64, range: Range<u64>) {
+        let Some(r) = self.relays.get(&relay) else { return };
         self.attempts += 1;
         let attempt = self.attempts;
         let url = r.record.public_url.clone();
@@ -1535,7 +1640,7 @@ impl Directory {
 
     /// Gives `digest`'s place back: no relay is assigned it, and their room grows.
     fn unplace(&mut self, digest: &Digest) {
-        let size = self.blobs.get(digest).map_or(0, |b| b.manifest.total_len());
+        let size = self.blobs.get(digest).map_or(0, |b| footprint(b.manifest.total_len()));
         for (id, set) in &mut self.assignment {
             if set.remove(digest)
                 && let Some(room) = self.room.get_mut(id)
@@ -1558,7 +1663,7 @@ impl Directory {
     /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
     fn place(&mut self, digest: &Digest) -> bool {
         let Some(blob) = self.blobs.get(digest) else { return false };
-        let (size, replicas) = (blob.manifest.total_len(), self.replicas_of(digest, blob) as usize);
+        let (size, replicas) = (footprint(blob.manifest.total_len()), self.replicas_of(digest, blob) as usize);
         let mut ranked = Vec::with_capacity(self.eligible.len());
         rank(&self.eligible, digest, &blob.names, &mut ranked);
         let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
@@ -1612,7 +1717,8 @@ impl Directory {
             }
             done += 1;
             last = Some(*digest);
-            let size = blob.manifest.total_len();
+            // Room is counted as the relay counts it: content plus block sums.
+            let size = footprint(blob.manifest.total_len());
             let replicas = self.replicas_of(digest, blob) as usize;
             rank(&work.eligible, digest, &blob.names, &mut ranked);
             let (room, next) = (&mut work.room, &mut work.next);
@@ -1723,6 +1829,8 @@ impl RelayState {
             next_audit: now,
             audit: None,
             audits: (0, 0),
+            audit_cycle: AuditCycle::default(),
+            last_report_audit: None,
             active: 0,
             redirected: 0,
             failure: None,

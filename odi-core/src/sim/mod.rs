@@ -57,6 +57,12 @@ pub struct SimRelay {
     pub fetches: u64,
     /// Probability that a response it serves has a flipped byte (a lying or broken relay).
     pub corrupt: f64,
+    /// Blobs whose copy on this relay's disk has rotted. The relay is honest: its read-side
+    /// check finds the rot when the blob is read, and it drops the copy (`handle_corrupt`).
+    pub rotten: BTreeSet<Digest>,
+    /// Rotten copies it dropped and has not fetched again: the directory may still send
+    /// clients for them until it has the relay's next heartbeat (the relay answers 404).
+    pub dropped: BTreeSet<Digest>,
     incarnation: u64,
 }
 
@@ -189,7 +195,20 @@ impl Sim {
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);
-        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, corrupt: 0.0, incarnation: 0 });
+        self.relays.insert(
+            id,
+            SimRelay {
+                machine,
+                config,
+                up: true,
+                store: BTreeMap::new(),
+                fetches: 0,
+                corrupt: 0.0,
+                rotten: BTreeSet::new(),
+                dropped: BTreeSet::new(),
+                incarnation: 0,
+            },
+        );
         id
     }
 
@@ -266,7 +285,13 @@ impl Sim {
                         self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
                     }
                     directory::Effect::Audit { relay, digest, range, attempt, .. } => {
-                        let result = match self.relays.get(&relay) {
+                        let now = self.now;
+                        let result = match self.relays.get_mut(&relay) {
+                            Some(r) if r.up && r.rotten.contains(&digest) && r.store.contains_key(&digest) => {
+                                r.machine.handle_corrupt(digest, now);
+                                r.dropped.insert(digest);
+                                Err("connection closed before the body ended".to_owned())
+                            }
                             Some(r) if r.up && r.store.contains_key(&digest) => {
                                 let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
                                 let corrupt = r.corrupt;
@@ -315,7 +340,9 @@ impl Sim {
                         }
                         relay::Effect::DiscardPartial { .. } => {}
                         relay::Effect::Delete { digest } => {
-                            self.relays.get_mut(&id).expect("listed").store.remove(&digest);
+                            let r = self.relays.get_mut(&id).expect("listed");
+                            r.store.remove(&digest);
+                            r.rotten.remove(&digest);
                         }
                     }
                 }
@@ -352,6 +379,7 @@ impl Sim {
                     match known {
                         Ok(size) => {
                             r.store.insert(digest, size);
+                            r.dropped.remove(&digest);
                             r.fetches += 1;
                             r.machine.handle_fetch(digest, Ok(()), now);
                         }
@@ -472,6 +500,9 @@ impl Sim {
                 );
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
+                if r.dropped.contains(&digest) {
+                    continue; // dropped as rotten; its heartbeat saying so is on the way
+                }
                 assert!(r.store.contains_key(&digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
                 assert!(!r.up || r.machine.has_bytes(&digest), "relay {id:?} is sent clients for bytes its machine does not serve");
             }
@@ -492,6 +523,8 @@ impl Sim {
     }
 }
 
+#[cfg(test)]
+mod bitrot_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
