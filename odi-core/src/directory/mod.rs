@@ -80,6 +80,9 @@ pub struct DirectoryConfig {
     pub probation_audits: u64,
     /// Keys never seen before that may enroll per minute (a flood of fake relays waits).
     pub new_relays_per_minute: u32,
+    /// Check one chunk of every artifact a relay newly reports holding, asked as a client would,
+    /// before plain clients are sent to it for that artifact.
+    pub check_possession: bool,
     /// A relay not heard from this long is forgotten (its record deleted), unless quarantined:
     /// a quarantine is kept, as it binds the relay's host.
     pub forget_after: Duration,
@@ -103,6 +106,7 @@ impl DirectoryConfig {
             probation: DEFAULT_PROBATION,
             probation_audits: 3,
             new_relays_per_minute: 60,
+            check_possession: true,
             forget_after: Duration::from_secs(30 * 24 * 3600),
             rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
@@ -420,6 +424,10 @@ struct RelayState {
     probation: Option<(Instant, u64)>,
     /// Audits answered with a status instead of the bytes: since when, and how many.
     strikes: Option<(Instant, u32)>,
+    /// Held, but not yet shown by an audit: no plain client is sent here for these.
+    unverified: BTreeSet<Digest>,
+    /// Has heartbeated since the directory started.
+    reported: bool,
     /// Not heard from since this instant (lost, or known only from before a restart).
     absent_since: Option<Instant>,
 }
@@ -1019,7 +1027,11 @@ impl Directory {
             RelayStatus::Suspended
         } else if r.record.draining {
             RelayStatus::Draining
-        } else if self.rebalance_at.is_some() || self.rebalancing.is_some() || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
+        } else if self.rebalance_at.is_some()
+            || self.rebalancing.is_some()
+            || !r.unverified.is_empty()
+            || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held))
+        {
             // A pending rebalance may give it work: not ready until its assignment is current.
             RelayStatus::Syncing
         } else {
@@ -1132,7 +1144,7 @@ impl Directory {
                 weight: bandwidth_weight(r),
                 load: f64::from(r.active + r.redirected),
                 draining: r.record.draining,
-                proven: r.record.proven,
+                proven: r.record.proven && !r.unverified.contains(digest),
                 url: r.record.public_url.clone(),
             })
             .collect();
@@ -1354,15 +1366,24 @@ impl Directory {
         let quarantined = relay.record.quarantined.is_some();
         let held: BTreeSet<Digest> = reported.into_iter().filter(|d| self.blobs.contains_key(d)).collect();
         let held_changed = held != relay.held;
+        // What a relay newly reports holding is checked (one chunk, asked as a client would)
+        // before a plain client is sent to it for that artifact. Only a proven relay's first
+        // report after a directory restart is taken on trust.
+        let trusted = relay.record.proven && !relay.reported;
+        relay.reported = true;
         if held_changed {
             for d in relay.held.difference(&held) {
                 if let Some(h) = self.holders.get_mut(d) {
                     h.remove(&from);
                 }
             }
+            relay.unverified.retain(|d| held.contains(d));
             if !quarantined {
                 for d in held.difference(&relay.held) {
                     self.holders.entry(*d).or_default().insert(from);
+                    if self.config.check_possession && !trusted {
+                        relay.unverified.insert(*d);
+                    }
                 }
             }
             relay.held = held;
@@ -1499,6 +1520,7 @@ impl Directory {
                 Ok(()) => {
                     r.audits.0 += 1;
                     r.strikes = None;
+                    r.unverified.remove(&digest);
                     if let Some((_, clean)) = &mut r.probation {
                         *clean += 1;
                     }
@@ -1603,7 +1625,9 @@ impl Directory {
             if checked && probe_due {
                 probes.push(*id);
             }
-            if checked && !r.suspended && r.audit.is_none() && now >= r.next_audit {
+            if checked && !r.suspended && r.audit.is_none() && !r.unverified.is_empty() {
+                audits.push(*id); // a possession check, at once; the regular walk keeps its time
+            } else if checked && !r.suspended && r.audit.is_none() && now >= r.next_audit {
                 r.next_audit = now + self.config.audit_interval;
                 audits.push(*id);
             }
@@ -1659,6 +1683,19 @@ impl Directory {
     /// chunk it holds.
     fn start_audit(&mut self, relay: NodeId) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
+        let blobs = &self.blobs;
+        r.unverified.retain(|d| blobs.contains_key(d)); // expunged or unnamed meanwhile
+        let unverified = r.unverified.iter().find_map(|d| blobs.get(d).map(|b| (*d, b.manifest.chunk_count())));
+        if let Some((digest, chunks)) = unverified {
+            if chunks == 0 {
+                r.unverified.remove(&digest); // an empty file: nothing a relay could lie about
+                return;
+            }
+            let index = self.rng.below(chunks);
+            let range = self.blobs[&digest].manifest.chunk_range(index).expect("index below the chunk count");
+            self.audit_chunk(relay, digest, index, range);
+            return;
+        }
         let held: Vec<(Digest, u64)> =
             r.held.iter().filter_map(|d| self.blobs.get(d).map(|b| (*d, b.manifest.chunk_count()))).filter(|(_, n)| *n > 0).collect();
         let total: u64 = held.iter().map(|(_, n)| n).sum();
@@ -1761,6 +1798,7 @@ impl Directory {
                         _ => None,
                     },
                     (checked && !r.suspended && r.audit.is_none() && !r.held.is_empty()).then_some(r.next_audit),
+                    (checked && !r.suspended && r.audit.is_none() && !r.unverified.is_empty()).then_some(Instant::ZERO),
                     r.absent_since.filter(|_| r.record.quarantined.is_none()).map(|t| t + self.config.forget_after),
                 ]
             })
@@ -2010,6 +2048,8 @@ impl RelayState {
             failure: None,
             probation: None,
             strikes: None,
+            unverified: BTreeSet::new(),
+            reported: false,
             absent_since: Some(now),
         }
     }

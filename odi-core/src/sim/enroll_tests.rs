@@ -146,3 +146,22 @@ fn a_relay_claiming_blobs_it_does_not_serve_is_quarantined() {
     assert_eq!(v.status, RelayStatus::Quarantined, "{v:?}");
     assert!(v.quarantined.as_deref().is_some_and(|q| q.contains("HTTP 404")), "{v:?}");
 }
+
+#[test]
+fn a_relay_that_never_had_the_bytes_gets_no_plain_client_and_is_caught() {
+    let mut sim = Sim::with_config(107, |c| c.audit_interval = Duration::from_secs(1));
+    let cat = sim.create_catalog("c", 2);
+    sim.publish(&cat, "f", &Sim::data(1, 2 * MIN_CHUNK_SIZE as usize));
+    sim.add_relay(1, 100 * MB);
+    // Reports every download done without storing a byte, from its first day.
+    let fake = sim.add_relay(2, 100 * MB);
+    sim.relays.get_mut(&fake).unwrap().fake = true;
+    for _ in 0..100 {
+        sim.run_for(Duration::from_millis(100));
+        for _ in 0..3 {
+            let target = sim.redirect("c", "f").unwrap().target.map(|u| sim.relay_at(&u));
+            assert_ne!(target, Some(fake), "a plain client sent to a relay whose possession was never shown");
+        }
+    }
+    assert_eq!(view(&sim, fake).unwrap().status, RelayStatus::Quarantined, "its possession checks got 404s");
+}

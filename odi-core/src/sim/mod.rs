@@ -382,7 +382,9 @@ impl Sim {
                 if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up && r.incarnation == incarnation) {
                     match known {
                         Ok(size) => {
-                            r.store.insert(digest, size);
+                            if !r.fake {
+                                r.store.insert(digest, size);
+                            }
                             r.dropped.remove(&digest);
                             r.fetches += 1;
                             r.machine.handle_fetch(digest, Ok(()), now);
