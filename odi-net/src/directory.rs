@@ -317,6 +317,7 @@ async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u
 /// Fetches one chunk from a relay as a client would (`ask`: its path, request shape and user
 /// agent), reading no further than the chunk's end, for `handle_audit` to check.
 async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::ops::Range<u64>, attempt: u64, ask: AuditRequest) {
+    let started = std::time::Instant::now();
     let fetch = async {
         let mut req = Request::get(format!("{url}/{}", ask.path)).header(header::USER_AGENT, ask.user_agent);
         req = match ask.shape {
@@ -347,7 +348,8 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::op
         client::read_span(resp.into_body(), skip, range.end - range.start, exact).await.map_err(|e| AuditError::Fetch(e.to_string()))
     };
     let outcome = fetch.await;
-    let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, now));
+    let took = started.elapsed();
+    let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, took, now));
     execute(&shared, effects).await;
 }
 

@@ -56,6 +56,12 @@ use crate::time::{Instant, UnixTime};
 /// enough that a volunteer sees plain-client traffic the day they join.
 pub const DEFAULT_PROBATION: Duration = Duration::from_secs(6 * 3600);
 
+/// The redirect weight of a relay no audit has measured yet: 10 MB/s.
+const UNMEASURED_BANDWIDTH: u64 = 10_000_000;
+/// One audit is one stream from one place; a relay serves many. Its measured rate times this
+/// caps its redirect weight.
+const MEASURED_HEADROOM: u64 = 4;
+
 /// Bandwidth assumed for a relay that states none (0 = unlimited): 1 Gbit/s.
 const NOMINAL_BANDWIDTH: u64 = 125_000_000;
 
@@ -424,6 +430,8 @@ struct RelayState {
     probation: Option<(Instant, u64)>,
     /// Audits answered with a status instead of the bytes: since when, and how many.
     strikes: Option<(Instant, u32)>,
+    /// The best rate (bytes/s) its audit answers came at, decaying slowly toward newer ones.
+    measured: Option<u64>,
     /// Held, but not yet shown by an audit: no plain client is sent here for these.
     unverified: BTreeSet<Digest>,
     /// Has heartbeated since the directory started.
@@ -1141,7 +1149,7 @@ impl Directory {
             .filter(|r| self.redirectable(r, now) && min_generation.is_none_or(|g| r.applied_generation >= g))
             .map(|r| Candidate {
                 id: r.record.id,
-                weight: bandwidth_weight(r),
+                weight: redirect_weight(r),
                 load: f64::from(r.active + r.redirected),
                 draining: r.record.draining,
                 proven: r.record.proven && !r.unverified.contains(digest),
@@ -1507,7 +1515,9 @@ impl Directory {
     }
 
     /// The outcome of an `Effect::Audit`: the bytes the relay served, or why it served none.
-    pub fn handle_audit(&mut self, relay: NodeId, attempt: u64, outcome: Result<Bytes, AuditError>, now: Instant) {
+    /// `took` is how long the fetch took, from request to the chunk's last byte: it measures the
+    /// relay's serving rate.
+    pub fn handle_audit(&mut self, relay: NodeId, attempt: u64, outcome: Result<Bytes, AuditError>, took: Duration, now: Instant) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
         let Some((running, digest, index)) = r.audit else { return };
         if running != attempt {
@@ -1520,6 +1530,8 @@ impl Directory {
                 Ok(()) => {
                     r.audits.0 += 1;
                     r.strikes = None;
+                    let rate = (bytes.len() as u128 * 1000 / took.as_millis().max(1)) as u64;
+                    r.measured = Some(r.measured.map_or(rate, |m| (m - m / 16).max(rate)));
                     r.unverified.remove(&digest);
                     if let Some((_, clean)) = &mut r.probation {
                         *clean += 1;
@@ -2049,6 +2061,7 @@ impl RelayState {
             probation: None,
             strikes: None,
             unverified: BTreeSet::new(),
+            measured: None,
             reported: false,
             absent_since: Some(now),
         }
@@ -2074,6 +2087,14 @@ fn bandwidth_weight(r: &RelayState) -> u64 {
         b => b,
     }
     .max(1)
+}
+
+/// A relay's weight in the redirect choice: the bandwidth it declares, but no more than
+/// `MEASURED_HEADROOM` times what its audits measured (a relay not yet measured counts
+/// `UNMEASURED_BANDWIDTH`), so declaring 10 GB/s wins no more clients than serving fast does.
+fn redirect_weight(r: &RelayState) -> u64 {
+    let cap = r.measured.map_or(UNMEASURED_BANDWIDTH, |m| m.saturating_mul(MEASURED_HEADROOM));
+    bandwidth_weight(r).min(cap).max(1)
 }
 
 /// A relay's share of assignments: the geometric mean of its disk budget (GiB) and bandwidth

@@ -165,3 +165,22 @@ fn a_relay_that_never_had_the_bytes_gets_no_plain_client_and_is_caught() {
     }
     assert_eq!(view(&sim, fake).unwrap().status, RelayStatus::Quarantined, "its possession checks got 404s");
 }
+
+#[test]
+fn declaring_a_huge_bandwidth_wins_no_more_clients_than_serving_fast_does() {
+    let mut sim = Sim::with_config(108, |c| c.audit_interval = Duration::from_millis(500));
+    let cat = sim.create_catalog("c", 2);
+    sim.publish(&cat, "f", &Sim::data(1, 2 * MIN_CHUNK_SIZE as usize));
+    let honest = sim.add_relay(1, 100 * MB);
+    let boaster = sim.add_relay(2, 100 * MB);
+    let now = sim.now;
+    let r = sim.relays.get_mut(&boaster).unwrap();
+    r.config.capacity.bandwidth = 10_000_000_000; // claims 10 GB/s, serves like the other
+    r.machine = Relay::new(r.config.clone(), [], [], now);
+    sim.run_for(Duration::from_secs(30));
+    let urls: Vec<RelayUrl> = (0..1000).filter_map(|_| sim.redirect("c", "f").unwrap().target).collect();
+    let targets: Vec<NodeId> = urls.iter().map(|u| sim.relay_at(u)).collect();
+    let won = targets.iter().filter(|t| **t == boaster).count();
+    assert!(targets.len() == 1000 && targets.contains(&honest));
+    assert!(won < 700, "the boaster won {won} of 1000 redirects");
+}

@@ -43,7 +43,7 @@ enum Delivery {
     ToRelay { to: NodeId, msg: Message },
     FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
     SelfTestDone { relay: NodeId, attempt: u64, up: bool },
-    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError> },
+    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError>, took: Duration },
     StorageDone { id: directory::RequestId, records: Vec<Record>, ok: bool },
 }
 
@@ -309,7 +309,7 @@ impl Sim {
                             _ => Err(directory::AuditError::Fetch("connection refused".to_owned())),
                         };
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
-                        self.schedule(delay, Delivery::AuditDone { relay, attempt, result });
+                        self.schedule(delay, Delivery::AuditDone { relay, attempt, result, took: delay });
                     }
                 }
             }
@@ -393,7 +393,7 @@ impl Sim {
                     }
                 }
             }
-            Delivery::AuditDone { relay, attempt, result } => self.dir.handle_audit(relay, attempt, result, now),
+            Delivery::AuditDone { relay, attempt, result, took } => self.dir.handle_audit(relay, attempt, result, took, now),
             Delivery::StorageDone { id, records, ok } => self.storage_done(id, records, ok),
             Delivery::SelfTestDone { relay, attempt, up } => {
                 let outcome = if up { Ok(relay) } else { Err("connection refused".into()) };
