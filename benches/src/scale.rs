@@ -178,6 +178,7 @@ impl Fleet {
         let mut config = DirectoryConfig::new(NodeId(id));
         // Every relay serves at once: the figures are for a network in steady state.
         config.probation = std::time::Duration::ZERO;
+        config.check_possession = false;
         let dir = Directory::new(config, Seed(seed));
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };

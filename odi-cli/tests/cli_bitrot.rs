@@ -16,6 +16,13 @@ const DOWNLOADS: usize = 20;
 
 struct Proc(Child);
 
+/// Kills `old` (and waits for it), then starts its replacement.
+fn start_relay_after_kill(old: &mut Proc, start: impl FnOnce() -> Proc) -> Proc {
+    let _ = old.0.kill();
+    let _ = old.0.wait();
+    start()
+}
+
 impl Drop for Proc {
     fn drop(&mut self) {
         let _ = self.0.kill();
@@ -182,11 +189,8 @@ fn plain_clients_never_complete_a_rotten_file_and_the_relay_heals() {
     odi_ok(&["catalog", "create", "c", "--directory", &dir_url, "--replicas", "3"]);
 
     let mut relays = Vec::new();
-    for i in 0..3 {
-        let port = free_port();
-        let data = tmp.path().join(format!("r{i}"));
-        let url = format!("http://127.0.0.1:{port}");
-        let proc = spawn(&[
+    let start_relay = |port: u16, data: &std::path::Path| {
+        spawn(&[
             "relay",
             "--listen",
             &format!("127.0.0.1:{port}"),
@@ -195,13 +199,20 @@ fn plain_clients_never_complete_a_rotten_file_and_the_relay_heals() {
             "--directory",
             &dir_url,
             "--public-url",
-            &url,
+            &format!("http://127.0.0.1:{port}"),
             "--disk-budget",
             "1GiB",
             "--scrub-rate",
             "0",
-        ]);
-        relays.push((proc, data, url));
+        ])
+    };
+    let mut ports = Vec::new();
+    for i in 0..3 {
+        let port = free_port();
+        let data = tmp.path().join(format!("r{i}"));
+        let url = format!("http://127.0.0.1:{port}");
+        relays.push((start_relay(port, &data), data, url));
+        ports.push(port);
     }
 
     // A multi-chunk file, a small one (served from memory once verified) and a wheel.
@@ -216,7 +227,7 @@ fn plain_clients_never_complete_a_rotten_file_and_the_relay_heals() {
     }
     wait_for(60, "three ready relays", || ready_count(&dir_url) == 3);
 
-    let (_, rotten_data, rotten_url) = &relays[0];
+    let (rotten_data, rotten_url) = (relays[0].1.clone(), relays[0].2.clone());
     let mut wrong = Vec::new();
     let mut failed = 0;
     // (client, artifact, offset of the rot): the middle of a large file's third chunk, a small
@@ -231,9 +242,16 @@ fn plain_clients_never_complete_a_rotten_file_and_the_relay_heals() {
     for (round, (client, name, offset)) in cases.into_iter().enumerate() {
         let expected = std::fs::read(files.join(name)).unwrap();
         let hex = sha256(&expected);
-        let path = blob_path(rotten_data, &hex);
+        let path = blob_path(&rotten_data, &hex);
         assert_eq!(sha256(&std::fs::read(&path).unwrap()), hex, "round {round}: the relay starts with a good copy");
         rot(&path, offset);
+        if round == 0 {
+            // The directory's possession check read the small blob, so the relay serves it from a
+            // verified copy in memory (no wrong byte can come of the rot then). Restart the relay
+            // so that this blob is read from its rotten disk copy, as after a reboot.
+            relays[0].0 = start_relay_after_kill(&mut relays[0].0, || start_relay(ports[0], &rotten_data));
+            wait_for(30, "the restarted relay to answer", || run("curl", &["-sSf", &format!("{rotten_url}/healthz")]).status.success());
+        }
         // Once straight at the rotten relay (so the rot is surely met), then through the
         // directory, as users do.
         let direct = format!("{rotten_url}/r/c/{name}");

@@ -203,10 +203,17 @@ fn log_event(event: &Event) {
         Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
         Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
         Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
-        Event::StandingChanged { standing } => match &standing.reason {
-            None => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
-            Some(reason) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
-        },
+        Event::StandingChanged { standing } => {
+            use odi_core::message::RelayStatus;
+            // A step on the way in (enrolled, probation) is news; a failure is the operator's to fix.
+            let trouble = matches!(standing.status, RelayStatus::Suspended | RelayStatus::Quarantined | RelayStatus::Unhealthy)
+                || standing.reason.as_deref().is_some_and(|r| r.contains("failed"));
+            match (&standing.reason, trouble) {
+                (None, _) => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
+                (Some(reason), false) => tracing::info!(status = %standing.status, %reason, "the directory sees this relay as {}: {reason}", standing.status),
+                (Some(reason), true) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
+            }
+        }
         Event::Corrupt { digest } => {
             tracing::error!(%digest, "stored copy failed its check (bit rot or tampering); dropped it, told the directory, fetching it again")
         }

@@ -436,6 +436,9 @@ struct RelayState {
     unverified: BTreeSet<Digest>,
     /// Has heartbeated since the directory started.
     reported: bool,
+    /// The generation of the first full state sent since it was (re)admitted: a relay answers
+    /// for names and serves at all only once it has applied one, so it is audited from then on.
+    first_state: Option<u64>,
     /// Not heard from since this instant (lost, or known only from before a restart).
     absent_since: Option<Instant>,
 }
@@ -774,6 +777,7 @@ impl Directory {
                 } else if readmitted && !relay.lost {
                     // Readmitted: what it holds can be served again once it passes a self-test.
                     relay.tested = false;
+                    relay.first_state = None;
                     relay.suspended = false;
                     let (id, held) = (record.id, relay.held.clone());
                     for d in held {
@@ -1320,6 +1324,7 @@ impl Directory {
             // New relay, or a new URL or capacity: test it again before trusting it.
             relay.record = record.clone();
             relay.tested = false;
+            relay.first_state = None;
             self.events.push_back(Event::RelayEnrolled { relay: from, url: record.public_url });
             self.assignment_dirty = true;
         }
@@ -1328,6 +1333,7 @@ impl Directory {
             relay.held.clear();
             relay.lost = false;
             relay.tested = false;
+            relay.first_state = None;
         }
         relay.last_seen = Some(now);
         relay.absent_since = None;
@@ -1358,6 +1364,7 @@ impl Directory {
             }
             relay.lost = false;
             relay.tested = false;
+            relay.first_state = None;
             self.assignment_dirty = true;
         }
         // Expunged digests it no longer reports are confirmed deleted.
@@ -1408,7 +1415,13 @@ impl Directory {
         let full = relay.tested && (held_changed || hb.generation != self.generation);
         let state = full.then(|| self.assignment_for(relay, now));
         let generation = if state.is_some() { self.generation } else { hb.generation.min(self.generation) };
-        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged, standing: Some(self.standing(relay, now)) })
+        let standing = self.standing(relay, now);
+        if state.is_some()
+            && let Some(relay) = self.relays.get_mut(&from)
+        {
+            relay.first_state.get_or_insert(generation);
+        }
+        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged, standing: Some(standing) })
     }
 
     fn assignment_for(&self, relay: &RelayState, now: Instant) -> RelayAssignment {
@@ -1618,6 +1631,7 @@ impl Directory {
             if !r.lost && r.last_seen.is_some_and(|t| now >= t + lease) {
                 r.lost = true;
                 r.tested = false;
+                r.first_state = None;
                 r.absent_since = Some(now);
                 lost.push(*id);
             }
@@ -1637,9 +1651,10 @@ impl Directory {
             if checked && probe_due {
                 probes.push(*id);
             }
-            if checked && !r.suspended && r.audit.is_none() && !r.unverified.is_empty() {
+            let auditable = r.auditable() && !r.suspended && r.audit.is_none();
+            if auditable && !r.unverified.is_empty() {
                 audits.push(*id); // a possession check, at once; the regular walk keeps its time
-            } else if checked && !r.suspended && r.audit.is_none() && now >= r.next_audit {
+            } else if auditable && now >= r.next_audit {
                 r.next_audit = now + self.config.audit_interval;
                 audits.push(*id);
             }
@@ -1677,8 +1692,7 @@ impl Directory {
         let Some(range) = blob.manifest.chunk_range(index) else { return ReportOutcome::Ignored };
         let found = self.relays.iter().find(|(_, r)| url.strip_prefix(r.record.public_url.as_str()).is_some_and(|rest| rest.starts_with('/')));
         let Some((&relay, r)) = found else { return ReportOutcome::Ignored };
-        let checked = r.tested && !r.lost && r.record.quarantined.is_none();
-        if !checked || !r.held.contains(&digest) {
+        if !r.auditable() || !r.held.contains(&digest) {
             return ReportOutcome::Ignored;
         }
         if r.audit.is_some() || r.last_report_audit.is_some_and(|t| now < t + REPORT_AUDIT_GAP) {
@@ -1809,8 +1823,8 @@ impl Directory {
                         SelfTest::RetryAt(t) if checked => Some(t),
                         _ => None,
                     },
-                    (checked && !r.suspended && r.audit.is_none() && !r.held.is_empty()).then_some(r.next_audit),
-                    (checked && !r.suspended && r.audit.is_none() && !r.unverified.is_empty()).then_some(Instant::ZERO),
+                    (r.auditable() && !r.suspended && r.audit.is_none() && !r.held.is_empty()).then_some(r.next_audit),
+                    (r.auditable() && !r.suspended && r.audit.is_none() && !r.unverified.is_empty()).then_some(Instant::ZERO),
                     r.absent_since.filter(|_| r.record.quarantined.is_none()).map(|t| t + self.config.forget_after),
                 ]
             })
@@ -2038,6 +2052,13 @@ fn place_in_order(ranked: &mut [(f64, NodeId)], want: usize, mut try_place: impl
 }
 
 impl RelayState {
+    /// Audits are fair only once the relay has applied a state since it was (re)admitted: before
+    /// that an honest relay serves nothing (it waits for the directory's word on expunges) and
+    /// knows no names.
+    fn auditable(&self) -> bool {
+        self.tested && !self.lost && self.record.quarantined.is_none() && self.first_state.is_some_and(|g| self.applied_generation >= g)
+    }
+
     fn new(record: RelayRecord, now: Instant) -> Self {
         Self {
             record,
@@ -2063,6 +2084,7 @@ impl RelayState {
             unverified: BTreeSet::new(),
             measured: None,
             reported: false,
+            first_state: None,
             absent_since: Some(now),
         }
     }
