@@ -89,6 +89,10 @@ struct DirectoryArgs {
     /// How often each relay's content is audited (one random chunk, hash-checked).
     #[arg(long, value_parser = units::parse_duration)]
     audit_interval: Option<Duration>,
+    /// Accept loopback and private relay URLs even when this directory's public URL is not in
+    /// the same class (link-local and cloud metadata addresses stay refused).
+    #[arg(long)]
+    allow_private_relays: bool,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -259,6 +263,7 @@ struct FileConfig {
     lease: Option<String>,
     probe_interval: Option<String>,
     audit_interval: Option<String>,
+    allow_private_relays: Option<bool>,
     #[serde(default)]
     directory: Vec<String>,
     disk_budget: Option<String>,
@@ -329,6 +334,7 @@ async fn run(command: Command) -> Result<()> {
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
+            options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             let listener = bind(listen).await?;

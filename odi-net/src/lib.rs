@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 pub mod client;
 pub mod crash;
 pub mod directory;
+mod failures;
 pub mod http;
 pub mod keys;
 pub mod limit;
@@ -83,6 +84,10 @@ impl Clock {
     }
 }
 
+/// The address a request came from (a request extension set by the accept loop).
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct ClientAddr(pub std::net::IpAddr);
+
 /// Time allowed for a client to send its request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections still open this long after shutdown begins are cut.
@@ -100,7 +105,7 @@ where
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
     tokio::pin!(shutdown);
     loop {
-        let (stream, _peer) = tokio::select! {
+        let (stream, peer) = tokio::select! {
             () = &mut shutdown => break,
             accepted = listener.accept() => match accepted {
                 Ok(conn) => conn,
@@ -114,7 +119,8 @@ where
         };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
-        let service = hyper::service::service_fn(move |req| {
+        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
+            req.extensions_mut().insert(ClientAddr(peer.ip()));
             let fut = handler(req);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });

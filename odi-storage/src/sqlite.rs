@@ -57,6 +57,7 @@ impl SqliteMeta {
         let fail = |what: &str, e: rusqlite::Error| {
             StorageError::backend(STORE, format!("cannot open {}: {what}: {e}; check the path and its permissions", path.display()))
         };
+        make_private(&path)?;
         let mut conn = Connection::open(&path).map_err(|e| fail("open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("set busy timeout", e))?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| fail("enable WAL", e))?;
@@ -184,6 +185,28 @@ impl From<rusqlite::Error> for DbError {
     fn from(e: rusqlite::Error) -> Self {
         Self::Sql(e)
     }
+}
+
+/// Creates the database file with mode 0600 if it is new, and makes it and its WAL and
+/// shared-memory files 0600 if they exist: SQLite gives the files it creates later the
+/// database file's mode, so they stay private too.
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let fail = |what: &Path, e: std::io::Error| StorageError::backend(STORE, format!("cannot make {} private (mode 0600): {e}", what.display()));
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(|e| fail(path, e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&file, e)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
 
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
