@@ -300,7 +300,8 @@ async fn own_address_class(url: &str) -> Result<AddressClass, NetError> {
         return Ok(class);
     }
     let odi_core::message::Host::Name(host) = url.host() else { return Ok(class) };
-    let Ok(addrs) = tokio::net::lookup_host((host, 80)).await else { return Ok(AddressClass::Public) };
+    // Unresolvable now: the strict rule, until the operator says otherwise.
+    let Ok(Ok(addrs)) = tokio::time::timeout(SELF_TEST_TIMEOUT, tokio::net::lookup_host((host, 80))).await else { return Ok(AddressClass::Public) };
     let classes: Vec<AddressClass> = addrs.map(|a| classify_ip(a.ip())).collect();
     Ok(if classes.is_empty() || classes.iter().any(|c| !matches!(c, AddressClass::Loopback | AddressClass::Private)) {
         AddressClass::Public
