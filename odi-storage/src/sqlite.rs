@@ -297,6 +297,16 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
     let mut stmt = tx.prepare("SELECT id, record FROM relays ORDER BY id")?;
     for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
         let (id, record) = row?;
+        // A relay enrolled under an older, looser URL rule is dropped: it must enroll again, and
+        // its URL is then judged by today's rule. Anything else unreadable is corruption.
+        if serde_json::from_str::<serde_json::Value>(&record)
+            .ok()
+            .and_then(|v| v.get("public_url").and_then(|u| u.as_str()).map(|u| odi_core::message::RelayUrl::new(u).is_err()))
+            .unwrap_or(false)
+        {
+            tracing::warn!(relay = %id, "dropped a relay whose stored URL today's rule refuses; it must enroll again");
+            continue;
+        }
         let record: RelayRecord = from_json("relays", &id, serde_json::from_str(&record))?;
         records.push(Record::Relay(record));
     }
@@ -365,6 +375,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(dir.path().join("directory.db")).unwrap();
         (meta, dir)
+    }
+
+    #[tokio::test]
+    async fn a_relay_stored_under_a_looser_url_rule_is_dropped_on_load() {
+        let (meta, dir) = scratch();
+        meta.apply(&[relay(1, &[]), relay(3, &[])]).await.unwrap();
+        {
+            let conn = Connection::open(dir.path().join("directory.db")).unwrap();
+            let old: String = conn.query_row("SELECT record FROM relays ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
+            let old = old.replace("https://relay-1.example.org", "http://a:b:c");
+            conn.execute("UPDATE relays SET record = ?1 WHERE record LIKE '%relay-1.%'", params![old]).unwrap();
+        }
+        assert_eq!(meta.load().await.unwrap(), vec![relay(3, &[])]);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (meta, dir) = scratch();
+        meta.apply(&[relay(1, &[])]).await.unwrap();
+        for name in ["directory.db", "directory.db-wal", "directory.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
     }
 
     #[tokio::test]
