@@ -184,20 +184,6 @@ impl RelayUrl {
         parse_authority(rest.split('/').next().unwrap_or_default()).map_or(Host::Name(""), |(host, _)| host)
     }
 
-    /// `scheme://host:port`, lowercase, with the default port made explicit: two URLs with the
-    /// same origin reach the same server.
-    pub fn origin(&self) -> String {
-        let (scheme, rest) = split_scheme(&self.0).unwrap_or(("http", &self.0));
-        let authority = rest.split('/').next().unwrap_or_default();
-        let port = parse_authority(authority).ok().and_then(|(_, port)| port).unwrap_or(if scheme == "https" { 443 } else { 80 });
-        let host = match self.host() {
-            Host::Name(name) => name.to_ascii_lowercase(),
-            Host::Ip(IpAddr::V4(ip)) => ip.to_string(),
-            Host::Ip(IpAddr::V6(ip)) => format!("[{ip}]"),
-        };
-        format!("{scheme}://{host}:{port}")
-    }
-
     /// What the host is, before any name resolution.
     pub fn address_class(&self) -> AddressClass {
         match self.host() {
@@ -645,14 +631,5 @@ mod tests {
         assert!(onprem.check(Private).is_ok() && onprem.check(Loopback).is_err());
         let any = AddressPolicy::for_directory(Public, true);
         assert!(any.check(Loopback).is_ok() && any.check(Private).is_ok() && any.check(Refused("a link-local address")).is_err());
-    }
-
-    #[test]
-    fn origins_compare_servers() {
-        let o = |u: &str| RelayUrl::new(u).unwrap().origin();
-        assert_eq!(o("http://Relay.Example.org/odi"), "http://relay.example.org:80");
-        assert_eq!(o("http://relay.example.org:80"), "http://relay.example.org:80");
-        assert_eq!(o("https://[::1]"), "https://[::1]:443");
-        assert_ne!(o("http://a:81"), o("http://a:80"));
     }
 }
