@@ -111,6 +111,7 @@ pub(crate) async fn start_relay(data: &Path, directory: &str, catalogs: &[&str],
         catalogs: catalogs.iter().map(|c| (*c).to_owned()).collect(),
         enroll_token: ENROLL_TOKEN.into(),
         max_fetches,
+        scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
     };
     let server = RelayServer::open(options).await.context("cannot open the relay")?;
     Ok(Node::spawn(url, |stopped| async move {

@@ -34,6 +34,8 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     options.public_url = Some(dir_url.clone());
     options.heartbeat_interval = Duration::from_secs(1);
     options.lease = Duration::from_secs(4);
+    // A loopback network of its own: plain clients may use a relay as soon as it is ready.
+    options.probation = Duration::ZERO;
     let directory = odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
     let (Some(admin_path), Some(enroll_path)) = (directory.admin_token_path.clone(), directory.enroll_token_path.clone()) else {
         bail!("odi dev keeps its tokens in files; unset ODI_ADMIN_TOKEN and ODI_ENROLL_TOKEN");
@@ -59,6 +61,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
             catalogs: Vec::new(),
             enroll_token: enroll_token.clone(),
             max_fetches: 4,
+            scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
         };
         let relay = odi_net::relay::RelayServer::open(options).await?;
         tasks.push(tokio::spawn(relay.run(listener, stopped(stop_rx.clone()))));

@@ -55,7 +55,7 @@ pub(crate) async fn get(args: GetArgs) -> Result<PathBuf> {
     }
     let client = HttpClient::new();
     if !to_stdout && let Some(metalink) = discover_metalink(&client, &args.url).await? {
-        return odi_download(&client, metalink, &output, args.resume, expected).await;
+        return odi_download(&client, metalink, &args.url, &output, args.resume, expected).await;
     }
     let mut url = args.url.clone();
     let mut redirects = 0;
@@ -176,8 +176,9 @@ async fn discover_metalink(client: &HttpClient, url: &str) -> Result<Option<meta
 }
 
 /// Downloads from every source the metalink lists at once, each chunk verified against its
-/// hash, bad chunks fetched again elsewhere, into `FILE.part` (kept for `-c` on failure).
-async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, output: &Path, resume: bool, expected: Option<Digest>) -> Result<PathBuf> {
+/// hash, bad chunks fetched again elsewhere, into `FILE.part` (kept for `-c` on failure). The
+/// directory at `url`'s origin hears of every source that sent a bad chunk.
+async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, url: &str, output: &Path, resume: bool, expected: Option<Digest>) -> Result<PathBuf> {
     let manifest = metalink.manifest;
     if let Some(expected) = expected
         && expected != manifest.digest()
@@ -207,6 +208,12 @@ async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, output: &
     let progress = |bytes: u64| bar.set_position(bytes);
     let result = downloader.download(&manifest, &sources, partial, have, &progress).await;
     bar.finish_and_clear();
+    let report = match &result {
+        Ok((_, report)) | Err((_, report)) => report,
+    };
+    if let Ok(directory) = resolve(url, "/") {
+        odi_net::transfer::report_rejected(client, &directory, manifest.digest(), report).await;
+    }
     let (partial, report) = match result {
         Ok(ok) => ok,
         Err((e, report)) => {

@@ -39,9 +39,19 @@ pub(crate) fn catalogs(list: &Value) -> String {
         ("SIZE", Align::Right),
         ("CHUNK", Align::Right),
         ("SEQ", Align::Right),
+        ("MUTABLE", Align::Left),
     ]);
     for c in list.as_array().into_iter().flatten() {
-        t.row(vec![text(&c["name"]), text(&c["replicas"]), text(&c["artifacts"]), size(&c["bytes"]), size(&c["chunk_size"]), text(&c["seq"])]);
+        let mutable = if c["mutable"] == Value::Bool(true) { "yes" } else { "no" };
+        t.row(vec![
+            text(&c["name"]),
+            text(&c["replicas"]),
+            text(&c["artifacts"]),
+            size(&c["bytes"]),
+            size(&c["chunk_size"]),
+            text(&c["seq"]),
+            mutable.to_owned(),
+        ]);
     }
     t.render()
 }

@@ -9,7 +9,7 @@ use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, Parser, Subcommand};
 use http::Method;
 use serde::{Deserialize, Serialize};
-use serde_json::json;
+use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// Every `println!` in this crate goes through `output::line`: a reader that went away
@@ -56,7 +56,15 @@ enum Command {
     /// Upload files, or whole directory trees, into a catalog.
     #[command(long_about = PUBLISH_HELP)]
     Publish(PublishArgs),
-    /// Withdraw an artifact for good: no more redirects, relays delete it.
+    /// Withdraw one name (--catalog NAME PATH), or bar an artifact's bytes everywhere (--digest).
+    ///
+    /// `odi expunge --catalog NAME PATH` withdraws that one name: it answers 410 from then on,
+    /// and the same bytes stay served under any other name that holds them (relays drop them
+    /// once no name does). In an immutable catalog the name is not reused for other bytes.
+    ///
+    /// `odi expunge --digest sha256:HEX` bars the bytes themselves, for a defective or dangerous
+    /// artifact: every name holding them, in every catalog, answers 410, `/blobs/sha256/HEX`
+    /// too, publishing them again anywhere is refused, and relays delete them at once.
     Expunge(ExpungeArgs),
     /// Show the relays a directory knows and their state.
     Relays(RelaysArgs),
@@ -93,6 +101,10 @@ struct DirectoryArgs {
     /// the same class (link-local and cloud metadata addresses stay refused).
     #[arg(long)]
     allow_private_relays: bool,
+    /// How long a new or readmitted relay serves only clients that verify what they get
+    /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
+    #[arg(long, value_parser = units::parse_duration)]
+    probation: Option<Duration>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -119,6 +131,10 @@ struct RelayArgs {
     /// Upload bandwidth offered, e.g. 100MB/s (used to weigh assignments and redirects).
     #[arg(long, value_parser = units::parse_rate)]
     bandwidth: Option<u64>,
+    /// Rate the background scrub re-reads held blobs at to find bit rot, e.g. 8MiB/s (the
+    /// default); 0 turns it off (reads are still checked as they are served).
+    #[arg(long, value_parser = units::parse_rate)]
+    scrub_rate: Option<u64>,
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -136,6 +152,12 @@ enum CatalogCommand {
         /// Chunk size for verification, e.g. 1MiB.
         #[arg(long, value_parser = units::parse_size)]
         chunk_size: Option<u64>,
+        /// Let paths be published again with other bytes (index files such as `Packages`,
+        /// `repomd.xml`, `latest.txt`); their answers are then revalidated by caches
+        /// (`no-cache` + ETag). Without it a path keeps its first bytes for good and is cached
+        /// as immutable; publishing other bytes under it is refused.
+        #[arg(long)]
+        mutable: bool,
     },
     /// List catalogs.
     Ls {
@@ -203,9 +225,15 @@ struct PublishArgs {
 struct ExpungeArgs {
     #[command(flatten)]
     target: Target,
-    #[arg(long)]
-    catalog: String,
-    path: String,
+    /// The catalog of PATH.
+    #[arg(long, required_unless_present = "digest", conflicts_with = "digest")]
+    catalog: Option<String>,
+    /// The name to withdraw (only this name: other names for the same bytes keep working).
+    #[arg(required_unless_present = "digest", requires = "catalog", conflicts_with = "digest")]
+    path: Option<String>,
+    /// Bar these bytes under every name, network-wide (sha256:HEX).
+    #[arg(long, value_name = "sha256:HEX")]
+    digest: Option<odi_core::Digest>,
 }
 
 #[derive(Args)]
@@ -264,12 +292,14 @@ struct FileConfig {
     probe_interval: Option<String>,
     audit_interval: Option<String>,
     allow_private_relays: Option<bool>,
+    probation: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
     disk_budget: Option<String>,
     #[serde(default)]
     catalog: Vec<String>,
     bandwidth: Option<String>,
+    scrub_rate: Option<String>,
 }
 
 impl FileConfig {
@@ -331,6 +361,9 @@ async fn run(command: Command) -> Result<()> {
             if let Some(d) = args.audit_interval.map(Ok).or_else(|| file.audit_interval.as_deref().map(units::parse_duration)) {
                 options.audit_interval = d.map_err(|e| anyhow!("audit_interval: {e}"))?;
             }
+            if let Some(d) = args.probation.map(Ok).or_else(|| file.probation.as_deref().map(units::parse_duration)) {
+                options.probation = d.map_err(|e| anyhow!("probation: {e}"))?;
+            }
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
@@ -369,6 +402,11 @@ async fn run(command: Command) -> Result<()> {
                 (None, Some(s)) => units::parse_rate(s).map_err(|e| anyhow!("bandwidth: {e}"))?,
                 (None, None) => 0,
             };
+            let scrub_rate = match (args.scrub_rate, file.scrub_rate.as_deref()) {
+                (Some(r), _) => r,
+                (None, Some(s)) => units::parse_rate(s).map_err(|e| anyhow!("scrub_rate: {e}"))?,
+                (None, None) => odi_net::relay::DEFAULT_SCRUB_RATE,
+            };
             let enroll_token =
                 std::env::var("ODI_ENROLL_TOKEN").map_err(|_| anyhow!("set ODI_ENROLL_TOKEN to the directory's enrollment token (its enroll.token file)"))?;
             let options = odi_net::relay::RelayOptions {
@@ -380,15 +418,18 @@ async fn run(command: Command) -> Result<()> {
                 catalogs: if args.catalogs.is_empty() { file.catalog } else { args.catalogs },
                 enroll_token,
                 max_fetches: 4,
+                scrub_rate,
             };
             let listener = bind(listen).await?;
             let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
             eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
-        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size }) => {
-            let created = target.admin()?.json(Method::POST, "catalogs", Some(json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size }))).await?;
-            println!("created catalog {} (replicas {}, chunk size {})", name, created["replicas"], created["chunk_size"]);
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable }) => {
+            let body = json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable });
+            let created = target.admin()?.json(Method::POST, "catalogs", Some(body)).await?;
+            let kind = if mutable { ", mutable" } else { "" };
+            println!("created catalog {} (replicas {}, chunk size {}{kind})", name, created["replicas"], created["chunk_size"]);
         }
         Command::Catalog(CatalogCommand::Ls { target, json }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
@@ -410,11 +451,7 @@ async fn run(command: Command) -> Result<()> {
             let (items, skipped) = publish::plan(&args.files, args.path.as_deref())?;
             publish::run(&args.target.admin()?, &args.catalog, items, &skipped).await?;
         }
-        Command::Expunge(args) => {
-            let path = encode_path(&args.path)?;
-            let out = args.target.admin()?.json(Method::DELETE, &format!("catalogs/{}/artifacts/{path}", args.catalog), None).await?;
-            println!("expunged {}/{} ({})", args.catalog, args.path, out["expunged"].as_str().unwrap_or("?"));
-        }
+        Command::Expunge(args) => expunge(args).await?,
         Command::Relays(args) => {
             let admin = args.target.admin()?;
             let mut relays = admin.json(Method::GET, "relays", None).await?;
@@ -444,6 +481,34 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Dev(args) => dev::run(args.relays, args.data).await?,
+    }
+    Ok(())
+}
+
+async fn expunge(args: ExpungeArgs) -> Result<()> {
+    let admin = args.target.admin()?;
+    let names = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect() };
+    if let Some(digest) = args.digest {
+        let out = admin.json(Method::DELETE, &format!("blobs/sha256/{}", digest.to_hex()), None).await?;
+        if out["already"] == Value::Bool(true) {
+            println!("{digest} was already expunged");
+            return Ok(());
+        }
+        let gone = names(&out["expunged"]);
+        let listed = if gone.is_empty() { "no name held it".to_owned() } else { format!("expunged {}", gone.join(", ")) };
+        println!("barred {digest} everywhere: {listed}; relays delete it now and publishing it is refused");
+        return Ok(());
+    }
+    // Both are required by clap unless --digest is given.
+    let (Some(catalog), Some(path)) = (args.catalog, args.path) else { bail!("give --catalog NAME PATH, or --digest sha256:HEX") };
+    let out = admin.json(Method::DELETE, &format!("catalogs/{catalog}/artifacts/{}", encode_path(&path)?), None).await?;
+    let digest = out["digest"].as_str().unwrap_or("?");
+    let others = names(&out["still_named"]);
+    if others.is_empty() {
+        println!("expunged {catalog}/{path} ({digest}); no other name holds those bytes");
+    } else {
+        println!("expunged {catalog}/{path} ({digest}); the same bytes stay served as {}", others.join(", "));
+        println!("to bar the bytes under every name: odi expunge --directory {} --digest {digest}", args.target.directory);
     }
     Ok(())
 }

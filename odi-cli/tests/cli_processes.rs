@@ -77,7 +77,10 @@ fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
 
 fn start_directory(data: &Path, port: u16) -> Proc {
     let listen = format!("127.0.0.1:{port}");
-    let p = spawn("directory", &["directory", "--listen", &listen, "--data", data.to_str().unwrap(), "--heartbeat-interval", "300ms", "--lease", "1500ms"]);
+    let p = spawn(
+        "directory",
+        &["directory", "--listen", &listen, "--data", data.to_str().unwrap(), "--heartbeat-interval", "300ms", "--lease", "1500ms", "--probation", "0s"],
+    );
     wait_for(20, "the directory to answer", || curl(&[&format!("http://{listen}/healthz")]).status.success());
     p
 }

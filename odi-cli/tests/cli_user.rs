@@ -85,11 +85,23 @@ fn finish(mut child: Child, secs: u64, what: &str) -> Output {
 
 fn directory_cmd(data: &Path, port: u16) -> Command {
     let mut cmd = Command::new(ODI);
-    cmd.args(["directory", "--listen", &format!("127.0.0.1:{port}"), "--data", data.to_str().unwrap(), "--heartbeat-interval", "300ms", "--lease", "1500ms"])
-        .env("ODI_ADMIN_TOKEN", ADMIN)
-        .env("ODI_ENROLL_TOKEN", ENROLL)
-        .env("ODI_LOG", "warn")
-        .stdout(Stdio::null());
+    cmd.args([
+        "directory",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--data",
+        data.to_str().unwrap(),
+        "--heartbeat-interval",
+        "300ms",
+        "--lease",
+        "1500ms",
+        "--probation",
+        "0s",
+    ])
+    .env("ODI_ADMIN_TOKEN", ADMIN)
+    .env("ODI_ENROLL_TOKEN", ENROLL)
+    .env("ODI_LOG", "warn")
+    .stdout(Stdio::null());
     cmd
 }
 

@@ -45,6 +45,8 @@ pub enum SigError {
     Replay,
     #[error("too many requests in flight to track their nonces; retry shortly")]
     ReplayCacheFull,
+    #[error("signed before this node started; sign the request again")]
+    BeforeStart,
 }
 
 /// The parameters of one signature.
@@ -134,33 +136,81 @@ pub struct SignedRequest<'a> {
     pub signature: Option<&'a str>,
 }
 
+/// A request head whose signature parameters parsed and are fresh: who *claims* to have signed
+/// it. Nothing is proven yet; the checks that cost something come after, in the order a server
+/// wants them: [`Claim::verify`] (one Ed25519 verification over the head, which binds the body
+/// through its `Content-Digest`), then [`Claim::check_body`] once the body is read, then the
+/// nonce, in the signer's own [`ReplayGuard`]. So a server can refuse a key it does not know
+/// before it verifies, reads or remembers anything.
+#[derive(Clone, Debug)]
+pub struct Claim {
+    params: SigParams,
+    content_digest: String,
+    base: String,
+    signature: [u8; 64],
+}
+
+impl Claim {
+    /// Parses the signature headers of `req` (its body is not looked at) and checks that the
+    /// signature is fresh at `now` and was made no earlier than `not_before` (a server refuses
+    /// signatures made before it started, whose nonces it cannot have remembered).
+    pub fn parse(req: &SignedRequest<'_>, now: UnixTime, not_before: UnixTime) -> Result<Self, SigError> {
+        let content_digest = req.content_digest.ok_or(SigError::Missing("Content-Digest"))?;
+        let params = parse_signature_input(req.signature_input.ok_or(SigError::Missing("Signature-Input"))?)?;
+        let sig_b64 = req
+            .signature
+            .ok_or(SigError::Missing("Signature"))?
+            .trim()
+            .strip_prefix("odi=:")
+            .and_then(|s| s.strip_suffix(':'))
+            .ok_or(SigError::Malformed("Signature"))?;
+        let signature: [u8; 64] = B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or(SigError::Malformed("Signature"))?;
+        if content_digest.len() > 100 {
+            return Err(SigError::Malformed("Content-Digest"));
+        }
+        let fresh = params.created <= now.0 + MAX_CLOCK_SKEW
+            && params.expires + MAX_CLOCK_SKEW > now.0
+            && params.expires > params.created
+            && params.expires - params.created <= MAX_SIGNATURE_LIFETIME;
+        if !fresh {
+            return Err(SigError::Expired);
+        }
+        if params.created < not_before.0 {
+            return Err(SigError::BeforeStart);
+        }
+        let base = signature_base(req.method, req.path, req.query, content_digest, &params);
+        Ok(Self { params, content_digest: content_digest.to_owned(), base, signature })
+    }
+
+    /// The key that claims to have signed.
+    pub fn keyid(&self) -> NodeId {
+        self.params.keyid
+    }
+
+    pub fn params(&self) -> &SigParams {
+        &self.params
+    }
+
+    /// Checks the Ed25519 signature over the head (method, path, query, `Content-Digest`).
+    pub fn verify(&self) -> Result<(), SigError> {
+        let key = VerifyingKey::from_bytes(&self.params.keyid.0).map_err(|_| SigError::BadSignature(self.params.keyid))?;
+        key.verify_strict(self.base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&self.signature)).map_err(|_| SigError::BadSignature(self.params.keyid))
+    }
+
+    /// Checks that `body` is the one the signed `Content-Digest` names.
+    pub fn check_body(&self, body: &[u8]) -> Result<(), SigError> {
+        if self.content_digest == content_digest(body) { Ok(()) } else { Err(SigError::BodyDigest) }
+    }
+}
+
 /// Verifies a request's signature and freshness and records its nonce. Returns the signer.
+/// (All steps of [`Claim`] at once, for a caller with one guard for every signer.)
 pub fn verify(req: &SignedRequest<'_>, now: UnixTime, replay: &mut ReplayGuard) -> Result<NodeId, SigError> {
-    let content_digest = req.content_digest.ok_or(SigError::Missing("Content-Digest"))?;
-    let params = parse_signature_input(req.signature_input.ok_or(SigError::Missing("Signature-Input"))?)?;
-    let sig_b64 = req
-        .signature
-        .ok_or(SigError::Missing("Signature"))?
-        .trim()
-        .strip_prefix("odi=:")
-        .and_then(|s| s.strip_suffix(':'))
-        .ok_or(SigError::Malformed("Signature"))?;
-    let sig_bytes: [u8; 64] = B64.decode(sig_b64).ok().and_then(|b| b.try_into().ok()).ok_or(SigError::Malformed("Signature"))?;
-    if content_digest != self::content_digest(req.body) {
-        return Err(SigError::BodyDigest);
-    }
-    let fresh = params.created <= now.0 + MAX_CLOCK_SKEW
-        && params.expires + MAX_CLOCK_SKEW > now.0
-        && params.expires > params.created
-        && params.expires - params.created <= MAX_SIGNATURE_LIFETIME;
-    if !fresh {
-        return Err(SigError::Expired);
-    }
-    let key = VerifyingKey::from_bytes(&params.keyid.0).map_err(|_| SigError::BadSignature(params.keyid))?;
-    let base = signature_base(req.method, req.path, req.query, content_digest, &params);
-    key.verify_strict(base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig_bytes)).map_err(|_| SigError::BadSignature(params.keyid))?;
-    replay.check_and_insert(&params, now)?;
-    Ok(params.keyid)
+    let claim = Claim::parse(req, now, UnixTime(0))?;
+    claim.check_body(req.body)?;
+    claim.verify()?;
+    replay.check_and_insert(claim.params(), now)?;
+    Ok(claim.keyid())
 }
 
 /// Remembers nonces until their signatures expire, so each signed request is accepted once.
@@ -177,7 +227,9 @@ impl ReplayGuard {
         Self { by_expiry: BTreeSet::new(), seen: HashSet::new(), capacity }
     }
 
-    fn check_and_insert(&mut self, params: &SigParams, now: UnixTime) -> Result<(), SigError> {
+    /// Accepts `params`' nonce once: refuses one seen before, and refuses rather than grows when
+    /// full of unexpired nonces. Expired ones are forgotten first.
+    pub fn check_and_insert(&mut self, params: &SigParams, now: UnixTime) -> Result<(), SigError> {
         while let Some((expires, _)) = self.by_expiry.first() {
             if *expires + MAX_CLOCK_SKEW > now.0 {
                 break;
@@ -257,6 +309,27 @@ mod tests {
         assert!(matches!(verify(&request(&forged, b"{}"), now, &mut guard), Err(SigError::BadSignature(_))));
         let unsigned = SignedRequest { signature: None, ..request(&h, b"{}") };
         assert_eq!(verify(&unsigned, now, &mut guard), Err(SigError::Missing("Signature")));
+    }
+
+    #[test]
+    fn a_claim_is_checked_step_by_step_and_refused_if_signed_before_the_server_started() {
+        let now = UnixTime(1_800_000_000);
+        let h = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[9; 16]);
+        assert_eq!(Claim::parse(&request(&h, b""), now, UnixTime(now.0 + 1)).unwrap_err(), SigError::BeforeStart, "a capture replayed after a restart");
+        let claim = Claim::parse(&request(&h, b""), now, now).expect("the head alone parses: the body is not needed yet");
+        assert_eq!(claim.keyid(), NodeId(key(1).verifying_key().to_bytes()));
+        claim.verify().expect("the head's signature holds");
+        assert_eq!(claim.check_body(b"{ }"), Err(SigError::BodyDigest));
+        claim.check_body(b"{}").expect("the body it named");
+        // A claim of a key that did not sign: parses (cheap), fails only when verified.
+        let forged = SignedHeaders {
+            signature_input: h
+                .signature_input
+                .replace(&NodeId(key(1).verifying_key().to_bytes()).to_hex(), &NodeId(key(2).verifying_key().to_bytes()).to_hex()),
+            ..h.clone()
+        };
+        let claim = Claim::parse(&request(&forged, b""), now, now).unwrap();
+        assert!(matches!(claim.verify(), Err(SigError::BadSignature(_))));
     }
 
     #[test]

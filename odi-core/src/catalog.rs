@@ -1,4 +1,9 @@
-//! Catalogs: named, append-only logs of `Put` and `Expunge` entries with sequence numbers.
+//! Catalogs: named, append-only logs of `Put` and expunge entries with sequence numbers.
+//!
+//! A catalog is **immutable** by default: once a path is bound to some bytes it is never bound
+//! to other bytes, so its answers may be cached for good. A catalog created `mutable` (index
+//! files: `Packages`, `repomd.xml`, `latest.txt`) may rebind a path to new bytes, and its names
+//! are answered so that caches revalidate (`no-cache` with the ETag).
 
 use std::sync::Arc;
 
@@ -21,6 +26,10 @@ pub struct CatalogConfig {
     pub replicas: u32,
     pub chunk_size: u32,
     pub created_at: UnixTime,
+    /// Paths may be published again with other bytes. Absent in records written before it
+    /// existed: those catalogs are immutable.
+    #[serde(default)]
+    pub mutable: bool,
 }
 
 /// One published file: where it lives in its catalog and what its bytes are.
@@ -59,7 +68,22 @@ pub struct LogEntry {
 #[serde(tag = "op", rename_all = "snake_case")]
 pub enum LogOp {
     Put(Artifact),
-    /// Removes `path` and bars `digest` from the network for good.
+    /// Withdraws one name: `path` answers 410 from now on. The bytes (`digest`, what the path
+    /// held) stay servable under any other name that holds them; once no name does, relays
+    /// drop them like any unassigned blob.
+    ExpungePath {
+        path: ArtifactPath,
+        digest: Digest,
+    },
+    /// Bars `digest` from the whole directory: every name holding it (in every catalog) answers
+    /// 410, `/blobs/` answers 410, publishing it anywhere is refused, and relays delete it at
+    /// once. Written to the log of every catalog in one transaction, so each catalog's log
+    /// carries it to wherever that catalog is replicated; applying any one copy bars it.
+    ExpungeDigest {
+        digest: Digest,
+    },
+    /// Written by earlier versions for an expunge by path, which barred the digest: replayed
+    /// as `ExpungeDigest` (and `path` answers 410). Never written now.
     Expunge {
         path: ArtifactPath,
         digest: Digest,

@@ -471,7 +471,26 @@ pub struct Named {
     pub catalog: CatalogName,
     pub path: ArtifactPath,
     pub digest: Digest,
+    /// The name's catalog is mutable: it may be bound to other bytes later, so a relay answers
+    /// it `no-cache` (revalidate with the ETag), not `immutable`. Absent means immutable (and
+    /// is what directories before this field send).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub mutable: bool,
 }
+
+/// A client's report that a relay sent a chunk that did not match its hash: the body of the
+/// directory's unsigned `POST /report`. Anyone can send one; the directory only audits that
+/// chunk on that relay (see `Directory::handle_report`).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct ChunkReport {
+    /// The URL the bad bytes came from (on the relay, after any redirect).
+    pub url: String,
+    pub digest: Digest,
+    pub chunk: u64,
+}
+
+/// The largest `ChunkReport` body accepted.
+pub const MAX_REPORT_BYTES: usize = 4096;
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Refusal {

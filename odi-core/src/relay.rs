@@ -4,9 +4,10 @@
 //! `Relay` performs no I/O. **After every `handle_*` call, drain `poll_effect` and `poll_event`
 //! to `None`, then re-arm one timer at `poll_timeout`.** Every `Effect::Send` must be answered
 //! with `handle_message` (the reply) or `handle_send_failed`; every `Effect::Fetch` with
-//! `handle_fetch`. A blob counts as held only after the driver reports it stored verified.
+//! `handle_fetch`. A blob counts as held only after the driver reports it stored verified, and
+//! stops counting the moment the driver reports its stored copy corrupt (`handle_corrupt`).
 
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -14,6 +15,12 @@ use crate::manifest::ChunkManifest;
 use crate::message::{Capacity, EnrollRequest, Heartbeat, Message, NodeId, RefusalCode, RelayUrl, Standing};
 use crate::path::{ArtifactPath, CatalogName};
 use crate::time::Instant;
+
+/// Bytes a stored blob of `len` bytes takes on a relay's disk: its content plus its block
+/// checksums (odi-storage `sums`: 28 bytes and 8 per MiB), all counted against the budget.
+pub fn footprint(len: u64) -> u64 {
+    len.saturating_add(28 + 8 * len.div_ceil(1 << 20))
+}
 
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
@@ -85,6 +92,10 @@ pub enum Event {
     StandingChanged {
         standing: Standing,
     },
+    /// The stored copy failed a read-side check and was dropped; it is fetched again if assigned.
+    Corrupt {
+        digest: Digest,
+    },
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -123,6 +134,9 @@ pub struct Relay {
     serving: BTreeMap<Digest, u32>,
     /// Evicted blobs still on disk until the directory knows they are gone.
     leaving: BTreeMap<Digest, Leaving>,
+    /// Copies dropped as corrupt and not held again yet: the directory may still send clients
+    /// for them until it has our heartbeat, and they are sent back to it (`was_dropped`).
+    dropped: BTreeSet<Digest>,
     /// The directory's latest assignment.
     wanted: BTreeMap<Digest, Wanted>,
     /// Downloads under way, with the bytes reserved for each.
@@ -132,6 +146,8 @@ pub struct Relay {
     partials: BTreeMap<Digest, u64>,
     retry_at: BTreeMap<Digest, Instant>,
     names: BTreeMap<(CatalogName, ArtifactPath), Digest>,
+    /// Catalogs whose names may be rebound (answered `no-cache`, not `immutable`).
+    mutable: BTreeSet<CatalogName>,
     generation: u64,
     /// When the next request may go out, and whether one is awaiting its answer.
     next_send: Instant,
@@ -148,7 +164,7 @@ impl Relay {
     /// A relay that starts holding `held` (the verified blobs found in its store) and
     /// `partials` (resumable downloads found on disk, with the bytes they may grow to).
     pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, partials: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
-        let held: BTreeMap<Digest, u64> = held.into_iter().collect();
+        let held: BTreeMap<Digest, u64> = held.into_iter().map(|(d, len)| (d, footprint(len))).collect();
         let value = held.keys().map(|d| (*d, (0, now))).collect();
         let mut relay = Self {
             config,
@@ -158,11 +174,13 @@ impl Relay {
             value,
             serving: BTreeMap::new(),
             leaving: BTreeMap::new(),
+            dropped: BTreeSet::new(),
             wanted: BTreeMap::new(),
             fetching: BTreeMap::new(),
             partials: partials.into_iter().collect(),
             retry_at: BTreeMap::new(),
             names: BTreeMap::new(),
+            mutable: BTreeSet::new(),
             generation: 0,
             next_send: now,
             awaiting: None,
@@ -200,6 +218,8 @@ impl Relay {
                 }
                 if let Some(state) = ack.state {
                     self.wanted = state.assigned.into_iter().map(|a| (a.digest, Wanted { size: a.size, manifest: a.manifest, sources: a.sources })).collect();
+                    let wanted = &self.wanted;
+                    self.dropped.retain(|d| wanted.contains_key(d));
                     let stale: Vec<Digest> = self.partials.keys().filter(|d| !self.wanted.contains_key(*d)).copied().collect();
                     for digest in stale {
                         self.partials.remove(&digest);
@@ -207,6 +227,7 @@ impl Relay {
                     }
                     // Names of blobs still downloading are kept: `lookup` checks `held`, and a
                     // finished download must be servable by name before the next ack.
+                    self.mutable = state.names.iter().filter(|n| n.mutable).map(|n| n.catalog.clone()).collect();
                     self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
                 }
                 self.generation = ack.generation;
@@ -250,6 +271,7 @@ impl Relay {
             Ok(()) => {
                 // A fresh copy replaces any evicted one: its pending deletion must not run.
                 self.leaving.remove(&digest);
+                self.dropped.remove(&digest);
                 self.held.insert(digest, size);
                 self.value.insert(digest, (0, now));
                 self.events.push_back(Event::Ready { digest });
@@ -265,6 +287,30 @@ impl Relay {
                 self.events.push_back(Event::FetchFailed { digest, reason });
             }
         }
+        self.start_fetches(now);
+        self.send_if_due(now);
+    }
+
+    /// The driver found that its stored copy of `digest` no longer matches what was verified
+    /// (a read-side check while serving, or the scrub). It stops counting as held or servable
+    /// at once and is deleted (`Effect::Delete`), the directory hears at once (a heartbeat
+    /// without it, so it stops sending clients here), and it is downloaded again while it is
+    /// assigned (the directory sends its manifest again to a relay that does not hold it).
+    ///
+    /// A report that arrives late, after a fresh copy was stored, drops the fresh copy too:
+    /// wasted work, never a wrong byte served.
+    pub fn handle_corrupt(&mut self, digest: Digest, now: Instant) {
+        let held = self.held.remove(&digest).is_some();
+        let leaving = self.leaving.remove(&digest).is_some();
+        if !held && !leaving {
+            return; // already dropped (several reads may find the same rot)
+        }
+        self.value.remove(&digest);
+        self.retry_at.remove(&digest);
+        self.dropped.insert(digest);
+        self.effects.push_back(Effect::Delete { digest });
+        self.events.push_back(Event::Corrupt { digest });
+        self.report_soon = true;
         self.start_fetches(now);
         self.send_if_due(now);
     }
@@ -334,6 +380,23 @@ impl Relay {
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
         let catalog = CatalogName::new(catalog).ok()?;
         self.names.get(&(catalog, path.clone())).copied().filter(|d| self.has_bytes(d))
+    }
+
+    /// True when names in `catalog` may be bound to other bytes later, as the directory said.
+    pub fn is_mutable(&self, catalog: &str) -> bool {
+        self.mutable.contains(catalog)
+    }
+
+    /// The digest named `catalog/path` in the latest assignment, held or not.
+    pub fn name_of(&self, catalog: &str, path: &ArtifactPath) -> Option<Digest> {
+        let catalog = CatalogName::new(catalog).ok()?;
+        self.names.get(&(catalog, path.clone())).copied()
+    }
+
+    /// True when this relay dropped its copy of `digest` as corrupt and has not stored it again:
+    /// a client sent here for it (the directory had not heard yet) is sent back to the directory.
+    pub fn was_dropped(&self, digest: &Digest) -> bool {
+        self.dropped.contains(digest) && !self.has_bytes(digest)
     }
 
     /// True when `digest` is in the latest assignment (a partial download of it is worth keeping).
@@ -441,6 +504,7 @@ impl Relay {
             }
             // A partial download's reservation becomes the fetch's.
             let reserved = self.partials.remove(&digest).unwrap_or(0);
+            let size = footprint(size);
             if !self.make_room(size.saturating_sub(reserved), budget) {
                 if reserved > 0 {
                     self.partials.insert(digest, reserved);
@@ -493,6 +557,7 @@ impl Relay {
     /// Deletes a held blob at once: for expunged blobs (the directory already stopped sending
     /// clients) and blobs the directory never heard of.
     fn drop_blob(&mut self, digest: Digest) {
+        self.dropped.remove(&digest);
         if self.held.remove(&digest).is_some() {
             self.value.remove(&digest);
             self.names.retain(|_, d| *d != digest);
@@ -588,7 +653,7 @@ mod tests {
 
     #[test]
     fn room_for_an_assignment_comes_from_unassigned_blobs_only() {
-        let mut r = relay(12_000, &[(1, 4000), (2, 4000)]);
+        let mut r = relay(12_200, &[(1, 4000), (2, 4000)]);
         let _ = deleted(&mut r);
         // Assigned: a new 8000-byte blob; d(1) and d(2) are no longer assigned.
         assign(&mut r, 2, &[(9, 8000)], Instant::ZERO);
@@ -618,7 +683,50 @@ mod tests {
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert_eq!(count(&effects), (1, 1), "{effects:?}");
         assert!(!r.has_bytes(&evicted));
-        assert!(r.used() <= 12_000);
+        assert!(r.used() <= 12_200);
+    }
+
+    #[test]
+    fn a_corrupt_copy_stops_being_held_is_reported_at_once_and_is_fetched_again() {
+        let data = vec![5u8; 10_000];
+        let manifest = ChunkManifest::of(&data, crate::manifest::MIN_CHUNK_SIZE).unwrap();
+        let digest = manifest.digest();
+        let mut r = relay(100_000, &[]);
+        r.held.insert(digest, 10_000);
+        // Assigned and held: the directory sends no manifest.
+        let held = Assigned { digest, size: 10_000, manifest: None, sources: Vec::new() };
+        r.phase = Phase::Active;
+        let ack = |assigned: Assigned| {
+            Message::HeartbeatAck(HeartbeatAck {
+                generation: 2,
+                state: Some(RelayAssignment { assigned: vec![assigned], names: Vec::new() }),
+                expunged: Vec::new(),
+                standing: None,
+            })
+        };
+        r.handle_message(ack(held), Instant::ZERO);
+        let _ = std::iter::from_fn(|| r.poll_effect()).count();
+        r.awaiting = None;
+
+        r.handle_corrupt(digest, Instant::from_millis(10));
+        assert!(!r.holds(&digest) && !r.has_bytes(&digest), "neither counted nor served");
+        assert!(r.was_dropped(&digest), "clients sent here meanwhile go back to the directory");
+        assert_eq!(r.poll_event(), Some(Event::Corrupt { digest }));
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(
+            matches!(&effects[..], [Effect::Delete { digest: d }, Effect::Send(Message::Heartbeat(hb))] if hb.held.is_empty() && *d == digest),
+            "the directory hears at once, before the next beat: {effects:?}"
+        );
+        r.handle_corrupt(digest, Instant::from_millis(11));
+        assert_eq!(r.poll_effect(), None, "a second report of the same rot changes nothing");
+
+        // The directory, no longer believing it held, sends the manifest: fetched again.
+        let missing = Assigned { digest, size: 10_000, manifest: Some(manifest.clone()), sources: Vec::new() };
+        r.handle_message(ack(missing), Instant::from_millis(20));
+        let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
+        assert!(effects.iter().any(|e| matches!(e, Effect::Fetch { manifest: m, .. } if m.digest() == digest)), "{effects:?}");
+        r.handle_fetch(digest, Ok(()), Instant::from_millis(30));
+        assert!(r.holds(&digest) && !r.was_dropped(&digest));
     }
 
     #[test]
@@ -629,6 +737,6 @@ mod tests {
         assign(&mut r, 2, &[(8, 3000)], Instant::ZERO);
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert!(effects.contains(&Effect::DiscardPartial { digest: d(7) }), "{effects:?}");
-        assert_eq!(r.used(), 3000, "only the new download is reserved");
+        assert_eq!(r.used(), footprint(3000), "only the new download is reserved");
     }
 }

@@ -32,6 +32,10 @@ pub enum StorageError {
     /// The bytes offered did not match their manifest; nothing was kept.
     #[error("rejected bytes for {digest}: {source}")]
     Verify { digest: Digest, source: ManifestError },
+    /// A stored blob's bytes no longer match the checksums made when they were verified (bit
+    /// rot, or tampering on disk): the blob must be dropped and fetched again.
+    #[error("blob {digest} in {store} is corrupt near byte {offset}; drop it and fetch it again")]
+    Corrupt { store: &'static str, digest: Digest, offset: u64 },
     /// The requested range starts at or past the end of the blob.
     #[error("range not satisfiable: the blob has {size} bytes")]
     RangeNotSatisfiable { size: u64 },
@@ -148,6 +152,14 @@ pub struct RelayRecord {
     /// their replicas elsewhere.
     #[serde(default)]
     pub draining: bool,
+    /// Passed its probation: plain clients (which cannot check what they get) may be sent to it.
+    /// A record stored before probation existed was a serving relay, and stays one.
+    #[serde(default = "proven_by_default")]
+    pub proven: bool,
+}
+
+fn proven_by_default() -> bool {
+    true
 }
 
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
@@ -179,6 +191,13 @@ impl<T: MetaStore + ?Sized> MetaStore for Arc<T> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_relay_stored_before_probation_existed_stays_proven() {
+        let old = r#"{"id":"0101010101010101010101010101010101010101010101010101010101010101","public_url":"http://r.example","capacity":{"disk_budget":1,"bandwidth":0},"catalogs":[],"enrolled_at":1}"#;
+        let record: RelayRecord = serde_json::from_str(old).unwrap();
+        assert!(record.proven && !record.draining && record.quarantined.is_none());
+    }
 
     #[test]
     fn ranges_clamp_to_the_blob() {

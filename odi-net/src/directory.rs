@@ -3,10 +3,12 @@
 //! Routes (see ARCHITECTURE.md for the full API):
 //! - clients: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`, `GET /healthz`
 //! - admin (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
-//!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `/api/v1/relays`
+//!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
+//!   `/api/v1/relays`
 //! - nodes (signed): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`, `GET /odi/v1/watch`,
 //!   `GET /odi/v1/blobs/sha256/{hex}`
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
 use std::pin::Pin;
@@ -19,28 +21,42 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
-use odi_core::auth::{self, ReplayGuard, SignedRequest};
-use odi_core::catalog::DEFAULT_REPLICAS;
+use odi_core::Digest;
+use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
+use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
 use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
-use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, RefusalCode, RelayUrl, classify_ip};
+use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, Record, StorageError, TokenRole};
-use odi_core::{Digest, time::Instant};
+use odi_core::time::{Instant, UnixTime};
 use odi_storage::{LocalStore, SqliteMeta};
 use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, AddressGuard, HttpClient};
-use crate::failures::FailureLimiter;
-use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, serve_blob, split_catalog_path};
+use crate::guard::{ClientAddr, FailureLimiter, LogLimiter};
+use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, none_match, serve_blob, split_catalog_path};
 use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, metalink, unix_now};
 
-/// Longest JSON body accepted from the admin API or a node.
+/// Longest JSON body accepted from the admin API or a relay's heartbeat.
 const MAX_REQUEST_JSON: usize = 16 << 20;
+/// Longest enrollment body: read before the sender is known to hold the token.
+const MAX_ENROLL_BODY: usize = 64 << 10;
+/// Node endpoints that carry no body still get a little slack.
+const MAX_EMPTY_BODY: usize = 1 << 10;
+/// A node request's whole body must arrive within this.
+const NODE_BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// Nonces remembered per node: a relay sends a few requests a second, and a nonce is kept for at
+/// most its lifetime plus the clock skew (about six minutes).
+const NONCES_PER_NODE: usize = 8192;
+/// Past this many per-node guards, the empty ones are dropped.
+const REPLAY_SWEEP_AT: usize = 4096;
+/// Wrong enrollment tokens accepted from one address per minute.
+const ENROLL_FAILURES_PER_MINUTE: u32 = 10;
 /// How long a watch request is held before it answers with no news.
 const WATCH_HOLD: Duration = Duration::from_secs(25);
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
@@ -61,6 +77,8 @@ pub struct DirectoryOptions {
     pub probe_interval: Duration,
     /// How often each relay gets a content audit (one random whole chunk, hash-checked).
     pub audit_interval: Duration,
+    /// How long a new or readmitted relay serves only verifying clients (`Duration::ZERO`: off).
+    pub probation: Duration,
     /// The admin token; `None` reads or creates `{data_dir}/admin.token`.
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
@@ -80,6 +98,7 @@ impl DirectoryOptions {
             lease: Duration::from_secs(15),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
+            probation: odi_core::directory::DEFAULT_PROBATION,
             admin_token: None,
             enroll_token: None,
             meta: None,
@@ -105,7 +124,12 @@ struct Shared {
     /// Serializes plan → persist → apply, so admin changes are applied in log order.
     writer: tokio::sync::Mutex<()>,
     generation: watch::Sender<u64>,
-    replay: Mutex<ReplayGuard>,
+    /// Nonces seen, per signing node.
+    replay: Mutex<HashMap<NodeId, ReplayGuard>>,
+    /// Signatures made before this instant are refused: their nonces may predate the guards.
+    started: UnixTime,
+    refusal_log: LogLimiter,
+    enroll_failures: FailureLimiter,
     timer: Notify,
     clock: Clock,
     /// Connects to relays only where the relay address policy allows.
@@ -113,8 +137,10 @@ struct Shared {
     relay_addresses: AddressGuard,
     allow_private_relays: bool,
     admin_failures: FailureLimiter,
-    /// The base URL for links this directory hands out; `None` uses the request's `Host`.
-    public_url: Option<String>,
+    /// The base URL for links this directory hands out: `--public-url`, or else the address it
+    /// listens on (set when it starts to listen). Never the request's `Host`, which any client
+    /// chooses, in answers that caches keep.
+    public_url: std::sync::OnceLock<String>,
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
     digests: DigestHeaders,
@@ -146,6 +172,7 @@ impl DirectoryServer {
         config.self_test_retry = options.heartbeat_interval;
         config.probe_interval = options.probe_interval;
         config.audit_interval = options.audit_interval;
+        config.probation = options.probation;
         let clock = Clock::start();
         let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
         let records = meta.load().await?;
@@ -185,14 +212,17 @@ impl DirectoryServer {
             meta,
             writer: tokio::sync::Mutex::new(()),
             generation,
-            replay: Mutex::new(ReplayGuard::new(1 << 20)),
+            replay: Mutex::new(HashMap::new()),
+            started: unix_now(),
+            refusal_log: LogLimiter::new(10, Duration::from_secs(10)),
+            enroll_failures: FailureLimiter::new(ENROLL_FAILURES_PER_MINUTE, Duration::from_secs(60)),
             timer: Notify::new(),
             clock,
             client: HttpClient::guarded(relay_addresses.clone()),
             relay_addresses,
             allow_private_relays: options.allow_private_relays,
             admin_failures: FailureLimiter::new(ADMIN_FAILURES, ADMIN_FAILURE_WINDOW),
-            public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()),
+            public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
         });
@@ -206,9 +236,13 @@ impl DirectoryServer {
 
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
         let shared = self.shared;
-        if shared.public_url.is_none() {
-            let own = listener.local_addr().map_err(|e| NetError::io("cannot read the listening address", e))?;
-            let policy = AddressPolicy::for_directory(classify_ip(own.ip()), shared.allow_private_relays);
+        if shared.public_url.get().is_none() {
+            let addr = listener.local_addr().map_err(|e| NetError::io("cannot read the listening address", e))?;
+            if addr.ip().is_unspecified() {
+                return Err(NetError::Config(format!("--public-url is required when listening on {addr}: links and metalinks name the directory by it")));
+            }
+            let _ = shared.public_url.set(format!("http://{addr}"));
+            let policy = AddressPolicy::for_directory(classify_ip(addr.ip()), shared.allow_private_relays);
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);
         }
@@ -256,6 +290,7 @@ fn log_event(event: &Event) {
     match event {
         Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
         Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
         Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
         Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
         Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
@@ -391,6 +426,9 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         let rest = rest.to_owned();
         return node(&shared, req, &rest).await;
     }
+    if path == "/report" {
+        return if *req.method() == Method::POST { report(&shared, req).await } else { not_allowed("POST") };
+    }
     match (path, read) {
         ("/healthz", true) => {
             let id = shared.lock().id();
@@ -398,6 +436,38 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
         ("/healthz", false) => not_allowed("GET, HEAD"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
+    }
+}
+
+/// `POST /report`: a client's word that a relay sent a bad chunk (`ChunkReport`). Unsigned and
+/// open to anyone, so it is small, bounded and cheap: the directory at most audits that chunk on
+/// that relay (`202`), and ignores reports it cannot act on (`204`).
+async fn report(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use odi_core::directory::ReportOutcome;
+    use odi_core::message::{ChunkReport, MAX_REPORT_BYTES};
+    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(req.into_body(), MAX_REPORT_BYTES).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, format!("a report is a JSON body of at most {MAX_REPORT_BYTES} bytes")),
+        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, format!("the report did not arrive within {} s", NODE_BODY_DEADLINE.as_secs())),
+    };
+    let report: ChunkReport = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed report, expected {{url, digest, chunk}}: {e}")),
+    };
+    let (outcome, effects) = shared.with_machine(|d, now| d.handle_report(&report.url, report.digest, report.chunk, now));
+    execute(shared, effects).await;
+    match outcome {
+        ReportOutcome::Auditing => {
+            tracing::info!(url = %report.url.chars().take(200).collect::<String>(), digest = %report.digest, chunk = report.chunk, "a client reported a bad chunk; auditing it");
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = StatusCode::ACCEPTED;
+            resp
+        }
+        ReportOutcome::Ignored | ReportOutcome::Busy => {
+            let mut resp = Response::new(crate::http::empty());
+            *resp.status_mut() = StatusCode::NO_CONTENT;
+            resp
+        }
     }
 }
 
@@ -455,7 +525,10 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     let tail_len: usize = tail.iter().map(|t| t.len()).sum();
     let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
     let mut values = Values::with_capacity(urls + tail_len + 256);
+    let caching = Caching::of_name(r.mutable);
     let mut resp = match &r.target {
+        // The client holds these bytes already (the ETag names them): no redirect needed.
+        Some(_) if none_match(req.headers(), &shared.digests.etag(&r.digest)) => not_modified(&shared.digests, &r.digest, caching),
         Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
         None => {
             let blob = BlobRequest {
@@ -466,11 +539,17 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
                 media_type: &r.media_type,
                 limiter: None,
             };
-            serve_blob(shared.store.as_ref(), &blob).await
+            let mut resp = serve_blob(shared.store.as_ref(), &blob).await;
+            caching.apply(&mut resp);
+            // Relays on probation: offered to clients that verify (aria2 reads these).
+            if resp.status().is_success() {
+                duplicate_links(&mut values, resp.headers_mut(), &r.alternates, tail);
+            }
+            resp
         }
     };
     if resp.status() == StatusCode::FOUND || resp.status().is_success() {
-        let [scheme, base] = base_url(shared, req);
+        let [scheme, base] = base_url(shared);
         if let Some(v) = values
             .text("<")
             .text(scheme)
@@ -488,21 +567,28 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
     resp
 }
 
-/// The URL this directory is reached at, in two pieces to write one after the other:
-/// `--public-url`, else `http://` and the request's `Host`.
-fn base_url<'a>(shared: &'a Shared, req: &'a Request<Incoming>) -> [&'a str; 2] {
-    if let Some(url) = &shared.public_url {
-        return ["", url];
-    }
-    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| h.len() <= 255 && !h.contains(['/', '\\', ' ', '@', '<', '>']));
-    ["http://", host.unwrap_or("localhost")]
+/// `304 Not Modified` for a name or digest whose current bytes the client already has.
+fn not_modified(digests: &DigestHeaders, digest: &Digest, caching: Caching) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::NOT_MODIFIED;
+    let h = resp.headers_mut();
+    h.insert(header::ETAG, digests.etag(digest));
+    h.insert(header::CACHE_CONTROL, caching.header());
+    digests.insert(h, digest);
+    resp
+}
+
+/// The URL this directory is reached at: `--public-url`, else the address it listens on (never
+/// the request's `Host`). Two pieces, as the callers write them one after the other.
+fn base_url(shared: &Shared) -> [&str; 2] {
+    ["", shared.public_url.get().map_or("http://localhost", String::as_str)]
 }
 
 /// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
 /// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
-fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
+fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) -> Response<Body> {
     let now = shared.clock.now();
-    let base = base_url(shared, req).concat();
+    let base = base_url(shared).concat();
     let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
         let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };
         let path = match ArtifactPath::from_url(raw_path) {
@@ -533,10 +619,19 @@ fn metalink(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
         Err(e) => return lookup_error(&e),
     };
     let urls: Vec<String> = relays.iter().map(|u| format!("{u}/{tail}")).chain([format!("{base}/{tail}")]).collect();
-    let mut resp = Response::new(crate::http::full(metalink::render(&name, &manifest, &urls)));
-    resp.headers_mut().insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
-    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    shared.digests.insert(resp.headers_mut(), &manifest.digest());
+    let document = metalink::render(&name, &manifest, &urls);
+    let mut resp = Response::new(crate::http::full(document));
+    let h = resp.headers_mut();
+    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
+    // Its sources change with the relays' health: never reused.
+    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    // Saved (aria2c without `--follow-metalink=mem`, browsers), the document must not take the
+    // artifact's name: aria2c would then find "the artifact" already there, and stop.
+    if let Ok(v) = HeaderValue::from_str(&metalink::content_disposition(&name)) {
+        h.insert(header::CONTENT_DISPOSITION, v);
+    }
+    // No digest header: those describe this answer's bytes, which are the document, not the
+    // artifact (aria2c checks the document against them, and fails on the artifact's).
     resp
 }
 
@@ -559,12 +654,17 @@ fn redirect_response(
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     digests.insert(h, digest);
+    duplicate_links(values, h, alternates, tail);
+    resp
+}
+
+/// `Link: <{relay}/{tail}>; rel=duplicate; pri={n}` for each of `alternates` (RFC 6249).
+fn duplicate_links(values: &mut Values, h: &mut http::HeaderMap, alternates: &[RelayUrl], tail: &[&str]) {
     for (i, alt) in (1..).zip(alternates) {
         if let Some(v) = values.text("<").text(alt.as_str()).text("/").texts(tail).text(">; rel=duplicate; pri=").number(i).finish() {
             h.append(header::LINK, v);
         }
     }
-    resp
 }
 
 // ---- admin API ----
@@ -580,8 +680,8 @@ fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<
         return Err(resp);
     };
     // Guessing is bounded per client address: over the limit, the token is not even checked.
-    let client = req.extensions().get::<crate::ClientAddr>().map(|c| c.0);
-    if let Some(wait) = client.and_then(|ip| shared.admin_failures.blocked(ip, std::time::Instant::now())) {
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
         let secs = wait.as_secs().max(1);
         let mut resp = error(StatusCode::TOO_MANY_REQUESTS, format!("too many wrong admin tokens from this address; try again in {secs}s"));
         resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
@@ -592,7 +692,7 @@ fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<
         return Ok(());
     }
     if let Some(ip) = client {
-        shared.admin_failures.record(ip, std::time::Instant::now());
+        shared.admin_failures.failed(ip);
     }
     Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
 }
@@ -603,6 +703,9 @@ struct CreateCatalog {
     name: String,
     replicas: Option<u32>,
     chunk_size: Option<u64>,
+    /// Paths may be published again with other bytes (index files); default false.
+    #[serde(default)]
+    mutable: bool,
 }
 
 #[derive(Serialize)]
@@ -651,6 +754,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
             publish(shared, req, &name, &path).await
         }
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
+        (Method::DELETE, ["blobs", "sha256", hex]) => expunge_digest(shared, hex).await,
         (Method::GET, ["stats"]) => {
             let now = shared.clock.now();
             let m = shared.lock();
@@ -695,8 +799,8 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
 
 fn admin_error(e: &AdminError) -> Response<Body> {
     let status = match e {
-        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) => StatusCode::CONFLICT,
-        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) => StatusCode::NOT_FOUND,
+        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) | AdminError::Rebind { .. } | AdminError::ExpungedPath { .. } => StatusCode::CONFLICT,
+        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) | AdminError::NoCatalogs(_) => StatusCode::NOT_FOUND,
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, e)
@@ -705,7 +809,12 @@ fn admin_error(e: &AdminError) -> Response<Body> {
 /// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
 /// machine's one persistence path.
 async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
-    let (id, effects) = shared.with_machine(|d, _| d.commit(record.clone()));
+    commit_all(shared, std::slice::from_ref(record)).await
+}
+
+/// Makes `records` durable in one transaction (all or none), then applies them in order.
+async fn commit_all(shared: &Arc<Shared>, records: &[Record]) -> Result<(), Response<Body>> {
+    let (id, effects) = shared.with_machine(|d, _| d.commit_all(records.to_vec()));
     let id = id.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
     execute(shared, effects).await;
     match shared.with_machine(|d, _| d.take_outcome(id)).0 {
@@ -733,6 +842,7 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
         name.clone(),
         create.replicas.unwrap_or(DEFAULT_REPLICAS),
         create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)),
+        create.mutable,
         unix_now(),
     );
     let record = match planned {
@@ -807,13 +917,34 @@ async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Respons
         return resp;
     }
     let digest = match &record {
-        Record::Log { entry, .. } => match &entry.op {
-            odi_core::catalog::LogOp::Expunge { digest, .. } => Some(*digest),
-            odi_core::catalog::LogOp::Put(_) => None,
-        },
+        Record::Log { entry: LogEntry { op: LogOp::ExpungePath { digest, .. }, .. }, .. } => Some(*digest),
         _ => None,
     };
-    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "expunged": digest }))
+    // The names that still serve those bytes: an expunge by path withdraws only this one.
+    let names = digest.map(|d| shared.lock().names_of(&d)).unwrap_or_default();
+    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "digest": digest, "still_named": names }))
+}
+
+/// `DELETE /api/v1/blobs/sha256/{hex}`: bars the bytes from the directory, under every name.
+async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
+    let digest = match Digest::from_hex(hex) {
+        Ok(d) => d,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e),
+    };
+    let _writer = shared.writer.lock().await;
+    let (planned, names) = {
+        let m = shared.lock();
+        (m.plan_expunge_digest(digest, unix_now()), m.names_of(&digest))
+    };
+    let records = match planned {
+        Ok(r) => r,
+        Err(e) => return admin_error(&e),
+    };
+    let already = records.is_empty();
+    if let Err(resp) = commit_all(shared, &records).await {
+        return resp;
+    }
+    json(StatusCode::OK, &serde_json::json!({ "digest": digest, "expunged": names, "already": already }))
 }
 
 async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
@@ -828,29 +959,114 @@ async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Bod
 
 // ---- node API ----
 
-async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
-    let (parts, body) = req.into_parts();
-    let body = match read_request_json(Request::from_parts(parts.clone(), body)).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
+/// Longest body a node may send to each endpoint: an enrollment is small; a heartbeat lists what
+/// the relay holds; the rest carry none.
+fn node_body_limit(rest: &str) -> usize {
+    match rest {
+        "enroll" => MAX_ENROLL_BODY,
+        "heartbeat" => MAX_REQUEST_JSON,
+        _ => MAX_EMPTY_BODY,
+    }
+}
+
+/// Authenticates a node request, cheapest check first, so that a stranger costs the directory
+/// nothing a relay needs: the signature headers are parsed (and must be fresh, and made after this
+/// directory started); a key that is not an enrolled relay is refused right there, unless it
+/// enrolls, and then only a correct token (read from a body of at most 64 KiB) earns a signature
+/// check. For a known relay the signature over the head is checked *before* its body is read;
+/// the body (bounded per endpoint, with a deadline) must then match the signed `Content-Digest`.
+/// Nonces are remembered per known key, in a guard of bounded size, so no stranger can fill it.
+async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, body: Incoming, rest: &str) -> Result<(NodeId, Bytes), Response<Body>> {
+    let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
+    let refuse = |status: StatusCode, why: String| {
+        if let Some(held_back) = shared.refusal_log.allow() {
+            tracing::info!(client = ?client, %status, reason = %why, held_back, "refused a node request");
+        }
+        error(status, format!("node request refused: {why}"))
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let signed = SignedRequest {
+    let head = SignedRequest {
         method: parts.method.as_str(),
         path: parts.uri.path(),
         query: parts.uri.query().unwrap_or(""),
-        body: &body,
+        body: &[],
         content_digest: header("content-digest"),
         signature_input: header("signature-input"),
         signature: header("signature"),
     };
-    let verified = {
-        let mut replay = shared.replay.lock().unwrap_or_else(PoisonError::into_inner);
-        auth::verify(&signed, unix_now(), &mut replay)
+    let now = unix_now();
+    let claim = match Claim::parse(&head, now, shared.started) {
+        Ok(c) => c,
+        Err(e) => return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string())),
     };
-    let from = match verified {
-        Ok(id) => id,
-        Err(e) => return error(StatusCode::UNAUTHORIZED, format!("node request refused: {e}")),
+    let from = claim.keyid();
+    let enrolling = parts.method == Method::POST && rest == "enroll";
+    if !enrolling && !shared.lock().knows_relay(&from) {
+        refuse(StatusCode::NOT_FOUND, "not an enrolled relay".into());
+        // The relay's machine enrolls again on this answer (the directory may have lost it).
+        let reply = Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
+        return Err(json(StatusCode::NOT_FOUND, &reply));
+    }
+    if enrolling
+        && let Some(addr) = client
+        && let Err(wait) = shared.enroll_failures.check(addr)
+    {
+        let mut resp = error(StatusCode::TOO_MANY_REQUESTS, "too many wrong enrollment tokens from this address; wait and retry");
+        if let Ok(v) = HeaderValue::from_str(&wait.as_secs().max(1).to_string()) {
+            resp.headers_mut().insert(header::RETRY_AFTER, v);
+        }
+        return Err(resp);
+    }
+    if !enrolling && let Err(e) = claim.verify() {
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    let limit = node_body_limit(rest);
+    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(body, limit).collect()).await {
+        Ok(Ok(c)) => c.to_bytes(),
+        Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
+            return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes for /odi/v1/{rest}")));
+        }
+        Ok(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
+        Err(_) => return Err(refuse(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", NODE_BODY_DEADLINE.as_secs()))),
+    };
+    if let Err(e) = claim.check_body(&body) {
+        return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+    }
+    if enrolling {
+        // The token first (one keyed hash), the signature only for a holder of the token.
+        let token_ok = match serde_json::from_slice::<Message>(&body) {
+            Ok(Message::Enroll(req)) => shared.lock().check_token(TokenRole::Enroll, &req.token),
+            _ => return Err(refuse(StatusCode::BAD_REQUEST, "/odi/v1/enroll takes an enroll message".into())),
+        };
+        if !token_ok {
+            if let Some(addr) = client {
+                shared.enroll_failures.failed(addr);
+            }
+            return Err(refuse(StatusCode::FORBIDDEN, "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
+        }
+        if let Err(e) = claim.verify() {
+            return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
+        }
+    }
+    let remembered = {
+        let mut guards = shared.replay.lock().unwrap_or_else(PoisonError::into_inner);
+        let outcome = guards.entry(from).or_insert_with(|| ReplayGuard::new(NONCES_PER_NODE)).check_and_insert(claim.params(), now);
+        if guards.len() > REPLAY_SWEEP_AT {
+            guards.retain(|_, g| !g.is_empty());
+        }
+        outcome
+    };
+    match remembered {
+        Ok(()) => Ok((from, body)),
+        Err(e) => Err(refuse(StatusCode::UNAUTHORIZED, e.to_string())),
+    }
+}
+
+async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let (from, body) = match authenticate_node(shared, &parts, body, rest).await {
+        Ok(ok) => ok,
+        Err(refusal) => return refusal,
     };
     let known = shared.lock().knows_relay(&from);
     match (&parts.method, rest) {

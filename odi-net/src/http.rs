@@ -161,6 +161,48 @@ fn etag(values: &mut Values, digest: &Digest) -> HeaderValue {
     values.text("\"sha256:").hex(digest.as_bytes()).text("\"").finish().unwrap_or(HeaderValue::from_static("\"\""))
 }
 
+/// Whether caches may keep an answer for good or must ask again before each use.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Caching {
+    /// Bytes that never change under this URL: a digest (`/blobs/sha256/...`), or a name in
+    /// an immutable catalog, which is never bound to other bytes.
+    Immutable,
+    /// A name in a mutable catalog, which may be bound to other bytes later: a cache may keep
+    /// the answer but must revalidate it (`If-None-Match` with the ETag) before each use.
+    Revalidate,
+}
+
+impl Caching {
+    /// For a name: `mutable` when its catalog may rebind it.
+    pub fn of_name(mutable: bool) -> Self {
+        if mutable { Self::Revalidate } else { Self::Immutable }
+    }
+
+    pub fn header(self) -> HeaderValue {
+        match self {
+            Self::Immutable => HeaderValue::from_static("public, max-age=31536000, immutable"),
+            Self::Revalidate => HeaderValue::from_static("no-cache"),
+        }
+    }
+
+    /// Sets `Cache-Control` on a blob answer (`200`, `206`, `304`) that `serve_blob` built as
+    /// immutable; other answers are left as they are.
+    pub fn apply<B>(self, resp: &mut Response<B>) {
+        let status = resp.status();
+        if self != Self::Immutable && (status.is_success() || status == StatusCode::NOT_MODIFIED) {
+            resp.headers_mut().insert(header::CACHE_CONTROL, self.header());
+        }
+    }
+}
+
+/// True when an `If-None-Match` in `headers` matches the strong `tag` (or is `*`).
+pub fn none_match(headers: &HeaderMap, tag: &HeaderValue) -> bool {
+    headers
+        .get(header::IF_NONE_MATCH)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()))
+}
+
 /// What a `Range` header asks of a representation of `size` bytes.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum RangeRequest {
@@ -238,8 +280,24 @@ pub async fn serve_blob(store: &dyn BlobStore, req: &BlobRequest<'_>) -> Respons
     }
 }
 
+/// Set on an answer refused because the stored copy failed its check when opened, so the
+/// server can drop it (a check failing mid-body shows as a `StorageError::Corrupt` body error).
+#[derive(Clone, Copy, Debug)]
+pub struct CorruptBlob(pub Digest);
+
+/// The digest whose stored copy failed its check, if `error` (a body error) says so.
+pub fn corrupt_blob(error: &BoxError) -> Option<Digest> {
+    match error.downcast_ref::<StorageError>() {
+        Some(StorageError::Corrupt { digest, .. }) => Some(*digest),
+        _ => None,
+    }
+}
+
 /// `serve_blob` for a relay's local store: one trip to the blocking pool opens the file, learns
-/// its size and, for a small blob, reads it whole.
+/// its size and, for a small blob, reads it whole. Every byte is checked as it is read (see
+/// `LocalStore`): a copy found corrupt is refused with `503` (and a [`CorruptBlob`] extension)
+/// when opened, or ends the body with an error mid-way, so hyper cuts the connection and the
+/// client sees a failed transfer, never a complete wrong file.
 pub async fn serve_local(store: &LocalStore, req: &BlobRequest<'_>) -> Response<Body> {
     let blob = match store.open_blob(req.digest, SMALL_BLOB).await {
         Ok(blob) => blob,
@@ -259,6 +317,12 @@ const SMALL_BLOB: u64 = odi_storage::local::CACHED_BLOB_MAX;
 fn storage_error(digest: &Digest, e: StorageError) -> Response<Body> {
     match e {
         StorageError::NotFound { .. } => error(StatusCode::NOT_FOUND, format!("{digest} is not held here")),
+        StorageError::Corrupt { .. } => {
+            let mut resp =
+                error(StatusCode::SERVICE_UNAVAILABLE, format!("the copy of {digest} here failed its check and is being fetched again; ask the directory"));
+            resp.extensions_mut().insert(CorruptBlob(*digest));
+            resp
+        }
         e => error(StatusCode::SERVICE_UNAVAILABLE, e),
     }
 }
@@ -274,13 +338,10 @@ fn head(req: &BlobRequest<'_>, size: u64) -> Result<(Response<()>, Range<u64>), 
     // ETag, Accept-Ranges, Cache-Control, two digests, Content-Type, -Range and -Length.
     h.reserve(8);
     let tag = digests.etag(digest);
-    let not_modified = headers
-        .get(header::IF_NONE_MATCH)
-        .and_then(|v| v.to_str().ok())
-        .is_some_and(|inm| inm.split(',').any(|t| t.trim() == "*" || t.trim().trim_start_matches("W/").as_bytes() == tag.as_bytes()));
+    let not_modified = none_match(headers, &tag);
     h.insert(header::ETAG, tag);
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("public, max-age=31536000, immutable"));
+    h.insert(header::CACHE_CONTROL, Caching::Immutable.header());
     digests.insert(h, digest);
     if not_modified {
         *resp.status_mut() = StatusCode::NOT_MODIFIED;
@@ -298,6 +359,11 @@ fn head(req: &BlobRequest<'_>, size: u64) -> Result<(Response<()>, Range<u64>), 
         RangeRequest::Unsatisfiable => {
             *resp.status_mut() = StatusCode::RANGE_NOT_SATISFIABLE;
             let h = resp.headers_mut();
+            // The body is an error line, not the representation: no digest may describe it,
+            // and no cache may keep it.
+            h.remove(REPR_DIGEST);
+            h.remove(DIGEST);
+            h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
             if let Some(v) = values.text("bytes */").number(size).finish() {
                 h.insert(header::CONTENT_RANGE, v);
             }

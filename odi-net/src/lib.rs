@@ -17,7 +17,7 @@ use tokio::net::TcpListener;
 pub mod client;
 pub mod crash;
 pub mod directory;
-mod failures;
+pub mod guard;
 pub mod http;
 pub mod keys;
 pub mod limit;
@@ -84,10 +84,6 @@ impl Clock {
     }
 }
 
-/// The address a request came from (a request extension set by the accept loop).
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub struct ClientAddr(pub std::net::IpAddr);
-
 /// Time allowed for a client to send its request head (slowloris guard).
 const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
 /// Connections still open this long after shutdown begins are cut.
@@ -103,6 +99,8 @@ where
     let graceful = hyper_util::server::graceful::GracefulShutdown::new();
     let mut http = hyper::server::conn::http1::Builder::new();
     http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let conns = guard::ConnTracker::new(guard::ConnLimits::for_fd_limit(guard::raise_fd_limit()));
+    let shed_log = guard::LogLimiter::new(1, Duration::from_secs(10));
     tokio::pin!(shutdown);
     loop {
         let (stream, peer) = tokio::select! {
@@ -117,10 +115,19 @@ where
                 }
             },
         };
+        // Past its share (per address, or in all), a connection is closed before it costs more.
+        let Some(permit) = conns.admit(peer.ip()) else {
+            if let Some(held_back) = shed_log.allow() {
+                tracing::warn!(client = %peer.ip(), open = conns.open(), shed = conns.shed(), held_back, "too many connections; closing new ones from this address");
+            }
+            drop(stream);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
         let handler = handler.clone();
+        let client = guard::ClientAddr(peer.ip());
         let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(ClientAddr(peer.ip()));
+            req.extensions_mut().insert(client);
             let fut = handler(req);
             async move { Ok::<_, std::convert::Infallible>(fut.await) }
         });
@@ -130,6 +137,7 @@ where
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "connection ended with an error");
             }
+            drop(permit);
         });
     }
     drop(listener);

@@ -32,6 +32,19 @@ pub fn render(name: &str, manifest: &ChunkManifest, urls: &[String]) -> String {
     out
 }
 
+/// The `Content-Disposition` of the document describing `name`: saved, it is `{name}.meta4`
+/// (RFC 5854's extension), never the artifact's own name. Non-ASCII names go in `filename*`.
+pub fn content_disposition(name: &str) -> String {
+    let file = format!("{name}.meta4");
+    let ascii: String = file.chars().map(|c| if c.is_ascii_graphic() && c != '"' && c != '\\' || c == ' ' { c } else { '_' }).collect();
+    let mut value = format!("attachment; filename=\"{ascii}\"");
+    if ascii != file {
+        value.push_str("; filename*=UTF-8''");
+        value.push_str(&percent_encoding::utf8_percent_encode(&file, percent_encoding::NON_ALPHANUMERIC).to_string());
+    }
+    value
+}
+
 fn escape(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
 }

@@ -25,7 +25,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
-use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_local, split_catalog_path};
+use crate::http::{BlobRequest, Body, Caching, CorruptBlob, DIGEST_HEADERS_KEPT, DigestHeaders, corrupt_blob, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Redirects, Source};
@@ -33,6 +33,11 @@ use crate::{Clock, NetError, crash, keys};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
+/// The scrub's default read rate: 8 MiB/s re-reads 100 GiB in under four hours, a small share
+/// of any disk, and never the serving limiter's.
+pub const DEFAULT_SCRUB_RATE: u64 = 8 << 20;
+/// Wait between scrub passes (and before the first), so an idle relay does not spin.
+const SCRUB_PAUSE: Duration = Duration::from_secs(5);
 
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
@@ -47,6 +52,9 @@ pub struct RelayOptions {
     pub catalogs: Vec<String>,
     pub enroll_token: String,
     pub max_fetches: usize,
+    /// Bytes per second the background scrub re-reads held blobs at, checking every block
+    /// against its sums; 0 turns the scrub off (reads are still checked while served).
+    pub scrub_rate: u64,
 }
 
 pub struct RelayServer {
@@ -68,6 +76,7 @@ struct Shared {
     limiter: Option<Arc<RateLimiter>>,
     downloader: Downloader,
     digests: DigestHeaders,
+    scrub_rate: u64,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -125,6 +134,7 @@ impl RelayServer {
             limiter,
             downloader,
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
+            scrub_rate: options.scrub_rate,
         };
         Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
     }
@@ -138,6 +148,7 @@ impl RelayServer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let driver = tokio::spawn(drive(shared.clone(), stop_rx.clone()));
         let watcher = tokio::spawn(watch_directory(shared.clone(), stop_rx));
+        let scrubber = tokio::spawn(scrub(shared.clone()));
         let handler = {
             let shared = shared.clone();
             Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
@@ -146,6 +157,7 @@ impl RelayServer {
         let _ = stop_tx.send(true);
         let _ = driver.await;
         watcher.abort();
+        scrubber.abort();
         result
     }
 }
@@ -201,6 +213,9 @@ fn log_event(event: &Event) {
             None => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
             Some(reason) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
         },
+        Event::Corrupt { digest } => {
+            tracing::error!(%digest, "stored copy failed its check (bit rot or tampering); dropped it, told the directory, fetching it again")
+        }
     }
 }
 
@@ -236,7 +251,12 @@ async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl
     sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
     let outcome = async {
         let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
-        let (partial, report) = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e)?;
+        let result = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await;
+        let report = match &result {
+            Ok((_, report)) | Err((_, report)) => report,
+        };
+        crate::transfer::report_rejected(&shared.client, &shared.directory, digest, report).await;
+        let (partial, report) = result.map_err(|(e, _)| e)?;
         crash::point("before-fsync");
         let sealed = partial.seal().await?;
         crash::point("after-fsync");
@@ -261,6 +281,51 @@ async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
         }
         with_machine(&shared, |m, now| m.handle_timeout(now));
     }
+}
+
+/// The stored copy of `digest` failed a read-side check: drop it, tell the directory, fetch it
+/// again (all the machine's doing).
+fn found_corrupt(shared: &Arc<Shared>, digest: Digest) {
+    with_machine(shared, |m, now| m.handle_corrupt(digest, now));
+}
+
+/// Re-reads every held blob from disk at `scrub_rate`, checking each block against its sums,
+/// so rot in a blob nobody asks for is found within (bytes held / rate) and dropped the same
+/// way as rot found while serving. Its own rate, not the serving limiter: it never takes
+/// bandwidth from clients, and reads are what it spends.
+async fn scrub(shared: Arc<Shared>) {
+    if shared.scrub_rate == 0 {
+        return;
+    }
+    let limiter = RateLimiter::new(shared.scrub_rate);
+    loop {
+        tokio::time::sleep(SCRUB_PAUSE).await;
+        let held: Vec<Digest> = shared.lock().held().map(|(d, _)| *d).collect();
+        let mut checked = 0u64;
+        for digest in held {
+            if !shared.lock().holds(&digest) {
+                continue; // evicted or expunged since the pass began
+            }
+            match scrub_one(&shared.store, &limiter, &digest).await {
+                Ok(bytes) => checked += bytes,
+                Err(odi_core::storage::StorageError::Corrupt { .. }) => found_corrupt(&shared, digest),
+                Err(odi_core::storage::StorageError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "scrub cannot read a held blob; will try again next pass"),
+            }
+        }
+        tracing::debug!(bytes = checked, "scrub pass done");
+    }
+}
+
+async fn scrub_one(store: &LocalStore, limiter: &RateLimiter, digest: &Digest) -> Result<u64, odi_core::storage::StorageError> {
+    use futures_util::StreamExt as _;
+    let blob = store.open_on_disk(digest).await?;
+    let size = blob.size;
+    let mut stream = blob.stream(0..size);
+    while let Some(piece) = stream.next().await {
+        limiter.take(piece?.len()).await;
+    }
+    Ok(size)
 }
 
 /// Long-polls the directory for a new generation, so changes arrive as pushes, not on the
@@ -342,7 +407,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     } else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
-    let digest = {
+    let (digest, caching) = {
         let mut m = shared.lock();
         if !m.has_assignment() {
             // Until the directory has answered once, a blob on disk may have been expunged while
@@ -353,9 +418,23 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             Want::Name(catalog, path) => m.lookup(catalog, path),
             Want::Blob(d) => Some(*d).filter(|d| m.has_bytes(d)),
         };
-        let Some(digest) = digest else { return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory") };
+        let Some(digest) = digest else {
+            let named = match &want {
+                Want::Name(catalog, path) => m.name_of(catalog, path),
+                Want::Blob(d) => Some(*d),
+            };
+            if named.is_some_and(|d| m.was_dropped(&d)) {
+                // Dropped as corrupt a moment ago; the directory is being told. A 404 would be
+                // saved as the file by a client that does not check the status (`curl -L`):
+                // send it back to the directory, which sends it to a good copy.
+                return back_to_directory(&shared.directory, path);
+            }
+            return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory");
+        };
         m.serving_started(digest);
-        digest
+        // A name in a mutable catalog may be rebound: caches must revalidate it.
+        let mutable = matches!(&want, Want::Name(catalog, _) if m.is_mutable(catalog));
+        (digest, Caching::of_name(mutable))
     };
     // The blob counts as being served (load, and safe from eviction) until its body is done.
     let guard = ServingGuard { shared: shared.clone(), digest };
@@ -367,14 +446,41 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         media_type: "application/octet-stream",
         limiter: shared.limiter.as_ref(),
     };
-    let resp = serve_local(&shared.store, &blob).await;
+    let mut resp = serve_local(&shared.store, &blob).await;
+    if let Some(CorruptBlob(digest)) = resp.extensions().get::<CorruptBlob>().copied() {
+        found_corrupt(&shared, digest);
+        return back_to_directory(&shared.directory, path);
+    }
+    caching.apply(&mut resp);
+    let on_error = shared.clone();
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;
             frame
         })
+        .map_err(move |e| {
+            // The body stops here: hyper cuts the connection, the client sees a failed transfer.
+            if let Some(digest) = corrupt_blob(&e) {
+                found_corrupt(&on_error, digest);
+            }
+            e
+        })
         .boxed_unsync()
     })
+}
+
+/// A `302` to the same path on the directory (`/r/...` and `/blobs/...` mean the same there).
+fn back_to_directory(directory: &str, path: &str) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    match http::HeaderValue::from_str(&format!("{directory}{path}")) {
+        Ok(location) => {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+            resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "this relay's copy failed its check; ask the directory"),
+    }
 }
 
 /// Ends a response's `serving_started` when the response body is dropped.

@@ -23,6 +23,8 @@ use crate::{Clock, NetError, crash};
 
 /// Redirects a source may send before the request counts as failed.
 const MAX_REDIRECTS: usize = 3;
+/// Bad chunks remembered per download for `report_rejected`.
+const MAX_REJECTED: usize = 64;
 
 /// Where chunks can come from.
 #[derive(Clone, Debug)]
@@ -42,6 +44,8 @@ pub struct Report {
     pub requests_failed: u64,
     pub sources_dropped: Vec<String>,
     pub failures: Vec<String>,
+    /// Chunks that did not match their hash: the source's URL and the chunk (at most 64).
+    pub rejected: Vec<(String, u64)>,
 }
 
 pub struct Downloader {
@@ -128,6 +132,9 @@ impl Downloader {
                 match event {
                     Event::ChunkRejected { source, index } => {
                         report.chunks_rejected += 1;
+                        if report.rejected.len() < MAX_REJECTED {
+                            report.rejected.push((sources[source.0 as usize].url.clone(), index));
+                        }
                         tracing::warn!(source = %sources[source.0 as usize].url, chunk = index, "chunk did not match its hash; fetching it elsewhere");
                     }
                     Event::RequestFailed { source, reason } => {
@@ -170,6 +177,27 @@ impl Downloader {
         match outcome {
             Outcome::Done => Ok((partial, report)),
             Outcome::Failed(reason) => Err((NetError::Protocol(format!("cannot download {}: {reason}", manifest.digest())), report)),
+        }
+    }
+}
+
+/// Tells the directory at `directory` (its base URL) which sources sent bad chunks of `digest`
+/// (`POST /report`, one report per source), so it audits those relays at once. Best effort: a
+/// report that cannot be delivered changes nothing for the download.
+pub async fn report_rejected(client: &HttpClient, directory: &str, digest: odi_core::Digest, report: &Report) {
+    let mut told = std::collections::BTreeSet::new();
+    for (url, chunk) in &report.rejected {
+        if !told.insert(url.as_str()) {
+            continue;
+        }
+        let body = odi_core::message::ChunkReport { url: url.clone(), digest, chunk: *chunk };
+        let Ok(body) = serde_json::to_vec(&body) else { continue };
+        let req =
+            Request::post(format!("{}/report", directory.trim_end_matches('/'))).header(header::CONTENT_TYPE, "application/json").body(crate::http::full(body));
+        let Ok(req) = req else { continue };
+        match client.send(req, Duration::from_secs(5)).await {
+            Ok(resp) => tracing::debug!(%url, chunk, status = %resp.status(), "reported a bad chunk to the directory"),
+            Err(e) => tracing::debug!(%url, chunk, error = %e, "cannot report a bad chunk to the directory"),
         }
     }
 }

@@ -222,22 +222,36 @@ async fn republish_and_expunge() {
     let (_tmp, dir, _relays, _files) = ready_network().await;
     let d = &dir.url;
     let v2 = sample(3000, 9);
-    let out = publish(d, "rel", "one.bin", &v2).await;
+    // `rel` is immutable: its names keep their first bytes.
+    let r = admin(Method::PUT, d, "catalogs/rel/artifacts/one.bin", full(v2.clone())).await;
+    assert_eq!(r.status, StatusCode::CONFLICT, "{}", r.text());
+    let r = admin(Method::POST, d, "catalogs", full(r#"{"name":"idx","replicas":2,"mutable":true}"#)).await;
+    assert_eq!(r.status, StatusCode::CREATED, "{}", r.text());
+    publish(d, "idx", "one.bin", &[0x42]).await;
+    wait_for(10, "relays to serve the first bytes", || async { follow(&format!("{d}/r/idx/one.bin"), &[]).await.1.len() == 2 }).await;
+    let out = publish(d, "idx", "one.bin", &v2).await;
     assert_eq!(out["created"], true);
-    assert_eq!(publish(d, "rel", "one.bin", &v2).await["created"], false, "same bytes again: unchanged");
+    assert_eq!(publish(d, "idx", "one.bin", &v2).await["created"], false, "same bytes again: unchanged");
     // Every answer for the path carries the new digest; a redirect goes only where the new
     // bytes are (possibly after the relays caught up).
     wait_for(10, "relays to serve the new bytes", || async {
-        let (r, visited) = follow(&format!("{d}/r/rel/one.bin"), &[]).await;
+        let (r, visited) = follow(&format!("{d}/r/idx/one.bin"), &[]).await;
         assert_eq!(sha256_hex(&r.body), sha256_hex(&v2), "never the old bytes once republished");
         visited.len() == 2
     })
     .await;
-    let r = admin(Method::DELETE, d, "catalogs/rel/artifacts/one.bin", empty()).await;
+    // By path: the name goes; the bytes, named nowhere else, are unknown but not barred.
+    let r = admin(Method::DELETE, d, "catalogs/idx/artifacts/one.bin", empty()).await;
     assert_eq!(r.status, StatusCode::OK, "{}", r.text());
-    let r = get(&format!("{d}/r/rel/one.bin"), &[]).await;
+    let r = get(&format!("{d}/r/idx/one.bin"), &[]).await;
     assert_eq!(r.status, StatusCode::GONE, "{}", r.text());
+    assert_eq!(get(&format!("{d}/blobs/sha256/{}", sha256_hex(&v2)), &[]).await.status, StatusCode::NOT_FOUND);
+    publish(d, "idx", "again.bin", &v2).await;
+    // By digest: barred for good.
+    let r = admin(Method::DELETE, d, &format!("blobs/sha256/{}", sha256_hex(&v2)), empty()).await;
+    assert_eq!(r.status, StatusCode::OK, "{}", r.text());
+    assert_eq!(get(&format!("{d}/r/idx/again.bin"), &[]).await.status, StatusCode::GONE);
     assert_eq!(get(&format!("{d}/blobs/sha256/{}", sha256_hex(&v2)), &[]).await.status, StatusCode::GONE);
-    let r = admin(Method::PUT, d, "catalogs/rel/artifacts/again.bin", full(v2.clone())).await;
+    let r = admin(Method::PUT, d, "catalogs/idx/artifacts/third.bin", full(v2.clone())).await;
     assert_eq!(r.status, StatusCode::CONFLICT, "expunged bytes may not come back: {}", r.text());
 }

@@ -100,17 +100,24 @@ async fn enrollment_refuses_every_ssrf_url_with_the_reason() {
         ("http://metadata.google.internal", "never accepted"),
         ("http://instance-data", "never accepted"),
         ("http://0.0.0.0:80", "never accepted"),
-        ("http://2130706433:80", "IPv4 host"),
-        ("http://0x7f.1", "IPv4 host"),
-        ("http://017.0.0.1", "IPv4 host"),
-        ("http://h.example.org:0", "port"),
-        ("http://h.example.org:99999", "port"),
-        ("http://h.example.org:", "port"),
-        ("http://a:b:c", "more than one `:`"),
     ] {
         let (status, body) = enroll(&dir.url, url, ENROLL).await;
         assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
         assert!(body.contains(why), "{url}: {body}");
+    }
+    // Authorities that do not parse never make an enrollment message (the relay itself refuses
+    // to start with them, naming the rule: see `RelayUrl`'s tests).
+    for url in [
+        "http://2130706433:80",
+        "http://0x7f.1",
+        "http://017.0.0.1",
+        "http://h.example.org:0",
+        "http://h.example.org:99999",
+        "http://h.example.org:",
+        "http://a:b:c",
+    ] {
+        let (status, body) = enroll(&dir.url, url, ENROLL).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{url}: {body}");
     }
     let (status, body) = enroll(&dir.url, "http://127.0.0.1:8080", ENROLL).await;
     assert!(status == StatusCode::BAD_REQUEST && body.contains("--allow-private-relays"), "names the flag: {body}");

@@ -252,13 +252,13 @@ async fn aria2c_gets_the_right_file_from_three_relays_one_corrupt() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn odi_get_style_download_repairs_from_a_corrupt_relay() {
+async fn odi_get_style_download_is_exact_with_a_rotten_relay_among_its_sources() {
     let data = sample(6 << 20, 6);
     let (tmp, dir, relays) = network_with_relays(3, 3, &data).await;
     corrupt_relay_copy(&relays[1], &sha256_hex(&data), 1 << 20);
     let parsed = odi_net::metalink::parse(&get(&format!("{}/metalink/r/rel/big.bin", dir.url), &[]).await.text()).unwrap();
     let sources: Vec<Source> = parsed.urls.iter().map(|u| Source { url: u.clone(), signed: false }).collect();
-    // One chunk per request spreads the six chunks over all four sources, the corrupt one too.
+    // One chunk per request spreads the six chunks over all four sources, the rotten one too.
     let config = TransferConfig { chunks_per_request: 1, ..TransferConfig::default() };
     let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config, redirects: Redirects::AnyHost };
     let path = tmp.path().join("got.bin");
@@ -266,6 +266,6 @@ async fn odi_get_style_download_repairs_from_a_corrupt_relay() {
     let (partial, report) = downloader.download(&parsed.manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e.to_string()).unwrap();
     partial.finish(&path).await.unwrap();
     assert_eq!(sha256_hex(&std::fs::read(&path).unwrap()), sha256_hex(&data));
-    assert!(report.chunks_rejected >= 1, "the corrupt relay was asked and caught: {report:?}");
-    assert!(report.sources_dropped.iter().any(|s| s.starts_with(&relays[1].url)) || report.chunks_rejected >= 1);
+    // The rotten relay checks what it reads: it cuts the answer rather than send the rot.
+    assert_eq!(report.chunks_rejected, 0, "a relay sent bytes that failed their hash: {report:?}");
 }

@@ -15,6 +15,7 @@ pub mod local;
 pub mod object;
 pub mod partial;
 pub mod sqlite;
+pub mod sums;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;

@@ -4,6 +4,7 @@
 //!
 //! ```text
 //! blobs/sha256/{first 2 hex digits}/{64 hex digits}   finished, verified blobs
+//! blobs/sha256/{first 2 hex digits}/{64 hex}.sums     their block checksums (see `sums`)
 //! tmp/                                                 blobs still arriving
 //! ```
 //!
@@ -11,9 +12,14 @@
 //! renamed to their final path and the directory fsynced. A file under `blobs/` is therefore
 //! always whole and correct; a crash leaves at most a stray file in `tmp/`, removed at the next
 //! [`LocalStore::open`]. A root belongs to one process at a time.
+//!
+//! Every read is checked on the way out: a small blob against its digest, a large one block by
+//! block against the checksums written (before the blob's rename) from the very bytes whose
+//! SHA-256 matched. A mismatch is [`StorageError::Corrupt`], raised before the bad block is
+//! handed out, so a caller streaming a blob to a client never sends a wrong byte.
 
 use std::fmt;
-use std::io::{self, SeekFrom};
+use std::io;
 use std::ops::Range;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -28,6 +34,7 @@ use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
 
 use crate::partial::{PartialFile, SealedPartial};
+use crate::sums::{BlockSums, SumsBuilder, read_sums, sums_path, write_sums};
 use tokio::fs::{File, OpenOptions};
 use tokio::io::{AsyncWriteExt, BufWriter};
 
@@ -35,9 +42,6 @@ use tokio::io::{AsyncWriteExt, BufWriter};
 const STORE: &str = "local";
 /// Bytes read or buffered per step when streaming a blob in or out.
 const PIECE: usize = 256 * 1024;
-/// Bytes read per step when serving a large blob to a client: fewer, larger reads cost less
-/// per byte (each is a trip to the blocking pool and a frame through hyper).
-const SERVE_PIECE: usize = 1 << 20;
 /// Blobs up to this size can be kept in memory, verified, for serving.
 pub const CACHED_BLOB_MAX: u64 = 64 << 10;
 /// Memory for those copies, by default.
@@ -160,15 +164,28 @@ impl LocalStore {
 
     /// Opens a blob for serving in one trip to the blocking pool: the file, its size, and for
     /// blobs of at most `small` bytes the whole content, so a small response needs no more I/O.
+    /// A small blob is checked against its digest here; a larger one is checked block by block
+    /// as it is streamed (a blob stored without sums is first verified whole and given them).
+    /// Bytes that fail a check are [`StorageError::Corrupt`].
     pub async fn open_blob(&self, digest: &Digest, small: u64) -> Result<OpenedBlob> {
         if let Some(bytes) = self.small.get(digest) {
             return Ok(OpenedBlob { size: bytes.len() as u64, content: Opened::Small(bytes) });
         }
+        self.open_from_disk(digest, small).await
+    }
+
+    /// Opens a blob to check what is on disk (a scrub): never answered from memory, always
+    /// streamed through the block checks.
+    pub async fn open_on_disk(&self, digest: &Digest) -> Result<OpenedBlob> {
+        self.open_from_disk(digest, 0).await
+    }
+
+    async fn open_from_disk(&self, digest: &Digest, small: u64) -> Result<OpenedBlob> {
         let path = self.blob_path(digest);
         let digest = *digest;
         let epoch = self.small.deletes.load(Ordering::Acquire);
-        let caching = self.small.cache.is_some();
-        let (opened, verified) = tokio::task::spawn_blocking(move || {
+        let tmp = self.tmp.clone();
+        let (opened, keep) = tokio::task::spawn_blocking(move || {
             let mut file = match std::fs::File::open(&path) {
                 Ok(f) => f,
                 Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(StorageError::NotFound { store: STORE, digest }),
@@ -178,21 +195,21 @@ impl LocalStore {
             if size <= small {
                 let mut content = Vec::with_capacity(size as usize);
                 io::Read::read_to_end(&mut file, &mut content).map_err(io_error("read", &path))?;
-                if content.len() as u64 != size {
-                    return Err(io_error("read", &path)(io::Error::new(io::ErrorKind::UnexpectedEof, "the file changed size while read")));
+                if content.len() as u64 != size || Digest::of(&content) != digest {
+                    tracing::error!(path = %path.display(), "stored blob does not match its digest; not serving it");
+                    return Err(StorageError::Corrupt { store: STORE, digest, offset: 0 });
                 }
-                let checked = caching && size <= CACHED_BLOB_MAX;
-                let verified = checked && Digest::of(&content) == digest;
-                if checked && !verified {
-                    tracing::error!(path = %path.display(), "stored blob does not match its digest; serving it uncached for audits to catch");
-                }
-                return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)) }, verified));
+                return Ok((OpenedBlob { size, content: Opened::Small(Bytes::from(content)) }, size <= CACHED_BLOB_MAX));
             }
-            Ok((OpenedBlob { size, content: Opened::File(PieceReader { file, path }) }, false))
+            let sums = match read_sums(&path, size) {
+                Some(sums) => sums,
+                None => verify_whole(&file, &path, digest, size, &tmp)?,
+            };
+            Ok((OpenedBlob { size, content: Opened::File(PieceReader { file, path, digest, sums }) }, false))
         })
         .await
         .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))??;
-        if let (true, Opened::Small(bytes)) = (verified, &opened.content) {
+        if let (true, Opened::Small(bytes)) = (keep, &opened.content) {
             self.small.keep(digest, bytes.clone(), epoch);
         }
         Ok(opened)
@@ -208,9 +225,23 @@ impl LocalStore {
         PartialFile::open(path, manifest).await
     }
 
-    /// Publishes a sealed (complete, verified, durable) partial download as a blob.
+    /// Publishes a sealed (complete, verified, durable) partial download as a blob, its block
+    /// sums written first.
     pub async fn commit_partial(&self, sealed: SealedPartial, digest: &Digest) -> Result<()> {
-        sealed.publish(&self.blob_path(digest)).await
+        let dest = self.blob_path(digest);
+        if let Some(shard) = dest.parent() {
+            tokio::fs::create_dir_all(shard).await.map_err(io_error("create directory", shard))?;
+        }
+        self.write_sums(&dest, sealed.sums().clone()).await?;
+        sealed.publish(&dest).await
+    }
+
+    /// Writes the block sums of the blob that will live at `dest`, durably.
+    async fn write_sums(&self, dest: &Path, sums: BlockSums) -> Result<()> {
+        let (dest, tmp) = (dest.to_path_buf(), self.tmp.clone());
+        tokio::task::spawn_blocking(move || write_sums(&dest, &sums, &tmp).map_err(io_error("write block sums for", &dest)))
+            .await
+            .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))?
     }
 
     /// Every partial download on disk, with its current length.
@@ -250,13 +281,15 @@ impl LocalStore {
     async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Staged> {
         let (file, temp) = self.create_temp().await?;
         let mut out = BufWriter::with_capacity(PIECE, file);
+        let mut sums = SumsBuilder::new();
         while let Some(piece) = body.next().await {
             let piece = piece?;
             check(&piece)?;
+            sums.update(&piece);
             out.write_all(&piece).await.map_err(io_error("write", &temp.path))?;
         }
         out.flush().await.map_err(io_error("write", &temp.path))?;
-        Ok(Staged { file: out.into_inner(), temp })
+        Ok(Staged { file: out.into_inner(), temp, sums: sums.finish() })
     }
 
     async fn create_temp(&self) -> Result<(File, TempFile)> {
@@ -277,7 +310,7 @@ impl LocalStore {
 
     /// Makes a complete, verified temp file durable and visible as the blob `digest`.
     async fn commit(&self, staged: Staged, digest: &Digest) -> Result<()> {
-        let Staged { file, mut temp } = staged;
+        let Staged { file, mut temp, sums } = staged;
         file.sync_all().await.map_err(io_error("fsync", &temp.path))?;
         drop(file);
 
@@ -291,6 +324,8 @@ impl LocalStore {
             // Already stored, and only verified blobs are ever renamed into place: keep that one.
             return Ok(());
         }
+        // The sums are durable before the blob is visible: no reader finds a blob without them.
+        self.write_sums(&dest, sums).await?;
         if let Err(e) = tokio::fs::rename(&temp.path, &dest).await {
             // A concurrent writer of the same bytes may have won the race (or, on platforms
             // where rename does not replace, made ours fail): either way the blob is there.
@@ -350,6 +385,8 @@ impl BlobStore for LocalStore {
         let path = self.blob_path(digest);
         let removed = tokio::fs::remove_file(&path).await;
         self.small.forget(digest);
+        // The blob goes first: sums without a blob are only a stray file.
+        let _ = tokio::fs::remove_file(sums_path(&path)).await;
         match removed {
             Ok(()) => Ok(()),
             Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(()),
@@ -385,7 +422,9 @@ enum Opened {
 }
 
 impl OpenedBlob {
-    /// The bytes in `range` (clamped by the caller to the blob's size).
+    /// The bytes in `range` (clamped by the caller to the blob's size). From a file, each block
+    /// is read whole and checked against its sums before any of it is yielded; a mismatch
+    /// ends the stream with [`StorageError::Corrupt`] instead of the block.
     pub fn stream(self, range: Range<u64>) -> ByteStream<'static> {
         match self.content {
             Opened::Small(bytes) => {
@@ -393,14 +432,14 @@ impl OpenedBlob {
                 Box::pin(stream::once(async move { Ok(slice) }))
             }
             Opened::File(reader) => {
-                // Sequential reads on the blocking pool, straight into the buffer that becomes
-                // the frame, with the next piece already being read while hyper writes this one.
+                // Block reads on the blocking pool, straight into the buffer that becomes the
+                // frame, with the next block already being read while hyper writes this one.
                 let reader = Arc::new(reader);
                 let state = (reader, range.start, range.end, None);
                 Box::pin(stream::try_unfold(state, |(reader, mut next, end, ahead): PieceState| async move {
-                    let Some(current) = ahead.or_else(|| start_read(&reader, &mut next, end, true)) else { return Ok(None) };
+                    let Some(current) = ahead.or_else(|| start_read(&reader, &mut next, end)) else { return Ok(None) };
                     let piece = current.await.map_err(|e| StorageError::backend(STORE, format!("blocking read stopped: {e}")))??;
-                    let ahead = start_read(&reader, &mut next, end, false);
+                    let ahead = start_read(&reader, &mut next, end);
                     Ok(Some((piece, (reader, next, end, ahead))))
                 }))
             }
@@ -408,45 +447,83 @@ impl OpenedBlob {
     }
 }
 
-/// A blob file being streamed out, read from its current position.
+/// A blob file being streamed out, with the sums each block read is checked against.
 #[derive(Debug)]
 struct PieceReader {
     file: std::fs::File,
     path: PathBuf,
+    digest: Digest,
+    sums: BlockSums,
 }
 
-/// The reader, the offset of the next piece to start reading, the end, and the piece being read.
+/// The reader, the offset of the next byte to yield, the end, and the piece being read.
 type PieceState = (Arc<PieceReader>, u64, u64, Option<tokio::task::JoinHandle<Result<Bytes>>>);
 
-/// Starts reading the piece at `*next` (seeking there first if `seek`) and advances `*next`, or
-/// returns `None` at `end`.
-fn start_read(reader: &Arc<PieceReader>, next: &mut u64, end: u64, seek: bool) -> Option<tokio::task::JoinHandle<Result<Bytes>>> {
+/// Starts reading the block holding `*next` (from the block's start, so it can be checked),
+/// advancing `*next` past the part of it that is in `..end`; `None` at `end`.
+fn start_read(reader: &Arc<PieceReader>, next: &mut u64, end: u64) -> Option<tokio::task::JoinHandle<Result<Bytes>>> {
     if *next >= end {
         return None;
     }
-    let (at, len) = (*next, (end - *next).min(SERVE_PIECE as u64) as usize);
-    *next += len as u64;
+    let index = *next / u64::from(reader.sums.block_size());
+    let block = reader.sums.block_range(index)?;
+    let (from, to) = (*next - block.start, end.min(block.end) - block.start);
+    *next = end.min(block.end);
     let reader = reader.clone();
     Some(tokio::task::spawn_blocking(move || {
-        use std::io::{Read as _, Seek as _};
-        let mut file = &reader.file;
-        if seek {
-            file.seek(SeekFrom::Start(at)).map_err(io_error("seek in", &reader.path))?;
-        }
-        let mut buf = Vec::with_capacity(len);
-        file.take(len as u64).read_to_end(&mut buf).map_err(io_error("read", &reader.path))?;
-        if buf.len() < len {
-            let e = io::Error::new(io::ErrorKind::UnexpectedEof, "the file ended before its recorded size; was it truncated?");
+        use std::os::unix::fs::FileExt as _;
+        let mut buf = vec![0u8; (block.end - block.start) as usize];
+        if let Err(e) = reader.file.read_exact_at(&mut buf, block.start) {
+            if e.kind() == io::ErrorKind::UnexpectedEof {
+                tracing::error!(path = %reader.path.display(), "stored blob is shorter than its recorded size");
+                return Err(StorageError::Corrupt { store: STORE, digest: reader.digest, offset: block.start });
+            }
             return Err(io_error("read", &reader.path)(e));
         }
-        Ok(Bytes::from(buf))
+        if !reader.sums.check(index, &buf) {
+            tracing::error!(path = %reader.path.display(), offset = block.start, "stored blob does not match its block sums; not serving it");
+            return Err(StorageError::Corrupt { store: STORE, digest: reader.digest, offset: block.start });
+        }
+        Ok(Bytes::from(buf).slice(from as usize..to as usize))
     }))
+}
+
+/// Verifies a blob stored without sums (by an older version, or its sums were damaged) against
+/// its digest, and writes its sums; a mismatch is [`StorageError::Corrupt`].
+fn verify_whole(file: &std::fs::File, path: &Path, digest: Digest, size: u64, tmp: &Path) -> Result<BlockSums> {
+    use sha2::Digest as _;
+    use std::os::unix::fs::FileExt as _;
+    let mut whole = sha2::Sha256::new();
+    let mut sums = SumsBuilder::new();
+    let mut buf = vec![0u8; PIECE * 4];
+    let mut offset = 0u64;
+    while offset < size {
+        let n = file.read_at(&mut buf, offset).map_err(io_error("read", path))?;
+        if n == 0 {
+            break;
+        }
+        whole.update(&buf[..n]);
+        sums.update(&buf[..n]);
+        offset += n as u64;
+    }
+    if offset != size || Digest::from_bytes(whole.finalize().into()) != digest {
+        tracing::error!(path = %path.display(), "stored blob does not match its digest; not serving it");
+        return Err(StorageError::Corrupt { store: STORE, digest, offset: 0 });
+    }
+    let sums = sums.finish();
+    write_sums(path, &sums, tmp).map_err(io_error("write block sums for", path))?;
+    if let Some(dir) = path.parent() {
+        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(io_error("fsync directory", dir))?;
+    }
+    tracing::info!(path = %path.display(), "verified a blob stored without block sums and wrote them");
+    Ok(sums)
 }
 
 /// A finished temp file waiting to be committed.
 struct Staged {
     file: File,
     temp: TempFile,
+    sums: BlockSums,
 }
 
 /// A temp file that is removed when dropped unless it was renamed into place, so an error,
@@ -641,7 +718,7 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn a_small_blob_that_fails_its_check_is_never_kept_in_memory() {
+    async fn a_small_blob_that_fails_its_check_is_never_served_nor_kept_in_memory() {
         let (store, _dir) = scratch();
         let data = conformance::sample(1024, 6);
         let digest = store.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
@@ -649,17 +726,130 @@ mod tests {
         let mut rotten = data.clone();
         rotten[100] ^= 0x80;
         std::fs::write(&path, &rotten).unwrap();
-        // Served as stored (an audit is what catches it), but not kept.
-        assert_eq!(read_small(&store, &digest).await.unwrap(), rotten);
+        assert!(matches!(read_small(&store, &digest).await, Err(StorageError::Corrupt { .. })));
         std::fs::remove_file(&path).unwrap();
         assert!(matches!(read_small(&store, &digest).await, Err(StorageError::NotFound { .. })));
-        // And a store that keeps no copies always reads the disk.
+        // A store that keeps no copies checks every read too.
         let (plain, _dir) = scratch();
         let plain = plain.with_cache_bytes(0);
         let digest = plain.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
         assert_eq!(read_small(&plain, &digest).await.unwrap(), data);
-        std::fs::remove_file(plain.blob_path(&digest)).unwrap();
-        assert!(matches!(read_small(&plain, &digest).await, Err(StorageError::NotFound { .. })));
+        std::fs::write(plain.blob_path(&digest), &rotten).unwrap();
+        assert!(matches!(read_small(&plain, &digest).await, Err(StorageError::Corrupt { .. })));
+    }
+
+    /// Reads `range` of a blob through the serving path: the bytes before the first error, and
+    /// the error.
+    async fn read_range(store: &LocalStore, digest: &Digest, range: Range<u64>) -> (Vec<u8>, Option<StorageError>) {
+        let mut stream = match store.open_blob(digest, CACHED_BLOB_MAX).await {
+            Ok(blob) => blob.stream(range),
+            Err(e) => return (Vec::new(), Some(e)),
+        };
+        let mut out = Vec::new();
+        while let Some(piece) = stream.next().await {
+            match piece {
+                Ok(piece) => out.extend_from_slice(&piece),
+                Err(e) => return (out, Some(e)),
+            }
+        }
+        (out, None)
+    }
+
+    async fn read_ok(store: &LocalStore, digest: &Digest, range: Range<u64>) -> Vec<u8> {
+        let (got, err) = read_range(store, digest, range).await;
+        assert!(err.is_none(), "{err:?}");
+        got
+    }
+
+    const MIB: u64 = 1 << 20;
+
+    #[tokio::test]
+    async fn every_way_in_writes_block_sums_and_a_flipped_byte_stops_the_read_before_its_block() {
+        let (store, _dir) = scratch();
+        let data = conformance::sample(3 * MIB as usize + 4321, 11);
+        let manifest = ChunkManifest::of(&data, 1 << 20).unwrap();
+        let digest = manifest.digest();
+        // Through a partial download (the relay's way in) ...
+        let (partial, have) = store.open_partial(manifest.clone()).await.unwrap();
+        assert!(have.is_empty());
+        for i in 0..manifest.chunk_count() {
+            let r = manifest.chunk_range(i).unwrap();
+            partial.write_chunk(i, Bytes::copy_from_slice(&data[r.start as usize..r.end as usize])).await.unwrap();
+        }
+        store.commit_partial(partial.seal().await.unwrap(), &digest).await.unwrap();
+        let path = store.blob_path(&digest);
+        assert!(sums_path(&path).is_file(), "sums beside the blob");
+        assert_eq!(read_ok(&store, &digest, 0..data.len() as u64).await, data.clone());
+        // ... and through put_verified and ingest (the directory's).
+        let (other, _odir) = scratch();
+        other.put_verified(&manifest, conformance::body(&data, 70_000)).await.unwrap();
+        assert!(sums_path(&other.blob_path(&digest)).is_file());
+        let (third, _tdir) = scratch();
+        third.ingest(1 << 20, conformance::body(&data, 99_999)).await.unwrap();
+        assert_eq!(std::fs::read(sums_path(&third.blob_path(&digest))).unwrap(), std::fs::read(sums_path(&path)).unwrap());
+
+        // 16 bytes rot in the third block.
+        let file = std::fs::OpenOptions::new().write(true).open(&path).unwrap();
+        std::os::unix::fs::FileExt::write_all_at(&file, &[0xAA; 16], 2 * MIB + 500).unwrap();
+        let (got, err) = read_range(&store, &digest, 0..data.len() as u64).await;
+        assert_eq!(got, data[..2 * MIB as usize], "the blocks before it are served, none of it");
+        assert!(matches!(err, Some(StorageError::Corrupt { offset, .. }) if offset == 2 * MIB), "{err:?}");
+        // A range that starts after the rot is still served, checked.
+        let tail = 3 * MIB + 10..data.len() as u64;
+        assert_eq!(read_ok(&store, &digest, tail.clone()).await, data[tail.start as usize..].to_vec());
+        // A range that starts mid-block reads from the block's start to check it.
+        let (got, err) = read_range(&store, &digest, 2 * MIB + 1000..2 * MIB + 2000).await;
+        assert!(got.is_empty() && matches!(err, Some(StorageError::Corrupt { .. })), "{err:?}");
+        let mid = MIB + 7..2 * MIB - 3;
+        assert_eq!(read_ok(&store, &digest, mid.clone()).await, data[mid.start as usize..mid.end as usize].to_vec());
+        // Truncation is caught too.
+        file.set_len(3 * MIB).unwrap();
+        let (_, err) = read_range(&store, &digest, 0..data.len() as u64).await;
+        assert!(matches!(err, Some(StorageError::Corrupt { .. })), "{err:?}");
+    }
+
+    #[tokio::test]
+    async fn a_blob_without_sums_is_verified_whole_on_first_open() {
+        let (store, _dir) = scratch();
+        let data = conformance::sample(2 * MIB as usize + 1, 12);
+        let digest = store.ingest(1 << 20, conformance::body(&data, 65_536)).await.unwrap().digest();
+        let path = store.blob_path(&digest);
+        // As an older version left it: no sums; then sums damaged.
+        std::fs::remove_file(sums_path(&path)).unwrap();
+        assert_eq!(read_ok(&store, &digest, 5..data.len() as u64).await, data[5..].to_vec());
+        let written = std::fs::read(sums_path(&path)).unwrap();
+        std::fs::write(sums_path(&path), b"garbage").unwrap();
+        assert_eq!(read_ok(&store, &digest, 0..10).await, data[..10].to_vec());
+        assert_eq!(std::fs::read(sums_path(&path)).unwrap(), written);
+        // Without sums and rotten: refused before anything is sent.
+        std::fs::remove_file(sums_path(&path)).unwrap();
+        let mut rotten = data.clone();
+        rotten[MIB as usize + 3] ^= 1;
+        std::fs::write(&path, &rotten).unwrap();
+        let (got, err) = read_range(&store, &digest, 0..10).await;
+        assert!(got.is_empty() && matches!(err, Some(StorageError::Corrupt { .. })), "{err:?}");
+        assert!(!sums_path(&path).exists(), "no sums are made for wrong bytes");
+        // A delete takes the sums too.
+        store.delete(&digest).await.unwrap();
+        std::fs::write(sums_path(&path), &written).unwrap();
+        store.delete(&digest).await.unwrap();
+        assert!(!sums_path(&path).exists() && !path.exists());
+    }
+
+    #[tokio::test]
+    async fn a_scrub_reads_the_disk_not_the_memory_copy() {
+        let (store, _dir) = scratch();
+        let data = conformance::sample(1024, 13);
+        let digest = store.ingest(4096, conformance::body(&data, 1000)).await.unwrap().digest();
+        assert_eq!(read_small(&store, &digest).await.unwrap(), data);
+        let mut rotten = data.clone();
+        rotten[0] ^= 4;
+        std::fs::write(store.blob_path(&digest), &rotten).unwrap();
+        assert_eq!(read_small(&store, &digest).await.unwrap(), data, "the verified copy in memory");
+        let blob = store.open_on_disk(&digest).await.unwrap();
+        let size = blob.size;
+        let mut stream = blob.stream(0..size);
+        assert!(matches!(stream.next().await, Some(Err(StorageError::Corrupt { .. }))));
     }
 
     #[tokio::test]

@@ -26,6 +26,7 @@ use odi_core::storage::{Result, StorageError};
 use sha2::{Digest as _, Sha256};
 
 use crate::local::{io_error, sync_dir};
+use crate::sums::{BlockSums, SumsBuilder};
 
 /// Bytes read at a time when re-verifying.
 const READ_PIECE: usize = 1 << 20;
@@ -38,9 +39,16 @@ const AHEAD_LIMIT: u64 = 32 << 20;
 #[derive(Debug)]
 pub struct SealedPartial {
     path: PathBuf,
+    /// Block sums of the bytes whose whole-file SHA-256 matched (see `crate::sums`).
+    sums: BlockSums,
 }
 
 impl SealedPartial {
+    /// The block sums of the sealed bytes (a store writes them before publishing the blob).
+    pub fn sums(&self) -> &BlockSums {
+        &self.sums
+    }
+
     /// Second half of `finish`: renames into `dest` and fsyncs its directory.
     pub async fn publish(self, dest: &Path) -> Result<()> {
         if let Some(parent) = dest.parent() {
@@ -66,6 +74,8 @@ pub struct PartialFile {
 struct RunningHash {
     /// `None` once it cannot cover the whole file (resumed, or too far out of order).
     hasher: Option<Sha256>,
+    /// The block sums of the same in-order stream.
+    sums: SumsBuilder,
     /// The next chunk to feed it.
     next: u64,
     /// Chunks written ahead of `next`, waiting for it.
@@ -75,7 +85,7 @@ struct RunningHash {
 
 impl RunningHash {
     fn new(from_start: bool) -> Self {
-        Self { hasher: from_start.then(Sha256::new), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0 }
+        Self { hasher: from_start.then(Sha256::new), sums: SumsBuilder::new(), next: 0, ahead: BTreeMap::new(), ahead_bytes: 0 }
     }
 
     /// Takes chunk `index`, just written; feeds it and any chunks waiting behind it.
@@ -95,20 +105,23 @@ impl RunningHash {
             return;
         }
         hasher.update(&data);
+        self.sums.update(&data);
         self.next += 1;
         while let Some(data) = self.ahead.remove(&self.next) {
             self.ahead_bytes -= data.len() as u64;
             hasher.update(&data);
+            self.sums.update(&data);
             self.next += 1;
         }
     }
 
-    /// The whole-file digest, if every one of `chunks` chunks was fed.
-    fn finish(&mut self, chunks: u64) -> Option<Digest> {
+    /// The whole-file digest and block sums, if every one of `chunks` chunks was fed.
+    fn finish(&mut self, chunks: u64) -> Option<(Digest, BlockSums)> {
         if self.next != chunks {
             return None;
         }
-        Some(Digest::from_bytes(self.hasher.take()?.finalize().into()))
+        let digest = Digest::from_bytes(self.hasher.take()?.finalize().into());
+        Some((digest, std::mem::take(&mut self.sums).finish()))
     }
 }
 
@@ -176,17 +189,18 @@ impl PartialFile {
     pub async fn seal(self) -> Result<SealedPartial> {
         let (file, path, manifest) = (self.file.clone(), self.path.clone(), self.manifest.clone());
         let running = self.running.lock().unwrap_or_else(PoisonError::into_inner).finish(manifest.chunk_count());
-        blocking(move || {
+        let sums = blocking(move || {
             file.set_len(manifest.total_len()).map_err(io_error("size", &path))?;
             file.sync_all().map_err(io_error("fsync", &path))?;
-            if let Some(got) = running {
+            if let Some((got, sums)) = running {
                 if got != manifest.digest() {
                     let _ = std::fs::remove_file(&path);
                     return Err(StorageError::Verify { digest: manifest.digest(), source: ManifestError::DigestMismatch { got, expected: manifest.digest() } });
                 }
-                return Ok(());
+                return Ok(sums);
             }
             let mut whole = Sha256::new();
+            let mut sums = SumsBuilder::new();
             let mut buf = vec![0u8; READ_PIECE];
             let mut offset = 0u64;
             while offset < manifest.total_len() {
@@ -196,6 +210,7 @@ impl PartialFile {
                 }
                 offset += n as u64;
                 whole.update(&buf[..n]);
+                sums.update(&buf[..n]);
             }
             let got = Digest::from_bytes(whole.finalize().into());
             if offset != manifest.total_len() || got != manifest.digest() {
@@ -207,10 +222,10 @@ impl PartialFile {
                 };
                 return Err(StorageError::Verify { digest: manifest.digest(), source });
             }
-            Ok(())
+            Ok(sums.finish())
         })
         .await?;
-        Ok(SealedPartial { path: self.path })
+        Ok(SealedPartial { path: self.path, sums })
     }
 
     /// Removes the partial file.
@@ -303,6 +318,8 @@ mod tests {
         p.finish(&dest).await.unwrap();
         assert_eq!(std::fs::read(&dest).unwrap(), data);
         assert!(!path.exists());
+        // A download saved for a user (`odi get`) gets no sidecar: only a store writes sums.
+        assert_eq!(std::fs::read_dir(tmp.path().join("out")).unwrap().count(), 1);
     }
 
     #[tokio::test]
@@ -350,7 +367,7 @@ mod tests {
         for (i, piece) in [b"c", b"b", b"a"].into_iter().enumerate().map(|(i, p)| (2 - i as u64, p)) {
             r.written(i, Bytes::from_static(piece));
         }
-        assert_eq!(r.finish(3), Some(Digest::of(b"abc")));
+        assert_eq!(r.finish(3).map(|(d, _)| d), Some(Digest::of(b"abc")));
         let mut r = RunningHash::new(true);
         for i in 1..=(AHEAD_LIMIT >> 20) + 1 {
             r.written(i, Bytes::from_static(&MIB));

@@ -346,8 +346,14 @@ mod tests {
         CatalogName::new(name).unwrap()
     }
 
+    /// Each kind of expunge entry in turn: by path, by digest, and the form earlier versions wrote.
     fn log(name: &str, seq: u64) -> Record {
-        let op = LogOp::Expunge { path: ArtifactPath::new(&format!("dir/file-{seq}.tar")).unwrap(), digest: Digest::of(&seq.to_be_bytes()) };
+        let (path, digest) = (ArtifactPath::new(&format!("dir/file-{seq}.tar")).unwrap(), Digest::of(&seq.to_be_bytes()));
+        let op = match seq % 3 {
+            0 => LogOp::ExpungePath { path, digest },
+            1 => LogOp::ExpungeDigest { digest },
+            _ => LogOp::Expunge { path, digest },
+        };
         Record::Log { catalog: catalog(name), entry: LogEntry { seq, at: UnixTime(1_700_000_000 + seq), op } }
     }
 
@@ -360,11 +366,12 @@ mod tests {
             enrolled_at: UnixTime(1_700_000_000),
             quarantined: id.is_multiple_of(2).then(|| "served wrong bytes".to_owned()),
             draining: id.is_multiple_of(3),
+            proven: id.is_multiple_of(5),
         })
     }
 
     fn catalog_record(name: &str) -> Record {
-        Record::Catalog(CatalogConfig { name: catalog(name), replicas: 3, chunk_size: 1 << 20, created_at: UnixTime(1_700_000_000) })
+        Record::Catalog(CatalogConfig { name: catalog(name), replicas: 3, chunk_size: 1 << 20, created_at: UnixTime(1_700_000_000), mutable: name == "beta" })
     }
 
     fn token(role: TokenRole, seed: &[u8]) -> Record {
@@ -430,6 +437,7 @@ mod tests {
         meta.apply(&[relay(9, &["beta"]), catalog_record("beta"), log("beta", 1)]).await.unwrap();
         meta.apply(&[catalog_record("alpha"), log("alpha", 1), put.clone(), token(TokenRole::Enroll, b"e1")]).await.unwrap();
         meta.apply(&[log("beta", 2), relay(3, &["alpha", "beta"]), token(TokenRole::Admin, b"a1")]).await.unwrap();
+        meta.apply(&[log("beta", 3)]).await.unwrap();
         // Upserts replace.
         meta.apply(&[token(TokenRole::Enroll, b"e2"), relay(9, &["alpha"])]).await.unwrap();
         meta.apply(&[]).await.unwrap();
@@ -447,6 +455,7 @@ mod tests {
             put,
             log("beta", 1),
             log("beta", 2),
+            log("beta", 3),
             relay(3, &["alpha", "beta"]),
             relay(9, &["alpha"]),
         ];

@@ -10,9 +10,12 @@
 //! Relay lifecycle: `enrolled` (token accepted) → self-test of the relay's public URL →
 //! `syncing` (assigned work it does not hold yet) → `ready`. Every `probe_interval` the directory
 //! checks the relay's URL again; a failed check **suspends** redirects to it at once, and only a
-//! passed self-test lifts that. Every `audit_interval` it fetches one random whole chunk of one
-//! random artifact the relay holds and checks it against the chunk's SHA-256; wrong bytes
-//! **quarantine** the relay (no assignment, no redirects, persisted) until an admin readmits it.
+//! passed self-test lifts that. Every `audit_interval` it fetches one whole chunk the relay
+//! holds and checks it against the chunk's SHA-256, going through all the relay's held chunks
+//! in a seeded random order without repeats (so every chunk is audited within held chunks ×
+//! `audit_interval`); a client's report of a bad chunk (`handle_report`) audits that chunk at
+//! once. Wrong bytes **quarantine** the relay (no assignment, no redirects, persisted) until an
+//! admin readmits it.
 //! A relay silent for longer than the lease is `unhealthy`: it leaves the redirect and
 //! assignment sets at once and must pass a new self-test when it returns. A client is
 //! redirected to a relay only for an artifact the relay reported holding, at a generation at
@@ -44,9 +47,14 @@ use crate::message::{
     RelayUrl, Standing,
 };
 use crate::path::{ArtifactPath, CatalogName};
+use crate::relay::footprint;
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
+
+/// A new relay's probation: long enough for hundreds of audits at the default interval, short
+/// enough that a volunteer sees plain-client traffic the day they join.
+pub const DEFAULT_PROBATION: Duration = Duration::from_secs(6 * 3600);
 
 /// Bandwidth assumed for a relay that states none (0 = unlimited): 1 Gbit/s.
 const NOMINAL_BANDWIDTH: u64 = 125_000_000;
@@ -65,6 +73,11 @@ pub struct DirectoryConfig {
     pub probe_interval: Duration,
     /// How often each serving relay gets a content audit (one whole chunk).
     pub audit_interval: Duration,
+    /// How long a newly admitted (or readmitted) relay serves only clients that verify what they
+    /// get (it is named in `Link: rel=duplicate` and metalinks, never in a `Location`), and the
+    /// clean audits it must pass meanwhile. Zero turns probation off.
+    pub probation: Duration,
+    pub probation_audits: u64,
     /// A change to the set of relays is rebalanced this long after it, so that many changes
     /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
     pub rebalance_delay: Duration,
@@ -87,6 +100,8 @@ impl DirectoryConfig {
             self_test_retry: Duration::from_secs(5),
             probe_interval: Duration::from_secs(10),
             audit_interval: Duration::from_secs(30),
+            probation: DEFAULT_PROBATION,
+            probation_audits: 3,
             rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
@@ -115,6 +130,10 @@ pub enum Event {
         url: RelayUrl,
     },
     RelayAdmitted {
+        relay: NodeId,
+    },
+    /// A relay passed its probation: plain clients may be sent to it from now on.
+    RelayProven {
         relay: NodeId,
     },
     SelfTestFailed {
@@ -211,6 +230,18 @@ pub enum AdminError {
     NotFound { catalog: CatalogName, path: ArtifactPath },
     #[error("{0} was expunged and may not be published again")]
     ExpungedDigest(Digest),
+    /// A path of an immutable catalog already holds other bytes.
+    #[error(
+        "`{path}` in catalog `{catalog}` already holds {current}, and names in an immutable catalog never change; publish under a new path, or create the catalog with --mutable"
+    )]
+    Rebind { catalog: CatalogName, path: ArtifactPath, current: Digest },
+    /// A path of an immutable catalog was expunged while holding other bytes.
+    #[error(
+        "`{path}` in catalog `{catalog}` was expunged while it held {previous}, and names in an immutable catalog never change; publish the replacement under a new path, or create the catalog with --mutable"
+    )]
+    ExpungedPath { catalog: CatalogName, path: ArtifactPath, previous: Digest },
+    #[error("there is no catalog to bar {0} from; nothing can hold it")]
+    NoCatalogs(Digest),
     #[error("no relay with id {0}; `odi relays` lists them")]
     UnknownRelay(NodeId),
     #[error("relay {0}'s state is being saved right now; try again")]
@@ -227,6 +258,9 @@ pub struct Redirect {
     pub target: Option<RelayUrl>,
     /// The other relays that could serve it, for `Link: rel=duplicate`.
     pub alternates: Vec<RelayUrl>,
+    /// The name may be bound to other bytes later (its catalog is mutable): answers must not be
+    /// cached without revalidation. Always `false` for a digest.
+    pub mutable: bool,
 }
 
 #[derive(Clone, Debug, Serialize)]
@@ -247,6 +281,8 @@ pub struct RelayView {
     pub quarantined: Option<String>,
     /// Why it gets no clients (or no work), when it gets none.
     pub reason: Option<String>,
+    /// Past its probation: plain clients may be sent to it.
+    pub proven: bool,
     /// Milliseconds since the last heartbeat, if one arrived since the directory started.
     pub last_seen_ms: Option<u64>,
 }
@@ -256,6 +292,8 @@ pub struct CatalogView {
     pub name: CatalogName,
     pub replicas: u32,
     pub chunk_size: u32,
+    /// Paths may be published again with other bytes.
+    pub mutable: bool,
     pub seq: u64,
     pub artifacts: usize,
     pub bytes: u64,
@@ -282,7 +320,8 @@ struct CatalogState {
     config: CatalogConfig,
     seq: u64,
     artifacts: BTreeMap<ArtifactPath, Entry>,
-    expunged: BTreeSet<ArtifactPath>,
+    /// Expunged paths (410), with the bytes each held when it was expunged.
+    expunged: BTreeMap<ArtifactPath, Digest>,
 }
 
 #[derive(Debug)]
@@ -319,11 +358,73 @@ struct RelayState {
     /// The audit under way: attempt, digest, chunk.
     audit: Option<(u64, Digest, u64)>,
     audits: (u64, u64),
+    /// Where the scheduled audits are in their walk through the held chunks.
+    audit_cycle: AuditCycle,
+    /// When the last audit asked for by a client report started (at most one per
+    /// `REPORT_AUDIT_GAP`).
+    last_report_audit: Option<Instant>,
     /// Responses in progress as last reported, plus redirects sent since.
     active: u32,
     redirected: u32,
     /// Why its last self-test, probe or audit fetch failed; cleared when one passes.
     failure: Option<String>,
+    /// On probation since it was admitted then, with clean audits passed since.
+    probation: Option<(Instant, u64)>,
+}
+
+/// A walk through `n` held chunks in a random order without repeats: step `i` audits chunk
+/// `(a·i + b) mod n` of the held chunks in digest order, a bijection because `gcd(a, n) = 1`.
+/// A new walk starts when this one ends or the number of held chunks changes. Constant memory
+/// per relay, however much it holds.
+#[derive(Clone, Copy, Debug, Default)]
+pub(crate) struct AuditCycle {
+    n: u64,
+    a: u64,
+    b: u64,
+    i: u64,
+}
+
+impl AuditCycle {
+    /// The next position in `0..n`, starting a new walk (from `rng`) when needed.
+    pub(crate) fn next(&mut self, n: u64, rng: &mut SeededRng) -> u64 {
+        if self.n != n || self.i >= n {
+            let a = if n <= 1 {
+                1
+            } else {
+                loop {
+                    let a = 1 + rng.below(n - 1);
+                    if gcd(a, n) == 1 {
+                        break a;
+                    }
+                }
+            };
+            *self = Self { n, a, b: rng.below(n.max(1)), i: 0 };
+        }
+        let at = ((u128::from(self.a) * u128::from(self.i) + u128::from(self.b)) % u128::from(n.max(1))) as u64;
+        self.i += 1;
+        at
+    }
+}
+
+fn gcd(mut a: u64, mut b: u64) -> u64 {
+    while b != 0 {
+        (a, b) = (b, a % b);
+    }
+    a
+}
+
+/// Audits started by client reports: at most one per relay per this long (anyone can report).
+pub const REPORT_AUDIT_GAP: Duration = Duration::from_secs(1);
+
+/// What the directory did with a client's report of a bad chunk.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum ReportOutcome {
+    /// That chunk is being audited on the relay now.
+    Auditing,
+    /// Not a serving relay's URL, or not a chunk it holds: nothing to check.
+    Ignored,
+    /// An audit of that relay is under way or started too recently: this one is dropped.
+    Busy,
 }
 
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
@@ -409,7 +510,8 @@ impl Directory {
 
     // ---- write-ahead admin changes: plan (pure), persist (driver), apply ----
 
-    pub fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, at: UnixTime) -> Result<Record, AdminError> {
+    /// Plans a new catalog. `mutable`: its paths may later be published with other bytes.
+    pub fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, mutable: bool, at: UnixTime) -> Result<Record, AdminError> {
         if self.catalogs.contains_key(&name) {
             return Err(AdminError::CatalogExists(name));
         }
@@ -417,10 +519,12 @@ impl Directory {
             return Err(AdminError::Replicas(replicas));
         }
         let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at }))
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
     }
 
-    /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent).
+    /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent). In
+    /// an immutable catalog a path is bound to one digest for good: other bytes for a path that
+    /// holds (or held, before it was expunged) another digest are refused.
     pub fn plan_publish(
         &self,
         catalog: &CatalogName,
@@ -436,19 +540,49 @@ impl Directory {
         if self.expunged.contains(&manifest.digest()) {
             return Err(AdminError::ExpungedDigest(manifest.digest()));
         }
-        if cat.artifacts.get(&path).is_some_and(|e| e.artifact.digest() == manifest.digest()) {
-            return Ok(None);
+        let digest = manifest.digest();
+        match cat.artifacts.get(&path).map(|e| e.artifact.digest()) {
+            Some(current) if current == digest => return Ok(None),
+            Some(current) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
+            _ => {}
+        }
+        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable) {
+            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: *previous });
         }
         let artifact =
             Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
         Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
     }
 
+    /// Plans withdrawing one name (`ExpungePath`): the path answers 410; its bytes stay under
+    /// any other name that holds them.
     pub fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
         let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
-        let op = LogOp::Expunge { path: path.clone(), digest: entry.artifact.digest() };
+        let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
         Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
+    }
+
+    /// Plans barring `digest` everywhere (`ExpungeDigest`): one entry in the log of every
+    /// catalog, to be made durable in one transaction. Empty when it is barred already. A digest
+    /// no catalog holds may be barred too (it will be refused on publish).
+    pub fn plan_expunge_digest(&self, digest: Digest, at: UnixTime) -> Result<Vec<Record>, AdminError> {
+        if self.expunged.contains(&digest) {
+            return Ok(Vec::new());
+        }
+        if self.catalogs.is_empty() {
+            return Err(AdminError::NoCatalogs(digest));
+        }
+        Ok(self
+            .catalogs
+            .iter()
+            .map(|(name, cat)| Record::Log { catalog: name.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::ExpungeDigest { digest } } })
+            .collect())
+    }
+
+    /// Every name (`catalog/path`) that holds `digest` now.
+    pub fn names_of(&self, digest: &Digest) -> Vec<String> {
+        self.blobs.get(digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default()
     }
 
     /// Plans recording `token` for `role`; `None` when it is recorded already (under this key).
@@ -466,8 +600,10 @@ impl Directory {
             record.draining = drain;
         }
         if readmit {
+            // Back on probation: it must earn plain clients again.
             record.quarantined = None;
             record.draining = false;
+            record.proven = false;
         }
         Ok(Record::Relay(record))
     }
@@ -475,12 +611,18 @@ impl Directory {
     /// Writes a planned admin change ahead: it is applied once `handle_storage` reports it
     /// durable, and its [`Outcome`] is then taken with `take_outcome`.
     pub fn commit(&mut self, record: Record) -> Result<RequestId, AdminError> {
-        let relay = match &record {
+        self.commit_all(vec![record])
+    }
+
+    /// Like `commit`, for records that must be durable together (all or none) and are then
+    /// applied in order: an expunge by digest writes one entry per catalog.
+    pub fn commit_all(&mut self, records: Vec<Record>) -> Result<RequestId, AdminError> {
+        let relay = records.iter().find_map(|r| match r {
             Record::Relay(r) => Some(r.id),
             _ => None,
-        };
-        let id = self.persist.begin(Write::Admin(record.clone())).ok_or_else(|| AdminError::RelayBusy(relay.unwrap_or(NodeId([0; 32]))))?;
-        self.effects.push_back(Effect::Persist { id, records: vec![record] });
+        });
+        let id = self.persist.begin(Write::Admin(records.clone())).ok_or_else(|| AdminError::RelayBusy(relay.unwrap_or(NodeId([0; 32]))))?;
+        self.effects.push_back(Effect::Persist { id, records });
         Ok(id)
     }
 
@@ -488,8 +630,10 @@ impl Directory {
     pub fn handle_storage(&mut self, id: RequestId, outcome: Result<(), String>, now: Instant) {
         let Some(write) = self.persist.finish(id, outcome.is_ok(), now) else { return };
         match (write, outcome) {
-            (Write::Admin(record), Ok(())) => {
-                self.apply(&record, now);
+            (Write::Admin(records), Ok(())) => {
+                for record in &records {
+                    self.apply(record, now);
+                }
                 self.outcomes.insert(id, Outcome::Applied);
             }
             (Write::Admin(_), Err(error)) => {
@@ -540,7 +684,7 @@ impl Directory {
                 if self.catalogs.contains_key(&config.name) {
                     return false;
                 }
-                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeSet::new() };
+                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new() };
                 self.catalogs.insert(config.name.clone(), state);
                 true
             }
@@ -585,12 +729,9 @@ impl Directory {
         if self.catalogs.get(catalog).is_none_or(|cat| entry.seq != cat.seq + 1) {
             return false;
         }
-        if let LogOp::Expunge { digest, .. } = &entry.op {
-            self.unplace(digest); // while its size is still known
-        }
         let cat = self.catalogs.get_mut(catalog).expect("checked above");
         cat.seq = entry.seq;
-        let (path, old) = match &entry.op {
+        match &entry.op {
             LogOp::Put(artifact) => {
                 let digest = artifact.digest();
                 let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
@@ -604,49 +745,63 @@ impl Directory {
                         artifact.media_type
                     }
                 };
-                let artifact = &artifact;
                 cat.expunged.remove(&artifact.path);
-                let old = cat.artifacts.insert(artifact.path.clone(), Entry { artifact: artifact.clone(), generation });
-                (artifact.path.clone(), old.map(|e| e.artifact.digest()).filter(|d| *d != digest))
+                let path = artifact.path.clone();
+                let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
+                if let Some(old) = old {
+                    self.unname(old, catalog, &path);
+                }
+                self.to_place.insert(digest);
+                // A rebalance under way has passed this artifact: it must place it when it ends.
+                if let Some(work) = &mut self.rebalancing
+                    && work.after.is_some_and(|after| digest <= after)
+                {
+                    work.missed.push(digest);
+                }
             }
+            LogOp::ExpungePath { path, digest } => {
+                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
+                cat.expunged.insert(path.clone(), held);
+                self.unname(held, catalog, path);
+            }
+            LogOp::ExpungeDigest { digest } => self.bar(digest),
             LogOp::Expunge { path, digest } => {
-                self.expunged.insert(*digest);
-                cat.expunged.insert(path.clone());
-                cat.artifacts.remove(path);
-                if let Some(blob) = self.blobs.remove(digest) {
-                    // Every other name for the same bytes goes too: the bytes are what is barred.
-                    for (other_cat, other_path) in blob.names {
-                        if let Some(c) = self.catalogs.get_mut(&other_cat) {
-                            c.artifacts.remove(&other_path);
-                            c.expunged.insert(other_path);
-                        }
-                    }
+                // The meaning such records were written with: the digest is barred.
+                cat.expunged.insert(path.clone(), *digest);
+                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
+                if let Some(held) = held {
+                    self.unname(held, catalog, path);
                 }
-                // Every relay that reported it (online or not) must confirm deleting it.
-                let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
-                if !pending.is_empty() {
-                    self.expunge_pending.insert(*digest, pending);
-                }
-                self.holders.remove(digest);
-                self.hits.remove(digest);
-                self.hot.remove(digest);
-                (path.clone(), None)
-            }
-        };
-        if let Some(old) = old {
-            self.unname(old, catalog, &path);
-        }
-        if let LogOp::Put(artifact) = &entry.op {
-            let digest = artifact.digest();
-            self.to_place.insert(digest);
-            // A rebalance under way has passed this artifact: it must place it when it ends.
-            if let Some(work) = &mut self.rebalancing
-                && work.after.is_some_and(|after| digest <= after)
-            {
-                work.missed.push(digest);
+                self.bar(digest);
             }
         }
         true
+    }
+
+    /// Bars `digest` from the directory: every name holding it is expunged, it is never
+    /// placed or redirected to again, and every relay that reported it must confirm deleting
+    /// it. Applying it again (its copy in another catalog's log) changes nothing.
+    fn bar(&mut self, digest: &Digest) {
+        if !self.expunged.insert(*digest) {
+            return;
+        }
+        self.unplace(digest); // while its size is still known
+        if let Some(blob) = self.blobs.remove(digest) {
+            for (cat, path) in blob.names {
+                if let Some(c) = self.catalogs.get_mut(&cat) {
+                    c.artifacts.remove(&path);
+                    c.expunged.insert(path, *digest);
+                }
+            }
+        }
+        // Every relay that reported it (online or not) must confirm deleting it.
+        let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
+        if !pending.is_empty() {
+            self.expunge_pending.insert(*digest, pending);
+        }
+        self.holders.remove(digest);
+        self.hits.remove(digest);
+        self.hot.remove(digest);
     }
 
     fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath) {
@@ -712,6 +867,7 @@ impl Directory {
                 name: c.config.name.clone(),
                 replicas: c.config.replicas,
                 chunk_size: c.config.chunk_size,
+                mutable: c.config.mutable,
                 seq: c.seq,
                 artifacts: c.artifacts.len(),
                 bytes: c.artifacts.values().map(|e| e.artifact.size()).sum(),
@@ -736,7 +892,7 @@ impl Directory {
         let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
         match cat.artifacts.get(path) {
             Some(e) => Ok(e),
-            None if cat.expunged.contains(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
+            None if cat.expunged.contains_key(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
             None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
         }
     }
@@ -769,6 +925,7 @@ impl Directory {
                     audits_failed: r.audits.1,
                     quarantined: r.record.quarantined.clone(),
                     reason: self.standing(r, now).reason,
+                    proven: r.record.proven,
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
@@ -838,6 +995,11 @@ impl Directory {
             }),
             RelayStatus::Suspended => Some(format!("a check of {} failed: {}", r.record.public_url, r.failure.as_deref().unwrap_or("no answer"))),
             RelayStatus::Draining => Some("drained by an admin: no new work; clients go elsewhere once others hold its artifacts".into()),
+            RelayStatus::Syncing | RelayStatus::Ready if !r.record.proven => Some(format!(
+                "on probation (at least {} s and {} clean audits): only clients that verify what they get (metalink, odi get) are sent here yet",
+                self.config.probation.as_secs(),
+                self.config.probation_audits
+            )),
             RelayStatus::Syncing | RelayStatus::Ready => None,
         };
         Standing { status, reason }
@@ -869,7 +1031,8 @@ impl Directory {
             let e = self.entry(catalog, path)?;
             (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
         };
-        Ok(self.choose(digest, size, media_type, Some(generation), now))
+        let mutable = self.catalogs.get(catalog).is_some_and(|c| c.config.mutable);
+        Ok(Redirect { mutable, ..self.choose(digest, size, media_type, Some(generation), now) })
     }
 
     /// Like `redirect`, by digest.
@@ -885,11 +1048,17 @@ impl Directory {
         self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
         self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
         let mut candidates = self.candidates(&digest, min_generation, now);
-        let target = if candidates.is_empty() {
+        // Relays on probation are offered to verifying clients only (as alternates): the
+        // `Location` a plain client follows is always a proven relay, or the directory.
+        let proven = candidates.iter().filter(|c| c.proven).count();
+        if proven < candidates.len() {
+            candidates.sort_by_key(|c| !c.proven);
+        }
+        let target = if proven == 0 {
             None
         } else {
-            let a = self.weighted_pick(&candidates);
-            let b = self.weighted_pick(&candidates);
+            let a = self.weighted_pick(&candidates[..proven]);
+            let b = self.weighted_pick(&candidates[..proven]);
             let cost = |i: usize| (candidates[i].load + 1.0) / candidates[i].weight as f64;
             let pick = if cost(b) < cost(a) { b } else { a };
             let chosen = candidates.swap_remove(pick);
@@ -900,7 +1069,7 @@ impl Directory {
         };
         candidates.sort_by(|a, b| b.weight.cmp(&a.weight).then(a.id.cmp(&b.id)));
         let alternates = candidates.into_iter().map(|c| c.url).collect();
-        Redirect { digest, size, media_type, target, alternates }
+        Redirect { digest, size, media_type, target, alternates, mutable: false }
     }
 
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
@@ -919,6 +1088,7 @@ impl Directory {
                 weight: bandwidth_weight(r),
                 load: f64::from(r.active + r.redirected),
                 draining: r.record.draining,
+                proven: r.record.proven,
                 url: r.record.public_url.clone(),
             })
             .collect();
@@ -978,10 +1148,23 @@ impl Directory {
         if let Err(why) = self.config.relay_addresses.check(req.public_url.address_class()) {
             return Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("relay URL {} {why}", req.public_url) }));
         }
-        // Quarantine and draining are the directory's decisions: enrolling again keeps them.
-        let (quarantined, draining) = self.relays.get(&from).map(|r| (r.record.quarantined.clone(), r.record.draining)).unwrap_or_default();
-        let record =
-            RelayRecord { id: from, public_url: req.public_url, capacity: req.capacity, catalogs: req.catalogs, enrolled_at: wall, quarantined, draining };
+        // Quarantine, draining and probation are the directory's decisions: enrolling again keeps
+        // them (a relay that moves to another URL is on probation again).
+        let (quarantined, draining, proven) = self
+            .relays
+            .get(&from)
+            .map(|r| (r.record.quarantined.clone(), r.record.draining, r.record.proven && r.record.public_url == req.public_url))
+            .unwrap_or_default();
+        let record = RelayRecord {
+            id: from,
+            public_url: req.public_url,
+            capacity: req.capacity,
+            catalogs: req.catalogs,
+            enrolled_at: wall,
+            quarantined,
+            draining,
+            proven,
+        };
         let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
         if !changed {
             return Reply::Now(self.enrolled(record, now));
@@ -1005,7 +1188,12 @@ impl Directory {
         let is_new = !self.relays.contains_key(&from);
         let relay = self.relays.entry(from).or_insert_with(|| RelayState::new(record.clone(), now));
         // A decision taken while the enrollment was being written stays in force.
-        let record = RelayRecord { quarantined: relay.record.quarantined.clone(), draining: relay.record.draining, ..record };
+        let record = RelayRecord {
+            quarantined: relay.record.quarantined.clone(),
+            draining: relay.record.draining,
+            proven: record.proven && relay.record.proven,
+            ..record
+        };
         if is_new || relay.record != (RelayRecord { enrolled_at: relay.record.enrolled_at, ..record.clone() }) {
             // New relay, or a new URL or capacity: test it again before trusting it.
             relay.record = record.clone();
@@ -1113,7 +1301,14 @@ impl Directory {
             .collect::<BTreeSet<_>>()
             .into_iter()
             .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
-            .flat_map(|(d, b)| b.names.iter().map(move |(c, p)| Named { catalog: c.clone(), path: p.clone(), digest: *d }))
+            .flat_map(|(d, b)| {
+                b.names.iter().map(move |(c, p)| Named {
+                    catalog: c.clone(),
+                    path: p.clone(),
+                    digest: *d,
+                    mutable: self.catalogs.get(c).is_some_and(|cat| cat.config.mutable),
+                })
+            })
             .collect();
         RelayAssignment { assigned, names }
     }
@@ -1161,9 +1356,13 @@ impl Directory {
                 r.suspended = false;
                 if admitted {
                     r.next_audit = now + self.config.audit_interval;
+                    if !r.record.proven {
+                        r.probation.get_or_insert((now, 0));
+                    }
                     self.events.push_back(Event::RelayAdmitted { relay });
                     self.assignment_dirty = true;
                 }
+                self.end_probation(relay, now);
             }
             other => {
                 r.self_test = SelfTest::RetryAt(now + retry);
@@ -1195,7 +1394,11 @@ impl Directory {
             Ok(bytes) => match blob.manifest.verify_chunk(index, &bytes) {
                 Ok(()) => {
                     r.audits.0 += 1;
+                    if let Some((_, clean)) = &mut r.probation {
+                        *clean += 1;
+                    }
                     self.events.push_back(Event::AuditPassed { relay, digest, index });
+                    self.end_probation(relay, now);
                 }
                 Err(_) => {
                     r.audits.1 += 1;
@@ -1218,10 +1421,31 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
+    /// Ends a relay's probation once it has served long enough and passed enough audits; the
+    /// decision is written like a quarantine.
+    fn end_probation(&mut self, relay: NodeId, now: Instant) {
+        let (probation, audits) = (self.config.probation, self.config.probation_audits);
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        if r.record.proven || r.record.quarantined.is_some() || !r.tested {
+            return;
+        }
+        let done = probation.is_zero() || r.probation.is_some_and(|(since, clean)| now >= since + probation && clean >= audits);
+        if !done {
+            return;
+        }
+        r.record.proven = true;
+        r.probation = None;
+        self.persist.decided(relay, now);
+        self.write_decisions(now);
+        self.events.push_back(Event::RelayProven { relay });
+    }
+
     /// Bars a relay at once, then writes the decision; a failed write is retried until durable.
     fn quarantine(&mut self, relay: NodeId, reason: String, now: Instant) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
         r.record.quarantined = Some(reason.clone());
+        r.record.proven = false;
+        r.probation = None;
         self.unhold(relay);
         self.persist.decided(relay, now);
         self.write_decisions(now);
@@ -1285,16 +1509,57 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
+    /// A client says `url` (a relay's `/r/...` or `/blobs/...` URL) sent chunk `index` of
+    /// `digest` with wrong bytes: audit exactly that chunk on that relay now. Anyone can say so,
+    /// so it costs little: unknown relays, digests and chunks are ignored, and a relay gets at
+    /// most one audit in flight and one report-started audit per `REPORT_AUDIT_GAP`. A report
+    /// counts for nothing by itself; only the audit's answer does.
+    pub fn handle_report(&mut self, url: &str, digest: Digest, index: u64, now: Instant) -> ReportOutcome {
+        let Some(blob) = self.blobs.get(&digest) else { return ReportOutcome::Ignored };
+        let Some(range) = blob.manifest.chunk_range(index) else { return ReportOutcome::Ignored };
+        let found = self.relays.iter().find(|(_, r)| url.strip_prefix(r.record.public_url.as_str()).is_some_and(|rest| rest.starts_with('/')));
+        let Some((&relay, r)) = found else { return ReportOutcome::Ignored };
+        let checked = r.tested && !r.lost && r.record.quarantined.is_none();
+        if !checked || !r.held.contains(&digest) {
+            return ReportOutcome::Ignored;
+        }
+        if r.audit.is_some() || r.last_report_audit.is_some_and(|t| now < t + REPORT_AUDIT_GAP) {
+            return ReportOutcome::Busy;
+        }
+        if let Some(r) = self.relays.get_mut(&relay) {
+            r.last_report_audit = Some(now);
+        }
+        self.audit_chunk(relay, digest, index, range);
+        ReportOutcome::Auditing
+    }
+
+    /// Starts the next scheduled audit of `relay`: the next chunk of its walk through every
+    /// chunk it holds.
     fn start_audit(&mut self, relay: NodeId) {
-        let Some(r) = self.relays.get(&relay) else { return };
-        let candidates: Vec<Digest> = r.held.iter().filter(|d| self.blobs.get(*d).is_some_and(|b| b.manifest.chunk_count() > 0)).copied().collect();
-        if candidates.is_empty() {
+        let Some(r) = self.relays.get_mut(&relay) else { return };
+        let held: Vec<(Digest, u64)> =
+            r.held.iter().filter_map(|d| self.blobs.get(d).map(|b| (*d, b.manifest.chunk_count()))).filter(|(_, n)| *n > 0).collect();
+        let total: u64 = held.iter().map(|(_, n)| n).sum();
+        if total == 0 {
             return;
         }
-        let digest = candidates[self.rng.below(candidates.len() as u64) as usize];
-        let manifest = &self.blobs[&digest].manifest;
-        let index = self.rng.below(manifest.chunk_count());
-        let range = manifest.chunk_range(index).expect("index below the chunk count");
+        let mut at = r.audit_cycle.next(total, &mut self.rng);
+        let Some((digest, index)) = held.into_iter().find_map(|(d, n)| {
+            if at < n {
+                Some((d, at))
+            } else {
+                at -= n;
+                None
+            }
+        }) else {
+            return;
+        };
+        let range = self.blobs[&digest].manifest.chunk_range(index).expect("index below the chunk count");
+        self.audit_chunk(relay, digest, index, range);
+    }
+
+    fn audit_chunk(&mut self, relay: NodeId, digest: Digest, index: u64, range: Range<u64>) {
+        let Some(r) = self.relays.get(&relay) else { return };
         self.attempts += 1;
         let attempt = self.attempts;
         let url = r.record.public_url.clone();
@@ -1401,7 +1666,7 @@ impl Directory {
 
     /// Gives `digest`'s place back: no relay is assigned it, and their room grows.
     fn unplace(&mut self, digest: &Digest) {
-        let size = self.blobs.get(digest).map_or(0, |b| b.manifest.total_len());
+        let size = self.blobs.get(digest).map_or(0, |b| footprint(b.manifest.total_len()));
         for (id, set) in &mut self.assignment {
             if set.remove(digest)
                 && let Some(room) = self.room.get_mut(id)
@@ -1424,7 +1689,7 @@ impl Directory {
     /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
     fn place(&mut self, digest: &Digest) -> bool {
         let Some(blob) = self.blobs.get(digest) else { return false };
-        let (size, replicas) = (blob.manifest.total_len(), self.replicas_of(digest, blob) as usize);
+        let (size, replicas) = (footprint(blob.manifest.total_len()), self.replicas_of(digest, blob) as usize);
         let mut ranked = Vec::with_capacity(self.eligible.len());
         rank(&self.eligible, digest, &blob.names, &mut ranked);
         let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
@@ -1478,7 +1743,8 @@ impl Directory {
             }
             done += 1;
             last = Some(*digest);
-            let size = blob.manifest.total_len();
+            // Room is counted as the relay counts it: content plus block sums.
+            let size = footprint(blob.manifest.total_len());
             let replicas = self.replicas_of(digest, blob) as usize;
             rank(&work.eligible, digest, &blob.names, &mut ranked);
             let (room, next) = (&mut work.room, &mut work.next);
@@ -1589,9 +1855,12 @@ impl RelayState {
             next_audit: now,
             audit: None,
             audits: (0, 0),
+            audit_cycle: AuditCycle::default(),
+            last_report_audit: None,
             active: 0,
             redirected: 0,
             failure: None,
+            probation: None,
         }
     }
 }
@@ -1599,6 +1868,8 @@ impl RelayState {
 /// A relay a client may be sent to, with what the choice weighs.
 struct Candidate {
     id: NodeId,
+    /// Past its probation: may be a plain client's `Location`.
+    proven: bool,
     /// Bandwidth: the chance of being drawn.
     weight: u64,
     /// Requests in progress and redirects since the last heartbeat.

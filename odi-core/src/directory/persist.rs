@@ -3,8 +3,9 @@
 //!
 //! Three kinds of write go through it, and each has its own rule for what happens before the
 //! store answers:
-//! - **Admin changes** (`Directory::commit`) are applied only once durable; their caller learns the
-//!   outcome from `Directory::take_outcome`.
+//! - **Admin changes** (`Directory::commit`, or `commit_all` for records that are durable together,
+//!   such as an expunge by digest's entry in every catalog) are applied only once durable; their
+//!   caller learns the outcome from `Directory::take_outcome`.
 //! - **Enrollments** are answered only once durable: the relay gets `Enrolled` after the record is
 //!   stored, or a refusal it retries; a failed write changes nothing in memory.
 //! - **The directory's own decisions** (a quarantine) take effect at once, because safety cannot
@@ -34,8 +35,8 @@ pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
 /// What a write in flight is for.
 #[derive(Clone, Debug)]
 pub(super) enum Write {
-    /// An admin change: apply it once durable.
-    Admin(Record),
+    /// An admin change (one or more records, durable together): apply it once durable.
+    Admin(Vec<Record>),
     /// An enrollment: applied and answered once durable.
     Enroll(RelayRecord),
     /// The relay's record as the directory decided it (already in force in memory); `backoff` is
@@ -46,9 +47,12 @@ pub(super) enum Write {
 impl Write {
     fn relay(&self) -> Option<NodeId> {
         match self {
-            Self::Admin(Record::Relay(r)) | Self::Enroll(r) => Some(r.id),
+            Self::Admin(records) => records.iter().find_map(|r| match r {
+                Record::Relay(r) => Some(r.id),
+                _ => None,
+            }),
+            Self::Enroll(r) => Some(r.id),
             Self::Decision { relay, .. } => Some(*relay),
-            Self::Admin(_) => None,
         }
     }
 }
@@ -147,6 +151,7 @@ mod tests {
             enrolled_at: UnixTime(0),
             quarantined: None,
             draining: false,
+            proven: false,
         }
     }
 
@@ -160,7 +165,7 @@ mod tests {
         assert_ne!(first, other);
         assert!(matches!(p.finish(first, true, t0), Some(Write::Enroll(_))));
         assert!(p.finish(first, true, t0).is_none(), "an outcome reported twice is ignored");
-        assert!(p.begin(Write::Admin(Record::Relay(record(1)))).is_some(), "free again");
+        assert!(p.begin(Write::Admin(vec![Record::Relay(record(1))])).is_some(), "free again");
     }
 
     #[test]

@@ -57,6 +57,12 @@ pub struct SimRelay {
     pub fetches: u64,
     /// Probability that a response it serves has a flipped byte (a lying or broken relay).
     pub corrupt: f64,
+    /// Blobs whose copy on this relay's disk has rotted. The relay is honest: its read-side
+    /// check finds the rot when the blob is read, and it drops the copy (`handle_corrupt`).
+    pub rotten: BTreeSet<Digest>,
+    /// Rotten copies it dropped and has not fetched again: the directory may still send
+    /// clients for them until it has the relay's next heartbeat (the relay answers 404).
+    pub dropped: BTreeSet<Digest>,
     incarnation: u64,
 }
 
@@ -101,6 +107,7 @@ impl Sim {
         config.heartbeat_interval = Duration::from_secs(2);
         config.lease = Duration::from_secs(6);
         config.self_test_retry = Duration::from_secs(2);
+        config.probation = Duration::ZERO;
         tune(&mut config);
         let dir = Directory::new(config.clone(), Seed(rng.next_u64()));
         let mut sim = Self {
@@ -144,8 +151,13 @@ impl Sim {
     }
 
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
+        self.create_catalog_with(name, replicas, false)
+    }
+
+    /// A catalog whose paths may be published again with other bytes when `mutable`.
+    pub fn create_catalog_with(&mut self, name: &str, replicas: u32, mutable: bool) -> CatalogName {
         let name = CatalogName::new(name).expect("valid catalog name");
-        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), self.wall()).expect("new catalog");
+        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), mutable, self.wall()).expect("new catalog");
         self.commit(record);
         name
     }
@@ -161,9 +173,18 @@ impl Sim {
         digest
     }
 
+    /// Withdraws one name.
     pub fn expunge(&mut self, catalog: &CatalogName, path: &str) {
         let record = self.dir.plan_expunge(catalog, &ArtifactPath::new(path).expect("valid path"), self.wall()).expect("expunge");
         self.commit(record);
+    }
+
+    /// Bars `digest` everywhere: one record per catalog, durable together, then applied.
+    pub fn expunge_digest(&mut self, digest: Digest) {
+        let records = self.dir.plan_expunge_digest(digest, self.wall()).expect("expunge by digest");
+        let id = self.dir.commit_all(records).expect("no write of this relay in flight");
+        self.drain();
+        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "expunge not applied");
     }
 
     /// Adds a relay with id `[n; 32]` and the given disk budget, and starts it.
@@ -174,7 +195,20 @@ impl Sim {
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);
-        self.relays.insert(id, SimRelay { machine, config, up: true, store: BTreeMap::new(), fetches: 0, corrupt: 0.0, incarnation: 0 });
+        self.relays.insert(
+            id,
+            SimRelay {
+                machine,
+                config,
+                up: true,
+                store: BTreeMap::new(),
+                fetches: 0,
+                corrupt: 0.0,
+                rotten: BTreeSet::new(),
+                dropped: BTreeSet::new(),
+                incarnation: 0,
+            },
+        );
         id
     }
 
@@ -251,7 +285,13 @@ impl Sim {
                         self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
                     }
                     directory::Effect::Audit { relay, digest, range, attempt, .. } => {
-                        let result = match self.relays.get(&relay) {
+                        let now = self.now;
+                        let result = match self.relays.get_mut(&relay) {
+                            Some(r) if r.up && r.rotten.contains(&digest) && r.store.contains_key(&digest) => {
+                                r.machine.handle_corrupt(digest, now);
+                                r.dropped.insert(digest);
+                                Err("connection closed before the body ended".to_owned())
+                            }
                             Some(r) if r.up && r.store.contains_key(&digest) => {
                                 let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
                                 let corrupt = r.corrupt;
@@ -300,7 +340,9 @@ impl Sim {
                         }
                         relay::Effect::DiscardPartial { .. } => {}
                         relay::Effect::Delete { digest } => {
-                            self.relays.get_mut(&id).expect("listed").store.remove(&digest);
+                            let r = self.relays.get_mut(&id).expect("listed");
+                            r.store.remove(&digest);
+                            r.rotten.remove(&digest);
                         }
                     }
                 }
@@ -337,6 +379,7 @@ impl Sim {
                     match known {
                         Ok(size) => {
                             r.store.insert(digest, size);
+                            r.dropped.remove(&digest);
                             r.fetches += 1;
                             r.machine.handle_fetch(digest, Ok(()), now);
                         }
@@ -457,6 +500,9 @@ impl Sim {
                 );
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
+                if r.dropped.contains(&digest) {
+                    continue; // dropped as rotten; its heartbeat saying so is on the way
+                }
                 assert!(r.store.contains_key(&digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
                 assert!(!r.up || r.machine.has_bytes(&digest), "relay {id:?} is sent clients for bytes its machine does not serve");
             }
@@ -478,7 +524,13 @@ impl Sim {
 }
 
 #[cfg(test)]
+mod bitrot_tests;
+#[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod name_tests;
+#[cfg(test)]
+mod probation_tests;
 #[cfg(test)]
 mod prop_tests;
 #[cfg(test)]

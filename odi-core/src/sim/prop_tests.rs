@@ -11,20 +11,42 @@ use crate::directory::{AdminError, LookupError};
 
 #[derive(Clone, Debug)]
 enum Op {
-    Publish { file: u8, version: u8, len: u16 },
-    Expunge { file: u8 },
-    Kill { relay: u8 },
-    Revive { relay: u8 },
-    Corrupt { relay: u8, percent: u8 },
-    Requests { file: u8, count: u8 },
-    Loss { percent: u8 },
-    Wait { secs: u8 },
+    Publish {
+        file: u8,
+        version: u8,
+        len: u16,
+    },
+    /// By path (`digest: false`) or the path's bytes everywhere (`digest: true`).
+    Expunge {
+        file: u8,
+        digest: bool,
+    },
+    Kill {
+        relay: u8,
+    },
+    Revive {
+        relay: u8,
+    },
+    Corrupt {
+        relay: u8,
+        percent: u8,
+    },
+    Requests {
+        file: u8,
+        count: u8,
+    },
+    Loss {
+        percent: u8,
+    },
+    Wait {
+        secs: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
         4 => (0..6u8, 0..3u8, 0..20_000u16).prop_map(|(file, version, len)| Op::Publish { file, version, len }),
-        1 => (0..6u8).prop_map(|file| Op::Expunge { file }),
+        1 => (0..6u8, any::<bool>()).prop_map(|(file, digest)| Op::Expunge { file, digest }),
         1 => (1..=4u8).prop_map(|relay| Op::Kill { relay }),
         1 => (1..=4u8).prop_map(|relay| Op::Revive { relay }),
         1 => (1..=4u8, 0..=100u8).prop_map(|(relay, percent)| Op::Corrupt { relay, percent }),
@@ -48,10 +70,13 @@ proptest! {
             c.hot.half_life = Duration::from_secs(20);
             c.hot.tick = Duration::from_secs(2);
         });
-        let cat = sim.create_catalog("c", 2);
+        // Mutable, so that publishing a path again with other bytes (a new version) is allowed.
+        let cat = sim.create_catalog_with("c", 2, true);
         let budgets = [40_000u64, 60_000, 120_000, 400_000];
         let ids: Vec<NodeId> = (1..=4u8).map(|n| sim.add_relay(n, budgets[usize::from(n - 1)])).collect();
+        // Paths that must answer 410, and digests barred (relays must delete them).
         let mut expunged: Vec<(String, Digest)> = Vec::new();
+        let mut barred: Vec<Digest> = Vec::new();
         for op in ops {
             match op {
                 Op::Publish { file, version, len } => {
@@ -67,12 +92,24 @@ proptest! {
                         Err(e) => panic!("{e}"),
                     }
                 }
-                Op::Expunge { file } => {
+                Op::Expunge { file, digest: by_digest } => {
                     let path = format!("f{file}");
                     if let Ok(a) = sim.dir.lookup("c", &ArtifactPath::new(&path).unwrap()) {
                         let digest = a.digest();
-                        sim.expunge(&cat, &path);
-                        expunged.push((path, digest));
+                        if by_digest {
+                            // Every path holding those bytes goes with them.
+                            for n in 0..6u8 {
+                                let other = format!("f{n}");
+                                if sim.dir.lookup("c", &ArtifactPath::new(&other).unwrap()).is_ok_and(|a| a.digest() == digest) {
+                                    expunged.push((other, digest));
+                                }
+                            }
+                            sim.expunge_digest(digest);
+                            barred.push(digest);
+                        } else {
+                            sim.expunge(&cat, &path);
+                            expunged.push((path, digest));
+                        }
                     }
                 }
                 Op::Kill { relay } => {
@@ -110,9 +147,14 @@ proptest! {
             }
         }
         sim.run_for(Duration::from_secs(20));
+        for digest in &barred {
+            prop_assert!(sim.holders_of(digest).is_empty(), "{digest:?} still on a relay after expunge");
+            prop_assert!(sim.dir.expunges_pending().iter().all(|e| e.digest != *digest), "{digest:?}: deletion not confirmed");
+        }
         for (path, digest) in &expunged {
-            prop_assert!(sim.holders_of(digest).is_empty(), "{path} ({digest:?}) still on a relay after expunge");
-            prop_assert!(sim.dir.expunges_pending().iter().all(|e| e.digest != *digest), "{path}: deletion not confirmed");
+            // A withdrawn name's bytes are assigned only while another name holds them.
+            let named = (0..6u8).any(|n| sim.dir.lookup("c", &ArtifactPath::new(&format!("f{n}")).unwrap()).is_ok_and(|a| a.digest() == *digest));
+            prop_assert!(named || sim.dir.assigned_to(digest).is_empty(), "{path} ({digest:?}) assigned with no name");
         }
     }
 }

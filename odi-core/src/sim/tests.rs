@@ -117,7 +117,7 @@ fn expunged_artifacts_are_never_redirected_and_relays_delete_them() {
     let bad = sim.publish(&cat, "bad.iso", &Sim::data(9, 5000));
     sim.run_for(Duration::from_secs(5));
     assert_eq!(sim.holders_of(&bad).len(), 2);
-    sim.expunge(&cat, "bad.iso");
+    sim.expunge_digest(bad);
     assert!(matches!(sim.redirect("releases", "bad.iso"), Err(directory::LookupError::Expunged(_))));
     sim.run_for(Duration::from_secs(5));
     assert!(sim.holders_of(&bad).is_empty(), "relays deleted the expunged bytes");
@@ -125,7 +125,9 @@ fn expunged_artifacts_are_never_redirected_and_relays_delete_them() {
 
 #[test]
 fn republishing_a_path_moves_redirects_to_the_new_bytes_only() {
-    let (mut sim, cat, _) = network(8, 2);
+    let mut sim = Sim::new(8);
+    let cat = sim.create_catalog_with("releases", 2, true);
+    (1..=2).for_each(|n| _ = sim.add_relay(n, 100 * MB));
     let v1 = sim.publish(&cat, "latest.tar", &Sim::data(1, 3000));
     sim.run_for(Duration::from_secs(5));
     let v2 = sim.publish(&cat, "latest.tar", &Sim::data(2, 3000));

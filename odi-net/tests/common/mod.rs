@@ -58,6 +58,8 @@ pub async fn start_directory_with(data: &Path, addr: Option<std::net::SocketAddr
     options.admin_token = Some(ADMIN.into());
     options.enroll_token = Some(ENROLL.into());
     options.public_url = Some(url.clone());
+    // Plain clients go to fresh relays at once; probation has tests of its own.
+    options.probation = Duration::ZERO;
     tune(&mut options);
     let server = DirectoryServer::open(options).await.expect("open directory");
     let (stop, signal) = shutdown();
@@ -87,6 +89,7 @@ pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path
         catalogs: Vec::new(),
         enroll_token: token.into(),
         max_fetches: 4,
+        scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
     };
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
@@ -189,7 +192,8 @@ pub fn sha256_hex(data: &[u8]) -> String {
     odi_core::Digest::of(data).to_hex()
 }
 
-/// Every file under `dir`, with its modification time, to prove nothing was rewritten.
+/// The blob files (not their `.sums` sidecars) under a data dir, with their modification times, to
+/// prove nothing was rewritten.
 pub fn blob_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
     let mut out = Vec::new();
     let mut stack = vec![dir.join("blobs")];
@@ -198,7 +202,8 @@ pub fn blob_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
             let path = entry.path();
             if path.is_dir() {
                 stack.push(path);
-            } else if !path.strip_prefix(dir).is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == "tmp")) {
+            } else if !path.strip_prefix(dir).is_ok_and(|rel| rel.components().any(|c| c.as_os_str() == "tmp")) && path.extension().is_none_or(|e| e != "sums")
+            {
                 out.push((path.clone(), entry.metadata().unwrap().modified().unwrap()));
             }
         }
