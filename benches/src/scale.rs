@@ -175,7 +175,10 @@ impl Fleet {
     pub fn new(seed: u64) -> anyhow::Result<Self> {
         let mut id = [0u8; 32];
         id[..8].copy_from_slice(&splitmix(seed).to_le_bytes());
-        let dir = Directory::new(DirectoryConfig::new(NodeId(id)), Seed(seed));
+        let mut config = DirectoryConfig::new(NodeId(id));
+        // Every relay serves at once: the figures are for a network in steady state.
+        config.probation = std::time::Duration::ZERO;
+        let dir = Directory::new(config, Seed(seed));
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
         let token = fleet.dir.plan_token(TokenRole::Enroll, ENROLL_TOKEN).expect("a fresh directory has no token");

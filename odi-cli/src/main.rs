@@ -103,7 +103,7 @@ struct DirectoryArgs {
     allow_private_relays: bool,
     /// How long a new or readmitted relay serves only clients that verify what they get
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
-    #[arg(long, value_parser = units::parse_duration)]
+    #[arg(long, value_parser = units::parse_duration_or_zero)]
     probation: Option<Duration>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
@@ -361,7 +361,7 @@ async fn run(command: Command) -> Result<()> {
             if let Some(d) = args.audit_interval.map(Ok).or_else(|| file.audit_interval.as_deref().map(units::parse_duration)) {
                 options.audit_interval = d.map_err(|e| anyhow!("audit_interval: {e}"))?;
             }
-            if let Some(d) = args.probation.map(Ok).or_else(|| file.probation.as_deref().map(units::parse_duration)) {
+            if let Some(d) = args.probation.map(Ok).or_else(|| file.probation.as_deref().map(units::parse_duration_or_zero)) {
                 options.probation = d.map_err(|e| anyhow!("probation: {e}"))?;
             }
             if options.lease < options.heartbeat_interval * 2 {

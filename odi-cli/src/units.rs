@@ -43,22 +43,29 @@ pub(crate) fn parse_rate(s: &str) -> Result<u64, String> {
 }
 
 pub(crate) fn parse_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration_or_zero(s)? {
+        d if d.is_zero() => Err(format!("`{s}` must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
+/// A duration where `0s` means "off" (e.g. `--probation 0s`).
+pub(crate) fn parse_duration_or_zero(s: &str) -> Result<Duration, String> {
     let t = s.trim();
-    let bad = || format!("`{s}` is not a duration; use e.g. 500ms, 5s, 2m");
+    let bad = || format!("`{s}` is not a duration; use e.g. 500ms, 5s, 2m, 1h");
     let (num, mult) = if let Some(n) = t.strip_suffix("ms") {
         (n, 1)
     } else if let Some(n) = t.strip_suffix('s') {
         (n, 1000)
     } else if let Some(n) = t.strip_suffix('m') {
         (n, 60_000)
+    } else if let Some(n) = t.strip_suffix('h') {
+        (n, 3_600_000)
     } else {
         (t, 1000)
     };
     let n: u64 = num.trim().parse().map_err(|_| bad())?;
     let ms = n.checked_mul(mult).ok_or_else(bad)?;
-    if ms == 0 {
-        return Err(bad());
-    }
     Ok(Duration::from_millis(ms))
 }
 
@@ -112,6 +119,8 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("2m"), Ok(Duration::from_secs(120)));
         assert!(parse_duration("0s").is_err());
+        assert_eq!(parse_duration("6h"), Ok(Duration::from_secs(6 * 3600)));
+        assert_eq!(parse_duration_or_zero("0s"), Ok(Duration::ZERO));
     }
 
     #[test]

@@ -133,9 +133,19 @@ pub fn clamp_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
     Catalog(CatalogConfig),
-    Log { catalog: CatalogName, entry: LogEntry },
+    Log {
+        catalog: CatalogName,
+        entry: LogEntry,
+    },
     Relay(RelayRecord),
-    Token { role: TokenRole, hash: Digest },
+    /// The relay is forgotten: gone for long, or replaced by another key at its URL.
+    RelayForgotten {
+        id: NodeId,
+    },
+    Token {
+        role: TokenRole,
+        hash: Digest,
+    },
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
+use odi_core::directory::{AdminError, AuditError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -290,6 +290,7 @@ fn log_event(event: &Event) {
     match event {
         Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
         Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::RelayForgotten { relay } => tracing::info!(%relay, "relay forgotten (gone for long, or replaced at its URL)"),
         Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
         Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
         Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
@@ -375,15 +376,15 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, digest: Digest
         let req = Request::get(format!("{url}/blobs/sha256/{}", digest.to_hex()))
             .header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1))
             .body(crate::http::empty())
-            .map_err(|e| e.to_string())?;
-        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
+            .map_err(|e| AuditError::Fetch(e.to_string()))?;
+        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| AuditError::Fetch(e.to_string()))?;
         let status = resp.status();
         if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
-            return Err(format!("answered {status}"));
+            return Err(AuditError::Status(status.as_u16()));
         }
         // One byte more than the chunk is enough to know it sent too much.
         let limit = (range.end - range.start) as usize + 1;
-        client::read_body(resp.into_body(), limit.max(1)).await.map_err(|e| e.to_string())
+        client::read_body(resp.into_body(), limit.max(1)).await.map_err(|e| AuditError::Fetch(e.to_string()))
     };
     let outcome = fetch.await;
     let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, now));

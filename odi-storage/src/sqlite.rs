@@ -124,6 +124,7 @@ enum Row {
     Catalog { name: String, config: String },
     Log { catalog: String, seq: i64, entry: String },
     Relay { id: String, record: String },
+    RelayForgotten { id: String },
 }
 
 impl Row {
@@ -138,6 +139,7 @@ impl Row {
                 Self::Log { catalog: catalog.as_str().to_owned(), seq, entry: to_json(serde_json::to_string(entry))? }
             }
             Record::Relay(relay) => Self::Relay { id: relay.id.to_hex(), record: to_json(serde_json::to_string(relay))? },
+            Record::RelayForgotten { id } => Self::RelayForgotten { id: id.to_hex() },
         })
     }
 }
@@ -248,6 +250,7 @@ fn apply_row(tx: &Transaction<'_>, row: &Row) -> Result<(), DbError> {
         Row::Relay { id, record } => {
             tx.execute("INSERT INTO relays (id, record) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET record = excluded.record", params![id, record])
         }
+        Row::RelayForgotten { id } => tx.execute("DELETE FROM relays WHERE id = ?1", params![id]),
     };
     match result {
         Ok(_) => Ok(()),

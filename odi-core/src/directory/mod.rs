@@ -78,6 +78,11 @@ pub struct DirectoryConfig {
     /// clean audits it must pass meanwhile. Zero turns probation off.
     pub probation: Duration,
     pub probation_audits: u64,
+    /// Keys never seen before that may enroll per minute (a flood of fake relays waits).
+    pub new_relays_per_minute: u32,
+    /// A relay not heard from this long is forgotten (its record deleted), unless quarantined:
+    /// a quarantine is kept, as it binds the relay's host.
+    pub forget_after: Duration,
     /// A change to the set of relays is rebalanced this long after it, so that many changes
     /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
     pub rebalance_delay: Duration,
@@ -102,6 +107,8 @@ impl DirectoryConfig {
             audit_interval: Duration::from_secs(30),
             probation: DEFAULT_PROBATION,
             probation_audits: 3,
+            new_relays_per_minute: 60,
+            forget_after: Duration::from_secs(30 * 24 * 3600),
             rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
@@ -130,6 +137,10 @@ pub enum Event {
         url: RelayUrl,
     },
     RelayAdmitted {
+        relay: NodeId,
+    },
+    /// A relay was forgotten: absent for `forget_after`, or replaced by a new key at its URL.
+    RelayForgotten {
         relay: NodeId,
     },
     /// A relay passed its probation: plain clients may be sent to it from now on.
@@ -247,6 +258,23 @@ pub enum AdminError {
     #[error("relay {0}'s state is being saved right now; try again")]
     RelayBusy(NodeId),
 }
+
+/// Why an audit fetch brought no bytes to check.
+#[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
+pub enum AuditError {
+    /// The relay answered, but not with the bytes: a relay never redirects, and a relay that
+    /// reports holding an artifact serves it. Counts toward quarantine (`AUDIT_STRIKES`).
+    #[error("answered HTTP {0} instead of the bytes")]
+    Status(u16),
+    /// No answer (refused, timed out, cut off): a failed health check, not a lie.
+    #[error("{0}")]
+    Fetch(String),
+}
+
+/// Audits of held artifacts answered with something other than the bytes, within
+/// `AUDIT_STRIKE_WINDOW`, that quarantine a relay. A passed audit clears them.
+pub const AUDIT_STRIKES: u32 = 3;
+pub const AUDIT_STRIKE_WINDOW: Duration = Duration::from_secs(600);
 
 /// Where to send a client for one artifact.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -370,6 +398,10 @@ struct RelayState {
     failure: Option<String>,
     /// On probation since it was admitted then, with clean audits passed since.
     probation: Option<(Instant, u64)>,
+    /// Audits answered with a status instead of the bytes: since when, and how many.
+    strikes: Option<(Instant, u32)>,
+    /// Not heard from since this instant (lost, or known only from before a restart).
+    absent_since: Option<Instant>,
 }
 
 /// A walk through `n` held chunks in a random order without repeats: step `i` audits chunk
@@ -466,6 +498,8 @@ pub struct Directory {
     next_hot_tick: Option<Instant>,
     tokens: BTreeMap<TokenRole, Digest>,
     persist: Persistence,
+    /// When keys never seen before enrolled, in the last minute.
+    recent_enrollments: VecDeque<Instant>,
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
     generation: u64,
@@ -499,6 +533,7 @@ impl Directory {
             next_hot_tick: None,
             tokens: BTreeMap::new(),
             persist: Persistence::default(),
+            recent_enrollments: VecDeque::new(),
             outcomes: BTreeMap::new(),
             generation: 1,
             attempts: 0,
@@ -640,11 +675,14 @@ impl Directory {
                 self.events.push_back(Event::PersistFailed { what: "an admin change".into(), error: error.clone() });
                 self.outcomes.insert(id, Outcome::Failed(error));
             }
-            (Write::Enroll(record), Ok(())) => {
+            (Write::Enroll(record, replaces), Ok(())) => {
+                if let Some(old) = replaces {
+                    self.forget_relay(old);
+                }
                 let reply = self.enrolled(record, now);
                 self.outcomes.insert(id, Outcome::Reply(reply));
             }
-            (Write::Enroll(record), Err(error)) => {
+            (Write::Enroll(record, _), Err(error)) => {
                 self.events.push_back(Event::PersistFailed { what: format!("the enrollment of relay {}", record.id), error: error.clone() });
                 let reason = format!("the directory cannot save the enrollment ({error}); try again");
                 self.outcomes.insert(id, Outcome::Reply(Message::Refused(Refusal { code: RefusalCode::Unavailable, reason })));
@@ -669,9 +707,7 @@ impl Directory {
         for (id, relay) in self.persist.begin_due(now) {
             match self.relays.get(&relay) {
                 Some(r) => self.effects.push_back(Effect::Persist { id, records: vec![Record::Relay(r.record.clone())] }),
-                None => {
-                    self.persist.finish(id, true, now);
-                }
+                None => self.effects.push_back(Effect::Persist { id, records: vec![Record::RelayForgotten { id: relay }] }),
             }
         }
     }
@@ -710,6 +746,10 @@ impl Directory {
                     }
                 }
                 self.assignment_dirty = true;
+                true
+            }
+            Record::RelayForgotten { id } => {
+                self.forget_relay(*id);
                 true
             }
             Record::Token { role, hash } => {
@@ -1155,7 +1195,7 @@ impl Directory {
             .get(&from)
             .map(|r| (r.record.quarantined.clone(), r.record.draining, r.record.proven && r.record.public_url == req.public_url))
             .unwrap_or_default();
-        let record = RelayRecord {
+        let mut record = RelayRecord {
             id: from,
             public_url: req.public_url,
             capacity: req.capacity,
@@ -1165,14 +1205,23 @@ impl Directory {
             draining,
             proven,
         };
+        let mut replaces = None;
+        if !self.relays.contains_key(&from) {
+            match self.admit_new_key(&mut record, now) {
+                Ok(old) => replaces = old,
+                Err(refusal) => return Reply::Now(Message::Refused(refusal)),
+            }
+        }
         let changed = self.relays.get(&from).is_none_or(|r| r.record != RelayRecord { enrolled_at: r.record.enrolled_at, ..record.clone() });
         if !changed {
             return Reply::Now(self.enrolled(record, now));
         }
         // New relay, or a new URL or capacity: answered once the record is durable.
-        match self.persist.begin(Write::Enroll(record.clone())) {
+        match self.persist.begin(Write::Enroll(record.clone(), replaces)) {
             Some(id) => {
-                self.effects.push_back(Effect::Persist { id, records: vec![Record::Relay(record)] });
+                let mut records = vec![Record::Relay(record)];
+                records.extend(replaces.map(|id| Record::RelayForgotten { id }));
+                self.effects.push_back(Effect::Persist { id, records });
                 Reply::AfterStorage(id)
             }
             None => Reply::Now(Message::Refused(Refusal {
@@ -1180,6 +1229,58 @@ impl Directory {
                 reason: "the directory is saving this relay's state right now; try again".into(),
             })),
         }
+    }
+
+    /// Rules for a key the directory has never seen: at most `new_relays_per_minute` of them; one
+    /// relay per public URL (a new key at the URL of a relay that is gone replaces it, and keeps
+    /// its quarantine and draining); and a key at the host of a quarantined relay starts out
+    /// quarantined too, since keys cost nothing and hosts do. Returns the relay it replaces.
+    fn admit_new_key(&mut self, record: &mut RelayRecord, now: Instant) -> Result<Option<NodeId>, Refusal> {
+        while self.recent_enrollments.front().is_some_and(|t| now >= *t + Duration::from_secs(60)) {
+            self.recent_enrollments.pop_front();
+        }
+        if self.recent_enrollments.len() >= self.config.new_relays_per_minute as usize {
+            return Err(Refusal { code: RefusalCode::Unavailable, reason: "too many new relays are enrolling right now; try again in a minute".into() });
+        }
+        let mut replaces = None;
+        if let Some(other) = self.relays.values().find(|r| r.record.public_url == record.public_url) {
+            if self.alive(other, now) {
+                return Err(Refusal {
+                    code: RefusalCode::BadRequest,
+                    reason: format!(
+                        "relay {} is enrolled at {} and alive; one relay per public URL: stop it, or give this one a URL of its own",
+                        other.record.id, record.public_url
+                    ),
+                });
+            }
+            replaces = Some(other.record.id);
+            record.quarantined = other.record.quarantined.clone();
+            record.draining = other.record.draining;
+        }
+        if record.quarantined.is_none()
+            && let Some(q) = self.relays.values().find(|r| r.record.quarantined.is_some() && url_host(&r.record.public_url) == url_host(&record.public_url))
+        {
+            let why = q.record.quarantined.as_deref().unwrap_or_default();
+            record.quarantined = Some(format!("relay {} at the same host is quarantined ({why}); an admin readmits the host", q.record.id));
+        }
+        self.recent_enrollments.push_back(now);
+        Ok(replaces)
+    }
+
+    /// Forgets a relay entirely (its record is gone from the store, or about to be).
+    fn forget_relay(&mut self, id: NodeId) {
+        if self.relays.remove(&id).is_none() {
+            return;
+        }
+        self.unhold(id);
+        self.assignment.remove(&id);
+        self.room.remove(&id);
+        for pending in self.expunge_pending.values_mut() {
+            pending.remove(&id);
+        }
+        self.expunge_pending.retain(|_, p| !p.is_empty());
+        self.events.push_back(Event::RelayForgotten { relay: id });
+        self.assignment_dirty = true;
     }
 
     /// Takes in an enrollment whose record is durable (or unchanged), and answers it.
@@ -1208,6 +1309,7 @@ impl Directory {
             relay.tested = false;
         }
         relay.last_seen = Some(now);
+        relay.absent_since = None;
         self.start_self_test(from, now);
         Message::Enrolled(EnrollResponse {
             relay: from,
@@ -1224,6 +1326,7 @@ impl Directory {
         };
         let was_alive = !relay.lost && relay.last_seen.is_some_and(|t| now < t + lease);
         relay.last_seen = Some(now);
+        relay.absent_since = None;
         relay.presumed_until = None;
         relay.active = hb.active;
         relay.redirected = 0;
@@ -1382,7 +1485,7 @@ impl Directory {
     }
 
     /// The outcome of an `Effect::Audit`: the bytes the relay served, or why it served none.
-    pub fn handle_audit(&mut self, relay: NodeId, attempt: u64, outcome: Result<Bytes, String>, now: Instant) {
+    pub fn handle_audit(&mut self, relay: NodeId, attempt: u64, outcome: Result<Bytes, AuditError>, now: Instant) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
         let Some((running, digest, index)) = r.audit else { return };
         if running != attempt {
@@ -1394,6 +1497,7 @@ impl Directory {
             Ok(bytes) => match blob.manifest.verify_chunk(index, &bytes) {
                 Ok(()) => {
                     r.audits.0 += 1;
+                    r.strikes = None;
                     if let Some((_, clean)) = &mut r.probation {
                         *clean += 1;
                     }
@@ -1406,8 +1510,14 @@ impl Directory {
                     self.quarantine(relay, reason, now);
                 }
             },
+            Err(AuditError::Status(status)) if struck(&mut r.strikes, now) >= AUDIT_STRIKES => {
+                r.audits.1 += 1;
+                let reason =
+                    format!("answered {AUDIT_STRIKES} audits of artifacts it reports holding with something other than the bytes (last: HTTP {status})");
+                self.quarantine(relay, reason, now);
+            }
             Err(reason) => {
-                // Not a lie, but a failed check: no redirects until a self-test passes.
+                // Not (yet) a lie, but a failed check: no redirects until a self-test passes.
                 r.audits.1 += 1;
                 r.failure = Some(format!("audit fetch failed: {reason}"));
                 if !r.suspended {
@@ -1467,11 +1577,17 @@ impl Directory {
         let mut lost = Vec::new();
         let mut probes = Vec::new();
         let mut audits = Vec::new();
+        let mut gone = Vec::new();
+        let forget_after = self.config.forget_after;
         for (id, r) in &mut self.relays {
             if !r.lost && r.last_seen.is_some_and(|t| now >= t + lease) {
                 r.lost = true;
                 r.tested = false;
+                r.absent_since = Some(now);
                 lost.push(*id);
+            }
+            if r.record.quarantined.is_none() && r.absent_since.is_some_and(|t| now >= t + forget_after) {
+                gone.push(*id);
             }
             if r.presumed_until.is_some_and(|t| now >= t) {
                 r.presumed_until = None;
@@ -1495,6 +1611,11 @@ impl Directory {
             self.unhold(id);
             self.events.push_back(Event::RelayLost { relay: id });
             self.assignment_dirty = true;
+        }
+        for id in gone {
+            // Its deletion is written like any decision of the directory's (retried until durable).
+            self.forget_relay(id);
+            self.persist.decided(id, now);
         }
         for id in probes {
             self.start_self_test(id, now);
@@ -1614,6 +1735,7 @@ impl Directory {
                         _ => None,
                     },
                     (checked && !r.suspended && r.audit.is_none() && !r.held.is_empty()).then_some(r.next_audit),
+                    r.absent_since.filter(|_| r.record.quarantined.is_none()).map(|t| t + self.config.forget_after),
                 ]
             })
             .flatten()
@@ -1861,6 +1983,8 @@ impl RelayState {
             redirected: 0,
             failure: None,
             probation: None,
+            strikes: None,
+            absent_since: Some(now),
         }
     }
 }
@@ -1910,6 +2034,27 @@ fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: f64) -> f64 {
 
 fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
     a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// Counts one audit strike in its window and returns the count.
+fn struck(strikes: &mut Option<(Instant, u32)>, now: Instant) -> u32 {
+    let (since, n) = match *strikes {
+        Some((since, n)) if now < since + AUDIT_STRIKE_WINDOW => (since, n + 1),
+        _ => (now, 1),
+    };
+    *strikes = Some((since, n));
+    n
+}
+
+/// The host of a relay URL (`http://host:port/prefix` → `host`): reputation is bound to it, as an
+/// operator can make keys at will but not hosts.
+fn url_host(url: &RelayUrl) -> &str {
+    let rest = url.as_str().split_once("://").map_or(url.as_str(), |(_, r)| r);
+    let authority = rest.split('/').next().unwrap_or(rest);
+    match authority.strip_prefix('[') {
+        Some(v6) => v6.split(']').next().unwrap_or(v6),
+        None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
 }
 
 fn kind(msg: &Message) -> &'static str {

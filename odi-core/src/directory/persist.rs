@@ -37,8 +37,9 @@ pub(super) const MAX_RETRY: Duration = Duration::from_secs(30);
 pub(super) enum Write {
     /// An admin change (one or more records, durable together): apply it once durable.
     Admin(Vec<Record>),
-    /// An enrollment: applied and answered once durable.
-    Enroll(RelayRecord),
+    /// An enrollment: applied and answered once durable; it may replace a relay that was
+    /// enrolled at the same URL with another key.
+    Enroll(RelayRecord, Option<NodeId>),
     /// The relay's record as the directory decided it (already in force in memory); `backoff` is
     /// how long to wait before trying again if this write fails.
     Decision { relay: NodeId, backoff: Duration },
@@ -51,7 +52,7 @@ impl Write {
                 Record::Relay(r) => Some(r.id),
                 _ => None,
             }),
-            Self::Enroll(r) => Some(r.id),
+            Self::Enroll(r, _) => Some(r.id),
             Self::Decision { relay, .. } => Some(*relay),
         }
     }
@@ -159,11 +160,11 @@ mod tests {
     fn one_write_per_relay_at_a_time() {
         let mut p = Persistence::default();
         let t0 = Instant::ZERO;
-        let first = p.begin(Write::Enroll(record(1))).expect("nothing in flight");
+        let first = p.begin(Write::Enroll(record(1), None)).expect("nothing in flight");
         assert_eq!(p.begin(Write::Decision { relay: NodeId([1; 32]), backoff: FIRST_RETRY }), None, "a second write of the same relay waits");
         let other = p.begin(Write::Decision { relay: NodeId([2; 32]), backoff: FIRST_RETRY }).expect("another relay is independent");
         assert_ne!(first, other);
-        assert!(matches!(p.finish(first, true, t0), Some(Write::Enroll(_))));
+        assert!(matches!(p.finish(first, true, t0), Some(Write::Enroll(..))));
         assert!(p.finish(first, true, t0).is_none(), "an outcome reported twice is ignored");
         assert!(p.begin(Write::Admin(vec![Record::Relay(record(1))])).is_some(), "free again");
     }
@@ -173,7 +174,7 @@ mod tests {
         let mut p = Persistence::default();
         let relay = NodeId([1; 32]);
         let t0 = Instant::ZERO;
-        let enroll = p.begin(Write::Enroll(record(1))).unwrap();
+        let enroll = p.begin(Write::Enroll(record(1), None)).unwrap();
         p.decided(relay, t0);
         assert!(p.begin_due(t0).is_empty(), "the enrollment is still being written");
         assert!(p.is_unsaved(&relay));

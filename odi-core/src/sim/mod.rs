@@ -43,7 +43,7 @@ enum Delivery {
     ToRelay { to: NodeId, msg: Message },
     FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
     SelfTestDone { relay: NodeId, attempt: u64, up: bool },
-    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, String> },
+    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError> },
     StorageDone { id: directory::RequestId, records: Vec<Record>, ok: bool },
 }
 
@@ -57,6 +57,9 @@ pub struct SimRelay {
     pub fetches: u64,
     /// Probability that a response it serves has a flipped byte (a lying or broken relay).
     pub corrupt: f64,
+    /// A fake relay: it reports holding what is not on its disk (checked by audits, not by the
+    /// invariants, which hold for honest relays).
+    pub fake: bool,
     /// Blobs whose copy on this relay's disk has rotted. The relay is honest: its read-side
     /// check finds the rot when the blob is read, and it drops the copy (`handle_corrupt`).
     pub rotten: BTreeSet<Digest>,
@@ -204,6 +207,7 @@ impl Sim {
                 store: BTreeMap::new(),
                 fetches: 0,
                 corrupt: 0.0,
+                fake: false,
                 rotten: BTreeSet::new(),
                 dropped: BTreeSet::new(),
                 incarnation: 0,
@@ -290,7 +294,7 @@ impl Sim {
                             Some(r) if r.up && r.rotten.contains(&digest) && r.store.contains_key(&digest) => {
                                 r.machine.handle_corrupt(digest, now);
                                 r.dropped.insert(digest);
-                                Err("connection closed before the body ended".to_owned())
+                                Err(directory::AuditError::Fetch("connection closed before the body ended".to_owned()))
                             }
                             Some(r) if r.up && r.store.contains_key(&digest) => {
                                 let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
@@ -301,8 +305,8 @@ impl Sim {
                                 }
                                 Ok(bytes::Bytes::from(bytes))
                             }
-                            Some(r) if r.up => Err("404 not held".to_owned()),
-                            _ => Err("connection refused".to_owned()),
+                            Some(r) if r.up => Err(directory::AuditError::Status(404)),
+                            _ => Err(directory::AuditError::Fetch("connection refused".to_owned())),
                         };
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
                         self.schedule(delay, Delivery::AuditDone { relay, attempt, result });
@@ -500,8 +504,8 @@ impl Sim {
                 );
                 // The directory may not know of a crash until the lease runs out, but it never
                 // points at a relay that has not stored the bytes verified.
-                if r.dropped.contains(&digest) {
-                    continue; // dropped as rotten; its heartbeat saying so is on the way
+                if r.dropped.contains(&digest) || r.fake {
+                    continue; // dropped as rotten (its heartbeat saying so is on the way), or a liar
                 }
                 assert!(r.store.contains_key(&digest), "redirect for {catalog}/{path} to {id:?}, which does not hold it");
                 assert!(!r.up || r.machine.has_bytes(&digest), "relay {id:?} is sent clients for bytes its machine does not serve");
@@ -525,6 +529,8 @@ impl Sim {
 
 #[cfg(test)]
 mod bitrot_tests;
+#[cfg(test)]
+mod enroll_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
