@@ -75,33 +75,40 @@ fn wait_for_log(path: &Path, what: &str, secs: u64) -> String {
     }
 }
 
+/// Runs `cmd` to its end, which must come within 20 s (a daemon that starts is killed and fails
+/// the test); returns its status and standard error.
+fn must_exit(cmd: &mut Command, what: &str) -> (std::process::ExitStatus, String) {
+    let mut child = cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("{what} started instead of refusing");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut err = String::new();
+    child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+    (status, err)
+}
+
 #[test]
 fn a_weak_token_stops_the_directory_and_says_how_to_make_one() {
     let tmp = tempfile::tempdir().unwrap();
     for (var, token) in [("ODI_ADMIN_TOKEN", "a"), ("ODI_ENROLL_TOKEN", "cli-enroll-token"), ("ODI_ADMIN_TOKEN", &"7".repeat(40))] {
-        let mut child = Command::new(ODI)
-            .args(["directory", "--listen", &format!("127.0.0.1:{}", free_port()), "--data"])
-            .arg(tmp.path().join(var))
-            .env("ODI_ADMIN_TOKEN", ADMIN)
-            .env("ODI_ENROLL_TOKEN", ENROLL)
-            .env(var, token)
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        let status = loop {
-            if let Some(status) = child.try_wait().unwrap() {
-                break status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("the directory started with {var}={token}");
-            }
-            std::thread::sleep(Duration::from_millis(50));
-        };
-        let mut err = String::new();
-        child.stderr.take().unwrap().read_to_string(&mut err).unwrap();
+        let (status, err) = must_exit(
+            Command::new(ODI)
+                .args(["directory", "--listen", &format!("127.0.0.1:{}", free_port()), "--data"])
+                .arg(tmp.path().join(var))
+                .env("ODI_ADMIN_TOKEN", ADMIN)
+                .env("ODI_ENROLL_TOKEN", ENROLL)
+                .env(var, token),
+            &format!("the directory with {var}={token}"),
+        );
         assert!(!status.success(), "{err}");
         assert!(err.contains(var) && err.contains("openssl rand -hex 32"), "{err}");
         assert_eq!(err.trim().lines().count(), 1, "one line: {err}");
@@ -139,4 +146,21 @@ fn a_public_directory_refuses_loopback_relays_unless_allowed_and_never_logs_thei
     let text = wait_for_log(&dir_log, "answered 500", 20);
     assert!(text.contains("relay enrolled"), "{text}");
     assert!(!text.contains("QWZX") && !text.contains("relay-answer"), "the directory logged the relay's body:\n{text}");
+}
+
+#[test]
+fn a_relay_with_an_ambiguous_public_url_stops_at_start_naming_the_rule() {
+    let tmp = tempfile::tempdir().unwrap();
+    for (url, why) in [("http://a:b:c", "more than one `:`"), ("http://2130706433:80", "IPv4 host"), ("http://relay.example.org:99999", "port")] {
+        let (status, err) = must_exit(
+            Command::new(ODI)
+                .args(["relay", "--listen", &format!("127.0.0.1:{}", free_port()), "--data"])
+                .arg(tmp.path().join(format!("r{}", url.len())))
+                .args(["--directory", "http://127.0.0.1:9", "--public-url", url, "--disk-budget", "1GiB"])
+                .env("ODI_ENROLL_TOKEN", ENROLL),
+            &format!("a relay at {url}"),
+        );
+        assert!(!status.success(), "{url}: {err}");
+        assert!(err.contains(why) && err.trim().lines().count() == 1, "{url}: {err}");
+    }
 }
