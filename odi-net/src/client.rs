@@ -216,3 +216,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
     }
     out
 }
+
+/// Reads `take` bytes of a body after skipping its first `skip`, then stops (the rest is never
+/// read: dropping the body ends the connection). With `exact`, one byte more is read if sent,
+/// so that a caller checking the span's length sees an answer that sent too much.
+pub async fn read_span(body: Incoming, skip: u64, take: u64, exact: bool) -> Result<Bytes, NetError> {
+    let want = take + u64::from(exact);
+    let read = async {
+        let mut body = body;
+        let mut seen = 0u64;
+        let mut out = bytes::BytesMut::with_capacity(usize::try_from(want).unwrap_or(0).min(16 << 20));
+        while (out.len() as u64) < want {
+            let Some(frame) = body.frame().await else { break };
+            let frame = frame.map_err(|e| NetError::Protocol(format!("cannot read response body: {e}")))?;
+            let Ok(data) = frame.into_data() else { continue };
+            let (start, end) = (seen, seen + data.len() as u64);
+            seen = end;
+            if end <= skip {
+                continue;
+            }
+            let from = skip.saturating_sub(start) as usize;
+            let room = (want - out.len() as u64) as usize;
+            let to = data.len().min(from + room);
+            out.extend_from_slice(&data[from..to]);
+        }
+        Ok(out.freeze())
+    };
+    match tokio::time::timeout(STALL_TIMEOUT, read).await {
+        Ok(result) => result,
+        Err(_) => Err(NetError::Protocol("response body stalled".into())),
+    }
+}

@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, AuditError, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
+use odi_core::directory::{AdminError, AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -319,8 +319,8 @@ fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Out
                 Effect::SelfTest { relay, url, attempt } => {
                     tokio::spawn(self_test(shared.clone(), relay, url, attempt));
                 }
-                Effect::Audit { relay, url, digest, index: _, range, attempt } => {
-                    tokio::spawn(audit(shared.clone(), relay, url, digest, range, attempt));
+                Effect::Audit { relay, url, digest: _, index: _, range, attempt, ask } => {
+                    tokio::spawn(audit(shared.clone(), relay, url, range, attempt, ask));
                 }
             }
         }
@@ -370,21 +370,37 @@ async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u
     execute(&shared, effects).await;
 }
 
-/// Fetches exactly one chunk from a relay, as any client would, for `handle_audit` to check.
-async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, digest: Digest, range: std::ops::Range<u64>, attempt: u64) {
+/// Fetches one chunk from a relay as a client would (`ask`: its path, request shape and user
+/// agent), reading no further than the chunk's end, for `handle_audit` to check.
+async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::ops::Range<u64>, attempt: u64, ask: AuditRequest) {
     let fetch = async {
-        let req = Request::get(format!("{url}/blobs/sha256/{}", digest.to_hex()))
-            .header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1))
-            .body(crate::http::empty())
-            .map_err(|e| AuditError::Fetch(e.to_string()))?;
+        let mut req = Request::get(format!("{url}/{}", ask.path)).header(header::USER_AGENT, ask.user_agent);
+        req = match ask.shape {
+            AuditShape::ChunkRange => req.header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1)),
+            AuditShape::OpenRange => req.header(header::RANGE, format!("bytes={}-", range.start)),
+            AuditShape::Whole => req,
+        };
+        let req = req.body(crate::http::empty()).map_err(|e| AuditError::Fetch(e.to_string()))?;
         let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| AuditError::Fetch(e.to_string()))?;
-        let status = resp.status();
-        if status != StatusCode::PARTIAL_CONTENT && status != StatusCode::OK {
-            return Err(AuditError::Status(status.as_u16()));
+        // Where the body starts in the file: a 206 says, a 200 is the whole file.
+        let starts_at = match resp.status() {
+            StatusCode::OK => 0,
+            StatusCode::PARTIAL_CONTENT => resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| AuditError::Fetch("a 206 without a usable Content-Range".into()))?,
+            status => return Err(AuditError::Status(status.as_u16())),
+        };
+        if starts_at > range.start {
+            return Err(AuditError::Fetch(format!("the answer starts at byte {starts_at}, after the chunk")));
         }
-        // One byte more than the chunk is enough to know it sent too much.
-        let limit = (range.end - range.start) as usize + 1;
-        client::read_body(resp.into_body(), limit.max(1)).await.map_err(|e| AuditError::Fetch(e.to_string()))
+        let skip = range.start - starts_at;
+        let exact = ask.shape == AuditShape::ChunkRange;
+        client::read_span(resp.into_body(), skip, range.end - range.start, exact).await.map_err(|e| AuditError::Fetch(e.to_string()))
     };
     let outcome = fetch.await;
     let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, now));

@@ -125,10 +125,37 @@ pub enum Effect {
     /// Fetch `{url}/healthz` and report with `handle_self_test` whether it answered as `relay`.
     /// Used for the first self-test and for every later health probe.
     SelfTest { relay: NodeId, url: RelayUrl, attempt: u64 },
-    /// Fetch bytes `range` of `{url}/blobs/sha256/{digest hex}` (exactly chunk `index`) and report
-    /// them with `handle_audit`.
-    Audit { relay: NodeId, url: RelayUrl, digest: Digest, index: u64, range: Range<u64>, attempt: u64 },
+    /// Fetch bytes `range` (exactly chunk `index`) of `digest` from the relay, asking as `ask` says,
+    /// and report them with `handle_audit`.
+    Audit { relay: NodeId, url: RelayUrl, digest: Digest, index: u64, range: Range<u64>, attempt: u64, ask: AuditRequest },
 }
+
+/// How an audit asks, so that a relay cannot tell it from a client: a path clients use (a
+/// name, or the digest), a request shape clients send, and a user agent of theirs.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct AuditRequest {
+    /// Relative to the relay's URL: `r/{catalog}/{path}` (URL-encoded) or `blobs/sha256/{hex}`.
+    pub path: String,
+    pub shape: AuditShape,
+    pub user_agent: &'static str,
+}
+
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum AuditShape {
+    /// `Range` of exactly the chunk, as aria2 and `odi get` ask.
+    ChunkRange,
+    /// `Range` from the chunk to the end of the file, as a resumed download asks; read to the
+    /// chunk's end, then cut.
+    OpenRange,
+    /// No `Range`: the file from its start, as curl, wget and pip ask; read to the chunk's end,
+    /// then cut. Only for chunks within the first `WHOLE_AUDIT_MAX` bytes.
+    Whole,
+}
+
+/// The furthest into a file an audit reads without a `Range`.
+pub const WHOLE_AUDIT_MAX: u64 = 8 << 20;
+const AUDIT_AGENTS: [&str; 5] =
+    ["curl/8.11.1", "Wget/1.25.0", "pip/25.0.1 CPython/3.12", "aria2/1.37.0", "Mozilla/5.0 (X11; Linux x86_64; rv:133.0) Gecko/20100101 Firefox/133.0"];
 
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
@@ -1684,10 +1711,35 @@ impl Directory {
         self.attempts += 1;
         let attempt = self.attempts;
         let url = r.record.public_url.clone();
+        let applied = r.applied_generation;
+        let ask = self.audit_request(&digest, &range, applied);
         if let Some(r) = self.relays.get_mut(&relay) {
             r.audit = Some((attempt, digest, index));
         }
-        self.effects.push_back(Effect::Audit { relay, url, digest, index, range, attempt });
+        self.effects.push_back(Effect::Audit { relay, url, digest, index, range, attempt, ask });
+    }
+
+    /// A client-like way to ask for `range` of `digest`, drawn from the seeded RNG. A name is
+    /// used only if the relay has applied the generation that bound it to these bytes.
+    fn audit_request(&mut self, digest: &Digest, range: &Range<u64>, applied: u64) -> AuditRequest {
+        let names = self.blobs.get(digest).map_or(0, |b| b.names.iter().len());
+        let by_name = names > 0 && self.rng.below(3) > 0;
+        let name =
+            by_name.then(|| self.rng.below(names as u64) as usize).and_then(|i| self.blobs.get(digest)?.names.iter().nth(i)).filter(|(catalog, path)| {
+                let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path));
+                entry.is_some_and(|e| e.artifact.digest() == *digest && e.generation <= applied)
+            });
+        let path = match name {
+            Some((catalog, path)) => format!("r/{catalog}/{}", path.to_url()),
+            None => format!("blobs/sha256/{}", digest.to_hex()),
+        };
+        let shape = match self.rng.below(3) {
+            0 if range.end <= WHOLE_AUDIT_MAX => AuditShape::Whole,
+            0 | 1 => AuditShape::OpenRange,
+            _ => AuditShape::ChunkRange,
+        };
+        let user_agent = AUDIT_AGENTS[self.rng.below(AUDIT_AGENTS.len() as u64) as usize];
+        AuditRequest { path, shape, user_agent }
     }
 
     fn hot_tick(&mut self, now: Instant) {

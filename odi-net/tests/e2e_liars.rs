@@ -1,0 +1,141 @@
+//! Relays that lie to whoever they think is not watching, as proxies in front of honest relays:
+//! one that corrupts only answers to requests without `Range` (what plain clients send, and what
+//! audits used never to send), and one that answers with redirects instead of bytes. Plain
+//! clients, sent through the directory, must never complete a wrong file.
+
+mod common;
+
+use std::process::Command;
+use std::time::{Duration, Instant};
+
+use common::*;
+use tokio::net::TcpListener;
+
+#[derive(Clone, Copy)]
+enum Lie {
+    /// Flip a byte of every answer to a request without `Range`.
+    CorruptUnranged,
+    /// Answer every request but `/healthz` with a `302` elsewhere.
+    Redirect,
+}
+
+/// A relay's public face that lies per request: `/healthz` goes to the honest relay behind it
+/// (so self-tests pass), everything else is answered as `lie` says.
+async fn liar(listener: TcpListener, target: String, lie: Lie) {
+    let client = odi_net::HttpClient::new();
+    loop {
+        let Ok((stream, _)) = listener.accept().await else { return };
+        let (target, client) = (target.clone(), client.clone());
+        tokio::spawn(async move {
+            let service = hyper::service::service_fn(move |req: http::Request<hyper::body::Incoming>| {
+                let (target, client) = (target.clone(), client.clone());
+                async move { Ok::<_, std::convert::Infallible>(answer(req, &target, &client, lie).await) }
+            });
+            let _ = hyper::server::conn::http1::Builder::new().serve_connection(hyper_util::rt::TokioIo::new(stream), service).await;
+        });
+    }
+}
+
+async fn answer(req: http::Request<hyper::body::Incoming>, target: &str, client: &odi_net::HttpClient, lie: Lie) -> http::Response<odi_net::http::Body> {
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str()).to_owned();
+    if matches!(lie, Lie::Redirect) && path != "/healthz" {
+        let mut resp = http::Response::new(odi_net::http::empty());
+        *resp.status_mut() = http::StatusCode::FOUND;
+        resp.headers_mut().insert(http::header::LOCATION, http::HeaderValue::from_static("http://127.0.0.1:9/elsewhere"));
+        return resp;
+    }
+    let ranged = req.headers().contains_key(http::header::RANGE);
+    let mut up = http::Request::builder().method(req.method().clone()).uri(format!("http://{target}{path}"));
+    for name in [http::header::RANGE, http::header::IF_NONE_MATCH] {
+        if let Some(v) = req.headers().get(&name) {
+            up = up.header(name, v);
+        }
+    }
+    let Ok(resp) = client.send(up.body(odi_net::http::empty()).unwrap(), Duration::from_secs(10)).await else {
+        let mut resp = http::Response::new(odi_net::http::empty());
+        *resp.status_mut() = http::StatusCode::BAD_GATEWAY;
+        return resp;
+    };
+    let (parts, body) = resp.into_parts();
+    let mut bytes = odi_net::client::read_body(body, 64 << 20).await.unwrap_or_default().to_vec();
+    if matches!(lie, Lie::CorruptUnranged) && !ranged && bytes.len() > 2048 {
+        bytes[2048] ^= 0x01;
+    }
+    http::Response::from_parts(parts, odi_net::http::full(bytes))
+}
+
+async fn relay_view(dir: &str, url: &str) -> Option<serde_json::Value> {
+    relays(dir).await.into_iter().find(|r| r["url"] == url)
+}
+
+/// `curl -L` through the directory, `n` times: how many completed (exit 0) with wrong bytes, and
+/// how many with the right ones.
+fn plain_downloads(url: &str, data: &[u8], n: usize, dir: &std::path::Path) -> (usize, usize) {
+    let out = dir.join("dl");
+    let (mut wrong, mut right) = (0, 0);
+    for _ in 0..n {
+        let _ = std::fs::remove_file(&out);
+        let ok = Command::new("curl").args(["-sSL", "--max-time", "10", "-o"]).arg(&out).arg(url).status().is_ok_and(|s| s.success());
+        if ok {
+            if std::fs::read(&out).is_ok_and(|b| b == data) { right += 1 } else { wrong += 1 }
+        }
+    }
+    (wrong, right)
+}
+
+async fn network_with(lie: Lie, seed: u8) -> (tempfile::TempDir, Node, String, Vec<Node>, Vec<u8>) {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = start_directory_with(&tmp.path().join("dir"), None, |o| {
+        o.audit_interval = Duration::from_millis(200);
+        o.probation = Duration::from_secs(3);
+    })
+    .await;
+    create_catalog(&dir.url, "rel", 2).await;
+    let data = sample(3 << 20, seed);
+    publish(&dir.url, "rel", "big.bin", &data).await;
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let public = format!("http://{}", front.local_addr().unwrap());
+    let behind = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    tokio::spawn(liar(front, behind.local_addr().unwrap().to_string(), lie));
+    let relays = vec![
+        start_relay_on(behind, &public, &tmp.path().join("r0"), &dir.url, 1 << 30, 0, ENROLL).await,
+        start_relay(&tmp.path().join("r1"), &dir.url, 1 << 30, None).await,
+    ];
+    (tmp, dir, public, relays, data)
+}
+
+async fn run(lie: Lie, seed: u8) -> (usize, usize, f64) {
+    let (tmp, dir, public, _relays, data) = network_with(lie, seed).await;
+    let started = Instant::now();
+    let url = format!("{}/r/rel/big.bin", dir.url);
+    let (mut wrong, mut right) = (0, 0);
+    let mut caught = None;
+    // 500 plain downloads while the liar enrolls, syncs, is on probation and (is) caught.
+    for _ in 0..10 {
+        let (w, r) = tokio::task::block_in_place(|| plain_downloads(&url, &data, 50, tmp.path()));
+        wrong += w;
+        right += r;
+        if caught.is_none() && relay_view(&dir.url, &public).await.is_some_and(|v| v["status"] == "quarantined") {
+            caught = Some(started.elapsed());
+        }
+    }
+    wait_for(20, "the liar to be quarantined", || async { relay_view(&dir.url, &public).await.is_some_and(|v| v["status"] == "quarantined") }).await;
+    let caught = caught.unwrap_or_else(|| started.elapsed());
+    (wrong, right, caught.as_secs_f64())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_corrupts_only_unranged_answers_never_reaches_a_plain_client() {
+    let (wrong, right, caught) = run(Lie::CorruptUnranged, 11).await;
+    println!("selective liar: {wrong} wrong and {right} right of 500 curl -L downloads; quarantined {caught:.1}s after it started");
+    assert_eq!(wrong, 0, "no plain client completed a wrong file");
+    assert_eq!(right, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_answers_audits_with_redirects_is_quarantined() {
+    let (wrong, right, caught) = run(Lie::Redirect, 12).await;
+    println!("redirecting relay: {wrong} wrong and {right} right of 500 curl -L downloads; quarantined {caught:.1}s after it started");
+    assert_eq!(wrong, 0);
+    assert_eq!(right, 500);
+}
