@@ -25,7 +25,7 @@ pub const RELAY_BUDGET: u64 = 10 << 40;
 /// Relays state their bandwidth as unlimited (the directory then assumes 1 Gbit/s for each).
 const RELAY_BANDWIDTH: u64 = 0;
 const CHUNK_SIZE: u32 = 1 << 20;
-const ENROLL_TOKEN: &str = "scale-bench-enroll-token";
+const ENROLL_TOKEN: &str = "5c41e0b7a9d3f26e8b14c07d5a9e3f61b2c8d40e7f19a6b3c5d2e8f07a4b1c9d";
 const MEDIA_TYPE: &str = "application/vnd.debian.binary-package";
 /// Where the virtual clock starts (milliseconds); the wall clock in records is fixed too.
 const T0: Instant = Instant::from_millis(1_000);
@@ -182,7 +182,8 @@ impl Fleet {
         let dir = Directory::new(config, Seed(seed));
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
-        fleet.apply(&Record::Token { role: TokenRole::Enroll, hash: Digest::of(ENROLL_TOKEN.as_bytes()) })?;
+        let token = fleet.dir.plan_token(TokenRole::Enroll, ENROLL_TOKEN).expect("a fresh directory has no token");
+        fleet.apply(&token)?;
         let config = CatalogConfig { name: fleet.catalog.clone(), replicas: REPLICAS, chunk_size: CHUNK_SIZE, created_at: WALL, mutable: false };
         fleet.apply(&Record::Catalog(config))?;
         Ok(fleet)

@@ -16,7 +16,7 @@ use odi_core::Digest;
 use odi_core::transfer::TransferConfig;
 use odi_net::HttpClient;
 use odi_net::metalink;
-use odi_net::transfer::{Downloader, PartialFile, Source};
+use odi_net::transfer::{Downloader, PartialFile, Redirects, Source};
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -204,7 +204,7 @@ async fn odi_download(client: &HttpClient, metalink: metalink::Parsed, url: &str
         ProgressBar::hidden()
     };
     let sources: Vec<Source> = metalink.urls.iter().map(|u| Source { url: u.clone(), signed: false }).collect();
-    let downloader = Downloader { client: client.clone(), key: None, limiter: None, config: TransferConfig::default() };
+    let downloader = Downloader { client: client.clone(), key: None, limiter: None, config: TransferConfig::default(), redirects: Redirects::AnyHost };
     let progress = |bytes: u64| bar.set_position(bytes);
     let result = downloader.download(&manifest, &sources, partial, have, &progress).await;
     bar.finish_and_clear();

@@ -97,6 +97,10 @@ struct DirectoryArgs {
     /// How often each relay's content is audited (one random chunk, hash-checked).
     #[arg(long, value_parser = units::parse_duration)]
     audit_interval: Option<Duration>,
+    /// Accept loopback and private relay URLs even when this directory's public URL is not in
+    /// the same class (link-local and cloud metadata addresses stay refused).
+    #[arg(long)]
+    allow_private_relays: bool,
     /// How long a new or readmitted relay serves only clients that verify what they get
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
@@ -287,6 +291,7 @@ struct FileConfig {
     lease: Option<String>,
     probe_interval: Option<String>,
     audit_interval: Option<String>,
+    allow_private_relays: Option<bool>,
     probation: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
@@ -362,6 +367,7 @@ async fn run(command: Command) -> Result<()> {
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
+            options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             let listener = bind(listen).await?;

@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const ODI: &str = env!("CARGO_BIN_EXE_odi");
-const ADMIN: &str = "bitrot-admin-token";
-const ENROLL: &str = "bitrot-enroll-token";
+const ADMIN: &str = "b17e0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
+const ENROLL: &str = "b17e1f2e3d4c5b6a79880716253443526170f8e9d0c1b2a3f4e5d6c7b8a9f0e1";
 const MIB: usize = 1 << 20;
 /// Downloads through the directory per client and artifact.
 const DOWNLOADS: usize = 20;

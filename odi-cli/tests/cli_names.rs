@@ -8,8 +8,8 @@ use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 const ODI: &str = env!("CARGO_BIN_EXE_odi");
-const ADMIN: &str = "cli-admin-token";
-const ENROLL: &str = "cli-enroll-token";
+const ADMIN: &str = "3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b";
+const ENROLL: &str = "4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
 
 struct Proc(Child);
 

@@ -9,8 +9,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const ODI: &str = env!("CARGO_BIN_EXE_odi");
-const ADMIN: &str = "cli-admin-token";
-const ENROLL: &str = "cli-enroll-token";
+const ADMIN: &str = "c0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1";
+const ENROLL: &str = "c1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2";
 
 struct Proc {
     child: Child,

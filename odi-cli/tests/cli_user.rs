@@ -10,8 +10,8 @@ use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
 const ODI: &str = env!("CARGO_BIN_EXE_odi");
-const ADMIN: &str = "user-admin-token";
-const ENROLL: &str = "user-enroll-token";
+const ADMIN: &str = "d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8";
+const ENROLL: &str = "d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7";
 
 struct Proc(Child);
 

@@ -1,6 +1,7 @@
 //! Node-to-node wire messages (JSON bodies of the `/odi/v1/...` API).
 
 use std::fmt;
+use std::net::{IpAddr, Ipv4Addr, Ipv6Addr};
 use std::str::FromStr;
 
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
@@ -62,30 +63,266 @@ impl<'de> Deserialize<'de> for NodeId {
 /// A relay's public base URL: `http(s)://host[:port][/prefix]`, no credentials, query or
 /// fragment. Validated before it can ever appear in a `Location` header.
 /// Shared, not copied: every redirect hands out a few of them.
+///
+/// Parsing is strict so that one URL means one address: the host is a DNS name of LDH labels
+/// (at most 253 bytes, no trailing dot, last label not numeric), a canonical dotted-quad IPv4
+/// address (no leading zeros, no hex, octal or single-integer forms), or a bracketed IPv6
+/// address; an explicit port is 1–65535 in decimal.
 #[derive(Clone, Debug, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
 pub struct RelayUrl(std::sync::Arc<str>);
 
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
-#[error("relay URL `{0}` must be http:// or https:// with a host, and no credentials, query, fragment or spaces")]
-pub struct RelayUrlError(pub String);
+#[error("relay URL `{url}` {why}")]
+pub struct RelayUrlError {
+    pub url: String,
+    pub why: &'static str,
+}
+
+/// The host part of a [`RelayUrl`].
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Host<'a> {
+    /// A DNS name, lowercase not guaranteed; resolve it before connecting.
+    Name(&'a str),
+    Ip(IpAddr),
+}
+
+/// What kind of address a relay URL (or an address its name resolves to) points at.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum AddressClass {
+    /// Routable on the internet.
+    Public,
+    /// RFC 1918, CGNAT (100.64/10), IPv6 unique-local (fc00::/7) and the like.
+    Private,
+    /// 127/8, `::1`, `localhost`.
+    Loopback,
+    /// A DNS name: its class is that of the addresses it resolves to.
+    Name,
+    /// Never a relay: link-local, cloud metadata, unspecified, multicast, broadcast, reserved.
+    Refused(&'static str),
+}
+
+/// Which relay addresses a directory accepts. Link-local, metadata, unspecified and multicast
+/// addresses are refused whatever the policy says.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct AddressPolicy {
+    pub loopback: bool,
+    pub private: bool,
+}
+
+impl AddressPolicy {
+    /// Public addresses only.
+    pub const PUBLIC: Self = Self { loopback: false, private: false };
+    /// Anything not always refused (`--allow-private-relays`).
+    pub const ANY: Self = Self { loopback: true, private: true };
+
+    /// The rule for a directory whose own public URL is of class `own`: loopback relays only
+    /// for a loopback directory, private relays only for a private one, unless `allow_private`.
+    pub fn for_directory(own: AddressClass, allow_private: bool) -> Self {
+        if allow_private {
+            return Self::ANY;
+        }
+        match own {
+            AddressClass::Loopback => Self { loopback: true, private: false },
+            AddressClass::Private => Self { loopback: false, private: true },
+            _ => Self::PUBLIC,
+        }
+    }
+
+    /// `Err` carries a one-line reason naming the rule (and the flag that relaxes it).
+    pub fn check(&self, class: AddressClass) -> Result<(), String> {
+        match class {
+            AddressClass::Public | AddressClass::Name => Ok(()),
+            AddressClass::Loopback if self.loopback => Ok(()),
+            AddressClass::Private if self.private => Ok(()),
+            AddressClass::Loopback => {
+                Err("is a loopback address, accepted only when the directory's own public URL is loopback or it runs with --allow-private-relays".into())
+            }
+            AddressClass::Private => {
+                Err("is a private address, accepted only when the directory's own public URL is private or it runs with --allow-private-relays".into())
+            }
+            AddressClass::Refused(what) => Err(format!("is {what}, which is never accepted as a relay address")),
+        }
+    }
+}
+
+/// Host names that reach cloud metadata services from inside a cloud.
+const METADATA_NAMES: &[&str] = &[
+    "metadata",
+    "metadata.google.internal",
+    "metadata.goog",
+    "metadata.azure.internal",
+    "instance-data",
+    "instance-data.ec2.internal",
+    "metadata.tencentyun.com",
+];
 
 impl RelayUrl {
     pub fn new(url: &str) -> Result<Self, RelayUrlError> {
-        let bad = || RelayUrlError(url.chars().take(100).collect());
+        let bad = |why| RelayUrlError { url: url.chars().take(100).collect(), why };
         let url = url.trim_end_matches('/');
-        let rest = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).ok_or_else(bad)?;
-        let host = rest.split('/').next().unwrap_or_default();
-        let ok = url.len() <= 512
-            && !host.is_empty()
-            && !host.starts_with(':')
-            && !url.contains(['@', '?', '#', '\\', '"', '<', '>', '`', ' ', '{', '}', '|', '^'])
-            && !url.chars().any(|c| c.is_control() || !c.is_ascii());
-        if ok { Ok(Self(std::sync::Arc::from(url))) } else { Err(bad()) }
+        if url.len() > 512 {
+            return Err(bad("is longer than 512 bytes"));
+        }
+        if url.chars().any(|c| c.is_control() || !c.is_ascii()) || url.contains(['@', '?', '#', '\\', '"', '<', '>', '`', ' ', '{', '}', '|', '^']) {
+            return Err(bad("must have no credentials, query, fragment, spaces or control characters"));
+        }
+        let (_, rest) = split_scheme(url).ok_or_else(|| bad("must start with http:// or https://"))?;
+        let authority = rest.split('/').next().unwrap_or_default();
+        parse_authority(authority).map_err(bad)?;
+        Ok(Self(std::sync::Arc::from(url)))
     }
 
     pub fn as_str(&self) -> &str {
         &self.0
+    }
+
+    /// The host, as parsed by `new`.
+    pub fn host(&self) -> Host<'_> {
+        let (_, rest) = split_scheme(&self.0).unwrap_or(("", &self.0));
+        // `new` checked the authority; a failure here would be a bug, treated as a name.
+        parse_authority(rest.split('/').next().unwrap_or_default()).map_or(Host::Name(""), |(host, _)| host)
+    }
+
+    /// What the host is, before any name resolution.
+    pub fn address_class(&self) -> AddressClass {
+        match self.host() {
+            Host::Ip(ip) => classify_ip(ip),
+            Host::Name(name) => {
+                let name = name.to_ascii_lowercase();
+                if METADATA_NAMES.contains(&name.as_str()) {
+                    AddressClass::Refused("a cloud metadata service name")
+                } else if name == "localhost" || name.ends_with(".localhost") {
+                    AddressClass::Loopback
+                } else {
+                    AddressClass::Name
+                }
+            }
+        }
+    }
+}
+
+/// Splits `http://rest` or `https://rest`.
+fn split_scheme(url: &str) -> Option<(&'static str, &str)> {
+    url.strip_prefix("http://").map(|rest| ("http", rest)).or_else(|| url.strip_prefix("https://").map(|rest| ("https", rest)))
+}
+
+fn parse_authority(authority: &str) -> Result<(Host<'_>, Option<u16>), &'static str> {
+    let (host, port) = if let Some(v6) = authority.strip_prefix('[') {
+        let (inner, after) = v6.split_once(']').ok_or("has an unclosed `[` in its host")?;
+        let ip: Ipv6Addr = inner.parse().map_err(|_| "has a bracketed host that is not an IPv6 address")?;
+        let port = match after {
+            "" => None,
+            p => Some(p.strip_prefix(':').ok_or("has text after its IPv6 host")?),
+        };
+        (Host::Ip(IpAddr::V6(ip)), port)
+    } else {
+        let mut parts = authority.split(':');
+        let host = parts.next().unwrap_or_default();
+        let port = parts.next();
+        if parts.next().is_some() {
+            return Err("has more than one `:` in its host (IPv6 addresses go in brackets)");
+        }
+        (parse_host(host)?, port)
+    };
+    let port = match port {
+        None => None,
+        Some(p) => Some(parse_port(p).ok_or("has a port that is not a number from 1 to 65535")?),
+    };
+    Ok((host, port))
+}
+
+fn parse_port(p: &str) -> Option<u16> {
+    if p.is_empty() || p.len() > 5 || p.starts_with('0') || !p.bytes().all(|b| b.is_ascii_digit()) {
+        return None;
+    }
+    p.parse::<u16>().ok()
+}
+
+fn parse_host(host: &str) -> Result<Host<'_>, &'static str> {
+    if host.is_empty() {
+        return Err("has no host");
+    }
+    if host.len() > 253 {
+        return Err("has a host name longer than 253 bytes");
+    }
+    let labels: Vec<&str> = host.split('.').collect();
+    let last = labels.last().copied().unwrap_or_default();
+    // A numeric last label makes clients read the host as an IPv4 address in one of the legacy
+    // forms (`2130706433`, `0x7f.1`, `127.1`); only the canonical dotted quad is accepted.
+    let numeric = |l: &str| !l.is_empty() && (l.bytes().all(|b| b.is_ascii_digit()) || l.get(..2).is_some_and(|p| p.eq_ignore_ascii_case("0x")));
+    if numeric(last) {
+        return parse_ipv4(&labels).map(|ip| Host::Ip(IpAddr::V4(ip))).ok_or("has an IPv4 host that is not four decimal octets 0-255 without leading zeros");
+    }
+    for label in &labels {
+        let ldh = label.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-');
+        if label.is_empty() || label.len() > 63 || !ldh || label.starts_with('-') || label.ends_with('-') {
+            return Err("has a host that is not a DNS name of letters, digits and inner hyphens (no empty labels or trailing dot)");
+        }
+    }
+    Ok(Host::Name(host))
+}
+
+fn parse_ipv4(labels: &[&str]) -> Option<Ipv4Addr> {
+    let [a, b, c, d] = labels else { return None };
+    let mut octets = [0u8; 4];
+    for (out, label) in octets.iter_mut().zip([a, b, c, d]) {
+        if label.is_empty() || label.len() > 3 || (label.len() > 1 && label.starts_with('0')) || !label.bytes().all(|b| b.is_ascii_digit()) {
+            return None;
+        }
+        *out = label.parse().ok()?;
+    }
+    Some(Ipv4Addr::from(octets))
+}
+
+/// The class of one IP address (a relay URL's, or one its name resolved to).
+pub fn classify_ip(ip: IpAddr) -> AddressClass {
+    match ip {
+        IpAddr::V4(ip) => classify_ipv4(ip),
+        IpAddr::V6(ip) => classify_ipv6(ip),
+    }
+}
+
+fn classify_ipv4(ip: Ipv4Addr) -> AddressClass {
+    let [a, b, c, d] = ip.octets();
+    match (a, b, c, d) {
+        (169, 254, 169, 254) | (100, 100, 100, 200) => AddressClass::Refused("a cloud metadata address"),
+        (169, 254, ..) => AddressClass::Refused("a link-local address"),
+        (0, ..) => AddressClass::Refused("an unspecified address"),
+        (255, 255, 255, 255) => AddressClass::Refused("the broadcast address"),
+        (224..=239, ..) => AddressClass::Refused("a multicast address"),
+        (240..=255, ..) => AddressClass::Refused("a reserved address"),
+        (127, ..) => AddressClass::Loopback,
+        (10, ..) | (192, 168, ..) | (192, 0, 0, _) | (198, 18..=19, ..) => AddressClass::Private,
+        (172, 16..=31, ..) | (100, 64..=127, ..) => AddressClass::Private,
+        _ => AddressClass::Public,
+    }
+}
+
+fn classify_ipv6(ip: Ipv6Addr) -> AddressClass {
+    let s = ip.segments();
+    // Forms that carry an IPv4 address reach that address: IPv4-mapped, NAT64 (64:ff9b::/96),
+    // 6to4 (2002::/16).
+    if let Some(v4) = ip.to_ipv4_mapped() {
+        return classify_ipv4(v4);
+    }
+    if s[..6] == [0x64, 0xff9b, 0, 0, 0, 0] {
+        return classify_ipv4(Ipv4Addr::from(((s[6] as u32) << 16) | s[7] as u32));
+    }
+    if s[0] == 0x2002 {
+        return classify_ipv4(Ipv4Addr::from(((s[1] as u32) << 16) | s[2] as u32));
+    }
+    if ip == Ipv6Addr::new(0xfd00, 0xec2, 0, 0, 0, 0, 0, 0x254) {
+        return AddressClass::Refused("a cloud metadata address");
+    }
+    match s[0] {
+        _ if ip.is_unspecified() => AddressClass::Refused("an unspecified address"),
+        _ if ip.is_loopback() => AddressClass::Loopback,
+        0 if s[..6] == [0; 6] => AddressClass::Refused("a deprecated IPv4-compatible address"),
+        0xfe80..=0xfebf => AddressClass::Refused("a link-local address"),
+        0xff00..=0xffff => AddressClass::Refused("a multicast address"),
+        0xfc00..=0xfdff | 0xfec0..=0xfeff => AddressClass::Private,
+        _ => AddressClass::Public,
     }
 }
 
@@ -280,7 +517,17 @@ mod tests {
 
     #[test]
     fn relay_urls() {
-        for ok in ["http://127.0.0.1:8080", "https://mirror.example.org/odi/", "http://[::1]:9000"] {
+        for ok in [
+            "http://127.0.0.1:8080",
+            "https://mirror.example.org/odi/",
+            "http://[::1]:9000",
+            "http://relay-1.sim",
+            "http://a:1",
+            "http://a:65535/x/y",
+            "http://8.8.8.8",
+            "http://xn--bcher-kva.example",
+            "http://0a.example",
+        ] {
             assert!(RelayUrl::new(ok).is_ok(), "{ok}");
         }
         assert_eq!(RelayUrl::new("http://a/").unwrap().as_str(), "http://a");
@@ -298,5 +545,110 @@ mod tests {
         ] {
             assert!(RelayUrl::new(bad).is_err(), "{bad}");
         }
+    }
+
+    /// The authority forms an attack used to reach internal services.
+    #[test]
+    fn relay_url_authorities_are_strict() {
+        for (bad, why) in [
+            ("http://h:0", "port"),
+            ("http://h:99999", "port"),
+            ("http://h:65536", "port"),
+            ("http://h:", "port"),
+            ("http://h:08080", "port"),
+            ("http://h:+80", "port"),
+            ("http://h:8a", "port"),
+            ("http://a:b:c", "more than one"),
+            ("http://2130706433", "IPv4"),
+            ("http://2130706433:80", "IPv4"),
+            ("http://0x7f.1", "IPv4"),
+            ("http://0x7f000001", "IPv4"),
+            ("http://017.0.0.1", "IPv4"),
+            ("http://127.1", "IPv4"),
+            ("http://127.0.0.1.", "DNS name"),
+            ("http://256.0.0.1", "IPv4"),
+            ("http://1.2.3.4.5", "IPv4"),
+            ("http://example.org.", "DNS name"),
+            ("http://exa_mple.org", "DNS name"),
+            ("http://-a.org", "DNS name"),
+            ("http://a..org", "DNS name"),
+            ("http://[::1", "unclosed"),
+            ("http://[zz::1]", "IPv6"),
+            ("http://[::1]x", "after"),
+            ("http://[::1]:0", "port"),
+            ("http://::1", "more than one"),
+        ] {
+            let err = RelayUrl::new(bad).expect_err(bad);
+            assert!(err.to_string().contains(why), "{bad}: {err}");
+        }
+        let long = format!("http://{}.org", vec!["a".repeat(63); 4].join("."));
+        assert!(RelayUrl::new(&long).is_err(), "a 260-byte host name");
+        assert!(RelayUrl::new(&format!("http://{}.org", "a".repeat(64))).is_err(), "a 64-byte label");
+    }
+
+    #[test]
+    fn relay_url_classes() {
+        use AddressClass::*;
+        for (url, class) in [
+            ("https://relay.example.org", Name),
+            ("http://8.8.8.8:8080", Public),
+            ("http://[2001:db8::1]", Public),
+            ("http://127.0.0.1:9", Loopback),
+            ("http://127.255.0.1", Loopback),
+            ("http://[::1]:80", Loopback),
+            ("http://[::ffff:127.0.0.1]", Loopback),
+            ("http://localhost:8080", Loopback),
+            ("http://a.localhost", Loopback),
+            ("http://10.0.0.1", Private),
+            ("http://172.16.0.1", Private),
+            ("http://172.31.255.255", Private),
+            ("http://192.168.1.1", Private),
+            ("http://100.64.0.1", Private),
+            ("http://[fd12:3456::1]", Private),
+            ("http://[::ffff:10.1.2.3]", Private),
+            ("http://172.32.0.1", Public),
+            ("http://100.128.0.1", Public),
+        ] {
+            assert_eq!(RelayUrl::new(url).unwrap().address_class(), class, "{url}");
+        }
+        for url in [
+            "http://169.254.169.254",
+            "http://169.254.1.1",
+            "http://[fe80::1]",
+            "http://[febf::1]",
+            "http://[fd00:ec2::254]",
+            "http://[::ffff:169.254.169.254]",
+            "http://[64:ff9b::a9fe:a9fe]",
+            "http://[2002:a9fe:a9fe::1]",
+            "http://100.100.100.200",
+            "http://metadata.google.internal",
+            "http://METADATA",
+            "http://instance-data",
+            "http://0.0.0.0:80",
+            "http://[::]",
+            "http://224.0.0.1",
+            "http://255.255.255.255",
+            "http://[ff02::1]",
+        ] {
+            let class = RelayUrl::new(url).unwrap().address_class();
+            assert!(matches!(class, Refused(_)), "{url}: {class:?}");
+            assert!(AddressPolicy::ANY.check(class).is_err(), "{url} refused even with --allow-private-relays");
+        }
+    }
+
+    #[test]
+    fn address_policy_follows_the_directory() {
+        use AddressClass::*;
+        let public = AddressPolicy::for_directory(Name, false);
+        assert!(public.check(Public).is_ok() && public.check(Name).is_ok());
+        let err = public.check(Loopback).unwrap_err();
+        assert!(err.contains("--allow-private-relays"), "{err}");
+        assert!(public.check(Private).is_err());
+        let dev = AddressPolicy::for_directory(Loopback, false);
+        assert!(dev.check(Loopback).is_ok() && dev.check(Private).is_err());
+        let onprem = AddressPolicy::for_directory(Private, false);
+        assert!(onprem.check(Private).is_ok() && onprem.check(Loopback).is_err());
+        let any = AddressPolicy::for_directory(Public, true);
+        assert!(any.check(Loopback).is_ok() && any.check(Private).is_ok() && any.check(Refused("a link-local address")).is_err());
     }
 }

@@ -1,6 +1,15 @@
 //! The HTTP client nodes and the CLI use: plain HTTP/1.1 over hyper, with signed node requests
 //! and bounded waits.
+//!
+//! A client made with [`HttpClient::guarded`] connects only to addresses its [`AddressPolicy`]
+//! accepts: IP literals are checked before the request is sent, and names are checked by the
+//! resolver, on every connection, so a relay's DNS cannot point the directory elsewhere later.
 
+use std::future::Future;
+use std::net::{IpAddr, SocketAddr};
+use std::pin::Pin;
+use std::sync::{Arc, PoisonError, RwLock};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -11,8 +20,10 @@ use http_body_util::{BodyExt as _, BodyStream};
 use hyper::body::Incoming;
 use hyper_util::client::legacy::Client;
 use hyper_util::client::legacy::connect::HttpConnector;
+use hyper_util::client::legacy::connect::dns::{GaiResolver, Name};
 use hyper_util::rt::TokioExecutor;
 use odi_core::auth;
+use odi_core::message::{AddressPolicy, classify_ip};
 use odi_core::storage::{ByteStream, StorageError};
 
 use crate::http::{Body, full};
@@ -25,7 +36,69 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<HttpConnector, Body>,
+    inner: Client<HttpConnector<GuardedResolver>, Body>,
+    guard: Option<AddressGuard>,
+}
+
+/// The address policy a guarded client enforces; shared, so its owner may change it later.
+#[derive(Clone, Debug)]
+pub struct AddressGuard(Arc<RwLock<AddressPolicy>>);
+
+impl AddressGuard {
+    pub fn new(policy: AddressPolicy) -> Self {
+        Self(Arc::new(RwLock::new(policy)))
+    }
+
+    pub fn set(&self, policy: AddressPolicy) {
+        *self.0.write().unwrap_or_else(PoisonError::into_inner) = policy;
+    }
+
+    pub fn policy(&self) -> AddressPolicy {
+        *self.0.read().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// `Err` names the address and the rule it breaks.
+    pub fn check(&self, host: &str, ip: IpAddr) -> Result<(), String> {
+        self.policy()
+            .check(classify_ip(ip))
+            .map_err(|why| if host == ip.to_string() { format!("{ip} {why}") } else { format!("{host} resolves to {ip}, which {why}") })
+    }
+}
+
+/// The system resolver, with every answer checked against the guard (if any) before a
+/// connection may use it.
+#[derive(Clone, Debug)]
+struct GuardedResolver {
+    inner: GaiResolver,
+    guard: Option<AddressGuard>,
+}
+
+type Addrs = std::vec::IntoIter<SocketAddr>;
+
+impl tower_service::Service<Name> for GuardedResolver {
+    type Response = Addrs;
+    type Error = std::io::Error;
+    type Future = Pin<Box<dyn Future<Output = Result<Addrs, std::io::Error>> + Send>>;
+
+    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
+        self.inner.poll_ready(cx)
+    }
+
+    fn call(&mut self, name: Name) -> Self::Future {
+        let host = name.as_str().to_owned();
+        let lookup = self.inner.call(name);
+        let guard = self.guard.clone();
+        Box::pin(async move {
+            let addrs: Vec<SocketAddr> = lookup.await?.collect();
+            if let Some(guard) = guard {
+                // One refused answer refuses the name: a relay does not get to pick per attempt.
+                for addr in &addrs {
+                    guard.check(&host, addr.ip()).map_err(|why| std::io::Error::new(std::io::ErrorKind::PermissionDenied, why))?;
+                }
+            }
+            Ok(addrs.into_iter())
+        })
+    }
 }
 
 impl Default for HttpClient {
@@ -36,10 +109,19 @@ impl Default for HttpClient {
 
 impl HttpClient {
     pub fn new() -> Self {
-        let mut connector = HttpConnector::new();
+        Self::build(None)
+    }
+
+    /// A client that connects only to addresses `guard` accepts (the directory's, for relays).
+    pub fn guarded(guard: AddressGuard) -> Self {
+        Self::build(Some(guard))
+    }
+
+    fn build(guard: Option<AddressGuard>) -> Self {
+        let mut connector = HttpConnector::new_with_resolver(GuardedResolver { inner: GaiResolver::new(), guard: guard.clone() });
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
-        Self { inner: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector) }
+        Self { inner: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector), guard }
     }
 
     /// Sends a request; waits at most `timeout` for the response head.
@@ -47,6 +129,12 @@ impl HttpClient {
         let uri = req.uri().to_string();
         if !uri.starts_with("http://") {
             return Err(NetError::Config(format!("{uri}: only http:// URLs are supported by this build")));
+        }
+        if let (Some(guard), Some(host)) = (&self.guard, req.uri().host()) {
+            // Names are checked by the resolver; IP literals never reach it.
+            if let Ok(ip) = host.trim_start_matches('[').trim_end_matches(']').parse::<IpAddr>() {
+                guard.check(&ip.to_string(), ip).map_err(|reason| NetError::Unreachable { url: uri.clone(), reason: format!("not connecting: {reason}") })?;
+            }
         }
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),

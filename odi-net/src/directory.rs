@@ -26,7 +26,7 @@ use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
 use odi_core::directory::{AdminError, AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
-use odi_core::message::{Message, NodeId, Refusal, RefusalCode, RelayUrl};
+use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, Record, StorageError, TokenRole};
@@ -36,7 +36,7 @@ use serde::{Deserialize, Serialize};
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::client::{self, HttpClient};
+use crate::client::{self, AddressGuard, HttpClient};
 use crate::guard::{ClientAddr, FailureLimiter, LogLimiter};
 use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, none_match, serve_blob, split_catalog_path};
 use crate::lock::DataDirLock;
@@ -60,6 +60,11 @@ const ENROLL_FAILURES_PER_MINUTE: u32 = 10;
 /// How long a watch request is held before it answers with no news.
 const WATCH_HOLD: Duration = Duration::from_secs(25);
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `/healthz` answer read from a relay.
+const HEALTH_BODY_LIMIT: usize = 4096;
+/// Wrong admin tokens one client address may send per window before it gets 429s.
+const ADMIN_FAILURES: u32 = 10;
+const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct DirectoryOptions {
@@ -80,6 +85,8 @@ pub struct DirectoryOptions {
     pub enroll_token: Option<String>,
     /// The metadata store; `None` opens `{data_dir}/directory.sqlite3`.
     pub meta: Option<Arc<dyn MetaStore>>,
+    /// Accept loopback and private relay URLs whatever class the directory's own URL is in.
+    pub allow_private_relays: bool,
 }
 
 impl DirectoryOptions {
@@ -95,6 +102,7 @@ impl DirectoryOptions {
             admin_token: None,
             enroll_token: None,
             meta: None,
+            allow_private_relays: false,
         }
     }
 }
@@ -124,7 +132,11 @@ struct Shared {
     enroll_failures: FailureLimiter,
     timer: Notify,
     clock: Clock,
+    /// Connects to relays only where the relay address policy allows.
     client: HttpClient,
+    relay_addresses: AddressGuard,
+    allow_private_relays: bool,
+    admin_failures: FailureLimiter,
     /// The base URL for links this directory hands out: `--public-url`, or else the address it
     /// listens on (set when it starts to listen). Never the request's `Host`, which any client
     /// chooses, in answers that caches keep.
@@ -150,6 +162,11 @@ impl DirectoryServer {
             None => Arc::new(SqliteMeta::open(dir.join("directory.sqlite3"))?),
         };
         let mut config = DirectoryConfig::new(NodeId(key.verifying_key().to_bytes()));
+        config.token_key = keys::load_or_create_token_key(&dir)?;
+        // Without a public URL the class comes from the listening address, in `run`.
+        if let Some(url) = &options.public_url {
+            config.relay_addresses = AddressPolicy::for_directory(own_address_class(url).await?, options.allow_private_relays);
+        }
         config.heartbeat_interval = options.heartbeat_interval;
         config.lease = options.lease;
         config.self_test_retry = options.heartbeat_interval;
@@ -169,10 +186,15 @@ impl DirectoryServer {
             [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate()
         {
             let token = match given {
-                Some(t) if !t.trim().is_empty() => t.trim().to_owned(),
+                Some(t) if !t.trim().is_empty() => {
+                    let env = if role == TokenRole::Admin { "ODI_ADMIN_TOKEN" } else { "ODI_ENROLL_TOKEN" };
+                    keys::check_token_strength(t.trim()).map_err(|why| NetError::Config(format!("{env} {why}")))?;
+                    t.trim().to_owned()
+                }
                 _ => {
                     let path = dir.join(file);
                     let t = keys::load_or_create_secret(&path, keys::new_token)?;
+                    keys::check_token_strength(&t).map_err(|why| NetError::Config(format!("the token in {} {why}", path.display())))?;
                     token_paths[i] = Some(path);
                     t
                 }
@@ -182,6 +204,7 @@ impl DirectoryServer {
                 machine.apply(&record, clock.now());
             }
         }
+        let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
             machine: Mutex::new(machine),
@@ -195,7 +218,10 @@ impl DirectoryServer {
             enroll_failures: FailureLimiter::new(ENROLL_FAILURES_PER_MINUTE, Duration::from_secs(60)),
             timer: Notify::new(),
             clock,
-            client: HttpClient::new(),
+            client: HttpClient::guarded(relay_addresses.clone()),
+            relay_addresses,
+            allow_private_relays: options.allow_private_relays,
+            admin_failures: FailureLimiter::new(ADMIN_FAILURES, ADMIN_FAILURE_WINDOW),
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
@@ -216,6 +242,9 @@ impl DirectoryServer {
                 return Err(NetError::Config(format!("--public-url is required when listening on {addr}: links and metalinks name the directory by it")));
             }
             let _ = shared.public_url.set(format!("http://{addr}"));
+            let policy = AddressPolicy::for_directory(classify_ip(addr.ip()), shared.allow_private_relays);
+            shared.relay_addresses.set(policy);
+            shared.lock().set_relay_addresses(policy);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
         let timer = tokio::spawn(timer_loop(shared.clone(), stop_rx));
@@ -298,15 +327,42 @@ fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Out
     })
 }
 
+/// The class of the directory's own public URL; a name counts as private only when every
+/// address it resolves to now is private (or loopback), as on an on-premise network.
+async fn own_address_class(url: &str) -> Result<AddressClass, NetError> {
+    let url = RelayUrl::new(url).map_err(|e| NetError::Config(format!("--public-url `{}` {}", e.url, e.why)))?;
+    let class = url.address_class();
+    if class != AddressClass::Name {
+        return Ok(class);
+    }
+    let odi_core::message::Host::Name(host) = url.host() else { return Ok(class) };
+    // Unresolvable now: the strict rule, until the operator says otherwise.
+    let Ok(Ok(addrs)) = tokio::time::timeout(SELF_TEST_TIMEOUT, tokio::net::lookup_host((host, 80))).await else { return Ok(AddressClass::Public) };
+    let classes: Vec<AddressClass> = addrs.map(|a| classify_ip(a.ip())).collect();
+    Ok(if classes.is_empty() || classes.iter().any(|c| !matches!(c, AddressClass::Loopback | AddressClass::Private)) {
+        AddressClass::Public
+    } else if classes.iter().all(|c| *c == AddressClass::Loopback) {
+        AddressClass::Loopback
+    } else {
+        AddressClass::Private
+    })
+}
+
 async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u64) {
     #[derive(Deserialize)]
     struct Health {
         id: NodeId,
     }
+    // The relay's answers are never logged or shown: only a status and a fixed description.
     let probe = async {
         let req = Request::get(format!("{url}/healthz")).body(crate::http::empty()).map_err(|e| e.to_string())?;
         let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
-        let health: Health = client::read_json(resp).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(format!("/healthz answered {status}"));
+        }
+        let body = client::read_body(resp.into_body(), HEALTH_BODY_LIMIT).await.map_err(|_| "/healthz sent no complete answer of at most 4 KiB".to_owned())?;
+        let health: Health = serde_json::from_slice(&body).map_err(|_| "/healthz did not answer with a relay's JSON".to_owned())?;
         Ok(health.id)
     };
     let outcome: Result<NodeId, String> = probe.await;
@@ -642,8 +698,22 @@ fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Err(resp);
     };
+    // Guessing is bounded per client address: over the limit, the token is not even checked.
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
+        let secs = wait.as_secs().max(1);
+        let mut resp = error(StatusCode::TOO_MANY_REQUESTS, format!("too many wrong admin tokens from this address; try again in {secs}s"));
+        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+        return Err(resp);
+    }
     let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
-    if shared.lock().check_token(TokenRole::Admin, token) { Ok(()) } else { Err(error(StatusCode::FORBIDDEN, "admin token is wrong")) }
+    if shared.lock().check_token(TokenRole::Admin, token) {
+        return Ok(());
+    }
+    if let Some(ip) = client {
+        shared.admin_failures.failed(ip);
+    }
+    Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
 }
 
 #[derive(Deserialize)]

@@ -28,7 +28,7 @@ use crate::client::{self, HttpClient};
 use crate::http::{BlobRequest, Body, Caching, CorruptBlob, DIGEST_HEADERS_KEPT, DigestHeaders, corrupt_blob, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
-use crate::transfer::{Downloader, Source};
+use crate::transfer::{Downloader, Redirects, Source};
 use crate::{Clock, NetError, crash, keys};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -115,7 +115,13 @@ impl RelayServer {
         let id = NodeId(key.verifying_key().to_bytes());
         let limiter = (options.bandwidth > 0).then(|| Arc::new(RateLimiter::new(options.bandwidth)));
         let client = HttpClient::new();
-        let downloader = Downloader { client: client.clone(), key: Some(key.clone()), limiter: limiter.clone(), config: TransferConfig::default() };
+        let downloader = Downloader {
+            client: client.clone(),
+            key: Some(key.clone()),
+            limiter: limiter.clone(),
+            config: TransferConfig::default(),
+            redirects: Redirects::SameOrigin,
+        };
         let shared = Shared {
             machine: Mutex::new(machine),
             store,

@@ -53,6 +53,18 @@ pub struct Downloader {
     pub key: Option<SigningKey>,
     pub limiter: Option<Arc<RateLimiter>>,
     pub config: TransferConfig,
+    pub redirects: Redirects,
+}
+
+/// Which redirects a source may send.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Redirects {
+    /// To anywhere over http(s): a directory sending a client on to a relay.
+    AnyHost,
+    /// Only to the source's own scheme, host and port: relays syncing from peers, so that a
+    /// peer cannot make a relay fetch from other machines (its network's internal services).
+    /// A redirect elsewhere fails the request, and the source is struck.
+    SameOrigin,
 }
 
 enum Msg {
@@ -85,8 +97,18 @@ impl Downloader {
                 match effect {
                     Effect::Fetch { id, source, range, chunks } => {
                         let src = sources[source.0 as usize].clone();
-                        let fetch =
-                            fetch_range(self.client.clone(), self.key.clone(), self.limiter.clone(), src, manifest.clone(), id, range, chunks, tx.clone());
+                        let fetch = fetch_range(
+                            self.client.clone(),
+                            self.key.clone(),
+                            self.limiter.clone(),
+                            self.redirects,
+                            src,
+                            manifest.clone(),
+                            id,
+                            range,
+                            chunks,
+                            tx.clone(),
+                        );
                         tasks.insert(id, tokio::spawn(fetch).abort_handle());
                     }
                     Effect::Cancel { id } => {
@@ -187,6 +209,7 @@ async fn fetch_range(
     client: HttpClient,
     key: Option<SigningKey>,
     limiter: Option<Arc<RateLimiter>>,
+    redirects: Redirects,
     source: Source,
     manifest: Arc<ChunkManifest>,
     id: RequestId,
@@ -194,7 +217,7 @@ async fn fetch_range(
     chunks: Range<u64>,
     tx: mpsc::UnboundedSender<Msg>,
 ) {
-    let result = fetch_range_inner(&client, key.as_ref(), limiter.as_deref(), &source, &manifest, id, range, chunks, &tx).await;
+    let result = fetch_range_inner(&client, key.as_ref(), limiter.as_deref(), redirects, &source, &manifest, id, range, chunks, &tx).await;
     let _ = tx.send(Msg::End(id, result));
 }
 
@@ -203,6 +226,7 @@ async fn fetch_range_inner(
     client: &HttpClient,
     key: Option<&SigningKey>,
     limiter: Option<&RateLimiter>,
+    redirects: Redirects,
     source: &Source,
     manifest: &ChunkManifest,
     id: RequestId,
@@ -242,6 +266,11 @@ async fn fetch_range_inner(
             let location = r.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or("redirect without a Location")?;
             if !(location.starts_with("http://") || location.starts_with("https://")) {
                 return Err(format!("redirect to a relative or odd Location `{location}`"));
+            }
+            let same_origin = matches!((origin(location), origin(&source.url)), (Some(to), Some(from)) if to == from);
+            if redirects == Redirects::SameOrigin && !same_origin {
+                // Not followed, and the Location is not repeated: it may point anywhere.
+                return Err("redirected to another host; sources must serve what they are asked for".into());
             }
             url = location.to_owned();
             continue;
@@ -296,6 +325,15 @@ async fn fetch_range_inner(
         }
     }
     Ok(())
+}
+
+/// `(scheme, host, port)` of an absolute URL, with the default port filled in; `None` if it
+/// does not parse.
+fn origin(url: &str) -> Option<(String, String, u16)> {
+    let uri: http::Uri = url.parse().ok()?;
+    let scheme = uri.scheme_str()?.to_ascii_lowercase();
+    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
+    Some((scheme, uri.host()?.to_ascii_lowercase(), port))
 }
 
 fn chunk_len(manifest: &ChunkManifest, index: u64) -> usize {

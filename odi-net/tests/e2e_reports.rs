@@ -13,7 +13,7 @@ use odi_core::ChunkManifest;
 use odi_core::transfer::TransferConfig;
 use odi_net::HttpClient;
 use odi_net::http::full;
-use odi_net::transfer::{Downloader, PartialFile, Report, Source, report_rejected};
+use odi_net::transfer::{Downloader, PartialFile, Redirects, Report, Source, report_rejected};
 use tokio::net::TcpListener;
 
 /// Serves `data` with ranges; a liar flips the first byte of every answer.
@@ -59,7 +59,7 @@ async fn the_downloader_names_the_source_of_each_bad_chunk() {
     let (bad, good) = (source(data.clone(), true).await, source(data.clone(), false).await);
     let tmp = tempfile::tempdir().unwrap();
     let config = TransferConfig { chunks_per_request: 1, ..TransferConfig::default() };
-    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config };
+    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config, redirects: Redirects::AnyHost };
     let sources = [Source { url: bad.clone(), signed: false }, Source { url: good, signed: false }];
     let (partial, have) = PartialFile::open(tmp.path().join("got.part"), manifest.clone()).await.unwrap();
     let (partial, report) = downloader.download(&manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e.to_string()).unwrap();

@@ -17,7 +17,7 @@ use odi_core::ChunkManifest;
 use odi_core::transfer::TransferConfig;
 use odi_net::HttpClient;
 use odi_net::http::empty;
-use odi_net::transfer::{Downloader, PartialFile, Source};
+use odi_net::transfer::{Downloader, PartialFile, Redirects, Source};
 use tokio::net::TcpListener;
 
 type Faults = Arc<Mutex<BTreeMap<&'static str, u64>>>;
@@ -128,7 +128,7 @@ async fn downloads_are_exact_despite_a_thousand_http_faults() {
         sources.push(Source { url: faulty_source(data.clone(), 0.0, 99, faults.clone()).await, signed: false });
         let config =
             TransferConfig { chunk_timeout: Duration::from_millis(300), max_strikes: 1000, chunks_per_request: 1 + round % 2, ..TransferConfig::default() };
-        let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config };
+        let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config, redirects: Redirects::AnyHost };
         let path = tmp.path().join(format!("f{round}"));
         let (partial, have) = PartialFile::open(path.with_extension("part"), manifest.clone()).await.unwrap();
         let (partial, report) = downloader.download(&manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, r)| format!("{e} {r:?}")).unwrap();
@@ -260,7 +260,7 @@ async fn odi_get_style_download_is_exact_with_a_rotten_relay_among_its_sources()
     let sources: Vec<Source> = parsed.urls.iter().map(|u| Source { url: u.clone(), signed: false }).collect();
     // One chunk per request spreads the six chunks over all four sources, the rotten one too.
     let config = TransferConfig { chunks_per_request: 1, ..TransferConfig::default() };
-    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config };
+    let downloader = Downloader { client: HttpClient::new(), key: None, limiter: None, config, redirects: Redirects::AnyHost };
     let path = tmp.path().join("got.bin");
     let (partial, have) = PartialFile::open(tmp.path().join("got.part"), parsed.manifest.clone()).await.unwrap();
     let (partial, report) = downloader.download(&parsed.manifest, &sources, partial, have, &|_| {}).await.map_err(|(e, _)| e.to_string()).unwrap();

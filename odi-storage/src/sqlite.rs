@@ -57,6 +57,7 @@ impl SqliteMeta {
         let fail = |what: &str, e: rusqlite::Error| {
             StorageError::backend(STORE, format!("cannot open {}: {what}: {e}; check the path and its permissions", path.display()))
         };
+        make_private(&path)?;
         let mut conn = Connection::open(&path).map_err(|e| fail("open", e))?;
         conn.busy_timeout(BUSY_TIMEOUT).map_err(|e| fail("set busy timeout", e))?;
         let mode: String = conn.pragma_update_and_check(None, "journal_mode", "WAL", |row| row.get(0)).map_err(|e| fail("enable WAL", e))?;
@@ -188,6 +189,28 @@ impl From<rusqlite::Error> for DbError {
     }
 }
 
+/// Creates the database file with mode 0600 if it is new, and makes it and its WAL and
+/// shared-memory files 0600 if they exist: SQLite gives the files it creates later the
+/// database file's mode, so they stay private too.
+fn make_private(path: &Path) -> Result<()> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::{OpenOptionsExt as _, PermissionsExt as _};
+        let fail = |what: &Path, e: std::io::Error| StorageError::backend(STORE, format!("cannot make {} private (mode 0600): {e}", what.display()));
+        std::fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).mode(0o600).open(path).map_err(|e| fail(path, e))?;
+        for suffix in ["", "-wal", "-shm"] {
+            let mut name = path.as_os_str().to_owned();
+            name.push(suffix);
+            let file = PathBuf::from(name);
+            match std::fs::set_permissions(&file, std::fs::Permissions::from_mode(0o600)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(fail(&file, e)),
+                _ => {}
+            }
+        }
+    }
+    Ok(())
+}
+
 fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     let fail = |e: rusqlite::Error| StorageError::backend(STORE, format!("cannot set up the schema of {}: {e}", path.display()));
     let tx = conn.transaction().map_err(fail)?;
@@ -277,6 +300,16 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
     let mut stmt = tx.prepare("SELECT id, record FROM relays ORDER BY id")?;
     for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
         let (id, record) = row?;
+        // A relay enrolled under an older, looser URL rule is dropped: it must enroll again, and
+        // its URL is then judged by today's rule. Anything else unreadable is corruption.
+        if serde_json::from_str::<serde_json::Value>(&record)
+            .ok()
+            .and_then(|v| v.get("public_url").and_then(|u| u.as_str()).map(|u| odi_core::message::RelayUrl::new(u).is_err()))
+            .unwrap_or(false)
+        {
+            tracing::warn!(relay = %id, "dropped a relay whose stored URL today's rule refuses; it must enroll again");
+            continue;
+        }
         let record: RelayRecord = from_json("relays", &id, serde_json::from_str(&record))?;
         records.push(Record::Relay(record));
     }
@@ -352,6 +385,31 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(dir.path().join("directory.db")).unwrap();
         (meta, dir)
+    }
+
+    #[tokio::test]
+    async fn a_relay_stored_under_a_looser_url_rule_is_dropped_on_load() {
+        let (meta, dir) = scratch();
+        meta.apply(&[relay(1, &[]), relay(3, &[])]).await.unwrap();
+        {
+            let conn = Connection::open(dir.path().join("directory.db")).unwrap();
+            let old: String = conn.query_row("SELECT record FROM relays ORDER BY id LIMIT 1", [], |r| r.get(0)).unwrap();
+            let old = old.replace("https://relay-1.example.org", "http://a:b:c");
+            conn.execute("UPDATE relays SET record = ?1 WHERE record LIKE '%relay-1.%'", params![old]).unwrap();
+        }
+        assert_eq!(meta.load().await.unwrap(), vec![relay(3, &[])]);
+    }
+
+    #[cfg(unix)]
+    #[tokio::test]
+    async fn database_files_are_private() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let (meta, dir) = scratch();
+        meta.apply(&[relay(1, &[])]).await.unwrap();
+        for name in ["directory.db", "directory.db-wal", "directory.db-shm"] {
+            let mode = std::fs::metadata(dir.path().join(name)).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{name}");
+        }
     }
 
     #[tokio::test]

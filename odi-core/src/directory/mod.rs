@@ -43,8 +43,8 @@ use crate::digest::Digest;
 use crate::manifest::{ChunkManifest, check_chunk_size};
 pub use crate::message::RelayStatus;
 use crate::message::{
-    Assigned, Capacity, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, RelayUrl,
-    Standing,
+    AddressPolicy, Assigned, Capacity, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment,
+    RelayUrl, Standing,
 };
 use crate::path::{ArtifactPath, CatalogName};
 use crate::relay::footprint;
@@ -98,6 +98,11 @@ pub struct DirectoryConfig {
     /// Relay scores computed per slice of a rebalance, between which the driver may serve.
     pub rebalance_slice: usize,
     pub hot: HotConfig,
+    /// Which relay URLs enrollment accepts (see [`AddressPolicy::for_directory`]).
+    pub relay_addresses: AddressPolicy,
+    /// Key of the HMAC-SHA256 under which token hashes are stored, so that a copy of the store
+    /// alone does not allow guessing a token offline. The driver keeps it in a 0600 file.
+    pub token_key: [u8; 32],
 }
 
 impl DirectoryConfig {
@@ -117,6 +122,8 @@ impl DirectoryConfig {
             rebalance_delay: Duration::from_millis(250),
             rebalance_slice: 2_000_000,
             hot: HotConfig::default(),
+            relay_addresses: AddressPolicy::PUBLIC,
+            token_key: [0; 32],
         }
     }
 }
@@ -659,8 +666,9 @@ impl Directory {
         self.blobs.get(digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default()
     }
 
+    /// Plans recording `token` for `role`; `None` when it is recorded already (under this key).
     pub fn plan_token(&self, role: TokenRole, token: &str) -> Option<Record> {
-        let hash = Digest::of(token.as_bytes());
+        let hash = self.token_hash(token);
         (self.tokens.get(&role) != Some(&hash)).then_some(Record::Token { role, hash })
     }
 
@@ -911,8 +919,23 @@ impl Directory {
     /// True when `token` matches the stored hash for `role`.
     pub fn check_token(&self, role: TokenRole, token: &str) -> bool {
         let Some(expected) = self.tokens.get(&role) else { return false };
-        // Comparing digests, not the tokens, keeps the comparison time independent of the secret.
-        constant_time_eq(Digest::of(token.as_bytes()).as_bytes(), expected.as_bytes())
+        // Comparing MACs in constant time, not the tokens, keeps the time independent of the secret.
+        constant_time_eq(self.token_hash(token).as_bytes(), expected.as_bytes())
+    }
+
+    /// HMAC-SHA256 of `token` under `config.token_key`.
+    fn token_hash(&self, token: &str) -> Digest {
+        use hmac::{KeyInit as _, Mac as _};
+        // Any key length is valid for HMAC.
+        let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(&self.config.token_key).expect("HMAC takes keys of any length");
+        mac.update(token.as_bytes());
+        Digest::from_bytes(mac.finalize().into_bytes().into())
+    }
+
+    /// Changes which relay URLs enrollment accepts (the driver learns its own address late when
+    /// no public URL is configured). Relays enrolled already are not re-checked here.
+    pub fn set_relay_addresses(&mut self, policy: AddressPolicy) {
+        self.config.relay_addresses = policy;
     }
 
     /// True when `id` is an enrolled relay (known from an enrollment or from before a restart).
@@ -1212,6 +1235,9 @@ impl Directory {
                 code: RefusalCode::BadToken,
                 reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
             }));
+        }
+        if let Err(why) = self.config.relay_addresses.check(req.public_url.address_class()) {
+            return Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("relay URL {} {why}", req.public_url) }));
         }
         // Quarantine, draining and probation are the directory's decisions: enrolling again keeps
         // them (a relay that moves to another URL is on probation again).
@@ -2173,5 +2199,83 @@ fn kind(msg: &Message) -> &'static str {
         Message::Heartbeat(_) => "heartbeat",
         Message::HeartbeatAck(_) => "heartbeat_ack",
         Message::Refused(_) => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::AddressClass;
+    use crate::time::Instant;
+
+    const TOKEN: &str = "6b2f0a7c3d9e41f58a2b7c6d0e1f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f";
+
+    fn directory(key: [u8; 32], policy: AddressPolicy) -> Directory {
+        let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
+        config.token_key = key;
+        config.relay_addresses = policy;
+        let mut dir = Directory::new(config, Seed(1));
+        let record = dir.plan_token(TokenRole::Enroll, TOKEN).expect("a fresh directory records its token");
+        assert!(dir.apply(&record, Instant::ZERO));
+        dir
+    }
+
+    #[test]
+    fn tokens_are_stored_as_keyed_macs() {
+        let dir = directory([7; 32], AddressPolicy::PUBLIC);
+        assert!(dir.check_token(TokenRole::Enroll, TOKEN));
+        assert!(!dir.check_token(TokenRole::Enroll, &TOKEN[1..]));
+        assert!(!dir.check_token(TokenRole::Admin, TOKEN), "no admin token recorded");
+        assert_eq!(dir.plan_token(TokenRole::Enroll, TOKEN), None, "the same token under the same key is recorded already");
+        let Some(Record::Token { hash, .. }) = directory([8; 32], AddressPolicy::PUBLIC).plan_token(TokenRole::Admin, TOKEN) else { panic!("a record") };
+        assert_ne!(hash, Digest::of(TOKEN.as_bytes()), "not a plain SHA-256");
+        let Some(Record::Token { hash: other, .. }) = directory([9; 32], AddressPolicy::PUBLIC).plan_token(TokenRole::Admin, TOKEN) else { panic!("a record") };
+        assert_ne!(hash, other, "the key changes the stored hash");
+    }
+
+    #[test]
+    fn a_plain_sha256_record_is_replaced() {
+        let mut dir = directory([7; 32], AddressPolicy::PUBLIC);
+        assert!(dir.apply(&Record::Token { role: TokenRole::Admin, hash: Digest::of(TOKEN.as_bytes()) }, Instant::ZERO));
+        assert!(!dir.check_token(TokenRole::Admin, TOKEN), "an unkeyed hash does not match");
+        let record = dir.plan_token(TokenRole::Admin, TOKEN).expect("re-recorded under the key");
+        assert!(dir.apply(&record, Instant::ZERO));
+        assert!(dir.check_token(TokenRole::Admin, TOKEN));
+    }
+
+    fn enroll(dir: &mut Directory, url: &str) -> Reply {
+        let req = EnrollRequest {
+            token: TOKEN.into(),
+            public_url: RelayUrl::new(url).unwrap(),
+            capacity: Capacity { disk_budget: 1 << 30, bandwidth: 0 },
+            catalogs: Vec::new(),
+        };
+        dir.handle_message(NodeId([0x11; 32]), Message::Enroll(req), Instant::ZERO, UnixTime(1_800_000_000))
+    }
+
+    fn refusal(reply: Reply) -> Option<String> {
+        match reply {
+            Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason })) => Some(reason),
+            _ => None,
+        }
+    }
+
+    #[test]
+    fn enrollment_applies_the_address_policy() {
+        let mut public = directory([7; 32], AddressPolicy::for_directory(AddressClass::Name, false));
+        for url in
+            ["http://127.0.0.1:8080", "http://localhost:9", "http://10.1.2.3", "http://[fd00::1]", "http://169.254.169.254", "http://metadata.google.internal"]
+        {
+            let reason = refusal(enroll(&mut public, url)).unwrap_or_else(|| panic!("{url} accepted"));
+            assert!(reason.contains(url), "{reason}");
+        }
+        assert!(refusal(enroll(&mut public, "http://127.0.0.1:8080")).unwrap().contains("--allow-private-relays"));
+        assert_eq!(refusal(enroll(&mut public, "https://relay.example.org")), None);
+        let mut dev = directory([7; 32], AddressPolicy::for_directory(AddressClass::Loopback, false));
+        assert_eq!(refusal(enroll(&mut dev, "http://127.0.0.1:8080")), None);
+        assert!(refusal(enroll(&mut dev, "http://[fe80::1]:80")).is_some());
+        let mut any = directory([7; 32], AddressPolicy::for_directory(AddressClass::Public, true));
+        assert_eq!(refusal(enroll(&mut any, "http://192.168.0.7:8080")), None);
+        assert!(refusal(enroll(&mut any, "http://169.254.169.254")).unwrap().contains("never accepted"));
     }
 }

@@ -14,8 +14,8 @@ use tokio::net::TcpListener;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const ADMIN: &str = "test-admin-token";
-pub const ENROLL: &str = "test-enroll-token";
+pub const ADMIN: &str = "a1d4c6e8f0b2a4c6e8f0a2b4c6d8e0f2a4b6c8d0e2f4a6b8c0d2e4f6a8b0c2d4";
+pub const ENROLL: &str = "e5f7a9b1c3d5e7f9a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9d1e3f5a7b9c1d3e5f7";
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 pub const LEASE: Duration = Duration::from_millis(1500);
 
