@@ -189,7 +189,7 @@ fn plain_clients_never_complete_a_rotten_file_and_the_relay_heals() {
     odi_ok(&["catalog", "create", "c", "--directory", &dir_url, "--replicas", "3"]);
 
     let mut relays = Vec::new();
-    let start_relay = |port: u16, data: &std::path::Path| {
+    let start_relay = |port: u16, data: &Path| {
         spawn(&[
             "relay",
             "--listen",
