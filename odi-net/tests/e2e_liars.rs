@@ -17,6 +17,10 @@ enum Lie {
     CorruptUnranged,
     /// Answer every request but `/healthz` with a `302` elsewhere.
     Redirect,
+    /// Flip a byte of every answer.
+    CorruptAll,
+    /// Pass everything through untouched (an honest relay; the scenario lies another way).
+    None,
 }
 
 /// A relay's public face that lies per request: `/healthz` goes to the honest relay behind it
@@ -58,7 +62,12 @@ async fn answer(req: http::Request<hyper::body::Incoming>, target: &str, client:
     };
     let (parts, body) = resp.into_parts();
     let mut bytes = odi_net::client::read_body(body, 64 << 20).await.unwrap_or_default().to_vec();
-    if matches!(lie, Lie::CorruptUnranged) && !ranged && bytes.len() > 2048 {
+    let corrupt = match lie {
+        Lie::CorruptUnranged => !ranged,
+        Lie::CorruptAll => true,
+        Lie::Redirect | Lie::None => false,
+    };
+    if corrupt && path != "/healthz" && bytes.len() > 2048 {
         bytes[2048] ^= 0x01;
     }
     http::Response::from_parts(parts, odi_net::http::full(bytes))
@@ -83,7 +92,9 @@ fn plain_downloads(url: &str, data: &[u8], n: usize, dir: &std::path::Path) -> (
     (wrong, right)
 }
 
-async fn network_with(lie: Lie, seed: u8) -> (tempfile::TempDir, Node, String, Vec<Node>, Vec<u8>) {
+/// A directory (200 ms audits, 3 s probation), a relay behind a lying front and an honest one.
+/// Returns the front's URL and the address the lying relay listens on behind it.
+async fn network_with(lie: Lie, seed: u8) -> (tempfile::TempDir, Node, String, Vec<Node>, Vec<u8>, std::net::SocketAddr) {
     let tmp = tempfile::tempdir().unwrap();
     let dir = start_directory_with(&tmp.path().join("dir"), None, |o| {
         o.audit_interval = Duration::from_millis(200);
@@ -96,16 +107,17 @@ async fn network_with(lie: Lie, seed: u8) -> (tempfile::TempDir, Node, String, V
     let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let public = format!("http://{}", front.local_addr().unwrap());
     let behind = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    tokio::spawn(liar(front, behind.local_addr().unwrap().to_string(), lie));
+    let behind_addr = behind.local_addr().unwrap();
+    tokio::spawn(liar(front, behind_addr.to_string(), lie));
     let relays = vec![
         start_relay_on(behind, &public, &tmp.path().join("r0"), &dir.url, 1 << 30, 0, ENROLL).await,
         start_relay(&tmp.path().join("r1"), &dir.url, 1 << 30, None).await,
     ];
-    (tmp, dir, public, relays, data)
+    (tmp, dir, public, relays, data, behind_addr)
 }
 
 async fn run(lie: Lie, seed: u8) -> (usize, usize, f64) {
-    let (tmp, dir, public, _relays, data) = network_with(lie, seed).await;
+    let (tmp, dir, public, _relays, data, _) = network_with(lie, seed).await;
     let started = Instant::now();
     let url = format!("{}/r/rel/big.bin", dir.url);
     let (mut wrong, mut right) = (0, 0);
@@ -138,4 +150,73 @@ async fn a_relay_that_answers_audits_with_redirects_is_quarantined() {
     println!("redirecting relay: {wrong} wrong and {right} right of 500 curl -L downloads; quarantined {caught:.1}s after it started");
     assert_eq!(wrong, 0);
     assert_eq!(right, 500);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_that_flips_bytes_in_every_answer_is_quarantined_before_any_plain_client() {
+    let (wrong, right, caught) = run(Lie::CorruptAll, 13).await;
+    println!("byte-flipping relay: {wrong} wrong and {right} right of 500 curl -L downloads; quarantined {caught:.1}s after it started");
+    assert_eq!((wrong, right), (0, 500));
+}
+
+/// A relay that lies about what it holds: its blob files are deleted under it while it goes on
+/// reporting them (what a fake relay claiming every digest does).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_relay_claiming_what_it_does_not_hold_is_quarantined_and_serves_no_plain_client() {
+    let (tmp, dir, public, relays, data, _) = network_with(Lie::None, 14).await;
+    let url = format!("{}/r/rel/big.bin", dir.url);
+    wait_for(20, "both relays ready", || async { relays_ready(&dir.url).await == 2 }).await;
+    let hex = sha256_hex(&data);
+    let blob = relays[0].data.join("blobs/blobs/sha256").join(&hex[..2]).join(&hex);
+    let started = Instant::now();
+    std::fs::remove_file(&blob).unwrap();
+    let (mut wrong, mut right) = (0, 0);
+    for _ in 0..10 {
+        let (w, r) = tokio::task::block_in_place(|| plain_downloads(&url, &data, 50, tmp.path()));
+        wrong += w;
+        right += r;
+    }
+    wait_for(20, "the relay to be quarantined or to drop its claim", || async {
+        relay_view(&dir.url, &public).await.is_some_and(|v| v["status"] == "quarantined" || v["held"] == 0)
+    })
+    .await;
+    let view = relay_view(&dir.url, &public).await.unwrap();
+    println!(
+        "relay without its bytes: {wrong} wrong and {right} right of 500 curl -L downloads; {} after {:.1}s",
+        view["status"],
+        started.elapsed().as_secs_f64()
+    );
+    assert_eq!((wrong, right), (0, 500));
+}
+
+/// The liar is quarantined; its operator starts again with a new key at the same URL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quarantined_relay_back_with_a_new_key_stays_quarantined() {
+    let (tmp, dir, public, mut relays, data, behind) = network_with(Lie::CorruptAll, 15).await;
+    wait_for(20, "the liar to be quarantined", || async { relay_view(&dir.url, &public).await.is_some_and(|v| v["status"] == "quarantined") }).await;
+    relays[0].stop().await;
+    // Wait out the lease, then a fresh data dir (a new node.key) behind the same lying front.
+    tokio::time::sleep(LEASE + Duration::from_millis(500)).await;
+    let listener = TcpListener::bind(behind).await.unwrap();
+    let reborn = start_relay_on(listener, &public, &tmp.path().join("r0-new-key"), &dir.url, 1 << 30, 0, ENROLL).await;
+    let url = format!("{}/r/rel/big.bin", dir.url);
+    let (mut wrong, mut right) = (0, 0);
+    for _ in 0..10 {
+        let (w, r) = tokio::task::block_in_place(|| plain_downloads(&url, &data, 50, tmp.path()));
+        wrong += w;
+        right += r;
+    }
+    let views = relays_at(&dir.url, &public).await;
+    println!("new key at a quarantined URL: {wrong} wrong and {right} right of 500 curl -L downloads; views {views:?}");
+    assert_eq!((wrong, right), (0, 500));
+    assert!(!views.is_empty() && views.iter().all(|v| v["status"] == "quarantined"), "{views:?}");
+    let _ = reborn;
+}
+
+async fn relays_ready(dir: &str) -> usize {
+    relays(dir).await.iter().filter(|r| r["status"] == "ready").count()
+}
+
+async fn relays_at(dir: &str, url: &str) -> Vec<serde_json::Value> {
+    relays(dir).await.into_iter().filter(|r| r["url"] == url).collect()
 }
