@@ -56,6 +56,16 @@ pub(crate) fn catalogs(list: &Value) -> String {
     t.render()
 }
 
+/// `GET /api/v1/tokens`: the named enrollment tokens.
+pub(crate) fn tokens(list: &Value) -> String {
+    let mut t = Table::new(&[("TOKEN", Align::Left), ("RELAYS", Align::Right), ("STATE", Align::Left)]);
+    for k in list.as_array().into_iter().flatten() {
+        let state = if k["revoked"] == Value::Bool(true) { "revoked" } else { "valid" };
+        t.row(vec![text(&k["name"]), text(&k["relays"]), state.to_owned()]);
+    }
+    t.render()
+}
+
 /// The artifacts of `GET /api/v1/catalogs/{name}`, sorted by path.
 pub(crate) fn artifacts(listing: &Value) -> String {
     let mut list: Vec<&Value> = listing["artifacts"].as_array().into_iter().flatten().collect();

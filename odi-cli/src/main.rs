@@ -68,6 +68,9 @@ enum Command {
     Expunge(ExpungeArgs),
     /// Show the relays a directory knows and their state.
     Relays(RelaysArgs),
+    /// Named enrollment tokens, one per relay operator: add, list, revoke.
+    #[command(subcommand)]
+    Token(TokenCommand),
     /// Download a URL, verifying its SHA-256.
     Get(GetCliArgs),
     /// Start a directory and relays on loopback with a sample catalog.
@@ -137,6 +140,32 @@ struct RelayArgs {
     scrub_rate: Option<u64>,
     #[arg(long)]
     config: Option<PathBuf>,
+}
+
+#[derive(Subcommand)]
+enum TokenCommand {
+    /// Make an enrollment token for one operator; it is printed once (give it to them as
+    /// ODI_ENROLL_TOKEN for their relays).
+    Add {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
+    /// List the named tokens and how many relays enrolled with each.
+    Ls {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a token: nobody enrolls with it again, and every relay enrolled with it is
+    /// quarantined (`odi relays --readmit` lifts that for one relay).
+    Revoke {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+    },
 }
 
 #[derive(Subcommand)]
@@ -438,6 +467,25 @@ async fn run(command: Command) -> Result<()> {
             } else {
                 output::emit(&listing::catalogs(&list));
             }
+        }
+        Command::Token(TokenCommand::Add { name, target }) => {
+            let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name }))).await?;
+            eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):");
+            output::line(made["token"].as_str().unwrap_or_default());
+        }
+        Command::Token(TokenCommand::Ls { target, json }) => {
+            let list = target.admin()?.json(Method::GET, "tokens", None).await?;
+            if json {
+                output::line(&serde_json::to_string_pretty(&list)?);
+            } else {
+                output::emit(&listing::tokens(&list));
+            }
+        }
+        Command::Token(TokenCommand::Revoke { name, target }) => {
+            let name_in_url = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let out = target.admin()?.json(Method::DELETE, &format!("tokens/{name_in_url}"), None).await?;
+            let barred = out["quarantined"].as_array().map_or(0, Vec::len);
+            output::line(&format!("revoked `{name}`; {barred} relays enrolled with it are quarantined"));
         }
         Command::Ls(args) => {
             let listing = args.target.admin()?.json(Method::GET, &format!("catalogs/{}", args.catalog), None).await?;

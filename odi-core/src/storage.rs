@@ -142,10 +142,22 @@ pub enum Record {
     RelayForgotten {
         id: NodeId,
     },
+    /// A named enrollment token, one per relay operator, that an admin can revoke.
+    EnrollToken(EnrollTokenRecord),
     Token {
         role: TokenRole,
         hash: Digest,
     },
+}
+
+/// A named enrollment token: its keyed hash (never the token), and whether it was revoked.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct EnrollTokenRecord {
+    pub name: String,
+    pub hash: Digest,
+    pub created_at: UnixTime,
+    #[serde(default)]
+    pub revoked: bool,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
@@ -166,6 +178,9 @@ pub struct RelayRecord {
     /// A record stored before probation existed was a serving relay, and stays one.
     #[serde(default = "proven_by_default")]
     pub proven: bool,
+    /// The named enrollment token it enrolled with (`None`: the directory's own token).
+    #[serde(default)]
+    pub token: Option<String>,
 }
 
 fn proven_by_default() -> bool {

@@ -812,14 +812,66 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
             let now = shared.clock.now();
             json(StatusCode::OK, &shared.lock().relays(now))
         }
+        (Method::GET, ["tokens"]) => json(StatusCode::OK, &shared.lock().enroll_tokens()),
+        (Method::POST, ["tokens"]) => create_enroll_token(shared, req).await,
+        (Method::DELETE, ["tokens", name]) => {
+            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
+            let _writer = shared.writer.lock().await;
+            let planned = shared.lock().plan_revoke_token(&name);
+            let record = match planned {
+                Ok(r) => r,
+                Err(e) => return admin_error(&e),
+            };
+            if let Err(resp) = commit(shared, &record).await {
+                return resp;
+            }
+            let now = shared.clock.now();
+            let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
+            json(StatusCode::OK, &serde_json::json!({ "name": name, "revoked": true, "quarantined": barred }))
+        }
         _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} /api/v1/{rest}", req.method())),
     }
 }
 
+/// `POST /api/v1/tokens {"name": ...}`: a named enrollment token for one relay operator, shown
+/// once in the answer (only its keyed hash is kept).
+async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CreateToken {
+        name: String,
+    }
+    let body = match read_request_json(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let create: CreateToken = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{\"name\": ...}}: {e}")),
+    };
+    let token = keys::new_token();
+    let _writer = shared.writer.lock().await;
+    let planned = shared.lock().plan_enroll_token(&create.name, &token, unix_now());
+    let record = match planned {
+        Ok(r) => r,
+        Err(e) => return admin_error(&e),
+    };
+    if let Err(resp) = commit(shared, &record).await {
+        return resp;
+    }
+    json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "token": token }))
+}
+
 fn admin_error(e: &AdminError) -> Response<Body> {
     let status = match e {
-        AdminError::CatalogExists(_) | AdminError::ExpungedDigest(_) | AdminError::Rebind { .. } | AdminError::ExpungedPath { .. } => StatusCode::CONFLICT,
-        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) | AdminError::NoCatalogs(_) => StatusCode::NOT_FOUND,
+        AdminError::CatalogExists(_)
+        | AdminError::ExpungedDigest(_)
+        | AdminError::Rebind { .. }
+        | AdminError::ExpungedPath { .. }
+        | AdminError::TokenExists(_) => StatusCode::CONFLICT,
+        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) | AdminError::NoCatalogs(_) | AdminError::UnknownToken(_) => {
+            StatusCode::NOT_FOUND
+        }
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, e)
@@ -1054,7 +1106,7 @@ async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, b
     if enrolling {
         // The token first (one keyed hash), the signature only for a holder of the token.
         let token_ok = match serde_json::from_slice::<Message>(&body) {
-            Ok(Message::Enroll(req)) => shared.lock().check_token(TokenRole::Enroll, &req.token),
+            Ok(Message::Enroll(req)) => shared.lock().accepts_enroll_token(&req.token),
             _ => return Err(refuse(StatusCode::BAD_REQUEST, "/odi/v1/enroll takes an enroll message".into())),
         };
         if !token_ok {

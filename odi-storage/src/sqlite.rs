@@ -7,6 +7,7 @@
 //! catalogs(name TEXT PRIMARY KEY, config TEXT)      CatalogConfig
 //! log(catalog TEXT, seq INTEGER, entry TEXT)        LogEntry, keyed by (catalog, seq)
 //! relays(id TEXT PRIMARY KEY, record TEXT)          RelayRecord
+//! enroll_tokens(name TEXT PRIMARY KEY, record TEXT) EnrollTokenRecord (schema 2)
 //! ```
 //!
 //! The database runs in WAL mode with `synchronous=FULL`: once [`MetaStore::apply`] returns,
@@ -27,7 +28,7 @@ use rusqlite::{Connection, ErrorCode, Transaction, params};
 /// The store name used in errors.
 const STORE: &str = "sqlite";
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 1;
+const SCHEMA_VERSION: i64 = 2;
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -41,7 +42,11 @@ const SCHEMA: &str = "
         PRIMARY KEY (catalog, seq)
     );
     CREATE TABLE IF NOT EXISTS relays (id TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS enroll_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL);
 ";
+
+/// From schema 1: named enrollment tokens.
+const SCHEMA_1_TO_2: &str = "CREATE TABLE IF NOT EXISTS enroll_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL);";
 
 /// Directory metadata in a SQLite database file.
 #[derive(Clone)]
@@ -125,6 +130,7 @@ enum Row {
     Log { catalog: String, seq: i64, entry: String },
     Relay { id: String, record: String },
     RelayForgotten { id: String },
+    EnrollToken { name: String, record: String },
 }
 
 impl Row {
@@ -140,6 +146,7 @@ impl Row {
             }
             Record::Relay(relay) => Self::Relay { id: relay.id.to_hex(), record: to_json(serde_json::to_string(relay))? },
             Record::RelayForgotten { id } => Self::RelayForgotten { id: id.to_hex() },
+            Record::EnrollToken(t) => Self::EnrollToken { name: t.name.clone(), record: to_json(serde_json::to_string(t))? },
         })
     }
 }
@@ -220,6 +227,10 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
             tx.execute_batch(SCHEMA).map_err(fail)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail)?;
         }
+        1 => {
+            tx.execute_batch(SCHEMA_1_TO_2).map_err(fail)?;
+            tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail)?;
+        }
         SCHEMA_VERSION => {}
         newer => {
             return Err(StorageError::backend(
@@ -251,6 +262,10 @@ fn apply_row(tx: &Transaction<'_>, row: &Row) -> Result<(), DbError> {
             tx.execute("INSERT INTO relays (id, record) VALUES (?1, ?2) ON CONFLICT (id) DO UPDATE SET record = excluded.record", params![id, record])
         }
         Row::RelayForgotten { id } => tx.execute("DELETE FROM relays WHERE id = ?1", params![id]),
+        Row::EnrollToken { name, record } => tx.execute(
+            "INSERT INTO enroll_tokens (name, record) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET record = excluded.record",
+            params![name, record],
+        ),
     };
     match result {
         Ok(_) => Ok(()),
@@ -275,6 +290,13 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
         let parsed_role: TokenRole = serde_json::from_value(serde_json::Value::String(role.clone())).map_err(|e| corrupt(e.to_string()))?;
         let hash: Digest = hash.parse().map_err(|e: odi_core::digest::DigestParseError| corrupt(e.to_string()))?;
         records.push(Record::Token { role: parsed_role, hash });
+    }
+    drop(stmt);
+
+    let mut stmt = tx.prepare("SELECT name, record FROM enroll_tokens ORDER BY name")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        let (name, record) = row?;
+        records.push(Record::EnrollToken(from_json("enroll_tokens", &name, serde_json::from_str(&record))?));
     }
     drop(stmt);
 
@@ -370,6 +392,7 @@ mod tests {
             quarantined: id.is_multiple_of(2).then(|| "served wrong bytes".to_owned()),
             draining: id.is_multiple_of(3),
             proven: id.is_multiple_of(5),
+            token: id.is_multiple_of(7).then(|| "alice".to_owned()),
         })
     }
 
@@ -443,6 +466,11 @@ mod tests {
         meta.apply(&[log("beta", 3)]).await.unwrap();
         // Upserts replace.
         meta.apply(&[token(TokenRole::Enroll, b"e2"), relay(9, &["alpha"])]).await.unwrap();
+        let alice = |revoked| {
+            Record::EnrollToken(odi_core::storage::EnrollTokenRecord { name: "alice".into(), hash: Digest::of(b"t"), created_at: UnixTime(5), revoked })
+        };
+        meta.apply(&[alice(false)]).await.unwrap();
+        meta.apply(&[alice(true)]).await.unwrap();
         meta.apply(&[]).await.unwrap();
         let before = meta.load().await.unwrap();
         drop(meta);
@@ -452,6 +480,7 @@ mod tests {
         let want = vec![
             token(TokenRole::Admin, b"a1"),
             token(TokenRole::Enroll, b"e2"),
+            alice(true),
             catalog_record("alpha"),
             catalog_record("beta"),
             log("alpha", 1),

@@ -24,6 +24,7 @@
 mod hot;
 mod persist;
 mod small_set;
+mod tokens;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -38,6 +39,8 @@ use self::hot::{Decayed, extra_replicas};
 pub use self::persist::RequestId;
 use self::persist::{Persistence, Write};
 use self::small_set::SmallSet;
+pub use self::tokens::TokenView;
+use self::tokens::{Admission, Tokens, constant_time_eq};
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
 use crate::digest::Digest;
 use crate::manifest::{ChunkManifest, check_chunk_size};
@@ -49,7 +52,7 @@ use crate::message::{
 use crate::path::{ArtifactPath, CatalogName};
 use crate::relay::footprint;
 use crate::rng::{Seed, SeededRng};
-use crate::storage::{Record, RelayRecord, TokenRole};
+use crate::storage::{EnrollTokenRecord, Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
 
 /// A new relay's probation: long enough for hundreds of audits at the default interval, short
@@ -294,6 +297,12 @@ pub enum AdminError {
     UnknownRelay(NodeId),
     #[error("relay {0}'s state is being saved right now; try again")]
     RelayBusy(NodeId),
+    #[error("a token name is 1 to 64 letters, digits, `-`, `_`, `.` or `@`; got `{0}`")]
+    TokenName(String),
+    #[error("an enrollment token named `{0}` exists already (revoked tokens keep their name)")]
+    TokenExists(String),
+    #[error("no enrollment token named `{0}`; `odi token ls` lists them")]
+    UnknownToken(String),
 }
 
 /// Why an audit fetch brought no bytes to check.
@@ -348,6 +357,8 @@ pub struct RelayView {
     pub reason: Option<String>,
     /// Past its probation: plain clients may be sent to it.
     pub proven: bool,
+    /// The named enrollment token it enrolled with (`None`: the directory's own).
+    pub token: Option<String>,
     /// Milliseconds since the last heartbeat, if one arrived since the directory started.
     pub last_seen_ms: Option<u64>,
 }
@@ -542,10 +553,10 @@ pub struct Directory {
     hits: BTreeMap<Digest, Decayed>,
     hot: BTreeMap<Digest, u32>,
     next_hot_tick: Option<Instant>,
-    tokens: BTreeMap<TokenRole, Digest>,
+    tokens: Tokens,
     persist: Persistence,
-    /// When keys never seen before enrolled, in the last minute.
-    recent_enrollments: VecDeque<Instant>,
+    /// When keys never seen before enrolled in the last minute, per enrollment token.
+    recent_enrollments: BTreeMap<Option<String>, VecDeque<Instant>>,
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
     generation: u64,
@@ -577,9 +588,9 @@ impl Directory {
             hits: BTreeMap::new(),
             hot: BTreeMap::new(),
             next_hot_tick: None,
-            tokens: BTreeMap::new(),
+            tokens: Tokens::default(),
             persist: Persistence::default(),
-            recent_enrollments: VecDeque::new(),
+            recent_enrollments: BTreeMap::new(),
             outcomes: BTreeMap::new(),
             generation: 1,
             attempts: 0,
@@ -669,7 +680,36 @@ impl Directory {
     /// Plans recording `token` for `role`; `None` when it is recorded already (under this key).
     pub fn plan_token(&self, role: TokenRole, token: &str) -> Option<Record> {
         let hash = self.token_hash(token);
-        (self.tokens.get(&role) != Some(&hash)).then_some(Record::Token { role, hash })
+        (self.tokens.role(role) != Some(&hash)).then_some(Record::Token { role, hash })
+    }
+
+    /// Plans a named enrollment token (one per relay operator); the caller made `token` and hands
+    /// it to the operator once.
+    pub fn plan_enroll_token(&self, name: &str, token: &str, at: UnixTime) -> Result<Record, AdminError> {
+        if !tokens::valid_name(name) {
+            return Err(AdminError::TokenName(name.chars().take(80).collect()));
+        }
+        if self.tokens.named(name).is_some() {
+            return Err(AdminError::TokenExists(name.to_owned()));
+        }
+        Ok(Record::EnrollToken(EnrollTokenRecord { name: name.to_owned(), hash: self.token_hash(token), created_at: at, revoked: false }))
+    }
+
+    /// Plans revoking a named enrollment token: nobody enrolls with it again, and every relay
+    /// enrolled with it is quarantined.
+    pub fn plan_revoke_token(&self, name: &str) -> Result<Record, AdminError> {
+        let t = self.tokens.named(name).ok_or_else(|| AdminError::UnknownToken(name.chars().take(80).collect()))?;
+        Ok(Record::EnrollToken(EnrollTokenRecord { revoked: true, ..t.clone() }))
+    }
+
+    /// The named enrollment tokens, with how many relays enrolled with each.
+    pub fn enroll_tokens(&self) -> Vec<TokenView> {
+        self.tokens.views(|name| self.relays.values().filter(|r| r.record.token.as_deref() == Some(name)).count())
+    }
+
+    /// True when `token` would be accepted for an enrollment (the directory's or a named one).
+    pub fn accepts_enroll_token(&self, token: &str) -> bool {
+        matches!(self.tokens.admit(&self.token_hash(token)), Admission::Default | Admission::Named(_))
     }
 
     /// Plans setting a relay to drain (or back), or readmitting it from quarantine (which also
@@ -800,8 +840,24 @@ impl Directory {
                 true
             }
             Record::Token { role, hash } => {
-                self.tokens.insert(*role, *hash);
+                self.tokens.set_role(*role, *hash);
                 return true;
+            }
+            Record::EnrollToken(token) => {
+                self.tokens.apply_named(token);
+                if token.revoked {
+                    // Every relay its operator enrolled with it is barred: the operator is.
+                    let barred: Vec<NodeId> = self
+                        .relays
+                        .values()
+                        .filter(|r| r.record.token.as_deref() == Some(&token.name) && r.record.quarantined.is_none())
+                        .map(|r| r.record.id)
+                        .collect();
+                    for relay in barred {
+                        self.quarantine(relay, format!("its enrollment token `{}` was revoked by an admin", token.name), now);
+                    }
+                }
+                true
             }
         };
         if applied {
@@ -918,7 +974,7 @@ impl Directory {
 
     /// True when `token` matches the stored hash for `role`.
     pub fn check_token(&self, role: TokenRole, token: &str) -> bool {
-        let Some(expected) = self.tokens.get(&role) else { return false };
+        let Some(expected) = self.tokens.role(role) else { return false };
         // Comparing MACs in constant time, not the tokens, keeps the time independent of the secret.
         constant_time_eq(self.token_hash(token).as_bytes(), expected.as_bytes())
     }
@@ -944,7 +1000,7 @@ impl Directory {
     }
 
     pub fn has_token(&self, role: TokenRole) -> bool {
-        self.tokens.contains_key(&role)
+        self.tokens.role(role).is_some()
     }
 
     pub fn catalogs(&self) -> Vec<CatalogView> {
@@ -1013,6 +1069,7 @@ impl Directory {
                     quarantined: r.record.quarantined.clone(),
                     reason: self.standing(r, now).reason,
                     proven: r.record.proven,
+                    token: r.record.token.clone(),
                     last_seen_ms: r.last_seen.map(|t| now.saturating_since(t).as_millis() as u64),
                 }
             })
@@ -1230,12 +1287,22 @@ impl Directory {
     }
 
     fn enroll(&mut self, from: NodeId, req: EnrollRequest, now: Instant, wall: UnixTime) -> Reply {
-        if !self.check_token(TokenRole::Enroll, &req.token) {
-            return Reply::Now(Message::Refused(Refusal {
-                code: RefusalCode::BadToken,
-                reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
-            }));
-        }
+        let token = match self.tokens.admit(&self.token_hash(&req.token)) {
+            Admission::Default => None,
+            Admission::Named(name) => Some(name),
+            Admission::Revoked(name) => {
+                return Reply::Now(Message::Refused(Refusal {
+                    code: RefusalCode::BadToken,
+                    reason: format!("the enrollment token `{name}` was revoked; ask the directory's admin for a new one"),
+                }));
+            }
+            Admission::Wrong => {
+                return Reply::Now(Message::Refused(Refusal {
+                    code: RefusalCode::BadToken,
+                    reason: "enrollment token is wrong; set ODI_ENROLL_TOKEN to the directory's enroll token".into(),
+                }));
+            }
+        };
         if let Err(why) = self.config.relay_addresses.check(req.public_url.address_class()) {
             return Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("relay URL {} {why}", req.public_url) }));
         }
@@ -1255,6 +1322,7 @@ impl Directory {
             quarantined,
             draining,
             proven,
+            token,
         };
         let mut replaces = None;
         if !self.relays.contains_key(&from) {
@@ -1287,11 +1355,16 @@ impl Directory {
     /// its quarantine and draining); and a key at the host of a quarantined relay starts out
     /// quarantined too, since keys cost nothing and hosts do. Returns the relay it replaces.
     fn admit_new_key(&mut self, record: &mut RelayRecord, now: Instant) -> Result<Option<NodeId>, Refusal> {
-        while self.recent_enrollments.front().is_some_and(|t| now >= *t + Duration::from_secs(60)) {
-            self.recent_enrollments.pop_front();
+        // Counted per token: one operator's flood does not keep the others out.
+        let recent = self.recent_enrollments.entry(record.token.clone()).or_default();
+        while recent.front().is_some_and(|t| now >= *t + Duration::from_secs(60)) {
+            recent.pop_front();
         }
-        if self.recent_enrollments.len() >= self.config.new_relays_per_minute as usize {
-            return Err(Refusal { code: RefusalCode::Unavailable, reason: "too many new relays are enrolling right now; try again in a minute".into() });
+        if recent.len() >= self.config.new_relays_per_minute as usize {
+            return Err(Refusal {
+                code: RefusalCode::Unavailable,
+                reason: "too many new relays are enrolling with this token right now; try again in a minute".into(),
+            });
         }
         let mut replaces = None;
         if let Some(other) = self.relays.values().find(|r| r.record.public_url == record.public_url) {
@@ -1314,7 +1387,7 @@ impl Directory {
             let why = q.record.quarantined.as_deref().unwrap_or_default();
             record.quarantined = Some(format!("relay {} at the same host is quarantined ({why}); an admin readmits the host", q.record.id));
         }
-        self.recent_enrollments.push_back(now);
+        self.recent_enrollments.entry(record.token.clone()).or_default().push_back(now);
         Ok(replaces)
     }
 
@@ -2165,10 +2238,6 @@ fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: f64) -> f64 {
     x ^= x >> 31;
     let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
     -weight / u.ln()
-}
-
-fn constant_time_eq(a: &[u8; 32], b: &[u8; 32]) -> bool {
-    a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
 }
 
 /// Counts one audit strike in its window and returns the count.

@@ -153,6 +153,7 @@ mod tests {
             quarantined: None,
             draining: false,
             proven: false,
+            token: None,
         }
     }
 

@@ -184,3 +184,42 @@ fn declaring_a_huge_bandwidth_wins_no_more_clients_than_serving_fast_does() {
     assert!(targets.len() == 1000 && targets.contains(&honest));
     assert!(won < 700, "the boaster won {won} of 1000 redirects");
 }
+
+#[test]
+fn a_revoked_operator_token_bars_its_relays_and_enrolls_no_more() {
+    let (mut sim, _) = setup(109);
+    const ALICE: &str = "alice-token-0123456789abcdef0123456789abcdef0123456789";
+    let record = sim.dir.plan_enroll_token("alice", ALICE, sim.wall()).unwrap();
+    sim.commit(record);
+    assert!(matches!(sim.dir.plan_enroll_token("alice", "other", sim.wall()), Err(directory::AdminError::TokenExists(_))));
+    let theirs = sim.add_relay(1, 100 * MB);
+    let ours = sim.add_relay(2, 100 * MB);
+    let now = sim.now;
+    let r = sim.relays.get_mut(&theirs).unwrap();
+    r.config.enroll_token = ALICE.into();
+    r.machine = Relay::new(r.config.clone(), [], [], now);
+    sim.run_for(Duration::from_secs(10));
+    assert_eq!(view(&sim, theirs).unwrap().token.as_deref(), Some("alice"));
+    assert_eq!(view(&sim, ours).unwrap().token, None, "the directory's own token");
+    assert_eq!(sim.dir.enroll_tokens().iter().map(|t| (t.name.as_str(), t.relays, t.revoked)).collect::<Vec<_>>(), [("alice", 1, false)]);
+
+    let record = sim.dir.plan_revoke_token("alice").unwrap();
+    sim.commit(record);
+    sim.run_for(Duration::from_secs(5));
+    let v = view(&sim, theirs).unwrap();
+    assert_eq!(v.status, RelayStatus::Quarantined);
+    assert!(v.quarantined.as_deref().is_some_and(|q| q.contains("`alice` was revoked")), "{v:?}");
+    assert_eq!(view(&sim, ours).unwrap().status, RelayStatus::Ready, "other operators are not touched");
+    // A new relay with the revoked token is refused, and told why.
+    let newcomer = sim.add_relay(3, 100 * MB);
+    let r = sim.relays.get_mut(&newcomer).unwrap();
+    r.config.enroll_token = ALICE.into();
+    r.machine = Relay::new(r.config.clone(), [], [], now);
+    sim.run_for(Duration::from_secs(5));
+    assert!(view(&sim, newcomer).is_none());
+    assert!(sim.relay_events.iter().any(|(r, e)| *r == newcomer && matches!(e, relay::Event::Refused { reason } if reason.contains("revoked"))));
+    sim.restart_directory();
+    sim.run_for(Duration::from_secs(5));
+    assert_eq!(view(&sim, theirs).unwrap().status, RelayStatus::Quarantined, "kept across a restart");
+    assert!(sim.dir.enroll_tokens()[0].revoked);
+}

@@ -147,7 +147,7 @@ impl Sim {
 
     /// An admin change, written ahead and applied as a driver does it. Panics if the write failed
     /// or is still under way: tests that make the store fail or slow check outcomes themselves.
-    fn commit(&mut self, record: Record) {
+    pub(crate) fn commit(&mut self, record: Record) {
         let id = self.dir.commit(record).expect("no write of this relay in flight");
         self.drain();
         assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "admin change not applied");
