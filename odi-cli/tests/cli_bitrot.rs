@@ -2,36 +2,24 @@
 //! `pip download` through the directory never complete a wrong file, and the relay drops its
 //! rotten copy and holds a good one again. Separate `odi` processes on loopback.
 
-use std::net::TcpListener;
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use std::path::{Path, PathBuf};
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
 const ADMIN: &str = "b17e0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7";
 const ENROLL: &str = "b17e1f2e3d4c5b6a79880716253443526170f8e9d0c1b2a3f4e5d6c7b8a9f0e1";
 const MIB: usize = 1 << 20;
 /// Downloads through the directory per client and artifact.
 const DOWNLOADS: usize = 20;
 
-struct Proc(Child);
-
 /// Kills `old` (and waits for it), then starts its replacement.
 fn start_relay_after_kill(old: &mut Proc, start: impl FnOnce() -> Proc) -> Proc {
     let _ = old.0.kill();
     let _ = old.0.wait();
     start()
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
 }
 
 fn odi_ok(args: &[&str]) -> String {
@@ -55,17 +43,6 @@ fn spawn(args: &[&str]) -> Proc {
 
 fn run(program: &str, args: &[&str]) -> Output {
     Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program} is installed (scripts/test installs it): {e}"))
-}
-
-fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
 }
 
 fn sha256(bytes: &[u8]) -> String {

@@ -4,9 +4,11 @@
 //! and the directory's memory must not grow with the attack. `ODI_FLOOD_REQUESTS` sets the size
 //! of the throwaway-key flood (200,000 by default; the figure in the notes is for 1,000,000).
 
+mod common;
+
 use std::io::Read as _;
-use std::net::{SocketAddr, TcpListener};
-use std::process::{Child, Command, Stdio};
+use std::net::SocketAddr;
+use std::process::{Command, Stdio};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
@@ -16,21 +18,10 @@ use ed25519_dalek::SigningKey;
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 use tokio::net::{TcpSocket, TcpStream};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use common::*;
+
 const ADMIN: &str = "flood-admin-token-0123456789abcdef0123456789abcdef";
 const ENROLL: &str = "flood-enroll-token-0123456789abcdef0123456789abcdef";
-
-struct Proc(Child);
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn odi(args: &[&str]) -> std::process::Output {
     Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).output().unwrap()

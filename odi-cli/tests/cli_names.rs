@@ -2,27 +2,15 @@
 //! --mutable`, republishing on both kinds of catalog, and the two forms of `odi expunge`
 //! checked with real `curl`.
 
-use std::net::TcpListener;
-use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+mod common;
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use std::path::Path;
+use std::process::{Command, Output, Stdio};
+
+use common::*;
+
 const ADMIN: &str = "3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b";
 const ENROLL: &str = "4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn odi(args: &[&str]) -> Output {
     Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
@@ -54,31 +42,12 @@ fn spawn(args: &[&str]) -> Proc {
     Proc(child)
 }
 
-fn curl(args: &[&str]) -> Output {
-    Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl is installed")
-}
-
 /// `curl -sL -o FILE -w '%{http_code}' URL`: the final status and the saved bytes.
 fn curl_l(url: &str, out: &Path) -> (String, Vec<u8>) {
     let _ = std::fs::remove_file(out);
     let res = curl(&["-L", "-o", out.to_str().unwrap(), "-w", "%{http_code}", url]);
     assert!(res.status.success(), "curl {url}: {}", String::from_utf8_lossy(&res.stderr));
     (String::from_utf8_lossy(&res.stdout).into_owned(), std::fs::read(out).unwrap_or_default())
-}
-
-fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
-}
-
-fn sha256_hex(bytes: &[u8]) -> String {
-    odi_core::Digest::of(bytes).to_hex()
 }
 
 #[test]

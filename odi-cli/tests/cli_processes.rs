@@ -1,14 +1,16 @@
 //! The `odi` binary as an operator runs it: separate processes on loopback, real `curl`,
 //! `kill -9`, and a directory crash and restart.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use common::*;
+
 const ADMIN: &str = "c0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a9b0c1";
 const ENROLL: &str = "c1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2";
 
@@ -33,10 +35,6 @@ impl Proc {
     }
 }
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
 fn odi(args: &[&str]) -> Output {
     Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
 }
@@ -58,21 +56,6 @@ fn spawn(name: &'static str, args: &[&str]) -> Proc {
         .spawn()
         .expect("spawn odi");
     Proc { child, name }
-}
-
-fn curl(args: &[&str]) -> Output {
-    Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl is installed")
-}
-
-fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
 }
 
 fn start_directory(data: &Path, port: u16) -> Proc {

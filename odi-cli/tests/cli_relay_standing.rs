@@ -2,29 +2,17 @@
 //! `odi directory` and `odi relay` as separate processes, the relay announcing a public URL
 //! that nothing answers at.
 
+mod common;
+
 use std::io::Read as _;
-use std::net::TcpListener;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
+use common::*;
 
 fn curl(url: &str) -> Option<String> {
     let out = Command::new("curl").args(["-sS", "--max-time", "5", url]).output().expect("curl is installed");
     out.status.success().then(|| String::from_utf8_lossy(&out.stdout).into_owned())
-}
-
-struct Killed(std::process::Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
 }
 
 #[test]
@@ -32,7 +20,7 @@ fn a_relay_with_an_unreachable_public_url_logs_the_reason_and_shows_it_in_health
     let tmp = tempfile::tempdir().unwrap();
     let (dport, rport, dead) = (free_port(), free_port(), free_port());
     let dir_url = format!("http://127.0.0.1:{dport}");
-    let _dir = Killed(
+    let _dir = Proc(
         Command::new(ODI)
             .args(["directory", "--listen", &format!("127.0.0.1:{dport}"), "--data"])
             .arg(tmp.path().join("dir"))
@@ -50,7 +38,7 @@ fn a_relay_with_an_unreachable_public_url_logs_the_reason_and_shows_it_in_health
         std::thread::sleep(Duration::from_millis(100));
     }
     let log = tmp.path().join("relay.log");
-    let mut relay = Killed(
+    let mut relay = Proc(
         Command::new(ODI)
             .args(["relay", "--listen", &format!("127.0.0.1:{rport}"), "--data"])
             .arg(tmp.path().join("relay"))

@@ -2,33 +2,23 @@
 //! at start, a public directory refuses loopback relays unless `--allow-private-relays`, and a
 //! relay's answers to the self-test never reach the directory's log.
 
+mod common;
+
 use std::io::{Read as _, Write as _};
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Child, Command, Stdio};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use common::*;
+
 const ADMIN: &str = "9f8e7d6c5b4a39281706f5e4d3c2b1a09f8e7d6c5b4a39281706f5e4d3c2b1a0";
 const ENROLL: &str = "0a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 /// The public URL the directory announces; nothing connects to it.
 const PUBLIC_DIRECTORY: &str = "http://203.0.113.7:7700";
 
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn directory(data: &Path, port: u16, log: &Path, extra: &[&str]) -> Killed {
-    Killed(
+fn directory(data: &Path, port: u16, log: &Path, extra: &[&str]) -> Proc {
+    Proc(
         Command::new(ODI)
             .args(["directory", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(data)
@@ -43,8 +33,8 @@ fn directory(data: &Path, port: u16, log: &Path, extra: &[&str]) -> Killed {
     )
 }
 
-fn relay(data: &Path, directory: &str, public_url: &str, log: &Path) -> Killed {
-    Killed(
+fn relay(data: &Path, directory: &str, public_url: &str, log: &Path) -> Proc {
+    Proc(
         Command::new(ODI)
             .args(["relay", "--listen", &format!("127.0.0.1:{}", free_port()), "--data"])
             .arg(data)

@@ -2,27 +2,16 @@
 //! enrolls with it, `odi token ls` counts it, `odi token revoke` quarantines it and keeps the
 //! token from enrolling anything again.
 
-use std::net::TcpListener;
+mod common;
+
 use std::path::Path;
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use common::*;
+
 const ADMIN: &str = "5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d";
 const ENROLL: &str = "6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e";
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
-
-struct Killed(Child);
-
-impl Drop for Killed {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
 
 fn odi(args: &[&str]) -> Output {
     Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().unwrap()
@@ -34,7 +23,7 @@ fn odi_ok(args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
-fn relay(data: &Path, directory: &str, token: &str) -> (Killed, String) {
+fn relay(data: &Path, directory: &str, token: &str) -> (Proc, String) {
     let port = free_port();
     let url = format!("http://127.0.0.1:{port}");
     let child = Command::new(ODI)
@@ -47,7 +36,7 @@ fn relay(data: &Path, directory: &str, token: &str) -> (Killed, String) {
         .stderr(Stdio::null())
         .spawn()
         .unwrap();
-    (Killed(child), url)
+    (Proc(child), url)
 }
 
 fn relays(dir: &str) -> Vec<serde_json::Value> {
@@ -67,7 +56,7 @@ fn an_operator_token_enrolls_their_relays_and_revoking_it_bars_them() {
     let tmp = tempfile::tempdir().unwrap();
     let port = free_port();
     let dir = format!("http://127.0.0.1:{port}");
-    let _directory = Killed(
+    let _directory = Proc(
         Command::new(ODI)
             .args(["directory", "--listen", &format!("127.0.0.1:{port}"), "--data"])
             .arg(tmp.path().join("dir"))

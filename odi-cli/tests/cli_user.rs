@@ -2,29 +2,18 @@
 //! a tree, `odi ls`, output piped into `head`, relay ids by prefix, a second daemon on a locked
 //! data directory, log files, and every command `odi dev` prints, run through `sh -c` as printed.
 
+mod common;
+
 use std::io::{BufRead as _, BufReader};
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
-const ODI: &str = env!("CARGO_BIN_EXE_odi");
+use common::*;
+
 const ADMIN: &str = "d9c8b7a6f5e4d3c2b1a0f9e8d7c6b5a4f3e2d1c0b9a8f7e6d5c4b3a2f1e0d9c8";
 const ENROLL: &str = "d8e7f6a5b4c3d2e1f0a9b8c7d6e5f4a3b2c1d0e9f8a7b6c5d4e3f2a1b0c9d8e7";
-
-struct Proc(Child);
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
-}
 
 fn odi_in(cwd: &Path, args: &[&str]) -> Output {
     Command::new(ODI).args(args).current_dir(cwd).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
@@ -53,21 +42,6 @@ fn odi_ok(args: &[&str]) -> String {
     let out = odi(args);
     assert_clean_success(&format!("odi {args:?}"), &out);
     stdout(&out)
-}
-
-fn curl(args: &[&str]) -> Output {
-    Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl is installed")
-}
-
-fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + Duration::from_secs(secs);
-    while Instant::now() < deadline {
-        if check() {
-            return;
-        }
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    panic!("timed out after {secs}s waiting for {what}");
 }
 
 /// Waits (bounded) for a process to exit and returns its output.

@@ -1,0 +1,49 @@
+//! What the process tests share: the `odi` binary, free loopback ports, children that are
+//! killed when the test ends however it ends, and waiting with a deadline.
+#![allow(dead_code, unreachable_pub)]
+
+use std::net::TcpListener;
+use std::process::{Child, Command, Output};
+use std::time::{Duration, Instant};
+
+pub const ODI: &str = env!("CARGO_BIN_EXE_odi");
+
+pub fn free_port() -> u16 {
+    TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port()
+}
+
+/// A child process killed (and reaped) when dropped.
+pub struct Proc(pub Child);
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Polls `check` every 100 ms for up to `secs` seconds; panics naming `what` if it never holds.
+pub fn wait_for(secs: u64, what: &str, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + Duration::from_secs(secs);
+    while Instant::now() < deadline {
+        if check() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    panic!("timed out after {secs}s waiting for {what}");
+}
+
+/// `curl -sS --max-time 20 ARGS...`.
+pub fn curl(args: &[&str]) -> Output {
+    Command::new("curl").args(["-sS", "--max-time", "20"]).args(args).output().expect("curl is installed (scripts/test installs it)")
+}
+
+/// `odi ARGS...` with `admin` as `ODI_ADMIN_TOKEN`.
+pub fn odi_as(admin: &str, args: &[&str]) -> Output {
+    Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", admin).env_remove("ODI_DIRECTORY").output().expect("run odi")
+}
+
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    odi_core::Digest::of(bytes).to_hex()
+}
