@@ -29,16 +29,7 @@ fn odi_ok(args: &[&str]) -> String {
 }
 
 fn spawn(args: &[&str]) -> Proc {
-    let child = Command::new(ODI)
-        .args(args)
-        .env("ODI_ADMIN_TOKEN", ADMIN)
-        .env("ODI_ENROLL_TOKEN", ENROLL)
-        .env("ODI_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn odi");
-    Proc(child)
+    Proc(spawn_odi(ADMIN, ENROLL, args))
 }
 
 fn run(program: &str, args: &[&str]) -> Output {

@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Output};
 
 use common::*;
 
@@ -30,16 +30,7 @@ fn odi_err(args: &[&str]) -> String {
 }
 
 fn spawn(args: &[&str]) -> Proc {
-    let child = Command::new(ODI)
-        .args(args)
-        .env("ODI_ADMIN_TOKEN", ADMIN)
-        .env("ODI_ENROLL_TOKEN", ENROLL)
-        .env("ODI_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn odi");
-    Proc(child)
+    Proc(spawn_odi(ADMIN, ENROLL, args))
 }
 
 /// `curl -sL -o FILE -w '%{http_code}' URL`: the final status and the saved bytes.

@@ -46,16 +46,7 @@ fn odi_ok(args: &[&str]) -> String {
 }
 
 fn spawn(name: &'static str, args: &[&str]) -> Proc {
-    let child = Command::new(ODI)
-        .args(args)
-        .env("ODI_ADMIN_TOKEN", ADMIN)
-        .env("ODI_ENROLL_TOKEN", ENROLL)
-        .env("ODI_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .expect("spawn odi");
-    Proc { child, name }
+    Proc { child: spawn_odi(ADMIN, ENROLL, args), name }
 }
 
 fn start_directory(data: &Path, port: u16) -> Proc {

@@ -62,16 +62,6 @@ async fn ready(dir: &str) -> usize {
     relays(dir).await.iter().filter(|r| r["status"] == "ready").count()
 }
 
-/// Flips one byte in every chunk of the relay's stored copy: it will serve wrong bytes.
-fn corrupt_relay_copy(relay: &Node, digest_hex: &str, chunk: usize) {
-    let path = relay.data.join("blobs/blobs/sha256").join(&digest_hex[..2]).join(digest_hex);
-    let mut bytes = std::fs::read(&path).expect("relay holds the blob");
-    for at in (17..bytes.len()).step_by(chunk) {
-        bytes[at] ^= 0xff;
-    }
-    std::fs::write(&path, bytes).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aria2c_downloads_the_advertised_metalink_with_one_corrupt_relay_of_three() {
     if std::process::Command::new("aria2c").arg("--version").output().is_err() {

@@ -211,16 +211,6 @@ async fn the_directory_links_a_metalink_with_every_source_and_piece() {
     assert!(parsed.urls.last().unwrap().starts_with(&dir.url), "the directory comes last");
 }
 
-/// Flips one byte in every chunk of the relay's stored copy: it will serve wrong bytes.
-fn corrupt_relay_copy(relay: &Node, digest_hex: &str, chunk: usize) {
-    let path = relay.data.join("blobs/blobs/sha256").join(&digest_hex[..2]).join(digest_hex);
-    let mut bytes = std::fs::read(&path).expect("relay holds the blob");
-    for at in (17..bytes.len()).step_by(chunk) {
-        bytes[at] ^= 0xff;
-    }
-    std::fs::write(&path, bytes).unwrap();
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn aria2c_gets_the_right_file_from_three_relays_one_corrupt() {
     if std::process::Command::new("aria2c").arg("--version").output().is_err() {

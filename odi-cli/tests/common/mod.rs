@@ -3,7 +3,7 @@
 #![allow(dead_code, unreachable_pub)]
 
 use std::net::TcpListener;
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 pub const ODI: &str = env!("CARGO_BIN_EXE_odi");
@@ -46,4 +46,17 @@ pub fn odi_as(admin: &str, args: &[&str]) -> Output {
 
 pub fn sha256_hex(bytes: &[u8]) -> String {
     odi_core::Digest::of(bytes).to_hex()
+}
+
+/// Starts `odi ARGS...` with these tokens, warnings and errors on the test's stderr.
+pub fn spawn_odi(admin: &str, enroll: &str, args: &[&str]) -> Child {
+    Command::new(ODI)
+        .args(args)
+        .env("ODI_ADMIN_TOKEN", admin)
+        .env("ODI_ENROLL_TOKEN", enroll)
+        .env("ODI_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .expect("spawn odi")
 }

@@ -211,3 +211,13 @@ pub fn blob_files(dir: &Path) -> Vec<(PathBuf, std::time::SystemTime)> {
     out.sort();
     out
 }
+
+/// Flips one byte in every chunk of the relay's stored copy (bit rot, or a relay that lies).
+pub fn corrupt_relay_copy(relay: &Node, digest_hex: &str, chunk: usize) {
+    let path = relay.data.join("blobs/blobs/sha256").join(&digest_hex[..2]).join(digest_hex);
+    let mut bytes = std::fs::read(&path).expect("relay holds the blob");
+    for at in (17..bytes.len()).step_by(chunk) {
+        bytes[at] ^= 0xff;
+    }
+    std::fs::write(&path, bytes).unwrap();
+}
