@@ -2,7 +2,7 @@
 //! limit: requests signed by throwaway keys, wrong enrollment tokens, slow and stalled bodies.
 //! Relays must stay healthy and their heartbeats accepted, legitimate clients must be served,
 //! and the directory's memory must not grow with the attack. `ODI_FLOOD_REQUESTS` sets the size
-//! of the throwaway-key flood (200,000 by default; the figure in the notes is for 1,000,000).
+//! of the throwaway-key flood (1,000,000 by default).
 
 mod common;
 
@@ -184,7 +184,7 @@ fn legit_fetches(dir: &str, n: usize) -> usize {
 
 #[test]
 fn anonymous_floods_neither_stop_relays_nor_legitimate_clients() {
-    let requests: u64 = std::env::var("ODI_FLOOD_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(200_000);
+    let requests: u64 = std::env::var("ODI_FLOOD_REQUESTS").ok().and_then(|v| v.parse().ok()).unwrap_or(1_000_000);
     let tmp = tempfile::tempdir().unwrap();
     let dport = free_port();
     let dir = format!("http://127.0.0.1:{dport}");

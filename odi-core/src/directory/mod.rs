@@ -165,6 +165,12 @@ pub enum AuditShape {
     Whole,
 }
 
+/// The ways of asking an audit can take, as bits: shape (`Whole` 0, `OpenRange` 1, `ChunkRange`
+/// 2) times two, plus one when by name. A relay ends its probation only once every way of
+/// asking got the right bytes, so a relay that lies to one kind of request is caught before any
+/// plain client is sent to it.
+const ALL_AUDIT_WAYS: u8 = 0b11_1111;
+
 /// The furthest into a file an audit reads without a `Range`.
 pub const WHOLE_AUDIT_MAX: u64 = 8 << 20;
 const AUDIT_AGENTS: [&str; 5] =
@@ -446,6 +452,10 @@ struct RelayState {
     failure: Option<String>,
     /// On probation since it was admitted then, with clean audits passed since.
     probation: Option<(Instant, u64)>,
+    /// The ways of asking (`ALL_AUDIT_WAYS` bits) that clean audits took during probation.
+    probation_ways: u8,
+    /// The way the audit in flight asks.
+    audit_way: u8,
     /// Audits answered with a status instead of the bytes: since when, and how many.
     strikes: Option<(Instant, u32)>,
     /// The best rate (bytes/s) its audit answers came at, decaying slowly toward newer ones.
@@ -1647,6 +1657,7 @@ impl Directory {
                     r.unverified.remove(&digest);
                     if let Some((_, clean)) = &mut r.probation {
                         *clean += 1;
+                        r.probation_ways |= 1 << r.audit_way;
                     }
                     self.events.push_back(Event::AuditPassed { relay, digest, index });
                     self.end_probation(relay, now);
@@ -1686,12 +1697,14 @@ impl Directory {
         if r.record.proven || r.record.quarantined.is_some() || !r.tested {
             return;
         }
-        let done = probation.is_zero() || r.probation.is_some_and(|(since, clean)| now >= since + probation && clean >= audits);
+        let done =
+            probation.is_zero() || r.probation.is_some_and(|(since, clean)| now >= since + probation && clean >= audits && r.probation_ways == ALL_AUDIT_WAYS);
         if !done {
             return;
         }
         r.record.proven = true;
         r.probation = None;
+        r.probation_ways = 0;
         self.persist.decided(relay, now);
         self.write_decisions(now);
         self.events.push_back(Event::RelayProven { relay });
@@ -1703,6 +1716,7 @@ impl Directory {
         r.record.quarantined = Some(reason.clone());
         r.record.proven = false;
         r.probation = None;
+        r.probation_ways = 0;
         self.unhold(relay);
         self.persist.decided(relay, now);
         self.write_decisions(now);
@@ -1816,9 +1830,13 @@ impl Directory {
                 r.unverified.remove(&digest); // an empty file: nothing a relay could lie about
                 return;
             }
+            // Asked as a plain client asks (no Range, by name), which is whom it protects.
             let index = self.rng.below(chunks);
-            let range = self.blobs[&digest].manifest.chunk_range(index).expect("index below the chunk count");
-            self.audit_chunk(relay, digest, index, range);
+            let manifest = &self.blobs[&digest].manifest;
+            let mut range = manifest.chunk_range(index).expect("index below the chunk count");
+            let index = if range.end > WHOLE_AUDIT_MAX { 0 } else { index };
+            range = manifest.chunk_range(index).expect("chunk 0 exists");
+            self.audit_chunk_as(relay, digest, index, range, Some(1));
             return;
         }
         let held: Vec<(Digest, u64)> =
@@ -1838,44 +1856,66 @@ impl Directory {
         }) else {
             return;
         };
-        let range = self.blobs[&digest].manifest.chunk_range(index).expect("index below the chunk count");
-        self.audit_chunk(relay, digest, index, range);
+        // On probation: the next way of asking not yet seen answered right. Without a Range the
+        // audit reads from the file's start, so it takes a chunk within the first bytes.
+        let want = r.probation.is_some().then(|| (0..6).find(|w| r.probation_ways & (1 << w) == 0)).flatten();
+        let manifest = &self.blobs[&digest].manifest;
+        let mut index = index;
+        let mut range = manifest.chunk_range(index).expect("index below the chunk count");
+        if want.is_some_and(|w| w >> 1 == 0) && range.end > WHOLE_AUDIT_MAX {
+            index = 0;
+            range = manifest.chunk_range(0).expect("chunk 0 exists");
+        }
+        self.audit_chunk_as(relay, digest, index, range, want);
     }
 
     fn audit_chunk(&mut self, relay: NodeId, digest: Digest, index: u64, range: Range<u64>) {
+        self.audit_chunk_as(relay, digest, index, range, None);
+    }
+
+    /// Audits one chunk; `want` asks for one way of asking (see `ALL_AUDIT_WAYS`), else one is drawn.
+    fn audit_chunk_as(&mut self, relay: NodeId, digest: Digest, index: u64, range: Range<u64>, want: Option<u8>) {
         let Some(r) = self.relays.get(&relay) else { return };
         self.attempts += 1;
         let attempt = self.attempts;
         let url = r.record.public_url.clone();
         let applied = r.applied_generation;
-        let ask = self.audit_request(&digest, &range, applied);
+        let (ask, way) = self.audit_request(&digest, &range, applied, want);
         if let Some(r) = self.relays.get_mut(&relay) {
             r.audit = Some((attempt, digest, index));
+            r.audit_way = way;
         }
         self.effects.push_back(Effect::Audit { relay, url, digest, index, range, attempt, ask });
     }
 
     /// A client-like way to ask for `range` of `digest`, drawn from the seeded RNG. A name is
     /// used only if the relay has applied the generation that bound it to these bytes.
-    fn audit_request(&mut self, digest: &Digest, range: &Range<u64>, applied: u64) -> AuditRequest {
+    fn audit_request(&mut self, digest: &Digest, range: &Range<u64>, applied: u64, want: Option<u8>) -> (AuditRequest, u8) {
         let names = self.blobs.get(digest).map_or(0, |b| b.names.iter().len());
-        let by_name = names > 0 && self.rng.below(3) > 0;
+        let by_name = names > 0 && want.map_or_else(|| self.rng.below(3) > 0, |w| w & 1 == 1);
         let name =
             by_name.then(|| self.rng.below(names as u64) as usize).and_then(|i| self.blobs.get(digest)?.names.iter().nth(i)).filter(|(catalog, path)| {
                 let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path));
                 entry.is_some_and(|e| e.artifact.digest() == *digest && e.generation <= applied)
             });
+        let used_name = name.is_some();
         let path = match name {
             Some((catalog, path)) => format!("r/{catalog}/{}", path.to_url()),
             None => format!("blobs/sha256/{}", digest.to_hex()),
         };
-        let shape = match self.rng.below(3) {
+        let shape = match want.map_or_else(|| self.rng.below(3), |w| u64::from(w >> 1)) {
             0 if range.end <= WHOLE_AUDIT_MAX => AuditShape::Whole,
             0 | 1 => AuditShape::OpenRange,
             _ => AuditShape::ChunkRange,
         };
         let user_agent = AUDIT_AGENTS[self.rng.below(AUDIT_AGENTS.len() as u64) as usize];
-        AuditRequest { path, shape, user_agent }
+        let shape_bits = match shape {
+            AuditShape::Whole => 0,
+            AuditShape::OpenRange => 1,
+            AuditShape::ChunkRange => 2,
+        };
+        let combo = shape_bits << 1 | u8::from(used_name);
+        (AuditRequest { path, shape, user_agent }, combo)
     }
 
     fn hot_tick(&mut self, now: Instant) {
@@ -2179,6 +2219,8 @@ impl RelayState {
             redirected: 0,
             failure: None,
             probation: None,
+            probation_ways: 0,
+            audit_way: 0,
             strikes: None,
             unverified: BTreeSet::new(),
             measured: None,
