@@ -84,9 +84,16 @@ fn plain_downloads(url: &str, data: &[u8], n: usize, dir: &std::path::Path) -> (
     let (mut wrong, mut right) = (0, 0);
     for _ in 0..n {
         let _ = std::fs::remove_file(&out);
-        let ok = Command::new("curl").args(["-sSL", "--max-time", "10", "-o"]).arg(&out).arg(url).status().is_ok_and(|s| s.success());
-        if ok {
-            if std::fs::read(&out).is_ok_and(|b| b == data) { right += 1 } else { wrong += 1 }
+        let res = Command::new("curl").args(["-sSL", "--max-time", "10", "-w", "%{url_effective}", "-o"]).arg(&out).arg(url).output();
+        if let Ok(res) = res
+            && res.status.success()
+        {
+            if std::fs::read(&out).is_ok_and(|b| b == data) {
+                right += 1
+            } else {
+                eprintln!("wrong bytes from {}", String::from_utf8_lossy(&res.stdout));
+                wrong += 1
+            }
         }
     }
     (wrong, right)

@@ -454,8 +454,10 @@ struct RelayState {
     probation: Option<(Instant, u64)>,
     /// The ways of asking (`ALL_AUDIT_WAYS` bits) that clean audits took during probation.
     probation_ways: u8,
-    /// The way the audit in flight asks.
+    /// The way the audit in flight asks, and the first chunk it reads (an audit without a
+    /// `Range` reads, and checks, every chunk from the file's start to the one it is for).
     audit_way: u8,
+    audit_from: u64,
     /// Audits answered with a status instead of the bytes: since when, and how many.
     strikes: Option<(Instant, u32)>,
     /// The best rate (bytes/s) its audit answers came at, decaying slowly toward newer ones.
@@ -1648,7 +1650,7 @@ impl Directory {
         r.audit = None;
         let Some(blob) = self.blobs.get(&digest) else { return }; // expunged meanwhile
         match outcome {
-            Ok(bytes) => match blob.manifest.verify_chunk(index, &bytes) {
+            Ok(bytes) => match verify_chunks(&blob.manifest, r.audit_from..=index, &bytes) {
                 Ok(()) => {
                     r.audits.0 += 1;
                     r.strikes = None;
@@ -1881,9 +1883,13 @@ impl Directory {
         let url = r.record.public_url.clone();
         let applied = r.applied_generation;
         let (ask, way) = self.audit_request(&digest, &range, applied, want);
+        // Without a Range the client gets every byte from the start: all of it is checked, so a
+        // relay cannot lie in the bytes before the chunk an audit is for.
+        let (from, range) = if ask.shape == AuditShape::Whole { (0, 0..range.end) } else { (index, range) };
         if let Some(r) = self.relays.get_mut(&relay) {
             r.audit = Some((attempt, digest, index));
             r.audit_way = way;
+            r.audit_from = from;
         }
         self.effects.push_back(Effect::Audit { relay, url, digest, index, range, attempt, ask });
     }
@@ -2221,6 +2227,7 @@ impl RelayState {
             probation: None,
             probation_ways: 0,
             audit_way: 0,
+            audit_from: 0,
             strikes: None,
             unverified: BTreeSet::new(),
             measured: None,
@@ -2282,6 +2289,20 @@ fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: f64) -> f64 {
     -weight / u.ln()
 }
 
+/// Checks `bytes` as chunks `chunks` of `manifest`, back to back: exactly their length, each
+/// matching its hash.
+fn verify_chunks(manifest: &ChunkManifest, chunks: std::ops::RangeInclusive<u64>, bytes: &[u8]) -> Result<(), crate::manifest::ManifestError> {
+    let last = *chunks.end();
+    let mut rest = bytes;
+    for i in chunks {
+        let len = manifest.chunk_range(i).map_or(0, |r| (r.end - r.start) as usize).min(rest.len());
+        let (piece, tail) = rest.split_at(len);
+        manifest.verify_chunk(i, piece)?;
+        rest = tail;
+    }
+    if rest.is_empty() { Ok(()) } else { Err(crate::manifest::ManifestError::ChunkMismatch { index: last }) }
+}
+
 /// Counts one audit strike in its window and returns the count.
 fn struck(strikes: &mut Option<(Instant, u32)>, now: Instant) -> u32 {
     let (since, n) = match *strikes {
@@ -2320,6 +2341,7 @@ mod tests {
     use crate::time::Instant;
 
     const TOKEN: &str = "6b2f0a7c3d9e41f58a2b7c6d0e1f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f";
+    const MIN_CHUNK: usize = crate::manifest::MIN_CHUNK_SIZE as usize;
 
     fn directory(key: [u8; 32], policy: AddressPolicy) -> Directory {
         let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
@@ -2329,6 +2351,20 @@ mod tests {
         let record = dir.plan_token(TokenRole::Enroll, TOKEN).expect("a fresh directory records its token");
         assert!(dir.apply(&record, Instant::ZERO));
         dir
+    }
+
+    #[test]
+    fn an_audit_without_a_range_checks_every_chunk_it_read() {
+        let data: Vec<u8> = (0..3 * MIN_CHUNK).map(|i| (i % 251) as u8).collect();
+        let m = ChunkManifest::of(&data, MIN_CHUNK as u32).unwrap();
+        let upto = |n: usize| &data[..n * MIN_CHUNK];
+        assert!(verify_chunks(&m, 0..=1, upto(2)).is_ok());
+        assert!(verify_chunks(&m, 2..=2, &data[2 * MIN_CHUNK..]).is_ok());
+        let mut lie = upto(2).to_vec();
+        lie[7] ^= 1; // in the chunk before the one audited
+        assert!(verify_chunks(&m, 0..=1, &lie).is_err(), "a lie before the audited chunk is caught");
+        assert!(verify_chunks(&m, 0..=1, &data[..2 * MIN_CHUNK - 1]).is_err(), "too short");
+        assert!(verify_chunks(&m, 0..=1, upto(3)).is_err(), "too long");
     }
 
     #[test]
