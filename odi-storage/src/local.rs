@@ -471,14 +471,17 @@ fn start_read(reader: &Arc<PieceReader>, next: &mut u64, end: u64) -> Option<tok
     *next = end.min(block.end);
     let reader = reader.clone();
     Some(tokio::task::spawn_blocking(move || {
-        use std::os::unix::fs::FileExt as _;
-        let mut buf = vec![0u8; (block.end - block.start) as usize];
-        if let Err(e) = reader.file.read_exact_at(&mut buf, block.start) {
-            if e.kind() == io::ErrorKind::UnexpectedEof {
-                tracing::error!(path = %reader.path.display(), "stored blob is shorter than its recorded size");
-                return Err(StorageError::Corrupt { store: STORE, digest: reader.digest, offset: block.start });
-            }
-            return Err(io_error("read", &reader.path)(e));
+        use std::io::{Read as _, Seek as _};
+        // Read into fresh capacity (no zeroing of a whole block first); one block in flight at a
+        // time, so the file's own position is ours to set.
+        let len = (block.end - block.start) as usize;
+        let mut file = &reader.file;
+        file.seek(io::SeekFrom::Start(block.start)).map_err(io_error("seek in", &reader.path))?;
+        let mut buf = Vec::with_capacity(len);
+        file.take(len as u64).read_to_end(&mut buf).map_err(io_error("read", &reader.path))?;
+        if buf.len() < len {
+            tracing::error!(path = %reader.path.display(), "stored blob is shorter than its recorded size");
+            return Err(StorageError::Corrupt { store: STORE, digest: reader.digest, offset: block.start });
         }
         if !reader.sums.check(index, &buf) {
             tracing::error!(path = %reader.path.display(), offset = block.start, "stored blob does not match its block sums; not serving it");
