@@ -795,13 +795,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
                 "undrain" => (Some(false), false),
                 _ => (None, true),
             };
-            let _writer = shared.writer.lock().await;
-            let planned = shared.lock().plan_relay_admin(&id, drain, readmit);
-            let record = match planned {
-                Ok(r) => r,
-                Err(e) => return admin_error(&e),
-            };
-            if let Err(resp) = commit(shared, &record).await {
+            if let Err(resp) = plan_and_commit(shared, |d| d.plan_relay_admin(&id, drain, readmit)).await {
                 return resp;
             }
             let now = shared.clock.now();
@@ -816,13 +810,7 @@ async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
         (Method::POST, ["tokens"]) => create_enroll_token(shared, req).await,
         (Method::DELETE, ["tokens", name]) => {
             let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
-            let _writer = shared.writer.lock().await;
-            let planned = shared.lock().plan_revoke_token(&name);
-            let record = match planned {
-                Ok(r) => r,
-                Err(e) => return admin_error(&e),
-            };
-            if let Err(resp) = commit(shared, &record).await {
+            if let Err(resp) = plan_and_commit(shared, |d| d.plan_revoke_token(&name)).await {
                 return resp;
             }
             let now = shared.clock.now();
@@ -850,13 +838,7 @@ async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Re
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{\"name\": ...}}: {e}")),
     };
     let token = keys::new_token();
-    let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_enroll_token(&create.name, &token, unix_now());
-    let record = match planned {
-        Ok(r) => r,
-        Err(e) => return admin_error(&e),
-    };
-    if let Err(resp) = commit(shared, &record).await {
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_enroll_token(&create.name, &token, unix_now())).await {
         return resp;
     }
     json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "token": token }))
@@ -875,6 +857,14 @@ fn admin_error(e: &AdminError) -> Response<Body> {
         _ => StatusCode::BAD_REQUEST,
     };
     error(status, e)
+}
+
+/// Plans one admin change under the writer lock (so changes apply in order) and commits it.
+async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Directory) -> Result<Record, AdminError>) -> Result<(), Response<Body>> {
+    let _writer = shared.writer.lock().await;
+    let planned = plan(&shared.lock());
+    let record = planned.map_err(|e| admin_error(&e))?;
+    commit(shared, &record).await
 }
 
 /// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
@@ -908,19 +898,8 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
         Ok(n) => n,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_create_catalog(
-        name.clone(),
-        create.replicas.unwrap_or(DEFAULT_REPLICAS),
-        create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)),
-        create.mutable,
-        unix_now(),
-    );
-    let record = match planned {
-        Ok(r) => r,
-        Err(e) => return admin_error(&e),
-    };
-    if let Err(resp) = commit(shared, &record).await {
+    let (replicas, chunk_size) = (create.replicas.unwrap_or(DEFAULT_REPLICAS), create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)));
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_create_catalog(name.clone(), replicas, chunk_size, create.mutable, unix_now())).await {
         return resp;
     }
     let view = shared.lock().catalogs().into_iter().find(|c| c.name == name);
@@ -1049,10 +1028,13 @@ fn node_body_limit(rest: &str) -> usize {
 /// Nonces are remembered per known key, in a guard of bounded size, so no stranger can fill it.
 async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, body: Incoming, rest: &str) -> Result<(NodeId, Bytes), Response<Body>> {
     let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
-    let refuse = |status: StatusCode, why: String| {
+    let log_refusal = |status: StatusCode, why: &str| {
         if let Some(held_back) = shared.refusal_log.allow() {
             tracing::info!(client = ?client, %status, reason = %why, held_back, "refused a node request");
         }
+    };
+    let refuse = |status: StatusCode, why: String| {
+        log_refusal(status, &why);
         error(status, format!("node request refused: {why}"))
     };
     let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
@@ -1073,7 +1055,7 @@ async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, b
     let from = claim.keyid();
     let enrolling = parts.method == Method::POST && rest == "enroll";
     if !enrolling && !shared.lock().knows_relay(&from) {
-        refuse(StatusCode::NOT_FOUND, "not an enrolled relay".into());
+        log_refusal(StatusCode::NOT_FOUND, "not an enrolled relay");
         // The relay's machine enrolls again on this answer (the directory may have lost it).
         let reply = Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         return Err(json(StatusCode::NOT_FOUND, &reply));
