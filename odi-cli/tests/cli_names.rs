@@ -5,7 +5,7 @@
 mod common;
 
 use std::path::Path;
-use std::process::{Command, Output};
+use std::process::Output;
 
 use common::*;
 
@@ -13,7 +13,7 @@ const ADMIN: &str = "3c4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f80
 const ENROLL: &str = "4d5e6f708192a3b4c5d6e7f8091a2b3c4d5e6f708192a3b4c5d6e7f8091a2b3c";
 
 fn odi(args: &[&str]) -> Output {
-    Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
+    odi_as(ADMIN, args)
 }
 
 fn odi_ok(args: &[&str]) -> String {

@@ -36,7 +36,7 @@ impl Proc {
 }
 
 fn odi(args: &[&str]) -> Output {
-    Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi")
+    odi_as(ADMIN, args)
 }
 
 fn odi_ok(args: &[&str]) -> String {

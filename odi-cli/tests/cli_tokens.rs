@@ -14,7 +14,7 @@ const ADMIN: &str = "5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180
 const ENROLL: &str = "6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e6d5c4b3a29180f7e";
 
 fn odi(args: &[&str]) -> Output {
-    Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().unwrap()
+    odi_as(ADMIN, args)
 }
 
 fn odi_ok(args: &[&str]) -> String {
