@@ -24,7 +24,7 @@ use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, Reply};
+use odi_core::directory::{AdminError, AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Reply};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -38,9 +38,11 @@ use tokio::sync::{Notify, watch};
 
 use crate::client::{self, AddressGuard, HttpClient};
 use crate::guard::{ClientAddr, FailureLimiter, LogLimiter};
-use crate::http::{BlobRequest, Body, Caching, DIGEST_HEADERS_KEPT, DigestHeaders, Values, error, json, none_match, serve_blob, split_catalog_path};
+use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json, serve_blob};
 use crate::lock::DataDirLock;
-use crate::{Clock, NetError, keys, metalink, unix_now};
+use crate::{Clock, NetError, keys, unix_now};
+
+mod clients;
 
 /// Longest JSON body accepted from the admin API or a relay's heartbeat.
 const MAX_REQUEST_JSON: usize = 16 << 20;
@@ -48,8 +50,8 @@ const MAX_REQUEST_JSON: usize = 16 << 20;
 const MAX_ENROLL_BODY: usize = 64 << 10;
 /// Node endpoints that carry no body still get a little slack.
 const MAX_EMPTY_BODY: usize = 1 << 10;
-/// A node request's whole body must arrive within this.
-const NODE_BODY_DEADLINE: Duration = Duration::from_secs(30);
+/// A node request's or a report's whole body must arrive within this.
+const BODY_DEADLINE: Duration = Duration::from_secs(30);
 /// Nonces remembered per node: a relay sends a few requests a second, and a nonce is kept for at
 /// most its lifetime plus the clock skew (about six minutes).
 const NONCES_PER_NODE: usize = 8192;
@@ -426,13 +428,13 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if let Some(rest) = path.strip_prefix("/r/") {
-        return if read { client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
+        return if read { clients::client_artifact(&shared, &req, rest).await } else { not_allowed("GET, HEAD") };
     }
     if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
-        return if read { client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
+        return if read { clients::client_blob(&shared, &req, hex).await } else { not_allowed("GET, HEAD") };
     }
     if let Some(rest) = path.strip_prefix("/metalink/") {
-        return if read { metalink(&shared, &req, rest) } else { not_allowed("GET, HEAD") };
+        return if read { clients::metalink(&shared, &req, rest) } else { not_allowed("GET, HEAD") };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         if let Err(resp) = check_admin(&shared, &req) {
@@ -446,7 +448,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return node(&shared, req, &rest).await;
     }
     if path == "/report" {
-        return if *req.method() == Method::POST { report(&shared, req).await } else { not_allowed("POST") };
+        return if *req.method() == Method::POST { clients::report(&shared, req).await } else { not_allowed("POST") };
     }
     match (path, read) {
         ("/healthz", true) => {
@@ -455,38 +457,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         }
         ("/healthz", false) => not_allowed("GET, HEAD"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
-    }
-}
-
-/// `POST /report`: a client's word that a relay sent a bad chunk (`ChunkReport`). Unsigned and
-/// open to anyone, so it is small, bounded and cheap: the directory at most audits that chunk on
-/// that relay (`202`), and ignores reports it cannot act on (`204`).
-async fn report(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    use odi_core::directory::ReportOutcome;
-    use odi_core::message::{ChunkReport, MAX_REPORT_BYTES};
-    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(req.into_body(), MAX_REPORT_BYTES).collect()).await {
-        Ok(Ok(c)) => c.to_bytes(),
-        Ok(Err(_)) => return error(StatusCode::BAD_REQUEST, format!("a report is a JSON body of at most {MAX_REPORT_BYTES} bytes")),
-        Err(_) => return error(StatusCode::REQUEST_TIMEOUT, format!("the report did not arrive within {} s", NODE_BODY_DEADLINE.as_secs())),
-    };
-    let report: ChunkReport = match serde_json::from_slice(&body) {
-        Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed report, expected {{url, digest, chunk}}: {e}")),
-    };
-    let (outcome, effects) = shared.with_machine(|d, now| d.handle_report(&report.url, report.digest, report.chunk, now));
-    execute(shared, effects).await;
-    match outcome {
-        ReportOutcome::Auditing => {
-            tracing::info!(url = %report.url.chars().take(200).collect::<String>(), digest = %report.digest, chunk = report.chunk, "a client reported a bad chunk; auditing it");
-            let mut resp = Response::new(crate::http::empty());
-            *resp.status_mut() = StatusCode::ACCEPTED;
-            resp
-        }
-        ReportOutcome::Ignored | ReportOutcome::Busy => {
-            let mut resp = Response::new(crate::http::empty());
-            *resp.status_mut() = StatusCode::NO_CONTENT;
-            resp
-        }
     }
 }
 
@@ -500,189 +470,6 @@ fn lookup_error(e: &LookupError) -> Response<Body> {
     match e {
         LookupError::Expunged(_) => error(StatusCode::GONE, e),
         _ => error(StatusCode::NOT_FOUND, e),
-    }
-}
-
-// ---- clients ----
-
-async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let Some((catalog, raw_path)) = split_catalog_path(rest) else {
-        return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
-    };
-    if CatalogName::check(catalog).is_err() {
-        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
-    }
-    let path = match ArtifactPath::from_url(raw_path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
-    };
-    let now = shared.clock.now();
-    let redirect = shared.lock().redirect(catalog, &path, now);
-    match redirect {
-        Ok(r) => answer(shared, req, r, &["r/", catalog, "/", &path.to_url()]).await,
-        Err(e) => lookup_error(&e),
-    }
-}
-
-async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, hex: &str) -> Response<Body> {
-    let digest = match Digest::from_hex(hex) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let now = shared.clock.now();
-    let redirect = shared.lock().redirect_blob(&digest, now);
-    match redirect {
-        Ok(r) => answer(shared, req, r, &["blobs/sha256/", hex]).await,
-        Err(e) => lookup_error(&e),
-    }
-}
-
-/// A `302` to the chosen relay, or the bytes themselves when no relay can serve them; either way
-/// with `Link: rel=describedby` to the metalink. `tail`: the request path after the first `/`, in
-/// pieces (as a relay serves it too).
-async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail: &[&str]) -> Response<Body> {
-    let tail_len: usize = tail.iter().map(|t| t.len()).sum();
-    let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
-    let mut values = Values::with_capacity(urls + tail_len + 256);
-    let caching = Caching::of_name(r.mutable);
-    let mut resp = match &r.target {
-        // The client holds these bytes already (the ETag names them): no redirect needed.
-        Some(_) if none_match(req.headers(), &shared.digests.etag(&r.digest)) => not_modified(&shared.digests, &r.digest, caching),
-        Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
-        None => {
-            let blob = BlobRequest {
-                method: req.method(),
-                headers: req.headers(),
-                digest: &r.digest,
-                digests: &shared.digests,
-                media_type: &r.media_type,
-                limiter: None,
-            };
-            let mut resp = serve_blob(shared.store.as_ref(), &blob).await;
-            caching.apply(&mut resp);
-            // Relays on probation: offered to clients that verify (aria2 reads these).
-            if resp.status().is_success() {
-                duplicate_links(&mut values, resp.headers_mut(), &r.alternates, tail);
-            }
-            resp
-        }
-    };
-    if resp.status() == StatusCode::FOUND || resp.status().is_success() {
-        let [scheme, base] = base_url(shared);
-        if let Some(v) = values
-            .text("<")
-            .text(scheme)
-            .text(base)
-            .text("/metalink/")
-            .texts(tail)
-            .text(">; rel=describedby; type=\"")
-            .text(metalink::MEDIA_TYPE)
-            .text("\"")
-            .finish()
-        {
-            resp.headers_mut().append(header::LINK, v);
-        }
-    }
-    resp
-}
-
-/// `304 Not Modified` for a name or digest whose current bytes the client already has.
-fn not_modified(digests: &DigestHeaders, digest: &Digest, caching: Caching) -> Response<Body> {
-    let mut resp = Response::new(crate::http::empty());
-    *resp.status_mut() = StatusCode::NOT_MODIFIED;
-    let h = resp.headers_mut();
-    h.insert(header::ETAG, digests.etag(digest));
-    h.insert(header::CACHE_CONTROL, caching.header());
-    digests.insert(h, digest);
-    resp
-}
-
-/// The URL this directory is reached at: `--public-url`, else the address it listens on (never
-/// the request's `Host`). Two pieces, as the callers write them one after the other.
-fn base_url(shared: &Shared) -> [&str; 2] {
-    ["", shared.public_url.get().map_or("http://localhost", String::as_str)]
-}
-
-/// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
-/// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
-fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let now = shared.clock.now();
-    let base = base_url(shared).concat();
-    let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
-        let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };
-        let path = match ArtifactPath::from_url(raw_path) {
-            Ok(p) => p,
-            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
-        };
-        let mut m = shared.lock();
-        let manifest = match m.lookup(catalog, &path) {
-            Ok(a) => (*a.manifest).clone(),
-            Err(e) => return lookup_error(&e),
-        };
-        let redirect = m.redirect(catalog, &path, now);
-        (format!("r/{catalog}/{}", path.to_url()), path.file_name().to_owned(), manifest, redirect)
-    } else if let Some(hex) = rest.strip_prefix("blobs/sha256/") {
-        let Ok(digest) = Digest::from_hex(hex) else { return error(StatusCode::BAD_REQUEST, "malformed digest") };
-        let mut m = shared.lock();
-        let manifest = match m.manifest(&digest) {
-            Ok(manifest) => manifest.clone(),
-            Err(e) => return lookup_error(&e),
-        };
-        let redirect = m.redirect_blob(&digest, now);
-        (format!("blobs/sha256/{hex}"), hex.to_owned(), manifest, redirect)
-    } else {
-        return error(StatusCode::NOT_FOUND, "expected /metalink/r/{catalog}/{path} or /metalink/blobs/sha256/{hex}");
-    };
-    let relays = match redirect {
-        Ok(r) => r.target.into_iter().chain(r.alternates).collect::<Vec<_>>(),
-        Err(e) => return lookup_error(&e),
-    };
-    let urls: Vec<String> = relays.iter().map(|u| format!("{u}/{tail}")).chain([format!("{base}/{tail}")]).collect();
-    let document = metalink::render(&name, &manifest, &urls);
-    let mut resp = Response::new(crate::http::full(document));
-    let h = resp.headers_mut();
-    h.insert(header::CONTENT_TYPE, HeaderValue::from_static(metalink::MEDIA_TYPE));
-    // Its sources change with the relays' health: never reused.
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    // Saved (aria2c without `--follow-metalink=mem`, browsers), the document must not take the
-    // artifact's name: aria2c would then find "the artifact" already there, and stop.
-    if let Ok(v) = HeaderValue::from_str(&metalink::content_disposition(&name)) {
-        h.insert(header::CONTENT_DISPOSITION, v);
-    }
-    // No digest header: those describe this answer's bytes, which are the document, not the
-    // artifact (aria2c checks the document against them, and fails on the artifact's).
-    resp
-}
-
-fn redirect_response(
-    values: &mut Values,
-    digests: &DigestHeaders,
-    target: &RelayUrl,
-    tail: &[&str],
-    alternates: &[RelayUrl],
-    digest: &Digest,
-) -> Response<Body> {
-    let mut resp = Response::new(crate::http::empty());
-    *resp.status_mut() = StatusCode::FOUND;
-    let h = resp.headers_mut();
-    // Location, Cache-Control, Content-Length, two digests, the duplicates and describedby.
-    h.reserve(6 + alternates.len());
-    if let Some(v) = values.text(target.as_str()).text("/").texts(tail).finish() {
-        h.insert(header::LOCATION, v);
-    }
-    h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
-    digests.insert(h, digest);
-    duplicate_links(values, h, alternates, tail);
-    resp
-}
-
-/// `Link: <{relay}/{tail}>; rel=duplicate; pri={n}` for each of `alternates` (RFC 6249).
-fn duplicate_links(values: &mut Values, h: &mut http::HeaderMap, alternates: &[RelayUrl], tail: &[&str]) {
-    for (i, alt) in (1..).zip(alternates) {
-        if let Some(v) = values.text("<").text(alt.as_str()).text("/").texts(tail).text(">; rel=duplicate; pri=").number(i).finish() {
-            h.append(header::LINK, v);
-        }
     }
 }
 
@@ -1074,13 +861,13 @@ async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, b
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
     }
     let limit = node_body_limit(rest);
-    let body = match tokio::time::timeout(NODE_BODY_DEADLINE, http_body_util::Limited::new(body, limit).collect()).await {
+    let body = match tokio::time::timeout(BODY_DEADLINE, http_body_util::Limited::new(body, limit).collect()).await {
         Ok(Ok(c)) => c.to_bytes(),
         Ok(Err(e)) if e.is::<http_body_util::LengthLimitError>() => {
             return Err(refuse(StatusCode::PAYLOAD_TOO_LARGE, format!("body over {limit} bytes for /odi/v1/{rest}")));
         }
         Ok(Err(e)) => return Err(refuse(StatusCode::BAD_REQUEST, format!("cannot read the body: {e}"))),
-        Err(_) => return Err(refuse(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", NODE_BODY_DEADLINE.as_secs()))),
+        Err(_) => return Err(refuse(StatusCode::REQUEST_TIMEOUT, format!("the body did not arrive within {} s", BODY_DEADLINE.as_secs()))),
     };
     if let Err(e) = claim.check_body(&body) {
         return Err(refuse(StatusCode::UNAUTHORIZED, e.to_string()));
