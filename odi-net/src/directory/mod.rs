@@ -23,16 +23,13 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
-use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Reply};
-use odi_core::manifest::DEFAULT_CHUNK_SIZE;
+use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Reply};
 use odi_core::message::{AddressClass, AddressPolicy, Message, NodeId, Refusal, RefusalCode, RelayUrl, classify_ip};
-use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
-use odi_core::storage::{BlobStore, MetaStore, Record, StorageError, TokenRole};
+use odi_core::storage::{BlobStore, MetaStore, TokenRole};
 use odi_core::time::{Instant, UnixTime};
 use odi_storage::{LocalStore, SqliteMeta};
-use serde::{Deserialize, Serialize};
+use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
@@ -42,10 +39,9 @@ use crate::http::{BlobRequest, Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, 
 use crate::lock::DataDirLock;
 use crate::{Clock, NetError, keys, unix_now};
 
+mod admin;
 mod clients;
 
-/// Longest JSON body accepted from the admin API or a relay's heartbeat.
-const MAX_REQUEST_JSON: usize = 16 << 20;
 /// Longest enrollment body: read before the sender is known to hold the token.
 const MAX_ENROLL_BODY: usize = 64 << 10;
 /// Node endpoints that carry no body still get a little slack.
@@ -64,9 +60,6 @@ const WATCH_HOLD: Duration = Duration::from_secs(25);
 const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `/healthz` answer read from a relay.
 const HEALTH_BODY_LIMIT: usize = 4096;
-/// Wrong admin tokens one client address may send per window before it gets 429s.
-const ADMIN_FAILURES: u32 = 10;
-const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
 #[derive(Clone, Debug)]
 pub struct DirectoryOptions {
@@ -223,7 +216,7 @@ impl DirectoryServer {
             client: HttpClient::guarded(relay_addresses.clone()),
             relay_addresses,
             allow_private_relays: options.allow_private_relays,
-            admin_failures: FailureLimiter::new(ADMIN_FAILURES, ADMIN_FAILURE_WINDOW),
+            admin_failures: FailureLimiter::new(admin::ADMIN_FAILURES, admin::ADMIN_FAILURE_WINDOW),
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
@@ -437,11 +430,11 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         return if read { clients::metalink(&shared, &req, rest) } else { not_allowed("GET, HEAD") };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
-        if let Err(resp) = check_admin(&shared, &req) {
+        if let Err(resp) = admin::check_admin(&shared, &req) {
             return resp;
         }
         let rest = rest.to_owned();
-        return admin(&shared, req, &rest).await;
+        return admin::admin(&shared, req, &rest).await;
     }
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
         let rest = rest.to_owned();
@@ -473,327 +466,6 @@ fn lookup_error(e: &LookupError) -> Response<Body> {
     }
 }
 
-// ---- admin API ----
-
-#[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
-fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    let Some(value) = req.headers().get(header::AUTHORIZATION) else {
-        let mut resp = error(
-            StatusCode::UNAUTHORIZED,
-            "admin API needs `Authorization: Bearer {token}`; the token is in the directory's admin.token file or ODI_ADMIN_TOKEN",
-        );
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
-        return Err(resp);
-    };
-    // Guessing is bounded per client address: over the limit, the token is not even checked.
-    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
-        let secs = wait.as_secs().max(1);
-        let mut resp = error(StatusCode::TOO_MANY_REQUESTS, format!("too many wrong admin tokens from this address; try again in {secs}s"));
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Err(resp);
-    }
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
-    if shared.lock().check_token(TokenRole::Admin, token) {
-        return Ok(());
-    }
-    if let Some(ip) = client {
-        shared.admin_failures.failed(ip);
-    }
-    Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
-}
-
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateCatalog {
-    name: String,
-    replicas: Option<u32>,
-    chunk_size: Option<u64>,
-    /// Paths may be published again with other bytes (index files); default false.
-    #[serde(default)]
-    mutable: bool,
-}
-
-#[derive(Serialize)]
-struct Published {
-    catalog: CatalogName,
-    path: ArtifactPath,
-    digest: Digest,
-    size: u64,
-    seq: u64,
-    created: bool,
-}
-
-#[derive(Serialize)]
-struct ArtifactView<'a> {
-    path: &'a ArtifactPath,
-    digest: Digest,
-    size: u64,
-    media_type: &'a str,
-    published_at: u64,
-}
-
-async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
-    let method = req.method().clone();
-    let segments: Vec<&str> = rest.splitn(4, '/').collect();
-    match (method, segments.as_slice()) {
-        (Method::GET, ["catalogs"]) => json(StatusCode::OK, &shared.lock().catalogs()),
-        (Method::POST, ["catalogs"]) => create_catalog(shared, req).await,
-        (Method::GET, ["catalogs", name]) => {
-            let Ok(name) = CatalogName::new(name) else {
-                return error(StatusCode::BAD_REQUEST, "malformed catalog name");
-            };
-            let m = shared.lock();
-            let Some(view) = m.catalogs().into_iter().find(|c| c.name == name) else {
-                return error(StatusCode::NOT_FOUND, format!("no catalog named `{name}`"));
-            };
-            let artifacts: Vec<ArtifactView<'_>> = m
-                .artifacts(&name)
-                .into_iter()
-                .flatten()
-                .map(|a| ArtifactView { path: &a.path, digest: a.digest(), size: a.size(), media_type: &a.media_type, published_at: a.published_at.0 })
-                .collect();
-            json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts }))
-        }
-        (Method::PUT, ["catalogs", name, "artifacts", path]) => {
-            let (name, path) = (name.to_string(), path.to_string());
-            publish(shared, req, &name, &path).await
-        }
-        (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
-        (Method::DELETE, ["blobs", "sha256", hex]) => expunge_digest(shared, hex).await,
-        (Method::GET, ["stats"]) => {
-            let now = shared.clock.now();
-            let m = shared.lock();
-            let node_blob_bytes = shared.node_blob_bytes.load(std::sync::atomic::Ordering::Relaxed);
-            json(
-                StatusCode::OK,
-                &serde_json::json!({
-                    "generation": m.generation(),
-                    "node_blob_bytes": node_blob_bytes,
-                    "hottest": m.hottest(10, now),
-                    "expunges_pending": m.expunges_pending(),
-                }),
-            )
-        }
-        (Method::POST, ["relays", id, action @ ("drain" | "undrain" | "readmit")]) => {
-            let Ok(id) = id.parse::<NodeId>() else { return error(StatusCode::BAD_REQUEST, "malformed relay id; `odi relays --json` shows them") };
-            let (drain, readmit) = match *action {
-                "drain" => (Some(true), false),
-                "undrain" => (Some(false), false),
-                _ => (None, true),
-            };
-            if let Err(resp) = plan_and_commit(shared, |d| d.plan_relay_admin(&id, drain, readmit)).await {
-                return resp;
-            }
-            let now = shared.clock.now();
-            let view = shared.lock().relays(now).into_iter().find(|r| r.id == id);
-            json(StatusCode::OK, &view)
-        }
-        (Method::GET, ["relays"]) => {
-            let now = shared.clock.now();
-            json(StatusCode::OK, &shared.lock().relays(now))
-        }
-        (Method::GET, ["tokens"]) => json(StatusCode::OK, &shared.lock().enroll_tokens()),
-        (Method::POST, ["tokens"]) => create_enroll_token(shared, req).await,
-        (Method::DELETE, ["tokens", name]) => {
-            let name = percent_encoding::percent_decode_str(name).decode_utf8_lossy().into_owned();
-            if let Err(resp) = plan_and_commit(shared, |d| d.plan_revoke_token(&name)).await {
-                return resp;
-            }
-            let now = shared.clock.now();
-            let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
-            json(StatusCode::OK, &serde_json::json!({ "name": name, "revoked": true, "quarantined": barred }))
-        }
-        _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} /api/v1/{rest}", req.method())),
-    }
-}
-
-/// `POST /api/v1/tokens {"name": ...}`: a named enrollment token for one relay operator, shown
-/// once in the answer (only its keyed hash is kept).
-async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CreateToken {
-        name: String,
-    }
-    let body = match read_request_json(req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let create: CreateToken = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{\"name\": ...}}: {e}")),
-    };
-    let token = keys::new_token();
-    if let Err(resp) = plan_and_commit(shared, |d| d.plan_enroll_token(&create.name, &token, unix_now())).await {
-        return resp;
-    }
-    json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "token": token }))
-}
-
-fn admin_error(e: &AdminError) -> Response<Body> {
-    let status = match e {
-        AdminError::CatalogExists(_)
-        | AdminError::ExpungedDigest(_)
-        | AdminError::Rebind { .. }
-        | AdminError::ExpungedPath { .. }
-        | AdminError::TokenExists(_) => StatusCode::CONFLICT,
-        AdminError::UnknownCatalog(_) | AdminError::NotFound { .. } | AdminError::UnknownRelay(_) | AdminError::NoCatalogs(_) | AdminError::UnknownToken(_) => {
-            StatusCode::NOT_FOUND
-        }
-        _ => StatusCode::BAD_REQUEST,
-    };
-    error(status, e)
-}
-
-/// Plans one admin change under the writer lock (so changes apply in order) and commits it.
-async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Directory) -> Result<Record, AdminError>) -> Result<(), Response<Body>> {
-    let _writer = shared.writer.lock().await;
-    let planned = plan(&shared.lock());
-    let record = planned.map_err(|e| admin_error(&e))?;
-    commit(shared, &record).await
-}
-
-/// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
-/// machine's one persistence path.
-async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
-    commit_all(shared, std::slice::from_ref(record)).await
-}
-
-/// Makes `records` durable in one transaction (all or none), then applies them in order.
-async fn commit_all(shared: &Arc<Shared>, records: &[Record]) -> Result<(), Response<Body>> {
-    let (id, effects) = shared.with_machine(|d, _| d.commit_all(records.to_vec()));
-    let id = id.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
-    execute(shared, effects).await;
-    match shared.with_machine(|d, _| d.take_outcome(id)).0 {
-        Some(Outcome::Applied) => Ok(()),
-        Some(Outcome::Failed(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}"))),
-        other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("the change ended unexpectedly: {other:?}"))),
-    }
-}
-
-async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    let body = match read_request_json(req).await {
-        Ok(b) => b,
-        Err(resp) => return resp,
-    };
-    let create: CreateCatalog = match serde_json::from_slice(&body) {
-        Ok(c) => c,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON: {e}")),
-    };
-    let name = match CatalogName::new(&create.name) {
-        Ok(n) => n,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let (replicas, chunk_size) = (create.replicas.unwrap_or(DEFAULT_REPLICAS), create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)));
-    if let Err(resp) = plan_and_commit(shared, |d| d.plan_create_catalog(name.clone(), replicas, chunk_size, create.mutable, unix_now())).await {
-        return resp;
-    }
-    let view = shared.lock().catalogs().into_iter().find(|c| c.name == name);
-    json(StatusCode::CREATED, &view)
-}
-
-async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, raw_path: &str) -> Response<Body> {
-    let Ok(catalog) = CatalogName::new(catalog) else {
-        return error(StatusCode::BAD_REQUEST, "malformed catalog name");
-    };
-    let path = match ArtifactPath::from_url(raw_path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
-    };
-    let Some(chunk_size) = shared.lock().catalog_config(&catalog).map(|c| c.chunk_size) else {
-        return admin_error(&AdminError::UnknownCatalog(catalog));
-    };
-    let media_type = req
-        .headers()
-        .get(header::CONTENT_TYPE)
-        .and_then(|v| v.to_str().ok())
-        .filter(|v| v.len() <= 200 && !v.is_empty())
-        .unwrap_or("application/octet-stream")
-        .to_owned();
-    // The bytes are durable under their digest before the log entry that names them.
-    let manifest = match shared.store.ingest(chunk_size, client::body_stream(req.into_body())).await {
-        Ok(m) => m,
-        Err(StorageError::Input(e)) => return error(StatusCode::BAD_REQUEST, format!("upload failed, nothing was published: {e}")),
-        Err(StorageError::Verify { source, .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, source),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the upload: {e}")),
-    };
-    let (digest, size) = (manifest.digest(), manifest.total_len());
-    let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_publish(&catalog, path.clone(), manifest, media_type, unix_now());
-    let created = match planned {
-        Ok(Some(record)) => {
-            if let Err(resp) = commit(shared, &record).await {
-                return resp;
-            }
-            true
-        }
-        Ok(None) => false,
-        Err(e) => return admin_error(&e),
-    };
-    let seq = shared.lock().catalogs().into_iter().find(|c| c.name == catalog).map_or(0, |c| c.seq);
-    let status = if created { StatusCode::CREATED } else { StatusCode::OK };
-    json(status, &Published { catalog, path, digest, size, seq, created })
-}
-
-async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
-    let Ok(catalog) = CatalogName::new(catalog) else {
-        return error(StatusCode::BAD_REQUEST, "malformed catalog name");
-    };
-    let path = match ArtifactPath::from_url(raw_path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
-    };
-    let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_expunge(&catalog, &path, unix_now());
-    let record = match planned {
-        Ok(r) => r,
-        Err(e) => return admin_error(&e),
-    };
-    if let Err(resp) = commit(shared, &record).await {
-        return resp;
-    }
-    let digest = match &record {
-        Record::Log { entry: LogEntry { op: LogOp::ExpungePath { digest, .. }, .. }, .. } => Some(*digest),
-        _ => None,
-    };
-    // The names that still serve those bytes: an expunge by path withdraws only this one.
-    let names = digest.map(|d| shared.lock().names_of(&d)).unwrap_or_default();
-    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "digest": digest, "still_named": names }))
-}
-
-/// `DELETE /api/v1/blobs/sha256/{hex}`: bars the bytes from the directory, under every name.
-async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
-    let digest = match Digest::from_hex(hex) {
-        Ok(d) => d,
-        Err(e) => return error(StatusCode::BAD_REQUEST, e),
-    };
-    let _writer = shared.writer.lock().await;
-    let (planned, names) = {
-        let m = shared.lock();
-        (m.plan_expunge_digest(digest, unix_now()), m.names_of(&digest))
-    };
-    let records = match planned {
-        Ok(r) => r,
-        Err(e) => return admin_error(&e),
-    };
-    let already = records.is_empty();
-    if let Err(resp) = commit_all(shared, &records).await {
-        return resp;
-    }
-    json(StatusCode::OK, &serde_json::json!({ "digest": digest, "expunged": names, "already": already }))
-}
-
-async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
-    match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_JSON).collect().await {
-        Ok(c) => Ok(c.to_bytes()),
-        Err(e) if e.is::<http_body_util::LengthLimitError>() => {
-            Err(error(StatusCode::PAYLOAD_TOO_LARGE, format!("request body over {MAX_REQUEST_JSON} bytes")))
-        }
-        Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
-    }
-}
-
 // ---- node API ----
 
 /// Longest body a node may send to each endpoint: an enrollment is small; a heartbeat lists what
@@ -801,7 +473,7 @@ async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Bod
 fn node_body_limit(rest: &str) -> usize {
     match rest {
         "enroll" => MAX_ENROLL_BODY,
-        "heartbeat" => MAX_REQUEST_JSON,
+        "heartbeat" => admin::MAX_REQUEST_JSON,
         _ => MAX_EMPTY_BODY,
     }
 }
