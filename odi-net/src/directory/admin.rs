@@ -19,7 +19,8 @@ use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::storage::{Record, StorageError, TokenRole};
 use serde::{Deserialize, Serialize};
 
-use super::{Shared, execute};
+use super::Shared;
+use super::effects::execute;
 use crate::client;
 use crate::guard::ClientAddr;
 use crate::http::{Body, error, json};

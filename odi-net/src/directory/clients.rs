@@ -12,7 +12,8 @@ use odi_core::directory::Redirect;
 use odi_core::message::RelayUrl;
 use odi_core::path::{ArtifactPath, CatalogName};
 
-use super::{BODY_DEADLINE, Shared, execute, lookup_error};
+use super::effects::execute;
+use super::{BODY_DEADLINE, Shared, lookup_error};
 use crate::http::{BlobRequest, Body, Caching, DigestHeaders, Values, error, none_match, serve_blob, split_catalog_path};
 use crate::metalink;
 

@@ -1,17 +1,22 @@
 //! The directory driver: runs `odi_core::directory::Directory` behind an HTTP server.
 //!
-//! Routes (see ARCHITECTURE.md for the full API):
-//! - clients: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`, `GET /healthz`
-//! - admin (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
+//! One file per audience (see ARCHITECTURE.md for the full API); this one opens the directory,
+//! holds the state they share and routes each request:
+//! - `clients.rs`: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`,
+//!   `GET /metalink/...`, `POST /report`; `GET /healthz` is answered here
+//! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
-//!   `/api/v1/relays`
-//! - nodes (signed): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`, `GET /odi/v1/watch`,
-//!   `GET /odi/v1/blobs/sha256/{hex}`
+//!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
+//! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
+//!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
+//! - `effects.rs`: no route; carries out the machine's effects and logs its events
+//!
+//! Directory-to-directory (federation) endpoints, when they come, belong in a `peers.rs` of
+//! their own beside these, routed from `handle` under their own prefix.
 
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::pin::Pin;
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 
@@ -20,17 +25,16 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::auth::ReplayGuard;
-use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, DirectoryConfig, Effect, Event, LookupError};
+use odi_core::directory::{Directory, DirectoryConfig, Effect, Event, LookupError};
 use odi_core::message::{AddressClass, AddressPolicy, NodeId, RelayUrl, classify_ip};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
 use odi_core::time::{Instant, UnixTime};
 use odi_storage::{LocalStore, SqliteMeta};
-use serde::Deserialize;
 use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
-use crate::client::{self, AddressGuard, HttpClient};
+use crate::client::{AddressGuard, HttpClient};
 use crate::guard::{FailureLimiter, LogLimiter};
 use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json};
 use crate::lock::DataDirLock;
@@ -38,13 +42,12 @@ use crate::{Clock, NetError, keys, unix_now};
 
 mod admin;
 mod clients;
+mod effects;
 mod node;
+// mod peers; (directory-to-directory federation, not yet)
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
-const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
-/// Longest `/healthz` answer read from a relay.
-const HEALTH_BODY_LIMIT: usize = 4096;
 
 #[derive(Clone, Debug)]
 pub struct DirectoryOptions {
@@ -227,7 +230,7 @@ impl DirectoryServer {
             shared.lock().set_relay_addresses(policy);
         }
         let (stop_tx, stop_rx) = watch::channel(false);
-        let timer = tokio::spawn(timer_loop(shared.clone(), stop_rx));
+        let timer = tokio::spawn(effects::timer_loop(shared.clone(), stop_rx));
         let handler = {
             let shared = shared.clone();
             Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
@@ -255,7 +258,7 @@ impl Shared {
             effects.push(effect);
         }
         while let Some(event) = m.poll_event() {
-            log_event(&event);
+            effects::log_event(&event);
             if let Event::GenerationChanged { generation } = event {
                 self.generation.send_replace(generation);
             }
@@ -264,47 +267,6 @@ impl Shared {
         self.timer.notify_one();
         (out, effects)
     }
-}
-
-fn log_event(event: &Event) {
-    match event {
-        Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
-        Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
-        Event::RelayForgotten { relay } => tracing::info!(%relay, "relay forgotten (gone for long, or replaced at its URL)"),
-        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
-        Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
-        Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
-        Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
-        Event::RelayQuarantined { relay, reason } => tracing::error!(%relay, %reason, "relay quarantined"),
-        Event::AuditPassed { relay, digest, index } => tracing::debug!(%relay, %digest, index, "audit passed"),
-        Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
-        Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
-        Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
-        Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
-    }
-}
-
-/// Runs effects: writes are awaited and their outcome reported to the machine (so a caller that
-/// awaits this may then take the outcome of its own write); self-tests and audits run in the
-/// background and report back. (Boxed: an outcome yields effects that may start more.)
-fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
-    Box::pin(async move {
-        for effect in effects {
-            match effect {
-                Effect::Persist { id, records } => {
-                    let outcome = shared.meta.apply(&records).await.map_err(|e| e.to_string());
-                    let (_, more) = shared.with_machine(|d, now| d.handle_storage(id, outcome, now));
-                    execute(shared, more).await;
-                }
-                Effect::SelfTest { relay, url, attempt } => {
-                    tokio::spawn(self_test(shared.clone(), relay, url, attempt));
-                }
-                Effect::Audit { relay, url, digest: _, index: _, range, attempt, ask } => {
-                    tokio::spawn(audit(shared.clone(), relay, url, range, attempt, ask));
-                }
-            }
-        }
-    })
 }
 
 /// The class of the directory's own public URL; a name counts as private only when every
@@ -317,7 +279,7 @@ async fn own_address_class(url: &str) -> Result<AddressClass, NetError> {
     }
     let odi_core::message::Host::Name(host) = url.host() else { return Ok(class) };
     // Unresolvable now: the strict rule, until the operator says otherwise.
-    let Ok(Ok(addrs)) = tokio::time::timeout(SELF_TEST_TIMEOUT, tokio::net::lookup_host((host, 80))).await else { return Ok(AddressClass::Public) };
+    let Ok(Ok(addrs)) = tokio::time::timeout(effects::SELF_TEST_TIMEOUT, tokio::net::lookup_host((host, 80))).await else { return Ok(AddressClass::Public) };
     let classes: Vec<AddressClass> = addrs.map(|a| classify_ip(a.ip())).collect();
     Ok(if classes.is_empty() || classes.iter().any(|c| !matches!(c, AddressClass::Loopback | AddressClass::Private)) {
         AddressClass::Public
@@ -326,80 +288,6 @@ async fn own_address_class(url: &str) -> Result<AddressClass, NetError> {
     } else {
         AddressClass::Private
     })
-}
-
-async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u64) {
-    #[derive(Deserialize)]
-    struct Health {
-        id: NodeId,
-    }
-    // The relay's answers are never logged or shown: only a status and a fixed description.
-    let probe = async {
-        let req = Request::get(format!("{url}/healthz")).body(crate::http::empty()).map_err(|e| e.to_string())?;
-        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
-        let status = resp.status();
-        if status != StatusCode::OK {
-            return Err(format!("/healthz answered {status}"));
-        }
-        let body = client::read_body(resp.into_body(), HEALTH_BODY_LIMIT).await.map_err(|_| "/healthz sent no complete answer of at most 4 KiB".to_owned())?;
-        let health: Health = serde_json::from_slice(&body).map_err(|_| "/healthz did not answer with a relay's JSON".to_owned())?;
-        Ok(health.id)
-    };
-    let outcome: Result<NodeId, String> = probe.await;
-    let (_, effects) = shared.with_machine(|d, now| d.handle_self_test(relay, attempt, outcome, now));
-    execute(&shared, effects).await;
-}
-
-/// Fetches one chunk from a relay as a client would (`ask`: its path, request shape and user
-/// agent), reading no further than the chunk's end, for `handle_audit` to check.
-async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::ops::Range<u64>, attempt: u64, ask: AuditRequest) {
-    let started = std::time::Instant::now();
-    let fetch = async {
-        let mut req = Request::get(format!("{url}/{}", ask.path)).header(header::USER_AGENT, ask.user_agent);
-        req = match ask.shape {
-            AuditShape::ChunkRange => req.header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1)),
-            AuditShape::OpenRange => req.header(header::RANGE, format!("bytes={}-", range.start)),
-            AuditShape::Whole => req,
-        };
-        let req = req.body(crate::http::empty()).map_err(|e| AuditError::Fetch(e.to_string()))?;
-        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| AuditError::Fetch(e.to_string()))?;
-        // Where the body starts in the file: a 206 says, a 200 is the whole file.
-        let starts_at = match resp.status() {
-            StatusCode::OK => 0,
-            StatusCode::PARTIAL_CONTENT => resp
-                .headers()
-                .get(header::CONTENT_RANGE)
-                .and_then(|v| v.to_str().ok())
-                .and_then(|v| v.strip_prefix("bytes "))
-                .and_then(|v| v.split('-').next())
-                .and_then(|v| v.parse::<u64>().ok())
-                .ok_or_else(|| AuditError::Fetch("a 206 without a usable Content-Range".into()))?,
-            status => return Err(AuditError::Status(status.as_u16())),
-        };
-        if starts_at > range.start {
-            return Err(AuditError::Fetch(format!("the answer starts at byte {starts_at}, after the chunk")));
-        }
-        let skip = range.start - starts_at;
-        let exact = ask.shape == AuditShape::ChunkRange;
-        client::read_span(resp.into_body(), skip, range.end - range.start, exact).await.map_err(|e| AuditError::Fetch(e.to_string()))
-    };
-    let outcome = fetch.await;
-    let took = started.elapsed();
-    let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, took, now));
-    execute(&shared, effects).await;
-}
-
-async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
-        tokio::select! {
-            () = sleep => {}
-            () = shared.timer.notified() => continue,
-            _ = stop.changed() => return,
-        }
-        let (_, effects) = shared.with_machine(|d, now| d.handle_timeout(now));
-        execute(&shared, effects).await;
-    }
 }
 
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
@@ -450,5 +338,3 @@ fn lookup_error(e: &LookupError) -> Response<Body> {
         _ => error(StatusCode::NOT_FOUND, e),
     }
 }
-
-// ---- node API ----

@@ -15,7 +15,8 @@ use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
 use odi_core::directory::{Outcome, Reply};
 use odi_core::message::{Message, NodeId, Refusal, RefusalCode};
 
-use super::{BODY_DEADLINE, Shared, admin, execute, lookup_error};
+use super::effects::execute;
+use super::{BODY_DEADLINE, Shared, admin, lookup_error};
 use crate::guard::ClientAddr;
 use crate::http::{BlobRequest, Body, error, json, serve_blob};
 use crate::unix_now;

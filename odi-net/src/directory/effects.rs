@@ -1,0 +1,138 @@
+//! Carrying out what the directory's machine asks for: storage writes (awaited, their outcome
+//! fed back), relay self-tests and content audits (in the background, reported back), and the
+//! log line for each of its events.
+
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::header;
+use http::{Request, StatusCode};
+use odi_core::directory::{AuditError, AuditRequest, AuditShape, Effect, Event};
+use odi_core::message::{NodeId, RelayUrl};
+use serde::Deserialize;
+use tokio::sync::watch;
+
+use super::Shared;
+use crate::client;
+
+/// How long a relay's self-test, a probe or an audit fetch may take.
+pub(super) const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// Longest `/healthz` answer read from a relay.
+const HEALTH_BODY_LIMIT: usize = 4096;
+
+pub(super) fn log_event(event: &Event) {
+    match event {
+        Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
+        Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::RelayForgotten { relay } => tracing::info!(%relay, "relay forgotten (gone for long, or replaced at its URL)"),
+        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
+        Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
+        Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
+        Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
+        Event::RelayQuarantined { relay, reason } => tracing::error!(%relay, %reason, "relay quarantined"),
+        Event::AuditPassed { relay, digest, index } => tracing::debug!(%relay, %digest, index, "audit passed"),
+        Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
+        Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
+        Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
+        Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
+    }
+}
+
+/// Runs effects: writes are awaited and their outcome reported to the machine (so a caller that
+/// awaits this may then take the outcome of its own write); self-tests and audits run in the
+/// background and report back. (Boxed: an outcome yields effects that may start more.)
+pub(super) fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
+    Box::pin(async move {
+        for effect in effects {
+            match effect {
+                Effect::Persist { id, records } => {
+                    let outcome = shared.meta.apply(&records).await.map_err(|e| e.to_string());
+                    let (_, more) = shared.with_machine(|d, now| d.handle_storage(id, outcome, now));
+                    execute(shared, more).await;
+                }
+                Effect::SelfTest { relay, url, attempt } => {
+                    tokio::spawn(self_test(shared.clone(), relay, url, attempt));
+                }
+                Effect::Audit { relay, url, digest: _, index: _, range, attempt, ask } => {
+                    tokio::spawn(audit(shared.clone(), relay, url, range, attempt, ask));
+                }
+            }
+        }
+    })
+}
+
+async fn self_test(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, attempt: u64) {
+    #[derive(Deserialize)]
+    struct Health {
+        id: NodeId,
+    }
+    // The relay's answers are never logged or shown: only a status and a fixed description.
+    let probe = async {
+        let req = Request::get(format!("{url}/healthz")).body(crate::http::empty()).map_err(|e| e.to_string())?;
+        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| e.to_string())?;
+        let status = resp.status();
+        if status != StatusCode::OK {
+            return Err(format!("/healthz answered {status}"));
+        }
+        let body = client::read_body(resp.into_body(), HEALTH_BODY_LIMIT).await.map_err(|_| "/healthz sent no complete answer of at most 4 KiB".to_owned())?;
+        let health: Health = serde_json::from_slice(&body).map_err(|_| "/healthz did not answer with a relay's JSON".to_owned())?;
+        Ok(health.id)
+    };
+    let outcome: Result<NodeId, String> = probe.await;
+    let (_, effects) = shared.with_machine(|d, now| d.handle_self_test(relay, attempt, outcome, now));
+    execute(&shared, effects).await;
+}
+
+/// Fetches one chunk from a relay as a client would (`ask`: its path, request shape and user
+/// agent), reading no further than the chunk's end, for `handle_audit` to check.
+async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::ops::Range<u64>, attempt: u64, ask: AuditRequest) {
+    let started = std::time::Instant::now();
+    let fetch = async {
+        let mut req = Request::get(format!("{url}/{}", ask.path)).header(header::USER_AGENT, ask.user_agent);
+        req = match ask.shape {
+            AuditShape::ChunkRange => req.header(header::RANGE, format!("bytes={}-{}", range.start, range.end - 1)),
+            AuditShape::OpenRange => req.header(header::RANGE, format!("bytes={}-", range.start)),
+            AuditShape::Whole => req,
+        };
+        let req = req.body(crate::http::empty()).map_err(|e| AuditError::Fetch(e.to_string()))?;
+        let resp = shared.client.send(req, SELF_TEST_TIMEOUT).await.map_err(|e| AuditError::Fetch(e.to_string()))?;
+        // Where the body starts in the file: a 206 says, a 200 is the whole file.
+        let starts_at = match resp.status() {
+            StatusCode::OK => 0,
+            StatusCode::PARTIAL_CONTENT => resp
+                .headers()
+                .get(header::CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(|v| v.strip_prefix("bytes "))
+                .and_then(|v| v.split('-').next())
+                .and_then(|v| v.parse::<u64>().ok())
+                .ok_or_else(|| AuditError::Fetch("a 206 without a usable Content-Range".into()))?,
+            status => return Err(AuditError::Status(status.as_u16())),
+        };
+        if starts_at > range.start {
+            return Err(AuditError::Fetch(format!("the answer starts at byte {starts_at}, after the chunk")));
+        }
+        let skip = range.start - starts_at;
+        let exact = ask.shape == AuditShape::ChunkRange;
+        client::read_span(resp.into_body(), skip, range.end - range.start, exact).await.map_err(|e| AuditError::Fetch(e.to_string()))
+    };
+    let outcome = fetch.await;
+    let took = started.elapsed();
+    let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, took, now));
+    execute(&shared, effects).await;
+}
+
+pub(super) async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
+    loop {
+        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
+        tokio::select! {
+            () = sleep => {}
+            () = shared.timer.notified() => continue,
+            _ = stop.changed() => return,
+        }
+        let (_, effects) = shared.with_machine(|d, now| d.handle_timeout(now));
+        execute(&shared, effects).await;
+    }
+}
