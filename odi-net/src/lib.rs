@@ -17,6 +17,7 @@ use tokio::net::TcpListener;
 pub mod client;
 pub mod crash;
 pub mod directory;
+mod driver;
 pub mod guard;
 pub mod http;
 pub mod keys;

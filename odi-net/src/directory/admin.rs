@@ -22,6 +22,7 @@ use serde::{Deserialize, Serialize};
 use super::Shared;
 use super::effects::execute;
 use crate::client;
+use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
 use crate::http::{Body, error, json};
 use crate::{keys, unix_now};
@@ -120,7 +121,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
         (Method::DELETE, ["blobs", "sha256", hex]) => expunge_digest(shared, hex).await,
         (Method::GET, ["stats"]) => {
-            let now = shared.clock.now();
+            let now = shared.now();
             let m = shared.lock();
             let node_blob_bytes = shared.node_blob_bytes.load(std::sync::atomic::Ordering::Relaxed);
             json(
@@ -143,12 +144,12 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             if let Err(resp) = plan_and_commit(shared, |d| d.plan_relay_admin(&id, drain, readmit)).await {
                 return resp;
             }
-            let now = shared.clock.now();
+            let now = shared.now();
             let view = shared.lock().relays(now).into_iter().find(|r| r.id == id);
             json(StatusCode::OK, &view)
         }
         (Method::GET, ["relays"]) => {
-            let now = shared.clock.now();
+            let now = shared.now();
             json(StatusCode::OK, &shared.lock().relays(now))
         }
         (Method::GET, ["tokens"]) => json(StatusCode::OK, &shared.lock().enroll_tokens()),
@@ -158,7 +159,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             if let Err(resp) = plan_and_commit(shared, |d| d.plan_revoke_token(&name)).await {
                 return resp;
             }
-            let now = shared.clock.now();
+            let now = shared.now();
             let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
             json(StatusCode::OK, &serde_json::json!({ "name": name, "revoked": true, "quarantined": barred }))
         }

@@ -14,6 +14,7 @@ use odi_core::path::{ArtifactPath, CatalogName};
 
 use super::effects::execute;
 use super::{BODY_DEADLINE, Shared, lookup_error};
+use crate::driver::Driver as _;
 use crate::http::{BlobRequest, Body, Caching, DigestHeaders, Values, error, none_match, serve_blob, split_catalog_path};
 use crate::metalink;
 
@@ -60,7 +61,7 @@ pub(super) async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
     };
-    let now = shared.clock.now();
+    let now = shared.now();
     let redirect = shared.lock().redirect(catalog, &path, now);
     match redirect {
         Ok(r) => answer(shared, req, r, &["r/", catalog, "/", &path.to_url()]).await,
@@ -73,7 +74,7 @@ pub(super) async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, h
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let now = shared.clock.now();
+    let now = shared.now();
     let redirect = shared.lock().redirect_blob(&digest, now);
     match redirect {
         Ok(r) => answer(shared, req, r, &["blobs/sha256/", hex]).await,
@@ -150,7 +151,7 @@ fn base_url(shared: &Shared) -> [&str; 2] {
 /// `GET /metalink/r/{catalog}/{path}` or `/metalink/blobs/sha256/{hex}`: a Metalink 4 document
 /// with every relay that can serve the artifact, the directory last, and per-chunk hashes.
 pub(super) fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let now = shared.clock.now();
+    let now = shared.now();
     let base = base_url(shared).concat();
     let (tail, name, manifest, redirect) = if let Some(r) = rest.strip_prefix("r/") {
         let Some((catalog, raw_path)) = split_catalog_path(r) else { return error(StatusCode::BAD_REQUEST, "expected /metalink/r/{catalog}/{path}") };

@@ -9,20 +9,20 @@ use std::time::Duration;
 
 use http::header;
 use http::{Request, StatusCode};
-use odi_core::directory::{AuditError, AuditRequest, AuditShape, Effect, Event};
+use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, Effect, Event};
 use odi_core::message::{NodeId, RelayUrl};
 use serde::Deserialize;
-use tokio::sync::watch;
 
 use super::Shared;
 use crate::client;
+use crate::driver::{Core, Driver};
 
 /// How long a relay's self-test, a probe or an audit fetch may take.
 pub(super) const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `/healthz` answer read from a relay.
 const HEALTH_BODY_LIMIT: usize = 4096;
 
-pub(super) fn log_event(event: &Event) {
+fn log_event(event: &Event) {
     match event {
         Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
         Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
@@ -37,6 +37,26 @@ pub(super) fn log_event(event: &Event) {
         Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
         Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
         Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
+    }
+}
+
+impl Driver for Shared {
+    type Machine = Directory;
+
+    fn core(&self) -> &Core<Directory> {
+        &self.core
+    }
+
+    /// Logs the event; a new generation also wakes the relays' watch requests.
+    fn on_event(&self, event: Event) {
+        log_event(&event);
+        if let Event::GenerationChanged { generation } = event {
+            self.generation.send_replace(generation);
+        }
+    }
+
+    fn execute(self: &Arc<Self>, effects: Vec<Effect>) -> impl Future<Output = ()> + Send {
+        execute(self, effects)
     }
 }
 
@@ -122,17 +142,4 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::op
     let took = started.elapsed();
     let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, took, now));
     execute(&shared, effects).await;
-}
-
-pub(super) async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    loop {
-        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
-        tokio::select! {
-            () = sleep => {}
-            () = shared.timer.notified() => continue,
-            _ = stop.changed() => return,
-        }
-        let (_, effects) = shared.with_machine(|d, now| d.handle_timeout(now));
-        execute(&shared, effects).await;
-    }
 }

@@ -17,7 +17,7 @@
 use std::collections::HashMap;
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -25,16 +25,17 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::auth::ReplayGuard;
-use odi_core::directory::{Directory, DirectoryConfig, Effect, Event, LookupError};
+use odi_core::directory::{Directory, DirectoryConfig, LookupError};
 use odi_core::message::{AddressClass, AddressPolicy, NodeId, RelayUrl, classify_ip};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
-use odi_core::time::{Instant, UnixTime};
+use odi_core::time::UnixTime;
 use odi_storage::{LocalStore, SqliteMeta};
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::client::{AddressGuard, HttpClient};
+use crate::driver::{self, Core, Driver as _};
 use crate::guard::{FailureLimiter, LogLimiter};
 use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json};
 use crate::lock::DataDirLock;
@@ -100,8 +101,9 @@ pub struct DirectoryServer {
     pub enroll_token_path: Option<PathBuf>,
 }
 
+/// What every route and effect shares; the machine is in `core` (see `crate::driver`).
 struct Shared {
-    machine: Mutex<Directory>,
+    core: Core<Directory>,
     store: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
     /// Serializes plan → persist → apply, so admin changes are applied in log order.
@@ -113,8 +115,6 @@ struct Shared {
     started: UnixTime,
     refusal_log: LogLimiter,
     enroll_failures: FailureLimiter,
-    timer: Notify,
-    clock: Clock,
     /// Connects to relays only where the relay address policy allows.
     client: HttpClient,
     relay_addresses: AddressGuard,
@@ -190,7 +190,7 @@ impl DirectoryServer {
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
-            machine: Mutex::new(machine),
+            core: Core::new(machine, clock),
             store,
             meta,
             writer: tokio::sync::Mutex::new(()),
@@ -199,8 +199,6 @@ impl DirectoryServer {
             started: unix_now(),
             refusal_log: LogLimiter::new(10, Duration::from_secs(10)),
             enroll_failures: FailureLimiter::new(node::ENROLL_FAILURES_PER_MINUTE, Duration::from_secs(60)),
-            timer: Notify::new(),
-            clock,
             client: HttpClient::guarded(relay_addresses.clone()),
             relay_addresses,
             allow_private_relays: options.allow_private_relays,
@@ -229,43 +227,7 @@ impl DirectoryServer {
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);
         }
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let timer = tokio::spawn(effects::timer_loop(shared.clone(), stop_rx));
-        let handler = {
-            let shared = shared.clone();
-            Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
-        };
-        let result = crate::serve(listener, handler, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = timer.await;
-        result
-    }
-}
-
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Directory> {
-        // A panic while holding the lock leaves a machine whose invariants were checked
-        // before each mutation; serving on is better than refusing every request.
-        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
-    }
-
-    /// Runs `f` on the machine, then drains it: events are logged, effects returned to run.
-    fn with_machine<R>(&self, f: impl FnOnce(&mut Directory, Instant) -> R) -> (R, Vec<Effect>) {
-        let mut m = self.lock();
-        let out = f(&mut m, self.clock.now());
-        let mut effects = Vec::new();
-        while let Some(effect) = m.poll_effect() {
-            effects.push(effect);
-        }
-        while let Some(event) = m.poll_event() {
-            effects::log_event(&event);
-            if let Event::GenerationChanged { generation } = event {
-                self.generation.send_replace(generation);
-            }
-        }
-        drop(m);
-        self.timer.notify_one();
-        (out, effects)
+        driver::run(shared, listener, handle, shutdown).await
     }
 }
 

@@ -17,6 +17,7 @@ use odi_core::message::{Message, NodeId, Refusal, RefusalCode};
 
 use super::effects::execute;
 use super::{BODY_DEADLINE, Shared, admin, lookup_error};
+use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
 use crate::http::{BlobRequest, Body, error, json, serve_blob};
 use crate::unix_now;
