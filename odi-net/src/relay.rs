@@ -6,7 +6,7 @@
 
 use std::future::Future;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::Arc;
 use std::time::Duration;
 
 use ed25519_dalek::SigningKey;
@@ -22,9 +22,9 @@ use odi_core::{ChunkManifest, Digest, time::Instant};
 use odi_storage::LocalStore;
 use serde::Deserialize;
 use tokio::net::TcpListener;
-use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
+use crate::driver::{self, Core, Driver};
 use crate::http::{BlobRequest, Body, Caching, CorruptBlob, DIGEST_HEADERS_KEPT, DigestHeaders, corrupt_blob, error, json, serve_local, split_catalog_path};
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
@@ -63,15 +63,14 @@ pub struct RelayServer {
     shared: Arc<Shared>,
 }
 
+/// What serving and syncing share; the machine is in `core` (see `crate::driver`).
 struct Shared {
-    machine: Mutex<Relay>,
+    core: Core<Relay>,
     store: Arc<LocalStore>,
     key: SigningKey,
     id: NodeId,
     directory: String,
     client: HttpClient,
-    clock: Clock,
-    wake: Notify,
     /// The `--bandwidth` limit, shared by serving and syncing.
     limiter: Option<Arc<RateLimiter>>,
     downloader: Downloader,
@@ -123,14 +122,12 @@ impl RelayServer {
             redirects: Redirects::SameOrigin,
         };
         let shared = Shared {
-            machine: Mutex::new(machine),
+            core: Core::new(machine, clock),
             store,
             key,
             id,
             directory,
             client,
-            clock,
-            wake: Notify::new(),
             limiter,
             downloader,
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
@@ -145,41 +142,45 @@ impl RelayServer {
 
     pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
         let shared = self.shared;
-        let (stop_tx, stop_rx) = watch::channel(false);
-        let driver = tokio::spawn(drive(shared.clone(), stop_rx.clone()));
-        let watcher = tokio::spawn(watch_directory(shared.clone(), stop_rx));
+        let watcher = tokio::spawn(watch_directory(shared.clone()));
         let scrubber = tokio::spawn(scrub(shared.clone()));
-        let handler = {
-            let shared = shared.clone();
-            Arc::new(move |req: Request<Incoming>| handle(shared.clone(), req))
-        };
-        let result = crate::serve(listener, handler, shutdown).await;
-        let _ = stop_tx.send(true);
-        let _ = driver.await;
+        // The relay acts at once (it enrolls), not at its first deadline.
+        step(&shared, |m, now| m.handle_timeout(now));
+        let result = driver::run(shared, listener, handle, shutdown).await;
         watcher.abort();
         scrubber.abort();
         result
     }
 }
 
-impl Shared {
-    fn lock(&self) -> MutexGuard<'_, Relay> {
-        self.machine.lock().unwrap_or_else(PoisonError::into_inner)
+impl Driver for Shared {
+    type Machine = Relay;
+
+    fn core(&self) -> &Core<Relay> {
+        &self.core
+    }
+
+    fn on_event(&self, event: Event) {
+        log_event(&event);
+    }
+
+    /// Starts each effect as a task: nothing here waits on one.
+    fn execute(self: &Arc<Self>, effects: Vec<Effect>) -> impl Future<Output = ()> + Send {
+        start(self, effects);
+        std::future::ready(())
     }
 }
 
-/// Runs `f` on the machine, then drains it: effects start as tasks, events are logged.
-fn with_machine<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> R) -> R {
-    let mut m = shared.lock();
-    let out = f(&mut m, shared.clock.now());
-    let mut effects = Vec::new();
-    while let Some(effect) = m.poll_effect() {
-        effects.push(effect);
-    }
-    while let Some(event) = m.poll_event() {
-        log_event(&event);
-    }
-    drop(m);
+/// Runs `f` on the machine (drained as `crate::driver` says) and starts the effects it asked
+/// for; for callers that cannot wait, such as a response body's error path.
+fn step<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> R) -> R {
+    let (out, effects) = shared.with_machine(f);
+    start(shared, effects);
+    out
+}
+
+/// Starts each effect as a task of its own.
+fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
     for effect in effects {
         let shared = shared.clone();
         match effect {
@@ -197,8 +198,6 @@ fn with_machine<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> 
             }),
         };
     }
-    shared.wake.notify_one();
-    out
 }
 
 fn log_event(event: &Event) {
@@ -241,10 +240,10 @@ async fn send(shared: Arc<Shared>, msg: Message) {
             .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
     };
     match outcome.await {
-        Ok(reply) => with_machine(&shared, |m, now| m.handle_message(reply, now)),
+        Ok(reply) => step(&shared, |m, now| m.handle_message(reply, now)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot reach the directory; retrying");
-            with_machine(&shared, |m, now| m.handle_send_failed(now));
+            step(&shared, |m, now| m.handle_send_failed(now));
         }
     }
 }
@@ -273,27 +272,13 @@ async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl
         Ok::<_, NetError>(())
     };
     let outcome = outcome.await.map_err(|e| e.to_string());
-    with_machine(&shared, |m, now| m.handle_fetch(digest, outcome, now));
-}
-
-/// Re-arms one timer at the machine's `poll_timeout` and feeds it `handle_timeout`.
-async fn drive(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
-    with_machine(&shared, |m, now| m.handle_timeout(now));
-    loop {
-        let sleep = shared.clock.sleep_until(shared.lock().poll_timeout());
-        tokio::select! {
-            () = sleep => {}
-            () = shared.wake.notified() => continue,
-            _ = stop.changed() => return,
-        }
-        with_machine(&shared, |m, now| m.handle_timeout(now));
-    }
+    step(&shared, |m, now| m.handle_fetch(digest, outcome, now));
 }
 
 /// The stored copy of `digest` failed a read-side check: drop it, tell the directory, fetch it
 /// again (all the machine's doing).
 fn found_corrupt(shared: &Arc<Shared>, digest: Digest) {
-    with_machine(shared, |m, now| m.handle_corrupt(digest, now));
+    step(shared, |m, now| m.handle_corrupt(digest, now));
 }
 
 /// Re-reads every held blob from disk at `scrub_rate`, checking each block against its sums,
@@ -337,12 +322,12 @@ async fn scrub_one(store: &LocalStore, limiter: &RateLimiter, digest: &Digest) -
 
 /// Long-polls the directory for a new generation, so changes arrive as pushes, not on the
 /// next heartbeat.
-async fn watch_directory(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
+async fn watch_directory(shared: Arc<Shared>) {
     #[derive(Deserialize)]
     struct Generation {
         generation: u64,
     }
-    while !*stop.borrow() {
+    loop {
         let (enrolled, after) = {
             let m = shared.lock();
             (m.is_enrolled(), m.generation())
@@ -357,7 +342,7 @@ async fn watch_directory(shared: Arc<Shared>, stop: watch::Receiver<bool>) {
             client::read_json::<Generation>(resp).await
         };
         match outcome.await {
-            Ok(g) if g.generation != after => with_machine(&shared, |m, now| m.handle_notify(g.generation, now)),
+            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(g.generation, now)),
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
