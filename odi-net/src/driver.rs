@@ -18,9 +18,11 @@
 //! accept loop has wound down.
 
 use std::future::Future;
+use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use ::http::{Request, Response};
+use ed25519_dalek::SigningKey;
 use hyper::body::Incoming;
 use odi_core::directory::Directory;
 use odi_core::relay::Relay;
@@ -29,7 +31,8 @@ use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::http::Body;
-use crate::{Clock, NetError};
+use crate::lock::DataDirLock;
+use crate::{Clock, NetError, keys};
 
 /// What a driver needs of an odi-core machine: its outputs, and its timer input.
 pub(crate) trait Machine: Send + 'static {
@@ -42,46 +45,42 @@ pub(crate) trait Machine: Send + 'static {
     fn poll_timeout(&self) -> Option<Instant>;
 }
 
-impl Machine for Directory {
-    type Effect = odi_core::directory::Effect;
-    type Event = odi_core::directory::Event;
+/// The machines' own methods of those names, for a type from `$module` (`Effect`, `Event`).
+macro_rules! machine {
+    ($machine:ty, $module:ident) => {
+        impl Machine for $machine {
+            type Effect = odi_core::$module::Effect;
+            type Event = odi_core::$module::Event;
 
-    fn handle_timeout(&mut self, now: Instant) {
-        Directory::handle_timeout(self, now);
-    }
+            fn handle_timeout(&mut self, now: Instant) {
+                <$machine>::handle_timeout(self, now);
+            }
 
-    fn poll_effect(&mut self) -> Option<Self::Effect> {
-        Directory::poll_effect(self)
-    }
+            fn poll_effect(&mut self) -> Option<Self::Effect> {
+                <$machine>::poll_effect(self)
+            }
 
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        Directory::poll_event(self)
-    }
+            fn poll_event(&mut self) -> Option<Self::Event> {
+                <$machine>::poll_event(self)
+            }
 
-    fn poll_timeout(&self) -> Option<Instant> {
-        Directory::poll_timeout(self)
-    }
+            fn poll_timeout(&self) -> Option<Instant> {
+                <$machine>::poll_timeout(self)
+            }
+        }
+    };
 }
 
-impl Machine for Relay {
-    type Effect = odi_core::relay::Effect;
-    type Event = odi_core::relay::Event;
+machine!(Directory, directory);
+machine!(Relay, relay);
 
-    fn handle_timeout(&mut self, now: Instant) {
-        Relay::handle_timeout(self, now);
-    }
-
-    fn poll_effect(&mut self) -> Option<Self::Effect> {
-        Relay::poll_effect(self)
-    }
-
-    fn poll_event(&mut self) -> Option<Self::Event> {
-        Relay::poll_event(self)
-    }
-
-    fn poll_timeout(&self) -> Option<Instant> {
-        Relay::poll_timeout(self)
-    }
+/// Takes a daemon's data directory: locked for this process first (one daemon per directory),
+/// created if need be (mode 0700), and the node's signing key read or made there.
+pub(crate) fn open_data_dir(path: &Path) -> Result<(DataDirLock, PathBuf, SigningKey), NetError> {
+    let lock = DataDirLock::acquire(path)?;
+    let dir = keys::ensure_dir(path)?;
+    let key = keys::load_or_create_key(&dir)?;
+    Ok((lock, dir, key))
 }
 
 /// The machine, the driver's clock and the timer's wake-up, held by a driver's shared state.

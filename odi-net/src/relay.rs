@@ -29,7 +29,7 @@ use crate::http::{BlobRequest, Body, Caching, CorruptBlob, DIGEST_HEADERS_KEPT, 
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Redirects, Source};
-use crate::{Clock, NetError, crash, keys};
+use crate::{Clock, NetError, crash};
 
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
 const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
@@ -85,9 +85,7 @@ pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Fu
 
 impl RelayServer {
     pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
-        let data_lock = DataDirLock::acquire(&options.data_dir)?;
-        let dir = keys::ensure_dir(&options.data_dir)?;
-        let key = keys::load_or_create_key(&dir)?;
+        let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
         let directory = options.directory.trim_end_matches('/').to_owned();
         if !directory.starts_with("http://") {

@@ -20,7 +20,6 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use ed25519_dalek::SigningKey;
 use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
@@ -136,9 +135,7 @@ pub async fn run(listener: TcpListener, options: DirectoryOptions, shutdown: imp
 
 impl DirectoryServer {
     pub async fn open(options: DirectoryOptions) -> Result<Self, NetError> {
-        let data_lock = DataDirLock::acquire(&options.data_dir)?;
-        let dir = keys::ensure_dir(&options.data_dir)?;
-        let key: SigningKey = keys::load_or_create_key(&dir)?;
+        let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
         let store: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dir.join("blobs"))?);
         let meta: Arc<dyn MetaStore> = match &options.meta {
             Some(meta) => meta.clone(),
