@@ -1,0 +1,227 @@
+//! The relay driver: runs `odi_core::relay::Relay`, syncs its assignment from the directory
+//! (every chunk verified before a blob becomes visible), and serves what it holds.
+//!
+//! This file opens the relay and holds what the others share; `serving.rs` answers clients
+//! (`GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`: 404 at once when not held, so
+//! clients fall back fast; `GET /healthz` names the relay, for the self-test); `syncing.rs`
+//! talks to the directory, downloads the assignment and scrubs the store.
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::time::Duration;
+
+use ed25519_dalek::SigningKey;
+use odi_core::message::{Capacity, NodeId, RelayUrl};
+use odi_core::path::CatalogName;
+use odi_core::relay::{Effect, Event, Relay, RelayConfig};
+use odi_core::storage::BlobStore;
+use odi_core::transfer::TransferConfig;
+use odi_core::{Digest, time::Instant};
+use odi_storage::LocalStore;
+use tokio::net::TcpListener;
+
+use crate::client::HttpClient;
+use crate::driver::{self, Core, Driver};
+use crate::http::{DIGEST_HEADERS_KEPT, DigestHeaders};
+use crate::limit::RateLimiter;
+use crate::lock::DataDirLock;
+use crate::transfer::{Downloader, Redirects};
+use crate::{Clock, NetError};
+
+mod serving;
+mod syncing;
+
+/// The scrub's default read rate: 8 MiB/s re-reads 100 GiB in under four hours, a small share
+/// of any disk, and never the serving limiter's.
+pub const DEFAULT_SCRUB_RATE: u64 = 8 << 20;
+
+#[derive(Clone, Debug)]
+pub struct RelayOptions {
+    pub data_dir: PathBuf,
+    /// Base URL of the directory, e.g. `http://127.0.0.1:7700`.
+    pub directory: String,
+    /// The URL clients reach this relay at; the directory self-tests it before trusting it.
+    pub public_url: String,
+    pub disk_budget: u64,
+    /// Bytes per second; 0 is unlimited.
+    pub bandwidth: u64,
+    pub catalogs: Vec<String>,
+    pub enroll_token: String,
+    pub max_fetches: usize,
+    /// Bytes per second the background scrub re-reads held blobs at, checking every block
+    /// against its sums; 0 turns the scrub off (reads are still checked while served).
+    pub scrub_rate: u64,
+}
+
+pub struct RelayServer {
+    /// Held until `run` returns or the server is dropped: one daemon per data directory.
+    _data_lock: DataDirLock,
+    shared: Arc<Shared>,
+}
+
+/// What serving and syncing share; the machine is in `core` (see `crate::driver`).
+struct Shared {
+    core: Core<Relay>,
+    store: Arc<LocalStore>,
+    key: SigningKey,
+    id: NodeId,
+    directory: String,
+    client: HttpClient,
+    /// The `--bandwidth` limit, shared by serving and syncing.
+    limiter: Option<Arc<RateLimiter>>,
+    downloader: Downloader,
+    digests: DigestHeaders,
+    scrub_rate: u64,
+}
+
+/// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
+pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+    RelayServer::open(options).await?.run(listener, shutdown).await
+}
+
+impl RelayServer {
+    pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
+        let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
+        let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
+        let directory = options.directory.trim_end_matches('/').to_owned();
+        if !directory.starts_with("http://") {
+            return Err(NetError::Config(format!("directory URL `{directory}` must start with http://")));
+        }
+        let catalogs =
+            options.catalogs.iter().map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}")))).collect::<Result<Vec<_>, _>>()?;
+        if options.enroll_token.trim().is_empty() {
+            return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
+        }
+        let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
+        let held = store.list().await?;
+        let partials = store.partials().await?;
+        let budget = options.disk_budget;
+        let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
+        tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
+        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
+        config.catalogs = catalogs;
+        config.max_fetches = options.max_fetches.max(1);
+        config.request_timeout = syncing::REQUEST_TIMEOUT + Duration::from_secs(5);
+        config.retry_backoff = Duration::from_secs(1);
+        let clock = Clock::start();
+        let machine = Relay::new(config, held, partials, clock.now());
+        let id = NodeId(key.verifying_key().to_bytes());
+        let limiter = (options.bandwidth > 0).then(|| Arc::new(RateLimiter::new(options.bandwidth)));
+        let client = HttpClient::new();
+        let downloader = Downloader {
+            client: client.clone(),
+            key: Some(key.clone()),
+            limiter: limiter.clone(),
+            config: TransferConfig::default(),
+            redirects: Redirects::SameOrigin,
+        };
+        let shared = Shared {
+            core: Core::new(machine, clock),
+            store,
+            key,
+            id,
+            directory,
+            client,
+            limiter,
+            downloader,
+            digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
+            scrub_rate: options.scrub_rate,
+        };
+        Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
+    }
+
+    pub fn id(&self) -> NodeId {
+        self.shared.id
+    }
+
+    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+        let shared = self.shared;
+        let watcher = tokio::spawn(syncing::watch_directory(shared.clone()));
+        let scrubber = tokio::spawn(syncing::scrub(shared.clone()));
+        // The relay acts at once (it enrolls), not at its first deadline.
+        step(&shared, |m, now| m.handle_timeout(now));
+        let result = driver::run(shared, listener, serving::handle, shutdown).await;
+        watcher.abort();
+        scrubber.abort();
+        result
+    }
+}
+
+impl Driver for Shared {
+    type Machine = Relay;
+
+    fn core(&self) -> &Core<Relay> {
+        &self.core
+    }
+
+    fn on_event(&self, event: Event) {
+        log_event(&event);
+    }
+
+    /// Starts each effect as a task: nothing here waits on one.
+    fn execute(self: &Arc<Self>, effects: Vec<Effect>) -> impl Future<Output = ()> + Send {
+        start(self, effects);
+        std::future::ready(())
+    }
+}
+
+/// Runs `f` on the machine (drained as `crate::driver` says) and starts the effects it asked
+/// for; for callers that cannot wait, such as a response body's error path.
+fn step<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> R) -> R {
+    let (out, effects) = shared.with_machine(f);
+    start(shared, effects);
+    out
+}
+
+/// Starts each effect as a task of its own.
+fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
+    for effect in effects {
+        let shared = shared.clone();
+        match effect {
+            Effect::Send(msg) => tokio::spawn(syncing::send(shared, msg)),
+            Effect::Fetch { manifest, sources } => tokio::spawn(syncing::fetch(shared, manifest, sources)),
+            Effect::DiscardPartial { digest } => tokio::spawn(async move {
+                if let Err(e) = shared.store.discard_partial(&digest).await {
+                    tracing::error!(%digest, error = %e, "cannot remove partial download");
+                }
+            }),
+            Effect::Delete { digest } => tokio::spawn(async move {
+                if let Err(e) = shared.store.delete(&digest).await {
+                    tracing::error!(%digest, error = %e, "cannot delete blob");
+                }
+            }),
+        };
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::Enrolled { relay, directory } => tracing::info!(%relay, %directory, "enrolled with the directory"),
+        Event::Refused { reason } => tracing::warn!(%reason, "the directory refused a request"),
+        Event::Ready { digest } => tracing::info!(%digest, "verified and ready"),
+        Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
+        Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
+        Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
+        Event::StandingChanged { standing } => {
+            use odi_core::message::RelayStatus;
+            // A step on the way in (enrolled, probation) is news; a failure is the operator's to fix.
+            let trouble = matches!(standing.status, RelayStatus::Suspended | RelayStatus::Quarantined | RelayStatus::Unhealthy)
+                || standing.reason.as_deref().is_some_and(|r| r.contains("failed"));
+            match (&standing.reason, trouble) {
+                (None, _) => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
+                (Some(reason), false) => tracing::info!(status = %standing.status, %reason, "the directory sees this relay as {}: {reason}", standing.status),
+                (Some(reason), true) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
+            }
+        }
+        Event::Corrupt { digest } => {
+            tracing::error!(%digest, "stored copy failed its check (bit rot or tampering); dropped it, told the directory, fetching it again")
+        }
+    }
+}
+
+/// The stored copy of `digest` failed a read-side check: drop it, tell the directory, fetch it
+/// again (all the machine's doing).
+fn found_corrupt(shared: &Arc<Shared>, digest: Digest) {
+    step(shared, |m, now| m.handle_corrupt(digest, now));
+}

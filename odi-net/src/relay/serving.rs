@@ -1,0 +1,153 @@
+//! What the relay answers clients: `GET|HEAD /r/{catalog}/{path}` and `/blobs/sha256/{hex}`
+//! from what it holds (a copy that fails its check is dropped, and the client sent back to the
+//! directory), and `GET /healthz`.
+
+use std::sync::Arc;
+
+use http::{Method, Request, Response, StatusCode};
+use http_body_util::BodyExt as _;
+use hyper::body::Incoming;
+use odi_core::Digest;
+use odi_core::path::{ArtifactPath, CatalogName};
+
+use super::{Shared, found_corrupt};
+use crate::driver::Driver as _;
+use crate::http::{BlobRequest, Body, Caching, CorruptBlob, corrupt_blob, error, json, serve_local, split_catalog_path};
+
+pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let method = req.method();
+    if method != Method::GET && method != Method::HEAD {
+        let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD");
+        resp.headers_mut().insert(http::header::ALLOW, http::HeaderValue::from_static("GET, HEAD"));
+        return resp;
+    }
+    let path = req.uri().path();
+    if path == "/healthz" {
+        // 200 whenever the process serves (the directory's self-test reads `id`); `status` and
+        // `reason` are how the directory last said it sees this relay, so an operator learns
+        // here why it gets no clients.
+        let (enrolled, synced, standing) = {
+            let m = shared.lock();
+            (m.is_enrolled(), m.is_synced(), m.standing().cloned())
+        };
+        let (status, reason) = match (&standing, enrolled) {
+            (Some(s), _) => (s.status.as_str(), s.reason.clone()),
+            (None, false) => ("enrolling", Some("not enrolled with the directory yet".to_owned())),
+            (None, true) => ("enrolled", Some("waiting for the directory's first answer".to_owned())),
+        };
+        return json(
+            StatusCode::OK,
+            &serde_json::json!({ "status": status, "reason": reason, "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
+        );
+    }
+    // One lock: started? which digest? count it as served (value, load, no eviction).
+    enum Want<'a> {
+        Name(&'a str, ArtifactPath),
+        Blob(Digest),
+    }
+    let want = if let Some(rest) = path.strip_prefix("/r/") {
+        let Some((catalog, raw_path)) = split_catalog_path(rest) else {
+            return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
+        };
+        if CatalogName::check(catalog).is_err() {
+            return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+        }
+        match ArtifactPath::from_url(raw_path) {
+            Ok(p) => Want::Name(catalog, p),
+            Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+        }
+    } else if let Some(hex) = path.strip_prefix("/blobs/sha256/") {
+        match Digest::from_hex(hex) {
+            Ok(d) => Want::Blob(d),
+            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+        }
+    } else {
+        return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
+    };
+    let (digest, caching) = {
+        let mut m = shared.lock();
+        if !m.has_assignment() {
+            // Until the directory has answered once, a blob on disk may have been expunged while
+            // this relay was away: serve nothing before hearing from it.
+            return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
+        }
+        let digest = match &want {
+            Want::Name(catalog, path) => m.lookup(catalog, path),
+            Want::Blob(d) => Some(*d).filter(|d| m.has_bytes(d)),
+        };
+        let Some(digest) = digest else {
+            let named = match &want {
+                Want::Name(catalog, path) => m.name_of(catalog, path),
+                Want::Blob(d) => Some(*d),
+            };
+            if named.is_some_and(|d| m.was_dropped(&d)) {
+                // Dropped as corrupt a moment ago; the directory is being told. A 404 would be
+                // saved as the file by a client that does not check the status (`curl -L`):
+                // send it back to the directory, which sends it to a good copy.
+                return back_to_directory(&shared.directory, path);
+            }
+            return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory");
+        };
+        m.serving_started(digest);
+        // A name in a mutable catalog may be rebound: caches must revalidate it.
+        let mutable = matches!(&want, Want::Name(catalog, _) if m.is_mutable(catalog));
+        (digest, Caching::of_name(mutable))
+    };
+    // The blob counts as being served (load, and safe from eviction) until its body is done.
+    let guard = ServingGuard { shared: shared.clone(), digest };
+    let blob = BlobRequest {
+        method,
+        headers: req.headers(),
+        digest: &digest,
+        digests: &shared.digests,
+        media_type: "application/octet-stream",
+        limiter: shared.limiter.as_ref(),
+    };
+    let mut resp = serve_local(&shared.store, &blob).await;
+    if let Some(CorruptBlob(digest)) = resp.extensions().get::<CorruptBlob>().copied() {
+        found_corrupt(&shared, digest);
+        return back_to_directory(&shared.directory, path);
+    }
+    caching.apply(&mut resp);
+    let on_error = shared.clone();
+    resp.map(|body| {
+        body.map_frame(move |frame| {
+            let _ = &guard;
+            frame
+        })
+        .map_err(move |e| {
+            // The body stops here: hyper cuts the connection, the client sees a failed transfer.
+            if let Some(digest) = corrupt_blob(&e) {
+                found_corrupt(&on_error, digest);
+            }
+            e
+        })
+        .boxed_unsync()
+    })
+}
+
+/// A `302` to the same path on the directory (`/r/...` and `/blobs/...` mean the same there).
+fn back_to_directory(directory: &str, path: &str) -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::FOUND;
+    match http::HeaderValue::from_str(&format!("{directory}{path}")) {
+        Ok(location) => {
+            resp.headers_mut().insert(http::header::LOCATION, location);
+            resp.headers_mut().insert(http::header::CACHE_CONTROL, http::HeaderValue::from_static("no-store"));
+            resp
+        }
+        Err(_) => error(StatusCode::SERVICE_UNAVAILABLE, "this relay's copy failed its check; ask the directory"),
+    }
+}
+
+/// Ends a response's `serving_started` when the response body is dropped.
+struct ServingGuard {
+    shared: Arc<Shared>,
+    digest: Digest,
+}
+
+impl Drop for ServingGuard {
+    fn drop(&mut self) {
+        self.shared.lock().serving_ended(self.digest);
+    }
+}

@@ -1,0 +1,143 @@
+//! The relay's side of the directory: messages (enroll, heartbeats), the long poll for a new
+//! generation, downloads of its assignment (every chunk verified, from the directory and from
+//! peers), and the background scrub of what it holds.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use http::Method;
+use odi_core::message::{Message, RelayUrl};
+use odi_core::{ChunkManifest, Digest};
+use odi_storage::LocalStore;
+use serde::Deserialize;
+
+use super::{Shared, found_corrupt, step};
+use crate::client;
+use crate::driver::Driver as _;
+use crate::limit::RateLimiter;
+use crate::transfer::Source;
+use crate::{NetError, crash};
+
+/// How long a message to the directory may take; the long poll gets longer.
+pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
+const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
+/// Wait between scrub passes (and before the first), so an idle relay does not spin.
+const SCRUB_PAUSE: Duration = Duration::from_secs(5);
+
+pub(super) async fn send(shared: Arc<Shared>, msg: Message) {
+    let endpoint = match &msg {
+        Message::Enroll(_) => "enroll",
+        _ => "heartbeat",
+    };
+    let url = format!("{}/odi/v1/{endpoint}", shared.directory);
+    let outcome = async {
+        let body = serde_json::to_vec(&msg).map_err(|e| NetError::Protocol(e.to_string()))?;
+        let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
+        let status = resp.status();
+        let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
+        serde_json::from_slice::<Message>(&bytes)
+            .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
+    };
+    match outcome.await {
+        Ok(reply) => step(&shared, |m, now| m.handle_message(reply, now)),
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot reach the directory; retrying");
+            step(&shared, |m, now| m.handle_send_failed(now));
+        }
+    }
+}
+
+/// Downloads one blob into the store: from the directory and from peer relays at once, every
+/// chunk verified, resumable across crashes, published only after a whole-file check.
+pub(super) async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl>) {
+    let digest = manifest.digest();
+    let hex = digest.to_hex();
+    let mut sources = vec![Source { url: format!("{}/odi/v1/blobs/sha256/{hex}", shared.directory), signed: true }];
+    sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
+    let outcome = async {
+        let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
+        let result = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await;
+        let report = match &result {
+            Ok((_, report)) | Err((_, report)) => report,
+        };
+        crate::transfer::report_rejected(&shared.client, &shared.directory, digest, report).await;
+        let (partial, report) = result.map_err(|(e, _)| e)?;
+        crash::point("before-fsync");
+        let sealed = partial.seal().await?;
+        crash::point("after-fsync");
+        shared.store.commit_partial(sealed, &digest).await?;
+        crash::point("after-rename");
+        tracing::debug!(%digest, fetched = report.bytes_fetched, resumed_chunks = report.chunks_resumed, rejected = report.chunks_rejected, "synced");
+        Ok::<_, NetError>(())
+    };
+    let outcome = outcome.await.map_err(|e| e.to_string());
+    step(&shared, |m, now| m.handle_fetch(digest, outcome, now));
+}
+
+/// Re-reads every held blob from disk at `scrub_rate`, checking each block against its sums,
+/// so rot in a blob nobody asks for is found within (bytes held / rate) and dropped the same
+/// way as rot found while serving. Its own rate, not the serving limiter: it never takes
+/// bandwidth from clients, and reads are what it spends.
+pub(super) async fn scrub(shared: Arc<Shared>) {
+    if shared.scrub_rate == 0 {
+        return;
+    }
+    let limiter = RateLimiter::new(shared.scrub_rate);
+    loop {
+        tokio::time::sleep(SCRUB_PAUSE).await;
+        let held: Vec<Digest> = shared.lock().held().map(|(d, _)| *d).collect();
+        let mut checked = 0u64;
+        for digest in held {
+            if !shared.lock().holds(&digest) {
+                continue; // evicted or expunged since the pass began
+            }
+            match scrub_one(&shared.store, &limiter, &digest).await {
+                Ok(bytes) => checked += bytes,
+                Err(odi_core::storage::StorageError::Corrupt { .. }) => found_corrupt(&shared, digest),
+                Err(odi_core::storage::StorageError::NotFound { .. }) => {}
+                Err(e) => tracing::warn!(%digest, error = %e, "scrub cannot read a held blob; will try again next pass"),
+            }
+        }
+        tracing::debug!(bytes = checked, "scrub pass done");
+    }
+}
+
+async fn scrub_one(store: &LocalStore, limiter: &RateLimiter, digest: &Digest) -> Result<u64, odi_core::storage::StorageError> {
+    use futures_util::StreamExt as _;
+    let blob = store.open_on_disk(digest).await?;
+    let size = blob.size;
+    let mut stream = blob.stream(0..size);
+    while let Some(piece) = stream.next().await {
+        limiter.take(piece?.len()).await;
+    }
+    Ok(size)
+}
+
+/// Long-polls the directory for a new generation, so changes arrive as pushes, not on the
+/// next heartbeat.
+pub(super) async fn watch_directory(shared: Arc<Shared>) {
+    #[derive(Deserialize)]
+    struct Generation {
+        generation: u64,
+    }
+    loop {
+        let (enrolled, after) = {
+            let m = shared.lock();
+            (m.is_enrolled(), m.generation())
+        };
+        if !enrolled {
+            tokio::time::sleep(Duration::from_millis(250)).await;
+            continue;
+        }
+        let url = format!("{}/odi/v1/watch?after={after}", shared.directory);
+        let outcome = async {
+            let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), WATCH_TIMEOUT).await?;
+            client::read_json::<Generation>(resp).await
+        };
+        match outcome.await {
+            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(g.generation, now)),
+            Ok(_) => {}
+            Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
+        }
+    }
+}
