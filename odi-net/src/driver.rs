@@ -10,8 +10,9 @@
 //! [`Driver::with_machine`] is the way in that keeps the contract: under the lock it runs the
 //! input, pops every effect (returned, for the caller to hand to [`Driver::execute`]), hands every
 //! event to [`Driver::on_event`] in order; then it releases the lock and wakes [`timer_loop`],
-//! which reads `poll_timeout` again before it sleeps. A driver may read the machine through
-//! [`Driver::lock`] (queries, and the few `&self` calls that queue nothing).
+//! which reads `poll_timeout` again before it sleeps. [`Driver::lock`] is for queries and for
+//! bookkeeping calls that queue neither effect nor event (a redirect's demand counters, a
+//! relay's count of answers in flight); those do not wake the timer.
 //!
 //! [`run`] serves a driver: the crate's accept loop ([`crate::serve`]: per-address connection
 //! guards, header timeout, graceful shutdown) with the timer loop beside it, stopped once the

@@ -22,24 +22,6 @@ pub(super) const SELF_TEST_TIMEOUT: Duration = Duration::from_secs(5);
 /// Longest `/healthz` answer read from a relay.
 const HEALTH_BODY_LIMIT: usize = 4096;
 
-fn log_event(event: &Event) {
-    match event {
-        Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
-        Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
-        Event::RelayForgotten { relay } => tracing::info!(%relay, "relay forgotten (gone for long, or replaced at its URL)"),
-        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
-        Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
-        Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
-        Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
-        Event::RelayQuarantined { relay, reason } => tracing::error!(%relay, %reason, "relay quarantined"),
-        Event::AuditPassed { relay, digest, index } => tracing::debug!(%relay, %digest, index, "audit passed"),
-        Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
-        Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
-        Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
-        Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
-    }
-}
-
 impl Driver for Shared {
     type Machine = Directory;
 
@@ -57,6 +39,24 @@ impl Driver for Shared {
 
     fn execute(self: &Arc<Self>, effects: Vec<Effect>) -> impl Future<Output = ()> + Send {
         execute(self, effects)
+    }
+}
+
+fn log_event(event: &Event) {
+    match event {
+        Event::RelayEnrolled { relay, url } => tracing::info!(%relay, %url, "relay enrolled"),
+        Event::RelayAdmitted { relay } => tracing::info!(%relay, "relay passed its self-test"),
+        Event::RelayForgotten { relay } => tracing::info!(%relay, "relay forgotten (gone for long, or replaced at its URL)"),
+        Event::RelayProven { relay } => tracing::info!(%relay, "relay passed its probation: plain clients may be sent to it"),
+        Event::SelfTestFailed { relay, reason } => tracing::warn!(%relay, %reason, "relay failed its self-test"),
+        Event::RelayLost { relay } => tracing::warn!(%relay, "relay missed its lease; no more redirects to it"),
+        Event::RelaySuspended { relay, reason } => tracing::warn!(%relay, %reason, "relay failed a check; no redirects until it passes a self-test"),
+        Event::RelayQuarantined { relay, reason } => tracing::error!(%relay, %reason, "relay quarantined"),
+        Event::AuditPassed { relay, digest, index } => tracing::debug!(%relay, %digest, index, "audit passed"),
+        Event::HotnessChanged { digest, extra } => tracing::info!(%digest, extra, "extra replicas changed with demand"),
+        Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
+        Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
+        Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
     }
 }
 

@@ -166,8 +166,9 @@ impl Driver for Shared {
     }
 }
 
-/// Runs `f` on the machine (drained as `crate::driver` says) and starts the effects it asked
-/// for; for callers that cannot wait, such as a response body's error path.
+/// Every input to the relay's machine: runs `f` (drained as `crate::driver` says) and starts
+/// the effects it asked for. Nothing waits on them, so it may be called where nothing can
+/// wait, such as a response body's error path.
 fn step<R>(shared: &Arc<Shared>, f: impl FnOnce(&mut Relay, Instant) -> R) -> R {
     let (out, effects) = shared.with_machine(f);
     start(shared, effects);
