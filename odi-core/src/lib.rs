@@ -23,6 +23,7 @@ pub mod auth;
 pub mod catalog;
 pub mod digest;
 pub mod directory;
+pub mod federation;
 pub mod manifest;
 pub mod message;
 pub mod path;
