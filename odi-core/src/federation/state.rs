@@ -35,6 +35,8 @@ pub type PathKey = (CatalogName, ArtifactPath);
 type ArtifactKey = (CatalogName, ArtifactPath, Digest);
 /// Deterministic order of tag ops and catalog creates.
 type OpOrder = (UnixTime, NodeId, u64);
+/// A Tag entry's `(add, remove)`.
+type TagOp = (Vec<String>, Vec<String>);
 
 /// What a path is bound to.
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -101,7 +103,7 @@ pub struct FedState {
     puts_of: BTreeMap<Digest, BTreeSet<PathKey>>,
     superseded: BTreeSet<EntryId>,
     path_expunged: BTreeSet<ArtifactKey>,
-    tag_ops: BTreeMap<ArtifactKey, BTreeMap<OpOrder, (Vec<String>, Vec<String>)>>,
+    tag_ops: BTreeMap<ArtifactKey, BTreeMap<OpOrder, TagOp>>,
     view: View,
 }
 
@@ -296,7 +298,7 @@ impl FedState {
     }
 }
 
-fn fold_tags<'a>(initial: &[String], ops: impl Iterator<Item = &'a (Vec<String>, Vec<String>)>) -> BTreeSet<String> {
+fn fold_tags<'a>(initial: &[String], ops: impl Iterator<Item = &'a TagOp>) -> BTreeSet<String> {
     let mut tags: BTreeSet<String> = initial.iter().cloned().collect();
     for (add, remove) in ops {
         for t in remove {
