@@ -545,3 +545,6 @@ mod prop_tests;
 mod storage_tests;
 #[cfg(test)]
 mod tests;
+pub mod federation;
+#[cfg(test)]
+mod federation_tests;
