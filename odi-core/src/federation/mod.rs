@@ -32,7 +32,7 @@
 //! [`FederationConfig::pull_timeout`] counts as failed.
 //!
 //! **Restart.** Build a new `Federation` with the same key, hand it every stored [`FedRecord`]
-//! through [`Federation::restore`] (in any order), then call [`Federation::start`]: it rebuilds
+//! through [`Federation::restore`] (in the order persisted), then call [`Federation::start`]: it rebuilds
 //! the state, re-emits it in full as changes (for the Directory to apply idempotently), resumes
 //! every blob fetch that was pending, pulls every peer and notifies every peer.
 //!
@@ -300,9 +300,9 @@ impl Federation {
         }
     }
 
-    /// Hands back one stored record after a restart, before [`Federation::start`]. Records may
-    /// come in any order; a record that contradicts another (two entries at one feed position)
-    /// keeps the first.
+    /// Hands back one stored record after a restart, before [`Federation::start`], in the order
+    /// the records were persisted (a link removed and added again depends on it). Of two entries
+    /// at one feed position, the first is kept.
     pub fn restore(&mut self, record: FedRecord) {
         match record {
             FedRecord::Entry { feed, entry } => {
@@ -636,6 +636,11 @@ impl Federation {
         self.entries.values()
     }
 
+    /// The feed after position `after`, in feed order: `(position, entry)`.
+    pub fn feed(&self, after: u64) -> impl Iterator<Item = (u64, &SignedEntry)> {
+        self.feed.range(after.saturating_add(1)..).map(|(pos, id)| (*pos, &self.entries[id]))
+    }
+
     pub fn entry(&self, id: &EntryId) -> Option<&SignedEntry> {
         self.entries.get(id)
     }
@@ -858,5 +863,143 @@ fn put_generation(entry: &Entry) -> Option<u64> {
     match &entry.op {
         Op::Put { generation, .. } => Some(*generation),
         _ => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::catalog::CatalogConfig;
+    use crate::manifest::MIN_CHUNK_SIZE;
+
+    fn fed(n: u8) -> Federation {
+        Federation::new(SigningKey::from_bytes(&[n; 32]), FederationConfig::default(), Seed(u64::from(n)))
+    }
+
+    fn link(to: &Federation) -> Link {
+        Link { peer: to.id(), url: "http://peer".into(), catalogs: vec![], tags: vec![] }
+    }
+
+    fn drain(f: &mut Federation) -> Vec<Effect> {
+        std::iter::from_fn(|| f.poll_effect()).collect()
+    }
+
+    fn records(effects: Vec<Effect>) -> Vec<FedRecord> {
+        effects.into_iter().flat_map(|e| if let Effect::Persist(r) = e { r } else { vec![] }).collect()
+    }
+
+    /// Two linked, started machines whose start-up pulls were answered (empty), and b's records.
+    fn pair_with_records() -> (Federation, Federation, Vec<FedRecord>) {
+        let (mut a, mut b) = (fed(1), fed(2));
+        a.add_link(link(&b), Instant::ZERO);
+        b.add_link(link(&a), Instant::ZERO);
+        a.start(Instant::ZERO);
+        b.start(Instant::ZERO);
+        let empty = b.changes(a.id(), 0, 10).unwrap();
+        a.handle_batch(b.id(), empty, Instant::ZERO).unwrap();
+        let empty = a.changes(b.id(), 0, 10).unwrap();
+        b.handle_batch(a.id(), empty, Instant::ZERO).unwrap();
+        drain(&mut a);
+        let kept = records(drain(&mut b));
+        let cat = CatalogName::new("dist").unwrap();
+        a.record_local(
+            cat.clone(),
+            Op::Catalog(CatalogConfig { name: cat, replicas: 2, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(1), mutable: false }),
+            UnixTime(1),
+        );
+        (a, b, kept)
+    }
+
+    fn pair() -> (Federation, Federation) {
+        let (a, b, _) = pair_with_records();
+        (a, b)
+    }
+
+    fn put(a: &mut Federation, bytes: &[u8]) -> SignedEntry {
+        let manifest = ChunkManifest::of(bytes, MIN_CHUNK_SIZE).unwrap();
+        let op = Op::Put { path: ArtifactPath::new("f").unwrap(), manifest, media_type: "text/plain".into(), tags: vec![], supersedes: vec![], generation: 0 };
+        a.record_local(CatalogName::new("dist").unwrap(), op, UnixTime(2))
+    }
+
+    #[test]
+    fn a_local_put_is_persisted_before_peers_are_notified_and_a_pull_fetches_then_binds() {
+        let (mut a, mut b) = pair();
+        drain(&mut a);
+        let signed = put(&mut a, b"bytes");
+        let effects = drain(&mut a);
+        assert!(matches!(&effects[..], [Effect::Persist(r), Effect::Notify { head: 2, .. }] if r.len() == 2), "{effects:?}");
+        b.handle_notify(a.id(), 2, Instant::ZERO).unwrap();
+        assert_eq!(drain(&mut b), vec![Effect::Pull { peer: a.id(), since: 0 }]);
+        let batch = a.changes(b.id(), 0, 100).unwrap();
+        assert_eq!((batch.next, batch.head, batch.entries.len()), (2, 2, 2));
+        assert_eq!(b.handle_batch(a.id(), batch, Instant::ZERO), Ok(Accepted { new: 2, cursor: 2 }));
+        let effects = drain(&mut b);
+        assert!(matches!(&effects[..], [Effect::Persist(_), Effect::FetchBlob { sources, .. }] if sources == &vec![a.id()]), "{effects:?}");
+        let changes: Vec<Change> = std::iter::from_fn(|| b.poll_change()).collect();
+        assert!(matches!(&changes[..], [Change::CatalogConfigured(_)]), "the Put waits for its blob: {changes:?}");
+        b.handle_blob(signed.entry.digest().unwrap(), Ok(()), Instant::ZERO);
+        assert!(matches!(b.poll_change(), Some(Change::Bound { binding, .. }) if binding.entry == signed.id()));
+    }
+
+    #[test]
+    fn a_bad_batch_is_refused_whole() {
+        let (mut a, mut b) = pair();
+        put(&mut a, b"one");
+        let good = a.changes(b.id(), 0, 100).unwrap();
+        let mut reversed = good.clone();
+        reversed.entries.reverse();
+        assert!(matches!(b.handle_batch(a.id(), reversed, Instant::ZERO), Err(Refusal::OutOfOrder { .. })));
+        let mut tampered = good.clone();
+        tampered.entries[1].entry.at = UnixTime(99);
+        assert!(matches!(b.handle_batch(a.id(), tampered, Instant::ZERO), Err(Refusal::BadSignature { .. })));
+        let ahead = Batch { since: 5, next: 5, head: 5, entries: vec![] };
+        assert!(matches!(b.handle_batch(a.id(), ahead, Instant::ZERO), Err(Refusal::CursorAhead { .. })));
+        assert!(matches!(b.handle_batch(fed(9).id(), good.clone(), Instant::ZERO), Err(Refusal::UnknownPeer(_))));
+        assert!(matches!(fed(9).changes(b.id(), 0, 10), Err(Refusal::UnknownPeer(_))));
+        assert_eq!(b.head(), 0, "nothing of a refused batch is accepted");
+        assert_eq!(b.cursor(&a.id()), Some(0));
+        assert!(b.handle_batch(a.id(), good, Instant::ZERO).is_ok());
+    }
+
+    #[test]
+    fn an_unreachable_peer_is_retried_with_growing_backoff() {
+        let (mut a, mut b) = pair();
+        drain(&mut b);
+        b.handle_notify(a.id(), 1, Instant::ZERO).unwrap();
+        drain(&mut b);
+        let mut now = Instant::ZERO;
+        let mut gaps = Vec::new();
+        for _ in 0..8 {
+            b.handle_pull_failed(a.id(), now);
+            let at = b.poll_timeout().unwrap();
+            gaps.push(at.saturating_since(now));
+            now = at;
+            b.handle_timeout(now);
+            assert_eq!(drain(&mut b), vec![Effect::Pull { peer: a.id(), since: 0 }]);
+        }
+        assert!(gaps[5] > gaps[0] && gaps.iter().all(|g| *g <= Duration::from_secs(60)), "{gaps:?}");
+        let batch = a.changes(b.id(), 0, 10).unwrap();
+        b.handle_batch(a.id(), batch, now).unwrap();
+        drain(&mut b);
+        assert_eq!(b.poll_timeout(), None, "caught up: nothing armed, no polling");
+    }
+
+    #[test]
+    fn a_restart_rebuilds_the_state_and_resumes_the_pending_fetch() {
+        let (mut a, mut b, mut kept) = pair_with_records();
+        put(&mut a, b"one");
+        let batch = a.changes(b.id(), 0, 100).unwrap();
+        b.handle_batch(a.id(), batch, Instant::ZERO).unwrap();
+        kept.extend(records(drain(&mut b)));
+        let mut again = fed(2);
+        for r in kept {
+            again.restore(r);
+        }
+        again.start(Instant::ZERO);
+        let effects = drain(&mut again);
+        assert!(effects.iter().any(|e| matches!(e, Effect::FetchBlob { .. })), "{effects:?}");
+        assert!(effects.contains(&Effect::Pull { peer: a.id(), since: 2 }), "resumes from its cursor: {effects:?}");
+        assert_eq!(again.state().view(), b.state().view());
+        assert_eq!(again.head(), b.head());
     }
 }

@@ -533,6 +533,9 @@ impl Sim {
 mod bitrot_tests;
 #[cfg(test)]
 mod enroll_tests;
+pub mod federation;
+#[cfg(test)]
+mod federation_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
@@ -545,6 +548,3 @@ mod prop_tests;
 mod storage_tests;
 #[cfg(test)]
 mod tests;
-pub mod federation;
-#[cfg(test)]
-mod federation_tests;
