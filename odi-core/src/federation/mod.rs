@@ -442,7 +442,8 @@ impl Federation {
 
     /// Takes a batch a pull from `from` returned. Every entry is checked first (the peer is
     /// linked, the batch is within limits, its cursors are consistent, its entries are in
-    /// `(origin, seq)` order and each verifies under its origin's key); any failure refuses
+    /// `(origin, seq)` order and each verifies under its origin's key, unless it is identical
+    /// to an entry verified when it was accepted); any failure refuses
     /// the whole batch and applies nothing (the pull is retried with backoff). Otherwise new
     /// entries are accepted: appended to the feed and persisted; Puts whose blob is not held
     /// wait for it ([`Effect::FetchBlob`]), everything else applies at once. Then our cursor
@@ -487,10 +488,14 @@ impl Federation {
         Ok(Accepted { new, cursor })
     }
 
-    /// A linked peer says its feed head is `head`: pull it if we are behind.
+    /// A linked peer says its feed head is `head`: pull it if we are behind (at once, even if a
+    /// retry was waiting out a backoff).
     pub fn handle_notify(&mut self, from: NodeId, head: u64, now: Instant) -> Result<(), Refusal> {
         let Some(p) = self.peers.get_mut(&from) else { return Err(Refusal::UnknownPeer(from)) };
         p.known_head = p.known_head.max(head);
+        if p.cursor < p.known_head && matches!(p.pull, PullState::Waiting { .. }) {
+            p.pull = PullState::Idle; // it reached us, so it is reachable again: skip the backoff
+        }
         if p.cursor < p.known_head {
             self.want_pull(from, now);
         }
@@ -673,6 +678,9 @@ impl Federation {
                 return Err(Refusal::OutOfOrder { peer: from, entry: id });
             }
             last = Some(id);
+            if self.entries.get(&id) == Some(signed) {
+                continue; // byte-for-byte an entry verified when it was accepted
+            }
             signed.verify().map_err(|e| match e {
                 EntryError::BadSignature(entry) => Refusal::BadSignature { peer: from, entry },
                 EntryError::Malformed { id, why } => Refusal::Malformed { peer: from, entry: id, why },
