@@ -131,7 +131,7 @@ pub struct Batch {
 }
 
 /// What a directory must persist to resume after a crash. Pending blob fetches are the Put
-/// entries with no `BlobHeld` for their digest.
+/// entries with no `BlobHeld` for their digest (or a `BlobDropped` after it).
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum FedRecord {
@@ -151,6 +151,10 @@ pub enum FedRecord {
     },
     /// A blob verified and stored.
     BlobHeld {
+        digest: Digest,
+    },
+    /// A held blob deleted (no binding uses it any more).
+    BlobDropped {
         digest: Digest,
     },
 }
@@ -331,6 +335,9 @@ impl Federation {
             }
             FedRecord::BlobHeld { digest } => {
                 self.held.insert(digest);
+            }
+            FedRecord::BlobDropped { digest } => {
+                self.held.remove(&digest);
             }
         }
     }
@@ -544,6 +551,16 @@ impl Federation {
                 pending.failures = pending.failures.saturating_add(1);
                 pending.retry_at = Some(at);
             }
+        }
+        self.finish();
+    }
+
+    /// The Directory deleted the blob `digest` (it collects blobs no binding uses, and deletes
+    /// barred ones): a later Put of it fetches it again instead of binding without bytes. Call
+    /// it only for a digest no current binding or conflict holds.
+    pub fn forget_blob(&mut self, digest: Digest) {
+        if self.held.remove(&digest) {
+            self.records.push(FedRecord::BlobDropped { digest });
         }
         self.finish();
     }
@@ -1009,5 +1026,28 @@ mod tests {
         assert!(effects.contains(&Effect::Pull { peer: a.id(), since: 2 }), "resumes from its cursor: {effects:?}");
         assert_eq!(again.state().view(), b.state().view());
         assert_eq!(again.head(), b.head());
+    }
+
+    #[test]
+    fn a_dropped_blob_is_fetched_again_for_a_later_put() {
+        let (mut a, mut b) = pair();
+        let first = put(&mut a, b"same");
+        let batch = a.changes(b.id(), 0, 100).unwrap();
+        b.handle_batch(a.id(), batch, Instant::ZERO).unwrap();
+        b.handle_blob(first.entry.digest().unwrap(), Ok(()), Instant::ZERO);
+        let digest = first.entry.digest().unwrap();
+        a.record_local(CatalogName::new("dist").unwrap(), Op::ExpungePath { path: ArtifactPath::new("f").unwrap(), digest }, UnixTime(3));
+        let batch = a.changes(b.id(), 2, 100).unwrap();
+        b.handle_batch(a.id(), batch, Instant::ZERO).unwrap();
+        drain(&mut b);
+        b.forget_blob(digest);
+        assert_eq!(drain(&mut b), vec![Effect::Persist(vec![FedRecord::BlobDropped { digest }])]);
+        let manifest = ChunkManifest::of(b"same", MIN_CHUNK_SIZE).unwrap();
+        let op = Op::Put { path: ArtifactPath::new("g").unwrap(), manifest, media_type: "text/plain".into(), tags: vec![], supersedes: vec![], generation: 0 };
+        a.record_local(CatalogName::new("dist").unwrap(), op, UnixTime(4));
+        let batch = a.changes(b.id(), 3, 100).unwrap();
+        b.handle_batch(a.id(), batch, Instant::ZERO).unwrap();
+        assert!(drain(&mut b).iter().any(|e| matches!(e, Effect::FetchBlob { digest: d, .. } if *d == digest)));
+        assert!(b.state().view().bindings.is_empty(), "not bound before the bytes are back");
     }
 }

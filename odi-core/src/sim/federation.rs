@@ -380,6 +380,7 @@ impl FedSim {
                 }
             }
         }
+        let mut dropped = Vec::new();
         while let Some(change) = self.nodes[n].fed.poll_change() {
             let node = &mut self.nodes[n];
             match change {
@@ -399,8 +400,15 @@ impl FedSim {
                 Change::DigestBarred(digest) => {
                     node.mirror.barred.insert(digest);
                     node.blobs.remove(&digest); // the directory deletes barred bytes at once
+                    dropped.push(digest);
                 }
             }
+        }
+        if !dropped.is_empty() {
+            for digest in dropped {
+                self.nodes[n].fed.forget_blob(digest);
+            }
+            self.drain(n);
         }
     }
 
