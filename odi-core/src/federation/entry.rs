@@ -139,7 +139,7 @@ impl Entry {
                 if supersedes.len() > MAX_SUPERSEDES {
                     return bad("supersedes too many entries");
                 }
-                if *generation == 0 || (supersedes.is_empty() && *generation != 1) {
+                if *generation == 0 || (supersedes.is_empty() != (*generation == 1)) {
                     return bad("generation is 1 + the largest superseded generation");
                 }
                 if media_type.len() > 255 {

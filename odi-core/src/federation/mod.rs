@@ -272,6 +272,8 @@ pub struct Federation {
     held: BTreeSet<Digest>,
     pending: BTreeMap<Digest, Pending>,
     records: Vec<FedRecord>,
+    /// Digests that became pending in this call, to fetch once it has settled.
+    new_fetches: Vec<Digest>,
     staged: Vec<Effect>,
     effects: VecDeque<Effect>,
     changes: VecDeque<Change>,
@@ -298,6 +300,7 @@ impl Federation {
             held: BTreeSet::new(),
             pending: BTreeMap::new(),
             records: Vec::new(),
+            new_fetches: Vec::new(),
             staged: Vec::new(),
             effects: VecDeque::new(),
             changes: VecDeque::new(),
@@ -444,7 +447,8 @@ impl Federation {
                 self.with_dependencies(&link, signed, &mut out);
             }
         }
-        Ok(Batch { since, next, head, entries: out.into_values().cloned().collect() })
+        // A cursor past our head (we lost our feed) gets an empty, consistent batch.
+        Ok(Batch { since: since.min(head), next, head, entries: out.into_values().cloned().collect() })
     }
 
     /// Takes a batch a pull from `from` returned. Every entry is checked first (the peer is
@@ -760,7 +764,9 @@ impl Federation {
                 }
             }
             None => {
-                self.staged.push(Effect::FetchBlob { digest, manifest: manifest.clone(), sources: sources.clone() });
+                // Asked for in `finish`, once the whole call has settled: an expunge later in
+                // the same batch may make the fetch needless.
+                self.new_fetches.push(digest);
                 self.pending.insert(digest, Pending { manifest, entries: BTreeSet::from([id]), sources, failures: 0, retry_at: None });
             }
         }
@@ -871,6 +877,11 @@ impl Federation {
 
     /// Queues the records of this call as one `Persist`, ahead of the effects the call staged.
     fn finish(&mut self) {
+        for digest in std::mem::take(&mut self.new_fetches) {
+            if let Some(p) = self.pending.get(&digest) {
+                self.staged.push(Effect::FetchBlob { digest, manifest: p.manifest.clone(), sources: p.sources.clone() });
+            }
+        }
         if !self.records.is_empty() {
             self.effects.push_back(Effect::Persist(std::mem::take(&mut self.records)));
         }
