@@ -21,8 +21,10 @@
 //! redirected to a relay only for an artifact the relay reported holding, at a generation at
 //! least as new as the artifact's name.
 
+mod catalogs;
 mod hot;
 mod persist;
+mod placement;
 mod small_set;
 mod tokens;
 
@@ -34,23 +36,24 @@ use std::time::Duration;
 use bytes::Bytes;
 use serde::Serialize;
 
+use self::catalogs::{CatalogChange, Catalogs};
+use self::hot::Hot;
 pub use self::hot::HotConfig;
-use self::hot::{Decayed, extra_replicas};
 pub use self::persist::RequestId;
 use self::persist::{Persistence, Write};
+use self::placement::{Eligible, Placement};
 use self::small_set::SmallSet;
 pub use self::tokens::TokenView;
 use self::tokens::{Admission, Tokens, constant_time_eq};
-use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
+use crate::catalog::{Artifact, CatalogConfig, LogEntry, MAX_REPLICAS};
 use crate::digest::Digest;
-use crate::manifest::{ChunkManifest, check_chunk_size};
+use crate::manifest::ChunkManifest;
 pub use crate::message::RelayStatus;
 use crate::message::{
     AddressPolicy, Assigned, Capacity, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment,
     RelayUrl, Standing,
 };
 use crate::path::{ArtifactPath, CatalogName};
-use crate::relay::footprint;
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{EnrollTokenRecord, Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
@@ -398,28 +401,6 @@ pub struct ExpungeView {
 }
 
 #[derive(Debug)]
-struct CatalogState {
-    config: CatalogConfig,
-    seq: u64,
-    artifacts: BTreeMap<ArtifactPath, Entry>,
-    /// Expunged paths (410), with the bytes each held when it was expunged.
-    expunged: BTreeMap<ArtifactPath, Digest>,
-}
-
-#[derive(Debug)]
-struct Entry {
-    artifact: Artifact,
-    /// The generation at which this name got this digest; relays must have applied it.
-    generation: u64,
-}
-
-#[derive(Debug)]
-struct Blob {
-    manifest: Arc<ChunkManifest>,
-    names: SmallSet<(CatalogName, ArtifactPath)>,
-}
-
-#[derive(Debug)]
 struct RelayState {
     record: RelayRecord,
     /// Passed a self-test since it enrolled, returned, or the directory restarted.
@@ -539,39 +520,19 @@ enum SelfTest {
 #[derive(Debug)]
 pub struct Directory {
     config: DirectoryConfig,
-    catalogs: BTreeMap<CatalogName, CatalogState>,
-    blobs: BTreeMap<Digest, Blob>,
-    expunged: BTreeSet<Digest>,
+    catalogs: Catalogs,
     /// Relays that held an expunged digest and have not confirmed deleting it.
     expunge_pending: BTreeMap<Digest, BTreeSet<NodeId>>,
     relays: BTreeMap<NodeId, RelayState>,
     holders: BTreeMap<Digest, SmallSet<NodeId>>,
-    /// One shared copy of each media type.
-    media_types: BTreeSet<Arc<str>>,
-    assignment: BTreeMap<NodeId, BTreeSet<Digest>>,
-    /// The relay set changed: rebalance everything at `rebalance_at`.
-    assignment_dirty: bool,
-    rebalance_at: Option<Instant>,
-    /// Artifacts to place (or place again) without a full rebalance.
-    to_place: BTreeSet<Digest>,
-    /// Relays eligible at the last rebalance, with their weight and catalogs, and the room
-    /// their assignment leaves in their budget.
-    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
-    room: BTreeMap<NodeId, u64>,
-    /// A rebalance under way, done slice by slice.
-    rebalancing: Option<Rebalancing>,
-    /// When the rebalance under way paused (its next slice is due then).
-    rebalance_paused: Option<Instant>,
-    hits: BTreeMap<Digest, Decayed>,
-    hot: BTreeMap<Digest, u32>,
-    next_hot_tick: Option<Instant>,
+    placement: Placement,
+    hot: Hot,
     tokens: Tokens,
     persist: Persistence,
     /// When keys never seen before enrolled in the last minute, per enrollment token.
     recent_enrollments: BTreeMap<Option<String>, VecDeque<Instant>>,
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
-    generation: u64,
     attempts: u64,
     rng: SeededRng,
     effects: VecDeque<Effect>,
@@ -582,29 +543,16 @@ impl Directory {
     pub fn new(config: DirectoryConfig, seed: Seed) -> Self {
         Self {
             config,
-            catalogs: BTreeMap::new(),
-            blobs: BTreeMap::new(),
-            expunged: BTreeSet::new(),
+            catalogs: Catalogs::default(),
             expunge_pending: BTreeMap::new(),
             relays: BTreeMap::new(),
             holders: BTreeMap::new(),
-            media_types: BTreeSet::new(),
-            assignment: BTreeMap::new(),
-            assignment_dirty: false,
-            rebalance_at: None,
-            to_place: BTreeSet::new(),
-            eligible: Vec::new(),
-            room: BTreeMap::new(),
-            rebalancing: None,
-            rebalance_paused: None,
-            hits: BTreeMap::new(),
-            hot: BTreeMap::new(),
-            next_hot_tick: None,
+            placement: Placement::default(),
+            hot: Hot::default(),
             tokens: Tokens::default(),
             persist: Persistence::default(),
             recent_enrollments: BTreeMap::new(),
             outcomes: BTreeMap::new(),
-            generation: 1,
             attempts: 0,
             rng: SeededRng::new(seed),
             effects: VecDeque::new(),
@@ -616,14 +564,7 @@ impl Directory {
 
     /// Plans a new catalog. `mutable`: its paths may later be published with other bytes.
     pub fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, mutable: bool, at: UnixTime) -> Result<Record, AdminError> {
-        if self.catalogs.contains_key(&name) {
-            return Err(AdminError::CatalogExists(name));
-        }
-        if !(1..=MAX_REPLICAS).contains(&replicas) {
-            return Err(AdminError::Replicas(replicas));
-        }
-        let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
+        self.catalogs.plan_create_catalog(name, replicas, chunk_size, mutable, at)
     }
 
     /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent). In
@@ -637,56 +578,25 @@ impl Directory {
         media_type: String,
         at: UnixTime,
     ) -> Result<Option<Record>, AdminError> {
-        let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
-        if manifest.chunk_size() != cat.config.chunk_size {
-            return Err(AdminError::ChunkSizeMismatch { catalog: catalog.clone(), expected: cat.config.chunk_size, got: manifest.chunk_size() });
-        }
-        if self.expunged.contains(&manifest.digest()) {
-            return Err(AdminError::ExpungedDigest(manifest.digest()));
-        }
-        let digest = manifest.digest();
-        match cat.artifacts.get(&path).map(|e| e.artifact.digest()) {
-            Some(current) if current == digest => return Ok(None),
-            Some(current) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
-            _ => {}
-        }
-        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable) {
-            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: *previous });
-        }
-        let artifact =
-            Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
-        Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
+        self.catalogs.plan_publish(catalog, path, manifest, media_type, at)
     }
 
     /// Plans withdrawing one name (`ExpungePath`): the path answers 410; its bytes stay under
     /// any other name that holds them.
     pub fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
-        let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
-        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
-        let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
-        Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
+        self.catalogs.plan_expunge(catalog, path, at)
     }
 
     /// Plans barring `digest` everywhere (`ExpungeDigest`): one entry in the log of every
     /// catalog, to be made durable in one transaction. Empty when it is barred already. A digest
     /// no catalog holds may be barred too (it will be refused on publish).
     pub fn plan_expunge_digest(&self, digest: Digest, at: UnixTime) -> Result<Vec<Record>, AdminError> {
-        if self.expunged.contains(&digest) {
-            return Ok(Vec::new());
-        }
-        if self.catalogs.is_empty() {
-            return Err(AdminError::NoCatalogs(digest));
-        }
-        Ok(self
-            .catalogs
-            .iter()
-            .map(|(name, cat)| Record::Log { catalog: name.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::ExpungeDigest { digest } } })
-            .collect())
+        self.catalogs.plan_expunge_digest(digest, at)
     }
 
     /// Every name (`catalog/path`) that holds `digest` now.
     pub fn names_of(&self, digest: &Digest) -> Vec<String> {
-        self.blobs.get(digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default()
+        self.catalogs.names_of(digest)
     }
 
     /// Plans recording `token` for `role`; `None` when it is recorded already (under this key).
@@ -814,14 +724,7 @@ impl Directory {
     /// for an unknown catalog) are ignored and reported as `false`: replay never panics.
     pub fn apply(&mut self, record: &Record, now: Instant) -> bool {
         let applied = match record {
-            Record::Catalog(config) => {
-                if self.catalogs.contains_key(&config.name) {
-                    return false;
-                }
-                let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new() };
-                self.catalogs.insert(config.name.clone(), state);
-                true
-            }
+            Record::Catalog(config) => self.catalogs.apply_catalog(config),
             Record::Log { catalog, entry } => self.apply_log(catalog, entry),
             Record::Relay(record) => {
                 let presumed_until = Some(now + self.config.lease);
@@ -844,7 +747,7 @@ impl Directory {
                         self.holders.entry(d).or_default().insert(id);
                     }
                 }
-                self.assignment_dirty = true;
+                self.placement.relays_changed();
                 true
             }
             Record::RelayForgotten { id } => {
@@ -880,94 +783,27 @@ impl Directory {
     }
 
     fn apply_log(&mut self, catalog: &CatalogName, entry: &LogEntry) -> bool {
-        let generation = self.generation + 1;
-        if self.catalogs.get(catalog).is_none_or(|cat| entry.seq != cat.seq + 1) {
-            return false;
-        }
-        let cat = self.catalogs.get_mut(catalog).expect("checked above");
-        cat.seq = entry.seq;
-        match &entry.op {
-            LogOp::Put(artifact) => {
-                let digest = artifact.digest();
-                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
-                blob.names.insert((catalog.clone(), artifact.path.clone()));
-                let mut artifact = artifact.clone();
-                artifact.manifest = blob.manifest.clone();
-                artifact.media_type = match self.media_types.get(&artifact.media_type) {
-                    Some(shared) => shared.clone(),
-                    None => {
-                        self.media_types.insert(artifact.media_type.clone());
-                        artifact.media_type
+        let Some(changes) = self.catalogs.apply_log(catalog, entry, self.placement.generation() + 1) else { return false };
+        for change in changes {
+            match change {
+                CatalogChange::Named(digest) => self.placement.named(digest),
+                CatalogChange::Dropped { digest, footprint } => {
+                    self.placement.unplace(&digest, footprint);
+                    self.holders.remove(&digest);
+                }
+                CatalogChange::Barred { digest, footprint } => {
+                    self.placement.unplace(&digest, footprint);
+                    // Every relay that reported it (online or not) must confirm deleting it.
+                    let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(&digest)).map(|(id, _)| *id).collect();
+                    if !pending.is_empty() {
+                        self.expunge_pending.insert(digest, pending);
                     }
-                };
-                cat.expunged.remove(&artifact.path);
-                let path = artifact.path.clone();
-                let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
-                if let Some(old) = old {
-                    self.unname(old, catalog, &path);
+                    self.holders.remove(&digest);
+                    self.hot.forget(&digest);
                 }
-                self.to_place.insert(digest);
-                // A rebalance under way has passed this artifact: it must place it when it ends.
-                if let Some(work) = &mut self.rebalancing
-                    && work.after.is_some_and(|after| digest <= after)
-                {
-                    work.missed.push(digest);
-                }
-            }
-            LogOp::ExpungePath { path, digest } => {
-                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
-                cat.expunged.insert(path.clone(), held);
-                self.unname(held, catalog, path);
-            }
-            LogOp::ExpungeDigest { digest } => self.bar(digest),
-            LogOp::Expunge { path, digest } => {
-                // The meaning such records were written with: the digest is barred.
-                cat.expunged.insert(path.clone(), *digest);
-                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
-                if let Some(held) = held {
-                    self.unname(held, catalog, path);
-                }
-                self.bar(digest);
             }
         }
         true
-    }
-
-    /// Bars `digest` from the directory: every name holding it is expunged, it is never
-    /// placed or redirected to again, and every relay that reported it must confirm deleting
-    /// it. Applying it again (its copy in another catalog's log) changes nothing.
-    fn bar(&mut self, digest: &Digest) {
-        if !self.expunged.insert(*digest) {
-            return;
-        }
-        self.unplace(digest); // while its size is still known
-        if let Some(blob) = self.blobs.remove(digest) {
-            for (cat, path) in blob.names {
-                if let Some(c) = self.catalogs.get_mut(&cat) {
-                    c.artifacts.remove(&path);
-                    c.expunged.insert(path, *digest);
-                }
-            }
-        }
-        // Every relay that reported it (online or not) must confirm deleting it.
-        let pending: BTreeSet<NodeId> = self.relays.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
-        if !pending.is_empty() {
-            self.expunge_pending.insert(*digest, pending);
-        }
-        self.holders.remove(digest);
-        self.hits.remove(digest);
-        self.hot.remove(digest);
-    }
-
-    fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath) {
-        if let Some(blob) = self.blobs.get_mut(&digest) {
-            blob.names.remove(&(catalog.clone(), path.clone()));
-            if blob.names.is_empty() {
-                self.unplace(&digest);
-                self.blobs.remove(&digest);
-                self.holders.remove(&digest);
-            }
-        }
     }
 
     // ---- queries ----
@@ -977,7 +813,7 @@ impl Directory {
     }
 
     pub fn generation(&self) -> u64 {
-        self.generation
+        self.placement.generation()
     }
 
     pub fn config(&self) -> &DirectoryConfig {
@@ -1016,55 +852,31 @@ impl Directory {
     }
 
     pub fn catalogs(&self) -> Vec<CatalogView> {
-        self.catalogs
-            .values()
-            .map(|c| CatalogView {
-                name: c.config.name.clone(),
-                replicas: c.config.replicas,
-                chunk_size: c.config.chunk_size,
-                mutable: c.config.mutable,
-                seq: c.seq,
-                artifacts: c.artifacts.len(),
-                bytes: c.artifacts.values().map(|e| e.artifact.size()).sum(),
-            })
-            .collect()
+        self.catalogs.views()
     }
 
     pub fn catalog_config(&self, name: &CatalogName) -> Option<&CatalogConfig> {
-        self.catalogs.get(name).map(|c| &c.config)
+        self.catalogs.config(name)
     }
 
     pub fn artifacts(&self, catalog: &CatalogName) -> Option<impl Iterator<Item = &Artifact>> {
-        self.catalogs.get(catalog).map(|c| c.artifacts.values().map(|e| &e.artifact))
+        self.catalogs.artifacts(catalog)
     }
 
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Result<&Artifact, LookupError> {
-        self.entry(catalog, path).map(|e| &e.artifact)
-    }
-
-    /// The catalog entry at `catalog/path`: one search of each map (redirects go through here).
-    fn entry(&self, catalog: &str, path: &ArtifactPath) -> Result<&Entry, LookupError> {
-        let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
-        match cat.artifacts.get(path) {
-            Some(e) => Ok(e),
-            None if cat.expunged.contains_key(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
-            None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
-        }
+        self.catalogs.entry(catalog, path).map(|e| &e.artifact)
     }
 
     pub fn manifest(&self, digest: &Digest) -> Result<&ChunkManifest, LookupError> {
-        if self.expunged.contains(digest) {
-            return Err(LookupError::Expunged(digest.to_string()));
-        }
-        self.blobs.get(digest).map(|b| &*b.manifest).ok_or(LookupError::UnknownDigest(*digest))
+        self.catalogs.manifest(digest)
     }
 
     pub fn relays(&self, now: Instant) -> Vec<RelayView> {
         self.relays
             .values()
             .map(|r| {
-                let assigned = self.assignment.get(&r.record.id);
-                let bytes = |set: &mut dyn Iterator<Item = &Digest>| -> u64 { set.filter_map(|d| self.blobs.get(d)).map(|b| b.manifest.total_len()).sum() };
+                let assigned = self.placement.assigned(&r.record.id);
+                let bytes = |set: &mut dyn Iterator<Item = &Digest>| -> u64 { set.filter_map(|d| self.catalogs.blob(d)).map(|b| b.manifest.total_len()).sum() };
                 RelayView {
                     id: r.record.id,
                     url: r.record.public_url.clone(),
@@ -1090,18 +902,10 @@ impl Directory {
 
     /// The `n` most requested artifacts, with their decayed request rate.
     pub fn hottest(&self, n: usize, now: Instant) -> Vec<HotView> {
-        let half_life = self.config.hot.half_life;
-        let mut rates: Vec<(f64, Digest)> = self.hits.iter().map(|(d, c)| (c.rate(now, half_life), *d)).filter(|(r, _)| *r > 0.0).collect();
-        rates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-        rates
+        self.hot
+            .hottest(n, now, &self.config.hot)
             .into_iter()
-            .take(n)
-            .map(|(rate, digest)| HotView {
-                digest,
-                names: self.blobs.get(&digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default(),
-                rate,
-                extra_replicas: self.hot.get(&digest).copied().unwrap_or(0),
-            })
+            .map(|(digest, rate, extra_replicas)| HotView { digest, names: self.catalogs.names_of(&digest), rate, extra_replicas })
             .collect()
     }
 
@@ -1112,12 +916,12 @@ impl Directory {
 
     /// True while a rebalance is being computed (slice by slice).
     pub fn is_rebalancing(&self) -> bool {
-        self.rebalancing.is_some()
+        self.placement.is_rebalancing()
     }
 
     /// Which relays the current assignment gives `digest` to.
     pub fn assigned_to(&self, digest: &Digest) -> Vec<NodeId> {
-        self.assignment.iter().filter(|(_, set)| set.contains(digest)).map(|(id, _)| *id).collect()
+        self.placement.assigned_to(digest)
     }
 
     fn status(&self, r: &RelayState, now: Instant) -> RelayStatus {
@@ -1131,11 +935,7 @@ impl Directory {
             RelayStatus::Suspended
         } else if r.record.draining {
             RelayStatus::Draining
-        } else if self.rebalance_at.is_some()
-            || self.rebalancing.is_some()
-            || !r.unverified.is_empty()
-            || self.assignment.get(&r.record.id).is_some_and(|a| !a.is_subset(&r.held))
-        {
+        } else if self.placement.is_settling() || !r.unverified.is_empty() || self.placement.assigned(&r.record.id).is_some_and(|a| !a.is_subset(&r.held)) {
             // A pending rebalance may give it work: not ready until its assignment is current.
             RelayStatus::Syncing
         } else {
@@ -1166,12 +966,7 @@ impl Directory {
     }
 
     fn alive(&self, r: &RelayState, now: Instant) -> bool {
-        !r.lost && r.last_seen.is_some_and(|t| now < t + self.config.lease)
-    }
-
-    /// May receive new assignments.
-    fn assignable(&self, r: &RelayState, now: Instant) -> bool {
-        r.record.quarantined.is_none() && !r.record.draining && ((r.tested && self.alive(r, now)) || (!r.lost && r.presumed_until.is_some_and(|t| now < t)))
+        alive(r, now, self.config.lease)
     }
 
     /// May be sent clients (draining relays are filtered per artifact in `choose`).
@@ -1179,19 +974,18 @@ impl Directory {
         r.tested && !r.suspended && r.record.quarantined.is_none() && self.alive(r, now)
     }
 
-    fn replicas_of(&self, digest: &Digest, blob: &Blob) -> u32 {
-        let base = blob.names.iter().filter_map(|(c, _)| self.catalogs.get(c)).map(|c| c.config.replicas).max().unwrap_or(1);
-        base + self.hot.get(digest).copied().unwrap_or(0)
+    fn replicas_of(&self, digest: &Digest) -> usize {
+        self.catalogs.blob(digest).map_or(1, |b| (self.catalogs.replicas(b) + self.hot.extra(digest)) as usize)
     }
 
     /// Where to send a client for `catalog/path`. Chooses among relays that hold the artifact,
     /// are tested, alive, not suspended or quarantined, and have applied its current name.
     pub fn redirect(&mut self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
         let (digest, size, media_type, generation) = {
-            let e = self.entry(catalog, path)?;
+            let e = self.catalogs.entry(catalog, path)?;
             (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
         };
-        let mutable = self.catalogs.get(catalog).is_some_and(|c| c.config.mutable);
+        let mutable = self.catalogs.is_mutable(catalog);
         Ok(Redirect { mutable, ..self.choose(digest, size, media_type, Some(generation), now) })
     }
 
@@ -1205,8 +999,7 @@ impl Directory {
     /// less load per unit of bandwidth wins. Draining relays count only while the artifact has
     /// too few other holders.
     fn choose(&mut self, digest: Digest, size: u64, media_type: Arc<str>, min_generation: Option<u64>, now: Instant) -> Redirect {
-        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, self.config.hot.half_life);
-        self.next_hot_tick.get_or_insert(now + self.config.hot.tick);
+        self.hot.hit(digest, now, &self.config.hot);
         let mut candidates = self.candidates(&digest, min_generation, now);
         // Relays on probation are offered to verifying clients only (as alternates): the
         // `Location` a plain client follows is always a proven relay, or the directory.
@@ -1254,7 +1047,7 @@ impl Directory {
             .collect();
         let settled = candidates.iter().filter(|c| !c.draining).count();
         if settled > 0 && settled < candidates.len() {
-            let replicas = self.blobs.get(digest).map_or(1, |b| self.replicas_of(digest, b)) as usize;
+            let replicas = self.replicas_of(digest);
             if settled >= replicas.min(candidates.len()) {
                 candidates.retain(|c| !c.draining);
             }
@@ -1265,7 +1058,7 @@ impl Directory {
     /// Every relay `redirect` could choose for `catalog/path` now, without choosing (and without
     /// counting a request).
     pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
-        let e = self.entry(catalog, path)?;
+        let e = self.catalogs.entry(catalog, path)?;
         Ok(self.candidates(&e.artifact.digest(), Some(e.generation), now).into_iter().map(|c| c.id).collect())
     }
 
@@ -1409,14 +1202,13 @@ impl Directory {
             return;
         }
         self.unhold(id);
-        self.assignment.remove(&id);
-        self.room.remove(&id);
+        self.placement.forget(&id);
         for pending in self.expunge_pending.values_mut() {
             pending.remove(&id);
         }
         self.expunge_pending.retain(|_, p| !p.is_empty());
         self.events.push_back(Event::RelayForgotten { relay: id });
-        self.assignment_dirty = true;
+        self.placement.relays_changed();
     }
 
     /// Takes in an enrollment whose record is durable (or unchanged), and answers it.
@@ -1437,7 +1229,7 @@ impl Directory {
             relay.tested = false;
             relay.first_state = None;
             self.events.push_back(Event::RelayEnrolled { relay: from, url: record.public_url });
-            self.assignment_dirty = true;
+            self.placement.relays_changed();
         }
         if relay.lost {
             // Back after its lease ran out: what it held is reported again by its next heartbeat.
@@ -1476,7 +1268,7 @@ impl Directory {
             relay.lost = false;
             relay.tested = false;
             relay.first_state = None;
-            self.assignment_dirty = true;
+            self.placement.relays_changed();
         }
         // Expunged digests it no longer reports are confirmed deleted.
         let reported: BTreeSet<Digest> = hb.held.iter().copied().collect();
@@ -1486,11 +1278,11 @@ impl Directory {
             }
             !pending.is_empty()
         });
-        let expunged: Vec<Digest> = reported.iter().copied().filter(|d| self.expunged.contains(d)).collect();
+        let expunged: Vec<Digest> = reported.iter().copied().filter(|d| self.catalogs.is_barred(d)).collect();
         let relay = self.relays.get_mut(&from).expect("looked up above");
-        relay.applied_generation = hb.generation.min(self.generation);
+        relay.applied_generation = hb.generation.min(self.placement.generation());
         let quarantined = relay.record.quarantined.is_some();
-        let held: BTreeSet<Digest> = reported.into_iter().filter(|d| self.blobs.contains_key(d)).collect();
+        let held: BTreeSet<Digest> = reported.into_iter().filter(|d| self.catalogs.blob(d).is_some()).collect();
         let held_changed = held != relay.held;
         // What a relay newly reports holding is checked (one chunk, asked as a client would)
         // before a plain client is sent to it for that artifact. Only a proven relay's first
@@ -1523,9 +1315,9 @@ impl Directory {
         // Full state whenever the relay is behind or its holdings moved. An ack without state
         // echoes the relay's own generation, so a relay never believes it is current when the
         // state it needed was withheld (untested) or its reply was lost.
-        let full = relay.tested && (held_changed || hb.generation != self.generation);
+        let full = relay.tested && (held_changed || hb.generation != self.placement.generation());
         let state = full.then(|| self.assignment_for(relay, now));
-        let generation = if state.is_some() { self.generation } else { hb.generation.min(self.generation) };
+        let generation = if state.is_some() { self.placement.generation() } else { hb.generation.min(self.placement.generation()) };
         let standing = self.standing(relay, now);
         if state.is_some()
             && let Some(relay) = self.relays.get_mut(&from)
@@ -1536,11 +1328,11 @@ impl Directory {
     }
 
     fn assignment_for(&self, relay: &RelayState, now: Instant) -> RelayAssignment {
-        let assigned_set = self.assignment.get(&relay.record.id);
+        let assigned_set = self.placement.assigned(&relay.record.id);
         let assigned = assigned_set
             .into_iter()
             .flatten()
-            .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
+            .filter_map(|d| self.catalogs.blob(d).map(|b| (d, b)))
             .map(|(d, b)| {
                 let missing = !relay.held.contains(d);
                 Assigned {
@@ -1557,14 +1349,9 @@ impl Directory {
             .chain(relay.held.iter())
             .collect::<BTreeSet<_>>()
             .into_iter()
-            .filter_map(|d| self.blobs.get(d).map(|b| (d, b)))
+            .filter_map(|d| self.catalogs.blob(d).map(|b| (d, b)))
             .flat_map(|(d, b)| {
-                b.names.iter().map(move |(c, p)| Named {
-                    catalog: c.clone(),
-                    path: p.clone(),
-                    digest: *d,
-                    mutable: self.catalogs.get(c).is_some_and(|cat| cat.config.mutable),
-                })
+                b.names.iter().map(move |(c, p)| Named { catalog: c.clone(), path: p.clone(), digest: *d, mutable: self.catalogs.is_mutable(c.as_str()) })
             })
             .collect();
         RelayAssignment { assigned, names }
@@ -1617,7 +1404,7 @@ impl Directory {
                         r.probation.get_or_insert((now, 0));
                     }
                     self.events.push_back(Event::RelayAdmitted { relay });
-                    self.assignment_dirty = true;
+                    self.placement.relays_changed();
                 }
                 self.end_probation(relay, now);
             }
@@ -1648,7 +1435,7 @@ impl Directory {
             return;
         }
         r.audit = None;
-        let Some(blob) = self.blobs.get(&digest) else { return }; // expunged meanwhile
+        let Some(blob) = self.catalogs.blob(&digest) else { return }; // expunged meanwhile
         match outcome {
             Ok(bytes) => match verify_chunks(&blob.manifest, r.audit_from..=index, &bytes) {
                 Ok(()) => {
@@ -1723,7 +1510,7 @@ impl Directory {
         self.persist.decided(relay, now);
         self.write_decisions(now);
         self.events.push_back(Event::RelayQuarantined { relay, reason });
-        self.assignment_dirty = true;
+        self.placement.relays_changed();
     }
 
     /// Removes `relay` from every holder set (it gets no more redirects for anything).
@@ -1755,7 +1542,7 @@ impl Directory {
             }
             if r.presumed_until.is_some_and(|t| now >= t) {
                 r.presumed_until = None;
-                self.assignment_dirty = true;
+                self.placement.relays_changed();
             }
             let checked = r.tested && !r.lost && r.record.quarantined.is_none();
             let probe_due = match r.self_test {
@@ -1777,7 +1564,7 @@ impl Directory {
         for id in lost {
             self.unhold(id);
             self.events.push_back(Event::RelayLost { relay: id });
-            self.assignment_dirty = true;
+            self.placement.relays_changed();
         }
         for id in gone {
             // Its deletion is written like any decision of the directory's (retried until durable).
@@ -1790,8 +1577,10 @@ impl Directory {
         for id in audits {
             self.start_audit(id);
         }
-        if self.next_hot_tick.is_some_and(|t| now >= t) {
-            self.hot_tick(now);
+        for (digest, extra) in self.hot.handle_timeout(now, &self.config.hot) {
+            self.events.push_back(Event::HotnessChanged { digest, extra });
+            let footprint = self.catalogs.blob(&digest).map_or(0, |b| b.footprint());
+            self.placement.replace(digest, footprint);
         }
         self.write_decisions(now);
         self.refresh_assignment(now);
@@ -1803,7 +1592,7 @@ impl Directory {
     /// most one audit in flight and one report-started audit per `REPORT_AUDIT_GAP`. A report
     /// counts for nothing by itself; only the audit's answer does.
     pub fn handle_report(&mut self, url: &str, digest: Digest, index: u64, now: Instant) -> ReportOutcome {
-        let Some(blob) = self.blobs.get(&digest) else { return ReportOutcome::Ignored };
+        let Some(blob) = self.catalogs.blob(&digest) else { return ReportOutcome::Ignored };
         let Some(range) = blob.manifest.chunk_range(index) else { return ReportOutcome::Ignored };
         let found = self.relays.iter().find(|(_, r)| url.strip_prefix(r.record.public_url.as_str()).is_some_and(|rest| rest.starts_with('/')));
         let Some((&relay, r)) = found else { return ReportOutcome::Ignored };
@@ -1824,9 +1613,9 @@ impl Directory {
     /// chunk it holds.
     fn start_audit(&mut self, relay: NodeId) {
         let Some(r) = self.relays.get_mut(&relay) else { return };
-        let blobs = &self.blobs;
-        r.unverified.retain(|d| blobs.contains_key(d)); // expunged or unnamed meanwhile
-        let unverified = r.unverified.iter().find_map(|d| blobs.get(d).map(|b| (*d, b.manifest.chunk_count())));
+        let catalogs = &self.catalogs;
+        r.unverified.retain(|d| catalogs.blob(d).is_some()); // expunged or unnamed meanwhile
+        let unverified = r.unverified.iter().find_map(|d| catalogs.blob(d).map(|b| (*d, b.manifest.chunk_count())));
         if let Some((digest, chunks)) = unverified {
             if chunks == 0 {
                 r.unverified.remove(&digest); // an empty file: nothing a relay could lie about
@@ -1834,7 +1623,7 @@ impl Directory {
             }
             // Asked as a plain client asks (no Range, by name), which is whom it protects.
             let index = self.rng.below(chunks);
-            let manifest = &self.blobs[&digest].manifest;
+            let manifest = &self.catalogs.blob(&digest).expect("looked up above").manifest;
             let mut range = manifest.chunk_range(index).expect("index below the chunk count");
             let index = if range.end > WHOLE_AUDIT_MAX { 0 } else { index };
             range = manifest.chunk_range(index).expect("chunk 0 exists");
@@ -1842,7 +1631,7 @@ impl Directory {
             return;
         }
         let held: Vec<(Digest, u64)> =
-            r.held.iter().filter_map(|d| self.blobs.get(d).map(|b| (*d, b.manifest.chunk_count()))).filter(|(_, n)| *n > 0).collect();
+            r.held.iter().filter_map(|d| self.catalogs.blob(d).map(|b| (*d, b.manifest.chunk_count()))).filter(|(_, n)| *n > 0).collect();
         let total: u64 = held.iter().map(|(_, n)| n).sum();
         if total == 0 {
             return;
@@ -1861,7 +1650,7 @@ impl Directory {
         // On probation: the next way of asking not yet seen answered right. Without a Range the
         // audit reads from the file's start, so it takes a chunk within the first bytes.
         let want = r.probation.is_some().then(|| (0..6).find(|w| r.probation_ways & (1 << w) == 0)).flatten();
-        let manifest = &self.blobs[&digest].manifest;
+        let manifest = &self.catalogs.blob(&digest).expect("looked up above").manifest;
         let mut index = index;
         let mut range = manifest.chunk_range(index).expect("index below the chunk count");
         if want.is_some_and(|w| w >> 1 == 0) && range.end > WHOLE_AUDIT_MAX {
@@ -1897,13 +1686,12 @@ impl Directory {
     /// A client-like way to ask for `range` of `digest`, drawn from the seeded RNG. A name is
     /// used only if the relay has applied the generation that bound it to these bytes.
     fn audit_request(&mut self, digest: &Digest, range: &Range<u64>, applied: u64, want: Option<u8>) -> (AuditRequest, u8) {
-        let names = self.blobs.get(digest).map_or(0, |b| b.names.iter().len());
+        let names = self.catalogs.blob(digest).map_or(0, |b| b.names.iter().len());
         let by_name = names > 0 && want.map_or_else(|| self.rng.below(3) > 0, |w| w & 1 == 1);
-        let name =
-            by_name.then(|| self.rng.below(names as u64) as usize).and_then(|i| self.blobs.get(digest)?.names.iter().nth(i)).filter(|(catalog, path)| {
-                let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path));
-                entry.is_some_and(|e| e.artifact.digest() == *digest && e.generation <= applied)
-            });
+        let name = by_name
+            .then(|| self.rng.below(names as u64) as usize)
+            .and_then(|i| self.catalogs.blob(digest)?.names.iter().nth(i))
+            .filter(|(catalog, path)| self.catalogs.binds(catalog, path, digest, applied));
         let used_name = name.is_some();
         let path = match name {
             Some((catalog, path)) => format!("r/{catalog}/{}", path.to_url()),
@@ -1922,35 +1710,6 @@ impl Directory {
         };
         let combo = shape_bits << 1 | u8::from(used_name);
         (AuditRequest { path, shape, user_agent }, combo)
-    }
-
-    fn hot_tick(&mut self, now: Instant) {
-        let cfg = self.config.hot.clone();
-        self.hits.retain(|_, c| c.value(now, cfg.half_life) >= 0.01);
-        let mut changed = Vec::new();
-        for (digest, counter) in &self.hits {
-            let current = self.hot.get(digest).copied().unwrap_or(0);
-            let next = extra_replicas(counter.rate(now, cfg.half_life), current, &cfg);
-            if next != current {
-                changed.push((*digest, next));
-            }
-        }
-        for (digest, current) in &self.hot {
-            if !self.hits.contains_key(digest) && *current > 0 {
-                changed.push((*digest, 0));
-            }
-        }
-        for (digest, extra) in changed {
-            if extra == 0 {
-                self.hot.remove(&digest);
-            } else {
-                self.hot.insert(digest, extra);
-            }
-            self.events.push_back(Event::HotnessChanged { digest, extra });
-            self.unplace(&digest);
-            self.to_place.insert(digest);
-        }
-        self.next_hot_tick = (!self.hits.is_empty() || !self.hot.is_empty()).then_some(now + cfg.tick);
     }
 
     /// The next instant `handle_timeout` has work to do.
@@ -1974,10 +1733,9 @@ impl Directory {
                 ]
             })
             .flatten()
-            .chain(self.next_hot_tick)
+            .chain(self.hot.poll_timeout())
             .chain(self.persist.poll_timeout())
-            .chain(self.rebalance_at)
-            .chain(self.rebalance_paused)
+            .chain(self.placement.poll_timeout())
             .min()
     }
 
@@ -1994,206 +1752,29 @@ impl Directory {
     // ---- assignment ----
 
     fn bump_generation(&mut self) {
-        self.generation += 1;
-        self.events.push_back(Event::GenerationChanged { generation: self.generation });
+        self.placement.bump_generation();
+        self.drain_placement();
     }
 
-    /// Brings the assignment up to date: new artifacts are placed at once; a changed relay
-    /// set is rebalanced `rebalance_delay` after the first change (coalescing the rest).
+    /// Brings the assignment up to date (see [`Placement::handle_timeout`]), then drains it.
     fn refresh_assignment(&mut self, now: Instant) {
-        if self.assignment_dirty && self.rebalance_at.is_none() {
-            self.rebalance_at = Some(now + self.config.rebalance_delay);
-        }
-        if self.rebalancing.is_some() || self.rebalance_at.is_some_and(|t| t <= now) {
-            self.rebalance(now);
-            self.rebalance_paused = self.rebalancing.as_ref().map(|_| now);
-            return;
-        }
-        if self.to_place.is_empty() {
-            return;
-        }
-        let mut changed = false;
-        for digest in std::mem::take(&mut self.to_place) {
-            changed |= self.place(&digest);
-        }
-        if changed {
-            self.bump_generation();
-        }
-    }
-
-    /// Gives `digest`'s place back: no relay is assigned it, and their room grows.
-    fn unplace(&mut self, digest: &Digest) {
-        let size = self.blobs.get(digest).map_or(0, |b| footprint(b.manifest.total_len()));
-        for (id, set) in &mut self.assignment {
-            if set.remove(digest)
-                && let Some(room) = self.room.get_mut(id)
-            {
-                *room += size;
-            }
-        }
-        // And from the assignment a rebalance under way is building.
-        if let Some(work) = &mut self.rebalancing {
-            for (id, set) in &mut work.next {
-                if set.remove(digest)
-                    && let Some(room) = work.room.get_mut(id)
-                {
-                    *room += size;
-                }
-            }
-        }
-    }
-
-    /// Places one artifact on the best-ranked eligible relays with room. `true` if it moved.
-    fn place(&mut self, digest: &Digest) -> bool {
-        let Some(blob) = self.blobs.get(digest) else { return false };
-        let (size, replicas) = (footprint(blob.manifest.total_len()), self.replicas_of(digest, blob) as usize);
-        let mut ranked = Vec::with_capacity(self.eligible.len());
-        rank(&self.eligible, digest, &blob.names, &mut ranked);
-        let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
-        if already >= replicas {
-            return false;
-        }
-        let (assignment, room) = (&mut self.assignment, &mut self.room);
-        let placed = place_in_order(&mut ranked, replicas - already, |id| {
-            let set = assignment.entry(id).or_default();
-            match room.get_mut(&id) {
-                Some(free) if !set.contains(digest) && *free >= size => {
-                    *free -= size;
-                    set.insert(*digest);
-                    true
-                }
-                _ => false,
-            }
-        });
-        placed > 0
-    }
-
-    /// Recomputes the whole assignment: weighted rendezvous hashing over assignable relays
-    /// subscribed to each artifact's catalogs, within each relay's disk budget, `replicas` (plus
-    /// hot extras) relays per artifact. O(artifacts × relays), with a partial sort per artifact,
-    /// done in slices of about `rebalance_slice` scores: between slices `poll_timeout`
-    /// is due at once, so the driver releases the machine and redirects go on. The current
-    /// assignment stays in force until the new one is complete.
-    fn rebalance(&mut self, now: Instant) {
-        let mut work = match self.rebalancing.take() {
-            Some(work) => work,
-            None => {
-                self.assignment_dirty = false;
-                self.rebalance_at = None;
-                let eligible: Vec<(NodeId, f64, Vec<CatalogName>)> =
-                    self.relays.values().filter(|r| self.assignable(r, now)).map(|r| (r.record.id, assignment_weight(r), r.record.catalogs.clone())).collect();
-                let room = eligible.iter().map(|(id, ..)| (*id, self.relays[id].record.capacity.disk_budget)).collect();
-                Rebalancing { eligible, room, next: BTreeMap::new(), after: None, missed: Vec::new() }
-            }
+        let (relays, catalogs, hot) = (&self.relays, &self.catalogs, &self.hot);
+        let eligible = || {
+            relays
+                .values()
+                .filter(|r| assignable(r, now, self.config.lease))
+                .map(|r| Eligible { id: r.record.id, weight: assignment_weight(r), catalogs: r.record.catalogs.clone(), budget: r.record.capacity.disk_budget })
+                .collect()
         };
-        let slice = (self.config.rebalance_slice / work.eligible.len().max(1)).max(1);
-        let mut ranked = Vec::with_capacity(work.eligible.len());
-        let start = match work.after {
-            Some(after) => std::ops::Bound::Excluded(after),
-            None => std::ops::Bound::Unbounded,
-        };
-        let mut done = 0;
-        let mut last = None;
-        for (digest, blob) in self.blobs.range((start, std::ops::Bound::Unbounded)) {
-            if done == slice {
-                break;
-            }
-            done += 1;
-            last = Some(*digest);
-            // Room is counted as the relay counts it: content plus block sums.
-            let size = footprint(blob.manifest.total_len());
-            let replicas = self.replicas_of(digest, blob) as usize;
-            rank(&work.eligible, digest, &blob.names, &mut ranked);
-            let (room, next) = (&mut work.room, &mut work.next);
-            place_in_order(&mut ranked, replicas, |id| {
-                let free = room.get_mut(&id).expect("every ranked relay has room");
-                if *free < size {
-                    return false;
-                }
-                *free -= size;
-                next.entry(id).or_default().insert(*digest);
-                true
-            });
-        }
-        if done == slice && last.is_some() {
-            work.after = last;
-            self.rebalancing = Some(work);
-            return;
-        }
-        // Complete. Artifacts expunged or renamed away meanwhile were taken out by `unplace`;
-        // those published meanwhile behind the cursor are placed now.
-        let Rebalancing { eligible, room, next, missed, .. } = work;
-        self.eligible = eligible;
-        self.room = room;
-        self.to_place = missed.into_iter().collect();
-        if next != self.assignment {
-            self.assignment = next;
-            self.bump_generation();
-        }
-        let mut changed = false;
-        for digest in std::mem::take(&mut self.to_place) {
-            changed |= self.place(&digest);
-        }
-        if changed {
-            self.bump_generation();
-        }
+        self.placement.handle_timeout(now, self.config.rebalance_delay, self.config.rebalance_slice, catalogs, hot, eligible);
+        self.drain_placement();
     }
-}
 
-/// A rebalance under way: the relays it ranks, their room, the assignment being built, and the
-/// last artifact done.
-#[derive(Debug)]
-struct Rebalancing {
-    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
-    room: BTreeMap<NodeId, u64>,
-    next: BTreeMap<NodeId, BTreeSet<Digest>>,
-    after: Option<Digest>,
-    /// Published behind the cursor while it ran.
-    missed: Vec<Digest>,
-}
-
-/// Scores, into `ranked` (reused, so a rebalance allocates once), every eligible relay that
-/// carries one of `names`' catalogs for `digest`.
-fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>, ranked: &mut Vec<(f64, NodeId)>) {
-    ranked.clear();
-    ranked.extend(
-        eligible
-            .iter()
-            .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
-            .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id)),
-    );
-}
-
-/// Offers relays to `try_place` best score first until `want` accepted; returns how many did.
-/// Only the best `2 × want + 4` are sorted up front (a partial selection, O(relays)); the rest
-/// are sorted only if that many relays are full.
-fn place_in_order(ranked: &mut [(f64, NodeId)], want: usize, mut try_place: impl FnMut(NodeId) -> bool) -> usize {
-    let by_score = |a: &(f64, NodeId), b: &(f64, NodeId)| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1));
-    let head = (2 * want + 4).min(ranked.len());
-    if head == 0 || want == 0 {
-        return 0;
-    }
-    if head < ranked.len() {
-        ranked.select_nth_unstable_by(head - 1, by_score);
-    }
-    ranked[..head].sort_by(by_score);
-    let mut placed = 0;
-    for (_, id) in &ranked[..head] {
-        if placed == want {
-            return placed;
-        }
-        placed += usize::from(try_place(*id));
-    }
-    if placed < want && head < ranked.len() {
-        ranked[head..].sort_by(by_score);
-        for (_, id) in &ranked[head..] {
-            if placed == want {
-                break;
-            }
-            placed += usize::from(try_place(*id));
+    fn drain_placement(&mut self) {
+        while let Some(generation) = self.placement.poll_generation() {
+            self.events.push_back(Event::GenerationChanged { generation });
         }
     }
-    placed
 }
 
 impl RelayState {
@@ -2251,6 +1832,15 @@ struct Candidate {
     url: RelayUrl,
 }
 
+fn alive(r: &RelayState, now: Instant, lease: Duration) -> bool {
+    !r.lost && r.last_seen.is_some_and(|t| now < t + lease)
+}
+
+/// May receive new assignments.
+fn assignable(r: &RelayState, now: Instant, lease: Duration) -> bool {
+    r.record.quarantined.is_none() && !r.record.draining && ((r.tested && alive(r, now, lease)) || (!r.lost && r.presumed_until.is_some_and(|t| now < t)))
+}
+
 fn bandwidth_weight(r: &RelayState) -> u64 {
     match r.record.capacity.bandwidth {
         0 => NOMINAL_BANDWIDTH,
@@ -2273,20 +1863,6 @@ fn assignment_weight(r: &RelayState) -> f64 {
     let disk = r.record.capacity.disk_budget as f64 / f64::from(1u32 << 30);
     let bw = bandwidth_weight(r) as f64 / 1e6;
     (disk.max(1e-6) * bw).sqrt()
-}
-
-/// Weighted rendezvous score: the relays with the highest scores for a digest hold it.
-/// `-weight / ln(u)` with `u` uniform in (0, 1) from a hash of both ids gives each relay a share
-/// proportional to its weight, and moves only the minimum when relays come and go.
-fn rendezvous_score(relay: &NodeId, digest: &Digest, weight: f64) -> f64 {
-    let mut x = u64::from_le_bytes(relay.0[..8].try_into().expect("8 bytes")) ^ u64::from_le_bytes(digest.as_bytes()[..8].try_into().expect("8 bytes"));
-    x ^= u64::from_le_bytes(digest.as_bytes()[8..16].try_into().expect("8 bytes")).rotate_left(17);
-    x ^= u64::from_le_bytes(relay.0[8..16].try_into().expect("8 bytes")).rotate_left(41);
-    x = (x ^ (x >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-    x = (x ^ (x >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-    x ^= x >> 31;
-    let u = ((x >> 11) as f64 + 0.5) / (1u64 << 53) as f64;
-    -weight / u.ln()
 }
 
 /// Checks `bytes` as chunks `chunks` of `manifest`, back to back: exactly their length, each
