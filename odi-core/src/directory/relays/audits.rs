@@ -170,7 +170,7 @@ impl Relays {
                 self.events.push_back(Event::AuditPassed { relay, digest, index });
                 self.end_probation(relay, now);
             }
-            Verdict::Lied(reason) => self.quarantine(relay, reason, now),
+            Verdict::Lied(reason) => self.quarantine(relay, reason),
             Verdict::Unanswered(reason) => {
                 // Not (yet) a lie, but a failed check: no redirects until a self-test passes.
                 r.failure = Some(reason.clone());
@@ -200,7 +200,7 @@ impl Relays {
 
     /// Bars a relay at once, then has the decision written; a failed write is retried until
     /// durable.
-    pub(super) fn quarantine(&mut self, relay: NodeId, reason: String, _now: Instant) {
+    pub(super) fn quarantine(&mut self, relay: NodeId, reason: String) {
         let Some(r) = self.table.get_mut(&relay) else { return };
         r.record.quarantined = Some(reason.clone());
         r.record.proven = false;
@@ -390,4 +390,101 @@ fn verify_chunks(manifest: &ChunkManifest, chunks: std::ops::RangeInclusive<u64>
         rest = tail;
     }
     if rest.is_empty() { Ok(()) } else { Err(ManifestError::ChunkMismatch { index: last }) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::rng::Seed;
+
+    const CHUNK: usize = crate::manifest::MIN_CHUNK_SIZE as usize;
+    const SECOND: Duration = Duration::from_secs(1);
+
+    fn three_chunks() -> (Vec<u8>, ChunkManifest) {
+        let data: Vec<u8> = (0..3 * CHUNK).map(|i| (i % 251) as u8).collect();
+        let m = ChunkManifest::of(&data, CHUNK as u32).unwrap();
+        (data, m)
+    }
+
+    #[test]
+    fn an_audit_without_a_range_checks_every_chunk_it_read() {
+        let (data, m) = three_chunks();
+        let upto = |n: usize| &data[..n * CHUNK];
+        assert!(verify_chunks(&m, 0..=1, upto(2)).is_ok());
+        assert!(verify_chunks(&m, 2..=2, &data[2 * CHUNK..]).is_ok());
+        let mut lie = upto(2).to_vec();
+        lie[7] ^= 1; // in the chunk before the one audited
+        assert!(verify_chunks(&m, 0..=1, &lie).is_err(), "a lie before the audited chunk is caught");
+        assert!(verify_chunks(&m, 0..=1, &data[..2 * CHUNK - 1]).is_err(), "too short");
+        assert!(verify_chunks(&m, 0..=1, upto(3)).is_err(), "too long");
+    }
+
+    #[test]
+    fn a_walk_visits_every_chunk_once_before_repeating() {
+        let mut rng = SeededRng::new(Seed(9));
+        let mut cycle = AuditCycle::default();
+        for n in [1u64, 2, 7, 12, 97] {
+            let mut seen: Vec<u64> = (0..n).map(|_| cycle.next(n, &mut rng)).collect();
+            seen.sort_unstable();
+            assert_eq!(seen, (0..n).collect::<Vec<_>>(), "a permutation of 0..{n}");
+        }
+    }
+
+    #[test]
+    fn answers_other_than_the_bytes_strike_and_wrong_bytes_are_a_lie() {
+        let (data, m) = three_chunks();
+        let chunk1 = Bytes::copy_from_slice(&data[CHUNK..2 * CHUNK]);
+        let mut a = AuditState::new(Instant::ZERO);
+        let t = Instant::ZERO + SECOND;
+        a.from = 1;
+        a.unverified.insert(m.digest());
+        assert_eq!(
+            a.judge(&m, 1, Err(AuditError::Status(404)), SECOND, t),
+            Verdict::Unanswered("audit fetch failed: answered HTTP 404 instead of the bytes".into())
+        );
+        assert_eq!(
+            a.judge(&m, 1, Err(AuditError::Status(404)), SECOND, t),
+            Verdict::Unanswered("audit fetch failed: answered HTTP 404 instead of the bytes".into())
+        );
+        assert!(
+            matches!(a.judge(&m, 1, Err(AuditError::Status(500)), SECOND, t), Verdict::Lied(why) if why.contains("HTTP 500")),
+            "the third strike in the window"
+        );
+        // A pass clears the strikes; strikes outside the window do not add up.
+        assert_eq!(a.judge(&m, 1, Ok(chunk1.clone()), Duration::from_millis(500), t), Verdict::Passed);
+        assert!(a.unverified.is_empty(), "the copy is shown held");
+        assert_eq!(a.measured, Some(2 * CHUNK as u64), "bytes per second");
+        for i in 0..3 {
+            let later = t + AUDIT_STRIKE_WINDOW * (i + 1);
+            assert!(matches!(a.judge(&m, 1, Err(AuditError::Status(404)), SECOND, later), Verdict::Unanswered(_)));
+        }
+        assert!(matches!(a.judge(&m, 1, Err(AuditError::Fetch("refused".into())), SECOND, t), Verdict::Unanswered(why) if why.contains("refused")));
+        let mut lie = chunk1.to_vec();
+        lie[0] ^= 1;
+        assert!(matches!(a.judge(&m, 1, Ok(lie.into()), SECOND, t), Verdict::Lied(why) if why.contains("wrong bytes")));
+        assert_eq!((a.passed, a.failed), (1, 8));
+    }
+
+    #[test]
+    fn probation_ends_only_after_its_time_its_audits_and_every_way_of_asking() {
+        let (data, m) = three_chunks();
+        let chunk0 = Bytes::copy_from_slice(&data[..CHUNK]);
+        let length = Duration::from_secs(100);
+        let mut a = AuditState::new(Instant::ZERO);
+        a.probation = Some((Instant::ZERO, 0));
+        let end = Instant::ZERO + length;
+        assert!(AuditState::new(Instant::ZERO).probation_served(Instant::ZERO, Duration::ZERO, 3), "probation off");
+        for way in 0..5 {
+            assert_eq!(a.wanted_way(), Some(way), "the first way not yet seen");
+            a.way = way;
+            assert_eq!(a.judge(&m, 0, Ok(chunk0.clone()), SECOND, Instant::ZERO), Verdict::Passed);
+        }
+        assert!(!a.probation_served(end, length, 3), "five clean audits, but one way of asking never seen");
+        a.way = 5;
+        assert_eq!(a.judge(&m, 0, Ok(chunk0), SECOND, Instant::ZERO), Verdict::Passed);
+        assert_eq!(a.wanted_way(), None);
+        assert!(!a.probation_served(end - SECOND, length, 3), "not long enough yet");
+        assert!(a.probation_served(end, length, 3));
+        assert!(!a.probation_served(end, length, 7), "too few clean audits");
+    }
 }

@@ -458,11 +458,11 @@ impl Relays {
     }
 
     /// An enrollment token was revoked: every relay its operator enrolled with it is barred.
-    pub(super) fn token_revoked(&mut self, name: &str, now: Instant) {
+    pub(super) fn token_revoked(&mut self, name: &str) {
         let barred: Vec<NodeId> =
             self.table.values().filter(|r| r.record.token.as_deref() == Some(name) && r.record.quarantined.is_none()).map(|r| r.record.id).collect();
         for relay in barred {
-            self.quarantine(relay, format!("its enrollment token `{name}` was revoked by an admin"), now);
+            self.quarantine(relay, format!("its enrollment token `{name}` was revoked by an admin"));
         }
     }
 
@@ -772,5 +772,154 @@ fn url_host(url: &RelayUrl) -> &str {
     match authority.strip_prefix('[') {
         Some(v6) => v6.split(']').next().unwrap_or(v6),
         None => authority.rsplit_once(':').map_or(authority, |(h, _)| h),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::Capacity;
+    use crate::rng::Seed;
+    use crate::time::UnixTime;
+
+    const T0: Instant = Instant::ZERO;
+
+    fn config() -> DirectoryConfig {
+        DirectoryConfig::new(NodeId([0xd1; 32]))
+    }
+
+    fn record(n: u8, url: &str) -> RelayRecord {
+        RelayRecord {
+            id: NodeId([n; 32]),
+            public_url: RelayUrl::new(url).unwrap(),
+            capacity: Capacity { disk_budget: 1 << 30, bandwidth: 0 },
+            catalogs: Vec::new(),
+            enrolled_at: UnixTime(1),
+            quarantined: None,
+            draining: false,
+            proven: false,
+            token: None,
+        }
+    }
+
+    fn lifecycle(relays: &Relays, n: u8, now: Instant) -> Lifecycle<'_> {
+        relays.table[&NodeId([n; 32])].lifecycle(now, relays.config.lease)
+    }
+
+    fn events(relays: &mut Relays) -> Vec<Event> {
+        std::iter::from_fn(|| relays.poll_event()).collect()
+    }
+
+    /// Enrolls relay `n` and answers its first self-test as `answer`.
+    fn enrolled(relays: &mut Relays, n: u8, url: &str, now: Instant, answer: Result<NodeId, String>) {
+        relays.enrolled(record(n, url), now);
+        let Some(Effect::SelfTest { relay, attempt, .. }) = relays.poll_effect() else { panic!("a self-test starts at once") };
+        assert_eq!(relay, NodeId([n; 32]));
+        relays.handle_self_test(relay, attempt, answer, now);
+    }
+
+    #[test]
+    fn a_relay_goes_through_its_lifecycle() {
+        let mut relays = Relays::new(config());
+        let id = NodeId([1; 32]);
+        relays.enrolled(record(1, "http://r1.example"), T0);
+        assert_eq!(lifecycle(&relays, 1, T0), Lifecycle::Testing);
+        assert_eq!(lifecycle(&relays, 1, T0).status(false), RelayStatus::Enrolled);
+        let Some(Effect::SelfTest { attempt, .. }) = relays.poll_effect() else { panic!("a self-test") };
+        relays.handle_self_test(id, attempt + 1, Ok(id), T0);
+        assert_eq!(lifecycle(&relays, 1, T0), Lifecycle::Testing, "a stale answer changes nothing");
+        relays.handle_self_test(id, attempt, Ok(id), T0);
+        assert_eq!(lifecycle(&relays, 1, T0), Lifecycle::Probation);
+        assert_eq!(lifecycle(&relays, 1, T0).status(true), RelayStatus::Syncing);
+        assert_eq!(
+            events(&mut relays),
+            vec![Event::RelayEnrolled { relay: id, url: RelayUrl::new("http://r1.example").unwrap() }, Event::RelayAdmitted { relay: id }]
+        );
+        assert!(relays.poll_reshaped());
+
+        // A failed probe suspends it; only a passed self-test lifts that.
+        let probe = T0 + relays.config.probe_interval;
+        let (catalogs, mut rng) = (Catalogs::default(), SeededRng::new(Seed(1)));
+        relays.heartbeat(id, &Heartbeat { generation: 1, held: Vec::new(), used: 0, active: 0 }, probe, 1, &catalogs);
+        relays.handle_timeout(probe, &catalogs, &mut rng);
+        let Some(Effect::SelfTest { attempt, .. }) = relays.poll_effect() else { panic!("a probe is due") };
+        relays.handle_self_test(id, attempt, Err("connection refused".into()), probe);
+        assert_eq!(lifecycle(&relays, 1, probe), Lifecycle::Suspended);
+        assert!(events(&mut relays).contains(&Event::RelaySuspended { relay: id, reason: "connection refused".into() }));
+        assert!(relays.candidates(&Digest::of(b"x"), None, probe).is_empty());
+
+        // Silent past its lease: lost.
+        let late = probe + relays.config.lease;
+        relays.handle_timeout(late, &catalogs, &mut rng);
+        assert_eq!(lifecycle(&relays, 1, late), Lifecycle::Lost);
+        assert!(events(&mut relays).contains(&Event::RelayLost { relay: id }));
+
+        // The directory's decisions, from durable records.
+        let mut draining = record(1, "http://r1.example");
+        draining.draining = true;
+        relays.apply_record(&draining, late);
+        relays.enrolled(draining.clone(), late);
+        let Some(Effect::SelfTest { attempt, .. }) = relays.poll_effect() else { panic!("tested again on return") };
+        relays.handle_self_test(id, attempt, Ok(id), late);
+        assert_eq!(lifecycle(&relays, 1, late), Lifecycle::Draining);
+        let quarantined = RelayRecord { quarantined: Some("lied".into()), ..draining };
+        relays.apply_record(&quarantined, late);
+        assert_eq!(lifecycle(&relays, 1, late), Lifecycle::Quarantined { reason: "lied" });
+        assert_eq!(lifecycle(&relays, 1, late).status(false), RelayStatus::Quarantined);
+    }
+
+    #[test]
+    fn new_keys_are_rate_limited_per_token() {
+        let mut relays = Relays::new(DirectoryConfig { new_relays_per_minute: 2, ..config() });
+        let admit = |relays: &mut Relays, n: u8, token: Option<&str>, now: Instant| {
+            let mut r = RelayRecord { token: token.map(str::to_owned), ..record(n, &format!("http://r{n}.example")) };
+            relays.admit_new_key(&mut r, now)
+        };
+        assert_eq!(admit(&mut relays, 1, Some("alice"), T0), Ok(None));
+        assert_eq!(admit(&mut relays, 2, Some("alice"), T0), Ok(None));
+        let refused = admit(&mut relays, 3, Some("alice"), T0).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::Unavailable);
+        assert_eq!(admit(&mut relays, 4, Some("bob"), T0), Ok(None), "another operator's token is counted apart");
+        assert_eq!(admit(&mut relays, 5, None, T0), Ok(None));
+        assert_eq!(admit(&mut relays, 3, Some("alice"), T0 + Duration::from_secs(60)), Ok(None), "a minute later");
+    }
+
+    #[test]
+    fn one_relay_per_url_and_a_new_key_replaces_one_that_is_gone() {
+        let mut relays = Relays::new(config());
+        let old = NodeId([1; 32]);
+        enrolled(&mut relays, 1, "http://r1.example:8080", T0, Ok(old));
+        relays.apply_record(&RelayRecord { draining: true, ..record(1, "http://r1.example:8080") }, T0);
+        let mut newcomer = record(2, "http://r1.example:8080");
+        let refused = relays.admit_new_key(&mut newcomer, T0).unwrap_err();
+        assert_eq!(refused.code, RefusalCode::BadRequest);
+        assert!(refused.reason.contains("one relay per public URL"), "{}", refused.reason);
+        let gone = T0 + relays.config.lease;
+        assert_eq!(relays.admit_new_key(&mut newcomer, gone), Ok(Some(old)), "the old key is silent: replaced");
+        assert!(newcomer.draining, "it keeps the decisions taken about its URL");
+
+        // A host with a quarantined relay: every new key there starts quarantined.
+        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(1, "http://r1.example:8080") }, gone);
+        let mut other_port = record(3, "http://r1.example:9090");
+        assert_eq!(relays.admit_new_key(&mut other_port, gone), Ok(None));
+        assert!(other_port.quarantined.as_deref().is_some_and(|q| q.contains("same host")), "{other_port:?}");
+    }
+
+    #[test]
+    fn relays_absent_past_forget_after_are_forgotten_unless_quarantined() {
+        let config = DirectoryConfig { forget_after: Duration::from_secs(3600), ..config() };
+        let forget_after = config.forget_after;
+        let mut relays = Relays::new(config);
+        let (catalogs, mut rng) = (Catalogs::default(), SeededRng::new(Seed(1)));
+        relays.apply_record(&record(1, "http://r1.example"), T0);
+        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(2, "http://r2.example") }, T0);
+        relays.handle_timeout(T0 + forget_after - Duration::from_secs(1), &catalogs, &mut rng);
+        assert_eq!(relays.poll_forgotten(), None);
+        assert_eq!(relays.poll_timeout(), Some(T0 + forget_after), "due when the first is to be forgotten");
+        relays.handle_timeout(T0 + forget_after, &catalogs, &mut rng);
+        assert_eq!(relays.poll_forgotten(), Some(NodeId([1; 32])));
+        assert_eq!(relays.poll_decided(), Some(NodeId([1; 32])), "its deletion is to be written");
+        assert_eq!(relays.poll_forgotten(), None, "a quarantine binds its host: kept");
+        assert!(relays.contains(&NodeId([2; 32])) && !relays.contains(&NodeId([1; 32])));
     }
 }
