@@ -8,61 +8,26 @@
 //! may take work changed (for placement). It reads catalogs and placement through `&` arguments.
 
 pub(super) mod audits;
+mod lifecycle;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
 use self::audits::AuditState;
+use self::lifecycle::Lifecycle;
 use super::catalogs::Catalogs;
 use super::placement::{Eligible, Placement};
 use super::redirect::{Candidate, redirect_weight};
 use super::small_set::SmallSet;
 use super::{DirectoryConfig, Effect, Event, ExpungeView, RelayView};
 use crate::digest::Digest;
-use crate::message::{Heartbeat, NodeId, Refusal, RefusalCode, RelayStatus, RelayUrl, Standing};
+use crate::message::{Heartbeat, NodeId, Refusal, RefusalCode, RelayUrl, Standing};
 use crate::rng::SeededRng;
 use crate::storage::RelayRecord;
 use crate::time::Instant;
 
 /// Bandwidth assumed for a relay that states none (0 = unlimited): 1 Gbit/s.
 const NOMINAL_BANDWIDTH: u64 = 125_000_000;
-
-/// Where a relay is in its life. The durable part (quarantine, draining, proven) is the
-/// directory's decision, kept in the relay's record; the rest (heard from within the lease,
-/// tested, suspended) is what the directory saw since it started. [`RelayStatus`] and the
-/// reason a relay is told both derive from it.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub(super) enum Lifecycle<'a> {
-    /// Served wrong bytes, or its operator's token was revoked: nothing until an admin readmits it.
-    Quarantined { reason: &'a str },
-    /// Silent for longer than the lease (or not heard from since the directory started).
-    Lost,
-    /// Enrolled, returned or readmitted, and not yet through a self-test.
-    Testing,
-    /// Failed a health check or an audit fetch: no clients until a self-test passes.
-    Suspended,
-    /// An admin drains it: no new work; clients go elsewhere once others hold its artifacts.
-    Draining,
-    /// Serves only clients that verify what they get, until its probation ends.
-    Probation,
-    /// Proven: plain clients may be sent to it.
-    Serving,
-}
-
-impl Lifecycle<'_> {
-    /// The status a relay is shown with; `syncing` when its assignment is not all held yet.
-    pub(super) fn status(self, syncing: bool) -> RelayStatus {
-        match self {
-            Self::Quarantined { .. } => RelayStatus::Quarantined,
-            Self::Lost => RelayStatus::Unhealthy,
-            Self::Testing => RelayStatus::Enrolled,
-            Self::Suspended => RelayStatus::Suspended,
-            Self::Draining => RelayStatus::Draining,
-            Self::Probation | Self::Serving if syncing => RelayStatus::Syncing,
-            Self::Probation | Self::Serving => RelayStatus::Ready,
-        }
-    }
-}
 
 #[derive(Debug)]
 pub(super) struct RelayState {
@@ -705,7 +670,7 @@ impl RelayState {
         }
     }
 
-    pub(super) fn lifecycle(&self, now: Instant, lease: Duration) -> Lifecycle<'_> {
+    fn lifecycle(&self, now: Instant, lease: Duration) -> Lifecycle<'_> {
         if let Some(reason) = &self.record.quarantined {
             Lifecycle::Quarantined { reason }
         } else if !self.alive(now, lease) {
@@ -778,7 +743,7 @@ fn url_host(url: &RelayUrl) -> &str {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::message::Capacity;
+    use crate::message::{Capacity, RelayStatus};
     use crate::rng::Seed;
     use crate::time::UnixTime;
 
