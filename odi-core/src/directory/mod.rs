@@ -20,6 +20,13 @@
 //! assignment sets at once and must pass a new self-test when it returns. A client is
 //! redirected to a relay only for an artifact the relay reported holding, at a generation at
 //! least as new as the artifact's name.
+//!
+//! `Directory` is built from child machines that own their state and trade values: `Catalogs`
+//! (names, manifests, bars), `Relays` (the relay table, lifecycle, self-tests, audits), `Placement`
+//! (assignment and generation), `Hot` (request rates), `Persistence` and `Tokens`. A child never
+//! holds a reference to another; the parent lends `&` views for one call and **drains every
+//! child inside its own handlers** (`drain_relays`, `drain_placement`), so its `poll_effect` and
+//! `poll_event` only pop its own queues.
 
 mod catalogs;
 mod config;
@@ -69,7 +76,9 @@ use crate::time::{Instant, UnixTime};
 pub struct Directory {
     config: DirectoryConfig,
     catalogs: Catalogs,
+    /// Drained after every call into it (`drain_relays`).
     relays: Relays,
+    /// Drained by `drain_placement`, after `refresh_assignment` and every generation bump.
     placement: Placement,
     hot: Hot,
     tokens: Tokens,
