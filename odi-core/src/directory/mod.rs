@@ -806,4 +806,39 @@ mod tests {
         assert_eq!(refusal(enroll(&mut any, "http://192.168.0.7:8080")), None);
         assert!(refusal(enroll(&mut any, "http://169.254.169.254")).unwrap().contains("never accepted"));
     }
+
+    #[test]
+    fn a_child_decision_is_drained_into_the_parents_queues_in_order() {
+        const ALICE: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";
+        let mut dir = directory([7; 32], AddressPolicy::PUBLIC);
+        let record = dir.plan_enroll_token("alice", ALICE, UnixTime(1)).unwrap();
+        assert!(dir.apply(&record, Instant::ZERO));
+        let req = EnrollRequest {
+            token: ALICE.into(),
+            public_url: RelayUrl::new("https://relay.example.org").unwrap(),
+            capacity: Capacity { disk_budget: 1 << 30, bandwidth: 0 },
+            catalogs: Vec::new(),
+        };
+        let relay = NodeId([0x11; 32]);
+        let Reply::AfterStorage(id) = dir.handle_message(relay, Message::Enroll(req), Instant::ZERO, UnixTime(2)) else {
+            panic!("a new relay is written first")
+        };
+        dir.handle_storage(id, Ok(()), Instant::ZERO);
+        assert!(matches!(dir.take_outcome(id), Some(Outcome::Reply(Message::Enrolled(_)))));
+        let effects: Vec<Effect> = std::iter::from_fn(|| dir.poll_effect()).collect();
+        assert!(matches!(effects.last(), Some(Effect::SelfTest { relay: r, .. }) if *r == relay), "{effects:?}");
+        let _ = std::iter::from_fn(|| dir.poll_event()).count();
+
+        let record = dir.plan_revoke_token("alice").unwrap();
+        let generation = dir.generation();
+        assert!(dir.apply(&record, Instant::ZERO));
+        let effects: Vec<Effect> = std::iter::from_fn(|| dir.poll_effect()).collect();
+        let [Effect::Persist { records, .. }] = &effects[..] else { panic!("the quarantine is written: {effects:?}") };
+        assert!(matches!(&records[..], [Record::Relay(r)] if r.id == relay && r.quarantined.as_deref().is_some_and(|q| q.contains("alice"))));
+        let events: Vec<Event> = std::iter::from_fn(|| dir.poll_event()).collect();
+        let quarantined = events.iter().position(|e| matches!(e, Event::RelayQuarantined { relay: r, .. } if *r == relay));
+        let bumped = events.iter().position(|e| *e == Event::GenerationChanged { generation: generation + 1 });
+        assert!(quarantined.is_some() && quarantined < bumped, "the child's event first, then the parent's: {events:?}");
+        assert_eq!(dir.relays(Instant::ZERO)[0].status, RelayStatus::Quarantined);
+    }
 }
