@@ -1,7 +1,11 @@
-//! Request statistics: exponentially decayed counters, and the extra replicas they earn.
+//! The hot child: request statistics (exponentially decayed counters per digest) and the extra
+//! replicas they earn. Redirects count into it; `tick` says which digests changed level, as
+//! values the parent hands to placement.
 
+use std::collections::BTreeMap;
 use std::time::Duration;
 
+use crate::digest::Digest;
 use crate::time::Instant;
 
 #[derive(Clone, Debug)]
@@ -20,6 +24,76 @@ pub struct HotConfig {
 impl Default for HotConfig {
     fn default() -> Self {
         Self { half_life: Duration::from_secs(600), rate: 1.0, max_extra: 4, tick: Duration::from_secs(10) }
+    }
+}
+
+/// Request counters and the extra replicas each digest earned.
+#[derive(Debug, Default)]
+pub(super) struct Hot {
+    hits: BTreeMap<Digest, Decayed>,
+    extra: BTreeMap<Digest, u32>,
+    next_tick: Option<Instant>,
+}
+
+impl Hot {
+    /// Counts one request for `digest`.
+    pub(super) fn hit(&mut self, digest: Digest, now: Instant, config: &HotConfig) {
+        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, config.half_life);
+        self.next_tick.get_or_insert(now + config.tick);
+    }
+
+    /// The extra replicas `digest` earned.
+    pub(super) fn extra(&self, digest: &Digest) -> u32 {
+        self.extra.get(digest).copied().unwrap_or(0)
+    }
+
+    /// Forgets `digest` (it was barred).
+    pub(super) fn forget(&mut self, digest: &Digest) {
+        self.hits.remove(digest);
+        self.extra.remove(digest);
+    }
+
+    /// Re-evaluates every level once the tick is due: the digests whose extra replicas changed,
+    /// with their new count, in digest order (counted ones first, then cooled ones).
+    pub(super) fn handle_timeout(&mut self, now: Instant, config: &HotConfig) -> Vec<(Digest, u32)> {
+        if self.next_tick.is_none_or(|t| now < t) {
+            return Vec::new();
+        }
+        self.hits.retain(|_, c| c.value(now, config.half_life) >= 0.01);
+        let mut changed = Vec::new();
+        for (digest, counter) in &self.hits {
+            let current = self.extra(digest);
+            let next = extra_replicas(counter.rate(now, config.half_life), current, config);
+            if next != current {
+                changed.push((*digest, next));
+            }
+        }
+        for (digest, current) in &self.extra {
+            if !self.hits.contains_key(digest) && *current > 0 {
+                changed.push((*digest, 0));
+            }
+        }
+        for (digest, extra) in &changed {
+            if *extra == 0 {
+                self.extra.remove(digest);
+            } else {
+                self.extra.insert(*digest, *extra);
+            }
+        }
+        self.next_tick = (!self.hits.is_empty() || !self.extra.is_empty()).then_some(now + config.tick);
+        changed
+    }
+
+    #[must_use]
+    pub(super) fn poll_timeout(&self) -> Option<Instant> {
+        self.next_tick
+    }
+
+    /// The `n` most requested digests, with their decayed rate and extra replicas.
+    pub(super) fn hottest(&self, n: usize, now: Instant, config: &HotConfig) -> Vec<(Digest, f64, u32)> {
+        let mut rates: Vec<(f64, Digest)> = self.hits.iter().map(|(d, c)| (c.rate(now, config.half_life), *d)).filter(|(r, _)| *r > 0.0).collect();
+        rates.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
+        rates.into_iter().take(n).map(|(rate, digest)| (digest, rate, self.extra(&digest))).collect()
     }
 }
 
@@ -86,5 +160,27 @@ mod tests {
         assert_eq!(extra_replicas(0.4, 1, &cfg), 0);
         assert_eq!(extra_replicas(1000.0, 0, &cfg), cfg.max_extra);
         assert!(c.value(now + Duration::from_secs(600), cfg.half_life) < 1.0, "cold after ten half-lives");
+    }
+
+    #[test]
+    fn a_tick_reports_levels_that_changed_and_cools_down() {
+        let cfg = HotConfig { half_life: Duration::from_secs(60), tick: Duration::from_secs(10), ..HotConfig::default() };
+        let (hot_one, cold) = (Digest::of(b"hot"), Digest::of(b"cold"));
+        let mut hot = Hot::default();
+        assert_eq!(hot.poll_timeout(), None, "nothing counted: no tick");
+        let mut now = Instant::ZERO;
+        for _ in 0..2500 {
+            now = now + Duration::from_millis(200);
+            hot.hit(hot_one, now, &cfg);
+        }
+        hot.hit(cold, now, &cfg);
+        assert_eq!(hot.handle_timeout(now, &cfg), vec![(hot_one, 3)], "5/s earns 3; one request earns none");
+        assert_eq!(hot.extra(&hot_one), 3);
+        assert_eq!(hot.handle_timeout(now, &cfg), vec![], "not due again yet");
+        assert_eq!(hot.hottest(1, now, &cfg)[0].0, hot_one);
+        let later = now + Duration::from_secs(3600);
+        assert_eq!(hot.handle_timeout(later, &cfg), vec![(hot_one, 0)], "an hour of silence cools it");
+        assert_eq!(hot.extra(&hot_one), 0);
+        assert_eq!(hot.poll_timeout(), None, "all forgotten: no more ticks");
     }
 }

@@ -1,0 +1,406 @@
+//! The catalogs child: every catalog with its log position, the names in it, the manifests
+//! (blobs) those names hold, and the digests barred for good. It validates admin changes
+//! (`plan_*`, pure), applies durable `Record::Catalog` and `Record::Log` records, and answers
+//! what other children need to know about an artifact as values ([`CatalogChange`]).
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use super::small_set::SmallSet;
+use super::{AdminError, CatalogView, LookupError};
+use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
+use crate::digest::Digest;
+use crate::manifest::{ChunkManifest, check_chunk_size};
+use crate::path::{ArtifactPath, CatalogName};
+use crate::relay::footprint;
+use crate::storage::Record;
+use crate::time::UnixTime;
+
+#[derive(Debug)]
+struct CatalogState {
+    config: CatalogConfig,
+    seq: u64,
+    artifacts: BTreeMap<ArtifactPath, Entry>,
+    /// Expunged paths (410), with the bytes each held when it was expunged.
+    expunged: BTreeMap<ArtifactPath, Digest>,
+}
+
+#[derive(Debug)]
+pub(super) struct Entry {
+    pub(super) artifact: Artifact,
+    /// The generation at which this name got this digest; relays must have applied it.
+    pub(super) generation: u64,
+}
+
+#[derive(Debug)]
+pub(super) struct Blob {
+    pub(super) manifest: Arc<ChunkManifest>,
+    pub(super) names: SmallSet<(CatalogName, ArtifactPath)>,
+}
+
+impl Blob {
+    /// Room it takes on a relay, counted as the relay counts it: content plus block sums.
+    pub(super) fn footprint(&self) -> u64 {
+        footprint(self.manifest.total_len())
+    }
+}
+
+/// What applying a log entry means for the other children, in the order it happened.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub(super) enum CatalogChange {
+    /// A name now holds `digest`: place it (again).
+    Named(Digest),
+    /// `digest` lost its last name and is gone (it took `footprint` bytes on a relay).
+    Dropped { digest: Digest, footprint: u64 },
+    /// `digest` is barred for good; every name that held it is expunged.
+    Barred { digest: Digest, footprint: u64 },
+}
+
+#[derive(Debug, Default)]
+pub(super) struct Catalogs {
+    catalogs: BTreeMap<CatalogName, CatalogState>,
+    blobs: BTreeMap<Digest, Blob>,
+    /// Barred digests (`ExpungeDigest`): never published, placed or served again.
+    barred: BTreeSet<Digest>,
+    /// One shared copy of each media type.
+    media_types: BTreeSet<Arc<str>>,
+}
+
+impl Catalogs {
+    // ---- plans (pure) ----
+
+    pub(super) fn plan_create_catalog(&self, name: CatalogName, replicas: u32, chunk_size: u64, mutable: bool, at: UnixTime) -> Result<Record, AdminError> {
+        if self.catalogs.contains_key(&name) {
+            return Err(AdminError::CatalogExists(name));
+        }
+        if !(1..=MAX_REPLICAS).contains(&replicas) {
+            return Err(AdminError::Replicas(replicas));
+        }
+        let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
+    }
+
+    pub(super) fn plan_publish(
+        &self,
+        catalog: &CatalogName,
+        path: ArtifactPath,
+        manifest: ChunkManifest,
+        media_type: String,
+        at: UnixTime,
+    ) -> Result<Option<Record>, AdminError> {
+        let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
+        if manifest.chunk_size() != cat.config.chunk_size {
+            return Err(AdminError::ChunkSizeMismatch { catalog: catalog.clone(), expected: cat.config.chunk_size, got: manifest.chunk_size() });
+        }
+        if self.barred.contains(&manifest.digest()) {
+            return Err(AdminError::ExpungedDigest(manifest.digest()));
+        }
+        let digest = manifest.digest();
+        match cat.artifacts.get(&path).map(|e| e.artifact.digest()) {
+            Some(current) if current == digest => return Ok(None),
+            Some(current) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
+            _ => {}
+        }
+        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable) {
+            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: *previous });
+        }
+        let artifact =
+            Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
+        Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
+    }
+
+    pub(super) fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
+        let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
+        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
+        let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
+        Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
+    }
+
+    pub(super) fn plan_expunge_digest(&self, digest: Digest, at: UnixTime) -> Result<Vec<Record>, AdminError> {
+        if self.barred.contains(&digest) {
+            return Ok(Vec::new());
+        }
+        if self.catalogs.is_empty() {
+            return Err(AdminError::NoCatalogs(digest));
+        }
+        Ok(self
+            .catalogs
+            .iter()
+            .map(|(name, cat)| Record::Log { catalog: name.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::ExpungeDigest { digest } } })
+            .collect())
+    }
+
+    // ---- apply (durable records) ----
+
+    /// Applies a `Record::Catalog`; `false` if the catalog exists already.
+    pub(super) fn apply_catalog(&mut self, config: &CatalogConfig) -> bool {
+        if self.catalogs.contains_key(&config.name) {
+            return false;
+        }
+        let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new() };
+        self.catalogs.insert(config.name.clone(), state);
+        true
+    }
+
+    /// Applies a `Record::Log` entry; names it binds get `generation`. `None` when it does not
+    /// fit (unknown catalog, out of sequence): nothing changed.
+    pub(super) fn apply_log(&mut self, catalog: &CatalogName, entry: &LogEntry, generation: u64) -> Option<Vec<CatalogChange>> {
+        if self.catalogs.get(catalog).is_none_or(|cat| entry.seq != cat.seq + 1) {
+            return None;
+        }
+        let mut changes = Vec::new();
+        let cat = self.catalogs.get_mut(catalog).expect("checked above");
+        cat.seq = entry.seq;
+        match &entry.op {
+            LogOp::Put(artifact) => {
+                let digest = artifact.digest();
+                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
+                blob.names.insert((catalog.clone(), artifact.path.clone()));
+                let mut artifact = artifact.clone();
+                artifact.manifest = blob.manifest.clone();
+                artifact.media_type = match self.media_types.get(&artifact.media_type) {
+                    Some(shared) => shared.clone(),
+                    None => {
+                        self.media_types.insert(artifact.media_type.clone());
+                        artifact.media_type
+                    }
+                };
+                cat.expunged.remove(&artifact.path);
+                let path = artifact.path.clone();
+                let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
+                if let Some(old) = old {
+                    self.unname(old, catalog, &path, &mut changes);
+                }
+                changes.push(CatalogChange::Named(digest));
+            }
+            LogOp::ExpungePath { path, digest } => {
+                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
+                cat.expunged.insert(path.clone(), held);
+                self.unname(held, catalog, path, &mut changes);
+            }
+            LogOp::ExpungeDigest { digest } => self.bar(digest, &mut changes),
+            LogOp::Expunge { path, digest } => {
+                // The meaning such records were written with: the digest is barred.
+                cat.expunged.insert(path.clone(), *digest);
+                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
+                if let Some(held) = held {
+                    self.unname(held, catalog, path, &mut changes);
+                }
+                self.bar(digest, &mut changes);
+            }
+        }
+        Some(changes)
+    }
+
+    /// Bars `digest`: every name holding it is expunged. Applying it again (its copy in another
+    /// catalog's log) changes nothing.
+    fn bar(&mut self, digest: &Digest, changes: &mut Vec<CatalogChange>) {
+        if !self.barred.insert(*digest) {
+            return;
+        }
+        let footprint = self.blobs.get(digest).map_or(0, Blob::footprint);
+        if let Some(blob) = self.blobs.remove(digest) {
+            for (cat, path) in blob.names {
+                if let Some(c) = self.catalogs.get_mut(&cat) {
+                    c.artifacts.remove(&path);
+                    c.expunged.insert(path, *digest);
+                }
+            }
+        }
+        changes.push(CatalogChange::Barred { digest: *digest, footprint });
+    }
+
+    fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath, changes: &mut Vec<CatalogChange>) {
+        if let Some(blob) = self.blobs.get_mut(&digest) {
+            blob.names.remove(&(catalog.clone(), path.clone()));
+            if blob.names.is_empty() {
+                let footprint = blob.footprint();
+                self.blobs.remove(&digest);
+                changes.push(CatalogChange::Dropped { digest, footprint });
+            }
+        }
+    }
+
+    // ---- queries ----
+
+    pub(super) fn views(&self) -> Vec<CatalogView> {
+        self.catalogs
+            .values()
+            .map(|c| CatalogView {
+                name: c.config.name.clone(),
+                replicas: c.config.replicas,
+                chunk_size: c.config.chunk_size,
+                mutable: c.config.mutable,
+                seq: c.seq,
+                artifacts: c.artifacts.len(),
+                bytes: c.artifacts.values().map(|e| e.artifact.size()).sum(),
+            })
+            .collect()
+    }
+
+    pub(super) fn config(&self, name: &CatalogName) -> Option<&CatalogConfig> {
+        self.catalogs.get(name).map(|c| &c.config)
+    }
+
+    pub(super) fn is_mutable(&self, name: &str) -> bool {
+        self.catalogs.get(name).is_some_and(|c| c.config.mutable)
+    }
+
+    pub(super) fn artifacts(&self, catalog: &CatalogName) -> Option<impl Iterator<Item = &Artifact>> {
+        self.catalogs.get(catalog).map(|c| c.artifacts.values().map(|e| &e.artifact))
+    }
+
+    /// The catalog entry at `catalog/path`: one search of each map (redirects go through here).
+    pub(super) fn entry(&self, catalog: &str, path: &ArtifactPath) -> Result<&Entry, LookupError> {
+        let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
+        match cat.artifacts.get(path) {
+            Some(e) => Ok(e),
+            None if cat.expunged.contains_key(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
+            None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
+        }
+    }
+
+    pub(super) fn manifest(&self, digest: &Digest) -> Result<&ChunkManifest, LookupError> {
+        if self.barred.contains(digest) {
+            return Err(LookupError::Expunged(digest.to_string()));
+        }
+        self.blobs.get(digest).map(|b| &*b.manifest).ok_or(LookupError::UnknownDigest(*digest))
+    }
+
+    pub(super) fn blob(&self, digest: &Digest) -> Option<&Blob> {
+        self.blobs.get(digest)
+    }
+
+    /// The blobs after `after` (all of them for `None`), in digest order.
+    pub(super) fn blobs_after(&self, after: Option<Digest>) -> impl Iterator<Item = (&Digest, &Blob)> {
+        let start = match after {
+            Some(after) => std::ops::Bound::Excluded(after),
+            None => std::ops::Bound::Unbounded,
+        };
+        self.blobs.range((start, std::ops::Bound::Unbounded))
+    }
+
+    pub(super) fn is_barred(&self, digest: &Digest) -> bool {
+        self.barred.contains(digest)
+    }
+
+    /// Every name (`catalog/path`) that holds `digest` now.
+    pub(super) fn names_of(&self, digest: &Digest) -> Vec<String> {
+        self.blobs.get(digest).map(|b| b.names.iter().map(|(c, p)| format!("{c}/{p}")).collect()).unwrap_or_default()
+    }
+
+    /// The replicas `blob`'s catalogs ask for: the most any of them asks.
+    pub(super) fn replicas(&self, blob: &Blob) -> u32 {
+        blob.names.iter().filter_map(|(c, _)| self.catalogs.get(c)).map(|c| c.config.replicas).max().unwrap_or(1)
+    }
+
+    /// True when `catalog/path` holds `digest`, bound at `generation` or before.
+    pub(super) fn binds(&self, catalog: &CatalogName, path: &ArtifactPath, digest: &Digest, generation: u64) -> bool {
+        let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path));
+        entry.is_some_and(|e| e.artifact.digest() == *digest && e.generation <= generation)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const CHUNK: usize = crate::manifest::MIN_CHUNK_SIZE as usize;
+
+    fn name(s: &str) -> CatalogName {
+        CatalogName::new(s).unwrap()
+    }
+
+    fn path(s: &str) -> ArtifactPath {
+        ArtifactPath::new(s).unwrap()
+    }
+
+    fn manifest(byte: u8) -> ChunkManifest {
+        ChunkManifest::of(&vec![byte; CHUNK + 5], CHUNK as u32).unwrap()
+    }
+
+    fn with_catalog(mutable: bool) -> Catalogs {
+        let mut c = Catalogs::default();
+        let Record::Catalog(config) = c.plan_create_catalog(name("rel"), 2, CHUNK as u64, mutable, UnixTime(1)).unwrap() else { panic!("a catalog") };
+        assert!(c.apply_catalog(&config));
+        assert!(!c.apply_catalog(&config), "a catalog is created once");
+        c
+    }
+
+    fn apply(c: &mut Catalogs, record: Record, generation: u64) -> Vec<CatalogChange> {
+        let Record::Log { catalog, entry } = record else { panic!("a log record") };
+        c.apply_log(&catalog, &entry, generation).expect("in sequence")
+    }
+
+    fn publish(c: &mut Catalogs, p: &str, m: ChunkManifest, generation: u64) -> Result<Vec<CatalogChange>, AdminError> {
+        match c.plan_publish(&name("rel"), path(p), m, "application/x-test".into(), UnixTime(2))? {
+            Some(record) => Ok(apply(c, record, generation)),
+            None => Ok(Vec::new()),
+        }
+    }
+
+    #[test]
+    fn an_immutable_name_never_changes_and_an_expunged_one_stays_bound() {
+        let mut c = with_catalog(false);
+        let (a, b) = (manifest(1), manifest(2));
+        assert_eq!(publish(&mut c, "x.iso", a.clone(), 5).unwrap(), vec![CatalogChange::Named(a.digest())]);
+        assert_eq!(publish(&mut c, "x.iso", a.clone(), 6).unwrap(), vec![], "the same bytes again: idempotent");
+        assert!(matches!(publish(&mut c, "x.iso", b.clone(), 6), Err(AdminError::Rebind { current, .. }) if current == a.digest()));
+        let record = c.plan_expunge(&name("rel"), &path("x.iso"), UnixTime(3)).unwrap();
+        let footprint = footprint(a.total_len());
+        assert_eq!(apply(&mut c, record, 6), vec![CatalogChange::Dropped { digest: a.digest(), footprint }]);
+        assert!(matches!(c.entry("rel", &path("x.iso")), Err(LookupError::Expunged(_))));
+        assert!(matches!(publish(&mut c, "x.iso", b, 7), Err(AdminError::ExpungedPath { previous, .. }) if previous == a.digest()));
+        assert!(publish(&mut c, "x.iso", a, 7).is_ok(), "the bytes it held may come back");
+    }
+
+    #[test]
+    fn a_mutable_name_moves_and_drops_bytes_nothing_else_names() {
+        let mut c = with_catalog(true);
+        let (a, b) = (manifest(1), manifest(2));
+        publish(&mut c, "latest", a.clone(), 2).unwrap();
+        publish(&mut c, "pinned", a.clone(), 3).unwrap();
+        assert_eq!(publish(&mut c, "latest", b.clone(), 4).unwrap(), vec![CatalogChange::Named(b.digest())], "a still has a name");
+        assert_eq!(c.entry("rel", &path("latest")).unwrap().generation, 4);
+        assert!(c.binds(&name("rel"), &path("latest"), &b.digest(), 4));
+        assert!(!c.binds(&name("rel"), &path("latest"), &b.digest(), 3), "bound after generation 3");
+        let changes = publish(&mut c, "pinned", b.clone(), 5).unwrap();
+        assert_eq!(changes, vec![CatalogChange::Dropped { digest: a.digest(), footprint: footprint(a.total_len()) }, CatalogChange::Named(b.digest())]);
+        assert!(matches!(c.manifest(&a.digest()), Err(LookupError::UnknownDigest(_))));
+        assert_eq!(c.names_of(&b.digest()), vec!["rel/latest".to_owned(), "rel/pinned".to_owned()]);
+    }
+
+    #[test]
+    fn a_barred_digest_is_expunged_everywhere_and_refused_for_good() {
+        let mut c = with_catalog(true);
+        let a = manifest(1);
+        publish(&mut c, "one", a.clone(), 2).unwrap();
+        publish(&mut c, "two", a.clone(), 3).unwrap();
+        let records = c.plan_expunge_digest(a.digest(), UnixTime(4)).unwrap();
+        assert_eq!(records.len(), 1, "one entry per catalog");
+        let changes = apply(&mut c, records.into_iter().next().unwrap(), 4);
+        assert_eq!(changes, vec![CatalogChange::Barred { digest: a.digest(), footprint: footprint(a.total_len()) }]);
+        assert!(c.is_barred(&a.digest()));
+        assert!(matches!(c.manifest(&a.digest()), Err(LookupError::Expunged(_))));
+        assert!(matches!(c.entry("rel", &path("two")), Err(LookupError::Expunged(_))));
+        assert!(matches!(publish(&mut c, "three", a.clone(), 5), Err(AdminError::ExpungedDigest(d)) if d == a.digest()));
+        assert_eq!(c.plan_expunge_digest(a.digest(), UnixTime(5)).unwrap(), vec![], "barred already");
+        assert!(matches!(Catalogs::default().plan_expunge_digest(a.digest(), UnixTime(5)), Err(AdminError::NoCatalogs(_))));
+    }
+
+    #[test]
+    fn log_entries_out_of_sequence_change_nothing() {
+        let mut c = with_catalog(false);
+        let Some(Record::Log { catalog, mut entry }) = c.plan_publish(&name("rel"), path("a"), manifest(1), "t".into(), UnixTime(1)).unwrap() else {
+            panic!("a log record")
+        };
+        entry.seq += 1;
+        assert_eq!(c.apply_log(&catalog, &entry, 2), None);
+        assert_eq!(c.apply_log(&name("other"), &entry, 2), None);
+        assert_eq!(c.views()[0].seq, 0);
+        assert!(matches!(c.plan_create_catalog(name("rel"), 1, CHUNK as u64, false, UnixTime(1)), Err(AdminError::CatalogExists(_))));
+        assert!(matches!(c.plan_create_catalog(name("new"), 0, CHUNK as u64, false, UnixTime(1)), Err(AdminError::Replicas(0))));
+        let other = ChunkManifest::of(&[1; 10], 2 * CHUNK as u32).unwrap();
+        assert!(matches!(publish(&mut c, "b", other, 2), Err(AdminError::ChunkSizeMismatch { .. })));
+    }
+}
