@@ -243,7 +243,10 @@ async fn fetch_range_inner(
     let mut url = source.url.clone();
     let mut resp = None;
     for _ in 0..=MAX_REDIRECTS {
-        let r = if let (true, Some(key)) = (source.signed, key) {
+        // A signature is a credential: it goes only to the source's own origin (scheme, host,
+        // port), never along a redirect to anywhere else.
+        let same_origin = url == source.url || matches!((origin(&url), origin(&source.url)), (Some(to), Some(from)) if to == from);
+        let r = if let (true, true, Some(key)) = (source.signed, same_origin, key) {
             let uri: http::Uri = url.parse().map_err(|_| format!("bad source URL {url}"))?;
             let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
             let signed = odi_core::auth::sign(key, "GET", &path, &query, b"", crate::unix_now(), &crate::keys::random_bytes::<16>());
