@@ -1,5 +1,8 @@
-//! The HTTP client nodes and the CLI use: plain HTTP/1.1 over hyper, with signed node requests
-//! and bounded waits.
+//! The HTTP client nodes and the CLI use: HTTP/1.1 over hyper, plain or over TLS (verified
+//! against the process's trust, [`crate::tls::client_config`]), with signed node requests and
+//! bounded waits. It never follows a redirect itself: callers that do decide what the next
+//! request carries (see [`crate::transfer`]), so no credential is sent to a host it was not
+//! meant for.
 //!
 //! A client made with [`HttpClient::guarded`] connects only to addresses its [`AddressPolicy`]
 //! accepts: IP literals are checked before the request is sent, and names are checked by the
@@ -36,7 +39,7 @@ pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
 #[derive(Clone, Debug)]
 pub struct HttpClient {
-    inner: Client<HttpConnector<GuardedResolver>, Body>,
+    inner: Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Body>,
     guard: Option<AddressGuard>,
 }
 
@@ -108,27 +111,37 @@ impl Default for HttpClient {
 }
 
 impl HttpClient {
+    /// A client trusting the system roots and the process's CA files ([`crate::tls`]).
     pub fn new() -> Self {
-        Self::build(None)
+        Self::build(None, crate::tls::client_config())
     }
 
     /// A client that connects only to addresses `guard` accepts (the directory's, for relays).
     pub fn guarded(guard: AddressGuard) -> Self {
-        Self::build(Some(guard))
+        Self::build(Some(guard), crate::tls::client_config())
     }
 
-    fn build(guard: Option<AddressGuard>) -> Self {
+    /// A client verifying `https://` servers with `tls` instead of the process's trust.
+    pub fn with_tls(tls: Arc<rustls::ClientConfig>) -> Self {
+        Self::build(None, tls)
+    }
+
+    fn build(guard: Option<AddressGuard>, tls: Arc<rustls::ClientConfig>) -> Self {
         let mut connector = HttpConnector::new_with_resolver(GuardedResolver { inner: GaiResolver::new(), guard: guard.clone() });
         connector.set_connect_timeout(Some(Duration::from_secs(5)));
         connector.set_nodelay(true);
+        // The TLS layer wraps it, so the plain connector must let `https://` through.
+        connector.enforce_http(false);
+        let connector =
+            hyper_rustls::HttpsConnectorBuilder::new().with_tls_config(Arc::unwrap_or_clone(tls)).https_or_http().enable_http1().wrap_connector(connector);
         Self { inner: Client::builder(TokioExecutor::new()).pool_idle_timeout(Duration::from_secs(30)).build(connector), guard }
     }
 
     /// Sends a request; waits at most `timeout` for the response head.
     pub async fn send(&self, req: Request<Body>, timeout: Duration) -> Result<Response<Incoming>, NetError> {
         let uri = req.uri().to_string();
-        if !uri.starts_with("http://") {
-            return Err(NetError::Config(format!("{uri}: only http:// URLs are supported by this build")));
+        if !(uri.starts_with("http://") || uri.starts_with("https://")) {
+            return Err(NetError::Config(format!("{uri}: only http:// and https:// URLs are supported")));
         }
         if let (Some(guard), Some(host)) = (&self.guard, req.uri().host()) {
             // Names are checked by the resolver; IP literals never reach it.
@@ -138,7 +151,13 @@ impl HttpClient {
         }
         match tokio::time::timeout(timeout, self.inner.request(req)).await {
             Ok(Ok(resp)) => Ok(resp),
-            Ok(Err(e)) => Err(NetError::Unreachable { url: uri, reason: error_chain(&e) }),
+            Ok(Err(e)) => {
+                let mut reason = error_chain(&e);
+                if reason.contains("invalid peer certificate") {
+                    reason.push_str(" (to trust a private CA, pass --ca-file FILE or set ODI_CA_FILE)");
+                }
+                Err(NetError::Unreachable { url: uri, reason })
+            }
             Err(_) => Err(NetError::Unreachable { url: uri, reason: format!("no answer within {}s", timeout.as_secs()) }),
         }
     }

@@ -15,8 +15,9 @@
 //! relay's count of answers in flight); those do not wake the timer.
 //!
 //! [`run`] serves a driver: the crate's accept loop ([`crate::serve`]: per-address connection
-//! guards, header timeout, graceful shutdown) with the timer loop beside it, stopped once the
-//! accept loop has wound down.
+//! guards, TLS handshake deadline, header timeout, graceful shutdown) on a plain or TLS
+//! [`crate::Listener`], with the timer loop beside it, stopped once the accept loop has wound
+//! down.
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
@@ -28,7 +29,6 @@ use hyper::body::Incoming;
 use odi_core::directory::Directory;
 use odi_core::relay::Relay;
 use odi_core::time::Instant;
-use tokio::net::TcpListener;
 use tokio::sync::{Notify, watch};
 
 use crate::http::Body;
@@ -163,7 +163,7 @@ pub(crate) async fn timer_loop<D: Driver>(driver: Arc<D>, mut stop: watch::Recei
 
 /// Serves `driver` on `listener`, each request answered by `handle`, with [`timer_loop`] beside
 /// it, until `shutdown`; the timer stops once the accept loop has wound down.
-pub(crate) async fn run<D, H, F>(driver: Arc<D>, listener: TcpListener, handle: H, shutdown: impl Future<Output = ()>) -> Result<(), NetError>
+pub(crate) async fn run<D, H, F>(driver: Arc<D>, listener: crate::Listener, handle: H, shutdown: impl Future<Output = ()>) -> Result<(), NetError>
 where
     D: Driver,
     H: Fn(Arc<D>, Request<Incoming>) -> F + Send + Sync + 'static,

@@ -1,7 +1,9 @@
-//! HTTP plumbing shared by the directory and the relay: body types, one-line error responses,
-//! `Range` parsing, and serving a blob with the client-facing headers of the contract.
+//! HTTP plumbing shared by the directory and the relay: the accept loop ([`serve`], plain or
+//! TLS), body types, one-line error responses, `Range` parsing, and serving a blob with the
+//! client-facing headers of the contract.
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::ops::Range;
 
 use bytes::{Bytes, BytesMut};
@@ -454,4 +456,142 @@ mod tests {
         assert_eq!(r("bytes=0-18446744073709551615", 10), Partial(0..10));
         assert_eq!(parse_range(None, 10), Full);
     }
+}
+
+/// A bound listening socket, answering plain HTTP or, with a [`ServerTls`], HTTPS.
+#[derive(Debug)]
+pub struct Listener {
+    tcp: tokio::net::TcpListener,
+    tls: Option<crate::tls::ServerTls>,
+}
+
+impl Listener {
+    pub fn plain(tcp: tokio::net::TcpListener) -> Self {
+        Self { tcp, tls: None }
+    }
+
+    pub fn tls(tcp: tokio::net::TcpListener, tls: crate::tls::ServerTls) -> Self {
+        Self { tcp, tls: Some(tls) }
+    }
+
+    pub fn local_addr(&self) -> std::io::Result<std::net::SocketAddr> {
+        self.tcp.local_addr()
+    }
+
+    /// `https` with TLS, else `http`: the scheme of a URL that reaches this listener.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls.is_some() { "https" } else { "http" }
+    }
+}
+
+impl From<tokio::net::TcpListener> for Listener {
+    fn from(tcp: tokio::net::TcpListener) -> Self {
+        Self::plain(tcp)
+    }
+}
+
+/// Time allowed for a client to send its request head (slowloris guard).
+const HEADER_READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+/// Connections still open this long after shutdown begins are cut.
+const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
+/// Requests in flight at once on one HTTP/2 connection.
+const H2_MAX_STREAMS: u32 = 64;
+
+/// Accepts connections on `listener` and answers each request with `handler` until `shutdown`
+/// completes, then lets open connections finish for a short grace period. Plain connections
+/// speak HTTP/1.1; TLS ones HTTP/2 or HTTP/1.1 as ALPN chose, after a handshake that must end
+/// within [`crate::tls::HANDSHAKE_TIMEOUT`]. Every connection, handshaking or not, holds a
+/// permit of the connection guard from accept to close.
+pub(crate) async fn serve<H, F>(listener: Listener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), crate::NetError>
+where
+    H: Fn(http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
+    F: Future<Output = Response<Body>> + Send + 'static,
+{
+    use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+    use std::time::Duration;
+
+    use crate::guard;
+
+    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
+    let mut h1 = hyper::server::conn::http1::Builder::new();
+    h1.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
+    let mut h2 = hyper::server::conn::http2::Builder::new(TokioExecutor::new());
+    h2.timer(TokioTimer::new()).max_concurrent_streams(H2_MAX_STREAMS).keep_alive_interval(Some(Duration::from_secs(30)));
+    let conns = guard::ConnTracker::new(guard::ConnLimits::for_fd_limit(guard::raise_fd_limit()));
+    let shed_log = guard::LogLimiter::new(1, Duration::from_secs(10));
+    let handshake_log = Arc::new(guard::LogLimiter::new(1, Duration::from_secs(10)));
+    let Listener { tcp: listener, tls } = listener;
+    tokio::pin!(shutdown);
+    loop {
+        let (stream, peer) = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => match accepted {
+                Ok(conn) => conn,
+                Err(e) => {
+                    // Out of file descriptors and the like: back off instead of spinning.
+                    tracing::warn!(error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+        };
+        // Past its share (per address, or in all), a connection is closed before it costs more.
+        let Some(permit) = conns.admit(peer.ip()) else {
+            if let Some(held_back) = shed_log.allow() {
+                tracing::warn!(client = %peer.ip(), open = conns.open(), shed = conns.shed(), held_back, "too many connections; closing new ones from this address");
+            }
+            drop(stream);
+            continue;
+        };
+        let _ = stream.set_nodelay(true);
+        let handler = handler.clone();
+        let client = guard::ClientAddr(peer.ip());
+        let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
+            req.extensions_mut().insert(client);
+            let fut = handler(req);
+            async move { Ok::<_, Infallible>(fut.await) }
+        });
+        let watcher = graceful.watcher();
+        match &tls {
+            None => {
+                let conn = watcher.watch(h1.serve_connection(TokioIo::new(stream), service));
+                tokio::spawn(async move {
+                    if let Err(e) = conn.await {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+            Some(tls) => {
+                let (acceptor, h1, h2, handshake_log) = (tls.acceptor().clone(), h1.clone(), h2.clone(), handshake_log.clone());
+                tokio::spawn(async move {
+                    let stream = match tokio::time::timeout(crate::tls::HANDSHAKE_TIMEOUT, acceptor.accept(stream)).await {
+                        Ok(Ok(stream)) => stream,
+                        Ok(Err(e)) => {
+                            tracing::debug!(client = %peer.ip(), error = %e, "TLS handshake failed");
+                            return;
+                        }
+                        Err(_) => {
+                            if let Some(held_back) = handshake_log.allow() {
+                                tracing::info!(client = %peer.ip(), held_back, "TLS handshake not done in time; connection closed");
+                            }
+                            return;
+                        }
+                    };
+                    let result = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
+                        watcher.watch(h2.serve_connection(TokioIo::new(stream), service)).await
+                    } else {
+                        watcher.watch(h1.serve_connection(TokioIo::new(stream), service)).await
+                    };
+                    if let Err(e) = result {
+                        tracing::debug!(error = %e, "connection ended with an error");
+                    }
+                    drop(permit);
+                });
+            }
+        }
+    }
+    drop(listener);
+    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
+    Ok(())
 }

@@ -4,15 +4,9 @@
 //!
 //! Drivers are the only code that reads the clock, spawns tasks, or touches storage and sockets.
 
-use std::future::Future;
-use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
-use ::http::{Request, Response};
-use hyper::body::Incoming;
-use hyper_util::rt::{TokioIo, TokioTimer};
 use odi_core::time::UnixTime;
-use tokio::net::TcpListener;
 
 pub mod client;
 pub mod crash;
@@ -25,9 +19,12 @@ pub mod limit;
 pub mod lock;
 pub mod metalink;
 pub mod relay;
+pub mod tls;
 pub mod transfer;
 
 pub use client::HttpClient;
+pub use http::Listener;
+pub(crate) use http::serve;
 
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -83,65 +80,4 @@ impl Clock {
             None => tokio::time::sleep(Duration::from_secs(3600)),
         }
     }
-}
-
-/// Time allowed for a client to send its request head (slowloris guard).
-const HEADER_READ_TIMEOUT: Duration = Duration::from_secs(15);
-/// Connections still open this long after shutdown begins are cut.
-const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
-
-/// Accepts HTTP/1.1 connections on `listener` and answers each request with `handler` until
-/// `shutdown` completes, then lets open connections finish for a short grace period.
-pub(crate) async fn serve<H, F>(listener: TcpListener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), NetError>
-where
-    H: Fn(Request<Incoming>) -> F + Send + Sync + 'static,
-    F: Future<Output = Response<http::Body>> + Send + 'static,
-{
-    let graceful = hyper_util::server::graceful::GracefulShutdown::new();
-    let mut http = hyper::server::conn::http1::Builder::new();
-    http.timer(TokioTimer::new()).header_read_timeout(HEADER_READ_TIMEOUT).keep_alive(true);
-    let conns = guard::ConnTracker::new(guard::ConnLimits::for_fd_limit(guard::raise_fd_limit()));
-    let shed_log = guard::LogLimiter::new(1, Duration::from_secs(10));
-    tokio::pin!(shutdown);
-    loop {
-        let (stream, peer) = tokio::select! {
-            () = &mut shutdown => break,
-            accepted = listener.accept() => match accepted {
-                Ok(conn) => conn,
-                Err(e) => {
-                    // Out of file descriptors and the like: back off instead of spinning.
-                    tracing::warn!(error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-        };
-        // Past its share (per address, or in all), a connection is closed before it costs more.
-        let Some(permit) = conns.admit(peer.ip()) else {
-            if let Some(held_back) = shed_log.allow() {
-                tracing::warn!(client = %peer.ip(), open = conns.open(), shed = conns.shed(), held_back, "too many connections; closing new ones from this address");
-            }
-            drop(stream);
-            continue;
-        };
-        let _ = stream.set_nodelay(true);
-        let handler = handler.clone();
-        let client = guard::ClientAddr(peer.ip());
-        let service = hyper::service::service_fn(move |mut req: Request<Incoming>| {
-            req.extensions_mut().insert(client);
-            let fut = handler(req);
-            async move { Ok::<_, std::convert::Infallible>(fut.await) }
-        });
-        let conn = http.serve_connection(TokioIo::new(stream), service);
-        let conn = graceful.watch(conn);
-        tokio::spawn(async move {
-            if let Err(e) = conn.await {
-                tracing::debug!(error = %e, "connection ended with an error");
-            }
-            drop(permit);
-        });
-    }
-    drop(listener);
-    let _ = tokio::time::timeout(SHUTDOWN_GRACE, graceful.shutdown()).await;
-    Ok(())
 }

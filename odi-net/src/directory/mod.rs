@@ -30,7 +30,6 @@ use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
 use odi_core::time::UnixTime;
 use odi_storage::{LocalStore, SqliteMeta};
-use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 use crate::client::{AddressGuard, HttpClient};
@@ -38,7 +37,7 @@ use crate::driver::{self, Core, Driver as _};
 use crate::guard::{FailureLimiter, LogLimiter};
 use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json};
 use crate::lock::DataDirLock;
-use crate::{Clock, NetError, keys, unix_now};
+use crate::{Clock, Listener, NetError, keys, unix_now};
 
 mod admin;
 mod clients;
@@ -129,7 +128,7 @@ struct Shared {
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
-pub async fn run(listener: TcpListener, options: DirectoryOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+pub async fn run(listener: impl Into<Listener>, options: DirectoryOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
     DirectoryServer::open(options).await?.run(listener, shutdown).await
 }
 
@@ -212,14 +211,15 @@ impl DirectoryServer {
         self.shared.lock().id()
     }
 
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+    pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+        let listener = listener.into();
         let shared = self.shared;
         if shared.public_url.get().is_none() {
             let addr = listener.local_addr().map_err(|e| NetError::io("cannot read the listening address", e))?;
             if addr.ip().is_unspecified() {
                 return Err(NetError::Config(format!("--public-url is required when listening on {addr}: links and metalinks name the directory by it")));
             }
-            let _ = shared.public_url.set(format!("http://{addr}"));
+            let _ = shared.public_url.set(format!("{}://{addr}", listener.scheme()));
             let policy = AddressPolicy::for_directory(classify_ip(addr.ip()), shared.allow_private_relays);
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);

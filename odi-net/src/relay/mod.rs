@@ -19,7 +19,6 @@ use odi_core::storage::BlobStore;
 use odi_core::transfer::TransferConfig;
 use odi_core::{Digest, time::Instant};
 use odi_storage::LocalStore;
-use tokio::net::TcpListener;
 
 use crate::client::HttpClient;
 use crate::driver::{self, Core, Driver};
@@ -27,7 +26,7 @@ use crate::http::{DIGEST_HEADERS_KEPT, DigestHeaders};
 use crate::limit::RateLimiter;
 use crate::lock::DataDirLock;
 use crate::transfer::{Downloader, Redirects};
-use crate::{Clock, NetError};
+use crate::{Clock, Listener, NetError};
 
 mod serving;
 mod syncing;
@@ -76,7 +75,7 @@ struct Shared {
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
-pub async fn run(listener: TcpListener, options: RelayOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+pub async fn run(listener: impl Into<Listener>, options: RelayOptions, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
     RelayServer::open(options).await?.run(listener, shutdown).await
 }
 
@@ -85,8 +84,8 @@ impl RelayServer {
         let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
         let directory = options.directory.trim_end_matches('/').to_owned();
-        if !directory.starts_with("http://") {
-            return Err(NetError::Config(format!("directory URL `{directory}` must start with http://")));
+        if !(directory.starts_with("http://") || directory.starts_with("https://")) {
+            return Err(NetError::Config(format!("directory URL `{directory}` must start with http:// or https://")));
         }
         let catalogs =
             options.catalogs.iter().map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}")))).collect::<Result<Vec<_>, _>>()?;
@@ -135,7 +134,8 @@ impl RelayServer {
         self.shared.id
     }
 
-    pub async fn run(self, listener: TcpListener, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+    pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
+        let listener = listener.into();
         let shared = self.shared;
         let watcher = tokio::spawn(syncing::watch_directory(shared.clone()));
         let scrubber = tokio::spawn(syncing::scrub(shared.clone()));

@@ -1,0 +1,282 @@
+//! TLS for listeners and clients, with rustls on the aws-lc-rs provider.
+//!
+//! **Servers** ([`ServerTls`]) read a PEM certificate chain and private key, offer HTTP/2 and
+//! HTTP/1.1 by ALPN, and pick up renewed files without a restart: the certificate resolver looks
+//! at the files' modification time, size and inode at most once per [`RELOAD_CHECK`], and when
+//! they changed it loads them again. New handshakes get the new certificate; connections
+//! already open keep theirs. A pair that does not load (half written, key not matching the
+//! certificate) is logged and ignored, and the one in use stays until a good pair appears.
+//!
+//! **Clients** ([`client_config`]) trust the system's roots plus every CA file added with
+//! [`trust_ca_file`] (the CLI's `--ca-file` / `ODI_CA_FILE`), for the whole process: every
+//! client a process makes (a relay's to its directory and peers, the directory's self-tests and
+//! audits, `odi get`, admin commands) verifies against the same set.
+
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, PoisonError};
+use std::time::{Duration, Instant, SystemTime};
+
+use rustls::crypto::CryptoProvider;
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
+use rustls_pki_types::pem::PemObject as _;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+
+use crate::NetError;
+
+/// How often, at most, a handshake looks whether the certificate files changed.
+pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
+/// Time a client gets to complete its TLS handshake before the connection is dropped.
+pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The ALPN protocols a listener offers, preferred first.
+pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+
+/// The one crypto provider every config is built with (never a process default, so no other
+/// crate's choice can change it).
+pub fn provider() -> Arc<CryptoProvider> {
+    static PROVIDER: std::sync::OnceLock<Arc<CryptoProvider>> = std::sync::OnceLock::new();
+    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::aws_lc_rs::default_provider())).clone()
+}
+
+/// A listener's TLS: the acceptor of a server config whose certificate follows the files.
+#[derive(Clone)]
+pub struct ServerTls {
+    acceptor: tokio_rustls::TlsAcceptor,
+    resolver: Arc<ReloadingCert>,
+}
+
+impl fmt::Debug for ServerTls {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ServerTls").field("cert", &self.resolver.cert_path).field("key", &self.resolver.key_path).finish()
+    }
+}
+
+impl ServerTls {
+    /// Loads `cert` (a PEM chain, leaf first) and `key` (PEM PKCS#8, PKCS#1 or SEC1); fails
+    /// with a message naming the file and what is wrong with it.
+    pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Result<Self, NetError> {
+        let (cert_path, key_path) = (cert.into(), key.into());
+        let stamp = Stamp::of(&cert_path, &key_path);
+        let current = load_pair(&cert_path, &key_path).map_err(NetError::Config)?;
+        let resolver =
+            Arc::new(ReloadingCert { cert_path, key_path, state: Mutex::new(ReloadState { current, stamp, checked: Instant::now(), refused: None }) });
+        let mut config = rustls::ServerConfig::builder_with_provider(provider())
+            .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+            .map_err(|e| NetError::Config(format!("TLS configuration: {e}")))?
+            .with_no_client_auth()
+            .with_cert_resolver(resolver.clone());
+        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resolver })
+    }
+
+    pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
+        &self.acceptor
+    }
+
+    /// The end-entity certificate handshakes are given now (DER), looking at the files first.
+    pub fn current_certificate(&self) -> CertificateDer<'static> {
+        let key = self.resolver.current(true);
+        key.cert.first().cloned().unwrap_or_else(|| CertificateDer::from(Vec::new()))
+    }
+}
+
+/// What identifies one version of the two files; any change means "load again".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+struct Stamp([Option<(SystemTime, u64, u64)>; 2]);
+
+impl Stamp {
+    fn of(cert: &Path, key: &Path) -> Self {
+        use std::os::unix::fs::MetadataExt as _;
+        let one = |p: &Path| std::fs::metadata(p).ok().map(|m| (m.modified().unwrap_or(SystemTime::UNIX_EPOCH), m.len(), m.ino()));
+        Self([one(cert), one(key)])
+    }
+}
+
+#[derive(Debug)]
+struct ReloadState {
+    current: Arc<CertifiedKey>,
+    /// The files' stamp when `current` was loaded.
+    stamp: Stamp,
+    checked: Instant,
+    /// A stamp whose files did not load: not tried again until the files change once more.
+    refused: Option<Stamp>,
+}
+
+#[derive(Debug)]
+struct ReloadingCert {
+    cert_path: PathBuf,
+    key_path: PathBuf,
+    state: Mutex<ReloadState>,
+}
+
+impl ReloadingCert {
+    fn current(&self, force_check: bool) -> Arc<CertifiedKey> {
+        let mut state = self.state.lock().unwrap_or_else(PoisonError::into_inner);
+        if force_check || state.checked.elapsed() >= RELOAD_CHECK {
+            state.checked = Instant::now();
+            let stamp = Stamp::of(&self.cert_path, &self.key_path);
+            if stamp != state.stamp && state.refused != Some(stamp) {
+                // Small files, read only when they changed: cheap enough for the handshake path.
+                match load_pair(&self.cert_path, &self.key_path) {
+                    Ok(key) => {
+                        tracing::info!(cert = %self.cert_path.display(), "TLS certificate reloaded; new connections get it");
+                        state.current = key;
+                        state.stamp = stamp;
+                        state.refused = None;
+                    }
+                    Err(why) => {
+                        tracing::warn!(error = %why, "TLS certificate files changed but do not load; still serving the previous certificate");
+                        state.refused = Some(stamp);
+                    }
+                }
+            }
+        }
+        state.current.clone()
+    }
+}
+
+impl ResolvesServerCert for ReloadingCert {
+    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.current(false))
+    }
+}
+
+/// Reads and checks a certificate chain and its key.
+fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, String> {
+    let cert_pem = std::fs::read(cert_path).map_err(|e| format!("cannot read the TLS certificate {}: {e}", cert_path.display()))?;
+    let chain = CertificateDer::pem_slice_iter(&cert_pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("the TLS certificate {} is not valid PEM: {e}", cert_path.display()))?;
+    if chain.is_empty() {
+        return Err(format!("the TLS certificate {} holds no CERTIFICATE block", cert_path.display()));
+    }
+    let key_pem = std::fs::read(key_path).map_err(|e| format!("cannot read the TLS key {}: {e}", key_path.display()))?;
+    let key = PrivateKeyDer::from_pem_slice(&key_pem).map_err(|e| format!("the TLS key {} holds no usable private key: {e}", key_path.display()))?;
+    let certified = CertifiedKey::from_der(chain, key, &provider())
+        .map_err(|e| format!("the TLS key {} does not fit the certificate {} ({e})", key_path.display(), cert_path.display()))?;
+    Ok(Arc::new(certified))
+}
+
+/// Reads every certificate in a PEM file (a CA bundle).
+pub fn read_ca_file(path: &Path) -> Result<Vec<CertificateDer<'static>>, NetError> {
+    let pem = std::fs::read(path).map_err(|e| NetError::Config(format!("cannot read the CA file {}: {e}", path.display())))?;
+    let certs = CertificateDer::pem_slice_iter(&pem)
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| NetError::Config(format!("the CA file {} is not valid PEM: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(NetError::Config(format!("the CA file {} holds no CERTIFICATE block", path.display())));
+    }
+    Ok(certs)
+}
+
+struct Trust {
+    extra: Vec<CertificateDer<'static>>,
+    config: Option<Arc<rustls::ClientConfig>>,
+}
+
+static TRUST: Mutex<Trust> = Mutex::new(Trust { extra: Vec::new(), config: None });
+
+/// Adds the CAs in a PEM file to what every client of this process trusts, besides the system
+/// roots; clients made from then on use them.
+pub fn trust_ca_file(path: &Path) -> Result<(), NetError> {
+    let certs = read_ca_file(path)?;
+    let mut roots = rustls::RootCertStore::empty();
+    let (added, ignored) = roots.add_parsable_certificates(certs.iter().cloned());
+    if added == 0 || ignored > 0 {
+        return Err(NetError::Config(format!("the CA file {} holds a certificate that is not a usable CA ({ignored} of {})", path.display(), certs.len())));
+    }
+    let mut trust = TRUST.lock().unwrap_or_else(PoisonError::into_inner);
+    trust.extra.extend(certs);
+    trust.config = None;
+    Ok(())
+}
+
+/// The system's root certificates, read once per process (none if the system has none).
+fn system_roots() -> &'static [CertificateDer<'static>] {
+    static ROOTS: std::sync::OnceLock<Vec<CertificateDer<'static>>> = std::sync::OnceLock::new();
+    ROOTS.get_or_init(|| {
+        let found = rustls_native_certs::load_native_certs();
+        if found.certs.is_empty() {
+            tracing::warn!(errors = found.errors.len(), "no system root certificates found; only --ca-file CAs are trusted");
+        }
+        found.certs
+    })
+}
+
+/// The client config every client of this process uses: system roots plus [`trust_ca_file`]
+/// CAs.
+pub fn client_config() -> Arc<rustls::ClientConfig> {
+    let mut trust = TRUST.lock().unwrap_or_else(PoisonError::into_inner);
+    if let Some(config) = &trust.config {
+        return config.clone();
+    }
+    let mut roots = rustls::RootCertStore::empty();
+    // A system root that does not parse is skipped rather than failing every client.
+    roots.add_parsable_certificates(system_roots().iter().cloned());
+    roots.add_parsable_certificates(trust.extra.iter().cloned());
+    // Invariant: the aws-lc-rs provider has cipher suites for TLS 1.2 and 1.3.
+    let config = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(rustls::DEFAULT_VERSIONS)
+        .expect("aws-lc-rs supports the default TLS versions")
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    // No ALPN here: the connector sets it (HTTP/1.1).
+    let config = Arc::new(config);
+    trust.config = Some(config.clone());
+    config
+}
+
+/// The files of a development CA and one server certificate it signed ([`write_dev_ca`]).
+#[derive(Clone, Debug)]
+pub struct DevCerts {
+    /// The CA's certificate: what clients trust (`curl --cacert`, `--ca-file`).
+    pub ca: PathBuf,
+    /// The server's certificate chain (leaf, then the CA) for `--tls-cert`.
+    pub cert: PathBuf,
+    /// The server's private key (mode 0600) for `--tls-key`.
+    pub key: PathBuf,
+}
+
+/// Makes a CA and a server certificate for `names` (DNS names or IP addresses) signed by it,
+/// and writes them into `dir` as `ca.pem`, `cert.pem`, `key.pem`; for `odi dev --tls` and
+/// tests, never for a public service. The CA's key is not kept.
+pub fn write_dev_ca(dir: &Path, names: &[&str]) -> Result<DevCerts, NetError> {
+    use rcgen::{BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair, KeyUsagePurpose};
+
+    let fail = |e: rcgen::Error| NetError::Config(format!("cannot make the dev certificates: {e}"));
+    let mut ca_params = CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    ca_params.distinguished_name.push(DnType::CommonName, "ODI development CA");
+    ca_params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+    let ca_key = KeyPair::generate().map_err(fail)?;
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(fail)?;
+
+    let mut leaf = CertificateParams::new(names.iter().map(|n| (*n).to_owned()).collect::<Vec<_>>()).map_err(fail)?;
+    leaf.distinguished_name.push(DnType::CommonName, names.first().copied().unwrap_or("localhost"));
+    leaf.is_ca = IsCa::NoCa;
+    leaf.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    leaf.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    let leaf_key = KeyPair::generate().map_err(fail)?;
+    let leaf_cert = leaf.signed_by(&leaf_key, &ca).map_err(fail)?;
+
+    std::fs::create_dir_all(dir).map_err(|e| NetError::io(format!("cannot create {}", dir.display()), e))?;
+    let files = DevCerts { ca: dir.join("ca.pem"), cert: dir.join("cert.pem"), key: dir.join("key.pem") };
+    write_file(&files.ca, ca.pem().as_bytes(), 0o644)?;
+    write_file(&files.cert, format!("{}{}", leaf_cert.pem(), ca.pem()).as_bytes(), 0o644)?;
+    write_file(&files.key, leaf_key.serialize_pem().as_bytes(), 0o600)?;
+    Ok(files)
+}
+
+/// Writes `bytes` to `path` through a temporary file and a rename, so a reader (a listener
+/// reloading its certificate) sees the old file or the new one, never half of one.
+pub fn write_file(path: &Path, bytes: &[u8], mode: u32) -> Result<(), NetError> {
+    use std::io::Write as _;
+    use std::os::unix::fs::OpenOptionsExt as _;
+
+    let tmp = path.with_extension("tmp");
+    let io = |e| NetError::io(format!("cannot write {}", path.display()), e);
+    let mut f = std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&tmp).map_err(io)?;
+    f.write_all(bytes).and_then(|()| f.sync_all()).map_err(io)?;
+    std::fs::rename(&tmp, path).map_err(io)
+}
