@@ -20,7 +20,7 @@ async fn listen(port: u16) -> Result<TcpListener> {
     }
 }
 
-pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
+pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<()> {
     if relays == 0 || relays > 32 {
         bail!("--relays must be 1 to 32");
     }
@@ -28,8 +28,23 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     // The directory and each relay lock their own data directories; this lock names the root
     // when a second `odi dev` is started on it.
     let _lock = odi_net::lock::DataDirLock::acquire(&data).context("cannot start odi dev")?;
-    let dir_listener = listen(DIRECTORY_PORT).await?;
-    let dir_url = format!("http://{}", dir_listener.local_addr()?);
+    // One certificate for every listener (all are on 127.0.0.1), from a CA made for this run;
+    // this process's own clients (relays, admin calls) trust it like the printed commands do.
+    let certs = if tls {
+        let certs = odi_net::tls::write_dev_ca(&data.join("tls"), &["127.0.0.1", "localhost", "::1"])?;
+        odi_net::tls::trust_ca_file(&certs.ca)?;
+        Some(certs)
+    } else {
+        None
+    };
+    let wrap = |tcp: TcpListener| -> Result<odi_net::Listener> {
+        Ok(match &certs {
+            Some(c) => odi_net::Listener::tls(tcp, odi_net::tls::ServerTls::from_pem_files(&c.cert, &c.key)?),
+            None => odi_net::Listener::plain(tcp),
+        })
+    };
+    let dir_listener = wrap(listen(DIRECTORY_PORT).await?)?;
+    let dir_url = format!("{}://{}", dir_listener.scheme(), dir_listener.local_addr()?);
     let mut options = odi_net::directory::DirectoryOptions::new(data.join("directory"));
     options.public_url = Some(dir_url.clone());
     options.heartbeat_interval = Duration::from_secs(1);
@@ -50,8 +65,8 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     let mut tasks = vec![tokio::spawn(directory.run(dir_listener, stopped(stop_rx.clone())))];
     let mut relay_urls = Vec::new();
     for i in 1..=relays {
-        let listener = listen(DIRECTORY_PORT + u16::from(i)).await?;
-        let url = format!("http://{}", listener.local_addr()?);
+        let listener = wrap(listen(DIRECTORY_PORT + u16::from(i)).await?)?;
+        let url = format!("{}://{}", listener.scheme(), listener.local_addr()?);
         let options = odi_net::relay::RelayOptions {
             data_dir: data.join(format!("relay-{i}")),
             directory: dir_url.clone(),
@@ -99,18 +114,27 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>) -> Result<()> {
     let odi = odi_command();
     let token = format!("ODI_ADMIN_TOKEN=$(cat {})", shell_quote(&admin_path.display().to_string()));
     let mut text = format!("ODI dev network is up (data in {}).\n", data.display());
+    // With --tls every command names the dev CA; without, nothing is added.
+    let (cacert, ca_file) = match &certs {
+        Some(c) => {
+            let ca = shell_quote(&c.ca.display().to_string());
+            text.push_str(&format!("  dev CA     {ca} (trust it with curl --cacert, odi --ca-file or ODI_CA_FILE)\n"));
+            (format!(" --cacert {ca}"), format!(" --ca-file {ca}"))
+        }
+        None => Default::default(),
+    };
     text.push_str(&format!("  directory  {dir_url}\n"));
     for url in &relay_urls {
         text.push_str(&format!("  relay      {url}\n"));
     }
     text.push_str("\nTry:\n");
     for command in [
-        format!("curl -L {dir_url}/r/sample/hello.txt"),
-        format!("curl -sI {dir_url}/r/sample/odi-sample-5MiB.bin"),
-        format!("{odi} get {dir_url}/r/sample/odi-sample-5MiB.bin"),
-        format!("{token} {odi} ls --directory {dir_url} --catalog sample"),
-        format!("{token} {odi} relays --directory {dir_url}"),
-        format!("{token} {odi} publish --directory {dir_url} --catalog sample {}", shell_quote(&sample.display().to_string())),
+        format!("curl{cacert} -L {dir_url}/r/sample/hello.txt"),
+        format!("curl{cacert} -sI {dir_url}/r/sample/odi-sample-5MiB.bin"),
+        format!("{odi} get{ca_file} {dir_url}/r/sample/odi-sample-5MiB.bin"),
+        format!("{token} {odi} ls{ca_file} --directory {dir_url} --catalog sample"),
+        format!("{token} {odi} relays{ca_file} --directory {dir_url}"),
+        format!("{token} {odi} publish{ca_file} --directory {dir_url} --catalog sample {}", shell_quote(&sample.display().to_string())),
     ] {
         text.push_str(&format!("  {command}\n"));
     }

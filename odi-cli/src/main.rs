@@ -40,6 +40,10 @@ use admin::{Admin, encode_path};
 struct Cli {
     #[command(subcommand)]
     command: Command,
+    /// PEM file of CA certificates to trust for https:// besides the system roots (any
+    /// command, daemons too); may be given more than once.
+    #[arg(long = "ca-file", env = "ODI_CA_FILE", global = true, value_name = "FILE")]
+    ca_files: Vec<PathBuf>,
 }
 
 #[derive(Subcommand)]
@@ -108,6 +112,12 @@ struct DirectoryArgs {
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
     probation: Option<Duration>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -138,6 +148,12 @@ struct RelayArgs {
     /// default); 0 turns it off (reads are still checked as they are served).
     #[arg(long, value_parser = units::parse_rate)]
     scrub_rate: Option<u64>,
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -307,6 +323,9 @@ struct DevArgs {
     /// Data directory (default: odi-dev under the system temp dir).
     #[arg(long)]
     data: Option<PathBuf>,
+    /// Serve everything over HTTPS, with a dev CA and certificates made in the data directory.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Every daemon flag, as it may appear in `--config`.
@@ -329,6 +348,8 @@ struct FileConfig {
     catalog: Vec<String>,
     bandwidth: Option<String>,
     scrub_rate: Option<String>,
+    tls_cert: Option<PathBuf>,
+    tls_key: Option<PathBuf>,
 }
 
 impl FileConfig {
@@ -360,6 +381,12 @@ fn main() {
             std::process::exit(1);
         }
     };
+    for ca in &cli.ca_files {
+        if let Err(e) = odi_net::tls::trust_ca_file(ca) {
+            eprintln!("error: --ca-file: {e}");
+            std::process::exit(1);
+        }
+    }
     if let Err(e) = runtime.block_on(run(cli.command)) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -368,6 +395,21 @@ fn main() {
 
 async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is the port taken?"))
+}
+
+/// Binds `addr`, serving HTTPS when a certificate and key are given (flag, else config).
+async fn listen(addr: SocketAddr, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<odi_net::Listener> {
+    let tls = match (cert, key) {
+        (Some(cert), Some(key)) => Some(odi_net::tls::ServerTls::from_pem_files(cert, key)?),
+        (None, None) => None,
+        (Some(_), None) => bail!("--tls-cert needs --tls-key (or `tls_key` in --config)"),
+        (None, Some(_)) => bail!("--tls-key needs --tls-cert (or `tls_cert` in --config)"),
+    };
+    let tcp = bind(addr).await?;
+    Ok(match tls {
+        Some(tls) => odi_net::Listener::tls(tcp, tls),
+        None => odi_net::Listener::plain(tcp),
+    })
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -399,7 +441,7 @@ async fn run(command: Command) -> Result<()> {
             options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
-            let listener = bind(listen).await?;
+            let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
             let server =
                 odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
             for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path)] {
@@ -407,7 +449,7 @@ async fn run(command: Command) -> Result<()> {
                     eprintln!("{what} token: {}", path.display());
                 }
             }
-            eprintln!("directory {} listening on http://{}", server.id(), listener.local_addr()?);
+            eprintln!("directory {} listening on {}://{}", server.id(), listener.scheme(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
         Command::Relay(args) => {
@@ -449,9 +491,9 @@ async fn run(command: Command) -> Result<()> {
                 max_fetches: 4,
                 scrub_rate,
             };
-            let listener = bind(listen).await?;
+            let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
             let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
-            eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
+            eprintln!("relay {} listening on {}://{}", server.id(), listener.scheme(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
         Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable }) => {
@@ -528,7 +570,7 @@ async fn run(command: Command) -> Result<()> {
                 eprintln!("saved {}", out.display());
             }
         }
-        Command::Dev(args) => dev::run(args.relays, args.data).await?,
+        Command::Dev(args) => dev::run(args.relays, args.data, args.tls).await?,
     }
     Ok(())
 }
