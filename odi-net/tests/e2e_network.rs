@@ -127,7 +127,7 @@ async fn a_directory_restart_loses_nothing_and_relays_do_not_refetch() {
     let (tmp, mut dir, relay_nodes, files) = ready_network().await;
     let before: Vec<_> = relay_nodes.iter().map(|r| blob_files(&r.data)).collect();
     assert!(before.iter().all(|f| f.len() == 3), "{before:?}");
-    let addr: std::net::SocketAddr = dir.url.trim_start_matches("http://").parse().unwrap();
+    let addr: std::net::SocketAddr = dir.url.split_once("://").unwrap().1.parse().unwrap();
     dir.stop().await;
     let dir = start_directory(&tmp.path().join("dir"), Some(addr)).await;
 

@@ -41,7 +41,7 @@ async fn a_captured_heartbeat_is_refused_after_a_directory_restart() {
     let r = post(&format!("{}/odi/v1/heartbeat", dir.url), &capture, HEARTBEAT).await;
     assert_eq!(r.status, StatusCode::UNAUTHORIZED, "replayed at once: {}", r.text());
     // Restart within the signature's lifetime: the nonce cache is new, the capture still too old.
-    let addr: std::net::SocketAddr = dir.url.trim_start_matches("http://").parse().unwrap();
+    let addr: std::net::SocketAddr = dir.url.split_once("://").unwrap().1.parse().unwrap();
     dir.stop().await;
     tokio::time::sleep(Duration::from_millis(1100)).await;
     let dir = start_directory(&data, Some(addr)).await;

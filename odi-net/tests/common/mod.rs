@@ -19,6 +19,40 @@ pub const ENROLL: &str = "e5f7a9b1c3d5e7f9a1b3c5d7e9f1a3b5c7d9e1f3a5b7c9d1e3f5a7
 pub const HEARTBEAT: Duration = Duration::from_millis(300);
 pub const LEASE: Duration = Duration::from_millis(1500);
 
+/// With `ODI_TEST_TLS=1` every node these helpers start serves HTTPS with a certificate from a
+/// test CA that this process's clients trust, and its URL is `https://`.
+pub fn tls_mode() -> bool {
+    std::env::var_os("ODI_TEST_TLS").is_some_and(|v| v == "1")
+}
+
+/// The test CA's files (made once per process, trusted by every client of this process).
+pub fn test_certs() -> &'static odi_net::tls::DevCerts {
+    static CERTS: std::sync::OnceLock<(tempfile::TempDir, odi_net::tls::DevCerts)> = std::sync::OnceLock::new();
+    &CERTS
+        .get_or_init(|| {
+            let dir = tempfile::tempdir().expect("temp dir for the test CA");
+            let certs = odi_net::tls::write_dev_ca(dir.path(), &["127.0.0.1", "localhost", "127.0.0.2", "::1"]).expect("test CA");
+            odi_net::tls::trust_ca_file(&certs.ca).expect("trust the test CA");
+            (dir, certs)
+        })
+        .1
+}
+
+/// `listener` as the helpers serve it: TLS in [`tls_mode`], plain otherwise.
+pub fn listener(tcp: TcpListener) -> odi_net::Listener {
+    if tls_mode() {
+        let certs = test_certs();
+        odi_net::Listener::tls(tcp, odi_net::tls::ServerTls::from_pem_files(&certs.cert, &certs.key).expect("test certificate"))
+    } else {
+        odi_net::Listener::plain(tcp)
+    }
+}
+
+/// The scheme of the nodes' URLs: `https` in [`tls_mode`].
+pub fn scheme() -> &'static str {
+    if tls_mode() { "https" } else { "http" }
+}
+
 pub struct Node {
     pub url: String,
     pub data: PathBuf,
@@ -50,8 +84,8 @@ pub async fn start_directory(data: &Path, addr: Option<std::net::SocketAddr>) ->
 }
 
 pub async fn start_directory_with(data: &Path, addr: Option<std::net::SocketAddr>, tune: impl FnOnce(&mut DirectoryOptions)) -> Node {
-    let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind directory");
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let listener = listener(TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind directory"));
+    let url = format!("{}://{}", listener.scheme(), listener.local_addr().unwrap());
     let mut options = DirectoryOptions::new(data);
     options.heartbeat_interval = HEARTBEAT;
     options.lease = LEASE;
@@ -73,12 +107,13 @@ pub async fn start_relay(data: &Path, directory: &str, budget: u64, addr: Option
 
 pub async fn start_relay_with_token(data: &Path, directory: &str, budget: u64, addr: Option<std::net::SocketAddr>, token: &str) -> Node {
     let listener = TcpListener::bind(addr.unwrap_or_else(|| "127.0.0.1:0".parse().unwrap())).await.expect("bind relay");
-    let url = format!("http://{}", listener.local_addr().unwrap());
+    let url = format!("{}://{}", scheme(), listener.local_addr().unwrap());
     start_relay_on(listener, &url, data, directory, budget, 0, token).await
 }
 
-/// Starts a relay on `listener`, announcing `public_url` (which may be a proxy in front of it).
-pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path, directory: &str, budget: u64, bandwidth: u64, token: &str) -> Node {
+/// Starts a relay on `listener`, announcing `public_url` (which may be a proxy in front of it);
+/// it serves TLS when `public_url` is `https://` in [`tls_mode`].
+pub async fn start_relay_on(tcp: TcpListener, public_url: &str, data: &Path, directory: &str, budget: u64, bandwidth: u64, token: &str) -> Node {
     let url = public_url.to_owned();
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
@@ -93,6 +128,7 @@ pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path
     };
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
+    let listener = if url.starts_with("https://") { listener(tcp) } else { odi_net::Listener::plain(tcp) };
     let task = tokio::spawn(server.run(listener, signal));
     Node { url, data: data.to_path_buf(), stop: Some(stop), task: Some(task) }
 }
