@@ -11,7 +11,10 @@
 //! 4. a relay syncing ~1 GiB of small and large artifacts from a directory to disk, against
 //!    `xargs -P` curl fetching the same files from the same directory, then flushing them;
 //! 5. the directory answering `302` for 1000 small artifacts held by 2 ready relays under wrk,
-//!    against nginx answering the same paths with `return 302`.
+//!    against nginx answering the same paths with `return 302`;
+//! 6. over HTTPS, the same certificate (ECDSA P-256) and TLS 1.3 cipher suite on both sides: a
+//!    relay serving 1 GiB to curl and 1000 x 1 KiB to wrk, against nginx, and full TLS
+//!    handshakes a second (`openssl s_time -new`) against nginx.
 //!
 //! Everything listens on 127.0.0.1 only; data lives in a temporary directory removed at the end
 //! (also on error or SIGINT/SIGTERM). `benches/run.sh` installs the tools and runs this in release.
@@ -39,7 +42,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N] [--only LIST]
   --quick       small data set, short wrk runs: checks the harness, figures mean little
-  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302
+  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302, tls
   --runs N      measured runs per side (default 3); each figure is the best of them
   --per-curl N  URLs per curl process in the sync comparison (default 16)";
 
@@ -59,10 +62,11 @@ enum Part {
     Hash,
     Sync,
     Redirect,
+    Tls,
 }
 
 impl Part {
-    const ALL: [Self; 4] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect];
+    const ALL: [Self; 5] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect, Self::Tls];
 
     fn name(self) -> &'static str {
         match self {
@@ -70,6 +74,7 @@ impl Part {
             Self::Hash => "hash",
             Self::Sync => "sync",
             Self::Redirect => "302",
+            Self::Tls => "tls",
         }
     }
 }
@@ -81,7 +86,7 @@ struct Options {
     per_curl: usize,
     wrk: WrkLoad,
     /// Which comparisons run, indexed like `Part::ALL`.
-    parts: [bool; 4],
+    parts: [bool; 5],
 }
 
 impl Options {
@@ -91,7 +96,7 @@ impl Options {
             runs: 3,
             per_curl: 16,
             wrk: WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(5) },
-            parts: [true; 4],
+            parts: [true; 5],
         };
         let number = |flag: &str, value: Option<String>| -> anyhow::Result<usize> {
             let value = value.with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
@@ -109,7 +114,7 @@ impl Options {
                 "--per-curl" => options.per_curl = number("--per-curl", args.next())?,
                 "--only" => {
                     let list = args.next().with_context(|| format!("--only needs a list\n{USAGE}"))?;
-                    options.parts = [false; 4];
+                    options.parts = [false; 5];
                     for name in list.split(',') {
                         let i = Part::ALL.iter().position(|p| p.name() == name).with_context(|| format!("--only: no comparison `{name}`\n{USAGE}"))?;
                         options.parts[i] = true;
@@ -182,6 +187,14 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
     flush_to_disk();
     checkpoint().await;
 
+    // Trusted before any node starts: the directory self-tests the TLS relay at its https:// URL.
+    let certs = if options.wants(Part::Tls) {
+        let certs = odi_net::tls::write_dev_ca(&work.join("tls"), &["127.0.0.1"])?;
+        odi_net::tls::trust_ca_file(&certs.ca)?;
+        Some(certs)
+    } else {
+        None
+    };
     let directory = odi::start_directory(&work.join("directory")).await?;
     let admin = Admin::new(&directory.url);
     progress(&format!("directory at {}; publishing", directory.url));
@@ -189,7 +202,7 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         admin.create_catalog(catalog, 1).await?;
     }
     admin.create_catalog(REDIRECT_CATALOG, REDIRECT_RELAYS as u32).await?;
-    if options.wants(Part::Serve) {
+    if options.wants(Part::Serve) || options.wants(Part::Tls) {
         admin.publish(&data.big).await?;
         admin.publish_all(&data.small, PUBLISH_PARALLEL).await?;
     }
@@ -216,6 +229,9 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         }
         if options.wants(Part::Redirect) {
             comparisons.push(redirect_302(work, &directory, &admin, &data, &options).await?);
+        }
+        if let Some(certs) = &certs {
+            comparisons.extend(tls_serving(work, certs, &directory, &admin, &data, &options).await?);
         }
         anyhow::Ok(comparisons)
     }
@@ -244,6 +260,95 @@ async fn serving(work: &Path, directory: &Node, admin: &Admin, data: &Dataset, o
     nginx.stop();
     relay.stop().await?;
     served
+}
+
+/// The one TLS 1.3 cipher suite both sides use in comparison 6 (OpenSSL's and rustls' first
+/// choice on this hardware).
+const TLS_SUITE: &str = "TLS_AES_256_GCM_SHA384";
+/// `openssl s_time` processes at once in the handshake comparison.
+const HANDSHAKE_CLIENTS: usize = 2;
+
+/// Comparison 6: a TLS relay and nginx with the same certificate and cipher suite.
+async fn tls_serving(
+    work: &Path,
+    certs: &odi_net::tls::DevCerts,
+    directory: &Node,
+    admin: &Admin,
+    data: &Dataset,
+    options: &Options,
+) -> anyhow::Result<[Comparison; 3]> {
+    progress("starting a TLS relay and nginx with TLS");
+    let tls = odi_net::tls::ServerTls::from_pem_files(&certs.cert, &certs.key)?;
+    let since = Instant::now();
+    let relay = odi::start_relay_tls(&work.join("relay-tls"), &directory.url, &[BIG_CATALOG, SMALL_CATALOG], SYNC_PARALLEL, Some(tls)).await?;
+    admin.wait_ready(&relay.url, 1 + data.small.len() as u64, since, READY_LIMIT).await?;
+    let mut nginx = nginx::Nginx::start_tls(&work.join("nginx-tls"), &data.www, nginx::Tls { cert: &certs.cert, key: &certs.key, ciphersuite: TLS_SUITE })?;
+    progress(&format!("TLS relay at {}, nginx at {}", relay.url, nginx.url));
+    let compared = async {
+        let ca = certs.ca.display().to_string();
+        let curl_tls = ["--cacert", ca.as_str(), "--http1.1", "--tlsv1.3", "--tls13-ciphers", TLS_SUITE];
+        let path = data.big.url_path();
+        let (odi_url, nginx_url) = (format!("{}{path}", relay.url), format!("{}{path}", nginx.url));
+        progress(&format!("serving {} over HTTPS: curl {odi_url} and {nginx_url}", size(data.big.len)));
+        let mib_s = |url: &str| tools::curl_speed_with(url, data.big.len, &curl_tls).map(|bps| bps / MIB as f64);
+        mib_s(&odi_url)?;
+        mib_s(&nginx_url)?;
+        let mut big = Comparison::new(format!("HTTPS serve {} (curl, HTTP/1.1, {TLS_SUITE})", size(data.big.len)), "MiB/s", "nginx", Better::Higher, 1.0, 0);
+        for _ in 0..options.runs {
+            big.odi.push(mib_s(&odi_url)?);
+            big.reference.push(mib_s(&nginx_url)?);
+            checkpoint().await;
+        }
+        let big = finish(big);
+
+        let script = work.join("rotate-tls.lua");
+        tools::wrk_script(&script, &data.small.iter().map(data::Artifact::url_path).collect::<Vec<_>>())?;
+        let load = options.wrk;
+        progress(&format!("serving {} x {} over HTTPS: {} over both", data.small.len(), size(data.small[0].len), load.describe()));
+        let warm = WrkLoad { duration: Duration::from_secs(1), ..load };
+        tools::wrk(&relay.url, &script, warm)?;
+        tools::wrk(&nginx.url, &script, warm)?;
+        let mut small = Comparison::new(
+            format!("HTTPS serve {} x {} ({})", data.small.len(), size(data.small[0].len), load.describe()),
+            "req/s",
+            "nginx",
+            Better::Higher,
+            0.8,
+            0,
+        );
+        for _ in 0..options.runs {
+            small.odi.push(tools::wrk(&relay.url, &script, load)?);
+            checkpoint().await;
+            small.reference.push(tools::wrk(&nginx.url, &script, load)?);
+            checkpoint().await;
+        }
+        let small = finish(small);
+
+        let secs = load.duration.as_secs().max(1);
+        let addr = |url: &str| url.trim_start_matches("https://").to_owned();
+        progress(&format!("full TLS handshakes: {HANDSHAKE_CLIENTS} x openssl s_time -new for {secs}s against both"));
+        tools::tls_handshakes(&addr(&relay.url), 1, 1, TLS_SUITE)?;
+        tools::tls_handshakes(&addr(&nginx.url), 1, 1, TLS_SUITE)?;
+        let mut handshakes = Comparison::new(
+            format!("TLS 1.3 full handshakes ({HANDSHAKE_CLIENTS} x openssl s_time -new, ECDSA P-256)"),
+            "handshakes/s",
+            "nginx",
+            Better::Higher,
+            None,
+            0,
+        );
+        for _ in 0..options.runs {
+            handshakes.odi.push(tools::tls_handshakes(&addr(&relay.url), HANDSHAKE_CLIENTS, secs, TLS_SUITE)?);
+            checkpoint().await;
+            handshakes.reference.push(tools::tls_handshakes(&addr(&nginx.url), HANDSHAKE_CLIENTS, secs, TLS_SUITE)?);
+            checkpoint().await;
+        }
+        anyhow::Ok([big, small, finish(handshakes)])
+    };
+    let compared = compared.await;
+    nginx.stop();
+    relay.stop().await?;
+    compared
 }
 
 fn progress(msg: &str) {

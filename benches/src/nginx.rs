@@ -22,6 +22,14 @@ pub(crate) struct Redirect<'a> {
     pub(crate) to: &'a str,
 }
 
+/// The certificate nginx serves HTTPS with.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Tls<'a> {
+    pub(crate) cert: &'a Path,
+    pub(crate) key: &'a Path,
+    pub(crate) ciphersuite: &'a str,
+}
+
 pub(crate) struct Nginx {
     child: Child,
     pub(crate) url: String,
@@ -38,11 +46,21 @@ impl Nginx {
 
     /// Like `start`, and answers every path under `redirect.location` with a `302`.
     pub(crate) fn start_with(prefix: &Path, www: &Path, redirect: Option<Redirect<'_>>) -> anyhow::Result<Self> {
+        Self::start_full(prefix, www, redirect, None)
+    }
+
+    /// Like `start`, over HTTPS with this certificate chain and key, TLS 1.3 with `ciphersuite`
+    /// only, HTTP/2 and HTTP/1.1 by ALPN (without `sendfile`, which TLS rules out here).
+    pub(crate) fn start_tls(prefix: &Path, www: &Path, tls: Tls<'_>) -> anyhow::Result<Self> {
+        Self::start_full(prefix, www, None, Some(tls))
+    }
+
+    fn start_full(prefix: &Path, www: &Path, redirect: Option<Redirect<'_>>, tls: Option<Tls<'_>>) -> anyhow::Result<Self> {
         fs::create_dir_all(prefix).with_context(|| format!("cannot create {}", prefix.display()))?;
         let port = free_loopback_port()?;
         let conf = prefix.join("nginx.conf");
         let error_log = prefix.join("error.log");
-        fs::write(&conf, config(prefix, www, port, redirect)).with_context(|| format!("cannot write {}", conf.display()))?;
+        fs::write(&conf, config(prefix, www, port, redirect, tls)).with_context(|| format!("cannot write {}", conf.display()))?;
         let child = Command::new("nginx")
             .arg("-p")
             .arg(prefix)
@@ -55,7 +73,8 @@ impl Nginx {
             .stderr(Stdio::null())
             .spawn()
             .context("cannot start nginx; is it installed (benches/run.sh installs it)?")?;
-        let mut nginx = Self { child, url: format!("http://127.0.0.1:{port}"), error_log, stopped: false };
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let mut nginx = Self { child, url: format!("{scheme}://127.0.0.1:{port}"), error_log, stopped: false };
         let start = Instant::now();
         loop {
             if let Some(status) = nginx.child.try_wait()? {
@@ -112,7 +131,7 @@ impl Drop for Nginx {
     }
 }
 
-fn config(prefix: &Path, www: &Path, port: u16, redirect: Option<Redirect<'_>>) -> String {
+fn config(prefix: &Path, www: &Path, port: u16, redirect: Option<Redirect<'_>>, tls: Option<Tls<'_>>) -> String {
     let p = prefix.display();
     let mut c = String::new();
     // Root may not hand the workers to `nobody`: the data lives in a private temp directory.
@@ -132,7 +151,18 @@ fn config(prefix: &Path, www: &Path, port: u16, redirect: Option<Redirect<'_>>) 
         let _ = writeln!(c, "    {temp}_temp_path {p}/{temp}_temp;");
     }
     let _ = writeln!(c, "    server {{");
-    let _ = writeln!(c, "        listen 127.0.0.1:{port};");
+    match tls {
+        None => {
+            let _ = writeln!(c, "        listen 127.0.0.1:{port};");
+        }
+        Some(Tls { cert, key, ciphersuite }) => {
+            let _ = writeln!(c, "        listen 127.0.0.1:{port} ssl http2;");
+            let _ = writeln!(c, "        ssl_certificate {};", cert.display());
+            let _ = writeln!(c, "        ssl_certificate_key {};", key.display());
+            let _ = writeln!(c, "        ssl_protocols TLSv1.3;");
+            let _ = writeln!(c, "        ssl_conf_command Ciphersuites {ciphersuite};");
+        }
+    }
     let _ = writeln!(c, "        root {};", www.display());
     if let Some(Redirect { location, to }) = redirect {
         let _ = writeln!(c, "        location {location} {{ return 302 {to}$uri; }}");

@@ -101,7 +101,22 @@ pub(crate) async fn start_directory(data: &Path) -> anyhow::Result<Node> {
 
 /// Starts a relay of `directory` subscribed to `catalogs`, downloading `max_fetches` at a time.
 pub(crate) async fn start_relay(data: &Path, directory: &str, catalogs: &[&str], max_fetches: usize) -> anyhow::Result<Node> {
-    let (listener, url) = loopback_listener().await?;
+    start_relay_tls(data, directory, catalogs, max_fetches, None).await
+}
+
+/// `start_relay`, serving HTTPS with `tls` when given.
+pub(crate) async fn start_relay_tls(
+    data: &Path,
+    directory: &str,
+    catalogs: &[&str],
+    max_fetches: usize,
+    tls: Option<odi_net::tls::ServerTls>,
+) -> anyhow::Result<Node> {
+    let (tcp, url) = loopback_listener().await?;
+    let (listener, url) = match tls {
+        Some(tls) => (odi_net::Listener::tls(tcp, tls), url.replacen("http://", "https://", 1)),
+        None => (odi_net::Listener::plain(tcp), url),
+    };
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
         directory: directory.to_owned(),

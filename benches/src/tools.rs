@@ -27,8 +27,15 @@ fn run(cmd: &mut Command) -> anyhow::Result<Output> {
 
 /// Downloads `url` to /dev/null with curl; returns curl's average speed in bytes per second.
 pub(crate) fn curl_speed(url: &str, expected_len: u64) -> anyhow::Result<f64> {
-    let out =
-        run(Command::new("curl").args(["-s", "-o", "/dev/null", "--max-time", CURL_MAX_TIME, "-w", "%{http_code} %{size_download} %{speed_download}", url]))?;
+    curl_speed_with(url, expected_len, &[])
+}
+
+/// `curl_speed` with more curl arguments (`--cacert`, TLS settings).
+pub(crate) fn curl_speed_with(url: &str, expected_len: u64, extra: &[&str]) -> anyhow::Result<f64> {
+    let out = run(Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "--max-time", CURL_MAX_TIME, "-w", "%{http_code} %{size_download} %{speed_download}"])
+        .args(extra)
+        .arg(url))?;
     let text = String::from_utf8_lossy(&out.stdout);
     let fields: Vec<&str> = text.split_whitespace().collect();
     let [code, size, speed] = fields[..] else { bail!("unexpected curl output `{text}`") };
@@ -320,4 +327,32 @@ pub(crate) fn odi_manifest(file: &Path) -> anyhow::Result<(Duration, ChunkManife
     }
     let manifest = builder.finish();
     Ok((start.elapsed(), manifest))
+}
+
+/// Full TLS handshakes a second against `addr` (`host:port`): `clients` `openssl s_time -new`
+/// processes side by side for `secs` seconds each, with TLS 1.3 and `ciphersuite` only; no
+/// request is sent, so this is connection set-up alone.
+pub(crate) fn tls_handshakes(addr: &str, clients: usize, secs: u64, ciphersuite: &str) -> anyhow::Result<f64> {
+    let start = Instant::now();
+    let children = (0..clients)
+        .map(|_| {
+            Command::new("openssl")
+                .args(["s_time", "-connect", addr, "-new", "-tls1_3", "-ciphersuites", ciphersuite, "-time"])
+                .arg(secs.to_string())
+                .stdout(std::process::Stdio::piped())
+                .stderr(std::process::Stdio::piped())
+                .spawn()
+                .context("cannot run openssl s_time")
+        })
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let mut total = 0u64;
+    for child in children {
+        let out = child.wait_with_output()?;
+        let text = String::from_utf8_lossy(&out.stdout);
+        // "N connections in T real seconds, ..." after the run of new connections.
+        let line = text.lines().find(|l| l.contains("connections in") && l.contains("real seconds")).with_context(|| format!("no s_time summary: {text}"))?;
+        let n: u64 = line.split_whitespace().next().and_then(|n| n.parse().ok()).with_context(|| format!("s_time line `{line}`"))?;
+        total += n;
+    }
+    Ok(total as f64 / start.elapsed().as_secs_f64())
 }
