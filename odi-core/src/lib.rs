@@ -24,6 +24,7 @@ pub mod catalog;
 pub mod digest;
 pub mod directory;
 pub mod manifest;
+pub mod meta;
 pub mod message;
 pub mod path;
 pub mod relay;
