@@ -108,6 +108,21 @@ struct DirectoryArgs {
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
     probation: Option<Duration>,
+    /// Run as a meta-directory: hold no catalogs, send each client to the best healthy
+    /// --reference directory serving the catalog (by the client's country, then continent).
+    #[arg(long)]
+    meta: bool,
+    /// With --meta: a directory to send clients to, optionally for a region (an ISO country
+    /// code like DE, or a continent code: AF AN AS EU NA OC SA), e.g. EU=https://eu.example.org.
+    #[arg(long = "reference", value_name = "[REGION=]URL", requires = "meta")]
+    references: Vec<String>,
+    /// With --meta: a MaxMind database (.mmdb, e.g. GeoLite2-Country) to locate clients with.
+    #[arg(long, value_name = "FILE.mmdb", requires = "meta")]
+    geoip: Option<PathBuf>,
+    /// With --meta: take the client's address from X-Forwarded-For when the connection comes
+    /// from this range (a proxy or load balancer in front), e.g. 10.0.0.0/8.
+    #[arg(long = "trust-forwarded-for", value_name = "CIDR", requires = "meta")]
+    trust_forwarded_for: Vec<String>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -329,6 +344,12 @@ struct FileConfig {
     catalog: Vec<String>,
     bandwidth: Option<String>,
     scrub_rate: Option<String>,
+    meta: Option<bool>,
+    #[serde(default)]
+    reference: Vec<String>,
+    geoip: Option<PathBuf>,
+    #[serde(default)]
+    trust_forwarded_for: Vec<String>,
 }
 
 impl FileConfig {
@@ -374,6 +395,9 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Directory(args) => {
             let file = FileConfig::load(args.config.as_deref())?;
+            if args.meta || file.meta.unwrap_or(false) {
+                return meta_directory(args, file).await;
+            }
             let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let mut options = odi_net::directory::DirectoryOptions::new(&data);
@@ -530,6 +554,33 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Dev(args) => dev::run(args.relays, args.data).await?,
     }
+    Ok(())
+}
+
+/// `odi directory --meta`.
+async fn meta_directory(args: DirectoryArgs, file: FileConfig) -> Result<()> {
+    let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+    let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
+    let references = if args.references.is_empty() { file.reference } else { args.references };
+    if references.is_empty() {
+        bail!("--meta needs at least one --reference [REGION=]URL, e.g. --reference EU=https://eu.example.org");
+    }
+    let references = references.iter().map(|r| odi_core::meta::Reference::parse(r).map_err(|e| anyhow!("--reference {r}: {e}"))).collect::<Result<Vec<_>>>()?;
+    let trusted = if args.trust_forwarded_for.is_empty() { file.trust_forwarded_for } else { args.trust_forwarded_for };
+    let mut options = odi_net::meta::MetaOptions::new(&data, references);
+    options.trust_forwarded_for =
+        trusted.iter().map(|c| odi_core::meta::Cidr::parse(c).map_err(|e| anyhow!("--trust-forwarded-for: {e}"))).collect::<Result<Vec<_>>>()?;
+    options.geoip = args.geoip.or(file.geoip);
+    if let Some(d) = args.probe_interval.map(Ok).or_else(|| file.probe_interval.as_deref().map(units::parse_duration)) {
+        options.probe_interval = d.map_err(|e| anyhow!("probe_interval: {e}"))?;
+    }
+    if options.geoip.is_none() {
+        eprintln!("no --geoip database: every client goes to the references with no region");
+    }
+    let listener = bind(listen).await?;
+    let server = odi_net::meta::MetaServer::open(options).with_context(|| format!("cannot start the meta-directory in {}", data.display()))?;
+    eprintln!("meta-directory listening on http://{}", listener.local_addr()?);
+    server.run(listener, shutdown_signal()).await?;
     Ok(())
 }
 

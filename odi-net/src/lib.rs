@@ -23,6 +23,7 @@ pub mod http;
 pub mod keys;
 pub mod limit;
 pub mod lock;
+pub mod meta;
 pub mod metalink;
 pub mod relay;
 pub mod transfer;

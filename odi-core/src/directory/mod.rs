@@ -1030,6 +1030,11 @@ impl Directory {
             .collect()
     }
 
+    /// The names of the catalogs, without walking their artifacts (the public `/catalogs`).
+    pub fn catalog_names(&self) -> Vec<CatalogName> {
+        self.catalogs.keys().cloned().collect()
+    }
+
     pub fn catalog_config(&self, name: &CatalogName) -> Option<&CatalogConfig> {
         self.catalogs.get(name).map(|c| &c.config)
     }

@@ -3,7 +3,8 @@
 //! One file per audience (see ARCHITECTURE.md for the full API); this one opens the directory,
 //! holds the state they share and routes each request:
 //! - `clients.rs`: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`,
-//!   `GET /metalink/...`, `POST /report`; `GET /healthz` is answered here
+//!   `GET /metalink/...`, `POST /report`; `GET /healthz` and `GET /catalogs` (the catalog names,
+//!   public: what a meta-directory probes) are answered here
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
@@ -281,6 +282,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "directory", "id": id }))
         }
         ("/healthz", false) => not_allowed("GET, HEAD"),
+        ("/catalogs", true) => json(StatusCode::OK, &serde_json::json!({ "catalogs": shared.lock().catalog_names() })),
+        ("/catalogs", false) => not_allowed("GET, HEAD"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }
