@@ -25,6 +25,7 @@ pub mod limit;
 pub mod lock;
 pub mod meta;
 pub mod metalink;
+pub mod origin;
 pub mod relay;
 pub mod transfer;
 

@@ -16,7 +16,7 @@
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::cell::Cell;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -83,8 +83,6 @@ struct Shared {
     client: HttpClient,
     /// Wakes the timer when a probe's answer moves the next deadline.
     timer: Notify,
-    /// Varies per request, to spread clients over equally good directories.
-    spread: AtomicU64,
 }
 
 /// The fields read from a GeoIP record (those of GeoLite2-Country and GeoIP2-City).
@@ -146,7 +144,6 @@ impl MetaServer {
             trusted: options.trust_forwarded_for,
             client: HttpClient::new(),
             timer: Notify::new(),
-            spread: AtomicU64::new(0),
         };
         Ok(Self { _data_lock: lock, shared: Arc::new(shared) })
     }
@@ -255,6 +252,20 @@ fn client_ip(shared: &Shared, req: &Request<Incoming>) -> Option<IpAddr> {
     Some(client_address(peer, (!lines.is_empty()).then_some(joined.as_str()), &shared.trusted))
 }
 
+thread_local! {
+    /// Varies per request, to spread clients over equally good directories; per thread, so
+    /// worker threads do not contend for one counter.
+    static SPREAD: Cell<u64> = const { Cell::new(0) };
+}
+
+fn next_spread() -> u64 {
+    SPREAD.with(|c| {
+        let n = c.get().wrapping_add(1);
+        c.set(n);
+        n
+    })
+}
+
 fn redirect(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
     let Some((catalog, raw_path)) = split_catalog_path(rest) else {
         return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
@@ -267,7 +278,7 @@ fn redirect(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
     };
     let location = client_ip(shared, req).map_or_else(Location::default, |ip| locate(shared.geoip.as_ref(), ip));
-    let spread = shared.spread.fetch_add(1, Ordering::Relaxed);
+    let spread = next_spread();
     let machine = shared.machine.read().unwrap_or_else(PoisonError::into_inner);
     let target = match machine.choose(catalog, &location, spread) {
         Ok(t) => t,
