@@ -446,7 +446,14 @@ async fn meta_302(work: &Path, directory: &Node, data: &Dataset, options: &Optio
     n.stop();
     meta.stop().await?;
     let c = result?;
-    let mut peer = Comparison::new(c.name.replace("meta-directory 302", "meta-directory 302 vs mirrorlist-server"), "req/s", "mirrorlist-server (published: nginx / 36)", Better::Higher, None, 0);
+    let mut peer = Comparison::new(
+        c.name.replace("meta-directory 302", "meta-directory 302 vs mirrorlist-server"),
+        "req/s",
+        "mirrorlist-server (published: nginx / 36)",
+        Better::Higher,
+        None,
+        0,
+    );
     peer.odi = c.odi.clone();
     peer.reference = c.reference.iter().map(|r| r * MIRRORLIST_OF_NGINX).collect();
     Ok([c, peer])

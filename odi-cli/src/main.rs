@@ -104,6 +104,10 @@ struct DirectoryArgs {
     /// the same class (link-local and cloud metadata addresses stay refused).
     #[arg(long)]
     allow_private_relays: bool,
+    /// Let origin catalogs (--origin) reach loopback and private addresses (only at the host and
+    /// port each origin names). Link-local and cloud metadata addresses stay refused.
+    #[arg(long)]
+    allow_private_origins: bool,
     /// How long a new or readmitted relay serves only clients that verify what they get
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
@@ -202,6 +206,21 @@ enum CatalogCommand {
         /// as immutable; publishing other bytes under it is refused.
         #[arg(long)]
         mutable: bool,
+        /// Mirror this download tree (an nginx, Apache or lighttpd autoindex URL): new files
+        /// are pulled on a schedule, on `odi catalog sync` and when a client first asks for
+        /// them; a file with a checksum file (SHA256SUMS, sha256sum.txt, *.sha256) is
+        /// published only if it matches. Files removed at the origin stay.
+        #[arg(long, value_name = "URL")]
+        origin: Option<String>,
+        /// Time between scheduled pulls from the origin (default 1h).
+        #[arg(long, value_parser = units::parse_duration, requires = "origin")]
+        origin_interval: Option<Duration>,
+    },
+    /// Pull from a catalog's origin now and print what was published, unchanged or refused.
+    Sync {
+        name: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// List catalogs.
     Ls {
@@ -336,6 +355,7 @@ struct FileConfig {
     probe_interval: Option<String>,
     audit_interval: Option<String>,
     allow_private_relays: Option<bool>,
+    allow_private_origins: Option<bool>,
     probation: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
@@ -421,6 +441,7 @@ async fn run(command: Command) -> Result<()> {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
             options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
+            options.allow_private_origins = args.allow_private_origins || file.allow_private_origins.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             let listener = bind(listen).await?;
@@ -478,11 +499,33 @@ async fn run(command: Command) -> Result<()> {
             eprintln!("relay {} listening on http://{}", server.id(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
-        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable }) => {
-            let body = json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable });
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable, origin, origin_interval }) => {
+            let interval = origin_interval.map(|d| d.as_secs().max(1));
+            let body =
+                json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable, "origin": origin, "origin_interval": interval });
             let created = target.admin()?.json(Method::POST, "catalogs", Some(body)).await?;
             let kind = if mutable { ", mutable" } else { "" };
-            println!("created catalog {} (replicas {}, chunk size {}{kind})", name, created["replicas"], created["chunk_size"]);
+            let from = origin.as_deref().map(|o| format!(", mirroring {o}")).unwrap_or_default();
+            println!("created catalog {} (replicas {}, chunk size {}{kind}{from})", name, created["replicas"], created["chunk_size"]);
+        }
+        Command::Catalog(CatalogCommand::Sync { name, target }) => {
+            // A sync takes as long as the downloads it makes; its report comes at the end.
+            let path = format!("catalogs/{}/sync", encode_path(&name)?);
+            let report = target.admin()?.call(Method::POST, &path, odi_net::http::empty(), "application/json", Duration::from_secs(24 * 3600)).await?;
+            let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+            for p in list("published") {
+                println!("published {name}/{}", p.as_str().unwrap_or("?"));
+            }
+            for (what, k) in [("refused", "refused"), ("failed", "failed")] {
+                for pair in list(k) {
+                    println!("{what} {name}/{}: {}", pair[0].as_str().unwrap_or("?"), pair[1].as_str().unwrap_or("?"));
+                }
+            }
+            let (refused, failed) = (list("refused").len(), list("failed").len());
+            println!("published {}, unchanged {}, refused {refused}, failed {failed}", list("published").len(), report["unchanged"]);
+            if refused + failed > 0 {
+                bail!("{refused} files refused and {failed} failed; see above");
+            }
         }
         Command::Catalog(CatalogCommand::Ls { target, json }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;

@@ -13,10 +13,10 @@
 //! connection's address, or for `X-Forwarded-For` when the connection is from a
 //! `--trust-forwarded-for` range.
 
+use std::cell::Cell;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
-use std::cell::Cell;
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -137,14 +137,8 @@ impl MetaServer {
         let clock = Clock::start();
         let config = MetaConfig { probe_interval: options.probe_interval, probe_timeout: options.probe_timeout };
         let machine = MetaDirectory::new(config, options.references, clock.now());
-        let shared = Shared {
-            machine: RwLock::new(machine),
-            clock,
-            geoip,
-            trusted: options.trust_forwarded_for,
-            client: HttpClient::new(),
-            timer: Notify::new(),
-        };
+        let shared =
+            Shared { machine: RwLock::new(machine), clock, geoip, trusted: options.trust_forwarded_for, client: HttpClient::new(), timer: Notify::new() };
         Ok(Self { _data_lock: lock, shared: Arc::new(shared) })
     }
 

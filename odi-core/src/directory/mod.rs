@@ -623,7 +623,7 @@ impl Directory {
             return Err(AdminError::Replicas(replicas));
         }
         let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable, origin: None }))
     }
 
     /// Plans a `Put`. `None` when the path already holds exactly these bytes (idempotent). In

@@ -149,10 +149,7 @@ mod tests {
 
     #[test]
     fn nginx_autoindex() {
-        assert_eq!(
-            names(NGINX),
-            want(&[("v1.0", true), ("v1.1 beta", true), ("SHA256SUMS", false), ("tool-1.1.tar.gz", false), ("café&more.txt", false)])
-        );
+        assert_eq!(names(NGINX), want(&[("v1.0", true), ("v1.1 beta", true), ("SHA256SUMS", false), ("tool-1.1.tar.gz", false), ("café&more.txt", false)]));
     }
 
     #[test]

@@ -89,8 +89,34 @@ async fn read_page(fetcher: &OriginFetcher, url: &str) -> Result<String, NetErro
 
 /// Lists the tree under `root` (an autoindex page), recursively.
 pub async fn list(fetcher: &OriginFetcher, root: &str) -> Result<Listing, NetError> {
+    walk(fetcher, String::new(), dir_url(root), true).await
+}
+
+/// Lists one directory of the tree: `prefix` (empty, or ending in `/`) below `root`, with the
+/// checksum files in it. Enough to fetch one file on demand.
+/// Checksum files in the directories above it are read too (a `SHA256SUMS` at the top often
+/// covers the whole tree).
+pub async fn list_dir(fetcher: &OriginFetcher, root: &str, prefix: &str) -> Result<Listing, NetError> {
+    let segments: Vec<&str> = prefix.split_terminator('/').collect();
     let mut out = Listing::default();
-    let mut queue = vec![(String::new(), dir_url(root), 0usize)];
+    for depth in 0..=segments.len() {
+        let here: String = segments[..depth].iter().map(|s| format!("{s}/")).collect();
+        let encoded: String = segments[..depth].iter().map(|s| format!("{}/", encode_segment(s))).collect();
+        let level = walk(fetcher, here, format!("{}{encoded}", dir_url(root)), false).await?;
+        for (path, claims) in level.checksums {
+            out.checksums.entry(path).or_default().extend(claims);
+        }
+        out.errors.extend(level.errors);
+        if depth == segments.len() {
+            out.files = level.files;
+        }
+    }
+    Ok(out)
+}
+
+async fn walk(fetcher: &OriginFetcher, prefix: String, url: String, recursive: bool) -> Result<Listing, NetError> {
+    let mut out = Listing::default();
+    let mut queue = vec![(prefix, url, 0usize)];
     let mut first = true;
     while let Some((prefix, url, depth)) = queue.pop() {
         let html = match read_page(fetcher, &url).await {
@@ -110,7 +136,7 @@ pub async fn list(fetcher: &OriginFetcher, root: &str) -> Result<Listing, NetErr
             }
             let entry_url = format!("{url}{}", encode_segment(&entry.name));
             if entry.dir {
-                if depth + 1 < MAX_DEPTH {
+                if recursive && depth + 1 < MAX_DEPTH {
                     queue.push((format!("{path}/"), format!("{entry_url}/"), depth + 1));
                 }
                 continue;
@@ -150,6 +176,9 @@ async fn download(fetcher: &OriginFetcher, url: &str, dest: &Path) -> Result<(Di
     if resp.status() != StatusCode::OK {
         return Err(NetError::Status { status: resp.status(), reason: format!("{url}: the origin did not send the file") });
     }
+    if let Some(dir) = dest.parent() {
+        tokio::fs::create_dir_all(dir).await.map_err(|e| NetError::io(format!("cannot create {}", dir.display()), e))?;
+    }
     let mut file = tokio::fs::File::create(dest).await.map_err(|e| NetError::io(format!("cannot create {}", dest.display()), e))?;
     let mut hasher = Sha256::new();
     let mut size = 0u64;
@@ -172,7 +201,6 @@ pub async fn sync(fetcher: &OriginFetcher, root: &str, publisher: &impl Publishe
     for e in &listing.errors {
         tracing::warn!(origin = %root, error = %e, "origin listing");
     }
-    tokio::fs::create_dir_all(work).await.map_err(|e| NetError::io(format!("cannot create {}", work.display()), e))?;
     for file in &listing.files {
         sync_file(fetcher, &listing, file, existing.get(&file.path).copied(), publisher, work, &mut report).await;
     }
@@ -221,7 +249,12 @@ pub async fn sync_file(
         Err(e) => Err(("failed", e.to_string())),
         Ok((got, _)) if expected.is_some_and(|want| want != got) => Err((
             "refused",
-            format!("{} gives sha256:{} but the origin sent sha256:{}; not published", claims[0].0, expected.map(|d| d.to_hex()).unwrap_or_default(), got.to_hex()),
+            format!(
+                "{} gives sha256:{} but the origin sent sha256:{}; not published",
+                claims[0].0,
+                expected.map(|d| d.to_hex()).unwrap_or_default(),
+                got.to_hex()
+            ),
         )),
         Ok((got, _)) if existing.is_some_and(|(have, _)| have == got) => {
             report.unchanged += 1;
