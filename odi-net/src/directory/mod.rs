@@ -242,6 +242,7 @@ impl DirectoryServer {
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
+        let _ = origins.await;
         result
     }
 }
