@@ -32,7 +32,8 @@ fn start_nginx(prefix: &Path, www: &Path, port: u16, canary: u16) -> Proc {
     std::fs::create_dir_all(prefix).unwrap();
     let p = prefix.display();
     let mut c = String::new();
-    let _ = writeln!(c, "daemon off; worker_processes 1; pid {p}/nginx.pid; error_log {p}/error.log warn;");
+    // One process (no master): killing it when the test ends leaves no orphaned worker.
+    let _ = writeln!(c, "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log warn;");
     let _ = writeln!(c, "events {{ worker_connections 64; }}");
     let _ = writeln!(c, "http {{ access_log off; default_type application/octet-stream;");
     for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
