@@ -27,3 +27,17 @@ pub fn rss_bytes() -> u64 {
         .and_then(|kb| kb.trim().parse::<u64>().ok())
         .map_or(0, |kb| kb * 1024)
 }
+
+/// Writes a MaxMind database (GeoLite2-Country layout) placing all of 127.0.0.0/8 in `country`
+/// and `continent`, for a meta-directory benchmarked over loopback.
+pub fn write_loopback_geoip(path: &std::path::Path, country: &str, continent: &str) -> std::io::Result<()> {
+    use std::collections::BTreeMap;
+
+    use mmdb_writer::Value;
+    let code = |k: &str, v: &str| Value::Map(BTreeMap::from([(k.to_owned(), Value::from(v))]));
+    let record = Value::Map(BTreeMap::from([("country".to_owned(), code("iso_code", country)), ("continent".to_owned(), code("code", continent))]));
+    let mut w = mmdb_writer::Writer::new("GeoLite2-Country");
+    let invalid = |e: mmdb_writer::Error| std::io::Error::new(std::io::ErrorKind::InvalidData, e.to_string());
+    w.insert_range([127, 0, 0, 0].into(), [127, 255, 255, 255].into(), &record).map_err(invalid)?;
+    std::fs::write(path, w.to_bytes().map_err(invalid)?)
+}

@@ -15,6 +15,9 @@
 //! 6. over HTTPS, the same certificate (ECDSA P-256) and TLS 1.3 cipher suite on both sides: a
 //!    relay serving 1 GiB to curl and 1000 x 1 KiB to wrk, against nginx, and full TLS
 //!    handshakes a second (`openssl s_time -new`) against nginx.
+//! 7. a meta-directory (three references, a GeoIP lookup per request) answering `302` to a
+//!    directory for the same paths, against nginx `return 302` to that directory; and, for
+//!    context, against Fedora's mirrorlist-server as published (1/36 of nginx at 300 hosts).
 //!
 //! Everything listens on 127.0.0.1 only; data lives in a temporary directory removed at the end
 //! (also on error or SIGINT/SIGTERM). `benches/run.sh` installs the tools and runs this in release.
@@ -42,7 +45,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N] [--only LIST]
   --quick       small data set, short wrk runs: checks the harness, figures mean little
-  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302, tls
+  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302, tls, meta
   --runs N      measured runs per side (default 3); each figure is the best of them
   --per-curl N  URLs per curl process in the sync comparison (default 16)";
 
@@ -63,10 +66,11 @@ enum Part {
     Sync,
     Redirect,
     Tls,
+    Meta,
 }
 
 impl Part {
-    const ALL: [Self; 5] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect, Self::Tls];
+    const ALL: [Self; 6] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect, Self::Tls, Self::Meta];
 
     fn name(self) -> &'static str {
         match self {
@@ -75,6 +79,7 @@ impl Part {
             Self::Sync => "sync",
             Self::Redirect => "302",
             Self::Tls => "tls",
+            Self::Meta => "meta",
         }
     }
 }
@@ -86,7 +91,7 @@ struct Options {
     per_curl: usize,
     wrk: WrkLoad,
     /// Which comparisons run, indexed like `Part::ALL`.
-    parts: [bool; 5],
+    parts: [bool; 6],
 }
 
 impl Options {
@@ -96,7 +101,7 @@ impl Options {
             runs: 3,
             per_curl: 16,
             wrk: WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(5) },
-            parts: [true; 5],
+            parts: [true; 6],
         };
         let number = |flag: &str, value: Option<String>| -> anyhow::Result<usize> {
             let value = value.with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
@@ -114,7 +119,7 @@ impl Options {
                 "--per-curl" => options.per_curl = number("--per-curl", args.next())?,
                 "--only" => {
                     let list = args.next().with_context(|| format!("--only needs a list\n{USAGE}"))?;
-                    options.parts = [false; 5];
+                    options.parts = [false; 6];
                     for name in list.split(',') {
                         let i = Part::ALL.iter().position(|p| p.name() == name).with_context(|| format!("--only: no comparison `{name}`\n{USAGE}"))?;
                         options.parts[i] = true;
@@ -232,6 +237,9 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         }
         if let Some(certs) = &certs {
             comparisons.extend(tls_serving(work, certs, &directory, &admin, &data, &options).await?);
+        }
+        if options.wants(Part::Meta) {
+            comparisons.extend(meta_302(work, &directory, &data, &options).await?);
         }
         anyhow::Ok(comparisons)
     }
@@ -506,7 +514,7 @@ async fn redirect_302(work: &Path, directory: &Node, admin: &Admin, data: &Datas
         let redirect = nginx::Redirect { location: &format!("/r/{REDIRECT_CATALOG}/"), to: relay_urls[0] };
         let n = nginx.insert(nginx::Nginx::start_with(&work.join("nginx-302"), &data.www, Some(redirect))?);
         progress(&format!("nginx at {} answers /r/{REDIRECT_CATALOG}/* with return 302 {}$uri", n.url, relay_urls[0]));
-        redirect_runs(work, (&directory.url, &n.url), n.pid(), &relay_urls, artifacts, options).await
+        redirect_runs(work, (&directory.url, &n.url), n.pid(), &relay_urls, artifacts, ("redirect 302", 0.8), options).await
     }
     .await;
     if let Some(mut n) = nginx {
@@ -518,12 +526,51 @@ async fn redirect_302(work: &Path, directory: &Node, admin: &Admin, data: &Datas
     result
 }
 
+/// Fedora's mirrorlist-server answers about 1/36 of nginx's request rate with 300 hosts (its
+/// published figure), the peer of a meta-directory.
+const MIRRORLIST_OF_NGINX: f64 = 1.0 / 36.0;
+
+/// Comparison 6: a meta-directory in front of the directory (EU, NA and unregioned references,
+/// all to it; GeoIP puts every loopback client in DE, so each answer ranks by continent) against
+/// nginx `return 302 {directory}$uri`; then the same figure against mirrorlist-server's.
+async fn meta_302(work: &Path, directory: &Node, data: &Dataset, options: &Options) -> anyhow::Result<[Comparison; 2]> {
+    let geoip = work.join("meta-geoip.mmdb");
+    odi_benches::write_loopback_geoip(&geoip, "DE", "EU")?;
+    let d = &directory.url;
+    let meta = odi::start_meta(&work.join("meta"), &[format!("NA={d}"), format!("EU={d}"), d.clone()], &geoip).await?;
+    let first = format!("{}{}", meta.url, data.redirect[0].url_path());
+    let since = Instant::now();
+    while tools::probe(&first).ok().map(|p| p.code).as_deref() != Some("302") {
+        ensure!(since.elapsed() < Duration::from_secs(10), "the meta-directory did not answer 302 within 10 s");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let redirect = nginx::Redirect { location: &format!("/r/{REDIRECT_CATALOG}/"), to: d };
+    let mut n = nginx::Nginx::start_with(&work.join("nginx-meta"), &data.www, Some(redirect))?;
+    progress(&format!("meta-directory at {}; nginx at {} answers /r/{REDIRECT_CATALOG}/* with return 302 {d}$uri", meta.url, n.url));
+    let result = redirect_runs(work, (&meta.url, &n.url), n.pid(), &[d.as_str()], &data.redirect, ("meta-directory 302", 1.0), options).await;
+    n.stop();
+    meta.stop().await?;
+    let c = result?;
+    let mut peer = Comparison::new(
+        c.name.replace("meta-directory 302", "meta-directory 302 vs mirrorlist-server"),
+        "req/s",
+        "mirrorlist-server (published: nginx / 36)",
+        Better::Higher,
+        None,
+        0,
+    );
+    peer.odi = c.odi.clone();
+    peer.reference = c.reference.iter().map(|r| r * MIRRORLIST_OF_NGINX).collect();
+    Ok([c, peer])
+}
+
 async fn redirect_runs(
     work: &Path,
     (odi, nginx): (&str, &str),
     nginx_pid: u32,
     relays: &[&str],
     artifacts: &[data::Artifact],
+    (name, target): (&str, f64),
     options: &Options,
 ) -> anyhow::Result<Comparison> {
     let paths: Vec<String> = artifacts.iter().map(data::Artifact::url_path).collect();
@@ -554,7 +601,7 @@ async fn redirect_runs(
     }
     let script = work.join("rotate-302.lua");
     tools::wrk_script(&script, &paths)?;
-    let mut c = Comparison::new(format!("redirect 302 ({})", load.describe()), "req/s", "nginx", Better::Higher, 0.8, 0);
+    let mut c = Comparison::new(format!("{name} ({})", load.describe()), "req/s", "nginx", Better::Higher, target, 0);
     // Not part of the figure: CPU time each server used per answer (odi: this whole process,
     // directory and both relays; nginx: master and workers), user and system, to tell a slower
     // server from a starved one. wrk shares the same 2 cores with both.

@@ -99,6 +99,23 @@ pub(crate) async fn start_directory(data: &Path) -> anyhow::Result<Node> {
     }))
 }
 
+/// Starts a meta-directory referring to `references` (`[REGION=]URL`), locating clients with
+/// the MaxMind database `geoip`.
+pub(crate) async fn start_meta(data: &Path, references: &[String], geoip: &Path) -> anyhow::Result<Node> {
+    let (listener, url) = loopback_listener().await?;
+    let refs = references.iter().map(|r| odi_core::meta::Reference::parse(r).map_err(anyhow::Error::msg)).collect::<anyhow::Result<Vec<_>>>()?;
+    let mut options = odi_net::meta::MetaOptions::new(data, refs);
+    options.geoip = Some(geoip.to_path_buf());
+    let server = odi_net::meta::MetaServer::open(options).context("cannot open the meta-directory")?;
+    Ok(Node::spawn(url, |stopped| async move {
+        server
+            .run(listener, async {
+                let _ = stopped.await;
+            })
+            .await
+    }))
+}
+
 /// Starts a relay of `directory` subscribed to `catalogs`, downloading `max_fetches` at a time.
 pub(crate) async fn start_relay(data: &Path, directory: &str, catalogs: &[&str], max_fetches: usize) -> anyhow::Result<Node> {
     start_relay_tls(data, directory, catalogs, max_fetches, None).await

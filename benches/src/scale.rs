@@ -184,7 +184,7 @@ impl Fleet {
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
         let token = fleet.dir.plan_token(TokenRole::Enroll, ENROLL_TOKEN).expect("a fresh directory has no token");
         fleet.apply(&token)?;
-        let config = CatalogConfig { name: fleet.catalog.clone(), replicas: REPLICAS, chunk_size: CHUNK_SIZE, created_at: WALL, mutable: false };
+        let config = CatalogConfig { name: fleet.catalog.clone(), replicas: REPLICAS, chunk_size: CHUNK_SIZE, created_at: WALL, mutable: false, origin: None };
         fleet.apply(&Record::Catalog(config))?;
         Ok(fleet)
     }

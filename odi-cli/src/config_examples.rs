@@ -18,6 +18,15 @@ fn example(name: &str) -> (FileConfig, BTreeSet<String>) {
 fn example_configs_load_and_show_every_key() {
     let (dir, dir_keys) = example("directory.toml");
     let (relay, relay_keys) = example("relay.toml");
+    let (meta, meta_keys) = example("meta-directory.toml");
+    assert_eq!(meta.meta, Some(true));
+    assert!(meta.reference.len() >= 2 && meta.geoip.is_some() && !meta.trust_forwarded_for.is_empty());
+    for r in &meta.reference {
+        odi_core::meta::Reference::parse(r).unwrap();
+    }
+    for c in &meta.trust_forwarded_for {
+        odi_core::meta::Cidr::parse(c).unwrap();
+    }
     for d in [&dir.heartbeat_interval, &dir.lease, &dir.probe_interval, &dir.audit_interval] {
         units::parse_duration(d.as_deref().expect("the directory example sets every duration")).unwrap();
     }
@@ -29,15 +38,15 @@ fn example_configs_load_and_show_every_key() {
     assert!(!relay.catalog.is_empty());
 
     let every: BTreeSet<String> = serde_json::to_value(FileConfig::default()).unwrap().as_object().unwrap().keys().cloned().collect();
-    let shown: BTreeSet<String> = dir_keys.union(&relay_keys).cloned().collect();
-    assert_eq!(shown, every, "contrib/directory.toml and contrib/relay.toml together show every config key");
+    let shown: BTreeSet<String> = dir_keys.union(&relay_keys).chain(&meta_keys).cloned().collect();
+    assert_eq!(shown, every, "contrib/directory.toml, relay.toml and meta-directory.toml together show every config key");
 }
 
 #[test]
 fn operating_md_shows_the_example_configs_as_they_are() {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("..");
     let doc = std::fs::read_to_string(root.join("OPERATING.md")).unwrap();
-    for name in ["directory.toml", "relay.toml"] {
+    for name in ["directory.toml", "relay.toml", "meta-directory.toml"] {
         let text = std::fs::read_to_string(root.join("contrib").join(name)).unwrap();
         assert!(doc.contains(&format!("```toml\n{text}```")), "OPERATING.md does not show contrib/{name} as it is");
     }

@@ -108,6 +108,10 @@ struct DirectoryArgs {
     /// the same class (link-local and cloud metadata addresses stay refused).
     #[arg(long)]
     allow_private_relays: bool,
+    /// Let origin catalogs (--origin) reach loopback and private addresses (only at the host and
+    /// port each origin names). Link-local and cloud metadata addresses stay refused.
+    #[arg(long)]
+    allow_private_origins: bool,
     /// How long a new or readmitted relay serves only clients that verify what they get
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
@@ -118,6 +122,21 @@ struct DirectoryArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Run as a meta-directory: hold no catalogs, send each client to the best healthy
+    /// --reference directory serving the catalog (by the client's country, then continent).
+    #[arg(long)]
+    meta: bool,
+    /// With --meta: a directory to send clients to, optionally for a region (an ISO country
+    /// code like DE, or a continent code: AF AN AS EU NA OC SA), e.g. EU=https://eu.example.org.
+    #[arg(long = "reference", value_name = "[REGION=]URL", requires = "meta")]
+    references: Vec<String>,
+    /// With --meta: a MaxMind database (.mmdb, e.g. GeoLite2-Country) to locate clients with.
+    #[arg(long, value_name = "FILE.mmdb", requires = "meta")]
+    geoip: Option<PathBuf>,
+    /// With --meta: take the client's address from X-Forwarded-For when the connection comes
+    /// from this range (a proxy or load balancer in front), e.g. 10.0.0.0/8.
+    #[arg(long = "trust-forwarded-for", value_name = "CIDR", requires = "meta")]
+    trust_forwarded_for: Vec<String>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -203,6 +222,21 @@ enum CatalogCommand {
         /// as immutable; publishing other bytes under it is refused.
         #[arg(long)]
         mutable: bool,
+        /// Mirror this download tree (an nginx, Apache or lighttpd autoindex URL): new files
+        /// are pulled on a schedule, on `odi catalog sync` and when a client first asks for
+        /// them; a file with a checksum file (SHA256SUMS, sha256sum.txt, *.sha256) is
+        /// published only if it matches. Files removed at the origin stay.
+        #[arg(long, value_name = "URL")]
+        origin: Option<String>,
+        /// Time between scheduled pulls from the origin (default 1h).
+        #[arg(long, value_parser = units::parse_duration, requires = "origin")]
+        origin_interval: Option<Duration>,
+    },
+    /// Pull from a catalog's origin now and print what was published, unchanged or refused.
+    Sync {
+        name: String,
+        #[command(flatten)]
+        target: Target,
     },
     /// List catalogs.
     Ls {
@@ -340,6 +374,7 @@ struct FileConfig {
     probe_interval: Option<String>,
     audit_interval: Option<String>,
     allow_private_relays: Option<bool>,
+    allow_private_origins: Option<bool>,
     probation: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
@@ -350,6 +385,12 @@ struct FileConfig {
     scrub_rate: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    meta: Option<bool>,
+    #[serde(default)]
+    reference: Vec<String>,
+    geoip: Option<PathBuf>,
+    #[serde(default)]
+    trust_forwarded_for: Vec<String>,
 }
 
 impl FileConfig {
@@ -416,6 +457,9 @@ async fn run(command: Command) -> Result<()> {
     match command {
         Command::Directory(args) => {
             let file = FileConfig::load(args.config.as_deref())?;
+            if args.meta || file.meta.unwrap_or(false) {
+                return meta_directory(args, file).await;
+            }
             let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let mut options = odi_net::directory::DirectoryOptions::new(&data);
@@ -439,6 +483,7 @@ async fn run(command: Command) -> Result<()> {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
             options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
+            options.allow_private_origins = args.allow_private_origins || file.allow_private_origins.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
@@ -496,11 +541,33 @@ async fn run(command: Command) -> Result<()> {
             eprintln!("relay {} listening on {}://{}", server.id(), listener.scheme(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
-        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable }) => {
-            let body = json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable });
+        Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable, origin, origin_interval }) => {
+            let interval = origin_interval.map(|d| d.as_secs().max(1));
+            let body =
+                json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable, "origin": origin, "origin_interval": interval });
             let created = target.admin()?.json(Method::POST, "catalogs", Some(body)).await?;
             let kind = if mutable { ", mutable" } else { "" };
-            println!("created catalog {} (replicas {}, chunk size {}{kind})", name, created["replicas"], created["chunk_size"]);
+            let from = origin.as_deref().map(|o| format!(", mirroring {o}")).unwrap_or_default();
+            println!("created catalog {} (replicas {}, chunk size {}{kind}{from})", name, created["replicas"], created["chunk_size"]);
+        }
+        Command::Catalog(CatalogCommand::Sync { name, target }) => {
+            // A sync takes as long as the downloads it makes; its report comes at the end.
+            let path = format!("catalogs/{}/sync", encode_path(&name)?);
+            let report = target.admin()?.call(Method::POST, &path, odi_net::http::empty(), "application/json", Duration::from_secs(24 * 3600)).await?;
+            let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
+            for p in list("published") {
+                println!("published {name}/{}", p.as_str().unwrap_or("?"));
+            }
+            for (what, k) in [("refused", "refused"), ("failed", "failed")] {
+                for pair in list(k) {
+                    println!("{what} {name}/{}: {}", pair[0].as_str().unwrap_or("?"), pair[1].as_str().unwrap_or("?"));
+                }
+            }
+            let (refused, failed) = (list("refused").len(), list("failed").len());
+            println!("published {}, unchanged {}, refused {refused}, failed {failed}", list("published").len(), report["unchanged"]);
+            if refused + failed > 0 {
+                bail!("{refused} files refused and {failed} failed; see above");
+            }
         }
         Command::Catalog(CatalogCommand::Ls { target, json }) => {
             let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
@@ -572,6 +639,33 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Dev(args) => dev::run(args.relays, args.data, args.tls).await?,
     }
+    Ok(())
+}
+
+/// `odi directory --meta`.
+async fn meta_directory(args: DirectoryArgs, file: FileConfig) -> Result<()> {
+    let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
+    let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
+    let references = if args.references.is_empty() { file.reference } else { args.references };
+    if references.is_empty() {
+        bail!("--meta needs at least one --reference [REGION=]URL, e.g. --reference EU=https://eu.example.org");
+    }
+    let references = references.iter().map(|r| odi_core::meta::Reference::parse(r).map_err(|e| anyhow!("--reference {r}: {e}"))).collect::<Result<Vec<_>>>()?;
+    let trusted = if args.trust_forwarded_for.is_empty() { file.trust_forwarded_for } else { args.trust_forwarded_for };
+    let mut options = odi_net::meta::MetaOptions::new(&data, references);
+    options.trust_forwarded_for =
+        trusted.iter().map(|c| odi_core::meta::Cidr::parse(c).map_err(|e| anyhow!("--trust-forwarded-for: {e}"))).collect::<Result<Vec<_>>>()?;
+    options.geoip = args.geoip.or(file.geoip);
+    if let Some(d) = args.probe_interval.map(Ok).or_else(|| file.probe_interval.as_deref().map(units::parse_duration)) {
+        options.probe_interval = d.map_err(|e| anyhow!("probe_interval: {e}"))?;
+    }
+    if options.geoip.is_none() {
+        eprintln!("no --geoip database: every client goes to the references with no region");
+    }
+    let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
+    let server = odi_net::meta::MetaServer::open(options).with_context(|| format!("cannot start the meta-directory in {}", data.display()))?;
+    eprintln!("meta-directory listening on {}://{}", listener.scheme(), listener.local_addr()?);
+    server.run(listener, shutdown_signal()).await?;
     Ok(())
 }
 

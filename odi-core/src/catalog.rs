@@ -30,7 +30,23 @@ pub struct CatalogConfig {
     /// existed: those catalogs are immutable.
     #[serde(default)]
     pub mutable: bool,
+    /// The download tree this catalog mirrors (`--origin`); absent for catalogs published to
+    /// by hand, and in records written before origins existed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub origin: Option<OriginConfig>,
 }
+
+/// Where an origin catalog pulls from, and how often (set by admins only).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct OriginConfig {
+    /// An `http://` URL of an autoindex page (nginx, Apache, lighttpd).
+    pub url: String,
+    /// Seconds between scheduled syncs.
+    pub interval_secs: u64,
+}
+
+/// Scheduled syncs of an origin catalog, unless `--origin-interval` says otherwise.
+pub const DEFAULT_ORIGIN_INTERVAL_SECS: u64 = 3600;
 
 /// One published file: where it lives in its catalog and what its bytes are.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

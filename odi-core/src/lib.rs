@@ -26,6 +26,7 @@ pub mod directory;
 pub mod federation;
 pub mod manifest;
 pub mod message;
+pub mod meta;
 pub mod path;
 pub mod relay;
 pub mod rng;

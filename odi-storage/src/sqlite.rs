@@ -397,7 +397,14 @@ mod tests {
     }
 
     fn catalog_record(name: &str) -> Record {
-        Record::Catalog(CatalogConfig { name: catalog(name), replicas: 3, chunk_size: 1 << 20, created_at: UnixTime(1_700_000_000), mutable: name == "beta" })
+        Record::Catalog(CatalogConfig {
+            name: catalog(name),
+            replicas: 3,
+            chunk_size: 1 << 20,
+            created_at: UnixTime(1_700_000_000),
+            mutable: name == "beta",
+            origin: None,
+        })
     }
 
     fn token(role: TokenRole, seed: &[u8]) -> Record {

@@ -77,7 +77,7 @@ impl Catalogs {
             return Err(AdminError::Replicas(replicas));
         }
         let chunk_size = check_chunk_size(chunk_size).map_err(|e| AdminError::ChunkSize(e.to_string()))?;
-        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
+        Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable, origin: None }))
     }
 
     pub(super) fn plan_publish(
@@ -222,6 +222,10 @@ impl Catalogs {
     }
 
     // ---- queries ----
+
+    pub(super) fn names(&self) -> Vec<CatalogName> {
+        self.catalogs.keys().cloned().collect()
+    }
 
     pub(super) fn views(&self) -> Vec<CatalogView> {
         self.catalogs

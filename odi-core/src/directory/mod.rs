@@ -370,6 +370,11 @@ impl Directory {
         self.catalogs.views()
     }
 
+    /// The names of the catalogs, without walking their artifacts (the public `/catalogs`).
+    pub fn catalog_names(&self) -> Vec<CatalogName> {
+        self.catalogs.names()
+    }
+
     pub fn catalog_config(&self, name: &CatalogName) -> Option<&CatalogConfig> {
         self.catalogs.config(name)
     }

@@ -940,7 +940,7 @@ mod tests {
         let cat = CatalogName::new("dist").unwrap();
         a.record_local(
             cat.clone(),
-            Op::Catalog(CatalogConfig { name: cat, replicas: 2, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(1), mutable: false }),
+            Op::Catalog(CatalogConfig { name: cat, replicas: 2, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(1), mutable: false, origin: None }),
             UnixTime(1),
         );
         (a, b, kept)

@@ -396,7 +396,12 @@ mod tests {
         Entry { origin: node(origin), seq, at: UnixTime(at), catalog: cat(), op }
     }
     fn create(origin: u8, seq: u64, at: u64, replicas: u32) -> Entry {
-        entry(origin, seq, at, Op::Catalog(CatalogConfig { name: cat(), replicas, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(at), mutable: false }))
+        entry(
+            origin,
+            seq,
+            at,
+            Op::Catalog(CatalogConfig { name: cat(), replicas, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(at), mutable: false, origin: None }),
+        )
     }
     fn put(origin: u8, seq: u64, p: &str, bytes: &[u8], supersedes: Vec<EntryId>, generation: u64) -> Entry {
         entry(

@@ -870,7 +870,7 @@ impl FedSim {
 }
 
 fn catalog(name: &str, replicas: u32, mutable: bool) -> CatalogConfig {
-    CatalogConfig { name: CatalogName::new(name).expect("valid"), replicas, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(WALL0), mutable }
+    CatalogConfig { name: CatalogName::new(name).expect("valid"), replicas, chunk_size: MIN_CHUNK_SIZE, created_at: UnixTime(WALL0), mutable, origin: None }
 }
 
 /// Sample bytes, distinct per `tag`.

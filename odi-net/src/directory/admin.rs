@@ -71,6 +71,12 @@ struct CreateCatalog {
     /// Paths may be published again with other bytes (index files); default false.
     #[serde(default)]
     mutable: bool,
+    /// An autoindex URL to mirror (admins only; SSRF-checked).
+    #[serde(default)]
+    origin: Option<String>,
+    /// Seconds between scheduled syncs of the origin.
+    #[serde(default)]
+    origin_interval: Option<u64>,
 }
 
 #[derive(Serialize)]
@@ -119,6 +125,12 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             publish(shared, req, &name, &path).await
         }
         (Method::DELETE, ["catalogs", name, "artifacts", path]) => expunge(shared, name, path).await,
+        (Method::POST, ["catalogs", name, "sync"]) => {
+            let Ok(name) = CatalogName::new(name) else {
+                return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+            };
+            super::origins::sync_now(shared, &name).await
+        }
         (Method::DELETE, ["blobs", "sha256", hex]) => expunge_digest(shared, hex).await,
         (Method::GET, ["stats"]) => {
             let now = shared.now();
@@ -190,7 +202,7 @@ async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Re
     json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "token": token }))
 }
 
-fn admin_error(e: &AdminError) -> Response<Body> {
+pub(super) fn admin_error(e: &AdminError) -> Response<Body> {
     let status = match e {
         AdminError::CatalogExists(_)
         | AdminError::ExpungedDigest(_)
@@ -245,7 +257,23 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let (replicas, chunk_size) = (create.replicas.unwrap_or(DEFAULT_REPLICAS), create.chunk_size.unwrap_or(u64::from(DEFAULT_CHUNK_SIZE)));
-    if let Err(resp) = plan_and_commit(shared, |d| d.plan_create_catalog(name.clone(), replicas, chunk_size, create.mutable, unix_now())).await {
+    let origin = match create.origin.as_deref() {
+        None if create.origin_interval.is_some() => return error(StatusCode::BAD_REQUEST, "origin_interval needs an origin"),
+        None => None,
+        Some(url) => match super::origins::check_origin(shared, url, create.origin_interval).await {
+            Ok(o) => Some(o),
+            Err(why) => return error(StatusCode::BAD_REQUEST, why),
+        },
+    };
+    let plan = |d: &Directory| {
+        d.plan_create_catalog(name.clone(), replicas, chunk_size, create.mutable, unix_now()).map(|mut record| {
+            if let Record::Catalog(config) = &mut record {
+                config.origin = origin.clone();
+            }
+            record
+        })
+    };
+    if let Err(resp) = plan_and_commit(shared, plan).await {
         return resp;
     }
     let view = shared.lock().catalogs().into_iter().find(|c| c.name == name);
@@ -270,29 +298,43 @@ async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, ra
         .filter(|v| v.len() <= 200 && !v.is_empty())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    // The bytes are durable under their digest before the log entry that names them.
-    let manifest = match shared.store.ingest(chunk_size, client::body_stream(req.into_body())).await {
-        Ok(m) => m,
-        Err(StorageError::Input(e)) => return error(StatusCode::BAD_REQUEST, format!("upload failed, nothing was published: {e}")),
-        Err(StorageError::Verify { source, .. }) => return error(StatusCode::PAYLOAD_TOO_LARGE, source),
-        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the upload: {e}")),
-    };
-    let (digest, size) = (manifest.digest(), manifest.total_len());
-    let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_publish(&catalog, path.clone(), manifest, media_type, unix_now());
-    let created = match planned {
-        Ok(Some(record)) => {
-            if let Err(resp) = commit(shared, &record).await {
-                return resp;
-            }
-            true
-        }
-        Ok(None) => false,
-        Err(e) => return admin_error(&e),
+    let (created, digest, size) = match ingest_and_publish(shared, &catalog, &path, chunk_size, media_type, client::body_stream(req.into_body())).await {
+        Ok(done) => done,
+        Err(resp) => return resp,
     };
     let seq = shared.lock().catalogs().into_iter().find(|c| c.name == catalog).map_or(0, |c| c.seq);
     let status = if created { StatusCode::CREATED } else { StatusCode::OK };
     json(status, &Published { catalog, path, digest, size, seq, created })
+}
+
+/// Stores `body` and publishes it under `path`: the one publish path, for uploads and origins.
+/// `created` is false when the path already held exactly these bytes.
+pub(super) async fn ingest_and_publish(
+    shared: &Arc<Shared>,
+    catalog: &CatalogName,
+    path: &ArtifactPath,
+    chunk_size: u32,
+    media_type: String,
+    body: odi_core::storage::ByteStream<'static>,
+) -> Result<(bool, Digest, u64), Response<Body>> {
+    // The bytes are durable under their digest before the log entry that names them.
+    let manifest = match shared.store.ingest(chunk_size, body).await {
+        Ok(m) => m,
+        Err(StorageError::Input(e)) => return Err(error(StatusCode::BAD_REQUEST, format!("upload failed, nothing was published: {e}"))),
+        Err(StorageError::Verify { source, .. }) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, source)),
+        Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the upload: {e}"))),
+    };
+    let (digest, size) = (manifest.digest(), manifest.total_len());
+    let _writer = shared.writer.lock().await;
+    let planned = shared.lock().plan_publish(catalog, path.clone(), manifest, media_type, unix_now());
+    match planned {
+        Ok(Some(record)) => {
+            commit(shared, &record).await?;
+            Ok((true, digest, size))
+        }
+        Ok(None) => Ok((false, digest, size)),
+        Err(e) => Err(admin_error(&e)),
+    }
 }
 
 async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {

@@ -8,7 +8,7 @@ use http::{Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
-use odi_core::directory::Redirect;
+use odi_core::directory::{LookupError, Redirect};
 use odi_core::message::RelayUrl;
 use odi_core::path::{ArtifactPath, CatalogName};
 
@@ -62,7 +62,10 @@ pub(super) async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
     };
     let now = shared.now();
-    let redirect = shared.lock().redirect(catalog, &path, now);
+    let mut redirect = shared.lock().redirect(catalog, &path, now);
+    if matches!(redirect, Err(LookupError::NotFound { .. })) && super::origins::on_demand(shared, catalog, &path).await {
+        redirect = shared.lock().redirect(catalog, &path, shared.now());
+    }
     match redirect {
         Ok(r) => answer(shared, req, r, &["r/", catalog, "/", &path.to_url()]).await,
         Err(e) => lookup_error(&e),

@@ -3,13 +3,16 @@
 //! One file per audience (see ARCHITECTURE.md for the full API); this one opens the directory,
 //! holds the state they share and routes each request:
 //! - `clients.rs`: `GET|HEAD /r/{catalog}/{path}`, `GET|HEAD /blobs/sha256/{hex}`,
-//!   `GET /metalink/...`, `POST /report`; `GET /healthz` is answered here
+//!   `GET /metalink/...`, `POST /report`; `GET /healthz` and `GET /catalogs` (the catalog names,
+//!   public: what a meta-directory probes) are answered here
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
 //! - `effects.rs`: no route; carries out the machine's effects and logs its events
+//! - `origins.rs`: origin catalogs (`--origin`): the schedule, `POST /api/v1/catalogs/{name}/sync`,
+//!   on-demand fetches of unknown paths
 //!
 //! Directory-to-directory (federation) endpoints, when they come, belong in a `peers.rs` of
 //! their own beside these, routed from `handle` under their own prefix.
@@ -43,6 +46,7 @@ mod admin;
 mod clients;
 mod effects;
 mod node;
+mod origins;
 // mod peers; (directory-to-directory federation, not yet)
 
 /// A node request's or a report's whole body must arrive within this.
@@ -69,6 +73,8 @@ pub struct DirectoryOptions {
     pub meta: Option<Arc<dyn MetaStore>>,
     /// Accept loopback and private relay URLs whatever class the directory's own URL is in.
     pub allow_private_relays: bool,
+    /// Let origin catalogs reach loopback and private addresses (tests, `odi dev`).
+    pub allow_private_origins: bool,
 }
 
 impl DirectoryOptions {
@@ -85,6 +91,7 @@ impl DirectoryOptions {
             enroll_token: None,
             meta: None,
             allow_private_relays: false,
+            allow_private_origins: false,
         }
     }
 }
@@ -125,6 +132,11 @@ struct Shared {
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
     digests: DigestHeaders,
+    allow_private_origins: bool,
+    /// One origin sync at a time (scheduled, `catalog sync`, or on demand).
+    origin_sync: tokio::sync::Mutex<()>,
+    /// Scratch space for files on their way from an origin.
+    origin_work: PathBuf,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -202,6 +214,9 @@ impl DirectoryServer {
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
+            allow_private_origins: options.allow_private_origins,
+            origin_sync: tokio::sync::Mutex::new(()),
+            origin_work: dir.join("origin-tmp"),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
         Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path })
@@ -224,7 +239,11 @@ impl DirectoryServer {
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);
         }
-        driver::run(shared, listener, handle, shutdown).await
+        let origins = tokio::spawn(origins::origin_loop(shared.clone()));
+        let result = driver::run(shared, listener, handle, shutdown).await;
+        origins.abort();
+        let _ = origins.await;
+        result
     }
 }
 
@@ -281,6 +300,8 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
             json(StatusCode::OK, &serde_json::json!({ "status": "ok", "role": "directory", "id": id }))
         }
         ("/healthz", false) => not_allowed("GET, HEAD"),
+        ("/catalogs", true) => json(StatusCode::OK, &serde_json::json!({ "catalogs": shared.lock().catalog_names() })),
+        ("/catalogs", false) => not_allowed("GET, HEAD"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }

@@ -1,0 +1,179 @@
+//! Requests to an origin, checked against server-side request forgery: the origin URL and every
+//! redirect it sends are checked before a connection is made (and every address a name resolves
+//! to is checked again when the connection is made, so a name cannot be re-pointed between).
+//!
+//! - Only `http://` (this build), no credentials in the URL, no query or fragment in the origin.
+//! - Link-local, cloud metadata (169.254.169.254, 100.100.100.200, `metadata.google.internal`),
+//!   unspecified, multicast and reserved addresses: always refused.
+//! - Loopback and private addresses: refused unless the directory runs with
+//!   `--allow-private-origins`, and even then only at a host and port an origin was configured
+//!   with: a redirect cannot reach another service on the directory's network.
+//! - Requests carry no credentials, and none are forwarded on a redirect.
+
+use std::net::IpAddr;
+use std::time::Duration;
+
+use http::{Method, Request, Response, StatusCode, Uri, header};
+use hyper::body::Incoming;
+use odi_core::message::{AddressClass, AddressPolicy, RelayUrl, classify_ip};
+
+use crate::NetError;
+use crate::client::{AddressGuard, HttpClient};
+
+/// Redirects followed per request.
+pub const MAX_REDIRECTS: usize = 5;
+/// Time for an origin to answer with a response head.
+const HEAD_TIMEOUT: Duration = Duration::from_secs(30);
+const RESOLVE_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The client a directory uses for one origin.
+#[derive(Clone, Debug)]
+pub struct OriginFetcher {
+    client: HttpClient,
+    allow_private: bool,
+    /// `(host, port)` of the configured origin: the one non-public place requests may go.
+    configured: (String, u16),
+}
+
+fn authority(uri: &Uri) -> Result<(String, u16), String> {
+    if uri.scheme_str() != Some("http") {
+        return Err(format!("{uri}: only http:// origins are supported by this build"));
+    }
+    let auth = uri.authority().ok_or_else(|| format!("{uri}: no host"))?;
+    if auth.as_str().contains('@') {
+        return Err(format!("{uri}: credentials in an origin URL are refused (they would be sent to whoever it redirects to)"));
+    }
+    let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
+    Ok((host, auth.port_u16().unwrap_or(80)))
+}
+
+impl OriginFetcher {
+    /// Checks the shape of `origin` (an `http://` URL with no credentials, query or fragment).
+    pub fn new(origin: &str, allow_private: bool) -> Result<Self, NetError> {
+        RelayUrl::new(origin).map_err(|e| NetError::Config(format!("origin {e}")))?;
+        let uri: Uri = origin.parse().map_err(|e| NetError::Config(format!("origin {origin}: {e}")))?;
+        let configured = authority(&uri).map_err(NetError::Config)?;
+        let policy = if allow_private { AddressPolicy::ANY } else { AddressPolicy::PUBLIC };
+        Ok(Self { client: HttpClient::guarded(AddressGuard::new(policy)), allow_private, configured })
+    }
+
+    /// `Err` says why a request to `uri` is refused.
+    pub async fn check(&self, uri: &Uri) -> Result<(), String> {
+        let (host, port) = authority(uri)?;
+        let ips: Vec<IpAddr> = match host.parse::<IpAddr>() {
+            Ok(ip) => vec![ip],
+            Err(_) => {
+                let lower = host.as_str();
+                if lower == "metadata.google.internal" || lower == "metadata" {
+                    return Err(format!("{host} is a cloud metadata service name, which origins never reach"));
+                }
+                match tokio::time::timeout(RESOLVE_TIMEOUT, tokio::net::lookup_host((host.as_str(), port))).await {
+                    Ok(Ok(addrs)) => addrs.map(|a| a.ip()).collect(),
+                    Ok(Err(e)) => return Err(format!("cannot resolve {host}: {e}")),
+                    Err(_) => return Err(format!("cannot resolve {host} within {} s", RESOLVE_TIMEOUT.as_secs())),
+                }
+            }
+        };
+        for ip in ips {
+            match classify_ip(ip) {
+                AddressClass::Refused(what) => return Err(format!("{host} ({ip}) is {what}, which origins never reach")),
+                class @ (AddressClass::Loopback | AddressClass::Private) => {
+                    let kind = if class == AddressClass::Loopback { "loopback" } else { "private" };
+                    if !self.allow_private {
+                        return Err(format!("{host} ({ip}) is a {kind} address; origins reach those only on a directory run with --allow-private-origins"));
+                    }
+                    if (host.as_str(), port) != (self.configured.0.as_str(), self.configured.1) {
+                        return Err(format!("{host}:{port} ({ip}) is a {kind} address this catalog's origin was not configured with"));
+                    }
+                }
+                AddressClass::Public | AddressClass::Name => {}
+            }
+        }
+        Ok(())
+    }
+
+    /// `GET` (or `HEAD`) `url`, following up to `MAX_REDIRECTS` redirects, each checked.
+    /// Returns the final response and the URL it came from.
+    pub async fn request(&self, method: Method, url: &str) -> Result<(Response<Incoming>, String), NetError> {
+        let mut current = url.to_owned();
+        for _ in 0..=MAX_REDIRECTS {
+            let uri: Uri = current.parse().map_err(|e| NetError::Protocol(format!("{current}: not a URL: {e}")))?;
+            self.check(&uri).await.map_err(|reason| NetError::Unreachable { url: current.clone(), reason: format!("refused: {reason}") })?;
+            let req = Request::builder().method(method.clone()).uri(uri.clone()).body(crate::http::empty()).map_err(|e| NetError::Config(e.to_string()))?;
+            let resp = self.client.send(req, HEAD_TIMEOUT).await?;
+            if !matches!(
+                resp.status(),
+                StatusCode::MOVED_PERMANENTLY | StatusCode::FOUND | StatusCode::SEE_OTHER | StatusCode::TEMPORARY_REDIRECT | StatusCode::PERMANENT_REDIRECT
+            ) {
+                return Ok((resp, current));
+            }
+            let location = resp
+                .headers()
+                .get(header::LOCATION)
+                .and_then(|v| v.to_str().ok())
+                .ok_or_else(|| NetError::Protocol(format!("{current} answered {} with no usable Location", resp.status())))?;
+            current = resolve(&uri, location).ok_or_else(|| NetError::Protocol(format!("{current} redirected to `{location}`, which is not a URL")))?;
+        }
+        Err(NetError::Protocol(format!("{url}: more than {MAX_REDIRECTS} redirects")))
+    }
+}
+
+/// `location` as an absolute URL, relative to `base`.
+pub fn resolve(base: &Uri, location: &str) -> Option<String> {
+    if location.contains("://") {
+        return Some(location.to_owned());
+    }
+    let scheme = base.scheme_str()?;
+    let auth = base.authority()?.as_str();
+    if let Some(rest) = location.strip_prefix("//") {
+        return Some(format!("{scheme}://{rest}"));
+    }
+    if location.starts_with('/') {
+        return Some(format!("{scheme}://{auth}{location}"));
+    }
+    let path = base.path();
+    let dir = &path[..path.rfind('/').map_or(0, |i| i + 1)];
+    Some(format!("{scheme}://{auth}{dir}{location}"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn locations_resolve_against_the_request() {
+        let base: Uri = "http://o.example:8080/pub/a/file.iso".parse().unwrap();
+        assert_eq!(resolve(&base, "other.iso").unwrap(), "http://o.example:8080/pub/a/other.iso");
+        assert_eq!(resolve(&base, "/x").unwrap(), "http://o.example:8080/x");
+        assert_eq!(resolve(&base, "//cdn.example/y").unwrap(), "http://cdn.example/y");
+        assert_eq!(resolve(&base, "http://169.254.169.254/latest").unwrap(), "http://169.254.169.254/latest");
+    }
+
+    #[tokio::test]
+    async fn metadata_link_local_and_unconfigured_private_places_are_refused() {
+        let strict = OriginFetcher::new("http://127.0.0.1:8080/pub/", false).unwrap();
+        let lax = OriginFetcher::new("http://127.0.0.1:8080/pub/", true).unwrap();
+        let check = |f: &OriginFetcher, u: &str| {
+            let f = f.clone();
+            let uri: Uri = u.parse().unwrap();
+            async move { f.check(&uri).await }
+        };
+        for f in [&strict, &lax] {
+            let e = check(f, "http://169.254.169.254/latest/meta-data/").await.unwrap_err();
+            assert!(e.contains("metadata"), "{e}");
+            assert!(check(f, "http://169.254.1.1/").await.unwrap_err().contains("link-local"));
+            assert!(check(f, "http://metadata.google.internal/").await.is_err());
+            assert!(check(f, "http://user:pw@127.0.0.1:8080/").await.unwrap_err().contains("credentials"));
+            assert!(check(f, "https://127.0.0.1:8080/").await.is_err(), "https is not in this build");
+        }
+        assert!(check(&strict, "http://127.0.0.1:8080/pub/").await.unwrap_err().contains("--allow-private-origins"));
+        assert!(check(&strict, "http://10.1.2.3/").await.unwrap_err().contains("private"));
+        check(&lax, "http://127.0.0.1:8080/pub/x").await.unwrap();
+        let e = check(&lax, "http://127.0.0.1:8081/").await.unwrap_err();
+        assert!(e.contains("not configured"), "{e}");
+        assert!(check(&lax, "http://10.1.2.3/").await.is_err(), "another private host");
+        check(&strict, "http://93.184.216.34/").await.unwrap();
+        assert!(OriginFetcher::new("http://u:p@o.example/", true).is_err());
+        assert!(OriginFetcher::new("ftp://o.example/", true).is_err());
+    }
+}
