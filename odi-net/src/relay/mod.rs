@@ -180,8 +180,8 @@ fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
     for effect in effects {
         let shared = shared.clone();
         match effect {
-            Effect::Send(msg) => tokio::spawn(syncing::send(shared, msg)),
-            Effect::Fetch { manifest, sources } => tokio::spawn(syncing::fetch(shared, manifest, sources)),
+            Effect::Send { upstream: _, msg } => tokio::spawn(syncing::send(shared, msg)),
+            Effect::Fetch { upstream: _, manifest, sources } => tokio::spawn(syncing::fetch(shared, manifest, sources)),
             Effect::DiscardPartial { digest } => tokio::spawn(async move {
                 if let Err(e) = shared.store.discard_partial(&digest).await {
                     tracing::error!(%digest, error = %e, "cannot remove partial download");
@@ -198,13 +198,13 @@ fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
 
 fn log_event(event: &Event) {
     match event {
-        Event::Enrolled { relay, directory } => tracing::info!(%relay, %directory, "enrolled with the directory"),
-        Event::Refused { reason } => tracing::warn!(%reason, "the directory refused a request"),
+        Event::Enrolled { relay, directory, .. } => tracing::info!(%relay, %directory, "enrolled with the directory"),
+        Event::Refused { reason, .. } => tracing::warn!(%reason, "the directory refused a request"),
         Event::Ready { digest } => tracing::info!(%digest, "verified and ready"),
         Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
         Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
         Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
-        Event::StandingChanged { standing } => {
+        Event::StandingChanged { standing, .. } => {
             use odi_core::message::RelayStatus;
             // A step on the way in (enrolled, probation) is news; a failure is the operator's to fix.
             let trouble = matches!(standing.status, RelayStatus::Suspended | RelayStatus::Quarantined | RelayStatus::Unhealthy)

@@ -39,10 +39,10 @@ pub(super) async fn send(shared: Arc<Shared>, msg: Message) {
             .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
     };
     match outcome.await {
-        Ok(reply) => step(&shared, |m, now| m.handle_message(reply, now)),
+        Ok(reply) => step(&shared, |m, now| m.handle_message(0, reply, now)),
         Err(e) => {
             tracing::warn!(error = %e, "cannot reach the directory; retrying");
-            step(&shared, |m, now| m.handle_send_failed(now));
+            step(&shared, |m, now| m.handle_send_failed(0, now));
         }
     }
 }
@@ -135,7 +135,7 @@ pub(super) async fn watch_directory(shared: Arc<Shared>) {
             client::read_json::<Generation>(resp).await
         };
         match outcome.await {
-            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(g.generation, now)),
+            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(0, g.generation, now)),
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
