@@ -104,7 +104,7 @@ pub(crate) async fn start_relay(data: &Path, directory: &str, catalogs: &[&str],
     let (listener, url) = loopback_listener().await?;
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
-        directory: directory.to_owned(),
+        directories: vec![directory.to_owned()],
         public_url: url.clone(),
         disk_budget: RELAY_DISK_BUDGET,
         bandwidth: 0,

@@ -340,3 +340,58 @@ impl Holdings {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    fn want(n: u8, len: usize, upstream: Upstream) -> Want {
+        let manifest = ChunkManifest::of(&vec![n; len], crate::manifest::MIN_CHUNK_SIZE).unwrap();
+        Want { digest: manifest.digest(), size: len as u64, manifest, sources: Vec::new(), upstream }
+    }
+
+    fn deletes(out: &mut Outputs) -> Vec<Digest> {
+        out.effects.drain(..).filter_map(|e| if let Effect::Delete { digest } = e { Some(digest) } else { None }).collect()
+    }
+
+    #[test]
+    fn an_eviction_waits_for_every_directory_to_hear_and_a_silent_one_for_its_lease() {
+        let mut h = Holdings::new(footprint(4000) * 2, 4, Duration::from_secs(1), [(d(1), 4000), (d(2), 4000)], [], Instant::ZERO);
+        let mut out = Outputs::default();
+        let both: BTreeSet<Upstream> = [0, 1].into();
+        // d(1) is assigned (by someone); a new blob needs d(2)'s room.
+        let new = want(9, 4000, 1);
+        let wanted: BTreeSet<Digest> = [d(1), new.digest].into();
+        h.start_fetches(vec![new], &wanted, &both, Instant::ZERO, &mut out);
+        assert!(h.leaving.contains_key(&d(2)) && h.held.contains_key(&d(1)), "only the unassigned blob is evicted");
+        assert!(!out.effects.iter().any(|e| matches!(e, Effect::Fetch { .. })), "no room until it is gone");
+        h.heartbeat_sent(0);
+        h.heartbeat_acked(0, Duration::from_secs(2), Instant::from_millis(10));
+        assert_eq!(h.poll_timeout(), None, "directory 1 has not heard yet");
+        // Directory 1 is unreachable: it stops sending clients when its lease (15 s) runs out.
+        h.upstream_unreachable(1, Duration::from_secs(15), Duration::from_secs(2), Instant::from_millis(20));
+        assert_eq!(h.poll_timeout(), Some(Instant::from_millis(15_020)));
+        h.timeout(Instant::from_millis(15_000), &mut out);
+        assert!(deletes(&mut out).is_empty());
+        h.timeout(Instant::from_millis(15_020), &mut out);
+        assert_eq!(deletes(&mut out), vec![d(2)]);
+        assert_eq!(out.deleted, vec![d(2)]);
+    }
+
+    #[test]
+    fn a_blob_assigned_by_anyone_is_never_evicted_and_what_does_not_fit_is_not_fetched() {
+        let mut h = Holdings::new(footprint(4000), 4, Duration::from_secs(1), [(d(1), 4000)], [], Instant::ZERO);
+        let mut out = Outputs::default();
+        let new = want(9, 4000, 0);
+        let wanted: BTreeSet<Digest> = [d(1), new.digest].into();
+        h.start_fetches(vec![new], &wanted, &[0].into(), Instant::ZERO, &mut out);
+        assert!(h.held.contains_key(&d(1)) && h.leaving.is_empty());
+        assert!(out.events.iter().any(|e| matches!(e, Event::NoRoom { .. })), "{:?}", out.events);
+        assert!(!out.effects.iter().any(|e| matches!(e, Effect::Fetch { .. })));
+        assert!(h.used() <= h.budget);
+    }
+}

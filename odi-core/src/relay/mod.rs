@@ -537,6 +537,82 @@ mod tests {
             .collect()
     }
 
+    /// A relay enrolled (and active) with two directories.
+    fn two(budget: u64) -> Relay {
+        let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: budget, bandwidth: 0 }, "t".into());
+        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "u".into() });
+        let mut r = Relay::new(config, [], [], Instant::ZERO);
+        for reg in &mut r.registrations {
+            reg.phase = registration::Phase::Active;
+        }
+        r
+    }
+
+    fn state(upstream: Upstream, generation: u64, wanted: &[(u8, u64)]) -> (Upstream, Message, Vec<Digest>) {
+        let assigned: Vec<Assigned> = wanted
+            .iter()
+            .map(|(n, size)| {
+                let manifest = ChunkManifest::of(&vec![*n; *size as usize], crate::manifest::MIN_CHUNK_SIZE).unwrap();
+                Assigned { digest: manifest.digest(), size: *size, manifest: Some(manifest), sources: Vec::new() }
+            })
+            .collect();
+        let digests = assigned.iter().map(|a| a.digest).collect();
+        let state = Some(RelayAssignment { assigned, names: Vec::new() });
+        (upstream, Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: Vec::new(), standing: None }), digests)
+    }
+
+    fn fetches(r: &mut Relay) -> Vec<(Upstream, Digest)> {
+        std::iter::from_fn(|| r.poll_effect())
+            .filter_map(|e| match e {
+                Effect::Fetch { upstream, manifest, .. } => Some((upstream, manifest.digest())),
+                _ => None,
+            })
+            .collect()
+    }
+
+    #[test]
+    fn each_directory_is_told_its_share_and_the_shares_add_up_to_the_budget() {
+        let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: 1001, bandwidth: 10 }, "t".into());
+        assert_eq!(config.share(0), config.capacity, "one directory: the whole budget");
+        for name in ["b", "c"] {
+            config.directories.push(UpstreamConfig { name: name.into(), enroll_token: "t".into() });
+        }
+        let shares: Vec<Capacity> = (0..3).map(|i| config.share(i)).collect();
+        assert_eq!(shares.iter().map(|c| c.disk_budget).sum::<u64>(), 1001);
+        assert_eq!(shares.iter().map(|c| c.bandwidth).sum::<u64>(), 10);
+        assert_eq!(shares[1].disk_budget, 333);
+    }
+
+    #[test]
+    fn a_blob_two_directories_assign_is_fetched_once_and_kept_until_neither_does() {
+        let fp = footprint(8000);
+        let mut r = two(2 * fp + 100);
+        let (u, msg, one) = state(0, 2, &[(1, 8000)]);
+        r.handle_message(u, msg, Instant::ZERO);
+        let (u, msg, _) = state(1, 2, &[(1, 8000)]);
+        r.handle_message(u, msg, Instant::ZERO);
+        assert_eq!(fetches(&mut r), vec![(0, one[0])], "fetched once, from the first directory that asked");
+        r.handle_fetch(one[0], Ok(()), Instant::ZERO);
+        assert_eq!(r.used(), fp, "counted once");
+        // Directory 0 moves on to another blob; directory 1 still assigns the first.
+        let (u, msg, two_) = state(0, 3, &[(2, 8000)]);
+        r.handle_message(u, msg, Instant::ZERO);
+        assert_eq!(fetches(&mut r), vec![(0, two_[0])]);
+        r.handle_fetch(two_[0], Ok(()), Instant::ZERO);
+        // A third blob does not fit, and the first is not evicted for it: directory 1 assigns it.
+        let (u, msg, three) = state(0, 4, &[(2, 8000), (3, 8000)]);
+        r.handle_message(u, msg, Instant::ZERO);
+        assert!(fetches(&mut r).is_empty());
+        assert!(r.holds(&one[0]));
+        assert!(std::iter::from_fn(|| r.poll_event()).any(|e| e == Event::NoRoom { digest: three[1], size: fp }));
+        assert!(!r.reported_to(0).contains(&three[1]), "what does not fit is not reported held");
+        // Directory 1 lets it go: now it is evicted (gone once both directories heard).
+        let (u, msg, _) = state(1, 3, &[]);
+        r.handle_message(u, msg, Instant::ZERO);
+        assert!(!r.holds(&one[0]) && r.has_bytes(&one[0]), "evicted, still on disk until both heard");
+        assert!(r.used() <= 2 * fp + 100);
+    }
+
     #[test]
     fn a_lowered_budget_evicts_least_valuable_first_and_never_a_blob_being_served() {
         let mut r = relay(10_000, &[(1, 4000), (2, 4000), (3, 4000), (4, 4000)]);

@@ -208,3 +208,60 @@ impl Registration {
         self.catalogs.contains(catalog)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::message::{Assigned, EnrollResponse, NodeId, Refusal, RelayAssignment};
+
+    fn d(n: u8) -> Digest {
+        Digest::from_bytes([n; 32])
+    }
+
+    fn config() -> RelayConfig {
+        RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: 1000, bandwidth: 0 }, "t".into())
+    }
+
+    fn ack(expunged: Vec<Digest>, assigned: &[u8]) -> Message {
+        let assigned = assigned.iter().map(|n| Assigned { digest: d(*n), size: 10, manifest: None, sources: Vec::new() }).collect();
+        Message::HeartbeatAck(HeartbeatAck { generation: 3, state: Some(RelayAssignment { assigned, names: Vec::new() }), expunged, standing: None })
+    }
+
+    #[test]
+    fn enrolls_with_its_share_then_beats_and_claims_what_it_was_assigned() {
+        let mut events = VecDeque::new();
+        let share = Capacity { disk_budget: 500, bandwidth: 0 };
+        let mut r = Registration::new(1, share, "tok".into(), Instant::ZERO);
+        assert!(r.is_due(Instant::ZERO));
+        match r.request(&config(), Vec::new(), 0, 0, Instant::ZERO) {
+            Message::Enroll(e) => assert_eq!((e.capacity, e.token.as_str()), (share, "tok")),
+            other => panic!("{other:?}"),
+        }
+        assert!(!r.is_due(Instant::ZERO), "one request at a time");
+        let ok = EnrollResponse { relay: NodeId([1; 32]), directory: NodeId([2; 32]), heartbeat_interval_ms: 1000, lease_ms: 4000 };
+        r.handle_reply(Message::Enrolled(ok), Duration::from_secs(1), Instant::ZERO, &mut events);
+        assert!(matches!(events.pop_front(), Some(Event::Enrolled { upstream: 1, .. })));
+        assert_eq!(r.lease, Duration::from_secs(4));
+        assert!(matches!(r.request(&config(), vec![d(9)], 10, 0, Instant::ZERO), Message::Heartbeat(hb) if hb.held == [d(9)]));
+        let heard = r.handle_reply(ack(Vec::new(), &[1, 2]), Duration::from_secs(1), Instant::ZERO, &mut events);
+        assert!(heard.acked && heard.assignment && r.has_assignment());
+        assert_eq!(r.claimed, [d(1), d(2)].into());
+        assert_eq!(r.poll_timeout(), Instant::from_millis(1000), "next beat");
+        // An expunge takes the claim away; a later state without the digest keeps it away.
+        let heard = r.handle_reply(ack(vec![d(2)], &[1]), Duration::from_secs(1), Instant::ZERO, &mut events);
+        assert_eq!(heard.expunged, vec![d(2)]);
+        assert_eq!(r.claimed, [d(1)].into());
+    }
+
+    #[test]
+    fn an_unknown_relay_refusal_enrolls_again() {
+        let mut events = VecDeque::new();
+        let mut r = Registration::new(0, Capacity::default(), "tok".into(), Instant::ZERO);
+        r.phase = Phase::Active;
+        let refusal = Refusal { code: RefusalCode::UnknownRelay, reason: "enroll again".into() };
+        r.handle_reply(Message::Refused(refusal), Duration::from_secs(2), Instant::ZERO, &mut events);
+        assert_eq!(r.phase, Phase::Enrolling);
+        assert!(matches!(events.pop_front(), Some(Event::Refused { upstream: 0, .. })));
+        assert!(!r.is_due(Instant::from_millis(1999)) && r.is_due(Instant::from_millis(2000)));
+    }
+}

@@ -634,6 +634,8 @@ mod federation_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]
+mod multi_tests;
+#[cfg(test)]
 mod name_tests;
 #[cfg(test)]
 mod probation_tests;
