@@ -197,6 +197,12 @@ impl Relay {
             self.holdings.heartbeat_acked(upstream, linger, now);
             self.start_fetches(now);
         }
+        if heard.refused {
+            // A directory that refuses (a wrong token, not enrolled) acknowledges no heartbeat:
+            // an eviction waits for it only as long as a silent one.
+            let (lease, linger) = (self.registrations[upstream].lease, self.linger());
+            self.holdings.upstream_unreachable(upstream, lease, linger, now);
+        }
         self.settle();
         self.send_due(now);
     }
@@ -611,6 +617,26 @@ mod tests {
         r.handle_message(u, msg, Instant::ZERO);
         assert!(!r.holds(&one[0]) && r.has_bytes(&one[0]), "evicted, still on disk until both heard");
         assert!(r.used() <= 2 * fp + 100);
+    }
+
+    #[test]
+    fn an_eviction_waits_for_a_refusing_directory_no_longer_than_its_lease() {
+        let fp = footprint(8000);
+        let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: fp + 50, bandwidth: 0 }, "t".into());
+        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "wrong".into() });
+        let mut r = Relay::new(config, [(d(1), 8000)], [], Instant::ZERO);
+        r.registrations.iter_mut().for_each(|reg| reg.phase = registration::Phase::Active);
+        let (u, msg, _) = state(0, 2, &[(9, 8000)]);
+        r.handle_message(u, msg, Instant::ZERO);
+        assert!(r.has_bytes(&d(1)) && !r.holds(&d(1)), "evicted for the new blob, still on disk");
+        let ack = Message::HeartbeatAck(HeartbeatAck { generation: 2, state: None, expunged: Vec::new(), standing: None });
+        r.handle_message(0, ack, Instant::from_millis(10));
+        let refusal = crate::message::Refusal { code: crate::message::RefusalCode::UnknownRelay, reason: "enroll again".into() };
+        r.handle_message(1, Message::Refused(refusal), Instant::from_millis(20));
+        assert!(deleted(&mut r).is_empty(), "not before the refusing directory's lease has run out");
+        let lease = r.registrations[1].lease;
+        r.handle_timeout(Instant::from_millis(20) + lease);
+        assert_eq!(deleted(&mut r), vec![d(1)]);
     }
 
     #[test]

@@ -35,6 +35,8 @@ pub(super) struct Heard {
     pub(super) expunged: Vec<Digest>,
     /// A full state replaced the assignment.
     pub(super) assignment: bool,
+    /// The directory refused the request: it will not acknowledge a heartbeat soon.
+    pub(super) refused: bool,
 }
 
 #[derive(Debug)]
@@ -112,6 +114,7 @@ impl Registration {
             }
             Message::HeartbeatAck(ack) => heard = self.acked(ack, now, events),
             Message::Refused(refusal) => {
+                heard.refused = true;
                 events.push_back(Event::Refused { upstream: self.index, reason: refusal.reason });
                 if refusal.code == RefusalCode::UnknownRelay {
                     self.phase = Phase::Enrolling;
@@ -124,7 +127,7 @@ impl Registration {
     }
 
     fn acked(&mut self, ack: HeartbeatAck, now: Instant, events: &mut VecDeque<Event>) -> Heard {
-        let mut heard = Heard { acked: true, expunged: ack.expunged, assignment: false };
+        let mut heard = Heard { acked: true, expunged: ack.expunged, ..Heard::default() };
         for digest in &heard.expunged {
             self.claimed.remove(digest);
         }
