@@ -136,7 +136,7 @@ pub(crate) async fn start_relay_tls(
     };
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
-        directory: directory.to_owned(),
+        directories: vec![directory.to_owned()],
         public_url: url.clone(),
         disk_budget: RELAY_DISK_BUDGET,
         bandwidth: 0,

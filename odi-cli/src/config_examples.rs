@@ -34,7 +34,7 @@ fn example_configs_load_and_show_every_key() {
     units::parse_size(relay.disk_budget.as_deref().unwrap()).unwrap();
     units::parse_rate(relay.bandwidth.as_deref().unwrap()).unwrap();
     assert!(relay.listen.is_some() && relay.data.is_some() && relay.public_url.is_some());
-    assert_eq!(relay.directory.len(), 1, "one directory per relay in this build");
+    assert!(!relay.directory.is_empty(), "a relay enrolls with at least one directory");
     assert!(!relay.catalog.is_empty());
 
     let every: BTreeSet<String> = serde_json::to_value(FileConfig::default()).unwrap().as_object().unwrap().keys().cloned().collect();

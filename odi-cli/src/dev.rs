@@ -69,7 +69,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
         let url = format!("{}://{}", listener.scheme(), listener.local_addr()?);
         let options = odi_net::relay::RelayOptions {
             data_dir: data.join(format!("relay-{i}")),
-            directory: dir_url.clone(),
+            directories: vec![dir_url.clone()],
             public_url: url.clone(),
             disk_budget: 1 << 30,
             bandwidth: 0,

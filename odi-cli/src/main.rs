@@ -148,7 +148,9 @@ struct RelayArgs {
     listen: Option<SocketAddr>,
     #[arg(long)]
     data: Option<PathBuf>,
-    /// Directory URL to enroll with.
+    /// Directory URL to enroll with; repeat it to serve several directories (each is offered an
+    /// equal share of --disk-budget and --bandwidth). ODI_ENROLL_TOKEN then holds one token for
+    /// all, or one per --directory in the same order, separated by commas.
     #[arg(long = "directory")]
     directories: Vec<String>,
     /// The URL clients reach this relay at; the directory tests it before trusting the relay.
@@ -502,11 +504,9 @@ async fn run(command: Command) -> Result<()> {
             let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let directories = if args.directories.is_empty() { file.directory } else { args.directories };
-            let directory = match directories.as_slice() {
-                [one] => one.clone(),
-                [] => bail!("--directory is required (or `directory` in --config)"),
-                _ => bail!("this version enrolls with one directory; pass a single --directory"),
-            };
+            if directories.is_empty() {
+                bail!("--directory is required (or `directory` in --config); repeat it to serve several directories");
+            }
             let public_url = args.public_url.or(file.public_url).ok_or_else(|| anyhow!("--public-url is required: the URL clients reach this relay at"))?;
             let disk_budget = match args.disk_budget {
                 Some(b) => b,
@@ -527,7 +527,7 @@ async fn run(command: Command) -> Result<()> {
                 std::env::var("ODI_ENROLL_TOKEN").map_err(|_| anyhow!("set ODI_ENROLL_TOKEN to the directory's enrollment token (its enroll.token file)"))?;
             let options = odi_net::relay::RelayOptions {
                 data_dir: data.clone(),
-                directory,
+                directories,
                 public_url,
                 disk_budget,
                 bandwidth,

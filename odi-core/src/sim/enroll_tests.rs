@@ -66,7 +66,7 @@ fn a_new_key_at_the_url_of_a_live_relay_is_refused() {
     assert!(view(&sim, second).is_none());
     assert!(view(&sim, first).is_some_and(|v| v.status == RelayStatus::Ready));
     let refused =
-        sim.relay_events.iter().any(|(r, e)| *r == second && matches!(e, relay::Event::Refused { reason } if reason.contains("one relay per public URL")));
+        sim.relay_events.iter().any(|(r, e)| *r == second && matches!(e, relay::Event::Refused { reason, .. } if reason.contains("one relay per public URL")));
     assert!(refused, "told why");
 }
 
@@ -196,7 +196,7 @@ fn a_revoked_operator_token_bars_its_relays_and_enrolls_no_more() {
     let ours = sim.add_relay(2, 100 * MB);
     let now = sim.now;
     let r = sim.relays.get_mut(&theirs).unwrap();
-    r.config.enroll_token = ALICE.into();
+    r.config.directories[0].enroll_token = ALICE.into();
     r.machine = Relay::new(r.config.clone(), [], [], now);
     sim.run_for(Duration::from_secs(10));
     assert_eq!(view(&sim, theirs).unwrap().token.as_deref(), Some("alice"));
@@ -213,11 +213,11 @@ fn a_revoked_operator_token_bars_its_relays_and_enrolls_no_more() {
     // A new relay with the revoked token is refused, and told why.
     let newcomer = sim.add_relay(3, 100 * MB);
     let r = sim.relays.get_mut(&newcomer).unwrap();
-    r.config.enroll_token = ALICE.into();
+    r.config.directories[0].enroll_token = ALICE.into();
     r.machine = Relay::new(r.config.clone(), [], [], now);
     sim.run_for(Duration::from_secs(5));
     assert!(view(&sim, newcomer).is_none());
-    assert!(sim.relay_events.iter().any(|(r, e)| *r == newcomer && matches!(e, relay::Event::Refused { reason } if reason.contains("revoked"))));
+    assert!(sim.relay_events.iter().any(|(r, e)| *r == newcomer && matches!(e, relay::Event::Refused { reason, .. } if reason.contains("revoked"))));
     sim.restart_directory();
     sim.run_for(Duration::from_secs(5));
     assert_eq!(view(&sim, theirs).unwrap().status, RelayStatus::Quarantined, "kept across a restart");

@@ -1,4 +1,5 @@
-//! A deterministic simulation of one directory and many relays in one thread.
+//! A deterministic simulation of one directory (or several independent ones, `add_directory`)
+//! and many relays in one thread.
 //!
 //! Virtual time jumps from event to event (never sleeps); the network delays and drops messages
 //! from a seeded RNG, so a failing run is reproduced by its seed. Storage is a set of digests per
@@ -14,7 +15,7 @@ use crate::directory::{self, Directory, DirectoryConfig, Redirect};
 use crate::manifest::{ChunkManifest, MIN_CHUNK_SIZE};
 use crate::message::{Capacity, Message, NodeId, RelayUrl};
 use crate::path::{ArtifactPath, CatalogName};
-use crate::relay::{self, Relay, RelayConfig};
+use crate::relay::{self, Relay, RelayConfig, Upstream};
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{Record, TokenRole};
 use crate::time::{Instant, UnixTime};
@@ -39,12 +40,12 @@ impl Default for Faults {
 
 #[derive(Debug)]
 enum Delivery {
-    ToDirectory { from: NodeId, msg: Message },
-    ToRelay { to: NodeId, msg: Message },
-    FetchDone { to: NodeId, digest: Digest, incarnation: u64 },
-    SelfTestDone { relay: NodeId, attempt: u64, up: bool },
-    AuditDone { relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError>, took: Duration },
-    StorageDone { id: directory::RequestId, records: Vec<Record>, ok: bool },
+    ToDirectory { upstream: Upstream, from: NodeId, msg: Message },
+    ToRelay { upstream: Upstream, to: NodeId, msg: Message },
+    FetchDone { upstream: Upstream, to: NodeId, digest: Digest, incarnation: u64 },
+    SelfTestDone { upstream: Upstream, relay: NodeId, attempt: u64, up: bool },
+    AuditDone { upstream: Upstream, relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError>, took: Duration },
+    StorageDone { upstream: Upstream, id: directory::RequestId, records: Vec<Record>, ok: bool },
 }
 
 pub struct SimRelay {
@@ -73,6 +74,9 @@ pub struct Sim {
     pub now: Instant,
     pub dir: Directory,
     dir_config: DirectoryConfig,
+    /// Directories added with `add_directory`, upstreams 1, 2, ... of a relay that enrolls with
+    /// all of them (`add_relay_with`); independent of `dir` and of each other.
+    pub more: Vec<Directory>,
     pub relays: BTreeMap<NodeId, SimRelay>,
     /// Every record the directory made durable, in order.
     pub durable: Vec<Record>,
@@ -89,7 +93,7 @@ pub struct Sim {
     /// How long a write takes; zero completes it within the step that asked for it.
     pub storage_delay: Duration,
     /// Node messages whose answer waits for a write: the relay to send it to.
-    awaiting_storage: BTreeMap<directory::RequestId, NodeId>,
+    awaiting_storage: BTreeMap<(Upstream, directory::RequestId), NodeId>,
     rng: SeededRng,
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
@@ -117,6 +121,7 @@ impl Sim {
             now: Instant::ZERO,
             dir,
             dir_config: config,
+            more: Vec::new(),
             relays: BTreeMap::new(),
             durable: Vec::new(),
             contents: BTreeMap::new(),
@@ -148,9 +153,43 @@ impl Sim {
     /// An admin change, written ahead and applied as a driver does it. Panics if the write failed
     /// or is still under way: tests that make the store fail or slow check outcomes themselves.
     pub(crate) fn commit(&mut self, record: Record) {
-        let id = self.dir.commit(record).expect("no write of this relay in flight");
+        self.commit_on(0, record);
+    }
+
+    /// An admin change on directory `upstream` (0 is `dir`).
+    pub(crate) fn commit_on(&mut self, upstream: Upstream, record: Record) {
+        let id = self.directory(upstream).commit(record).expect("no write of this relay in flight");
         self.drain();
-        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "admin change not applied");
+        assert_eq!(self.directory(upstream).take_outcome(id), Some(directory::Outcome::Applied), "admin change not applied");
+    }
+
+    /// Directory `upstream`: 0 is `dir`, then those `add_directory` added.
+    pub fn directory(&mut self, upstream: Upstream) -> &mut Directory {
+        match upstream {
+            0 => &mut self.dir,
+            n => &mut self.more[n - 1],
+        }
+    }
+
+    fn directory_ref(&self, upstream: Upstream) -> &Directory {
+        match upstream {
+            0 => &self.dir,
+            n => &self.more[n - 1],
+        }
+    }
+
+    /// Adds an independent directory (the same config and enroll token as `dir`, its own id and
+    /// state); returns its upstream index for `add_relay_with`.
+    pub fn add_directory(&mut self) -> Upstream {
+        let mut config = self.dir_config.clone();
+        config.id = NodeId([0xd2 + self.more.len() as u8; 32]);
+        self.more.push(Directory::new(config, Seed(self.rng.next_u64())));
+        let upstream = self.more.len();
+        for role in [TokenRole::Enroll, TokenRole::Admin] {
+            let record = self.directory(upstream).plan_token(role, ENROLL_TOKEN).expect("fresh directory has no token");
+            self.commit_on(upstream, record);
+        }
+        upstream
     }
 
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
@@ -159,19 +198,31 @@ impl Sim {
 
     /// A catalog whose paths may be published again with other bytes when `mutable`.
     pub fn create_catalog_with(&mut self, name: &str, replicas: u32, mutable: bool) -> CatalogName {
+        self.create_catalog_on(0, name, replicas, mutable)
+    }
+
+    /// A catalog on directory `upstream`.
+    pub fn create_catalog_on(&mut self, upstream: Upstream, name: &str, replicas: u32, mutable: bool) -> CatalogName {
         let name = CatalogName::new(name).expect("valid catalog name");
-        let record = self.dir.plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), mutable, self.wall()).expect("new catalog");
-        self.commit(record);
+        let wall = self.wall();
+        let record = self.directory(upstream).plan_create_catalog(name.clone(), replicas, u64::from(MIN_CHUNK_SIZE), mutable, wall).expect("new catalog");
+        self.commit_on(upstream, record);
         name
     }
 
     pub fn publish(&mut self, catalog: &CatalogName, path: &str, data: &[u8]) -> Digest {
+        self.publish_on(0, catalog, path, data)
+    }
+
+    /// Publishes on directory `upstream`.
+    pub fn publish_on(&mut self, upstream: Upstream, catalog: &CatalogName, path: &str, data: &[u8]) -> Digest {
         let manifest = ChunkManifest::of(data, MIN_CHUNK_SIZE).expect("valid chunk size");
         let digest = manifest.digest();
         self.contents.insert(digest, data.to_vec());
         let path = ArtifactPath::new(path).expect("valid path");
-        if let Some(record) = self.dir.plan_publish(catalog, path, manifest, "application/octet-stream".into(), self.wall()).expect("publish") {
-            self.commit(record);
+        let wall = self.wall();
+        if let Some(record) = self.directory(upstream).plan_publish(catalog, path, manifest, "application/octet-stream".into(), wall).expect("publish") {
+            self.commit_on(upstream, record);
         }
         digest
     }
@@ -184,17 +235,30 @@ impl Sim {
 
     /// Bars `digest` everywhere: one record per catalog, durable together, then applied.
     pub fn expunge_digest(&mut self, digest: Digest) {
-        let records = self.dir.plan_expunge_digest(digest, self.wall()).expect("expunge by digest");
-        let id = self.dir.commit_all(records).expect("no write of this relay in flight");
+        self.expunge_digest_on(0, digest);
+    }
+
+    /// Bars `digest` everywhere on directory `upstream`.
+    pub fn expunge_digest_on(&mut self, upstream: Upstream, digest: Digest) {
+        let wall = self.wall();
+        let records = self.directory(upstream).plan_expunge_digest(digest, wall).expect("expunge by digest");
+        let id = self.directory(upstream).commit_all(records).expect("no write of this relay in flight");
         self.drain();
-        assert_eq!(self.dir.take_outcome(id), Some(directory::Outcome::Applied), "expunge not applied");
+        assert_eq!(self.directory(upstream).take_outcome(id), Some(directory::Outcome::Applied), "expunge not applied");
     }
 
     /// Adds a relay with id `[n; 32]` and the given disk budget, and starts it.
     pub fn add_relay(&mut self, n: u8, disk_budget: u64) -> NodeId {
+        self.add_relay_with(n, disk_budget, 1)
+    }
+
+    /// Adds a relay enrolled with the first `directories` directories (upstreams 0, 1, ...).
+    pub fn add_relay_with(&mut self, n: u8, disk_budget: u64, directories: usize) -> NodeId {
         let id = NodeId([n; 32]);
         let url = RelayUrl::new(&format!("http://relay-{n}.sim")).expect("valid url");
         let mut config = RelayConfig::new(url, Capacity { disk_budget, bandwidth: 100 << 20 }, ENROLL_TOKEN.into());
+        config.directories =
+            (0..directories.max(1)).map(|i| relay::UpstreamConfig { name: format!("directory {i}"), enroll_token: ENROLL_TOKEN.into() }).collect();
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);
@@ -236,8 +300,10 @@ impl Sim {
     pub fn restart_directory(&mut self) {
         self.dir = Directory::new(self.dir_config.clone(), Seed(self.rng.next_u64()));
         // Writes in flight die with it, unacknowledged (as if the disk never got them).
-        self.pending.retain(|_, d| !matches!(d, Delivery::ToDirectory { .. } | Delivery::SelfTestDone { .. } | Delivery::StorageDone { .. }));
-        self.awaiting_storage.clear();
+        self.pending.retain(|_, d| {
+            !matches!(d, Delivery::ToDirectory { upstream: 0, .. } | Delivery::SelfTestDone { upstream: 0, .. } | Delivery::StorageDone { upstream: 0, .. })
+        });
+        self.awaiting_storage.retain(|(upstream, _), _| *upstream != 0);
         for record in self.durable.clone() {
             self.dir.apply(&record, self.now);
         }
@@ -269,52 +335,63 @@ impl Sim {
         Some(self.faults.min_delay + Duration::from_millis(self.rng.below(span + 1)))
     }
 
+    /// Carries out directory `upstream`'s effects; true if there were any.
+    fn drain_directory(&mut self, upstream: Upstream) -> bool {
+        let mut progressed = false;
+        while let Some(effect) = self.directory(upstream).poll_effect() {
+            progressed = true;
+            match effect {
+                directory::Effect::Persist { id, records } => {
+                    let ok = !self.store_fails;
+                    if self.storage_delay.is_zero() {
+                        self.storage_done(upstream, id, records, ok);
+                    } else {
+                        self.schedule(self.storage_delay, Delivery::StorageDone { upstream, id, records, ok });
+                    }
+                }
+                directory::Effect::SelfTest { relay, attempt, .. } => {
+                    let up = self.relays.get(&relay).is_some_and(|r| r.up) && !self.probe_down.contains(&relay);
+                    let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
+                    self.schedule(delay, Delivery::SelfTestDone { upstream, relay, attempt, up });
+                }
+                directory::Effect::Audit { relay, digest, range, attempt, .. } => {
+                    let now = self.now;
+                    let result = match self.relays.get_mut(&relay) {
+                        Some(r) if r.up && r.rotten.contains(&digest) && r.store.contains_key(&digest) => {
+                            r.machine.handle_corrupt(digest, now);
+                            r.dropped.insert(digest);
+                            Err(directory::AuditError::Fetch("connection closed before the body ended".to_owned()))
+                        }
+                        Some(r) if r.up && r.store.contains_key(&digest) => {
+                            let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
+                            let corrupt = r.corrupt;
+                            if self.rng.chance(corrupt) && !bytes.is_empty() {
+                                let at = self.rng.below(bytes.len() as u64) as usize;
+                                bytes[at] ^= 0x55;
+                            }
+                            Ok(bytes::Bytes::from(bytes))
+                        }
+                        Some(r) if r.up => Err(directory::AuditError::Status(404)),
+                        _ => Err(directory::AuditError::Fetch("connection refused".to_owned())),
+                    };
+                    let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
+                    self.schedule(delay, Delivery::AuditDone { upstream, relay, attempt, result, took: delay });
+                }
+            }
+        }
+        while let Some(event) = self.directory(upstream).poll_event() {
+            if upstream == 0 {
+                self.dir_events.push(event);
+            }
+        }
+        progressed
+    }
+
     fn drain(&mut self) {
         loop {
             let mut progressed = false;
-            while let Some(effect) = self.dir.poll_effect() {
-                progressed = true;
-                match effect {
-                    directory::Effect::Persist { id, records } => {
-                        let ok = !self.store_fails;
-                        if self.storage_delay.is_zero() {
-                            self.storage_done(id, records, ok);
-                        } else {
-                            self.schedule(self.storage_delay, Delivery::StorageDone { id, records, ok });
-                        }
-                    }
-                    directory::Effect::SelfTest { relay, attempt, .. } => {
-                        let up = self.relays.get(&relay).is_some_and(|r| r.up) && !self.probe_down.contains(&relay);
-                        let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
-                        self.schedule(delay, Delivery::SelfTestDone { relay, attempt, up });
-                    }
-                    directory::Effect::Audit { relay, digest, range, attempt, .. } => {
-                        let now = self.now;
-                        let result = match self.relays.get_mut(&relay) {
-                            Some(r) if r.up && r.rotten.contains(&digest) && r.store.contains_key(&digest) => {
-                                r.machine.handle_corrupt(digest, now);
-                                r.dropped.insert(digest);
-                                Err(directory::AuditError::Fetch("connection closed before the body ended".to_owned()))
-                            }
-                            Some(r) if r.up && r.store.contains_key(&digest) => {
-                                let mut bytes = self.contents[&digest][range.start as usize..range.end as usize].to_vec();
-                                let corrupt = r.corrupt;
-                                if self.rng.chance(corrupt) && !bytes.is_empty() {
-                                    let at = self.rng.below(bytes.len() as u64) as usize;
-                                    bytes[at] ^= 0x55;
-                                }
-                                Ok(bytes::Bytes::from(bytes))
-                            }
-                            Some(r) if r.up => Err(directory::AuditError::Status(404)),
-                            _ => Err(directory::AuditError::Fetch("connection refused".to_owned())),
-                        };
-                        let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
-                        self.schedule(delay, Delivery::AuditDone { relay, attempt, result, took: delay });
-                    }
-                }
-            }
-            while let Some(event) = self.dir.poll_event() {
-                self.dir_events.push(event);
+            for upstream in 0..=self.more.len() {
+                progressed |= self.drain_directory(upstream);
             }
             let ids: Vec<NodeId> = self.relays.keys().copied().collect();
             for id in ids {
@@ -332,15 +409,15 @@ impl Sim {
                 for effect in effects {
                     progressed = true;
                     match effect {
-                        relay::Effect::Send(msg) => {
+                        relay::Effect::Send { upstream, msg } => {
                             if let Some(delay) = self.net_delay() {
-                                self.schedule(delay, Delivery::ToDirectory { from: id, msg });
+                                self.schedule(delay, Delivery::ToDirectory { upstream, from: id, msg });
                             }
                         }
-                        relay::Effect::Fetch { manifest, .. } => {
+                        relay::Effect::Fetch { upstream, manifest, .. } => {
                             let incarnation = self.relays[&id].incarnation;
                             let time = self.fetch_time;
-                            self.schedule(time, Delivery::FetchDone { to: id, digest: manifest.digest(), incarnation });
+                            self.schedule(time, Delivery::FetchDone { upstream, to: id, digest: manifest.digest(), incarnation });
                         }
                         relay::Effect::DiscardPartial { .. } => {}
                         relay::Effect::Delete { digest } => {
@@ -360,25 +437,25 @@ impl Sim {
     fn deliver(&mut self, delivery: Delivery) {
         let now = self.now;
         match delivery {
-            Delivery::ToDirectory { from, msg } => {
+            Delivery::ToDirectory { upstream, from, msg } => {
                 if !self.relays.get(&from).is_some_and(|r| r.up) {
                     return;
                 }
                 let wall = self.wall();
-                match self.dir.handle_message(from, msg, now, wall) {
-                    directory::Reply::Now(reply) => self.reply(from, reply),
+                match self.directory(upstream).handle_message(from, msg, now, wall) {
+                    directory::Reply::Now(reply) => self.reply(upstream, from, reply),
                     directory::Reply::AfterStorage(id) => {
-                        self.awaiting_storage.insert(id, from);
+                        self.awaiting_storage.insert((upstream, id), from);
                     }
                 }
             }
-            Delivery::ToRelay { to, msg } => {
+            Delivery::ToRelay { upstream, to, msg } => {
                 if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up) {
-                    r.machine.handle_message(msg, now);
+                    r.machine.handle_message(upstream, msg, now);
                 }
             }
-            Delivery::FetchDone { to, digest, incarnation } => {
-                let known = self.dir.manifest(&digest).map(ChunkManifest::total_len);
+            Delivery::FetchDone { upstream, to, digest, incarnation } => {
+                let known = self.directory_ref(upstream).manifest(&digest).map(ChunkManifest::total_len);
                 if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up && r.incarnation == incarnation) {
                     match known {
                         Ok(size) => {
@@ -393,31 +470,32 @@ impl Sim {
                     }
                 }
             }
-            Delivery::AuditDone { relay, attempt, result, took } => self.dir.handle_audit(relay, attempt, result, took, now),
-            Delivery::StorageDone { id, records, ok } => self.storage_done(id, records, ok),
-            Delivery::SelfTestDone { relay, attempt, up } => {
+            Delivery::AuditDone { upstream, relay, attempt, result, took } => self.directory(upstream).handle_audit(relay, attempt, result, took, now),
+            Delivery::StorageDone { upstream, id, records, ok } => self.storage_done(upstream, id, records, ok),
+            Delivery::SelfTestDone { upstream, relay, attempt, up } => {
                 let outcome = if up { Ok(relay) } else { Err("connection refused".into()) };
-                self.dir.handle_self_test(relay, attempt, outcome, now);
+                self.directory(upstream).handle_self_test(relay, attempt, outcome, now);
             }
         }
     }
 
-    fn reply(&mut self, to: NodeId, msg: Message) {
+    fn reply(&mut self, upstream: Upstream, to: NodeId, msg: Message) {
         if let Some(delay) = self.net_delay() {
-            self.schedule(delay, Delivery::ToRelay { to, msg });
+            self.schedule(delay, Delivery::ToRelay { upstream, to, msg });
         }
     }
 
     /// A write finished: durable if `ok`, and reported to the directory either way.
-    fn storage_done(&mut self, id: directory::RequestId, records: Vec<Record>, ok: bool) {
-        if ok {
+    fn storage_done(&mut self, upstream: Upstream, id: directory::RequestId, records: Vec<Record>, ok: bool) {
+        if ok && upstream == 0 {
             self.durable.extend(records);
         }
         let outcome = if ok { Ok(()) } else { Err("disk I/O error".to_owned()) };
-        self.dir.handle_storage(id, outcome, self.now);
-        if let Some(relay) = self.awaiting_storage.remove(&id) {
-            match self.dir.take_outcome(id) {
-                Some(directory::Outcome::Reply(msg)) => self.reply(relay, msg),
+        let now = self.now;
+        self.directory(upstream).handle_storage(id, outcome, now);
+        if let Some(relay) = self.awaiting_storage.remove(&(upstream, id)) {
+            match self.directory(upstream).take_outcome(id) {
+                Some(directory::Outcome::Reply(msg)) => self.reply(upstream, relay, msg),
                 other => panic!("a node message's write ended without a reply: {other:?}"),
             }
         }
@@ -426,7 +504,13 @@ impl Sim {
     /// Advances to the next instant anything happens, but not past `limit`. `false` when
     /// nothing happens until then.
     pub fn step(&mut self, limit: Instant) -> bool {
-        let timers = self.relays.values().filter(|r| r.up).filter_map(|r| r.machine.poll_timeout()).chain(self.dir.poll_timeout());
+        let timers = self
+            .relays
+            .values()
+            .filter(|r| r.up)
+            .filter_map(|r| r.machine.poll_timeout())
+            .chain(self.dir.poll_timeout())
+            .chain(self.more.iter().filter_map(Directory::poll_timeout));
         let Some(next) = timers.chain(self.queue.peek().map(|Reverse((t, _))| *t)).min() else {
             return false;
         };
@@ -444,8 +528,12 @@ impl Sim {
                 self.drain();
             }
         }
-        if self.dir.poll_timeout().is_some_and(|t| t <= self.now) {
-            self.dir.handle_timeout(self.now);
+        let now = self.now;
+        for upstream in 0..=self.more.len() {
+            let dir = self.directory(upstream);
+            if dir.poll_timeout().is_some_and(|t| t <= now) {
+                dir.handle_timeout(now);
+            }
         }
         let now = self.now;
         for r in self.relays.values_mut().filter(|r| r.up) {
@@ -480,17 +568,24 @@ impl Sim {
             assert!(on_disk <= r.config.capacity.disk_budget, "relay {id:?} holds {on_disk} bytes over its budget");
             assert!(r.machine.used() <= r.config.capacity.disk_budget, "relay {id:?} reserved over its budget");
         }
-        let live: Vec<(String, String)> = self
-            .dir
+        for upstream in 0..=self.more.len() {
+            self.check_directory_invariants(upstream);
+        }
+    }
+
+    /// Every redirect directory `upstream` would give goes to a relay that holds the bytes.
+    fn check_directory_invariants(&self, upstream: Upstream) {
+        let dir = self.directory_ref(upstream);
+        let live: Vec<(String, String)> = dir
             .catalogs()
             .iter()
-            .flat_map(|c| self.dir.artifacts(&c.name).into_iter().flatten().map(|a| (a.catalog.to_string(), a.path.to_string())).collect::<Vec<_>>())
+            .flat_map(|c| dir.artifacts(&c.name).into_iter().flatten().map(|a| (a.catalog.to_string(), a.path.to_string())).collect::<Vec<_>>())
             .collect();
-        let views: BTreeMap<NodeId, directory::RelayStatus> = self.dir.relays(self.now).into_iter().map(|v| (v.id, v.status)).collect();
+        let views: BTreeMap<NodeId, directory::RelayStatus> = dir.relays(self.now).into_iter().map(|v| (v.id, v.status)).collect();
         for (catalog, path) in live {
             let path = ArtifactPath::new(&path).expect("valid path");
-            let eligible = self.dir.eligible(&catalog, &path, self.now).expect("live artifact");
-            let digest = self.dir.lookup(&catalog, &path).expect("live artifact").digest();
+            let eligible = dir.eligible(&catalog, &path, self.now).expect("live artifact");
+            let digest = dir.lookup(&catalog, &path).expect("live artifact").digest();
             for id in eligible {
                 let r = &self.relays[&id];
                 let status = views[&id];
@@ -538,6 +633,8 @@ pub mod federation;
 mod federation_tests;
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod multi_tests;
 #[cfg(test)]
 mod name_tests;
 #[cfg(test)]

@@ -174,7 +174,7 @@ fn networks_converge_under_message_loss_for_many_seeds() {
 fn a_wrong_enroll_token_is_refused() {
     let mut sim = Sim::new(9);
     let id = sim.add_relay(1, MB);
-    sim.relays.get_mut(&id).unwrap().config.enroll_token = "wrong".into();
+    sim.relays.get_mut(&id).unwrap().config.directories[0].enroll_token = "wrong".into();
     let config = sim.relays[&id].config.clone();
     sim.relays.get_mut(&id).unwrap().machine = Relay::new(config, [], [], sim.now);
     sim.run_for(Duration::from_secs(3));

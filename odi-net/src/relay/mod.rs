@@ -1,4 +1,5 @@
-//! The relay driver: runs `odi_core::relay::Relay`, syncs its assignment from the directory
+//! The relay driver: runs `odi_core::relay::Relay`, syncs its assignments from the directories
+//! it is enrolled with (one or several, each on its own; one store and disk budget for all)
 //! (every chunk verified before a blob becomes visible), and serves what it holds.
 //!
 //! This file opens the relay and holds what the others share; `serving.rs` answers clients
@@ -14,7 +15,7 @@ use std::time::Duration;
 use ed25519_dalek::SigningKey;
 use odi_core::message::{Capacity, NodeId, RelayUrl};
 use odi_core::path::CatalogName;
-use odi_core::relay::{Effect, Event, Relay, RelayConfig};
+use odi_core::relay::{Effect, Event, Relay, RelayConfig, Upstream, UpstreamConfig};
 use odi_core::storage::BlobStore;
 use odi_core::transfer::TransferConfig;
 use odi_core::{Digest, time::Instant};
@@ -38,14 +39,16 @@ pub const DEFAULT_SCRUB_RATE: u64 = 8 << 20;
 #[derive(Clone, Debug)]
 pub struct RelayOptions {
     pub data_dir: PathBuf,
-    /// Base URL of the directory, e.g. `http://127.0.0.1:7700`.
-    pub directory: String,
+    /// Base URLs of the directories to enroll with, e.g. `http://127.0.0.1:7700`; at least one.
+    pub directories: Vec<String>,
     /// The URL clients reach this relay at; the directory self-tests it before trusting it.
     pub public_url: String,
     pub disk_budget: u64,
     /// Bytes per second; 0 is unlimited.
     pub bandwidth: u64,
     pub catalogs: Vec<String>,
+    /// The enrollment token, used with every directory; or one per directory, in the order of
+    /// `directories`, separated by commas or white space.
     pub enroll_token: String,
     pub max_fetches: usize,
     /// Bytes per second the background scrub re-reads held blobs at, checking every block
@@ -65,7 +68,8 @@ struct Shared {
     store: Arc<LocalStore>,
     key: SigningKey,
     id: NodeId,
-    directory: String,
+    /// The directories' base URLs, indexed by `odi_core::relay::Upstream`.
+    directories: Vec<String>,
     client: HttpClient,
     /// The `--bandwidth` limit, shared by serving and syncing.
     limiter: Option<Arc<RateLimiter>>,
@@ -83,27 +87,51 @@ impl RelayServer {
     pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
         let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
-        let directory = options.directory.trim_end_matches('/').to_owned();
-        if !(directory.starts_with("http://") || directory.starts_with("https://")) {
-            return Err(NetError::Config(format!("directory URL `{directory}` must start with http:// or https://")));
+        let mut directories: Vec<String> = Vec::new();
+        for url in &options.directories {
+            let directory = url.trim_end_matches('/').to_owned();
+            if !(directory.starts_with("http://") || directory.starts_with("https://")) {
+                return Err(NetError::Config(format!("directory URL `{directory}` must start with http:// or https://")));
+            }
+            if directories.contains(&directory) {
+                return Err(NetError::Config(format!("--directory {directory} is given twice")));
+            }
+            directories.push(directory);
+        }
+        if directories.is_empty() {
+            return Err(NetError::Config("no directory to enroll with: give --directory URL".into()));
         }
         let catalogs =
             options.catalogs.iter().map(|c| CatalogName::new(c).map_err(|e| NetError::Config(format!("--catalog {c}: {e}")))).collect::<Result<Vec<_>, _>>()?;
-        if options.enroll_token.trim().is_empty() {
-            return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into()));
-        }
+        let tokens: Vec<&str> = options.enroll_token.split(|c: char| c == ',' || c.is_whitespace()).filter(|t| !t.is_empty()).collect();
+        let tokens: Vec<String> = match tokens.len() {
+            0 => return Err(NetError::Config("no enrollment token: set ODI_ENROLL_TOKEN to the directory's enroll token".into())),
+            1 => vec![tokens[0].to_owned(); directories.len()],
+            n if n == directories.len() => tokens.iter().map(|t| (*t).to_owned()).collect(),
+            n => {
+                return Err(NetError::Config(format!(
+                    "ODI_ENROLL_TOKEN holds {n} tokens for {} directories: give one token for all, or one per --directory in the same order, separated by commas",
+                    directories.len()
+                )));
+            }
+        };
         let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
         let held = store.list().await?;
         let partials = store.partials().await?;
         let budget = options.disk_budget;
         let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
         tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
-        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
+        let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, String::new());
+        config.directories = directories.iter().zip(tokens).map(|(url, enroll_token)| UpstreamConfig { name: url.clone(), enroll_token }).collect();
         config.catalogs = catalogs;
         config.max_fetches = options.max_fetches.max(1);
         config.request_timeout = syncing::REQUEST_TIMEOUT + Duration::from_secs(5);
         config.retry_backoff = Duration::from_secs(1);
         let clock = Clock::start();
+        for (upstream, url) in directories.iter().enumerate() {
+            let share = config.share(upstream);
+            tracing::info!(directory = %url, disk_budget = share.disk_budget, bandwidth = share.bandwidth, "enrolling with {url}, offering it its share of the budget");
+        }
         let machine = Relay::new(config, held, partials, clock.now());
         let id = NodeId(key.verifying_key().to_bytes());
         let limiter = (options.bandwidth > 0).then(|| Arc::new(RateLimiter::new(options.bandwidth)));
@@ -120,7 +148,7 @@ impl RelayServer {
             store,
             key,
             id,
-            directory,
+            directories,
             client,
             limiter,
             downloader,
@@ -137,12 +165,12 @@ impl RelayServer {
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
         let listener = listener.into();
         let shared = self.shared;
-        let watcher = tokio::spawn(syncing::watch_directory(shared.clone()));
+        let watchers: Vec<_> = (0..shared.directories.len()).map(|upstream| tokio::spawn(syncing::watch_directory(shared.clone(), upstream))).collect();
         let scrubber = tokio::spawn(syncing::scrub(shared.clone()));
         // The relay acts at once (it enrolls), not at its first deadline.
         step(&shared, |m, now| m.handle_timeout(now));
         let result = driver::run(shared, listener, serving::handle, shutdown).await;
-        watcher.abort();
+        watchers.iter().for_each(|w| w.abort());
         scrubber.abort();
         result
     }
@@ -156,7 +184,7 @@ impl Driver for Shared {
     }
 
     fn on_event(&self, event: Event) {
-        log_event(&event);
+        log_event(self, &event);
     }
 
     /// Starts each effect as a task: nothing here waits on one.
@@ -180,8 +208,8 @@ fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
     for effect in effects {
         let shared = shared.clone();
         match effect {
-            Effect::Send(msg) => tokio::spawn(syncing::send(shared, msg)),
-            Effect::Fetch { manifest, sources } => tokio::spawn(syncing::fetch(shared, manifest, sources)),
+            Effect::Send { upstream, msg } => tokio::spawn(syncing::send(shared, upstream, msg)),
+            Effect::Fetch { upstream, manifest, sources } => tokio::spawn(syncing::fetch(shared, upstream, manifest, sources)),
             Effect::DiscardPartial { digest } => tokio::spawn(async move {
                 if let Err(e) = shared.store.discard_partial(&digest).await {
                     tracing::error!(%digest, error = %e, "cannot remove partial download");
@@ -196,23 +224,36 @@ fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
     }
 }
 
-fn log_event(event: &Event) {
+impl Shared {
+    /// Directory `upstream`'s base URL.
+    fn url(&self, upstream: Upstream) -> &str {
+        self.directories.get(upstream).map_or("", String::as_str)
+    }
+}
+
+fn log_event(shared: &Shared, event: &Event) {
     match event {
-        Event::Enrolled { relay, directory } => tracing::info!(%relay, %directory, "enrolled with the directory"),
-        Event::Refused { reason } => tracing::warn!(%reason, "the directory refused a request"),
+        Event::Enrolled { upstream, relay, directory } => {
+            let url = shared.url(*upstream);
+            tracing::info!(%relay, %directory, url, "enrolled with the directory at {url}")
+        }
+        Event::Refused { upstream, reason } => tracing::warn!(%reason, url = shared.url(*upstream), "the directory refused a request"),
         Event::Ready { digest } => tracing::info!(%digest, "verified and ready"),
         Event::FetchFailed { digest, reason } => tracing::warn!(%digest, %reason, "download failed; will retry"),
         Event::NoRoom { digest, size } => tracing::warn!(%digest, size, "assigned blob does not fit the disk budget"),
         Event::Evicted { digest } => tracing::info!(%digest, "evicted to make room"),
-        Event::StandingChanged { standing } => {
+        Event::StandingChanged { upstream, standing } => {
             use odi_core::message::RelayStatus;
+            let url = shared.url(*upstream);
             // A step on the way in (enrolled, probation) is news; a failure is the operator's to fix.
             let trouble = matches!(standing.status, RelayStatus::Suspended | RelayStatus::Quarantined | RelayStatus::Unhealthy)
                 || standing.reason.as_deref().is_some_and(|r| r.contains("failed"));
             match (&standing.reason, trouble) {
-                (None, _) => tracing::info!(status = %standing.status, "the directory sees this relay as {}", standing.status),
-                (Some(reason), false) => tracing::info!(status = %standing.status, %reason, "the directory sees this relay as {}: {reason}", standing.status),
-                (Some(reason), true) => tracing::warn!(status = %standing.status, %reason, "the directory sends this relay no clients: {reason}"),
+                (None, _) => tracing::info!(status = %standing.status, url, "the directory at {url} sees this relay as {}", standing.status),
+                (Some(reason), false) => {
+                    tracing::info!(status = %standing.status, %reason, url, "the directory at {url} sees this relay as {}: {reason}", standing.status)
+                }
+                (Some(reason), true) => tracing::warn!(status = %standing.status, %reason, url, "the directory at {url} sends this relay no clients: {reason}"),
             }
         }
         Event::Corrupt { digest } => {

@@ -26,18 +26,22 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         // 200 whenever the process serves (the directory's self-test reads `id`); `status` and
         // `reason` are how the directory last said it sees this relay, so an operator learns
         // here why it gets no clients.
-        let (enrolled, synced, standing) = {
+        let (enrolled, synced, standing, directories) = {
             let m = shared.lock();
-            (m.is_enrolled(), m.is_synced(), m.standing().cloned())
+            let directories: Vec<serde_json::Value> = (0..m.upstreams())
+                .map(|i| {
+                    let (status, reason) = standing_of(m.standing_with(i), m.is_enrolled_with(i));
+                    let share = m.capacity_of(i).unwrap_or_default();
+                    serde_json::json!({ "url": shared.url(i), "status": status, "reason": reason, "enrolled": m.is_enrolled_with(i), "disk_budget": share.disk_budget })
+                })
+                .collect();
+            (m.is_enrolled(), m.is_synced(), m.standing().cloned(), directories)
         };
-        let (status, reason) = match (&standing, enrolled) {
-            (Some(s), _) => (s.status.as_str(), s.reason.clone()),
-            (None, false) => ("enrolling", Some("not enrolled with the directory yet".to_owned())),
-            (None, true) => ("enrolled", Some("waiting for the directory's first answer".to_owned())),
-        };
+        // The top-level status is the first directory's; `directories` has each one's.
+        let (status, reason) = standing_of(standing.as_ref(), shared.lock().is_enrolled_with(0));
         return json(
             StatusCode::OK,
-            &serde_json::json!({ "status": status, "reason": reason, "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced }),
+            &serde_json::json!({ "status": status, "reason": reason, "role": "relay", "id": shared.id, "enrolled": enrolled, "synced": synced, "used": used_now(&shared), "directories": directories }),
         );
     }
     // One lock: started? which digest? count it as served (value, load, no eviction).
@@ -66,14 +70,19 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     };
     let (digest, caching) = {
         let mut m = shared.lock();
-        if !m.has_assignment() {
-            // Until the directory has answered once, a blob on disk may have been expunged while
-            // this relay was away: serve nothing before hearing from it.
-            return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
-        }
         let digest = match &want {
             Want::Name(catalog, path) => m.lookup(catalog, path),
             Want::Blob(d) => Some(*d).filter(|d| m.has_bytes(d)),
+        };
+        if digest.is_some_and(|d| !m.may_serve(&d)) {
+            // Until the directories have answered once, a blob on disk may have been expunged
+            // while this relay was away: serve nothing no directory has vouched for since.
+            return error(StatusCode::NOT_FOUND, "relay is starting; ask the directory");
+        }
+        // The directory a client sent back goes to: the one that names it, or serves its catalog.
+        let home = match &want {
+            Want::Name(catalog, path) => m.upstream_for(catalog, path),
+            Want::Blob(d) => m.upstream_wanting(d),
         };
         let Some(digest) = digest else {
             let named = match &want {
@@ -81,10 +90,17 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
                 Want::Blob(d) => Some(*d),
             };
             if named.is_some_and(|d| m.was_dropped(&d)) {
-                // Dropped as corrupt a moment ago; the directory is being told. A 404 would be
-                // saved as the file by a client that does not check the status (`curl -L`):
-                // send it back to the directory, which sends it to a good copy.
-                return back_to_directory(&shared.directory, path);
+                // Dropped (corrupt, or expunged by one directory while another assigns it) a
+                // moment ago; the directories are being told. A 404 would be saved as the file
+                // by a client that does not check the status (`curl -L`): send it back to a
+                // directory, which sends it to a good copy.
+                return back_to_directory(shared.url(home.unwrap_or(0)), path);
+            }
+            if let (Want::Name(..), Some(home), None, true) = (&want, home, named, m.upstreams() > 1) {
+                // Serving several directories, a name none of them gave this relay, in a catalog
+                // one of them serves: that directory knows where it is (or that it is gone). A
+                // relay of one directory answers 404, and its clients know their directory.
+                return back_to_directory(shared.url(home), path);
             }
             return error(StatusCode::NOT_FOUND, "not held by this relay; ask the directory");
         };
@@ -106,7 +122,8 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     let mut resp = serve_local(&shared.store, &blob).await;
     if let Some(CorruptBlob(digest)) = resp.extensions().get::<CorruptBlob>().copied() {
         found_corrupt(&shared, digest);
-        return back_to_directory(&shared.directory, path);
+        let home = shared.lock().upstream_wanting(&digest);
+        return back_to_directory(shared.url(home.unwrap_or(0)), path);
     }
     caching.apply(&mut resp);
     let on_error = shared.clone();
@@ -124,6 +141,19 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         })
         .boxed_unsync()
     })
+}
+
+/// How a directory sees this relay, as `/healthz` says it: its last word, or how far enrollment got.
+fn standing_of(standing: Option<&odi_core::message::Standing>, enrolled: bool) -> (&'static str, Option<String>) {
+    match (standing, enrolled) {
+        (Some(s), _) => (s.status.as_str(), s.reason.clone()),
+        (None, false) => ("enrolling", Some("not enrolled with the directory yet".to_owned())),
+        (None, true) => ("enrolled", Some("waiting for the directory's first answer".to_owned())),
+    }
+}
+
+fn used_now(shared: &Shared) -> u64 {
+    shared.lock().used()
 }
 
 /// A `302` to the same path on the directory (`/r/...` and `/blobs/...` mean the same there).

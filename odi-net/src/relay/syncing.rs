@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use http::Method;
 use odi_core::message::{Message, RelayUrl};
+use odi_core::relay::Upstream;
 use odi_core::{ChunkManifest, Digest};
 use odi_storage::LocalStore;
 use serde::Deserialize;
@@ -24,12 +25,12 @@ const WATCH_TIMEOUT: Duration = Duration::from_secs(40);
 /// Wait between scrub passes (and before the first), so an idle relay does not spin.
 const SCRUB_PAUSE: Duration = Duration::from_secs(5);
 
-pub(super) async fn send(shared: Arc<Shared>, msg: Message) {
+pub(super) async fn send(shared: Arc<Shared>, upstream: Upstream, msg: Message) {
     let endpoint = match &msg {
         Message::Enroll(_) => "enroll",
         _ => "heartbeat",
     };
-    let url = format!("{}/odi/v1/{endpoint}", shared.directory);
+    let url = format!("{}/odi/v1/{endpoint}", shared.url(upstream));
     let outcome = async {
         let body = serde_json::to_vec(&msg).map_err(|e| NetError::Protocol(e.to_string()))?;
         let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
@@ -39,20 +40,21 @@ pub(super) async fn send(shared: Arc<Shared>, msg: Message) {
             .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
     };
     match outcome.await {
-        Ok(reply) => step(&shared, |m, now| m.handle_message(reply, now)),
+        Ok(reply) => step(&shared, |m, now| m.handle_message(upstream, reply, now)),
         Err(e) => {
-            tracing::warn!(error = %e, "cannot reach the directory; retrying");
-            step(&shared, |m, now| m.handle_send_failed(now));
+            tracing::warn!(error = %e, directory = shared.url(upstream), "cannot reach the directory; retrying");
+            step(&shared, |m, now| m.handle_send_failed(upstream, now));
         }
     }
 }
 
 /// Downloads one blob into the store: from the directory and from peer relays at once, every
 /// chunk verified, resumable across crashes, published only after a whole-file check.
-pub(super) async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: Vec<RelayUrl>) {
+pub(super) async fn fetch(shared: Arc<Shared>, upstream: Upstream, manifest: ChunkManifest, peers: Vec<RelayUrl>) {
     let digest = manifest.digest();
     let hex = digest.to_hex();
-    let mut sources = vec![Source { url: format!("{}/odi/v1/blobs/sha256/{hex}", shared.directory), signed: true }];
+    let directory = shared.url(upstream).to_owned();
+    let mut sources = vec![Source { url: format!("{directory}/odi/v1/blobs/sha256/{hex}"), signed: true }];
     sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
     let outcome = async {
         let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
@@ -60,7 +62,7 @@ pub(super) async fn fetch(shared: Arc<Shared>, manifest: ChunkManifest, peers: V
         let report = match &result {
             Ok((_, report)) | Err((_, report)) => report,
         };
-        crate::transfer::report_rejected(&shared.client, &shared.directory, digest, report).await;
+        crate::transfer::report_rejected(&shared.client, &directory, digest, report).await;
         let (partial, report) = result.map_err(|(e, _)| e)?;
         crash::point("before-fsync");
         let sealed = partial.seal().await?;
@@ -113,9 +115,9 @@ async fn scrub_one(store: &LocalStore, limiter: &RateLimiter, digest: &Digest) -
     Ok(size)
 }
 
-/// Long-polls the directory for a new generation, so changes arrive as pushes, not on the
+/// Long-polls directory `upstream` for a new generation, so changes arrive as pushes, not on the
 /// next heartbeat.
-pub(super) async fn watch_directory(shared: Arc<Shared>) {
+pub(super) async fn watch_directory(shared: Arc<Shared>, upstream: Upstream) {
     #[derive(Deserialize)]
     struct Generation {
         generation: u64,
@@ -123,19 +125,19 @@ pub(super) async fn watch_directory(shared: Arc<Shared>) {
     loop {
         let (enrolled, after) = {
             let m = shared.lock();
-            (m.is_enrolled(), m.generation())
+            (m.is_enrolled_with(upstream), m.generation_of(upstream))
         };
         if !enrolled {
             tokio::time::sleep(Duration::from_millis(250)).await;
             continue;
         }
-        let url = format!("{}/odi/v1/watch?after={after}", shared.directory);
+        let url = format!("{}/odi/v1/watch?after={after}", shared.url(upstream));
         let outcome = async {
             let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), WATCH_TIMEOUT).await?;
             client::read_json::<Generation>(resp).await
         };
         match outcome.await {
-            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(g.generation, now)),
+            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(upstream, g.generation, now)),
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }

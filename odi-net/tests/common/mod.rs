@@ -117,7 +117,7 @@ pub async fn start_relay_on(tcp: TcpListener, public_url: &str, data: &Path, dir
     let url = public_url.to_owned();
     let options = RelayOptions {
         data_dir: data.to_path_buf(),
-        directory: directory.to_owned(),
+        directories: vec![directory.to_owned()],
         public_url: url.clone(),
         disk_budget: budget,
         bandwidth,
