@@ -122,10 +122,15 @@ pub(super) async fn watch_directory(shared: Arc<Shared>, upstream: Upstream) {
     struct Generation {
         generation: u64,
     }
+    // The generation the directory last announced. Watching for a change from it (not from the
+    // generation applied) keeps the watch a long poll while an assignment is withheld, e.g.
+    // before the self-test passes: otherwise every answer would come back at once, and each
+    // would spend a nonce and a heartbeat, many a second.
+    let mut announced: Option<u64> = None;
     loop {
         let (enrolled, after) = {
             let m = shared.lock();
-            (m.is_enrolled_with(upstream), m.generation_of(upstream))
+            (m.is_enrolled_with(upstream), announced.unwrap_or_else(|| m.generation_of(upstream)))
         };
         if !enrolled {
             tokio::time::sleep(Duration::from_millis(250)).await;
@@ -137,7 +142,10 @@ pub(super) async fn watch_directory(shared: Arc<Shared>, upstream: Upstream) {
             client::read_json::<Generation>(resp).await
         };
         match outcome.await {
-            Ok(g) if g.generation != after => step(&shared, |m, now| m.handle_notify(upstream, g.generation, now)),
+            Ok(g) if g.generation != after => {
+                announced = Some(g.generation);
+                step(&shared, |m, now| m.handle_notify(upstream, g.generation, now));
+            }
             Ok(_) => {}
             Err(_) => tokio::time::sleep(Duration::from_secs(1)).await,
         }
