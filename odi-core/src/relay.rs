@@ -27,6 +27,8 @@ pub struct RelayConfig {
     pub public_url: RelayUrl,
     pub capacity: Capacity,
     pub catalogs: Vec<CatalogName>,
+    /// Carry only artifacts with one of these tags; empty: any (`odi relay --tag`).
+    pub tags: Vec<String>,
     pub enroll_token: String,
     /// Downloads run at once.
     pub max_fetches: usize,
@@ -42,6 +44,7 @@ impl RelayConfig {
             public_url,
             capacity,
             catalogs: Vec::new(),
+            tags: Vec::new(),
             enroll_token,
             max_fetches: 4,
             request_timeout: Duration::from_secs(10),
@@ -458,6 +461,7 @@ impl Relay {
                 public_url: self.config.public_url.clone(),
                 capacity: self.config.capacity,
                 catalogs: self.config.catalogs.clone(),
+                tags: self.config.tags.clone(),
             }),
             Phase::Active => {
                 self.leaving.values_mut().for_each(|l| l.reported = true);

@@ -311,6 +311,8 @@ impl Sim {
                         let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
                         self.schedule(delay, Delivery::AuditDone { relay, attempt, result, took: delay });
                     }
+                    // This world has one directory and no links.
+                    directory::Effect::Peer(_) => {}
                 }
             }
             while let Some(event) = self.dir.poll_event() {

@@ -57,6 +57,7 @@ fn log_event(event: &Event) {
         Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
         Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
         Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
+        Event::PeerRefused { peer, reason } => tracing::warn!(%peer, %reason, "refused a batch from a linked directory"),
     }
 }
 
@@ -78,6 +79,8 @@ pub(super) fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn
                 Effect::Audit { relay, url, digest: _, index: _, range, attempt, ask } => {
                     tokio::spawn(audit(shared.clone(), relay, url, range, attempt, ask));
                 }
+                // Node-to-node work; no directory emits it until it is given a federation key.
+                Effect::Peer(_) => {}
             }
         }
     })

@@ -764,6 +764,7 @@ mod tests {
             draining: false,
             proven: false,
             token: None,
+            tags: Vec::new(),
         }
     }
 
