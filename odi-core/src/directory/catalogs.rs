@@ -261,6 +261,11 @@ impl Catalogs {
         self.unname(old.artifact.digest(), catalog, path, changes);
     }
 
+    /// True when the artifact at `catalog/path` carries one of `tags`.
+    pub(super) fn carries_tag(&self, catalog: &CatalogName, path: &ArtifactPath, tags: &[String]) -> bool {
+        self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path)).is_some_and(|e| e.artifact.tags.iter().any(|t| tags.contains(t)))
+    }
+
     /// Every bound name, as `(catalog, path, digest)`.
     pub(super) fn bound(&self) -> Vec<(CatalogName, ArtifactPath, Digest)> {
         self.catalogs.iter().flat_map(|(c, cat)| cat.artifacts.iter().map(move |(p, e)| (c.clone(), p.clone(), e.artifact.digest()))).collect()
@@ -286,9 +291,13 @@ impl Catalogs {
         let cat = self.catalogs.get_mut(catalog).expect("the caller checked the catalog");
         cat.expunged.remove(&artifact.path);
         let path = artifact.path.clone();
-        let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
-        if let Some(old) = old {
-            self.unname(old, catalog, &path, changes);
+        let tags = artifact.tags.clone();
+        let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        match old {
+            Some((old, _)) if old != digest => self.unname(old, catalog, &path, changes),
+            // The same bytes under other tags: placement must look again.
+            Some((_, old_tags)) if old_tags != tags => changes.push(CatalogChange::Retagged(digest)),
+            _ => {}
         }
         changes.push(CatalogChange::Named(digest));
     }
@@ -318,6 +327,9 @@ impl Catalogs {
                 let footprint = blob.footprint();
                 self.blobs.remove(&digest);
                 changes.push(CatalogChange::Dropped { digest, footprint });
+            } else {
+                // Its other names may carry other tags.
+                changes.push(CatalogChange::Retagged(digest));
             }
         }
     }

@@ -30,11 +30,10 @@ use ed25519_dalek::SigningKey;
 use super::catalogs::normal_tags;
 use super::persist::{FIRST_RETRY, MAX_RETRY, RequestId, Write};
 use super::{AdminError, ConflictLoser, ConflictView, Directory, Effect, Event, LinkView, PeerFailure};
-use crate::catalog::Artifact;
+use crate::catalog::{Artifact, LogOp};
 use crate::digest::Digest;
-use crate::federation::{self, Accepted, Batch, Change, Effect as FedEffect, FedRecord, Federation, FederationConfig, FetchError, Link, Op};
+use crate::federation::{self, Accepted, Batch, Change, Effect as FedEffect, FedRecord, Federation, FederationConfig, FetchError, Link, Op, PathKey};
 use crate::message::NodeId;
-use crate::path::{ArtifactPath, CatalogName};
 use crate::rng::Seed;
 use crate::storage::Record;
 use crate::time::{Instant, UnixTime};
@@ -47,8 +46,8 @@ pub(super) enum Out {
     Write(Vec<FedRecord>),
     Effect(FedEffect),
     Change(Change),
-    /// Every change of a start has been applied: bring the catalogs in line with the state.
-    Reconcile,
+    /// Bring the catalogs in line with the state, for these paths (`None`: all of them).
+    Sync(Option<Vec<PathKey>>),
 }
 
 #[derive(Debug)]
@@ -56,7 +55,7 @@ enum Held {
     Persist(Vec<FedRecord>),
     Effect(FedEffect),
     Change(Change),
-    Reconcile,
+    Sync(Option<Vec<PathKey>>),
 }
 
 #[derive(Debug)]
@@ -95,7 +94,15 @@ impl Linked {
         self.durable_head = self.fed.head();
         self.fed.start(now);
         self.take();
-        self.queue.push_back(Held::Reconcile);
+        self.queue.push_back(Held::Sync(None));
+    }
+
+    /// Queues bringing `paths` in line with the state, after what is queued already.
+    pub(super) fn sync(&mut self, paths: Vec<PathKey>) {
+        self.take();
+        if !paths.is_empty() {
+            self.queue.push_back(Held::Sync(Some(paths)));
+        }
     }
 
     /// The last feed position whose entry is durable: what peers may be told of.
@@ -132,7 +139,7 @@ impl Linked {
             }
             Held::Effect(e) => Out::Effect(e),
             Held::Change(c) => Out::Change(c),
-            Held::Reconcile => Out::Reconcile,
+            Held::Sync(paths) => Out::Sync(paths),
         })
     }
 
@@ -182,6 +189,11 @@ impl Directory {
         let seed = Seed(self.rng.next_u64());
         self.linked = Some(Linked::new(Federation::new(key, config, seed)));
         self
+    }
+
+    /// The federation machine, read-only (its state, entries, links).
+    pub fn federation(&self) -> Option<&Federation> {
+        self.linked.as_ref().map(|l| &l.fed)
     }
 
     /// True when the directory has a federation key.
@@ -377,7 +389,7 @@ impl Directory {
                 }
                 Out::Effect(effect) => self.effects.push_back(Effect::Peer(effect)),
                 Out::Change(change) => changed |= self.apply_fed_change(&change),
-                Out::Reconcile => changed |= self.reconcile(),
+                Out::Sync(paths) => changed |= self.sync_catalogs(paths),
             }
         }
         if changed {
@@ -397,30 +409,51 @@ impl Directory {
         any
     }
 
-    /// Unbinds every name the federated state does not bind (after a start, the catalogs were
-    /// rebuilt from local records, which may hold what a peer's entry has since withdrawn).
-    fn reconcile(&mut self) -> bool {
+    /// Brings the catalogs in line with the federated state for `paths` (all bound or stated
+    /// paths for `None`): a start rebuilt them from local records, and a local record applied
+    /// after a peer's entry reached the state may disagree with it. Paths whose winner is still
+    /// fetching its blob are left as they are.
+    fn sync_catalogs(&mut self, paths: Option<Vec<PathKey>>) -> bool {
         let Some(linked) = &self.linked else { return false };
-        let view = linked.fed.state().view();
-        let pending: BTreeSet<(CatalogName, ArtifactPath)> = linked
-            .fed
+        let fed = &linked.fed;
+        let view = fed.state().view();
+        let pending: BTreeSet<PathKey> = fed
             .pending()
-            .flat_map(|(_, ids)| ids.iter().filter_map(|id| linked.fed.entry(id)).filter_map(|e| Some((e.entry.catalog.clone(), e.entry.path()?.clone()))))
+            .flat_map(|(_, ids)| ids.iter().filter_map(|id| fed.entry(id)).filter_map(|e| Some((e.entry.catalog.clone(), e.entry.path()?.clone()))))
             .collect();
-        let stray: Vec<(CatalogName, ArtifactPath)> = self
-            .catalogs
-            .bound()
-            .into_iter()
-            .filter(|(c, p, d)| view.bindings.get(&(c.clone(), p.clone())).is_none_or(|b| b.digest() != *d) && !pending.contains(&(c.clone(), p.clone())))
-            .map(|(c, p, _)| (c, p))
-            .collect();
-        let mut changes = Vec::new();
-        for (c, p) in &stray {
-            self.catalogs.unbind(c, p, &mut changes);
+        let paths: BTreeSet<PathKey> = match paths {
+            Some(p) => p.into_iter().collect(),
+            None => self.catalogs.bound().into_iter().map(|(c, p, _)| (c, p)).chain(view.bindings.keys().cloned()).collect(),
+        };
+        let mut fixes: Vec<Change> = Vec::new();
+        for key in paths.into_iter().filter(|k| !pending.contains(k)) {
+            let (catalog, path) = key.clone();
+            let held = self.catalogs.entry(catalog.as_str(), &path).ok().map(|e| (e.artifact.digest(), e.artifact.tags.clone()));
+            match (view.bindings.get(&key), held) {
+                (None, Some(_)) => fixes.push(Change::Unbound { catalog, path }),
+                (Some(b), held) if held.as_ref().is_none_or(|(d, t)| *d != b.digest() || t.iter().cloned().collect::<BTreeSet<_>>() != b.tags) => {
+                    fixes.push(Change::Bound { catalog, path, binding: b.clone() });
+                }
+                _ => {}
+            }
         }
-        self.catalog_changes(changes);
-        !stray.is_empty()
+        let mut changed = false;
+        for fix in fixes {
+            changed |= self.apply_fed_change(&fix);
+        }
+        changed
     }
+}
+
+/// The path a catalog record is about.
+pub(super) fn path_of(record: &Record) -> Option<PathKey> {
+    let Record::Log { catalog, entry } = record else { return None };
+    let path = match &entry.op {
+        LogOp::Put(a) => a.path.clone(),
+        LogOp::ExpungePath { path, .. } | LogOp::Tag { path, .. } | LogOp::Expunge { path, .. } => path.clone(),
+        LogOp::ExpungeDigest { .. } => return None,
+    };
+    Some((catalog.clone(), path))
 }
 
 #[cfg(test)]
@@ -436,7 +469,7 @@ mod tests {
     fn linked() -> Linked {
         let mut l = Linked::new(Federation::new(SigningKey::from_bytes(&[3; 32]), FederationConfig::default(), Seed(3)));
         l.start(Instant::ZERO);
-        assert!(matches!(l.next(Instant::ZERO), Some(Out::Reconcile)));
+        assert!(matches!(l.next(Instant::ZERO), Some(Out::Sync(None))));
         l
     }
 

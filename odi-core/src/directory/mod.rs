@@ -149,6 +149,12 @@ impl Directory {
         tags: Vec<String>,
         at: UnixTime,
     ) -> Result<Option<Record>, AdminError> {
+        if let Some(linked) = &self.linked
+            && linked.fed.state().is_covered(catalog, &path, &manifest.digest())
+        {
+            // An expunge from a linked directory withdrew these bytes at this path for good.
+            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: manifest.digest() });
+        }
         let candidates = self.candidates_at(catalog, &path);
         self.catalogs.plan_publish(catalog, path, manifest, media_type, tags, &candidates, at)
     }
@@ -300,6 +306,11 @@ impl Directory {
             (Write::Admin(records), Ok(())) => {
                 for record in &records {
                     self.apply(record, now);
+                }
+                if let Some(linked) = &mut self.linked {
+                    // What the federated state makes of these paths wins over the local record
+                    // (an expunge or a newer binding from a peer may have arrived meanwhile).
+                    linked.sync(records.iter().filter_map(federated::path_of).collect());
                 }
                 self.outcomes.insert(id, Outcome::Applied);
             }

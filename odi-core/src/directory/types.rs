@@ -283,6 +283,8 @@ pub struct RelayView {
     pub status: RelayStatus,
     pub capacity: Capacity,
     pub catalogs: Vec<CatalogName>,
+    /// Tags it carries (empty: any artifact).
+    pub tags: Vec<String>,
     pub held: usize,
     pub held_bytes: u64,
     pub assigned: usize,

@@ -533,6 +533,7 @@ impl Sim {
 
 #[cfg(test)]
 mod bitrot_tests;
+pub mod directories;
 #[cfg(test)]
 mod enroll_tests;
 pub mod federation;
