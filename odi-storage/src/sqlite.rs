@@ -608,4 +608,85 @@ mod tests {
         let err = meta.load().await.unwrap_err();
         assert!(err.to_string().contains("row \"alpha\" of table catalogs is unreadable"), "{err}");
     }
+
+    fn fed_records() -> (Vec<Record>, Vec<Record>) {
+        use odi_core::federation::{Link, Op, Signature, SignedEntry};
+        // The store keeps what it is given; signatures are checked by the federation machine.
+        let origin = NodeId([4; 32]);
+        let (a, b) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
+        let entry = |seq: u64| {
+            let op = Op::ExpungeDigest { digest: Digest::of(&[seq as u8]) };
+            SignedEntry { entry: odi_core::federation::Entry { origin, seq, at: UnixTime(seq), catalog: catalog("alpha"), op }, sig: Signature([seq as u8; 64]) }
+        };
+        let link = |peer: NodeId, tags: &[&str]| Link { peer, url: format!("http://{peer}.example"), catalogs: vec![], tags: tags.iter().map(|t| (*t).to_owned()).collect() };
+        let written = vec![
+            Record::Fed(FedRecord::Link(link(a, &[]))),
+            Record::Fed(FedRecord::Link(link(b, &[]))),
+            Record::Fed(FedRecord::Local { entry: entry(1) }),
+            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 3 }),
+            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
+            Record::Fed(FedRecord::Cursor { peer: b, seq: 2 }),
+            Record::Fed(FedRecord::LinkRemoved { peer: b }),
+            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
+        ];
+        // Latest link per peer (b removed, with its cursor), the log in order, the highest cursor.
+        let loaded = vec![
+            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
+            Record::Fed(FedRecord::Local { entry: entry(1) }),
+            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
+            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
+        ];
+        (written, loaded)
+    }
+
+    #[tokio::test]
+    async fn federation_records_load_as_they_replay() {
+        let (meta, _dir) = scratch();
+        let (written, loaded) = fed_records();
+        for record in &written {
+            meta.apply(std::slice::from_ref(record)).await.unwrap();
+        }
+        meta.apply(&[catalog_record("alpha"), token(TokenRole::Link, b"l")]).await.unwrap();
+        let mut expected = vec![token(TokenRole::Link, b"l"), catalog_record("alpha")];
+        expected.extend(loaded);
+        assert_eq!(meta.load().await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_schema_2_database_is_migrated_to_3_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        {
+            // A database as schema 2 wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            let config = serde_json::to_string(&CatalogConfig {
+                name: catalog("alpha"),
+                replicas: 3,
+                chunk_size: 1 << 20,
+                created_at: UnixTime(1_700_000_000),
+                mutable: false,
+            })
+            .unwrap();
+            conn.execute("INSERT INTO catalogs (name, config) VALUES ('alpha', ?1)", params![config]).unwrap();
+            assert!(conn.prepare("SELECT * FROM fed_log").is_err(), "schema 2 has no federation tables");
+        }
+        let meta = SqliteMeta::open(&path).unwrap();
+        let version: i64 = meta.conn.lock().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha")]);
+        let (written, loaded) = fed_records();
+        meta.apply(&written).await.unwrap();
+        drop(meta);
+        let again = SqliteMeta::open(&path).unwrap();
+        let mut expected = vec![catalog_record("alpha")];
+        expected.extend(loaded);
+        assert_eq!(again.load().await.unwrap(), expected);
+    }
 }
