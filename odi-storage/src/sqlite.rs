@@ -616,9 +616,17 @@ mod tests {
         let (a, b) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
         let entry = |seq: u64| {
             let op = Op::ExpungeDigest { digest: Digest::of(&[seq as u8]) };
-            SignedEntry { entry: odi_core::federation::Entry { origin, seq, at: UnixTime(seq), catalog: catalog("alpha"), op }, sig: Signature([seq as u8; 64]) }
+            SignedEntry {
+                entry: odi_core::federation::Entry { origin, seq, at: UnixTime(seq), catalog: catalog("alpha"), op },
+                sig: Signature([seq as u8; 64]),
+            }
         };
-        let link = |peer: NodeId, tags: &[&str]| Link { peer, url: format!("http://{peer}.example"), catalogs: vec![], tags: tags.iter().map(|t| (*t).to_owned()).collect() };
+        let link = |peer: NodeId, tags: &[&str]| Link {
+            peer,
+            url: format!("http://{peer}.example"),
+            catalogs: vec![],
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
         let written = vec![
             Record::Fed(FedRecord::Link(link(a, &[]))),
             Record::Fed(FedRecord::Link(link(b, &[]))),

@@ -314,8 +314,9 @@ impl Directory {
         if linked.started() {
             return;
         }
-        let adopt = !linked.fed.entries().any(|e| e.entry.origin == linked.fed.id());
         linked.start(now);
+        // After the start: a restored own entry that was never given a feed position counts.
+        let adopt = !linked.fed.entries().any(|e| e.entry.origin == linked.fed.id());
         if adopt {
             self.adopt();
         }
@@ -460,11 +461,9 @@ pub(super) fn path_of(record: &Record) -> Option<PathKey> {
 mod tests {
     use super::*;
     use crate::catalog::CatalogConfig;
-    use crate::federation::{FederationConfig, Op};
     use crate::manifest::MIN_CHUNK_SIZE;
     use crate::path::CatalogName;
-    use crate::rng::Seed;
-    use crate::time::UnixTime;
+    use crate::storage::TokenRole;
 
     fn linked() -> Linked {
         let mut l = Linked::new(Federation::new(SigningKey::from_bytes(&[3; 32]), FederationConfig::default(), Seed(3)));
@@ -502,5 +501,122 @@ mod tests {
         assert_eq!(l.durable_head(), 1);
         assert!(matches!(l.next(at), Some(Out::Change(Change::CatalogConfigured(_)))));
         assert!(l.next(at).is_none() && !l.is_holding());
+    }
+
+    fn directory(n: u8) -> Directory {
+        let key = SigningKey::from_bytes(&[n; 32]);
+        let config = super::super::DirectoryConfig::new(federation::node_id(&key));
+        Directory::new(config, Seed(u64::from(n))).with_federation(key, FederationConfig::default())
+    }
+
+    /// Completes every write, and returns the other effects.
+    fn settle(dir: &mut Directory) -> Vec<Effect> {
+        let mut rest = Vec::new();
+        loop {
+            let out = effects(dir);
+            if out.is_empty() {
+                return rest;
+            }
+            for e in out {
+                match e {
+                    Effect::Persist { id, .. } => dir.handle_storage(id, Ok(()), Instant::ZERO),
+                    other => rest.push(other),
+                }
+            }
+        }
+    }
+
+    fn effects(dir: &mut Directory) -> Vec<Effect> {
+        std::iter::from_fn(|| dir.poll_effect()).collect()
+    }
+
+    #[test]
+    fn a_local_publish_is_signed_in_its_own_transaction_and_announced_only_once_its_entry_is_durable() {
+        let (mut a, b) = (directory(1), directory(2));
+        a.federation_start(Instant::ZERO);
+        let link = Link { peer: b.id(), url: "http://b.example".into(), catalogs: vec![], tags: vec![] };
+        let id = a.commit(a.plan_link(link).unwrap()).unwrap();
+        a.handle_storage(id, Ok(()), Instant::ZERO);
+        settle(&mut a);
+        let name = CatalogName::new("dist").unwrap();
+        let record = a.plan_create_catalog(name.clone(), 1, MIN_CHUNK_SIZE.into(), false, UnixTime(5)).unwrap();
+        a.commit(record).unwrap();
+        let out = effects(&mut a);
+        let [Effect::Persist { id, records }] = &out[..] else { panic!("one write: {out:?}") };
+        assert!(matches!(&records[..], [Record::Catalog(_), Record::Fed(FedRecord::Local { .. })]), "the change and its entry together: {records:?}");
+        a.handle_storage(*id, Ok(()), Instant::ZERO);
+        let out = effects(&mut a);
+        let [Effect::Persist { id, records }] = &out[..] else { panic!("the entry's feed position is written first: {out:?}") };
+        assert!(matches!(&records[..], [Record::Fed(FedRecord::Entry { feed: 1, .. })]));
+        assert!(a.peer_changes(b.id(), 0, 10).unwrap().entries.is_empty(), "a peer is not given what is not durable");
+        a.handle_storage(*id, Ok(()), Instant::ZERO);
+        let out = effects(&mut a);
+        assert!(matches!(&out[..], [Effect::Peer(FedEffect::Notify { head: 1, .. })]), "{out:?}");
+        assert_eq!(a.peer_changes(b.id(), 0, 10).unwrap().entries.len(), 1);
+        assert_eq!(a.catalog_config(&name).map(|c| c.replicas), Some(1));
+    }
+
+    #[test]
+    fn a_restart_accepts_an_own_entry_whose_feed_position_was_never_written() {
+        let mut a = directory(1);
+        a.federation_start(Instant::ZERO);
+        let name = CatalogName::new("dist").unwrap();
+        let id = a.commit(a.plan_create_catalog(name.clone(), 1, MIN_CHUNK_SIZE.into(), false, UnixTime(5)).unwrap()).unwrap();
+        let out = effects(&mut a);
+        let [Effect::Persist { records, .. }] = &out[..] else { panic!("{out:?}") };
+        let durable = records.clone();
+        a.handle_storage(id, Ok(()), Instant::ZERO);
+        // Crash before the federation's own write is done: only `durable` survived.
+        let mut again = directory(1);
+        for r in &durable {
+            again.apply(r, Instant::ZERO);
+        }
+        again.federation_start(Instant::ZERO);
+        let out = effects(&mut again);
+        assert!(matches!(&out[..], [Effect::Persist { records, .. }] if matches!(&records[..], [Record::Fed(FedRecord::Entry { feed: 1, .. })])), "{out:?}");
+        assert_eq!(again.federation().unwrap().head(), 1);
+        assert!(again.catalog_config(&name).is_some());
+    }
+
+    #[test]
+    fn links_and_tags_are_validated() {
+        let mut a = directory(1);
+        let own = Link { peer: a.id(), url: "http://a.example".into(), catalogs: vec![], tags: vec![] };
+        assert_eq!(a.plan_link(own), Err(AdminError::SelfLink));
+        assert_eq!(a.plan_unlink(&NodeId([9; 32])), Err(AdminError::UnknownPeer(NodeId([9; 32]))));
+        let bad = Link { peer: NodeId([9; 32]), url: "http://b.example".into(), catalogs: vec![], tags: vec!["no spaces".into()] };
+        assert!(matches!(a.plan_link(bad), Err(AdminError::Tag { .. })));
+        assert_eq!(Directory::new(super::super::DirectoryConfig::new(NodeId([1; 32])), Seed(1)).plan_unlink(&NodeId([9; 32])), Err(AdminError::NotFederated));
+        a.federation_start(Instant::ZERO);
+        let name = CatalogName::new("dist").unwrap();
+        let id = a.commit(a.plan_create_catalog(name.clone(), 1, MIN_CHUNK_SIZE.into(), false, UnixTime(5)).unwrap()).unwrap();
+        a.handle_storage(id, Ok(()), Instant::ZERO);
+        let path = crate::path::ArtifactPath::new("f").unwrap();
+        assert!(matches!(a.plan_tag(&name, &path, vec!["x".into()], vec![], UnixTime(6)), Err(AdminError::NotFound { .. })));
+        let manifest = crate::manifest::ChunkManifest::of(b"bytes", MIN_CHUNK_SIZE).unwrap();
+        let record =
+            a.plan_publish_tagged(&name, path.clone(), manifest, "text/plain".into(), vec!["b".into(), "a".into(), "a".into()], UnixTime(6)).unwrap().unwrap();
+        let Record::Log { entry: crate::catalog::LogEntry { op: LogOp::Put(artifact), .. }, .. } = &record else { panic!("{record:?}") };
+        assert_eq!(artifact.tags, vec!["a".to_owned(), "b".to_owned()], "sorted, no repeats");
+        let id = a.commit(record).unwrap();
+        a.handle_storage(id, Ok(()), Instant::ZERO);
+        assert_eq!(a.plan_tag(&name, &path, vec![], vec![], UnixTime(7)), Err(AdminError::NoTagChange));
+        assert!(matches!(a.plan_tag(&name, &path, vec!["x".repeat(65)], vec![], UnixTime(7)), Err(AdminError::Tag { .. })));
+        let id = a.commit(a.plan_tag(&name, &path, vec!["c".into()], vec!["a".into()], UnixTime(7)).unwrap()).unwrap();
+        a.handle_storage(id, Ok(()), Instant::ZERO);
+        settle(&mut a);
+        assert_eq!(a.lookup("dist", &path).unwrap().tags, vec!["b".to_owned(), "c".to_owned()]);
+        let fed = a.federation().unwrap();
+        assert_eq!(fed.state().view().bindings.values().next().map(|b| b.tags.iter().cloned().collect::<Vec<_>>()), Some(vec!["b".to_owned(), "c".to_owned()]));
+    }
+
+    #[test]
+    fn the_link_token_is_its_own_role() {
+        let mut a = directory(1);
+        let record = a.plan_token(TokenRole::Link, "link-secret").unwrap();
+        a.apply(&record, Instant::ZERO);
+        assert!(a.check_token(TokenRole::Link, "link-secret"));
+        assert!(!a.check_token(TokenRole::Enroll, "link-secret"));
+        assert!(!a.accepts_enroll_token("link-secret"), "a link token does not enroll relays");
     }
 }
