@@ -46,6 +46,14 @@ impl Blob {
     }
 }
 
+/// What a publish asks for.
+pub(super) struct Publish {
+    pub(super) path: ArtifactPath,
+    pub(super) manifest: ChunkManifest,
+    pub(super) media_type: String,
+    pub(super) tags: Vec<String>,
+}
+
 /// What applying a log entry means for the other children, in the order it happened.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub(super) enum CatalogChange {
@@ -83,16 +91,8 @@ impl Catalogs {
         Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable }))
     }
 
-    pub(super) fn plan_publish(
-        &self,
-        catalog: &CatalogName,
-        path: ArtifactPath,
-        manifest: ChunkManifest,
-        media_type: String,
-        tags: Vec<String>,
-        candidates: &[Digest],
-        at: UnixTime,
-    ) -> Result<Option<Record>, AdminError> {
+    pub(super) fn plan_publish(&self, catalog: &CatalogName, publish: Publish, candidates: &[Digest], at: UnixTime) -> Result<Option<Record>, AdminError> {
+        let Publish { path, manifest, media_type, tags } = publish;
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
         let tags = normal_tags(tags)?;
         if manifest.chunk_size() != cat.config.chunk_size {
@@ -414,6 +414,29 @@ impl Catalogs {
     }
 }
 
+/// Tags as stored: sorted, without repeats, each valid.
+pub(super) fn normal_tags(tags: Vec<String>) -> Result<Vec<String>, AdminError> {
+    if tags.len() > MAX_ENTRY_TAGS {
+        return Err(AdminError::Tag { tag: tags[MAX_ENTRY_TAGS].chars().take(80).collect() });
+    }
+    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+        return Err(AdminError::Tag { tag: bad.chars().take(80).collect() });
+    }
+    Ok(tags.into_iter().collect::<BTreeSet<_>>().into_iter().collect())
+}
+
+/// A tag an admin can type: 1 to `MAX_TAG_LEN` letters, digits, `-`, `_`, `.` or `:`.
+pub(super) fn valid_tag(tag: &str) -> bool {
+    (1..=MAX_TAG_LEN).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// `(tags − remove) ∪ add`, sorted.
+fn fold_tags(tags: &[String], add: &[String], remove: &[String]) -> Vec<String> {
+    let mut out: BTreeSet<String> = tags.iter().filter(|t| !remove.contains(t)).cloned().collect();
+    out.extend(add.iter().cloned());
+    out.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -446,7 +469,12 @@ mod tests {
     }
 
     fn publish(c: &mut Catalogs, p: &str, m: ChunkManifest, generation: u64) -> Result<Vec<CatalogChange>, AdminError> {
-        match c.plan_publish(&name("rel"), path(p), m, "application/x-test".into(), Vec::new(), &[], UnixTime(2))? {
+        match c.plan_publish(
+            &name("rel"),
+            Publish { path: path(p), manifest: m, media_type: "application/x-test".into(), tags: Vec::new() },
+            &[],
+            UnixTime(2),
+        )? {
             Some(record) => Ok(apply(c, record, generation)),
             None => Ok(Vec::new()),
         }
@@ -504,7 +532,9 @@ mod tests {
     #[test]
     fn log_entries_out_of_sequence_change_nothing() {
         let mut c = with_catalog(false);
-        let Some(Record::Log { catalog, mut entry }) = c.plan_publish(&name("rel"), path("a"), manifest(1), "t".into(), Vec::new(), &[], UnixTime(1)).unwrap()
+        let Some(Record::Log { catalog, mut entry }) = c
+            .plan_publish(&name("rel"), Publish { path: path("a"), manifest: manifest(1), media_type: "t".into(), tags: Vec::new() }, &[], UnixTime(1))
+            .unwrap()
         else {
             panic!("a log record")
         };
@@ -517,27 +547,4 @@ mod tests {
         let other = ChunkManifest::of(&[1; 10], 2 * CHUNK as u32).unwrap();
         assert!(matches!(publish(&mut c, "b", other, 2), Err(AdminError::ChunkSizeMismatch { .. })));
     }
-}
-
-/// Tags as stored: sorted, without repeats, each valid.
-pub(super) fn normal_tags(tags: Vec<String>) -> Result<Vec<String>, AdminError> {
-    if tags.len() > MAX_ENTRY_TAGS {
-        return Err(AdminError::Tag { tag: tags[MAX_ENTRY_TAGS].chars().take(80).collect() });
-    }
-    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
-        return Err(AdminError::Tag { tag: bad.chars().take(80).collect() });
-    }
-    Ok(tags.into_iter().collect::<BTreeSet<_>>().into_iter().collect())
-}
-
-/// A tag an admin can type: 1 to `MAX_TAG_LEN` letters, digits, `-`, `_`, `.` or `:`.
-pub(super) fn valid_tag(tag: &str) -> bool {
-    (1..=MAX_TAG_LEN).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
-}
-
-/// `(tags − remove) ∪ add`, sorted.
-fn fold_tags(tags: &[String], add: &[String], remove: &[String]) -> Vec<String> {
-    let mut out: BTreeSet<String> = tags.iter().filter(|t| !remove.contains(t)).cloned().collect();
-    out.extend(add.iter().cloned());
-    out.into_iter().collect()
 }

@@ -156,7 +156,7 @@ impl Directory {
             return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: manifest.digest() });
         }
         let candidates = self.candidates_at(catalog, &path);
-        self.catalogs.plan_publish(catalog, path, manifest, media_type, tags, &candidates, at)
+        self.catalogs.plan_publish(catalog, catalogs::Publish { path, manifest, media_type, tags }, &candidates, at)
     }
 
     /// The digests of every candidate of a path in conflict; empty when it is not in conflict.

@@ -390,7 +390,12 @@ mod tests {
             let m = ChunkManifest::of(&i.to_le_bytes(), CHUNK as u32).unwrap();
             digests.push(m.digest());
             let path = ArtifactPath::new(&format!("a{i}")).unwrap();
-            let Some(Record::Log { entry, .. }) = c.plan_publish(&name, path, m, "t".into(), Vec::new(), &[], UnixTime(1)).unwrap() else { panic!() };
+            let Some(Record::Log { entry, .. }) = c
+                .plan_publish(&name, super::super::catalogs::Publish { path, manifest: m, media_type: "t".into(), tags: Vec::new() }, &[], UnixTime(1))
+                .unwrap()
+            else {
+                panic!()
+            };
             let entry = LogEntry { op: entry.op.clone(), ..entry };
             assert!(matches!(entry.op, LogOp::Put(_)));
             c.apply_log(&name, &entry, 2).unwrap();
