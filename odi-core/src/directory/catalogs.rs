@@ -182,9 +182,11 @@ impl Catalogs {
         match &entry.op {
             LogOp::Put(artifact) => self.bind(catalog, artifact.clone(), generation, &mut changes),
             LogOp::ExpungePath { path, digest } => {
-                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
+                let removed = cat.artifacts.remove(path);
+                let tagged = removed.as_ref().is_some_and(|e| !e.artifact.tags.is_empty());
+                let held = removed.map_or(*digest, |e| e.artifact.digest());
                 cat.expunged.insert(path.clone(), held);
-                self.unname(held, catalog, path, &mut changes);
+                self.unname(held, catalog, path, tagged, &mut changes);
             }
             LogOp::ExpungeDigest { digest } => self.bar(digest, &mut changes),
             LogOp::Tag { path, digest, add, remove } => {
@@ -198,7 +200,7 @@ impl Catalogs {
                 cat.expunged.insert(path.clone(), *digest);
                 let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
                 if let Some(held) = held {
-                    self.unname(held, catalog, path, &mut changes);
+                    self.unname(held, catalog, path, false, &mut changes);
                 }
                 self.bar(digest, &mut changes);
             }
@@ -258,7 +260,7 @@ impl Catalogs {
         let Some(cat) = self.catalogs.get_mut(catalog) else { return };
         let Some(old) = cat.artifacts.remove(path) else { return };
         cat.expunged.insert(path.clone(), old.artifact.digest());
-        self.unname(old.artifact.digest(), catalog, path, changes);
+        self.unname(old.artifact.digest(), catalog, path, !old.artifact.tags.is_empty(), changes);
     }
 
     /// True when the artifact at `catalog/path` carries one of `tags`.
@@ -294,7 +296,7 @@ impl Catalogs {
         let tags = artifact.tags.clone();
         let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
         match old {
-            Some((old, _)) if old != digest => self.unname(old, catalog, &path, changes),
+            Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
             // The same bytes under other tags: placement must look again.
             Some((_, old_tags)) if old_tags != tags => changes.push(CatalogChange::Retagged(digest)),
             _ => {}
@@ -320,15 +322,16 @@ impl Catalogs {
         changes.push(CatalogChange::Barred { digest: *digest, footprint });
     }
 
-    pub(super) fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath, changes: &mut Vec<CatalogChange>) {
+    /// Takes the name `catalog/path` from `digest`; `tagged`: the name carried tags, so the
+    /// tags its other names give it may have changed.
+    pub(super) fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath, tagged: bool, changes: &mut Vec<CatalogChange>) {
         if let Some(blob) = self.blobs.get_mut(&digest) {
             blob.names.remove(&(catalog.clone(), path.clone()));
             if blob.names.is_empty() {
                 let footprint = blob.footprint();
                 self.blobs.remove(&digest);
                 changes.push(CatalogChange::Dropped { digest, footprint });
-            } else {
-                // Its other names may carry other tags.
+            } else if tagged {
                 changes.push(CatalogChange::Retagged(digest));
             }
         }

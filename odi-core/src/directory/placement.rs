@@ -478,4 +478,22 @@ mod tests {
         assert_eq!(p.poll_timeout(), Some(NOW + Duration::from_secs(1)), "a relay set change is coalesced");
         assert!(p.is_settling());
     }
+
+    #[test]
+    fn a_relay_with_tags_holds_only_artifacts_carrying_one() {
+        let (mut c, digests) = catalogs(20, 1);
+        let name = CatalogName::new("rel").unwrap();
+        let path = ArtifactPath::new("a3").unwrap();
+        let gpu = Eligible { tags: vec!["gpu".into()], ..relay(1, 1 << 30) };
+        let relays = [gpu.clone(), relay(2, 1 << 30)];
+        let p = rebalanced(&relays, &c, 1000);
+        assert!(!p.assigned(&relays[1].id).is_none_or(|s| s.is_empty()));
+        assert!(p.assigned(&gpu.id).is_none_or(|s| s.is_empty()), "no artifact carries `gpu` yet");
+        let Record::Log { entry, .. } = c.plan_tag(&name, &path, vec!["gpu".into()], vec![], UnixTime(2)).unwrap() else { panic!() };
+        let changes = c.apply_log(&name, &entry, 3).unwrap();
+        assert_eq!(changes, vec![super::super::catalogs::CatalogChange::Retagged(digests[3])]);
+        let full = rebalanced(&relays, &c, 1000);
+        let on_gpu = full.assigned(&gpu.id).cloned().unwrap_or_default();
+        assert!(on_gpu.iter().all(|d| *d == digests[3]), "only the tagged artifact: {on_gpu:?}");
+    }
 }
