@@ -22,11 +22,12 @@
 //! least as new as the artifact's name.
 //!
 //! `Directory` is built from child machines that own their state and trade values: `Catalogs`
-//! (names, manifests, bars), `Relays` (the relay table, lifecycle, self-tests, audits), `Placement`
-//! (assignment and generation), `Hot` (request rates), `Persistence` and `Tokens`. A child never
-//! holds a reference to another; the parent lends `&` views for one call and **drains every
-//! child inside its own handlers** (`drain_relays`, `drain_placement`), so its `poll_effect` and
-//! `poll_event` only pop its own queues.
+//! (names, manifests, bars), `Relays` (the relay table, lifecycle, self-tests, audits),
+//! `Placement` (assignment and generation), `Hot` (request rates), `Persistence`, `Tokens` and,
+//! once given a key (`with_federation`), `Linked` (federation by links, see `federated`). A
+//! child never holds a reference to another; the parent lends `&` views for one call and
+//! **drains every child inside its own handlers** (`drain_relays`, `drain_placement`,
+//! `drain_federation`), so its `poll_effect` and `poll_event` only pop its own queues.
 
 mod catalogs;
 mod config;
