@@ -44,7 +44,7 @@ mod admin;
 mod clients;
 mod effects;
 mod node;
-// mod peers; (directory-to-directory federation, not yet)
+mod peers;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
@@ -66,6 +66,9 @@ pub struct DirectoryOptions {
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
     pub enroll_token: Option<String>,
+    /// The link token other directories' admins present to link with this one; `None` reads or
+    /// creates `{data_dir}/link.token`.
+    pub link_token: Option<String>,
     /// The metadata store; `None` opens `{data_dir}/directory.sqlite3`.
     pub meta: Option<Arc<dyn MetaStore>>,
     /// Accept loopback and private relay URLs whatever class the directory's own URL is in.
@@ -84,6 +87,7 @@ impl DirectoryOptions {
             probation: odi_core::directory::DEFAULT_PROBATION,
             admin_token: None,
             enroll_token: None,
+            link_token: None,
             meta: None,
             allow_private_relays: false,
         }
@@ -98,6 +102,7 @@ pub struct DirectoryServer {
     /// Where the admin token was written, when it came from a file.
     pub admin_token_path: Option<PathBuf>,
     pub enroll_token_path: Option<PathBuf>,
+    pub link_token_path: Option<PathBuf>,
 }
 
 /// What every route and effect shares; the machine is in `core` (see `crate::driver`).
@@ -126,6 +131,13 @@ struct Shared {
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
     digests: DigestHeaders,
+    /// The SHA-256 of the link token (see `peers`).
+    link_token: peers::LinkToken,
+    link_failures: FailureLimiter,
+    /// Nonces seen, per linked directory (apart from relays', so neither can crowd the other).
+    peer_replay: Mutex<HashMap<NodeId, ReplayGuard>>,
+    /// This directory's key: its id, and what it signs peer requests and entries with.
+    key: ed25519_dalek::SigningKey,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -184,6 +196,7 @@ impl DirectoryServer {
                 machine.apply(&record, clock.now());
             }
         }
+        let (link_token, link_token_path) = peers::load_link_token(&dir, options.link_token.as_deref())?;
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
@@ -203,9 +216,13 @@ impl DirectoryServer {
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
+            link_token,
+            link_failures: FailureLimiter::new(peers::LINK_FAILURES_PER_MINUTE, Duration::from_secs(60)),
+            peer_replay: Mutex::new(HashMap::new()),
+            key,
         });
         let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path })
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
     }
 
     pub fn id(&self) -> NodeId {

@@ -47,6 +47,8 @@ pub struct RelayOptions {
     /// Bytes per second; 0 is unlimited.
     pub bandwidth: u64,
     pub catalogs: Vec<String>,
+    /// Hold only artifacts carrying one of these tags; empty: any.
+    pub tags: Vec<String>,
     pub enroll_token: String,
     pub max_fetches: usize,
     /// Bytes per second the background scrub re-reads held blobs at, checking every block

@@ -87,6 +87,7 @@ pub async fn start_relay_on(listener: TcpListener, public_url: &str, data: &Path
         disk_budget: budget,
         bandwidth,
         catalogs: Vec::new(),
+        tags: Vec::new(),
         enroll_token: token.into(),
         max_fetches: 4,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
