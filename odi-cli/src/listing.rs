@@ -97,8 +97,8 @@ pub(crate) fn links(list: &Value) -> String {
         ("CATALOGS", Align::Left),
         ("TAGS", Align::Left),
         ("CURSOR", Align::Right),
+        ("HEAD", Align::Right),
         ("LAG", Align::Right),
-        ("STATE", Align::Left),
     ]);
     for l in list.as_array().into_iter().flatten() {
         t.row(vec![
@@ -107,8 +107,8 @@ pub(crate) fn links(list: &Value) -> String {
             names(&l["catalogs"], "all"),
             names(&l["tags"], "any"),
             text(&l["cursor"]),
+            text(&l["head"]),
             text(&l["lag"]),
-            text(&l["state"]),
         ]);
     }
     t.render()
@@ -126,8 +126,8 @@ pub(crate) fn conflicts(list: &Value) -> String {
             .collect();
         t.row(vec![
             text(&c["path"]),
-            short_digest(&c["winner"]["digest"]),
-            c["winner"]["origin"].as_str().unwrap_or("?").chars().take(SHORT_ID).collect(),
+            short_digest(&c["winner"]),
+            c["winner_origin"].as_str().unwrap_or("?").chars().take(SHORT_ID).collect(),
             losers.join("; "),
         ]);
     }
@@ -237,12 +237,12 @@ mod tests {
     #[test]
     fn link_and_conflict_tables_name_filters_and_both_sides() {
         let links = json!([{ "peer": "0123456789abcdef0123", "url": "http://127.0.0.1:7800", "catalogs": [], "tags": ["prod", "rc"],
-            "cursor": 12, "lag": 0, "state": "ok" }]);
+            "cursor": 12, "head": 12, "lag": 0 }]);
         let text = super::links(&links);
         let row = text.lines().nth(1).unwrap();
         assert!(row.starts_with("0123456789abcdef  http://127.0.0.1:7800  all"), "{text}");
-        assert!(row.contains("prod,rc") && row.ends_with("ok"), "{text}");
-        let conflicts = json!([{ "path": "a.txt", "winner": { "digest": "sha256:aaaaaaaaaaaaaaaa", "origin": "11112222333344445555" },
+        assert!(row.contains("prod,rc") && row.ends_with("12    12    0"), "{text}");
+        let conflicts = json!([{ "path": "a.txt", "winner": "sha256:aaaaaaaaaaaaaaaa", "winner_origin": "11112222333344445555",
             "losers": [{ "digest": "sha256:bbbbbbbbbbbbbbbb", "origin": "99998888777766665555" }] }]);
         let text = super::conflicts(&conflicts);
         let row = text.lines().nth(1).unwrap();

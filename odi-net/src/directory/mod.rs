@@ -9,10 +9,10 @@
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
+//! - `peers.rs` (signed by linked directories): `POST /peer/v1/link`, `POST /peer/v1/notify`,
+//!   `GET /peer/v1/changes`, `GET /peer/v1/holders`, `GET|HEAD /peer/v1/blobs/sha256/{hex}`,
+//!   and the client side of each (handshake, notify, pull, blob fetch)
 //! - `effects.rs`: no route; carries out the machine's effects and logs its events
-//!
-//! Directory-to-directory (federation) endpoints, when they come, belong in a `peers.rs` of
-//! their own beside these, routed from `handle` under their own prefix.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -25,6 +25,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::auth::ReplayGuard;
 use odi_core::directory::{Directory, DirectoryConfig, LookupError};
+use odi_core::federation::FederationConfig;
 use odi_core::message::{AddressClass, AddressPolicy, NodeId, RelayUrl, classify_ip};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
@@ -138,6 +139,10 @@ struct Shared {
     peer_replay: Mutex<HashMap<NodeId, ReplayGuard>>,
     /// This directory's key: its id, and what it signs peer requests and entries with.
     key: ed25519_dalek::SigningKey,
+    data_dir: PathBuf,
+    /// Blob bytes served to linked directories, and fetched for linked entries (verified).
+    peer_blob_bytes_sent: std::sync::atomic::AtomicU64,
+    peer_blob_bytes_received: std::sync::atomic::AtomicU64,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -166,7 +171,7 @@ impl DirectoryServer {
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
         let clock = Clock::start();
-        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_federation(key.clone(), FederationConfig::default());
         let records = meta.load().await?;
         let restored = records.iter().filter(|r| machine.apply(r, clock.now())).count();
         if restored != records.len() {
@@ -220,6 +225,9 @@ impl DirectoryServer {
             link_failures: FailureLimiter::new(peers::LINK_FAILURES_PER_MINUTE, Duration::from_secs(60)),
             peer_replay: Mutex::new(HashMap::new()),
             key,
+            data_dir: dir.clone(),
+            peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
+            peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
         });
         let [admin_token_path, enroll_token_path] = token_paths;
         Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
@@ -241,6 +249,9 @@ impl DirectoryServer {
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);
         }
+        // Catch up with every linked directory, and tell each of them our head.
+        let (_, effects) = shared.with_machine(|d, now| d.federation_start(now));
+        effects::execute(&shared, effects).await;
         driver::run(shared, listener, handle, shutdown).await
     }
 }
@@ -288,6 +299,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
         let rest = rest.to_owned();
         return node::node(&shared, req, &rest).await;
+    }
+    if let Some(rest) = path.strip_prefix(peers::PREFIX) {
+        let rest = rest.to_owned();
+        return peers::peer(&shared, req, &rest).await;
     }
     if path == "/report" {
         return if *req.method() == Method::POST { clients::report(&shared, req).await } else { not_allowed("POST") };

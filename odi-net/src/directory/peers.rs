@@ -16,12 +16,12 @@
 //!   multi-source transfer engine.
 
 use std::path::{Path, PathBuf};
-use std::sync::PoisonError;
+use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
 use bytes::Bytes;
 use ed25519_dalek::{Signer as _, SigningKey, Verifier as _, VerifyingKey};
-use http::{Method, StatusCode};
+use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
@@ -32,10 +32,12 @@ use odi_core::path::CatalogName;
 use serde::{Deserialize, Serialize};
 use sha2::{Digest as _, Sha256};
 
-use super::{BODY_DEADLINE, Shared};
+use super::effects::execute;
+use super::{BODY_DEADLINE, Shared, lookup_error};
 use crate::client::{self, HttpClient};
+use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
-use crate::http::{Body, error};
+use crate::http::{BlobRequest, Body, error, json, serve_blob};
 use crate::transfer::{Downloader, Redirects, Source};
 use crate::{NetError, keys, unix_now};
 
@@ -202,7 +204,7 @@ pub(super) async fn authenticate(
     body: Incoming,
     rest: &str,
     is_peer: impl Fn(&NodeId) -> bool,
-) -> Result<PeerRequest, http::Response<Body>> {
+) -> Result<PeerRequest, Response<Body>> {
     let client = parts.extensions.get::<ClientAddr>().map(|c| c.0);
     let refuse = |status: StatusCode, why: String| {
         if let Some(held_back) = shared.refusal_log.allow() {
@@ -355,6 +357,140 @@ pub(super) fn blob_sources(digest: &Digest, peers: &[String], relays: &[String])
     let mut out: Vec<Source> = peers.iter().map(|u| Source { url: format!("{u}{PREFIX}blobs/sha256/{hex}"), signed: true }).collect();
     out.extend(relays.iter().map(|u| Source { url: format!("{u}/blobs/sha256/{hex}"), signed: false }));
     out
+}
+
+/// Routes `/peer/v1/{rest}` after [`authenticate`].
+pub(super) async fn peer(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let (parts, body) = req.into_parts();
+    let request = match authenticate(shared, &parts, body, rest, |k| shared.lock().is_peer(k)).await {
+        Ok(r) => r,
+        Err(refusal) => return refusal,
+    };
+    let from = request.from;
+    match (&parts.method, rest) {
+        (&Method::POST, "link") => accept_link(shared, request).await,
+        (&Method::POST, "notify") => {
+            let Ok(Notify { head }) = serde_json::from_slice::<Notify>(&request.body) else {
+                return error(StatusCode::BAD_REQUEST, format!("{PREFIX}notify takes {{\"head\": N}}"));
+            };
+            let (outcome, effects) = shared.with_machine(|d, now| d.handle_peer_notify(from, head, now));
+            execute(shared, effects).await;
+            match outcome {
+                Ok(()) => no_content(),
+                Err(refusal) => refused(from, &refusal),
+            }
+        }
+        (&Method::GET, "changes") => {
+            let Some(since) = query_u64(parts.uri.query(), "since") else {
+                return error(StatusCode::BAD_REQUEST, format!("{PREFIX}changes takes ?since=N"));
+            };
+            let (batch, effects) = shared.with_machine(|d, _| d.peer_changes(from, since, odi_core::federation::MAX_BATCH_ENTRIES));
+            execute(shared, effects).await;
+            match batch {
+                Ok(batch) => json(StatusCode::OK, &batch),
+                Err(refusal) => refused(from, &refusal),
+            }
+        }
+        (&Method::GET, "holders") => {
+            // Relays of this directory that hold a digest: more sources for the peer's fetch.
+            let Some(digest) = parts.uri.query().and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("digest="))).and_then(|d| d.parse::<Digest>().ok())
+            else {
+                return error(StatusCode::BAD_REQUEST, format!("{PREFIX}holders takes ?digest=sha256:HEX"));
+            };
+            json(StatusCode::OK, &relay_holders(shared, &digest))
+        }
+        (&Method::GET | &Method::HEAD, blob) if blob.starts_with("blobs/sha256/") => {
+            let digest = match Digest::from_hex(&blob["blobs/sha256/".len()..]) {
+                Ok(d) => d,
+                Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            };
+            // Barred bytes are never served. Anything else the store holds is, bound or not:
+            // a conflict's loser, or a blob a received entry waits on, is held verified here
+            // and the peer checks every chunk against the signed manifest anyway.
+            if let Err(e @ odi_core::directory::LookupError::Expunged(_)) = shared.lock().manifest(&digest) {
+                return lookup_error(&e);
+            }
+            let blob = BlobRequest {
+                method: &parts.method,
+                headers: &parts.headers,
+                digest: &digest,
+                digests: &shared.digests,
+                media_type: "application/octet-stream",
+                limiter: None,
+            };
+            let resp = serve_blob(shared.store.as_ref(), &blob).await;
+            if parts.method == Method::GET && resp.status().is_success() {
+                let len = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+                shared.peer_blob_bytes_sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+            }
+            resp
+        }
+        _ => error(StatusCode::NOT_FOUND, format!("no such peer endpoint: {} {PREFIX}{rest}", parts.method)),
+    }
+}
+
+/// The public URLs of this directory's ready relays assigned `digest`.
+pub(super) fn relay_holders(shared: &Shared, digest: &Digest) -> Vec<String> {
+    let now = shared.now();
+    let m = shared.lock();
+    let assigned = m.assigned_to(digest);
+    m.relays(now).into_iter().filter(|r| assigned.contains(&r.id) && r.status == odi_core::directory::RelayStatus::Ready).map(|r| r.url.to_string()).collect()
+}
+
+fn query_u64(query: Option<&str>, key: &str) -> Option<u64> {
+    query?.split('&').find_map(|kv| kv.strip_prefix(key)?.strip_prefix('=')).and_then(|v| v.parse().ok())
+}
+
+fn no_content() -> Response<Body> {
+    let mut resp = Response::new(crate::http::empty());
+    *resp.status_mut() = StatusCode::NO_CONTENT;
+    resp
+}
+
+/// A federation refusal: logged with the peer named, answered with its reason.
+fn refused(from: NodeId, refusal: &odi_core::federation::Refusal) -> Response<Body> {
+    tracing::warn!(peer = %from, reason = %refusal, "refused a peer's request");
+    let status = match refusal {
+        odi_core::federation::Refusal::UnknownPeer(_) => StatusCode::FORBIDDEN,
+        _ => StatusCode::BAD_REQUEST,
+    };
+    error(status, refusal)
+}
+
+/// `POST /peer/v1/link`, the token already checked: pins the caller, stores the link, and
+/// answers signed.
+async fn accept_link(shared: &Arc<Shared>, request: PeerRequest) -> Response<Body> {
+    let Ok(link) = serde_json::from_slice::<LinkRequest>(&request.body) else {
+        return error(StatusCode::BAD_REQUEST, format!("{PREFIX}link takes {{token, url, catalogs, tags}}"));
+    };
+    let url = link.url.trim().trim_end_matches('/').to_owned();
+    if let Err(e) = odi_core::message::RelayUrl::new(&url) {
+        return error(StatusCode::BAD_REQUEST, format!("the linking directory's URL `{}` {}", e.url, e.why));
+    }
+    let Some(own_url) = shared.public_url.get().cloned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this directory does not know its own URL yet");
+    };
+    let fed = odi_core::federation::Link { peer: request.from, url: url.clone(), catalogs: link.catalogs, tags: link.tags };
+    if let Err(resp) = super::admin::plan_and_commit(shared, |d| d.plan_link(fed)).await {
+        return resp;
+    }
+    tracing::info!(peer = %request.from, %url, "linked with a directory (it asked, with the link token)");
+    json(StatusCode::OK, &sign_answer(&shared.key, &request.content_digest, &own_url))
+}
+
+/// Asks the peer at `url` which of its relays hold `digest` (best effort: none on failure).
+pub(super) async fn peer_holders(client: &HttpClient, key: &SigningKey, url: &str, digest: &Digest) -> Vec<String> {
+    let ask = async {
+        let resp = client.signed(key, Method::GET, &format!("{url}{PREFIX}holders?digest={digest}"), Vec::new(), PEER_TIMEOUT).await?;
+        client::read_json::<Vec<String>>(resp).await
+    };
+    match ask.await {
+        Ok(list) => list.into_iter().filter(|u| odi_core::message::RelayUrl::new(u).is_ok()).take(16).collect(),
+        Err(e) => {
+            tracing::debug!(peer = %url, error = %e, "cannot ask a linked directory which relays hold a blob");
+            Vec::new()
+        }
+    }
 }
 
 #[cfg(test)]

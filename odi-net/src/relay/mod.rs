@@ -103,6 +103,7 @@ impl RelayServer {
         tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
         let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, options.enroll_token.trim().to_owned());
         config.catalogs = catalogs;
+        config.tags = options.tags.clone();
         config.max_fetches = options.max_fetches.max(1);
         config.request_timeout = syncing::REQUEST_TIMEOUT + Duration::from_secs(5);
         config.retry_backoff = Duration::from_secs(1);
