@@ -653,14 +653,15 @@ async fn expunge(args: ExpungeArgs) -> Result<()> {
     Ok(())
 }
 
-/// Tags as the directory accepts them: 1 to 64 characters of `A-Za-z0-9._-`, each once.
+/// Tags as the directory accepts them: 1 to 64 characters of `A-Za-z0-9._:-`, each once.
 fn check_tags(tags: &[String]) -> Result<Vec<String>> {
     let mut out: Vec<String> = Vec::with_capacity(tags.len());
     for t in tags {
         let t = t.trim();
-        let ok = !t.is_empty() && t.len() <= 64 && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-'));
+        let max = odi_core::federation::MAX_TAG_LEN;
+        let ok = !t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
         if !ok {
-            bail!("bad tag `{t}`: use 1 to 64 letters, digits, `.`, `_` or `-`");
+            bail!("bad tag `{t}`: use 1 to {max} letters, digits, `.`, `_`, `:` or `-`");
         }
         if !out.iter().any(|o| o == t) {
             out.push(t.to_owned());

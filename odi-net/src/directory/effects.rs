@@ -11,7 +11,7 @@ use http::header;
 use http::{Request, StatusCode};
 use odi_core::Digest;
 use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, Effect, Event, PeerFailure};
-use odi_core::federation::{self, FetchError};
+use odi_core::federation;
 use odi_core::manifest::ChunkManifest;
 use odi_core::message::{NodeId, RelayUrl};
 use serde::Deserialize;
@@ -222,9 +222,9 @@ async fn fetch_blob(shared: Arc<Shared>, digest: Digest, manifest: ChunkManifest
             tracing::debug!(%digest, fetched = report.bytes_fetched, rejected = report.chunks_rejected, "fetched a blob for a linked entry");
             Ok(())
         }
-        Err(e) => {
+        Err((e, why)) => {
             tracing::warn!(%digest, error = %e, "cannot fetch a blob for a linked entry; retrying later");
-            Err(if e.contains("hash") || e.contains("match") { FetchError::Verify } else { FetchError::Unavailable })
+            Err(why)
         }
     };
     let (_, effects) = shared.with_machine(|d, now| d.handle_peer_blob(digest, outcome, now));

@@ -26,6 +26,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
+use odi_core::federation::FetchError;
 use odi_core::manifest::ChunkManifest;
 use odi_core::message::NodeId;
 use odi_core::path::CatalogName;
@@ -299,15 +300,21 @@ pub(super) async fn pull(client: &HttpClient, key: &SigningKey, url: &str, since
 /// wrong chunk is struck and the chunk fetched elsewhere) into a resumable partial file under
 /// `partials`, then stores it in the directory's blob store, which checks it whole once more.
 /// Returns the bytes fetched (not counting resumed chunks).
-pub(super) async fn fetch_blob(shared: &Shared, partials: &Path, manifest: &ChunkManifest, sources: &[Source]) -> Result<crate::transfer::Report, String> {
+pub(super) async fn fetch_blob(
+    shared: &Shared,
+    partials: &Path,
+    manifest: &ChunkManifest,
+    sources: &[Source],
+) -> Result<crate::transfer::Report, (String, FetchError)> {
+    let failed = |e: String| (e, FetchError::Unavailable);
     let digest = manifest.digest();
     if sources.is_empty() {
-        return Err(format!("no source known for {digest}"));
+        return Err(failed(format!("no source known for {digest}")));
     }
-    tokio::fs::create_dir_all(partials).await.map_err(|e| format!("cannot create {}: {e}", partials.display()))?;
+    tokio::fs::create_dir_all(partials).await.map_err(|e| failed(format!("cannot create {}: {e}", partials.display())))?;
     let part = partials.join(format!("{}.part", digest.to_hex()));
     let done = partials.join(format!("{}.blob", digest.to_hex()));
-    let (partial, have) = crate::transfer::PartialFile::open(&part, manifest.clone()).await.map_err(|e| e.to_string())?;
+    let (partial, have) = crate::transfer::PartialFile::open(&part, manifest.clone()).await.map_err(|e| failed(e.to_string()))?;
     let downloader = Downloader {
         client: shared.client.clone(),
         key: Some(shared.key.clone()),
@@ -319,11 +326,13 @@ pub(super) async fn fetch_blob(shared: &Shared, partials: &Path, manifest: &Chun
         Ok(ok) => ok,
         Err((e, report)) => {
             log_rejected(&digest, &report);
-            return Err(e.to_string());
+            // Every source that answered sent wrong bytes, or none could be reached.
+            let why = if report.chunks_rejected > 0 && report.bytes_fetched == 0 { FetchError::Verify } else { FetchError::Unavailable };
+            return Err((e.to_string(), why));
         }
     };
     log_rejected(&digest, &report);
-    partial.finish(&done).await.map_err(|e| e.to_string())?;
+    partial.finish(&done).await.map_err(|e| (e.to_string(), FetchError::Verify))?;
     let stored = async {
         use tokio::io::AsyncReadExt as _;
         let file = tokio::fs::File::open(&done).await.map_err(|e| e.to_string())?;
@@ -342,7 +351,7 @@ pub(super) async fn fetch_blob(shared: &Shared, partials: &Path, manifest: &Chun
     }
     .await;
     let _ = tokio::fs::remove_file(&done).await;
-    stored.map(|()| report)
+    stored.map(|()| report).map_err(failed)
 }
 
 fn log_rejected(digest: &Digest, report: &crate::transfer::Report) {
