@@ -91,6 +91,17 @@ async fn signed(key: &SigningKey, method: Method, url: String, body: serde_json:
 async fn a_forged_entry_and_a_wrong_chunk_from_a_peer_are_refused_and_nothing_of_them_is_served() {
     let tmp = tempfile::tempdir().unwrap();
     let dir = start_directory_with(&tmp.path().join("dir"), None, |o| o.link_token = Some(LINK_TOKEN.into())).await;
+    assert!(!dir.data.join("link.token").exists(), "a link token given by environment is not written");
+    let mut other = start_directory(&tmp.path().join("other"), None).await;
+    let file = other.data.join("link.token");
+    let generated = std::fs::read_to_string(&file).expect("a directory writes link.token on first start");
+    assert!(generated.trim().len() >= 32);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt as _;
+        assert_eq!(std::fs::metadata(&file).unwrap().permissions().mode() & 0o777, 0o600);
+    }
+    other.stop().await;
     let key = SigningKey::from_bytes(&[42; 32]);
     let me = node_id(&key);
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();

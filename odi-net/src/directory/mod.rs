@@ -132,8 +132,6 @@ struct Shared {
     /// Bytes sent to relays syncing through the node API (what relays did not get from peers).
     node_blob_bytes: std::sync::atomic::AtomicU64,
     digests: DigestHeaders,
-    /// The SHA-256 of the link token (see `peers`).
-    link_token: peers::LinkToken,
     link_failures: FailureLimiter,
     /// Nonces seen, per linked directory (apart from relays', so neither can crowd the other).
     peer_replay: Mutex<HashMap<NodeId, ReplayGuard>>,
@@ -178,13 +176,20 @@ impl DirectoryServer {
             tracing::warn!(skipped = records.len() - restored, "some stored records did not apply");
         }
         while machine.poll_event().is_some() {}
-        let mut token_paths = [None, None];
-        for (i, (role, given, file)) in
-            [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate()
-        {
+        let mut token_paths = [None, None, None];
+        let tokens = [
+            (TokenRole::Admin, &options.admin_token, "admin.token"),
+            (TokenRole::Enroll, &options.enroll_token, "enroll.token"),
+            (TokenRole::Link, &options.link_token, "link.token"),
+        ];
+        for (i, (role, given, file)) in tokens.into_iter().enumerate() {
             let token = match given {
                 Some(t) if !t.trim().is_empty() => {
-                    let env = if role == TokenRole::Admin { "ODI_ADMIN_TOKEN" } else { "ODI_ENROLL_TOKEN" };
+                    let env = match role {
+                        TokenRole::Admin => "ODI_ADMIN_TOKEN",
+                        TokenRole::Enroll => "ODI_ENROLL_TOKEN",
+                        TokenRole::Link => "ODI_LINK_TOKEN",
+                    };
                     keys::check_token_strength(t.trim()).map_err(|why| NetError::Config(format!("{env} {why}")))?;
                     t.trim().to_owned()
                 }
@@ -201,7 +206,6 @@ impl DirectoryServer {
                 machine.apply(&record, clock.now());
             }
         }
-        let (link_token, link_token_path) = peers::load_link_token(&dir, options.link_token.as_deref())?;
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
@@ -221,7 +225,6 @@ impl DirectoryServer {
             public_url: options.public_url.as_ref().map(|u| u.trim_end_matches('/').to_owned()).map(std::sync::OnceLock::from).unwrap_or_default(),
             node_blob_bytes: std::sync::atomic::AtomicU64::new(0),
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
-            link_token,
             link_failures: FailureLimiter::new(peers::LINK_FAILURES_PER_MINUTE, Duration::from_secs(60)),
             peer_replay: Mutex::new(HashMap::new()),
             key,
@@ -229,7 +232,7 @@ impl DirectoryServer {
             peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
             peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
         });
-        let [admin_token_path, enroll_token_path] = token_paths;
+        let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
     }
 

@@ -15,7 +15,7 @@
 //! - `GET|HEAD /peer/v1/blobs/sha256/{hex}`: a blob this directory holds, with ranges, for the
 //!   multi-source transfer engine.
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, PoisonError};
 use std::time::Duration;
 
@@ -30,8 +30,8 @@ use odi_core::federation::FetchError;
 use odi_core::manifest::ChunkManifest;
 use odi_core::message::NodeId;
 use odi_core::path::CatalogName;
+use odi_core::storage::TokenRole;
 use serde::{Deserialize, Serialize};
-use sha2::{Digest as _, Sha256};
 
 use super::effects::execute;
 use super::{BODY_DEADLINE, Shared, lookup_error};
@@ -40,7 +40,7 @@ use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
 use crate::http::{BlobRequest, Body, error, json, serve_blob};
 use crate::transfer::{Downloader, Redirects, Source};
-use crate::{NetError, keys, unix_now};
+use crate::{NetError, unix_now};
 
 /// The prefix of every peer endpoint.
 pub(super) const PREFIX: &str = "/peer/v1/";
@@ -58,33 +58,6 @@ pub(super) const PEER_TIMEOUT: Duration = Duration::from_secs(15);
 pub(super) const LINK_FAILURES_PER_MINUTE: u32 = 10;
 /// Domain of the handshake answer's signature.
 const ANSWER_DOMAIN: &[u8] = b"odi-peer-link-answer-v1\n";
-
-/// The link token, kept only as its SHA-256 and compared in constant time.
-pub(super) struct LinkToken([u8; 32]);
-
-impl LinkToken {
-    fn new(token: &str) -> Self {
-        Self(Sha256::digest(token.trim().as_bytes()).into())
-    }
-
-    pub(super) fn accepts(&self, token: &str) -> bool {
-        let got: [u8; 32] = Sha256::digest(token.trim().as_bytes()).into();
-        got.iter().zip(self.0.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
-    }
-}
-
-/// The link token: `given` (`ODI_LINK_TOKEN`), or `{dir}/link.token`, created (0600) on first
-/// start. Returns the path when it came from the file, for the daemon to print.
-pub(super) fn load_link_token(dir: &Path, given: Option<&str>) -> Result<(LinkToken, Option<PathBuf>), NetError> {
-    if let Some(t) = given.map(str::trim).filter(|t| !t.is_empty()) {
-        keys::check_token_strength(t).map_err(|why| NetError::Config(format!("ODI_LINK_TOKEN {why}")))?;
-        return Ok((LinkToken::new(t), None));
-    }
-    let path = dir.join("link.token");
-    let t = keys::load_or_create_secret(&path, keys::new_token)?;
-    keys::check_token_strength(&t).map_err(|why| NetError::Config(format!("the token in {} {why}", path.display())))?;
-    Ok((LinkToken::new(&t), Some(path)))
-}
 
 /// `POST /peer/v1/link`: what the linking directory sends.
 #[derive(Clone, Debug, Deserialize, Serialize)]
@@ -252,7 +225,7 @@ pub(super) async fn authenticate(
     if linking {
         // The token first (one hash), the signature only for a holder of the token.
         let token_ok = match serde_json::from_slice::<LinkRequest>(&body) {
-            Ok(req) => shared.link_token.accepts(&req.token),
+            Ok(req) => shared.lock().check_token(TokenRole::Link, req.token.trim()),
             Err(e) => return Err(refuse(StatusCode::BAD_REQUEST, format!("{PREFIX}link takes {{token, url, catalogs, tags}}: {e}"))),
         };
         if !token_ok {
@@ -507,15 +480,6 @@ mod tests {
     use super::*;
 
     #[test]
-    fn the_link_token_is_compared_whole() {
-        let t = LinkToken::new("0123456789abcdef0123456789abcdef");
-        assert!(t.accepts("0123456789abcdef0123456789abcdef"));
-        assert!(t.accepts(" 0123456789abcdef0123456789abcdef\n"));
-        assert!(!t.accepts("0123456789abcdef0123456789abcdee"));
-        assert!(!t.accepts(""));
-    }
-
-    #[test]
     fn a_handshake_answer_verifies_only_for_its_request_and_url() {
         let key = SigningKey::from_bytes(&[7; 32]);
         let answer = sign_answer(&key, "sha-256=:AAAA:", "http://127.0.0.1:7800");
@@ -525,24 +489,5 @@ mod tests {
         assert!(check_answer(&moved, "sha-256=:AAAA:").is_err(), "URL changed");
         let other = LinkAnswer { id: NodeId(SigningKey::from_bytes(&[8; 32]).verifying_key().to_bytes()), ..answer };
         assert!(check_answer(&other, "sha-256=:AAAA:").is_err(), "another key");
-    }
-
-    #[test]
-    fn the_link_token_file_is_made_once_with_mode_0600() {
-        let tmp = tempfile::tempdir().unwrap();
-        let (first, path) = load_link_token(tmp.path(), None).unwrap();
-        let path = path.unwrap();
-        let text = std::fs::read_to_string(&path).unwrap();
-        assert!(first.accepts(&text));
-        #[cfg(unix)]
-        {
-            use std::os::unix::fs::PermissionsExt as _;
-            assert_eq!(std::fs::metadata(&path).unwrap().permissions().mode() & 0o777, 0o600);
-        }
-        let (again, _) = load_link_token(tmp.path(), None).unwrap();
-        assert!(again.accepts(&text), "the same token after a restart");
-        let (given, none) = load_link_token(tmp.path(), Some("abcdefabcdefabcdefabcdefabcdef0123")).unwrap();
-        assert!(none.is_none() && given.accepts("abcdefabcdefabcdefabcdefabcdef0123") && !given.accepts(&text));
-        assert!(load_link_token(tmp.path(), Some("short")).is_err());
     }
 }
