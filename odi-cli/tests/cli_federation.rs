@@ -206,6 +206,21 @@ fn three_linked_directories_serve_every_publish_and_catch_up_after_a_crash() {
         .stderr(Stdio::inherit())
         .spawn()
         .unwrap();
+    // b dies in the middle of it: once it has begun fetching the blob from its peers (or, on a
+    // machine fast enough to finish first, once it serves it; then the restart has less to do).
+    let partials = b.data.join("federation-partial");
+    let fetching = || std::fs::read_dir(&partials).into_iter().flatten().flatten().any(|e| e.path().extension().is_some_and(|x| x == "part"));
+    let b_large = format!("{}/r/rel/large.bin", b.url());
+    let t0 = std::time::Instant::now();
+    let mut polls = 0u32;
+    while !fetching() && t0.elapsed() < std::time::Duration::from_secs(60) {
+        polls += 1;
+        if polls % 50 == 0 && status(&b_large) == "200" {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(2));
+    }
+    eprintln!("killing b {}", if fetching() { "while it fetches the large blob" } else { "once it serves the large blob" });
     b.kill();
     let out = publisher.wait_with_output().unwrap();
     assert!(out.status.success(), "the publish on a fails not for b being down");
