@@ -215,7 +215,7 @@ fn three_linked_directories_serve_every_publish_and_catch_up_after_a_crash() {
     let mut polls = 0u32;
     while !fetching() && t0.elapsed() < std::time::Duration::from_secs(60) {
         polls += 1;
-        if polls % 50 == 0 && status(&b_large) == "200" {
+        if polls.is_multiple_of(50) && status(&b_large) == "200" {
             break;
         }
         std::thread::sleep(std::time::Duration::from_millis(2));
