@@ -141,6 +141,7 @@ pub(crate) async fn start_relay_tls(
         disk_budget: RELAY_DISK_BUDGET,
         bandwidth: 0,
         catalogs: catalogs.iter().map(|c| (*c).to_owned()).collect(),
+        tags: Vec::new(),
         enroll_token: ENROLL_TOKEN.into(),
         max_fetches,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,

@@ -213,7 +213,7 @@ impl Fleet {
                         self.dir.handle_self_test(relay, attempt, Ok(relay), self.now);
                     }
                     Effect::Persist { id, .. } => self.dir.handle_storage(id, Ok(()), self.now),
-                    Effect::Audit { .. } => {}
+                    Effect::Audit { .. } | Effect::Peer(_) => {}
                 }
             }
             while let Some(event) = self.dir.poll_event() {
@@ -266,6 +266,7 @@ impl Fleet {
                 public_url: url,
                 capacity: Capacity { disk_budget: RELAY_BUDGET, bandwidth: RELAY_BANDWIDTH },
                 catalogs: vec![self.catalog.clone()],
+                tags: Vec::new(),
             };
             let reply = self.dir.handle_message(relay, Message::Enroll(req), self.now, WALL);
             let drained = self.drain();

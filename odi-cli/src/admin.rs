@@ -58,7 +58,8 @@ impl Admin {
 
     /// Streams a file to `PUT /api/v1/catalogs/{catalog}/artifacts/{path}` (`path` already
     /// percent-encoded), advancing `progress` by the bytes sent.
-    pub(crate) async fn publish(&self, catalog: &str, path: &str, file: &Path, progress: &ProgressBar) -> Result<Value> {
+    /// `tags` go in the query, `?tag=A&tag=B`, as the body is the file.
+    pub(crate) async fn publish(&self, catalog: &str, path: &str, tags: &[String], file: &Path, progress: &ProgressBar) -> Result<Value> {
         use futures_util::StreamExt as _;
         use http_body_util::BodyExt as _;
         use tokio::io::AsyncReadExt as _;
@@ -79,7 +80,9 @@ impl Admin {
         let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();
         let media_type = media_type_for(path);
         // Large uploads take as long as they take; the head of the answer comes after the body.
-        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}"), body, media_type, Duration::from_secs(24 * 3600)).await
+        let query: Vec<String> = tags.iter().map(|t| format!("tag={}", percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC))).collect();
+        let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
+        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}{query}"), body, media_type, Duration::from_secs(24 * 3600)).await
     }
 }
 

@@ -74,6 +74,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
             disk_budget: 1 << 30,
             bandwidth: 0,
             catalogs: Vec::new(),
+            tags: Vec::new(),
             enroll_token: enroll_token.clone(),
             max_fetches: 4,
             scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
@@ -98,7 +99,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
         return Err(e.context("cannot create the sample catalog"));
     }
     for (name, file) in [("hello.txt", &hello), ("odi-sample-5MiB.bin", &big)] {
-        admin.publish("sample", name, file, &indicatif::ProgressBar::hidden()).await.with_context(|| format!("cannot publish {name}"))?;
+        admin.publish("sample", name, &[], file, &indicatif::ProgressBar::hidden()).await.with_context(|| format!("cannot publish {name}"))?;
     }
 
     // Wait (up to 10 s) until every relay holds its share, so the first curl is redirected.

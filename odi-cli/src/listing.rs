@@ -70,10 +70,66 @@ pub(crate) fn tokens(list: &Value) -> String {
 pub(crate) fn artifacts(listing: &Value) -> String {
     let mut list: Vec<&Value> = listing["artifacts"].as_array().into_iter().flatten().collect();
     list.sort_by(|a, b| a["path"].as_str().cmp(&b["path"].as_str()));
-    let mut t = Table::new(&[("PATH", Align::Left), ("SIZE", Align::Right), ("DIGEST", Align::Left), ("PUBLISHED", Align::Left)]);
+    let mut t = Table::new(&[("PATH", Align::Left), ("SIZE", Align::Right), ("DIGEST", Align::Left), ("PUBLISHED", Align::Left), ("TAGS", Align::Left)]);
     for a in list {
         let published = a["published_at"].as_u64().map_or_else(|| "?".to_owned(), utc_time);
-        t.row(vec![text(&a["path"]), size(&a["size"]), short_digest(&a["digest"]), published]);
+        t.row(vec![text(&a["path"]), size(&a["size"]), short_digest(&a["digest"]), published, names(&a["tags"], "-")]);
+    }
+    let mut out = t.render();
+    let conflicts = listing["conflicts"].as_array().map_or(0, Vec::len);
+    if conflicts > 0 {
+        let catalog = listing["catalog"]["name"].as_str().unwrap_or("NAME");
+        out.push_str(&format!("{conflicts} paths in conflict between linked directories: odi catalog conflicts {catalog}\n"));
+    }
+    out
+}
+
+fn names(v: &Value, none: &str) -> String {
+    let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    if names.is_empty() { none.to_owned() } else { names.join(",") }
+}
+
+/// `GET /api/v1/links`: each linked directory, its filters and how far this side has pulled.
+pub(crate) fn links(list: &Value) -> String {
+    let mut t = Table::new(&[
+        ("PEER", Align::Left),
+        ("URL", Align::Left),
+        ("CATALOGS", Align::Left),
+        ("TAGS", Align::Left),
+        ("CURSOR", Align::Right),
+        ("HEAD", Align::Right),
+        ("LAG", Align::Right),
+    ]);
+    for l in list.as_array().into_iter().flatten() {
+        t.row(vec![
+            l["peer"].as_str().unwrap_or("?").chars().take(SHORT_ID).collect(),
+            text(&l["url"]),
+            names(&l["catalogs"], "all"),
+            names(&l["tags"], "any"),
+            text(&l["cursor"]),
+            text(&l["head"]),
+            text(&l["lag"]),
+        ]);
+    }
+    t.render()
+}
+
+/// `GET /api/v1/catalogs/{name}/conflicts`: per path, the bytes served and the ones kept aside.
+pub(crate) fn conflicts(list: &Value) -> String {
+    let mut t = Table::new(&[("PATH", Align::Left), ("SERVED", Align::Left), ("ORIGIN", Align::Left), ("KEPT ASIDE", Align::Left)]);
+    for c in list.as_array().into_iter().flatten() {
+        let losers: Vec<String> = c["losers"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .map(|l| format!("{} from {}", short_digest(&l["digest"]), l["origin"].as_str().unwrap_or("?").chars().take(SHORT_ID).collect::<String>()))
+            .collect();
+        t.row(vec![
+            text(&c["path"]),
+            short_digest(&c["winner"]),
+            c["winner_origin"].as_str().unwrap_or("?").chars().take(SHORT_ID).collect(),
+            losers.join("; "),
+        ]);
     }
     t.render()
 }
@@ -176,6 +232,22 @@ mod tests {
         let unknown = resolve_relay(&relays, "99").unwrap_err().to_string();
         assert!(unknown.contains("no relay id starts with `99`"), "{unknown}");
         assert!(resolve_relay(&relays, " ").is_err());
+    }
+
+    #[test]
+    fn link_and_conflict_tables_name_filters_and_both_sides() {
+        let links = json!([{ "peer": "0123456789abcdef0123", "url": "http://127.0.0.1:7800", "catalogs": [], "tags": ["prod", "rc"],
+            "cursor": 12, "head": 12, "lag": 0 }]);
+        let text = super::links(&links);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("0123456789abcdef  http://127.0.0.1:7800  all"), "{text}");
+        assert!(row.contains("prod,rc") && row.ends_with("12    12    0"), "{text}");
+        let conflicts = json!([{ "path": "a.txt", "winner": "sha256:aaaaaaaaaaaaaaaa", "winner_origin": "11112222333344445555",
+            "losers": [{ "digest": "sha256:bbbbbbbbbbbbbbbb", "origin": "99998888777766665555" }] }]);
+        let text = super::conflicts(&conflicts);
+        let row = text.lines().nth(1).unwrap();
+        assert!(row.starts_with("a.txt  sha256:aaaaaaaaaaaa  1111222233334444"), "{text}");
+        assert!(row.ends_with("sha256:bbbbbbbbbbbb from 9999888877776666"), "{text}");
     }
 
     #[test]

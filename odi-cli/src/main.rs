@@ -75,6 +75,11 @@ enum Command {
     /// Named enrollment tokens, one per relay operator: add, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
+    /// Link this directory with another one, list links, remove one.
+    #[command(subcommand)]
+    Link(LinkCommand),
+    /// Add or remove tags of a published artifact (links and relays filter by tag).
+    Tag(TagArgs),
     /// Download a URL, verifying its SHA-256.
     Get(GetCliArgs),
     /// Start a directory and relays on loopback with a sample catalog.
@@ -162,6 +167,9 @@ struct RelayArgs {
     /// Catalogs to carry (default: all).
     #[arg(long = "catalog")]
     catalogs: Vec<String>,
+    /// Hold only artifacts carrying one of these tags (default: any).
+    #[arg(long = "tag")]
+    tags: Vec<String>,
     /// Upload bandwidth offered, e.g. 100MB/s (used to weigh assignments and redirects).
     #[arg(long, value_parser = units::parse_rate)]
     bandwidth: Option<u64>,
@@ -248,6 +256,69 @@ enum CatalogCommand {
         #[arg(long)]
         json: bool,
     },
+    /// List the paths of a catalog that linked directories bound to different bytes, with the
+    /// bytes every directory serves (the winner) and the ones kept aside (the losers).
+    /// Publish the path again, or expunge a loser, to resolve one.
+    Conflicts {
+        name: String,
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+}
+
+#[derive(Subcommand)]
+enum LinkCommand {
+    /// Link this directory (--directory, its admin token in ODI_ADMIN_TOKEN) with another
+    /// (--peer, its link token in ODI_PEER_TOKEN): both pin each other's key, and the linked
+    /// catalogs replicate both ways from then on.
+    Add {
+        #[command(flatten)]
+        target: Target,
+        /// The other directory's URL.
+        #[arg(long)]
+        peer: String,
+        /// Catalogs that cross the link (default: all).
+        #[arg(long = "catalog")]
+        catalogs: Vec<String>,
+        /// Only artifacts carrying one of these tags cross (default: any).
+        #[arg(long = "tag")]
+        tags: Vec<String>,
+    },
+    /// List this directory's links, with how far each has caught up.
+    Ls {
+        #[command(flatten)]
+        target: Target,
+        /// Print JSON instead of a table.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Remove a link (on this side; what crossed it stays).
+    Rm {
+        #[command(flatten)]
+        target: Target,
+        /// The linked directory's URL (or its id).
+        #[arg(long)]
+        peer: String,
+    },
+}
+
+#[derive(Args)]
+struct TagArgs {
+    #[command(flatten)]
+    target: Target,
+    #[arg(long)]
+    catalog: String,
+    /// The artifact's path in the catalog.
+    path: String,
+    /// Tag to add (repeatable).
+    #[arg(long = "add", value_name = "TAG", required_unless_present = "remove")]
+    add: Vec<String>,
+    /// Tag to remove (repeatable).
+    #[arg(long = "remove", value_name = "TAG")]
+    remove: Vec<String>,
 }
 
 #[derive(Args)]
@@ -297,6 +368,9 @@ struct PublishArgs {
     /// Path inside the catalog: exactly this for a single FILE, else a prefix (see above).
     #[arg(long)]
     path: Option<String>,
+    /// Tag every published file with this (repeatable); links and relays filter by tag.
+    #[arg(long = "tag")]
+    tags: Vec<String>,
     /// Files and directories to publish.
     #[arg(required = true, value_name = "FILE|DIR")]
     files: Vec<PathBuf>,
@@ -383,6 +457,8 @@ struct FileConfig {
     disk_budget: Option<String>,
     #[serde(default)]
     catalog: Vec<String>,
+    #[serde(default)]
+    tag: Vec<String>,
     bandwidth: Option<String>,
     scrub_rate: Option<String>,
     tls_cert: Option<PathBuf>,
@@ -488,10 +564,11 @@ async fn run(command: Command) -> Result<()> {
             options.allow_private_origins = args.allow_private_origins || file.allow_private_origins.unwrap_or(false);
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
+            options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
             let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
             let server =
                 odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
-            for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path)] {
+            for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path), ("link", &server.link_token_path)] {
                 if let Some(path) = path {
                     eprintln!("{what} token: {}", path.display());
                 }
@@ -532,6 +609,7 @@ async fn run(command: Command) -> Result<()> {
                 disk_budget,
                 bandwidth,
                 catalogs: if args.catalogs.is_empty() { file.catalog } else { args.catalogs },
+                tags: if args.tags.is_empty() { file.tag } else { args.tags },
                 enroll_token,
                 max_fetches: 4,
                 scrub_rate,
@@ -577,6 +655,19 @@ async fn run(command: Command) -> Result<()> {
                 output::emit(&listing::catalogs(&list));
             }
         }
+        Command::Catalog(CatalogCommand::Conflicts { name, target, json }) => {
+            let name = odi_core::path::CatalogName::new(&name).map_err(|e| anyhow!("bad catalog name `{name}`: {e}"))?;
+            let list = target.admin()?.json(Method::GET, &format!("catalogs/{name}/conflicts"), None).await?;
+            if json {
+                output::line(&serde_json::to_string_pretty(&list)?);
+            } else if list.as_array().is_none_or(Vec::is_empty) {
+                eprintln!("no conflicts in {name}");
+            } else {
+                output::emit(&listing::conflicts(&list));
+            }
+        }
+        Command::Link(command) => link(command).await?,
+        Command::Tag(args) => tag(args).await?,
         Command::Token(TokenCommand::Add { name, target }) => {
             let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name }))).await?;
             eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):");
@@ -606,7 +697,8 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Publish(args) => {
             let (items, skipped) = publish::plan(&args.files, args.path.as_deref())?;
-            publish::run(&args.target.admin()?, &args.catalog, items, &skipped).await?;
+            let tags = check_tags(&args.tags)?;
+            publish::run(&args.target.admin()?, &args.catalog, &tags, items, &skipped).await?;
         }
         Command::Expunge(args) => expunge(args).await?,
         Command::Relays(args) => {
@@ -694,6 +786,91 @@ async fn expunge(args: ExpungeArgs) -> Result<()> {
         println!("expunged {catalog}/{path} ({digest}); the same bytes stay served as {}", others.join(", "));
         println!("to bar the bytes under every name: odi expunge --directory {} --digest {digest}", args.target.directory);
     }
+    Ok(())
+}
+
+/// Tags as the directory accepts them: 1 to 64 characters of `A-Za-z0-9._:-`, each once.
+fn check_tags(tags: &[String]) -> Result<Vec<String>> {
+    let mut out: Vec<String> = Vec::with_capacity(tags.len());
+    for t in tags {
+        let t = t.trim();
+        let max = odi_core::federation::MAX_TAG_LEN;
+        let ok = !t.is_empty() && t.len() <= max && t.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'.' | b'_' | b'-' | b':'));
+        if !ok {
+            bail!("bad tag `{t}`: use 1 to {max} letters, digits, `.`, `_`, `:` or `-`");
+        }
+        if !out.iter().any(|o| o == t) {
+            out.push(t.to_owned());
+        }
+    }
+    Ok(out)
+}
+
+async fn link(command: LinkCommand) -> Result<()> {
+    match command {
+        LinkCommand::Add { target, peer, catalogs, tags } => {
+            let admin = target.admin()?;
+            let peer = peer.trim().trim_end_matches('/').to_owned();
+            if !(peer.starts_with("http://") || peer.starts_with("https://")) {
+                bail!("--peer `{peer}` is not a directory URL (http://HOST:PORT)");
+            }
+            let token = std::env::var("ODI_PEER_TOKEN")
+                .map_err(|_| anyhow!("set ODI_PEER_TOKEN to the peer's link token (the link.token file in its data dir, or its ODI_LINK_TOKEN)"))?;
+            let token = token.trim();
+            if token.is_empty() {
+                bail!("ODI_PEER_TOKEN is empty; set it to the peer's link token");
+            }
+            for c in &catalogs {
+                odi_core::path::CatalogName::new(c).map_err(|e| anyhow!("bad catalog name `{c}`: {e}"))?;
+            }
+            let tags = check_tags(&tags)?;
+            let body = json!({ "peer": peer, "token": token, "catalogs": catalogs, "tags": tags });
+            let made = admin.json(Method::POST, "links", Some(body)).await?;
+            let what = |v: &Value, all: &str| -> String {
+                let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+                if names.is_empty() { all.to_owned() } else { names.join(", ") }
+            };
+            println!(
+                "linked {} with {} (id {}); catalogs: {}; tags: {}",
+                admin.directory,
+                peer,
+                made["peer"].as_str().unwrap_or("?"),
+                what(&made["catalogs"], "all"),
+                what(&made["tags"], "any")
+            );
+        }
+        LinkCommand::Ls { target, json } => {
+            let list = target.admin()?.json(Method::GET, "links", None).await?;
+            if json {
+                output::line(&serde_json::to_string_pretty(&list)?);
+            } else {
+                output::emit(&listing::links(&list));
+            }
+        }
+        LinkCommand::Rm { target, peer } => {
+            let admin = target.admin()?;
+            let key = peer.trim().trim_end_matches('/');
+            let in_url = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string();
+            let out = admin.json(Method::DELETE, &format!("links/{in_url}"), None).await?;
+            println!("unlinked {} from {} (id {})", admin.directory, out["url"].as_str().unwrap_or(key), out["peer"].as_str().unwrap_or("?"));
+        }
+    }
+    Ok(())
+}
+
+async fn tag(args: TagArgs) -> Result<()> {
+    let admin = args.target.admin()?;
+    let catalog = odi_core::path::CatalogName::new(&args.catalog).map_err(|e| anyhow!("bad catalog name `{}`: {e}", args.catalog))?;
+    odi_core::path::ArtifactPath::new(&args.path).map_err(|e| anyhow!("bad artifact path `{}`: {e}", args.path))?;
+    let (add, remove) = (check_tags(&args.add)?, check_tags(&args.remove)?);
+    if let Some(both) = add.iter().find(|t| remove.contains(t)) {
+        bail!("tag `{both}` is both added and removed; give it once");
+    }
+    let body = json!({ "path": args.path, "add": add, "remove": remove });
+    let out = admin.json(Method::POST, &format!("catalogs/{catalog}/tags"), Some(body)).await?;
+    let tags: Vec<&str> = out["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let tags = if tags.is_empty() { "none".to_owned() } else { tags.join(", ") };
+    println!("{catalog}/{}: tags now {tags}", args.path);
     Ok(())
 }
 

@@ -152,7 +152,7 @@ enum Outcome {
 }
 
 /// Publishes `items` into `catalog`: uploads what the catalog does not list with the same bytes.
-pub(crate) async fn run(admin: &Admin, catalog: &str, items: Vec<Item>, skipped: &[String]) -> Result<()> {
+pub(crate) async fn run(admin: &Admin, catalog: &str, tags: &[String], items: Vec<Item>, skipped: &[String]) -> Result<()> {
     let listing = match admin.json(Method::GET, &format!("catalogs/{catalog}"), None).await {
         Ok(l) => l,
         Err(e) if matches!(e.downcast_ref::<odi_net::NetError>(), Some(odi_net::NetError::Status { status, .. }) if *status == http::StatusCode::NOT_FOUND) => {
@@ -182,7 +182,7 @@ pub(crate) async fn run(admin: &Admin, catalog: &str, items: Vec<Item>, skipped:
     for item in &items {
         bar.set_message(item.path.clone());
         let start = bar.position();
-        match publish_one(admin, catalog, item, listed.get(item.path.as_str()).copied(), &bar).await {
+        match publish_one(admin, catalog, tags, item, listed.get(item.path.as_str()).copied(), &bar).await {
             Ok((Outcome::Published { bytes: n }, line)) => {
                 published += 1;
                 bytes += n;
@@ -210,7 +210,7 @@ pub(crate) async fn run(admin: &Admin, catalog: &str, items: Vec<Item>, skipped:
     Ok(())
 }
 
-async fn publish_one(admin: &Admin, catalog: &str, item: &Item, listed: Option<(&str, u64)>, bar: &ProgressBar) -> Result<(Outcome, String)> {
+async fn publish_one(admin: &Admin, catalog: &str, tags: &[String], item: &Item, listed: Option<(&str, u64)>, bar: &ProgressBar) -> Result<(Outcome, String)> {
     let url_path = encode_path(&item.path)?;
     if let Some((digest, size)) = listed
         && size == item.size
@@ -221,10 +221,11 @@ async fn publish_one(admin: &Admin, catalog: &str, item: &Item, listed: Option<(
             .context("the hashing task failed")?
             .with_context(|| format!("cannot read {}", item.file.display()))?;
         if local.to_string() == digest {
-            return Ok((Outcome::Unchanged, format!("unchanged {catalog}/{} {digest}", item.path)));
+            let hint = if tags.is_empty() { "" } else { " (tags unchanged; `odi tag --add` changes them)" };
+            return Ok((Outcome::Unchanged, format!("unchanged {catalog}/{} {digest}{hint}", item.path)));
         }
     }
-    let out = admin.publish(catalog, &url_path, &item.file, bar).await?;
+    let out = admin.publish(catalog, &url_path, tags, &item.file, bar).await?;
     let created = out["created"] == Value::Bool(true);
     let line = format!(
         "{} {catalog}/{} {} ({} bytes, seq {})",

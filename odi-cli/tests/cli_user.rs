@@ -257,7 +257,7 @@ fn publish_a_tree_then_republish_it_unchanged_and_list_it() {
     let table = odi_ok(&["ls", "--directory", &url, "--catalog", "rel"]);
     let mut lines = table.lines();
     let header: Vec<&str> = lines.next().unwrap().split_whitespace().collect();
-    assert_eq!(header, ["PATH", "SIZE", "DIGEST", "PUBLISHED"]);
+    assert_eq!(header, ["PATH", "SIZE", "DIGEST", "PUBLISHED", "TAGS"]);
     let rows: Vec<&str> = lines.collect();
     assert_eq!(rows.iter().map(|r| r.split_whitespace().next().unwrap()).collect::<Vec<_>>(), expected, "{table}");
     let d_bin = rows.iter().find(|r| r.starts_with("a/d.bin ")).unwrap();

@@ -98,6 +98,15 @@ pub enum LogOp {
     ExpungeDigest {
         digest: Digest,
     },
+    /// Changes the tags of the artifact at `path` holding `digest`: `tags := (tags − remove) ∪ add`.
+    Tag {
+        path: ArtifactPath,
+        digest: Digest,
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        remove: Vec<String>,
+    },
     /// Written by earlier versions for an expunge by path, which barred the digest: replayed
     /// as `ExpungeDigest` (and `path` answers 410). Never written now.
     Expunge {

@@ -364,6 +364,9 @@ pub struct EnrollRequest {
     /// Catalogs to carry; empty means all.
     #[serde(default)]
     pub catalogs: Vec<CatalogName>,
+    /// Carry only artifacts with one of these tags; empty means any.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

@@ -13,6 +13,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::catalog::{CatalogConfig, LogEntry};
 use crate::digest::Digest;
+use crate::federation::FedRecord;
 use crate::manifest::{ChunkManifest, ManifestError};
 use crate::message::{Capacity, NodeId, RelayUrl};
 use crate::path::CatalogName;
@@ -148,6 +149,9 @@ pub enum Record {
         role: TokenRole,
         hash: Digest,
     },
+    /// Federation state: accepted signed entries, links, cursors, held blobs (see
+    /// [`crate::federation::FedRecord`]). Replayed in the order persisted.
+    Fed(FedRecord),
 }
 
 /// A named enrollment token: its keyed hash (never the token), and whether it was revoked.
@@ -181,6 +185,9 @@ pub struct RelayRecord {
     /// The named enrollment token it enrolled with (`None`: the directory's own token).
     #[serde(default)]
     pub token: Option<String>,
+    /// Only artifacts carrying one of these tags are assigned to it; empty: any artifact.
+    #[serde(default)]
+    pub tags: Vec<String>,
 }
 
 fn proven_by_default() -> bool {
@@ -192,6 +199,8 @@ fn proven_by_default() -> bool {
 pub enum TokenRole {
     Admin,
     Enroll,
+    /// What a peer directory presents to link to this one.
+    Link,
 }
 
 /// Durable directory metadata: an ordered set of records, applied atomically.

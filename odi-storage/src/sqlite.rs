@@ -21,6 +21,8 @@ use std::time::Duration;
 use async_trait::async_trait;
 use odi_core::catalog::{CatalogConfig, LogEntry};
 use odi_core::digest::Digest;
+use odi_core::federation::FedRecord;
+use odi_core::message::NodeId;
 use odi_core::path::CatalogName;
 use odi_core::storage::{MetaStore, Record, RelayRecord, Result, StorageError, TokenRole};
 use rusqlite::{Connection, ErrorCode, Transaction, params};
@@ -28,7 +30,7 @@ use rusqlite::{Connection, ErrorCode, Transaction, params};
 /// The store name used in errors.
 const STORE: &str = "sqlite";
 /// The schema this code reads and writes, kept in `PRAGMA user_version`.
-const SCHEMA_VERSION: i64 = 2;
+const SCHEMA_VERSION: i64 = 3;
 /// How long a statement waits for another connection's lock before failing.
 const BUSY_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -47,6 +49,14 @@ const SCHEMA: &str = "
 
 /// From schema 1: named enrollment tokens.
 const SCHEMA_1_TO_2: &str = "CREATE TABLE IF NOT EXISTS enroll_tokens (name TEXT PRIMARY KEY, record TEXT NOT NULL);";
+
+/// From schema 2: federation. Links and cursors are kept as their latest value per peer; the
+/// rest (entries, own entries, blobs held and dropped) is a log replayed in the order written.
+const SCHEMA_2_TO_3: &str = "
+    CREATE TABLE IF NOT EXISTS fed_links (peer TEXT PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS fed_cursors (peer TEXT PRIMARY KEY, seq INTEGER NOT NULL);
+    CREATE TABLE IF NOT EXISTS fed_log (pos INTEGER PRIMARY KEY AUTOINCREMENT, record TEXT NOT NULL);
+";
 
 /// Directory metadata in a SQLite database file.
 #[derive(Clone)]
@@ -131,6 +141,10 @@ enum Row {
     Relay { id: String, record: String },
     RelayForgotten { id: String },
     EnrollToken { name: String, record: String },
+    FedLink { peer: String, record: String },
+    FedUnlink { peer: String },
+    FedCursor { peer: String, seq: i64 },
+    FedLog { record: String },
 }
 
 impl Row {
@@ -147,6 +161,13 @@ impl Row {
             Record::Relay(relay) => Self::Relay { id: relay.id.to_hex(), record: to_json(serde_json::to_string(relay))? },
             Record::RelayForgotten { id } => Self::RelayForgotten { id: id.to_hex() },
             Record::EnrollToken(t) => Self::EnrollToken { name: t.name.clone(), record: to_json(serde_json::to_string(t))? },
+            Record::Fed(FedRecord::Link(link)) => Self::FedLink { peer: link.peer.to_hex(), record: to_json(serde_json::to_string(link))? },
+            Record::Fed(FedRecord::LinkRemoved { peer }) => Self::FedUnlink { peer: peer.to_hex() },
+            Record::Fed(FedRecord::Cursor { peer, seq }) => Self::FedCursor {
+                peer: peer.to_hex(),
+                seq: i64::try_from(*seq).map_err(|_| StorageError::backend(STORE, format!("cursor {seq} of peer {peer} is too large to store")))?,
+            },
+            Record::Fed(other) => Self::FedLog { record: to_json(serde_json::to_string(other))? },
         })
     }
 }
@@ -225,10 +246,14 @@ fn migrate(conn: &mut Connection, path: &Path) -> Result<()> {
     match version {
         0 => {
             tx.execute_batch(SCHEMA).map_err(fail)?;
+            tx.execute_batch(SCHEMA_2_TO_3).map_err(fail)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail)?;
         }
-        1 => {
-            tx.execute_batch(SCHEMA_1_TO_2).map_err(fail)?;
+        1 | 2 => {
+            if version == 1 {
+                tx.execute_batch(SCHEMA_1_TO_2).map_err(fail)?;
+            }
+            tx.execute_batch(SCHEMA_2_TO_3).map_err(fail)?;
             tx.pragma_update(None, "user_version", SCHEMA_VERSION).map_err(fail)?;
         }
         SCHEMA_VERSION => {}
@@ -266,6 +291,16 @@ fn apply_row(tx: &Transaction<'_>, row: &Row) -> Result<(), DbError> {
             "INSERT INTO enroll_tokens (name, record) VALUES (?1, ?2) ON CONFLICT (name) DO UPDATE SET record = excluded.record",
             params![name, record],
         ),
+        Row::FedLink { peer, record } => {
+            tx.execute("INSERT INTO fed_links (peer, record) VALUES (?1, ?2) ON CONFLICT (peer) DO UPDATE SET record = excluded.record", params![peer, record])
+        }
+        Row::FedUnlink { peer } => tx
+            .execute("DELETE FROM fed_links WHERE peer = ?1", params![peer])
+            .and_then(|_| tx.execute("DELETE FROM fed_cursors WHERE peer = ?1", params![peer])),
+        Row::FedCursor { peer, seq } => {
+            tx.execute("INSERT INTO fed_cursors (peer, seq) VALUES (?1, ?2) ON CONFLICT (peer) DO UPDATE SET seq = max(seq, excluded.seq)", params![peer, seq])
+        }
+        Row::FedLog { record } => tx.execute("INSERT INTO fed_log (record) VALUES (?1)", params![record]),
     };
     match result {
         Ok(_) => Ok(()),
@@ -337,6 +372,30 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
     }
     drop(stmt);
 
+    // Federation: links first (a cursor needs its link), then the log in the order written,
+    // then each linked peer's cursor.
+    let mut stmt = tx.prepare("SELECT peer, record FROM fed_links ORDER BY peer")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, String>(1)?)))? {
+        let (peer, record) = row?;
+        records.push(Record::Fed(FedRecord::Link(from_json("fed_links", &peer, serde_json::from_str(&record))?)));
+    }
+    drop(stmt);
+    let mut stmt = tx.prepare("SELECT pos, record FROM fed_log ORDER BY pos")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, i64>(0)?, row.get::<_, String>(1)?)))? {
+        let (pos, record) = row?;
+        records.push(Record::Fed(from_json("fed_log", &pos.to_string(), serde_json::from_str(&record))?));
+    }
+    drop(stmt);
+    let mut stmt = tx.prepare("SELECT peer, seq FROM fed_cursors ORDER BY peer")?;
+    for row in stmt.query_map([], |row| Ok((row.get::<_, String>(0)?, row.get::<_, i64>(1)?)))? {
+        let (peer_hex, seq) = row?;
+        let corrupt = |detail: String| DbError::Corrupt { table: "fed_cursors", key: peer_hex.clone(), detail };
+        let peer: NodeId = peer_hex.parse().map_err(|e: odi_core::message::NodeIdParseError| corrupt(e.to_string()))?;
+        let seq = u64::try_from(seq).map_err(|e| corrupt(e.to_string()))?;
+        records.push(Record::Fed(FedRecord::Cursor { peer, seq }));
+    }
+    drop(stmt);
+
     // Nothing was written; ending the read transaction either way is the same.
     tx.commit()?;
     Ok(records)
@@ -393,6 +452,7 @@ mod tests {
             draining: id.is_multiple_of(3),
             proven: id.is_multiple_of(5),
             token: id.is_multiple_of(7).then(|| "alice".to_owned()),
+            tags: if id.is_multiple_of(4) { vec!["gpu".to_owned()] } else { Vec::new() },
         })
     }
 
@@ -554,5 +614,95 @@ mod tests {
         meta.conn.lock().unwrap().execute("INSERT INTO catalogs (name, config) VALUES ('alpha', '{')", []).unwrap();
         let err = meta.load().await.unwrap_err();
         assert!(err.to_string().contains("row \"alpha\" of table catalogs is unreadable"), "{err}");
+    }
+
+    fn fed_records() -> (Vec<Record>, Vec<Record>) {
+        use odi_core::federation::{Link, Op, Signature, SignedEntry};
+        // The store keeps what it is given; signatures are checked by the federation machine.
+        let origin = NodeId([4; 32]);
+        let (a, b) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
+        let entry = |seq: u64| {
+            let op = Op::ExpungeDigest { digest: Digest::of(&[seq as u8]) };
+            SignedEntry {
+                entry: odi_core::federation::Entry { origin, seq, at: UnixTime(seq), catalog: catalog("alpha"), op },
+                sig: Signature([seq as u8; 64]),
+            }
+        };
+        let link = |peer: NodeId, tags: &[&str]| Link {
+            peer,
+            url: format!("http://{peer}.example"),
+            catalogs: vec![],
+            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
+        };
+        let written = vec![
+            Record::Fed(FedRecord::Link(link(a, &[]))),
+            Record::Fed(FedRecord::Link(link(b, &[]))),
+            Record::Fed(FedRecord::Local { entry: entry(1) }),
+            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 3 }),
+            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
+            Record::Fed(FedRecord::Cursor { peer: b, seq: 2 }),
+            Record::Fed(FedRecord::LinkRemoved { peer: b }),
+            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
+        ];
+        // Latest link per peer (b removed, with its cursor), the log in order, the highest cursor.
+        let loaded = vec![
+            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
+            Record::Fed(FedRecord::Local { entry: entry(1) }),
+            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
+            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
+            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
+        ];
+        (written, loaded)
+    }
+
+    #[tokio::test]
+    async fn federation_records_load_as_they_replay() {
+        let (meta, _dir) = scratch();
+        let (written, loaded) = fed_records();
+        for record in &written {
+            meta.apply(std::slice::from_ref(record)).await.unwrap();
+        }
+        meta.apply(&[catalog_record("alpha"), token(TokenRole::Link, b"l")]).await.unwrap();
+        let mut expected = vec![token(TokenRole::Link, b"l"), catalog_record("alpha")];
+        expected.extend(loaded);
+        assert_eq!(meta.load().await.unwrap(), expected);
+    }
+
+    #[tokio::test]
+    async fn a_schema_2_database_is_migrated_to_3_and_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("directory.db");
+        {
+            // A database as schema 2 wrote it.
+            let conn = Connection::open(&path).unwrap();
+            conn.execute_batch(SCHEMA).unwrap();
+            conn.pragma_update(None, "user_version", 2).unwrap();
+            let config = serde_json::to_string(&CatalogConfig {
+                name: catalog("alpha"),
+                replicas: 3,
+                chunk_size: 1 << 20,
+                created_at: UnixTime(1_700_000_000),
+                mutable: false,
+                origin: None,
+            })
+            .unwrap();
+            conn.execute("INSERT INTO catalogs (name, config) VALUES ('alpha', ?1)", params![config]).unwrap();
+            assert!(conn.prepare("SELECT * FROM fed_log").is_err(), "schema 2 has no federation tables");
+        }
+        let meta = SqliteMeta::open(&path).unwrap();
+        let version: i64 = meta.conn.lock().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
+        assert_eq!(version, 3);
+        assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha")]);
+        let (written, loaded) = fed_records();
+        meta.apply(&written).await.unwrap();
+        drop(meta);
+        let again = SqliteMeta::open(&path).unwrap();
+        let mut expected = vec![catalog_record("alpha")];
+        expected.extend(loaded);
+        assert_eq!(again.load().await.unwrap(), expected);
     }
 }

@@ -10,6 +10,7 @@ use super::small_set::SmallSet;
 use super::{AdminError, CatalogView, LookupError};
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
 use crate::digest::Digest;
+use crate::federation::{Change, MAX_ENTRY_TAGS, MAX_TAG_LEN};
 use crate::manifest::{ChunkManifest, check_chunk_size};
 use crate::path::{ArtifactPath, CatalogName};
 use crate::relay::footprint;
@@ -45,6 +46,14 @@ impl Blob {
     }
 }
 
+/// What a publish asks for.
+pub(super) struct Publish {
+    pub(super) path: ArtifactPath,
+    pub(super) manifest: ChunkManifest,
+    pub(super) media_type: String,
+    pub(super) tags: Vec<String>,
+}
+
 /// What applying a log entry means for the other children, in the order it happened.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub(super) enum CatalogChange {
@@ -54,6 +63,8 @@ pub(super) enum CatalogChange {
     Dropped { digest: Digest, footprint: u64 },
     /// `digest` is barred for good; every name that held it is expunged.
     Barred { digest: Digest, footprint: u64 },
+    /// A name holding `digest` has other tags: its placement may change.
+    Retagged(Digest),
 }
 
 #[derive(Debug, Default)]
@@ -80,15 +91,10 @@ impl Catalogs {
         Ok(Record::Catalog(CatalogConfig { name, replicas, chunk_size, created_at: at, mutable, origin: None }))
     }
 
-    pub(super) fn plan_publish(
-        &self,
-        catalog: &CatalogName,
-        path: ArtifactPath,
-        manifest: ChunkManifest,
-        media_type: String,
-        at: UnixTime,
-    ) -> Result<Option<Record>, AdminError> {
+    pub(super) fn plan_publish(&self, catalog: &CatalogName, publish: Publish, candidates: &[Digest], at: UnixTime) -> Result<Option<Record>, AdminError> {
+        let Publish { path, manifest, media_type, tags } = publish;
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
+        let tags = normal_tags(tags)?;
         if manifest.chunk_size() != cat.config.chunk_size {
             return Err(AdminError::ChunkSizeMismatch { catalog: catalog.clone(), expected: cat.config.chunk_size, got: manifest.chunk_size() });
         }
@@ -96,16 +102,20 @@ impl Catalogs {
             return Err(AdminError::ExpungedDigest(manifest.digest()));
         }
         let digest = manifest.digest();
-        match cat.artifacts.get(&path).map(|e| e.artifact.digest()) {
-            Some(current) if current == digest => return Ok(None),
-            Some(current) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
+        // A path in conflict (concurrent bindings from linked directories) is resolved by
+        // publishing one of its candidates again: a Put that supersedes all of them.
+        let resolves = candidates.contains(&digest);
+        match cat.artifacts.get(&path).map(|e| (e.artifact.digest(), &e.artifact.tags)) {
+            _ if resolves => {}
+            Some((current, current_tags)) if current == digest && (tags.is_empty() || *current_tags == tags) => return Ok(None),
+            Some((current, _)) if current == digest => {}
+            Some((current, _)) if !cat.config.mutable => return Err(AdminError::Rebind { catalog: catalog.clone(), path, current }),
             _ => {}
         }
-        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable) {
+        if let Some(previous) = cat.expunged.get(&path).filter(|d| **d != digest && !cat.config.mutable && !resolves) {
             return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: *previous });
         }
-        let artifact =
-            Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags: Vec::new(), published_at: at, manifest: Arc::new(manifest) };
+        let artifact = Artifact { catalog: catalog.clone(), path, media_type: media_type.into(), tags, published_at: at, manifest: Arc::new(manifest) };
         Ok(Some(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op: LogOp::Put(artifact) } }))
     }
 
@@ -113,6 +123,24 @@ impl Catalogs {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
         let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
         let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
+        Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
+    }
+
+    pub(super) fn plan_tag(
+        &self,
+        catalog: &CatalogName,
+        path: &ArtifactPath,
+        add: Vec<String>,
+        remove: Vec<String>,
+        at: UnixTime,
+    ) -> Result<Record, AdminError> {
+        let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
+        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
+        let (add, remove) = (normal_tags(add)?, normal_tags(remove)?);
+        if add.is_empty() && remove.is_empty() {
+            return Err(AdminError::NoTagChange);
+        }
+        let op = LogOp::Tag { path: path.clone(), digest: entry.artifact.digest(), add, remove };
         Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
     }
 
@@ -152,44 +180,128 @@ impl Catalogs {
         let cat = self.catalogs.get_mut(catalog).expect("checked above");
         cat.seq = entry.seq;
         match &entry.op {
-            LogOp::Put(artifact) => {
-                let digest = artifact.digest();
-                let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
-                blob.names.insert((catalog.clone(), artifact.path.clone()));
-                let mut artifact = artifact.clone();
-                artifact.manifest = blob.manifest.clone();
-                artifact.media_type = match self.media_types.get(&artifact.media_type) {
-                    Some(shared) => shared.clone(),
-                    None => {
-                        self.media_types.insert(artifact.media_type.clone());
-                        artifact.media_type
-                    }
-                };
-                cat.expunged.remove(&artifact.path);
-                let path = artifact.path.clone();
-                let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| e.artifact.digest()).filter(|d| *d != digest);
-                if let Some(old) = old {
-                    self.unname(old, catalog, &path, &mut changes);
-                }
-                changes.push(CatalogChange::Named(digest));
-            }
+            LogOp::Put(artifact) => self.bind(catalog, artifact.clone(), generation, &mut changes),
             LogOp::ExpungePath { path, digest } => {
-                let held = cat.artifacts.remove(path).map_or(*digest, |e| e.artifact.digest());
+                let removed = cat.artifacts.remove(path);
+                let tagged = removed.as_ref().is_some_and(|e| !e.artifact.tags.is_empty());
+                let held = removed.map_or(*digest, |e| e.artifact.digest());
                 cat.expunged.insert(path.clone(), held);
-                self.unname(held, catalog, path, &mut changes);
+                self.unname(held, catalog, path, tagged, &mut changes);
             }
             LogOp::ExpungeDigest { digest } => self.bar(digest, &mut changes),
+            LogOp::Tag { path, digest, add, remove } => {
+                if let Some(e) = cat.artifacts.get_mut(path).filter(|e| e.artifact.digest() == *digest) {
+                    e.artifact.tags = fold_tags(&e.artifact.tags, add, remove);
+                    changes.push(CatalogChange::Retagged(*digest));
+                }
+            }
             LogOp::Expunge { path, digest } => {
                 // The meaning such records were written with: the digest is barred.
                 cat.expunged.insert(path.clone(), *digest);
                 let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
                 if let Some(held) = held {
-                    self.unname(held, catalog, path, &mut changes);
+                    self.unname(held, catalog, path, false, &mut changes);
                 }
                 self.bar(digest, &mut changes);
             }
         }
         Some(changes)
+    }
+
+    // ---- federation ----
+
+    /// Applies a federation [`Change`] (idempotent: applying it twice changes nothing the second
+    /// time). Unlike a local publish, a federation-caused rebinding of a path in an immutable
+    /// catalog is applied: it is how concurrent publishes on linked directories converge.
+    /// `published_at` is the winning entry's time; names it binds get `generation`.
+    pub(super) fn apply_change(&mut self, change: &Change, published_at: Option<UnixTime>, generation: u64) -> Vec<CatalogChange> {
+        let mut changes = Vec::new();
+        match change {
+            Change::CatalogConfigured(config) => match self.catalogs.get_mut(&config.name) {
+                Some(cat) => cat.config = config.clone(),
+                None => {
+                    self.apply_catalog(config);
+                }
+            },
+            Change::Bound { catalog, path, binding } => {
+                let Some(cat) = self.catalogs.get(catalog) else { return changes };
+                let digest = binding.digest();
+                let tags: Vec<String> = binding.tags.iter().cloned().collect();
+                if cat.artifacts.get(path).is_some_and(|e| e.artifact.digest() == digest && e.artifact.tags == tags) || self.barred.contains(&digest) {
+                    return changes;
+                }
+                let artifact = Artifact {
+                    catalog: catalog.clone(),
+                    path: path.clone(),
+                    media_type: binding.media_type.as_str().into(),
+                    tags,
+                    published_at: published_at.unwrap_or(UnixTime(0)),
+                    manifest: Arc::new(binding.manifest.clone()),
+                };
+                self.bind(catalog, artifact, generation, &mut changes);
+            }
+            Change::TagsChanged { catalog, path, tags } => {
+                let tags: Vec<String> = tags.iter().cloned().collect();
+                if let Some(e) = self.catalogs.get_mut(catalog).and_then(|c| c.artifacts.get_mut(path))
+                    && e.artifact.tags != tags
+                {
+                    e.artifact.tags = tags;
+                    changes.push(CatalogChange::Retagged(e.artifact.digest()));
+                }
+            }
+            Change::Unbound { catalog, path } => self.unbind(catalog, path, &mut changes),
+            Change::DigestBarred(digest) => self.bar(digest, &mut changes),
+        }
+        changes
+    }
+
+    /// Withdraws `catalog/path` (it answers 410) if it is bound.
+    pub(super) fn unbind(&mut self, catalog: &CatalogName, path: &ArtifactPath, changes: &mut Vec<CatalogChange>) {
+        let Some(cat) = self.catalogs.get_mut(catalog) else { return };
+        let Some(old) = cat.artifacts.remove(path) else { return };
+        cat.expunged.insert(path.clone(), old.artifact.digest());
+        self.unname(old.artifact.digest(), catalog, path, !old.artifact.tags.is_empty(), changes);
+    }
+
+    /// True when the artifact at `catalog/path` carries one of `tags`.
+    pub(super) fn carries_tag(&self, catalog: &CatalogName, path: &ArtifactPath, tags: &[String]) -> bool {
+        self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path)).is_some_and(|e| e.artifact.tags.iter().any(|t| tags.contains(t)))
+    }
+
+    /// Every bound name, as `(catalog, path, digest)`.
+    pub(super) fn bound(&self) -> Vec<(CatalogName, ArtifactPath, Digest)> {
+        self.catalogs.iter().flat_map(|(c, cat)| cat.artifacts.iter().map(move |(p, e)| (c.clone(), p.clone(), e.artifact.digest()))).collect()
+    }
+
+    pub(super) fn barred(&self) -> impl Iterator<Item = &Digest> {
+        self.barred.iter()
+    }
+
+    fn bind(&mut self, catalog: &CatalogName, artifact: Artifact, generation: u64, changes: &mut Vec<CatalogChange>) {
+        let digest = artifact.digest();
+        let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
+        blob.names.insert((catalog.clone(), artifact.path.clone()));
+        let mut artifact = artifact;
+        artifact.manifest = blob.manifest.clone();
+        artifact.media_type = match self.media_types.get(&artifact.media_type) {
+            Some(shared) => shared.clone(),
+            None => {
+                self.media_types.insert(artifact.media_type.clone());
+                artifact.media_type
+            }
+        };
+        let cat = self.catalogs.get_mut(catalog).expect("the caller checked the catalog");
+        cat.expunged.remove(&artifact.path);
+        let path = artifact.path.clone();
+        let tags = artifact.tags.clone();
+        let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        match old {
+            Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
+            // The same bytes under other tags: placement must look again.
+            Some((_, old_tags)) if old_tags != tags => changes.push(CatalogChange::Retagged(digest)),
+            _ => {}
+        }
+        changes.push(CatalogChange::Named(digest));
     }
 
     /// Bars `digest`: every name holding it is expunged. Applying it again (its copy in another
@@ -210,13 +322,17 @@ impl Catalogs {
         changes.push(CatalogChange::Barred { digest: *digest, footprint });
     }
 
-    fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath, changes: &mut Vec<CatalogChange>) {
+    /// Takes the name `catalog/path` from `digest`; `tagged`: the name carried tags, so the
+    /// tags its other names give it may have changed.
+    pub(super) fn unname(&mut self, digest: Digest, catalog: &CatalogName, path: &ArtifactPath, tagged: bool, changes: &mut Vec<CatalogChange>) {
         if let Some(blob) = self.blobs.get_mut(&digest) {
             blob.names.remove(&(catalog.clone(), path.clone()));
             if blob.names.is_empty() {
                 let footprint = blob.footprint();
                 self.blobs.remove(&digest);
                 changes.push(CatalogChange::Dropped { digest, footprint });
+            } else if tagged {
+                changes.push(CatalogChange::Retagged(digest));
             }
         }
     }
@@ -305,6 +421,29 @@ impl Catalogs {
     }
 }
 
+/// Tags as stored: sorted, without repeats, each valid.
+pub(super) fn normal_tags(tags: Vec<String>) -> Result<Vec<String>, AdminError> {
+    if tags.len() > MAX_ENTRY_TAGS {
+        return Err(AdminError::Tag { tag: tags[MAX_ENTRY_TAGS].chars().take(80).collect() });
+    }
+    if let Some(bad) = tags.iter().find(|t| !valid_tag(t)) {
+        return Err(AdminError::Tag { tag: bad.chars().take(80).collect() });
+    }
+    Ok(tags.into_iter().collect::<BTreeSet<_>>().into_iter().collect())
+}
+
+/// A tag an admin can type: 1 to `MAX_TAG_LEN` letters, digits, `-`, `_`, `.` or `:`.
+pub(super) fn valid_tag(tag: &str) -> bool {
+    (1..=MAX_TAG_LEN).contains(&tag.len()) && tag.bytes().all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'.' | b':'))
+}
+
+/// `(tags − remove) ∪ add`, sorted.
+fn fold_tags(tags: &[String], add: &[String], remove: &[String]) -> Vec<String> {
+    let mut out: BTreeSet<String> = tags.iter().filter(|t| !remove.contains(t)).cloned().collect();
+    out.extend(add.iter().cloned());
+    out.into_iter().collect()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -337,7 +476,12 @@ mod tests {
     }
 
     fn publish(c: &mut Catalogs, p: &str, m: ChunkManifest, generation: u64) -> Result<Vec<CatalogChange>, AdminError> {
-        match c.plan_publish(&name("rel"), path(p), m, "application/x-test".into(), UnixTime(2))? {
+        match c.plan_publish(
+            &name("rel"),
+            Publish { path: path(p), manifest: m, media_type: "application/x-test".into(), tags: Vec::new() },
+            &[],
+            UnixTime(2),
+        )? {
             Some(record) => Ok(apply(c, record, generation)),
             None => Ok(Vec::new()),
         }
@@ -395,7 +539,10 @@ mod tests {
     #[test]
     fn log_entries_out_of_sequence_change_nothing() {
         let mut c = with_catalog(false);
-        let Some(Record::Log { catalog, mut entry }) = c.plan_publish(&name("rel"), path("a"), manifest(1), "t".into(), UnixTime(1)).unwrap() else {
+        let Some(Record::Log { catalog, mut entry }) = c
+            .plan_publish(&name("rel"), Publish { path: path("a"), manifest: manifest(1), media_type: "t".into(), tags: Vec::new() }, &[], UnixTime(1))
+            .unwrap()
+        else {
             panic!("a log record")
         };
         entry.seq += 1;

@@ -22,14 +22,16 @@
 //! least as new as the artifact's name.
 //!
 //! `Directory` is built from child machines that own their state and trade values: `Catalogs`
-//! (names, manifests, bars), `Relays` (the relay table, lifecycle, self-tests, audits), `Placement`
-//! (assignment and generation), `Hot` (request rates), `Persistence` and `Tokens`. A child never
-//! holds a reference to another; the parent lends `&` views for one call and **drains every
-//! child inside its own handlers** (`drain_relays`, `drain_placement`), so its `poll_effect` and
-//! `poll_event` only pop its own queues.
+//! (names, manifests, bars), `Relays` (the relay table, lifecycle, self-tests, audits),
+//! `Placement` (assignment and generation), `Hot` (request rates), `Persistence`, `Tokens` and,
+//! once given a key (`with_federation`), `Linked` (federation by links, see `federated`). A
+//! child never holds a reference to another; the parent lends `&` views for one call and
+//! **drains every child inside its own handlers** (`drain_relays`, `drain_placement`,
+//! `drain_federation`), so its `poll_effect` and `poll_event` only pop its own queues.
 
 mod catalogs;
 mod config;
+mod federated;
 mod hot;
 mod persist;
 mod placement;
@@ -47,6 +49,7 @@ use bytes::Bytes;
 
 use self::catalogs::{CatalogChange, Catalogs};
 pub use self::config::{DEFAULT_PROBATION, DirectoryConfig};
+use self::federated::Linked;
 use self::hot::Hot;
 pub use self::hot::HotConfig;
 pub use self::persist::RequestId;
@@ -59,8 +62,10 @@ pub(crate) use self::relays::audits::AuditCycle;
 pub use self::tokens::TokenView;
 use self::tokens::{Admission, Tokens, constant_time_eq};
 pub use self::types::*;
-use crate::catalog::{Artifact, CatalogConfig, LogEntry};
+use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp};
 use crate::digest::Digest;
+pub use crate::federation::{Accepted, Batch, FederationConfig, FetchError, Link};
+use crate::federation::{FedRecord, Op};
 use crate::manifest::ChunkManifest;
 pub use crate::message::RelayStatus;
 use crate::message::{
@@ -83,6 +88,8 @@ pub struct Directory {
     hot: Hot,
     tokens: Tokens,
     persist: Persistence,
+    /// Federation by links, when the directory has a key (`with_federation`).
+    linked: Option<Linked>,
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
     rng: SeededRng,
@@ -101,6 +108,7 @@ impl Directory {
             hot: Hot::default(),
             tokens: Tokens::default(),
             persist: Persistence::default(),
+            linked: None,
             outcomes: BTreeMap::new(),
             rng: SeededRng::new(seed),
             effects: VecDeque::new(),
@@ -126,7 +134,48 @@ impl Directory {
         media_type: String,
         at: UnixTime,
     ) -> Result<Option<Record>, AdminError> {
-        self.catalogs.plan_publish(catalog, path, manifest, media_type, at)
+        self.plan_publish_tagged(catalog, path, manifest, media_type, Vec::new(), at)
+    }
+
+    /// [`Directory::plan_publish`] with tags (`odi publish --tag`). Publishing the same bytes
+    /// with other tags sets them. On a path in conflict (see [`Directory::conflicts`]),
+    /// publishing any of its candidates again resolves the conflict: the new binding supersedes
+    /// every candidate, on every linked directory.
+    pub fn plan_publish_tagged(
+        &self,
+        catalog: &CatalogName,
+        path: ArtifactPath,
+        manifest: ChunkManifest,
+        media_type: String,
+        tags: Vec<String>,
+        at: UnixTime,
+    ) -> Result<Option<Record>, AdminError> {
+        if let Some(linked) = &self.linked
+            && linked.fed.state().is_covered(catalog, &path, &manifest.digest())
+        {
+            // An expunge from a linked directory withdrew these bytes at this path for good.
+            return Err(AdminError::ExpungedPath { catalog: catalog.clone(), path, previous: manifest.digest() });
+        }
+        let candidates = self.candidates_at(catalog, &path);
+        self.catalogs.plan_publish(catalog, catalogs::Publish { path, manifest, media_type, tags }, &candidates, at)
+    }
+
+    /// The digests of every candidate of a path in conflict; empty when it is not in conflict.
+    fn candidates_at(&self, catalog: &CatalogName, path: &ArtifactPath) -> Vec<Digest> {
+        let Some(linked) = &self.linked else { return Vec::new() };
+        let view = linked.fed.state().view();
+        let key = (catalog.clone(), path.clone());
+        let Some(losers) = view.conflicts.get(&key) else { return Vec::new() };
+        let mut out: Vec<Digest> = view.bindings.get(&key).map(|b| b.digest()).into_iter().collect();
+        out.extend(losers.iter().filter_map(|id| linked.fed.entry(id).and_then(|e| e.entry.digest())));
+        out
+    }
+
+    /// Plans a change of the tags of the artifact at `catalog/path` (`odi tag`): `tags := (tags −
+    /// remove) ∪ add`. Placement follows: a relay with a tag filter holds only artifacts that
+    /// carry one of its tags.
+    pub fn plan_tag(&self, catalog: &CatalogName, path: &ArtifactPath, add: Vec<String>, remove: Vec<String>, at: UnixTime) -> Result<Record, AdminError> {
+        self.catalogs.plan_tag(catalog, path, add, remove, at)
     }
 
     /// Plans withdrawing one name (`ExpungePath`): the path answers 410; its bytes stay under
@@ -206,7 +255,8 @@ impl Directory {
 
     /// Like `commit`, for records that must be durable together (all or none) and are then
     /// applied in order: an expunge by digest writes one entry per catalog.
-    pub fn commit_all(&mut self, records: Vec<Record>) -> Result<RequestId, AdminError> {
+    pub fn commit_all(&mut self, mut records: Vec<Record>) -> Result<RequestId, AdminError> {
+        self.sign_local(&mut records);
         let relay = records.iter().find_map(|r| match r {
             Record::Relay(r) => Some(r.id),
             _ => None,
@@ -216,6 +266,40 @@ impl Directory {
         Ok(id)
     }
 
+    /// With federation, adds to `records` the signed entry of each catalog change among them
+    /// (`FedRecord::Local`), to be durable in the same transaction; applying it accepts it.
+    fn sign_local(&mut self, records: &mut Vec<Record>) {
+        let Some(linked) = &mut self.linked else { return };
+        let mut signed = Vec::new();
+        let mut barred = BTreeSet::new();
+        for record in records.iter() {
+            let (catalog, op, at) = match record {
+                Record::Catalog(config) => (config.name.clone(), Op::Catalog(config.clone()), config.created_at),
+                Record::Log { catalog, entry } => {
+                    let op = match &entry.op {
+                        LogOp::Put(a) => Op::Put {
+                            path: a.path.clone(),
+                            manifest: (*a.manifest).clone(),
+                            media_type: a.media_type.to_string(),
+                            tags: a.tags.clone(),
+                            supersedes: Vec::new(),
+                            generation: 0,
+                        },
+                        LogOp::ExpungePath { path, digest } => Op::ExpungePath { path: path.clone(), digest: *digest },
+                        // One entry bars it everywhere; the directory writes it in every catalog.
+                        LogOp::ExpungeDigest { digest } | LogOp::Expunge { digest, .. } if barred.insert(*digest) => Op::ExpungeDigest { digest: *digest },
+                        LogOp::ExpungeDigest { .. } | LogOp::Expunge { .. } => continue,
+                        LogOp::Tag { path, digest, add, remove } => Op::Tag { path: path.clone(), digest: *digest, add: add.clone(), remove: remove.clone() },
+                    };
+                    (catalog.clone(), op, entry.at)
+                }
+                _ => continue,
+            };
+            signed.push(Record::Fed(FedRecord::Local { entry: linked.fed.sign_local(catalog, op, at) }));
+        }
+        records.extend(signed);
+    }
+
     /// The outcome of an `Effect::Persist`. Every write is reported exactly once, in any order.
     pub fn handle_storage(&mut self, id: RequestId, outcome: Result<(), String>, now: Instant) {
         let Some(write) = self.persist.finish(id, outcome.is_ok(), now) else { return };
@@ -223,6 +307,11 @@ impl Directory {
             (Write::Admin(records), Ok(())) => {
                 for record in &records {
                     self.apply(record, now);
+                }
+                if let Some(linked) = &mut self.linked {
+                    // What the federated state makes of these paths wins over the local record
+                    // (an expunge or a newer binding from a peer may have arrived meanwhile).
+                    linked.sync(records.iter().filter_map(federated::path_of).collect());
                 }
                 self.outcomes.insert(id, Outcome::Applied);
             }
@@ -242,12 +331,21 @@ impl Directory {
                 let reason = format!("the directory cannot save the enrollment ({error}); try again");
                 self.outcomes.insert(id, Outcome::Reply(Message::Refused(Refusal { code: RefusalCode::Unavailable, reason })));
             }
+            (Write::Fed, outcome) => {
+                if let Err(error) = &outcome {
+                    self.events.push_back(Event::PersistFailed { what: "federation state (retried)".into(), error: error.clone() });
+                }
+                if let Some(linked) = &mut self.linked {
+                    linked.written(id, outcome.is_ok(), now);
+                }
+            }
             (Write::Decision { .. }, Ok(())) => {}
             (Write::Decision { relay, .. }, Err(error)) => {
                 self.events.push_back(Event::PersistFailed { what: format!("the state of relay {relay} (retried)"), error });
             }
         }
         self.write_decisions(now);
+        self.drain_federation(now);
         self.refresh_assignment(now);
     }
 
@@ -293,6 +391,10 @@ impl Directory {
                 }
                 true
             }
+            Record::Fed(record) => {
+                self.apply_fed_record(record, now);
+                return true;
+            }
         };
         self.drain_relays(now);
         if applied {
@@ -304,6 +406,12 @@ impl Directory {
 
     fn apply_log(&mut self, catalog: &CatalogName, entry: &LogEntry) -> bool {
         let Some(changes) = self.catalogs.apply_log(catalog, entry, self.placement.generation() + 1) else { return false };
+        self.catalog_changes(changes);
+        true
+    }
+
+    /// Hands what a catalog change means to the other children.
+    fn catalog_changes(&mut self, changes: Vec<CatalogChange>) {
         for change in changes {
             match change {
                 CatalogChange::Named(digest) => self.placement.named(digest),
@@ -316,9 +424,12 @@ impl Directory {
                     self.relays.barred(&digest);
                     self.hot.forget(&digest);
                 }
+                CatalogChange::Retagged(digest) => {
+                    let footprint = self.catalogs.blob(&digest).map_or(0, |b| b.footprint());
+                    self.placement.replace(digest, footprint);
+                }
             }
         }
-        true
     }
 
     // ---- queries ----
@@ -512,6 +623,7 @@ impl Directory {
             public_url: req.public_url,
             capacity: req.capacity,
             catalogs: req.catalogs,
+            tags: req.tags,
             enrolled_at: wall,
             quarantined,
             draining,
@@ -639,6 +751,12 @@ impl Directory {
             self.placement.replace(digest, footprint);
         }
         self.write_decisions(now);
+        if let Some(linked) = self.linked.as_mut()
+            && linked.fed.poll_timeout().is_some_and(|at| at <= now)
+        {
+            linked.fed.handle_timeout(now);
+        }
+        self.drain_federation(now);
         self.refresh_assignment(now);
     }
 
@@ -656,7 +774,15 @@ impl Directory {
     /// The next instant `handle_timeout` has work to do.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
-        self.relays.poll_timeout().into_iter().chain(self.hot.poll_timeout()).chain(self.persist.poll_timeout()).chain(self.placement.poll_timeout()).min()
+        let linked = self.linked.as_ref().and_then(Linked::poll_timeout);
+        self.relays
+            .poll_timeout()
+            .into_iter()
+            .chain(self.hot.poll_timeout())
+            .chain(self.persist.poll_timeout())
+            .chain(self.placement.poll_timeout())
+            .chain(linked)
+            .min()
     }
 
     #[must_use]
@@ -782,6 +908,7 @@ mod tests {
             public_url: RelayUrl::new(url).unwrap(),
             capacity: Capacity { disk_budget: 1 << 30, bandwidth: 0 },
             catalogs: Vec::new(),
+            tags: Vec::new(),
         };
         dir.handle_message(NodeId([0x11; 32]), Message::Enroll(req), Instant::ZERO, UnixTime(1_800_000_000))
     }
@@ -823,6 +950,7 @@ mod tests {
             public_url: RelayUrl::new("https://relay.example.org").unwrap(),
             capacity: Capacity { disk_budget: 1 << 30, bandwidth: 0 },
             catalogs: Vec::new(),
+            tags: Vec::new(),
         };
         let relay = NodeId([0x11; 32]);
         let Reply::AfterStorage(id) = dir.handle_message(relay, Message::Enroll(req), Instant::ZERO, UnixTime(2)) else {

@@ -8,6 +8,9 @@
 //!   caller learns the outcome from `Directory::take_outcome`.
 //! - **Enrollments** are answered only once durable: the relay gets `Enrolled` after the record is
 //!   stored, or a refusal it retries; a failed write changes nothing in memory.
+//! - **Federation writes** (see `federated`): one at a time, in the order the federation made
+//!   them; what the federation emitted after a write is released only once it is durable, and
+//!   a failed one is retried with backoff.
 //! - **The directory's own decisions** (a quarantine) take effect at once, because safety cannot
 //!   wait for a disk; their record is then written, and a failed write is retried with backoff
 //!   until it is durable, so a restart never forgets one.
@@ -43,6 +46,8 @@ pub(super) enum Write {
     /// The relay's record as the directory decided it (already in force in memory); `backoff` is
     /// how long to wait before trying again if this write fails.
     Decision { relay: NodeId, backoff: Duration },
+    /// Federation records (see `federated`): the federation's output behind it waits for it.
+    Fed,
 }
 
 impl Write {
@@ -54,6 +59,7 @@ impl Write {
             }),
             Self::Enroll(r, _) => Some(r.id),
             Self::Decision { relay, .. } => Some(*relay),
+            Self::Fed => None,
         }
     }
 }
@@ -154,6 +160,7 @@ mod tests {
             draining: false,
             proven: false,
             token: None,
+            tags: Vec::new(),
         }
     }
 

@@ -25,8 +25,13 @@ pub(super) struct Eligible {
     pub(super) id: NodeId,
     pub(super) weight: f64,
     pub(super) catalogs: Vec<CatalogName>,
+    /// Tags it carries (empty: any artifact).
+    pub(super) tags: Vec<String>,
     pub(super) budget: u64,
 }
+
+/// A relay as ranking sees it: id, weight, catalogs, tags.
+type Ranked = (NodeId, f64, Vec<CatalogName>, Vec<String>);
 
 #[derive(Debug)]
 pub(super) struct Placement {
@@ -38,7 +43,7 @@ pub(super) struct Placement {
     to_place: BTreeSet<Digest>,
     /// Relays eligible at the last rebalance, with their weight and catalogs, and the room
     /// their assignment leaves in their budget.
-    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
+    eligible: Vec<Ranked>,
     room: BTreeMap<NodeId, u64>,
     /// A rebalance under way, done slice by slice.
     rebalancing: Option<Rebalancing>,
@@ -52,7 +57,7 @@ pub(super) struct Placement {
 /// last artifact done.
 #[derive(Debug)]
 struct Rebalancing {
-    eligible: Vec<(NodeId, f64, Vec<CatalogName>)>,
+    eligible: Vec<Ranked>,
     room: BTreeMap<NodeId, u64>,
     next: BTreeMap<NodeId, BTreeSet<Digest>>,
     after: Option<Digest>,
@@ -176,7 +181,7 @@ impl Placement {
         let Some(blob) = catalogs.blob(digest) else { return false };
         let (size, replicas) = (blob.footprint(), replicas(catalogs, hot, digest, blob));
         let mut ranked = Vec::with_capacity(self.eligible.len());
-        rank(&self.eligible, digest, &blob.names, &mut ranked);
+        rank(&self.eligible, digest, &blob.names, catalogs, &mut ranked);
         let already: usize = self.assignment.values().filter(|s| s.contains(digest)).count();
         if already >= replicas {
             return false;
@@ -210,7 +215,7 @@ impl Placement {
                 self.rebalance_at = None;
                 let relays = eligible();
                 let room = relays.iter().map(|e| (e.id, e.budget)).collect();
-                let eligible = relays.into_iter().map(|e| (e.id, e.weight, e.catalogs)).collect();
+                let eligible = relays.into_iter().map(|e| (e.id, e.weight, e.catalogs, e.tags)).collect();
                 Rebalancing { eligible, room, next: BTreeMap::new(), after: None, missed: Vec::new() }
             }
         };
@@ -226,7 +231,7 @@ impl Placement {
             last = Some(*digest);
             let size = blob.footprint();
             let replicas = replicas(catalogs, hot, digest, blob);
-            rank(&work.eligible, digest, &blob.names, &mut ranked);
+            rank(&work.eligible, digest, &blob.names, catalogs, &mut ranked);
             let (room, next) = (&mut work.room, &mut work.next);
             place_in_order(&mut ranked, replicas, |id| {
                 let free = room.get_mut(&id).expect("every ranked relay has room");
@@ -304,14 +309,16 @@ fn replicas(catalogs: &Catalogs, hot: &Hot, digest: &Digest, blob: &Blob) -> usi
 }
 
 /// Scores, into `ranked` (reused, so a rebalance allocates once), every eligible relay that
-/// carries one of `names`' catalogs for `digest`.
-fn rank(eligible: &[(NodeId, f64, Vec<CatalogName>)], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>, ranked: &mut Vec<(f64, NodeId)>) {
+/// carries one of `names`' catalogs for `digest` and, if it has a tag filter, one of the tags a
+/// name of it carries.
+fn rank(eligible: &[Ranked], digest: &Digest, names: &SmallSet<(CatalogName, ArtifactPath)>, catalogs: &Catalogs, ranked: &mut Vec<(f64, NodeId)>) {
     ranked.clear();
     ranked.extend(
         eligible
             .iter()
-            .filter(|(_, _, cats)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
-            .map(|(id, weight, _)| (rendezvous_score(id, digest, *weight), *id)),
+            .filter(|(_, _, cats, _)| cats.is_empty() || names.iter().any(|(c, _)| cats.contains(c)))
+            .filter(|(_, _, _, tags)| tags.is_empty() || names.iter().any(|(c, p)| catalogs.carries_tag(c, p, tags)))
+            .map(|(id, weight, _, _)| (rendezvous_score(id, digest, *weight), *id)),
     );
 }
 
@@ -383,7 +390,12 @@ mod tests {
             let m = ChunkManifest::of(&i.to_le_bytes(), CHUNK as u32).unwrap();
             digests.push(m.digest());
             let path = ArtifactPath::new(&format!("a{i}")).unwrap();
-            let Some(Record::Log { entry, .. }) = c.plan_publish(&name, path, m, "t".into(), UnixTime(1)).unwrap() else { panic!() };
+            let Some(Record::Log { entry, .. }) = c
+                .plan_publish(&name, super::super::catalogs::Publish { path, manifest: m, media_type: "t".into(), tags: Vec::new() }, &[], UnixTime(1))
+                .unwrap()
+            else {
+                panic!()
+            };
             let entry = LogEntry { op: entry.op.clone(), ..entry };
             assert!(matches!(entry.op, LogOp::Put(_)));
             c.apply_log(&name, &entry, 2).unwrap();
@@ -392,7 +404,7 @@ mod tests {
     }
 
     fn relay(n: u8, budget: u64) -> Eligible {
-        Eligible { id: NodeId([n; 32]), weight: 1.0, catalogs: Vec::new(), budget }
+        Eligible { id: NodeId([n; 32]), weight: 1.0, catalogs: Vec::new(), tags: Vec::new(), budget }
     }
 
     fn rebalanced(relays: &[Eligible], catalogs: &Catalogs, slice: usize) -> Placement {
@@ -465,5 +477,23 @@ mod tests {
         p.handle_timeout(NOW, Duration::from_secs(1), usize::MAX, &c, &Hot::default(), || unreachable!("not due yet"));
         assert_eq!(p.poll_timeout(), Some(NOW + Duration::from_secs(1)), "a relay set change is coalesced");
         assert!(p.is_settling());
+    }
+
+    #[test]
+    fn a_relay_with_tags_holds_only_artifacts_carrying_one() {
+        let (mut c, digests) = catalogs(20, 1);
+        let name = CatalogName::new("rel").unwrap();
+        let path = ArtifactPath::new("a3").unwrap();
+        let gpu = Eligible { tags: vec!["gpu".into()], ..relay(1, 1 << 30) };
+        let relays = [gpu.clone(), relay(2, 1 << 30)];
+        let p = rebalanced(&relays, &c, 1000);
+        assert!(!p.assigned(&relays[1].id).is_none_or(|s| s.is_empty()));
+        assert!(p.assigned(&gpu.id).is_none_or(|s| s.is_empty()), "no artifact carries `gpu` yet");
+        let Record::Log { entry, .. } = c.plan_tag(&name, &path, vec!["gpu".into()], vec![], UnixTime(2)).unwrap() else { panic!() };
+        let changes = c.apply_log(&name, &entry, 3).unwrap();
+        assert_eq!(changes, vec![super::super::catalogs::CatalogChange::Retagged(digests[3])]);
+        let full = rebalanced(&relays, &c, 1000);
+        let on_gpu = full.assigned(&gpu.id).cloned().unwrap_or_default();
+        assert!(on_gpu.iter().all(|d| *d == digests[3]), "only the tagged artifact: {on_gpu:?}");
     }
 }

@@ -24,6 +24,50 @@ pub enum Effect {
     /// Fetch bytes `range` (exactly chunk `index`) of `digest` from the relay, asking as `ask` says,
     /// and report them with `handle_audit`.
     Audit { relay: NodeId, url: RelayUrl, digest: Digest, index: u64, range: Range<u64>, attempt: u64, ask: AuditRequest },
+    /// Work for the node-to-node protocol: `Pull` (answer with `handle_peer_batch` or
+    /// `handle_peer_failed`), `Notify` (report a failure with `handle_peer_failed`), `FetchBlob`
+    /// (store the verified bytes, then `handle_peer_blob`). Never a `Persist`: federation records
+    /// leave as [`Effect::Persist`] with the directory's other records.
+    Peer(crate::federation::Effect),
+}
+
+/// Which peer request failed.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum PeerFailure {
+    Pull,
+    Notify,
+}
+
+/// A link as admins see it.
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+pub struct LinkView {
+    pub peer: NodeId,
+    pub url: String,
+    pub catalogs: Vec<CatalogName>,
+    pub tags: Vec<String>,
+    /// The peer's feed position consumed.
+    pub cursor: u64,
+    /// The peer's feed head as last heard.
+    pub head: u64,
+    /// Entries known to be waiting on the peer: `head - cursor`.
+    pub lag: u64,
+}
+
+/// A path with concurrent bindings: what it serves (the winner), and the other candidates.
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+pub struct ConflictView {
+    pub catalog: CatalogName,
+    pub path: ArtifactPath,
+    pub winner: Digest,
+    pub winner_origin: NodeId,
+    pub losers: Vec<ConflictLoser>,
+}
+
+#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+pub struct ConflictLoser {
+    pub digest: Digest,
+    /// The directory where it was published.
+    pub origin: NodeId,
 }
 
 /// How an audit asks, so that a relay cannot tell it from a client: a path clients use (a
@@ -108,6 +152,11 @@ pub enum Event {
         what: String,
         error: String,
     },
+    /// A batch pulled from a linked peer was refused whole (bad signature, out of order, ...).
+    PeerRefused {
+        peer: NodeId,
+        reason: String,
+    },
 }
 
 /// The answer to a node message: at once, or once a write it needs is durable (then from
@@ -183,6 +232,16 @@ pub enum AdminError {
     TokenExists(String),
     #[error("no enrollment token named `{0}`; `odi token ls` lists them")]
     UnknownToken(String),
+    #[error("this directory has no federation key; it cannot link to peers")]
+    NotFederated,
+    #[error("a directory cannot link to itself")]
+    SelfLink,
+    #[error("no link to peer {0}; `odi link ls` lists them")]
+    UnknownPeer(NodeId),
+    #[error("a tag is 1 to {max} letters, digits, `-`, `_`, `.` or `:`, and at most {count} per change; got `{tag}`", max = crate::federation::MAX_TAG_LEN, count = crate::federation::MAX_ENTRY_TAGS)]
+    Tag { tag: String },
+    #[error("say which tags to add or remove")]
+    NoTagChange,
 }
 
 /// Why an audit fetch brought no bytes to check.
@@ -224,6 +283,8 @@ pub struct RelayView {
     pub status: RelayStatus,
     pub capacity: Capacity,
     pub catalogs: Vec<CatalogName>,
+    /// Tags it carries (empty: any artifact).
+    pub tags: Vec<String>,
     pub held: usize,
     pub held_bytes: u64,
     pub assigned: usize,

@@ -157,6 +157,12 @@ pub enum FedRecord {
     BlobDropped {
         digest: Digest,
     },
+    /// An own entry signed by [`Federation::sign_local`] and made durable with the local change
+    /// it records, before [`Federation::accept_local`] gave it a feed position. Restoring one
+    /// that has no `Entry` record yet accepts it at [`Federation::start`].
+    Local {
+        entry: SignedEntry,
+    },
 }
 
 /// Work for the driver. Carry out in order; see the drain contract.
@@ -271,6 +277,8 @@ pub struct Federation {
     state: FedState,
     held: BTreeSet<Digest>,
     pending: BTreeMap<Digest, Pending>,
+    /// Restored `Local` records, accepted at `start` unless their `Entry` was restored too.
+    unaccepted: Vec<SignedEntry>,
     records: Vec<FedRecord>,
     /// Digests that became pending in this call, to fetch once it has settled.
     new_fetches: Vec<Digest>,
@@ -299,6 +307,7 @@ impl Federation {
             state: FedState::new(),
             held: BTreeSet::new(),
             pending: BTreeMap::new(),
+            unaccepted: Vec::new(),
             records: Vec::new(),
             new_fetches: Vec::new(),
             staged: Vec::new(),
@@ -342,6 +351,12 @@ impl Federation {
             FedRecord::BlobDropped { digest } => {
                 self.held.remove(&digest);
             }
+            FedRecord::Local { entry } => {
+                if entry.entry.origin == self.id {
+                    self.next_seq = self.next_seq.max(entry.entry.seq + 1);
+                    self.unaccepted.push(entry);
+                }
+            }
         }
     }
 
@@ -353,6 +368,17 @@ impl Federation {
             return;
         }
         self.started = true;
+        for signed in std::mem::take(&mut self.unaccepted) {
+            if !self.entries.contains_key(&signed.id()) {
+                self.hold_blob_of(&signed.entry);
+                let id = signed.id();
+                let feed = self.head() + 1;
+                self.feed.insert(feed, id);
+                self.records.push(FedRecord::Entry { feed, entry: signed.clone() });
+                self.index(&signed);
+                self.entries.insert(id, signed);
+            }
+        }
         let ids: Vec<EntryId> = self.feed.values().copied().collect();
         for id in ids {
             self.settle_entry(id, None, now);
@@ -373,25 +399,49 @@ impl Federation {
     /// For a Put, `supersedes` and `generation` are filled in here, whatever the caller passed:
     /// it supersedes every Put for the path this directory knows that is not already
     /// superseded (so a publish resolves a conflict), at 1 + their largest generation.
-    pub fn record_local(&mut self, catalog: CatalogName, mut op: Op, at: UnixTime) -> SignedEntry {
-        if let Op::Put { path, manifest, supersedes, generation, .. } = &mut op {
+    pub fn record_local(&mut self, catalog: CatalogName, op: Op, at: UnixTime) -> SignedEntry {
+        let signed = self.sign_local(catalog, op, at);
+        self.accept_local(signed.clone());
+        signed
+    }
+
+    /// Signs a local catalog change as the next own entry without accepting it: the caller makes
+    /// it durable (as a [`FedRecord::Local`], with the change it records) and then hands it to
+    /// [`Federation::accept_local`]; or drops it if the write failed, leaving a gap in our seqs
+    /// that nobody ever saw (gaps are allowed, see the out-of-order rule). `supersedes` and
+    /// `generation` of a Put are filled in as [`Federation::record_local`] does.
+    pub fn sign_local(&mut self, catalog: CatalogName, mut op: Op, at: UnixTime) -> SignedEntry {
+        if let Op::Put { path, supersedes, generation, .. } = &mut op {
             let live: Vec<EntryId> =
                 self.puts_at.get(&(catalog.clone(), path.clone())).into_iter().flatten().filter(|id| !self.superseded.contains(id)).copied().collect();
             *generation = 1 + live.iter().filter_map(|id| put_generation(&self.entries[id].entry)).max().unwrap_or(0);
             *supersedes = live;
-            if self.held.insert(manifest.digest()) {
-                self.records.push(FedRecord::BlobHeld { digest: manifest.digest() });
-            }
         }
         let entry = Entry { origin: self.id, seq: self.next_seq, at, catalog, op };
         self.next_seq += 1;
-        let signed = SignedEntry::sign(entry, &self.key);
+        SignedEntry::sign(entry, &self.key)
+    }
+
+    /// Accepts an own entry from [`Federation::sign_local`] once it is durable, and notifies
+    /// every peer. A Put's blob is held (the caller stored it). Accepting it twice does nothing.
+    pub fn accept_local(&mut self, signed: SignedEntry) {
+        if signed.entry.origin != self.id || self.entries.contains_key(&signed.id()) {
+            return self.finish();
+        }
+        self.hold_blob_of(&signed.entry);
         let now = Instant::ZERO; // no timer depends on a local record's instant
-        self.accept(signed.clone(), None, now);
+        self.accept(signed, None, now);
         self.settle_pending(now);
         self.announce(None);
         self.finish();
-        signed
+    }
+
+    fn hold_blob_of(&mut self, entry: &Entry) {
+        if let Op::Put { manifest, .. } = &entry.op
+            && self.held.insert(manifest.digest())
+        {
+            self.records.push(FedRecord::BlobHeld { digest: manifest.digest() });
+        }
     }
 
     /// Adds (or replaces the filters of) a link whose handshake has completed: the peer's key is
@@ -428,6 +478,13 @@ impl Federation {
     /// retry for it is dropped.
     pub fn changes(&mut self, peer: NodeId, since: u64, limit: usize) -> Result<Batch, Refusal> {
         let head = self.head();
+        self.changes_within(peer, since, limit, head)
+    }
+
+    /// [`Federation::changes`] as if our head were `upto` (at most the head): the feed positions
+    /// after it are not durable yet, so no peer may see them.
+    pub fn changes_within(&mut self, peer: NodeId, since: u64, limit: usize, upto: u64) -> Result<Batch, Refusal> {
+        let head = self.head().min(upto);
         let Some(p) = self.peers.get_mut(&peer) else { return Err(Refusal::UnknownPeer(peer)) };
         if since >= head {
             p.notify_at = None;
@@ -437,7 +494,7 @@ impl Federation {
         let limit = limit.clamp(1, self.config.batch_limit.max(1));
         let mut next = since.min(head);
         let mut out: BTreeMap<EntryId, &SignedEntry> = BTreeMap::new();
-        for (&pos, id) in self.feed.range(since.saturating_add(1)..) {
+        for (&pos, id) in self.feed.range(since.saturating_add(1)..).take_while(|(pos, _)| **pos <= head) {
             if pos - since > limit as u64 || out.len() >= MAX_BATCH_ENTRIES / 2 {
                 break;
             }
@@ -645,6 +702,11 @@ impl Federation {
 
     pub fn link(&self, peer: &NodeId) -> Option<&Link> {
         self.peers.get(peer).map(|p| &p.link)
+    }
+
+    /// The highest feed head `peer` has told us of (or sent a batch with).
+    pub fn known_head(&self, peer: &NodeId) -> Option<u64> {
+        self.peers.get(peer).map(|p| p.known_head)
     }
 
     /// Our cursor for a peer's feed.

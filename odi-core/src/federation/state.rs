@@ -244,6 +244,11 @@ impl FedState {
         self.view.barred.contains(digest) || self.path_expunged.contains(&(catalog.clone(), path.clone(), *digest))
     }
 
+    /// Whether an expunge covers a Put of `digest` at `catalog/path` (it would never bind).
+    pub fn is_covered(&self, catalog: &CatalogName, path: &ArtifactPath, digest: &Digest) -> bool {
+        self.covers(catalog, path, digest)
+    }
+
     /// Whether `entry` is applied.
     pub fn contains(&self, id: &EntryId) -> bool {
         self.applied.contains(id)

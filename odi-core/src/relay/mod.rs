@@ -54,6 +54,8 @@ pub struct RelayConfig {
     /// The whole relay's: every directory together gets no more (see `share`).
     pub capacity: Capacity,
     pub catalogs: Vec<CatalogName>,
+    /// Carry only artifacts with one of these tags; empty: any (`odi relay --tag`).
+    pub tags: Vec<String>,
     /// The directories to enroll with; at least one.
     pub directories: Vec<UpstreamConfig>,
     /// Downloads run at once.
@@ -71,6 +73,7 @@ impl RelayConfig {
             public_url,
             capacity,
             catalogs: Vec::new(),
+            tags: Vec::new(),
             directories: vec![UpstreamConfig { name: "the directory".into(), enroll_token }],
             max_fetches: 4,
             request_timeout: Duration::from_secs(10),

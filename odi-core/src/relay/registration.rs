@@ -186,6 +186,7 @@ impl Registration {
                 public_url: config.public_url.clone(),
                 capacity: self.capacity,
                 catalogs: config.catalogs.clone(),
+                tags: config.tags.clone(),
             }),
             Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held, used, active }),
         };

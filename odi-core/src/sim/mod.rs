@@ -377,6 +377,9 @@ impl Sim {
                     let delay = self.net_delay().unwrap_or(Duration::from_secs(5));
                     self.schedule(delay, Delivery::AuditDone { upstream, relay, attempt, result, took: delay });
                 }
+                // The directories of this world are not linked (sim/directories.rs links
+                // directories through their federation children).
+                directory::Effect::Peer(_) => {}
             }
         }
         while let Some(event) = self.directory(upstream).poll_event() {
@@ -626,6 +629,7 @@ impl Sim {
 
 #[cfg(test)]
 mod bitrot_tests;
+pub mod directories;
 #[cfg(test)]
 mod enroll_tests;
 pub mod federation;

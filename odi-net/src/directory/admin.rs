@@ -19,8 +19,8 @@ use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::storage::{Record, StorageError, TokenRole};
 use serde::{Deserialize, Serialize};
 
-use super::Shared;
 use super::effects::execute;
+use super::{Shared, peers};
 use crate::client;
 use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
@@ -96,6 +96,7 @@ struct ArtifactView<'a> {
     size: u64,
     media_type: &'a str,
     published_at: u64,
+    tags: &'a [String],
 }
 
 pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
@@ -116,9 +117,17 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
                 .artifacts(&name)
                 .into_iter()
                 .flatten()
-                .map(|a| ArtifactView { path: &a.path, digest: a.digest(), size: a.size(), media_type: &a.media_type, published_at: a.published_at.0 })
+                .map(|a| ArtifactView {
+                    path: &a.path,
+                    digest: a.digest(),
+                    size: a.size(),
+                    media_type: &a.media_type,
+                    published_at: a.published_at.0,
+                    tags: &a.tags,
+                })
                 .collect();
-            json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts }))
+            let conflicts: Vec<_> = m.conflicts().into_iter().filter(|c| c.catalog == name).collect();
+            json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts, "conflicts": conflicts }))
         }
         (Method::PUT, ["catalogs", name, "artifacts", path]) => {
             let (name, path) = (name.to_string(), path.to_string());
@@ -141,6 +150,8 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
                 &serde_json::json!({
                     "generation": m.generation(),
                     "node_blob_bytes": node_blob_bytes,
+                    "peer_blob_bytes_sent": shared.peer_blob_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+                    "peer_blob_bytes_received": shared.peer_blob_bytes_received.load(std::sync::atomic::Ordering::Relaxed),
                     "hottest": m.hottest(10, now),
                     "expunges_pending": m.expunges_pending(),
                 }),
@@ -163,6 +174,24 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
         (Method::GET, ["relays"]) => {
             let now = shared.now();
             json(StatusCode::OK, &shared.lock().relays(now))
+        }
+        (Method::GET, ["links"]) => json(StatusCode::OK, &shared.lock().links()),
+        (Method::POST, ["links"]) => create_link(shared, req).await,
+        (Method::DELETE, ["links", which]) => remove_link(shared, which).await,
+        (Method::POST, ["catalogs", name, "tags"]) => {
+            let name = name.to_string();
+            change_tags(shared, req, &name).await
+        }
+        (Method::GET, ["catalogs", name, "conflicts"]) => {
+            let Ok(name) = CatalogName::new(name) else {
+                return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+            };
+            let m = shared.lock();
+            if m.catalog_config(&name).is_none() {
+                return admin_error(&AdminError::UnknownCatalog(name));
+            }
+            let list: Vec<_> = m.conflicts().into_iter().filter(|c| c.catalog == name).collect();
+            json(StatusCode::OK, &list)
         }
         (Method::GET, ["tokens"]) => json(StatusCode::OK, &shared.lock().enroll_tokens()),
         (Method::POST, ["tokens"]) => create_enroll_token(shared, req).await,
@@ -218,7 +247,7 @@ pub(super) fn admin_error(e: &AdminError) -> Response<Body> {
 }
 
 /// Plans one admin change under the writer lock (so changes apply in order) and commits it.
-async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Directory) -> Result<Record, AdminError>) -> Result<(), Response<Body>> {
+pub(super) async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Directory) -> Result<Record, AdminError>) -> Result<(), Response<Body>> {
     let _writer = shared.writer.lock().await;
     let planned = plan(&shared.lock());
     let record = planned.map_err(|e| admin_error(&e))?;
@@ -291,6 +320,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, ra
     let Some(chunk_size) = shared.lock().catalog_config(&catalog).map(|c| c.chunk_size) else {
         return admin_error(&AdminError::UnknownCatalog(catalog));
     };
+    let tags = query_tags(req.uri().query());
     let media_type = req
         .headers()
         .get(header::CONTENT_TYPE)
@@ -298,7 +328,7 @@ async fn publish(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str, ra
         .filter(|v| v.len() <= 200 && !v.is_empty())
         .unwrap_or("application/octet-stream")
         .to_owned();
-    let (created, digest, size) = match ingest_and_publish(shared, &catalog, &path, chunk_size, media_type, client::body_stream(req.into_body())).await {
+    let (created, digest, size) = match ingest_and_publish(shared, &catalog, &path, chunk_size, media_type, tags, client::body_stream(req.into_body())).await {
         Ok(done) => done,
         Err(resp) => return resp,
     };
@@ -315,6 +345,7 @@ pub(super) async fn ingest_and_publish(
     path: &ArtifactPath,
     chunk_size: u32,
     media_type: String,
+    tags: Vec<String>,
     body: odi_core::storage::ByteStream<'static>,
 ) -> Result<(bool, Digest, u64), Response<Body>> {
     // The bytes are durable under their digest before the log entry that names them.
@@ -326,7 +357,7 @@ pub(super) async fn ingest_and_publish(
     };
     let (digest, size) = (manifest.digest(), manifest.total_len());
     let _writer = shared.writer.lock().await;
-    let planned = shared.lock().plan_publish(catalog, path.clone(), manifest, media_type, unix_now());
+    let planned = shared.lock().plan_publish_tagged(catalog, path.clone(), manifest, media_type, tags, unix_now());
     match planned {
         Ok(Some(record)) => {
             commit(shared, &record).await?;
@@ -393,4 +424,116 @@ async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Bod
         }
         Err(e) => Err(error(StatusCode::BAD_REQUEST, format!("cannot read request body: {e}"))),
     }
+}
+
+/// `POST /api/v1/links {peer, token, catalogs, tags}`: the handshake with the peer (its link
+/// token), then the link stored here with the key the peer answered with.
+async fn create_link(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct CreateLink {
+        peer: String,
+        token: String,
+        #[serde(default)]
+        catalogs: Vec<CatalogName>,
+        #[serde(default)]
+        tags: Vec<String>,
+    }
+    let body = match read_request_json(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let create: CreateLink = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{peer, token, catalogs, tags}}: {e}")),
+    };
+    let peer_url = create.peer.trim().trim_end_matches('/').to_owned();
+    if let Err(e) = odi_core::message::RelayUrl::new(&peer_url) {
+        return error(StatusCode::BAD_REQUEST, format!("peer URL `{}` {}", e.url, e.why));
+    }
+    let Some(own_url) = shared.public_url.get().cloned() else {
+        return error(StatusCode::SERVICE_UNAVAILABLE, "this directory does not know its own URL yet");
+    };
+    if peer_url == own_url {
+        return error(StatusCode::BAD_REQUEST, "a directory cannot link with itself");
+    }
+    let request = peers::LinkRequest { token: create.token, url: own_url, catalogs: create.catalogs.clone(), tags: create.tags.clone() };
+    let answer = match peers::handshake(&shared.client, &shared.key, &peer_url, &request).await {
+        Ok(a) => a,
+        Err(e) => {
+            tracing::warn!(peer = %peer_url, error = %e, "link handshake failed");
+            let status = match e {
+                peers::HandshakeError::Unreachable { .. } => StatusCode::BAD_GATEWAY,
+                peers::HandshakeError::BadToken { .. } => StatusCode::FORBIDDEN,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            return error(status, e);
+        }
+    };
+    if answer.id == shared.lock().id() {
+        return error(StatusCode::BAD_REQUEST, format!("{peer_url} is this directory itself"));
+    }
+    let link = odi_core::federation::Link { peer: answer.id, url: peer_url.clone(), catalogs: create.catalogs.clone(), tags: create.tags.clone() };
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_link(link)).await {
+        return resp;
+    }
+    tracing::info!(peer = %answer.id, url = %peer_url, "linked with a directory");
+    json(StatusCode::CREATED, &serde_json::json!({ "peer": answer.id, "url": peer_url, "catalogs": create.catalogs, "tags": create.tags }))
+}
+
+/// `DELETE /api/v1/links/{url or id}`.
+async fn remove_link(shared: &Arc<Shared>, which: &str) -> Response<Body> {
+    let which = percent_encoding::percent_decode_str(which).decode_utf8_lossy().trim().trim_end_matches('/').to_owned();
+    let found = shared.lock().links().into_iter().find(|l| l.url == which || l.peer.to_string() == which.to_ascii_lowercase());
+    let Some(link) = found else {
+        return error(StatusCode::NOT_FOUND, format!("no link to `{which}`; `odi link ls` lists them"));
+    };
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_unlink(&link.peer)).await {
+        return resp;
+    }
+    tracing::info!(peer = %link.peer, url = %link.url, "removed a link");
+    json(StatusCode::OK, &serde_json::json!({ "peer": link.peer, "url": link.url }))
+}
+
+/// `POST /api/v1/catalogs/{name}/tags {path, add, remove}`.
+async fn change_tags(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str) -> Response<Body> {
+    #[derive(Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct ChangeTags {
+        path: String,
+        #[serde(default)]
+        add: Vec<String>,
+        #[serde(default)]
+        remove: Vec<String>,
+    }
+    let Ok(catalog) = CatalogName::new(catalog) else {
+        return error(StatusCode::BAD_REQUEST, "malformed catalog name");
+    };
+    let body = match read_request_json(req).await {
+        Ok(b) => b,
+        Err(resp) => return resp,
+    };
+    let change: ChangeTags = match serde_json::from_slice(&body) {
+        Ok(c) => c,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{path, add, remove}}: {e}")),
+    };
+    let path = match ArtifactPath::new(&change.path) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    };
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_tag(&catalog, &path, change.add, change.remove, unix_now())).await {
+        return resp;
+    }
+    let tags = shared.lock().lookup(catalog.as_str(), &path).map(|a| a.tags.clone()).unwrap_or_default();
+    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "tags": tags }))
+}
+
+/// Tags given to `PUT .../artifacts/{path}?tag=A&tag=B`.
+fn query_tags(query: Option<&str>) -> Vec<String> {
+    query
+        .into_iter()
+        .flat_map(|q| q.split('&'))
+        .filter_map(|kv| kv.strip_prefix("tag="))
+        .map(|v| percent_encoding::percent_decode_str(v).decode_utf8_lossy().into_owned())
+        .collect()
 }

@@ -9,11 +9,14 @@ use std::time::Duration;
 
 use http::header;
 use http::{Request, StatusCode};
-use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, Effect, Event};
+use odi_core::Digest;
+use odi_core::directory::{AuditError, AuditRequest, AuditShape, Directory, Effect, Event, PeerFailure};
+use odi_core::federation;
+use odi_core::manifest::ChunkManifest;
 use odi_core::message::{NodeId, RelayUrl};
 use serde::Deserialize;
 
-use super::Shared;
+use super::{Shared, peers};
 use crate::client;
 use crate::driver::{Core, Driver};
 
@@ -57,6 +60,7 @@ fn log_event(event: &Event) {
         Event::RelayRefused { relay, reason } => tracing::info!(%relay, %reason, "refused a relay request"),
         Event::GenerationChanged { generation } => tracing::debug!(generation, "generation changed"),
         Event::PersistFailed { what, error } => tracing::error!(%what, %error, "cannot save directory state"),
+        Event::PeerRefused { peer, reason } => tracing::warn!(%peer, %reason, "refused a batch from a linked directory"),
     }
 }
 
@@ -78,6 +82,7 @@ pub(super) fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn
                 Effect::Audit { relay, url, digest: _, index: _, range, attempt, ask } => {
                     tokio::spawn(audit(shared.clone(), relay, url, range, attempt, ask));
                 }
+                Effect::Peer(effect) => peer_effect(shared, effect),
             }
         }
     })
@@ -141,5 +146,87 @@ async fn audit(shared: Arc<Shared>, relay: NodeId, url: RelayUrl, range: std::op
     let outcome = fetch.await;
     let took = started.elapsed();
     let (_, effects) = shared.with_machine(|d, now| d.handle_audit(relay, attempt, outcome, took, now));
+    execute(&shared, effects).await;
+}
+
+/// Carries out one federation effect in the background; its outcome goes back in through the
+/// directory (`handle_peer_batch`, `handle_peer_failed`, `handle_peer_blob`).
+fn peer_effect(shared: &Arc<Shared>, effect: federation::Effect) {
+    match effect {
+        federation::Effect::Pull { peer, since } => {
+            tokio::spawn(pull(shared.clone(), peer, since));
+        }
+        federation::Effect::Notify { peer, head } => {
+            tokio::spawn(notify(shared.clone(), peer, head));
+        }
+        federation::Effect::FetchBlob { digest, manifest, sources } => {
+            tokio::spawn(fetch_blob(shared.clone(), digest, manifest, sources));
+        }
+        // The directory makes these durable through its own persistence path.
+        federation::Effect::Persist(_) => tracing::error!("a federation Persist effect reached the driver; ignored"),
+    }
+}
+
+async fn pull(shared: Arc<Shared>, peer: NodeId, since: u64) {
+    let Some(url) = shared.lock().peer_url(&peer).map(str::to_owned) else {
+        let (_, effects) = shared.with_machine(|d, now| d.handle_peer_failed(peer, PeerFailure::Pull, now));
+        execute(&shared, effects).await;
+        return;
+    };
+    let effects = match peers::pull(&shared.client, &shared.key, &url, since).await {
+        Ok(batch) => {
+            let entries = batch.entries.len();
+            let (outcome, effects) = shared.with_machine(|d, now| d.handle_peer_batch(peer, batch, now));
+            match outcome {
+                Ok(_) => tracing::debug!(%peer, %url, since, entries, "pulled changes"),
+                Err(refusal) => tracing::warn!(%peer, %url, reason = %refusal, "refused a batch from a linked directory; nothing of it applied"),
+            }
+            effects
+        }
+        Err(e) => {
+            tracing::info!(%peer, %url, error = %e, "cannot pull from a linked directory; retrying with backoff");
+            shared.with_machine(|d, now| d.handle_peer_failed(peer, PeerFailure::Pull, now)).1
+        }
+    };
+    execute(&shared, effects).await;
+}
+
+async fn notify(shared: Arc<Shared>, peer: NodeId, head: u64) {
+    let Some(url) = shared.lock().peer_url(&peer).map(str::to_owned) else { return };
+    if let Err(e) = peers::send_notify(&shared.client, &shared.key, &url, head).await {
+        tracing::info!(%peer, %url, error = %e, "cannot notify a linked directory; retrying with backoff");
+        let (_, effects) = shared.with_machine(|d, now| d.handle_peer_failed(peer, PeerFailure::Notify, now));
+        execute(&shared, effects).await;
+    }
+}
+
+/// Fetches a blob a received entry names, verified chunk by chunk, from the sources the
+/// federation names (linked directories by their link URL), the relays those directories say
+/// hold it, and this directory's own relays; stores it; reports the outcome.
+async fn fetch_blob(shared: Arc<Shared>, digest: Digest, manifest: ChunkManifest, sources: Vec<NodeId>) {
+    let peer_urls: Vec<String> = {
+        let m = shared.lock();
+        sources.iter().filter_map(|id| m.peer_url(id).map(str::to_owned)).collect()
+    };
+    let mut relays = peers::relay_holders(&shared, &digest);
+    for url in &peer_urls {
+        relays.extend(peers::peer_holders(&shared.client, &shared.key, url, &digest).await);
+    }
+    relays.sort();
+    relays.dedup();
+    let all = peers::blob_sources(&digest, &peer_urls, &relays);
+    let partials = shared.data_dir.join("federation-partial");
+    let outcome = match peers::fetch_blob(&shared, &partials, &manifest, &all).await {
+        Ok(report) => {
+            shared.peer_blob_bytes_received.fetch_add(report.bytes_fetched, std::sync::atomic::Ordering::Relaxed);
+            tracing::debug!(%digest, fetched = report.bytes_fetched, rejected = report.chunks_rejected, "fetched a blob for a linked entry");
+            Ok(())
+        }
+        Err((e, why)) => {
+            tracing::warn!(%digest, error = %e, "cannot fetch a blob for a linked entry; retrying later");
+            Err(why)
+        }
+    };
+    let (_, effects) = shared.with_machine(|d, now| d.handle_peer_blob(digest, outcome, now));
     execute(&shared, effects).await;
 }

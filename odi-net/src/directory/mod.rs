@@ -10,12 +10,12 @@
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
+//! - `peers.rs` (signed by linked directories): `POST /peer/v1/link`, `POST /peer/v1/notify`,
+//!   `GET /peer/v1/changes`, `GET /peer/v1/holders`, `GET|HEAD /peer/v1/blobs/sha256/{hex}`,
+//!   and the client side of each (handshake, notify, pull, blob fetch)
 //! - `effects.rs`: no route; carries out the machine's effects and logs its events
 //! - `origins.rs`: origin catalogs (`--origin`): the schedule, `POST /api/v1/catalogs/{name}/sync`,
 //!   on-demand fetches of unknown paths
-//!
-//! Directory-to-directory (federation) endpoints, when they come, belong in a `peers.rs` of
-//! their own beside these, routed from `handle` under their own prefix.
 
 use std::collections::HashMap;
 use std::future::Future;
@@ -28,6 +28,7 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::auth::ReplayGuard;
 use odi_core::directory::{Directory, DirectoryConfig, LookupError};
+use odi_core::federation::FederationConfig;
 use odi_core::message::{AddressClass, AddressPolicy, NodeId, RelayUrl, classify_ip};
 use odi_core::rng::Seed;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
@@ -47,7 +48,7 @@ mod clients;
 mod effects;
 mod node;
 mod origins;
-// mod peers; (directory-to-directory federation, not yet)
+mod peers;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
@@ -69,6 +70,9 @@ pub struct DirectoryOptions {
     pub admin_token: Option<String>,
     /// The enrollment token; `None` reads or creates `{data_dir}/enroll.token`.
     pub enroll_token: Option<String>,
+    /// The link token other directories' admins present to link with this one; `None` reads or
+    /// creates `{data_dir}/link.token`.
+    pub link_token: Option<String>,
     /// The metadata store; `None` opens `{data_dir}/directory.sqlite3`.
     pub meta: Option<Arc<dyn MetaStore>>,
     /// Accept loopback and private relay URLs whatever class the directory's own URL is in.
@@ -89,6 +93,7 @@ impl DirectoryOptions {
             probation: odi_core::directory::DEFAULT_PROBATION,
             admin_token: None,
             enroll_token: None,
+            link_token: None,
             meta: None,
             allow_private_relays: false,
             allow_private_origins: false,
@@ -104,6 +109,7 @@ pub struct DirectoryServer {
     /// Where the admin token was written, when it came from a file.
     pub admin_token_path: Option<PathBuf>,
     pub enroll_token_path: Option<PathBuf>,
+    pub link_token_path: Option<PathBuf>,
 }
 
 /// What every route and effect shares; the machine is in `core` (see `crate::driver`).
@@ -137,6 +143,15 @@ struct Shared {
     origin_sync: tokio::sync::Mutex<()>,
     /// Scratch space for files on their way from an origin.
     origin_work: PathBuf,
+    link_failures: FailureLimiter,
+    /// Nonces seen, per linked directory (apart from relays', so neither can crowd the other).
+    peer_replay: Mutex<HashMap<NodeId, ReplayGuard>>,
+    /// This directory's key: its id, and what it signs peer requests and entries with.
+    key: ed25519_dalek::SigningKey,
+    data_dir: PathBuf,
+    /// Blob bytes served to linked directories, and fetched for linked entries (verified).
+    peer_blob_bytes_sent: std::sync::atomic::AtomicU64,
+    peer_blob_bytes_received: std::sync::atomic::AtomicU64,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -165,20 +180,27 @@ impl DirectoryServer {
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
         let clock = Clock::start();
-        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())));
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_federation(key.clone(), FederationConfig::default());
         let records = meta.load().await?;
         let restored = records.iter().filter(|r| machine.apply(r, clock.now())).count();
         if restored != records.len() {
             tracing::warn!(skipped = records.len() - restored, "some stored records did not apply");
         }
         while machine.poll_event().is_some() {}
-        let mut token_paths = [None, None];
-        for (i, (role, given, file)) in
-            [(TokenRole::Admin, &options.admin_token, "admin.token"), (TokenRole::Enroll, &options.enroll_token, "enroll.token")].into_iter().enumerate()
-        {
+        let mut token_paths = [None, None, None];
+        let tokens = [
+            (TokenRole::Admin, &options.admin_token, "admin.token"),
+            (TokenRole::Enroll, &options.enroll_token, "enroll.token"),
+            (TokenRole::Link, &options.link_token, "link.token"),
+        ];
+        for (i, (role, given, file)) in tokens.into_iter().enumerate() {
             let token = match given {
                 Some(t) if !t.trim().is_empty() => {
-                    let env = if role == TokenRole::Admin { "ODI_ADMIN_TOKEN" } else { "ODI_ENROLL_TOKEN" };
+                    let env = match role {
+                        TokenRole::Admin => "ODI_ADMIN_TOKEN",
+                        TokenRole::Enroll => "ODI_ENROLL_TOKEN",
+                        TokenRole::Link => "ODI_LINK_TOKEN",
+                    };
                     keys::check_token_strength(t.trim()).map_err(|why| NetError::Config(format!("{env} {why}")))?;
                     t.trim().to_owned()
                 }
@@ -217,9 +239,15 @@ impl DirectoryServer {
             allow_private_origins: options.allow_private_origins,
             origin_sync: tokio::sync::Mutex::new(()),
             origin_work: dir.join("origin-tmp"),
+            link_failures: FailureLimiter::new(peers::LINK_FAILURES_PER_MINUTE, Duration::from_secs(60)),
+            peer_replay: Mutex::new(HashMap::new()),
+            key,
+            data_dir: dir.clone(),
+            peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
+            peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
         });
-        let [admin_token_path, enroll_token_path] = token_paths;
-        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path })
+        let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
     }
 
     pub fn id(&self) -> NodeId {
@@ -239,6 +267,9 @@ impl DirectoryServer {
             shared.relay_addresses.set(policy);
             shared.lock().set_relay_addresses(policy);
         }
+        // Catch up with every linked directory, and tell each of them our head.
+        let (_, effects) = shared.with_machine(|d, now| d.federation_start(now));
+        effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
@@ -290,6 +321,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
         let rest = rest.to_owned();
         return node::node(&shared, req, &rest).await;
+    }
+    if let Some(rest) = path.strip_prefix(peers::PREFIX) {
+        let rest = rest.to_owned();
+        return peers::peer(&shared, req, &rest).await;
     }
     if path == "/report" {
         return if *req.method() == Method::POST { clients::report(&shared, req).await } else { not_allowed("POST") };

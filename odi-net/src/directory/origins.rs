@@ -63,7 +63,7 @@ impl origin::Publisher for LocalPublisher<'_> {
             let n = f.read_buf(&mut buf).await.map_err(|e| StorageError::Input(e.to_string()))?;
             Ok::<_, StorageError>((n > 0).then(|| (buf.freeze(), f)))
         });
-        match ingest_and_publish(self.shared, &self.catalog, &path, self.chunk_size, "application/octet-stream".into(), Box::pin(stream)).await {
+        match ingest_and_publish(self.shared, &self.catalog, &path, self.chunk_size, "application/octet-stream".into(), Vec::new(), Box::pin(stream)).await {
             Ok(_) => Ok(()),
             Err(resp) => {
                 let status = resp.status();

@@ -47,6 +47,8 @@ pub struct RelayOptions {
     /// Bytes per second; 0 is unlimited.
     pub bandwidth: u64,
     pub catalogs: Vec<String>,
+    /// Hold only artifacts carrying one of these tags; empty: any.
+    pub tags: Vec<String>,
     /// The enrollment token, used with every directory; or one per directory, in the order of
     /// `directories`, separated by commas or white space.
     pub enroll_token: String,
@@ -124,6 +126,7 @@ impl RelayServer {
         let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, String::new());
         config.directories = directories.iter().zip(tokens).map(|(url, enroll_token)| UpstreamConfig { name: url.clone(), enroll_token }).collect();
         config.catalogs = catalogs;
+        config.tags = options.tags.clone();
         config.max_fetches = options.max_fetches.max(1);
         config.request_timeout = syncing::REQUEST_TIMEOUT + Duration::from_secs(5);
         config.retry_backoff = Duration::from_secs(1);

@@ -122,6 +122,7 @@ pub async fn start_relay_on(tcp: TcpListener, public_url: &str, data: &Path, dir
         disk_budget: budget,
         bandwidth,
         catalogs: Vec::new(),
+        tags: Vec::new(),
         enroll_token: token.into(),
         max_fetches: 4,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,

@@ -164,7 +164,13 @@ impl Relays {
         self.table
             .values()
             .filter(|r| r.assignable(now, self.config.lease))
-            .map(|r| Eligible { id: r.record.id, weight: assignment_weight(r), catalogs: r.record.catalogs.clone(), budget: r.record.capacity.disk_budget })
+            .map(|r| Eligible {
+                id: r.record.id,
+                weight: assignment_weight(r),
+                catalogs: r.record.catalogs.clone(),
+                tags: r.record.tags.clone(),
+                budget: r.record.capacity.disk_budget,
+            })
             .collect()
     }
 
@@ -193,6 +199,7 @@ impl Relays {
                     status: standing.status,
                     capacity: r.record.capacity,
                     catalogs: r.record.catalogs.clone(),
+                    tags: r.record.tags.clone(),
                     held: r.held.len(),
                     held_bytes: bytes(&mut r.held.iter()),
                     assigned: assigned.map_or(0, BTreeSet::len),
@@ -764,6 +771,7 @@ mod tests {
             draining: false,
             proven: false,
             token: None,
+            tags: Vec::new(),
         }
     }
 
