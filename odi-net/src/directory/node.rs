@@ -64,16 +64,7 @@ async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, b
         log_refusal(status, &why);
         error(status, format!("node request refused: {why}"))
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let head = SignedRequest {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        body: &[],
-        content_digest: header("content-digest"),
-        signature_input: header("signature-input"),
-        signature: header("signature"),
-    };
+    let head = signed_head(parts);
     let now = unix_now();
     let claim = match Claim::parse(&head, now, shared.started) {
         Ok(c) => c,
@@ -217,5 +208,19 @@ pub(super) async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &st
             resp
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such node endpoint: {} /odi/v1/{rest}", parts.method)),
+    }
+}
+
+/// The signature-bearing parts of a signed request's head, the body not yet read.
+pub(super) fn signed_head(parts: &http::request::Parts) -> SignedRequest<'_> {
+    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
+    SignedRequest {
+        method: parts.method.as_str(),
+        path: parts.uri.path(),
+        query: parts.uri.query().unwrap_or(""),
+        body: &[],
+        content_digest: header("content-digest"),
+        signature_input: header("signature-input"),
+        signature: header("signature"),
     }
 }

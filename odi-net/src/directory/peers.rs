@@ -25,7 +25,7 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
-use odi_core::auth::{Claim, ReplayGuard, SignedRequest};
+use odi_core::auth::{Claim, ReplayGuard};
 use odi_core::federation::FetchError;
 use odi_core::manifest::ChunkManifest;
 use odi_core::message::NodeId;
@@ -186,16 +186,7 @@ pub(super) async fn authenticate(
         }
         error(status, format!("peer request refused: {why}"))
     };
-    let header = |name: &str| parts.headers.get(name).and_then(|v| v.to_str().ok());
-    let head = SignedRequest {
-        method: parts.method.as_str(),
-        path: parts.uri.path(),
-        query: parts.uri.query().unwrap_or(""),
-        body: &[],
-        content_digest: header("content-digest"),
-        signature_input: header("signature-input"),
-        signature: header("signature"),
-    };
+    let head = super::node::signed_head(parts);
     let now = unix_now();
     let claim = Claim::parse(&head, now, shared.started).map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
     let from = claim.keyid();
@@ -241,7 +232,7 @@ pub(super) async fn authenticate(
         guards.entry(from).or_insert_with(|| ReplayGuard::new(NONCES_PER_PEER)).check_and_insert(claim.params(), now)
     };
     remembered.map_err(|e| refuse(StatusCode::UNAUTHORIZED, e.to_string()))?;
-    let content_digest = header("content-digest").unwrap_or_default().to_owned();
+    let content_digest = head.content_digest.unwrap_or_default().to_owned();
     Ok(PeerRequest { from, body, content_digest })
 }
 
