@@ -406,6 +406,19 @@ fn respond(head: Response<()>, stream: ByteStream<'static>, limiter: Option<&Arc
     head.map(|()| body)
 }
 
+/// Parses the `{catalog}/{path}` after `/r/`, or answers the `400` that says what is wrong.
+#[allow(clippy::result_large_err, reason = "the error is the finished response, returned once per request")]
+pub fn artifact_route(rest: &str) -> Result<(&str, odi_core::path::ArtifactPath), Response<Body>> {
+    let Some((catalog, raw_path)) = split_catalog_path(rest) else {
+        return Err(error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}"));
+    };
+    if odi_core::path::CatalogName::check(catalog).is_err() {
+        return Err(error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>())));
+    }
+    let path = odi_core::path::ArtifactPath::from_url(raw_path).map_err(|e| error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")))?;
+    Ok((catalog, path))
+}
+
 /// Splits `/{prefix}/{catalog}/{rest}` as it appears on the wire (still percent-encoded).
 pub fn split_catalog_path(rest: &str) -> Option<(&str, &str)> {
     let (catalog, path) = rest.split_once('/')?;

@@ -25,13 +25,12 @@ use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::message::RelayUrl;
 use odi_core::meta::{ChooseError, Cidr, Effect, Event, Location, MetaConfig, MetaDirectory, RefId, Reference, client_address};
-use odi_core::path::{ArtifactPath, CatalogName};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
 use crate::client::{self, HttpClient};
 use crate::guard::ClientAddr;
-use crate::http::{Body, Values, error, json, split_catalog_path};
+use crate::http::{Body, Values, error, json};
 use crate::lock::DataDirLock;
 use crate::{Clock, NetError};
 
@@ -260,15 +259,9 @@ fn next_spread() -> u64 {
 }
 
 fn redirect(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let Some((catalog, raw_path)) = split_catalog_path(rest) else {
-        return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
-    };
-    if CatalogName::check(catalog).is_err() {
-        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
-    }
-    let path = match ArtifactPath::from_url(raw_path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    let (catalog, path) = match crate::http::artifact_route(rest) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
     let location = client_ip(shared, req).map_or_else(Location::default, |ip| locate(shared.geoip.as_ref(), ip));
     let spread = next_spread();

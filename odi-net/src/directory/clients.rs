@@ -10,7 +10,7 @@ use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::directory::{LookupError, Redirect};
 use odi_core::message::RelayUrl;
-use odi_core::path::{ArtifactPath, CatalogName};
+use odi_core::path::ArtifactPath;
 
 use super::effects::execute;
 use super::{BODY_DEADLINE, Shared, lookup_error};
@@ -51,15 +51,9 @@ pub(super) async fn report(shared: &Arc<Shared>, req: Request<Incoming>) -> Resp
 }
 
 pub(super) async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let Some((catalog, raw_path)) = split_catalog_path(rest) else {
-        return error(StatusCode::BAD_REQUEST, "expected /r/{catalog}/{path}");
-    };
-    if CatalogName::check(catalog).is_err() {
-        return error(StatusCode::BAD_REQUEST, format!("malformed catalog name `{}`", catalog.chars().take(70).collect::<String>()));
-    }
-    let path = match ArtifactPath::from_url(raw_path) {
-        Ok(p) => p,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
+    let (catalog, path) = match crate::http::artifact_route(rest) {
+        Ok(route) => route,
+        Err(resp) => return resp,
     };
     let now = shared.now();
     let mut redirect = shared.lock().redirect(catalog, &path, now);

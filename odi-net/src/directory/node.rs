@@ -192,23 +192,23 @@ pub(super) async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &st
             if let Err(e) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            let blob = BlobRequest {
-                method: &parts.method,
-                headers: &parts.headers,
-                digest: &digest,
-                digests: &shared.digests,
-                media_type: "application/octet-stream",
-                limiter: None,
-            };
-            let resp = serve_blob(shared.store.as_ref(), &blob).await;
-            if parts.method == Method::GET && resp.status().is_success() {
-                let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                shared.node_blob_bytes.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            }
-            resp
+            serve_held_blob(shared, &parts, &digest, &shared.node_blob_bytes).await
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such node endpoint: {} /odi/v1/{rest}", parts.method)),
     }
+}
+
+/// Serves a blob the store holds to another node (a relay or a linked directory), with exact
+/// ranges, and adds the bytes of a whole `GET` to `sent`.
+pub(super) async fn serve_held_blob(shared: &Shared, parts: &http::request::Parts, digest: &Digest, sent: &std::sync::atomic::AtomicU64) -> Response<Body> {
+    let blob =
+        BlobRequest { method: &parts.method, headers: &parts.headers, digest, digests: &shared.digests, media_type: "application/octet-stream", limiter: None };
+    let resp = serve_blob(shared.store.as_ref(), &blob).await;
+    if parts.method == Method::GET && resp.status().is_success() {
+        let len = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
+        sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
+    }
+    resp
 }
 
 /// The signature-bearing parts of a signed request's head, the body not yet read.

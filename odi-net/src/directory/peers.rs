@@ -38,7 +38,7 @@ use super::{BODY_DEADLINE, Shared, lookup_error};
 use crate::client::{self, HttpClient};
 use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
-use crate::http::{BlobRequest, Body, error, json, serve_blob};
+use crate::http::{Body, error, json};
 use crate::transfer::{Downloader, Redirects, Source};
 use crate::{NetError, unix_now};
 
@@ -383,20 +383,7 @@ pub(super) async fn peer(shared: &Arc<Shared>, req: Request<Incoming>, rest: &st
             if let Err(e @ odi_core::directory::LookupError::Expunged(_)) = shared.lock().manifest(&digest) {
                 return lookup_error(&e);
             }
-            let blob = BlobRequest {
-                method: &parts.method,
-                headers: &parts.headers,
-                digest: &digest,
-                digests: &shared.digests,
-                media_type: "application/octet-stream",
-                limiter: None,
-            };
-            let resp = serve_blob(shared.store.as_ref(), &blob).await;
-            if parts.method == Method::GET && resp.status().is_success() {
-                let len = resp.headers().get(http::header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).and_then(|v| v.parse::<u64>().ok()).unwrap_or(0);
-                shared.peer_blob_bytes_sent.fetch_add(len, std::sync::atomic::Ordering::Relaxed);
-            }
-            resp
+            super::node::serve_held_blob(shared, &parts, &digest, &shared.peer_blob_bytes_sent).await
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such peer endpoint: {} {PREFIX}{rest}", parts.method)),
     }
