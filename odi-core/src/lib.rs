@@ -27,6 +27,7 @@ pub mod federation;
 pub mod manifest;
 pub mod message;
 pub mod meta;
+pub mod oci;
 pub mod path;
 pub mod relay;
 pub mod rng;
