@@ -256,7 +256,7 @@ pub(super) async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Dir
 
 /// Makes `record` durable, then applies it: the write-ahead rule of the directory, through the
 /// machine's one persistence path.
-async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
+pub(super) async fn commit(shared: &Arc<Shared>, record: &Record) -> Result<(), Response<Body>> {
     commit_all(shared, std::slice::from_ref(record)).await
 }
 

@@ -83,14 +83,20 @@ pub(super) async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, h
 /// with `Link: rel=describedby` to the metalink. `tail`: the request path after the first `/`, in
 /// pieces (as a relay serves it too).
 async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail: &[&str]) -> Response<Body> {
-    let tail_len: usize = tail.iter().map(|t| t.len()).sum();
+    answer_as(shared, req, r, tail, tail, StatusCode::FOUND).await
+}
+
+/// [`answer`] with the redirect status (`307` for `/v2/` blobs) and the metalink's own tail,
+/// for routes whose metalink lives under another path.
+pub(super) async fn answer_as(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail: &[&str], metalink_tail: &[&str], status: StatusCode) -> Response<Body> {
+    let tail_len: usize = tail.iter().chain(metalink_tail).map(|t| t.len()).sum();
     let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
     let mut values = Values::with_capacity(urls + tail_len + 256);
     let caching = Caching::of_name(r.mutable);
     let mut resp = match &r.target {
         // The client holds these bytes already (the ETag names them): no redirect needed.
         Some(_) if none_match(req.headers(), &shared.digests.etag(&r.digest)) => not_modified(&shared.digests, &r.digest, caching),
-        Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest),
+        Some(target) => redirect_response(&mut values, &shared.digests, target, tail, &r.alternates, &r.digest, status),
         None => {
             let blob = BlobRequest {
                 method: req.method(),
@@ -109,14 +115,14 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
             resp
         }
     };
-    if resp.status() == StatusCode::FOUND || resp.status().is_success() {
+    if resp.status() == status || resp.status().is_success() {
         let [scheme, base] = base_url(shared);
         if let Some(v) = values
             .text("<")
             .text(scheme)
             .text(base)
             .text("/metalink/")
-            .texts(tail)
+            .texts(metalink_tail)
             .text(">; rel=describedby; type=\"")
             .text(metalink::MEDIA_TYPE)
             .text("\"")
@@ -203,9 +209,10 @@ fn redirect_response(
     tail: &[&str],
     alternates: &[RelayUrl],
     digest: &Digest,
+    status: StatusCode,
 ) -> Response<Body> {
     let mut resp = Response::new(crate::http::empty());
-    *resp.status_mut() = StatusCode::FOUND;
+    *resp.status_mut() = status;
     let h = resp.headers_mut();
     // Location, Cache-Control, Content-Length, two digests, the duplicates and describedby.
     h.reserve(6 + alternates.len());

@@ -14,6 +14,7 @@
 //!   `GET /peer/v1/changes`, `GET /peer/v1/holders`, `GET|HEAD /peer/v1/blobs/sha256/{hex}`,
 //!   and the client side of each (handshake, notify, pull, blob fetch)
 //! - `effects.rs`: no route; carries out the machine's effects and logs its events
+//! - `oci.rs`: the OCI distribution API at `/v2/` (pull anonymous, push with the admin token)
 //! - `origins.rs`: origin catalogs (`--origin`): the schedule, `POST /api/v1/catalogs/{name}/sync`,
 //!   on-demand fetches of unknown paths
 
@@ -47,6 +48,7 @@ mod admin;
 mod clients;
 mod effects;
 mod node;
+mod oci;
 mod origins;
 mod peers;
 
@@ -152,6 +154,8 @@ struct Shared {
     /// Blob bytes served to linked directories, and fetched for linked entries (verified).
     peer_blob_bytes_sent: std::sync::atomic::AtomicU64,
     peer_blob_bytes_received: std::sync::atomic::AtomicU64,
+    /// OCI blob uploads in progress (`/v2/`), in `{data_dir}/oci-uploads`.
+    oci_uploads: Arc<oci::Uploads>,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -245,6 +249,7 @@ impl DirectoryServer {
             data_dir: dir.clone(),
             peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
             peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
+            oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
@@ -325,6 +330,10 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     if let Some(rest) = path.strip_prefix(peers::PREFIX) {
         let rest = rest.to_owned();
         return peers::peer(&shared, req, &rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("/v2/").or_else(|| (path == "/v2").then_some("")) {
+        let rest = rest.to_owned();
+        return oci::v2(&shared, req, &rest).await;
     }
     if path == "/report" {
         return if *req.method() == Method::POST { clients::report(&shared, req).await } else { not_allowed("POST") };

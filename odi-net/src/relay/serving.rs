@@ -1,5 +1,5 @@
-//! What the relay answers clients: `GET|HEAD /r/{catalog}/{path}` and `/blobs/sha256/{hex}`
-//! from what it holds (a copy that fails its check is dropped, and the client sent back to the
+//! What the relay answers clients: `GET|HEAD /r/{catalog}/{path}`, `/blobs/sha256/{hex}` and
+//! the OCI blob paths `/v2/{name}/blobs/sha256:{hex}` (by digest, exact ranges) from what it holds (a copy that fails its check is dropped, and the client sent back to the
 //! directory), and `GET /healthz`.
 
 use std::sync::Arc;
@@ -65,6 +65,13 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
             Ok(d) => Want::Blob(d),
             Err(e) => return error(StatusCode::BAD_REQUEST, e),
         }
+    } else if let Some(rest) = path.strip_prefix("/v2/") {
+        // The OCI blob paths the directory redirects to: served by digest, like `/blobs/`.
+        match odi_core::oci::parse_route(rest) {
+            Some(Ok(odi_core::oci::Route::Blob(_, d))) => Want::Blob(d),
+            Some(Err(e)) => return error(StatusCode::BAD_REQUEST, e),
+            _ => return error(StatusCode::NOT_FOUND, "a relay serves only /v2/{name}/blobs/{digest}; ask the directory"),
+        }
     } else {
         return error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}"));
     };
@@ -126,6 +133,11 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         return back_to_directory(shared.url(home.unwrap_or(0)), path);
     }
     caching.apply(&mut resp);
+    if path.starts_with("/v2/")
+        && let Ok(v) = http::HeaderValue::from_str(&odi_core::oci::digest_string(&digest))
+    {
+        resp.headers_mut().insert(http::HeaderName::from_static("docker-content-digest"), v);
+    }
     let on_error = shared.clone();
     resp.map(|body| {
         body.map_frame(move |frame| {
