@@ -68,7 +68,8 @@ impl ManifestInfo {
     /// Parses pushed bytes. `content_type` is the request's; when the manifest names its own
     /// `mediaType`, the two must agree.
     pub fn parse(bytes: &[u8], content_type: Option<&str>) -> Result<Self, OciError> {
-        let wire: Wire = serde_json::from_slice(bytes).map_err(|e| OciError::new(ErrorCode::ManifestInvalid, format!("the manifest is not valid JSON of the image spec: {e}")))?;
+        let wire: Wire = serde_json::from_slice(bytes)
+            .map_err(|e| OciError::new(ErrorCode::ManifestInvalid, format!("the manifest is not valid JSON of the image spec: {e}")))?;
         let content_type = content_type.map(|c| c.split(';').next().unwrap_or(c).trim()).filter(|c| !c.is_empty());
         let media_type = match (content_type, wire.media_type.as_deref()) {
             (Some(header), Some(own)) if header != own => {

@@ -229,7 +229,13 @@ impl Tag {
         if ok {
             Ok(Self(tag.to_owned()))
         } else {
-            Err(OciError::new(ErrorCode::ManifestInvalid, format!("`{}` is not a tag: 1 to {MAX_TAG_LEN} of a-z A-Z 0-9 `.` `_` `-`, not starting with `.` or `-`", tag.chars().take(200).collect::<String>())))
+            Err(OciError::new(
+                ErrorCode::ManifestInvalid,
+                format!(
+                    "`{}` is not a tag: 1 to {MAX_TAG_LEN} of a-z A-Z 0-9 `.` `_` `-`, not starting with `.` or `-`",
+                    tag.chars().take(200).collect::<String>()
+                ),
+            ))
         }
     }
 
@@ -253,11 +259,7 @@ pub enum Reference {
 
 impl Reference {
     pub fn parse(reference: &str) -> Result<Self, OciError> {
-        if reference.contains(':') {
-            parse_digest(reference).map(Self::Digest)
-        } else {
-            Tag::parse(reference).map(Self::Tag)
-        }
+        if reference.contains(':') { parse_digest(reference).map(Self::Digest) } else { Tag::parse(reference).map(Self::Tag) }
     }
 }
 

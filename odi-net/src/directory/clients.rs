@@ -88,7 +88,14 @@ async fn answer(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail
 
 /// [`answer`] with the redirect status (`307` for `/v2/` blobs) and the metalink's own tail,
 /// for routes whose metalink lives under another path.
-pub(super) async fn answer_as(shared: &Arc<Shared>, req: &Request<Incoming>, r: Redirect, tail: &[&str], metalink_tail: &[&str], status: StatusCode) -> Response<Body> {
+pub(super) async fn answer_as(
+    shared: &Arc<Shared>,
+    req: &Request<Incoming>,
+    r: Redirect,
+    tail: &[&str],
+    metalink_tail: &[&str],
+    status: StatusCode,
+) -> Response<Body> {
     let tail_len: usize = tail.iter().chain(metalink_tail).map(|t| t.len()).sum();
     let urls = r.target.iter().chain(&r.alternates).map(|u| u.as_str().len() + tail_len + 32).sum::<usize>();
     let mut values = Values::with_capacity(urls + tail_len + 256);

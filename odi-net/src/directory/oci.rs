@@ -55,11 +55,13 @@ pub(super) struct Uploads {
     dir: PathBuf,
     /// Sessions a request is writing now: one writer per session.
     busy: Mutex<BTreeSet<String>>,
+    /// Held while a federated layer is fetched from its `urls`.
+    fetching: tokio::sync::Mutex<()>,
 }
 
 impl Uploads {
     pub(super) fn new(dir: PathBuf) -> Self {
-        Self { dir, busy: Mutex::new(BTreeSet::new()) }
+        Self { dir, busy: Mutex::new(BTreeSet::new()), fetching: tokio::sync::Mutex::new(()) }
     }
 
     fn data(&self, id: &str) -> PathBuf {
@@ -137,6 +139,12 @@ fn unavailable(message: &str) -> OciError {
 
 /// Everything under `/v2/`: `rest` is the path after it.
 pub(super) async fn v2(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let mut resp = route(shared, req, rest).await;
+    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
+    resp
+}
+
+async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
     let route = match parse_route(rest) {
         None => return oci_error(&OciError::new(ErrorCode::NameUnknown, format!("no such endpoint: /v2/{}", rest.chars().take(200).collect::<String>()))),
         Some(Err(e)) => return oci_error(&e),
@@ -149,7 +157,7 @@ pub(super) async fn v2(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
             return resp;
         }
     }
-    let mut resp = match (route, method) {
+    match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => json(StatusCode::OK, b"{}".to_vec()),
         (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => get_manifest(shared, &req, &repo, &reference).await,
         (Route::Manifest(repo, reference), Method::PUT) => put_manifest(shared, req, &repo, &reference).await,
@@ -168,9 +176,7 @@ pub(super) async fn v2(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
             *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
             resp
         }
-    };
-    resp.headers_mut().insert(API_VERSION, HeaderValue::from_static("registry/2.0"));
-    resp
+    }
 }
 
 /// A write's credentials: the admin token as `Bearer` or as the `Basic` password.
@@ -217,6 +223,26 @@ fn token_of(value: &str) -> Option<String> {
     Some(password.to_owned())
 }
 
+/// A refusal from the shared publish and admin paths (one line of text) as the spec's JSON,
+/// with the same status.
+async fn as_oci(resp: Response<Body>) -> Response<Body> {
+    let status = resp.status();
+    // Our own one-line answers: small, and already in memory.
+    let text = match resp.into_body().collect().await {
+        Ok(c) => String::from_utf8_lossy(&c.to_bytes()).trim().to_owned(),
+        Err(_) => status.to_string(),
+    };
+    let code = match status {
+        StatusCode::NOT_FOUND => ErrorCode::NameUnknown,
+        StatusCode::PAYLOAD_TOO_LARGE => ErrorCode::SizeInvalid,
+        StatusCode::BAD_REQUEST => ErrorCode::BlobUploadInvalid,
+        _ => ErrorCode::Denied,
+    };
+    let mut out = oci_error(&OciError::new(code, text));
+    *out.status_mut() = status;
+    out
+}
+
 fn oci_error(e: &OciError) -> Response<Body> {
     let status = StatusCode::from_u16(e.code.status()).unwrap_or(StatusCode::BAD_REQUEST);
     json(status, e.code.body(&e.message).into_bytes())
@@ -236,7 +262,9 @@ fn header_value(s: &str) -> HeaderValue {
 
 fn lookup_to_oci(e: &LookupError, code: ErrorCode, what: &str) -> OciError {
     match e {
-        LookupError::UnknownCatalog(c) => OciError::new(ErrorCode::NameUnknown, format!("no catalog `{c}`: a repository lives in the catalog its name starts with")),
+        LookupError::UnknownCatalog(c) => {
+            OciError::new(ErrorCode::NameUnknown, format!("no catalog `{c}`: a repository lives in the catalog its name starts with"))
+        }
         _ => OciError::new(code, format!("{what} is not in this repository")),
     }
 }
@@ -244,9 +272,10 @@ fn lookup_to_oci(e: &LookupError, code: ErrorCode, what: &str) -> OciError {
 fn admin_to_oci(e: &AdminError) -> OciError {
     match e {
         AdminError::UnknownCatalog(c) => OciError::new(ErrorCode::NameUnknown, format!("no catalog `{c}`; create it first with `odi catalog create {c}`")),
-        AdminError::Rebind { catalog, .. } => {
-            OciError::new(ErrorCode::Denied, format!("catalog `{catalog}` is immutable: a tag there names one manifest for good (create the catalog --mutable to move tags)"))
-        }
+        AdminError::Rebind { catalog, .. } => OciError::new(
+            ErrorCode::Denied,
+            format!("catalog `{catalog}` is immutable: a tag there names one manifest for good (create the catalog --mutable to move tags)"),
+        ),
         AdminError::ExpungedDigest(_) => OciError::new(ErrorCode::Denied, e.to_string()),
         _ => OciError::new(ErrorCode::Denied, e.to_string()),
     }
@@ -288,10 +317,29 @@ async fn get_blob(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName
     } else {
         shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
     };
+    let redirect = match redirect {
+        Err(LookupError::NotFound { .. }) if federate(shared, repo, digest).await => {
+            // Fetched from a descriptor's `urls` and verified: served like any blob from now on.
+            let now = shared.now();
+            if *req.method() == Method::HEAD {
+                shared.lock().lookup(repo.catalog().as_str(), &path).map(|_| None)
+            } else {
+                shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
+            }
+        }
+        other => other,
+    };
     let mut resp = match redirect {
         Err(e) => return oci_error(&lookup_to_oci(&e, ErrorCode::BlobUnknown, "the blob")),
         Ok(None) => {
-            let blob = BlobRequest { method: req.method(), headers: req.headers(), digest, digests: &shared.digests, media_type: "application/octet-stream", limiter: None };
+            let blob = BlobRequest {
+                method: req.method(),
+                headers: req.headers(),
+                digest,
+                digests: &shared.digests,
+                media_type: "application/octet-stream",
+                limiter: None,
+            };
             serve_blob(shared.store.as_ref(), &blob).await
         }
         Ok(Some(mut r)) => {
@@ -326,7 +374,10 @@ async fn put_manifest(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoN
     if let Reference::Digest(d) = reference
         && *d != digest
     {
-        return oci_error(&OciError::new(ErrorCode::DigestInvalid, format!("the manifest's digest is {} but it was pushed as {}", digest_string(&digest), digest_string(d))));
+        return oci_error(&OciError::new(
+            ErrorCode::DigestInvalid,
+            format!("the manifest's digest is {} but it was pushed as {}", digest_string(&digest), digest_string(d)),
+        ));
     }
     let Some(chunk_size) = shared.lock().catalog_config(repo.catalog()).map(|c| c.chunk_size) else {
         return oci_error(&admin_to_oci(&AdminError::UnknownCatalog(repo.catalog().clone())));
@@ -343,12 +394,19 @@ async fn put_manifest(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoN
     }
     let mut paths = vec![repo.manifest_path(&digest)];
     if let Reference::Tag(tag) = reference {
+        let path = repo.tag_path(tag);
+        let m = shared.lock();
+        let mutable = m.catalog_config(repo.catalog()).is_some_and(|c| c.mutable);
+        if !mutable && m.lookup(repo.catalog().as_str(), &path).is_ok_and(|a| a.digest() != digest) {
+            return oci_error(&admin_to_oci(&AdminError::Rebind { catalog: repo.catalog().clone(), path, current: digest }));
+        }
+        drop(m);
         paths.push(repo.tag_path(tag));
     }
     for path in paths {
         let stream: ByteStream<'static> = Box::pin(futures_util::stream::once(std::future::ready(Ok(body.clone()))));
         if let Err(resp) = ingest_and_publish(shared, repo.catalog(), &path, chunk_size, info.media_type.clone(), Vec::new(), stream).await {
-            return resp;
+            return as_oci(resp).await;
         }
     }
     let mut resp = Response::new(empty());
@@ -384,7 +442,7 @@ async fn delete_manifest(shared: &Arc<Shared>, repo: &RepoName, reference: &Refe
     }
     for tag in tags {
         if let Err(resp) = plan_and_commit(shared, |d| d.plan_expunge(repo.catalog(), &tag, unix_now())).await {
-            return resp;
+            return as_oci(resp).await;
         }
     }
     resp
@@ -401,7 +459,7 @@ async fn delete_path(shared: &Arc<Shared>, repo: &RepoName, path: ArtifactPath, 
             *resp.status_mut() = StatusCode::ACCEPTED;
             resp
         }
-        Err(resp) => resp,
+        Err(resp) => as_oci(resp).await,
     }
 }
 
@@ -478,7 +536,7 @@ async fn mount_blob(shared: &Arc<Shared>, repo: &RepoName, from: &RepoName, dige
     match planned {
         Ok(Some(record)) => {
             if let Err(resp) = super::admin::commit(shared, &record).await {
-                return Some(resp);
+                return Some(as_oci(resp).await);
             }
         }
         Ok(None) => {}
@@ -602,8 +660,18 @@ async fn finish(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, i
         return oci_error(&e);
     }
     let path = shared.oci_uploads.data(id);
+    if let Err(resp) = publish_file(shared, repo, &path, digest, session.offset).await {
+        return resp;
+    }
+    shared.oci_uploads.remove(id).await;
+    blob_created(repo, digest)
+}
+
+/// Hashes the file at `path`; if it is `digest`, stores and publishes it as `repo`'s blob. The
+/// `Err` is the answer to send (the file is kept: an upload stays open).
+async fn publish_file(shared: &Arc<Shared>, repo: &RepoName, path: &std::path::Path, digest: &Digest, len: u64) -> Result<(), Response<Body>> {
     let hashed = {
-        let path = path.clone();
+        let path = path.to_owned();
         blocking(move || {
             use sha2::Digest as _;
             let mut file = std::fs::File::open(&path)?;
@@ -622,28 +690,121 @@ async fn finish(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, i
     };
     let actual = match hashed {
         Ok(d) => d,
-        Err(e) => return oci_error(&unavailable(&format!("cannot read the upload: {e}"))),
+        Err(e) => return Err(oci_error(&unavailable(&format!("cannot read the upload: {e}")))),
     };
     if actual != *digest {
-        return oci_error(&OciError::new(
+        return Err(oci_error(&OciError::new(
             ErrorCode::DigestInvalid,
-            format!("the {} bytes uploaded have digest {}, not {}; the upload stays open", session.offset, digest_string(&actual), digest_string(digest)),
-        ));
+            format!("the {len} bytes uploaded have digest {}, not {}; the upload stays open", digest_string(&actual), digest_string(digest)),
+        )));
     }
     let Some(chunk_size) = shared.lock().catalog_config(repo.catalog()).map(|c| c.chunk_size) else {
-        return oci_error(&admin_to_oci(&AdminError::UnknownCatalog(repo.catalog().clone())));
+        return Err(oci_error(&admin_to_oci(&AdminError::UnknownCatalog(repo.catalog().clone()))));
     };
-    let stream = match file_stream(&path).await {
+    let stream = match file_stream(path).await {
         Ok(s) => s,
-        Err(e) => return oci_error(&unavailable(&format!("cannot read the upload: {e}"))),
+        Err(e) => return Err(oci_error(&unavailable(&format!("cannot read the upload: {e}")))),
     };
     match ingest_and_publish(shared, repo.catalog(), &repo.blob_path(digest), chunk_size, "application/octet-stream".to_owned(), Vec::new(), stream).await {
-        Ok((_, stored, _)) if stored == *digest => {}
-        Ok(_) => return oci_error(&unavailable("the upload changed while it was stored; push it again")),
-        Err(resp) => return resp,
+        Ok((_, stored, _)) if stored == *digest => Ok(()),
+        Ok(_) => Err(oci_error(&unavailable("the upload changed while it was stored; push it again"))),
+        Err(resp) => Err(as_oci(resp).await),
     }
-    shared.oci_uploads.remove(id).await;
-    blob_created(repo, digest)
+}
+
+/// How long one `urls` source may take to answer (its body may then take as long as it streams).
+const FOREIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
+
+/// Layer federation: a blob this repository does not hold, but one of its manifests names
+/// with `urls`, is fetched from those URLs as an **untrusted** source, kept only if its size
+/// and digest match the descriptor, then published like a pushed blob (and so distributed by
+/// relays). Whether the blob is now held.
+async fn federate(shared: &Arc<Shared>, repo: &RepoName, digest: &Digest) -> bool {
+    let Some(descriptor) = foreign_descriptor(shared, repo, digest).await else { return false };
+    // One fetch per blob at a time: a second puller waits, then finds it held.
+    let _fetching = shared.oci_uploads.fetching.lock().await;
+    if shared.lock().lookup(repo.catalog().as_str(), &repo.blob_path(digest)).is_ok() {
+        return true;
+    }
+    let id = match shared.oci_uploads.create(repo).await {
+        Ok(id) => id,
+        Err(_) => return false,
+    };
+    let path = shared.oci_uploads.data(&id);
+    let mut held = false;
+    for url in descriptor.urls.iter().take(8) {
+        let Ok(uri) = url.parse::<http::Uri>() else { continue };
+        let Ok(req) = Request::get(uri).body(empty()) else { continue };
+        let resp = match shared.client.send(req, FOREIGN_TIMEOUT).await {
+            Ok(r) if r.status() == StatusCode::OK => r,
+            Ok(r) => {
+                tracing::info!(%url, status = %r.status(), digest = %digest, "a layer source did not serve the layer");
+                continue;
+            }
+            Err(e) => {
+                tracing::info!(%url, error = %e, digest = %digest, "a layer source is unreachable");
+                continue;
+            }
+        };
+        // At most one byte more than the descriptor says: enough to know a source lies.
+        let body = http_body_util::Limited::new(resp.into_body(), usize::try_from(descriptor.size.saturating_add(1)).unwrap_or(usize::MAX));
+        let stream: ByteStream<'static> = Box::pin(http_body_util::BodyStream::new(body).filter_map(|frame| async move {
+            match frame {
+                Ok(frame) => frame.into_data().ok().map(Ok),
+                Err(e) => Some(Err(StorageError::Input(e.to_string()))),
+            }
+        }));
+        match write_body(&path, 0, stream).await {
+            Ok(n) if n == descriptor.size => {}
+            Ok(n) => {
+                tracing::warn!(%url, got = n, expected = descriptor.size, digest = %digest, "a layer source served the wrong size; not kept");
+                continue;
+            }
+            Err(e) => {
+                tracing::warn!(%url, error = %e, digest = %digest, "a layer source failed mid-way; not kept");
+                continue;
+            }
+        }
+        match publish_file(shared, repo, &path, digest, descriptor.size).await {
+            Ok(()) => {
+                tracing::info!(%url, digest = %digest, size = descriptor.size, "fetched a federated layer; its digest matched");
+                held = true;
+                break;
+            }
+            Err(_) => tracing::warn!(%url, digest = %digest, "a layer source served bytes that do not match the digest; not kept"),
+        }
+    }
+    shared.oci_uploads.remove(&id).await;
+    held
+}
+
+/// The descriptor with `urls` for `digest` in one of `repo`'s manifests, if any.
+async fn foreign_descriptor(shared: &Arc<Shared>, repo: &RepoName, digest: &Digest) -> Option<oci::Descriptor> {
+    let wanted = digest_string(digest);
+    for (manifest, _) in repo_manifests(shared, repo) {
+        let Some(info) = read_manifest(shared, &manifest).await else { continue };
+        if let Some(d) = info.blobs.into_iter().find(|d| d.digest == wanted && !d.urls.is_empty()) {
+            return Some(d);
+        }
+    }
+    None
+}
+
+/// The digests and sizes of `repo`'s manifests.
+fn repo_manifests(shared: &Shared, repo: &RepoName) -> Vec<(Digest, u64)> {
+    let m = shared.lock();
+    let prefix = repo.manifests_prefix();
+    m.artifacts(repo.catalog()).into_iter().flatten().filter(|a| a.path.as_str().starts_with(&prefix)).map(|a| (a.digest(), a.size())).collect()
+}
+
+/// A stored manifest, parsed; `None` if it is too large or not one.
+async fn read_manifest(shared: &Arc<Shared>, digest: &Digest) -> Option<ManifestInfo> {
+    let got = shared.store.get(digest, None).await.ok()?;
+    if got.size > oci::MAX_MANIFEST_LEN as u64 {
+        return None;
+    }
+    let chunks: Vec<Bytes> = got.stream.collect::<Vec<_>>().await.into_iter().collect::<Result<_, _>>().ok()?;
+    ManifestInfo::parse(&chunks.concat(), None).ok()
 }
 
 /// The file at `path` as a byte stream, 1 MiB at a time.
@@ -683,7 +844,11 @@ fn list_tags(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName) -> 
     let mut tags: Vec<String> = {
         let m = shared.lock();
         let prefix = repo.tags_prefix();
-        m.artifacts(repo.catalog()).into_iter().flatten().filter_map(|a| a.path.as_str().strip_prefix(&prefix).filter(|t| !t.contains('/')).map(str::to_owned)).collect()
+        m.artifacts(repo.catalog())
+            .into_iter()
+            .flatten()
+            .filter_map(|a| a.path.as_str().strip_prefix(&prefix).filter(|t| !t.contains('/')).map(str::to_owned))
+            .collect()
     };
     if tags.is_empty() && !repo_exists(shared, repo) {
         return oci_error(&OciError::new(ErrorCode::NameUnknown, format!("no repository {repo}")));
@@ -694,7 +859,8 @@ fn list_tags(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName) -> 
     let mut resp = json(StatusCode::OK, body);
     if more && let Some(last) = page.last() {
         let n = n.unwrap_or(MAX_TAGS_PAGE);
-        let link = format!("</v2/{repo}/tags/list?n={n}&last={}>; rel=\"next\"", percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC));
+        let link =
+            format!("</v2/{repo}/tags/list?n={n}&last={}>; rel=\"next\"", percent_encoding::utf8_percent_encode(last, percent_encoding::NON_ALPHANUMERIC));
         resp.headers_mut().insert(header::LINK, header_value(&link));
     }
     resp
@@ -704,20 +870,9 @@ fn list_tags(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName) -> 
 /// repository whose `subject` is `digest`.
 async fn referrers(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName, subject: &Digest) -> Response<Body> {
     let filter = query_param(req.uri().query(), "artifactType").map(|s| s.into_owned());
-    let manifests: Vec<(Digest, u64)> = {
-        let m = shared.lock();
-        let prefix = repo.manifests_prefix();
-        m.artifacts(repo.catalog()).into_iter().flatten().filter(|a| a.path.as_str().starts_with(&prefix)).map(|a| (a.digest(), a.size())).collect()
-    };
     let mut found = Vec::new();
-    for (digest, size) in manifests {
-        if size > oci::MAX_MANIFEST_LEN as u64 {
-            continue;
-        }
-        let Ok(got) = shared.store.get(&digest, None).await else { continue };
-        let Ok(bytes) = got.stream.map(|c| c.map(|b| b.to_vec())).collect::<Vec<_>>().await.into_iter().collect::<Result<Vec<_>, _>>() else { continue };
-        let bytes = bytes.concat();
-        let Ok(info) = ManifestInfo::parse(&bytes, None) else { continue };
+    for (digest, size) in repo_manifests(shared, repo) {
+        let Some(info) = read_manifest(shared, &digest).await else { continue };
         if info.subject != Some(*subject) {
             continue;
         }
