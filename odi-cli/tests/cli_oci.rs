@@ -585,6 +585,7 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(http("POST", &format!("{v2}/cat/fed/blobs/uploads/?mount={}&from=cat/app", digest_of(&config)), &[AUTH], None, &s).status, 201);
     let a = http("PUT", &format!("{v2}/cat/fed/manifests/v1"), &[AUTH, &format!("Content-Type: {OCI_MANIFEST}")], Some(&fed), &s);
     assert_eq!(a.status, 201, "a manifest with foreign layers needs no pushed layer: {}", String::from_utf8_lossy(&a.body));
+    assert_eq!(http("HEAD", &format!("{v2}/cat/fed/blobs/{}", digest_of(&foreign)), &[], None, &s).status, 404, "a HEAD fetches nothing");
     let a = http("GET", &format!("{v2}/cat/fed/blobs/{}", digest_of(&foreign)), &[], None, &s);
     assert_eq!(a.status, 200);
     assert!(a.body == foreign, "the federated layer is the verified one");

@@ -11,6 +11,8 @@
 //! - Upload sessions live in `{data dir}/oci-uploads/`: `{id}.repo` names the repository and
 //!   `{id}.data` holds the bytes received, each chunk synced before it is acknowledged. A blob
 //!   is acknowledged (`201`) only once it is stored under its digest and its `Put` is durable.
+//! - Layer federation: a blob a manifest names by `urls` only is fetched from them on first pull,
+//!   untrusted, and kept only if its size and digest match the descriptor (`federate`).
 
 use std::collections::BTreeSet;
 use std::io::{Read as _, Write as _};
@@ -152,10 +154,10 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
     };
     let method = req.method().clone();
     let write = !matches!(method, Method::GET | Method::HEAD);
-    if write || route == Route::Base {
-        if let Err(resp) = check_push(shared, &req) {
-            return resp;
-        }
+    if (write || route == Route::Base)
+        && let Err(resp) = check_push(shared, &req)
+    {
+        return resp;
     }
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => json(StatusCode::OK, b"{}".to_vec()),
@@ -318,14 +320,12 @@ async fn get_blob(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName
         shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
     };
     let redirect = match redirect {
-        Err(LookupError::NotFound { .. }) if federate(shared, repo, digest).await => {
+        // Only a GET fetches a federated layer: the HEADs a push sends before each upload stay
+        // a lookup.
+        Err(LookupError::NotFound { .. }) if *req.method() == Method::GET && federate(shared, repo, digest).await => {
             // Fetched from a descriptor's `urls` and verified: served like any blob from now on.
             let now = shared.now();
-            if *req.method() == Method::HEAD {
-                shared.lock().lookup(repo.catalog().as_str(), &path).map(|_| None)
-            } else {
-                shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
-            }
+            shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
         }
         other => other,
     };
