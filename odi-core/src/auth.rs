@@ -488,6 +488,55 @@ mod tests {
         assert_eq!(guard.len(), 1);
     }
 
+    #[test]
+    fn an_answer_verifies_only_for_its_request_its_body_and_its_status() {
+        let now = UnixTime(1_800_000_000);
+        let req = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[5; 16]);
+        let other = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[6; 16]);
+        let ans = sign_answer(&key(2), 200, b"ok", &req.signature_input, &req.signature, now).unwrap();
+        fn answer<'a>(status: u16, body: &'a [u8], to: &'a SignedHeaders, a: &'a SignedHeaders) -> SignedAnswer<'a> {
+            SignedAnswer {
+                status,
+                body,
+                content_digest: Some(&a.content_digest),
+                signature_input: Some(&a.signature_input),
+                signature: Some(&a.signature),
+                request_signature_input: &to.signature_input,
+                request_signature: &to.signature,
+            }
+        }
+        let (req, other, ans) = (&req, &other, &ans);
+        assert_eq!(verify_answer(&answer(200, b"ok", req, ans), now), Ok(NodeId(key(2).verifying_key().to_bytes())));
+        assert_eq!(verify_answer(&answer(200, b"ok", other, ans), now), Err(SigError::NotBound), "replayed to another request");
+        let same_nonce = SignedHeaders { signature: other.signature.clone(), ..req.clone() };
+        assert!(matches!(verify_answer(&answer(200, b"ok", &same_nonce, ans), now), Err(SigError::BadSignature(_))), "bound to the request's signature");
+        assert_eq!(verify_answer(&answer(200, b"no", req, ans), now), Err(SigError::BodyDigest));
+        assert!(matches!(verify_answer(&answer(404, b"ok", req, ans), now), Err(SigError::BadSignature(_))), "status is covered");
+        assert_eq!(verify_answer(&answer(200, b"ok", req, ans), UnixTime(now.0 + 3600)), Err(SigError::Expired));
+        let unsigned = SignedAnswer { signature: None, ..answer(200, b"ok", req, ans) };
+        assert_eq!(verify_answer(&unsigned, now), Err(SigError::Missing("Signature")));
+        // A request signature is not an answer signature (another component list).
+        let swapped = answer(200, b"{}", req, req);
+        assert_eq!(verify_answer(&swapped, now), Err(SigError::Malformed("Signature-Input")));
+    }
+
+    #[test]
+    fn a_head_verifies_under_its_signer_only_and_not_once_changed() {
+        let head = CatalogHead { catalog: crate::path::CatalogName::new("rel").unwrap(), seq: 7, digest: Digest::of(b"s"), expires: 1_800_000_100 };
+        let signed = sign_head(&key(3), head);
+        let signer = NodeId(key(3).verifying_key().to_bytes());
+        assert_eq!(verify_head(&signed, &signer), Ok(()));
+        assert!(verify_head(&signed, &NodeId(key(4).verifying_key().to_bytes())).is_err(), "another key");
+        for tampered in [
+            SignedHead { head: CatalogHead { seq: 8, ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { head: CatalogHead { expires: 1_900_000_000, ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { head: CatalogHead { catalog: crate::path::CatalogName::new("other").unwrap(), ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { signature: "00".into(), ..signed.clone() },
+        ] {
+            assert!(verify_head(&tampered, &signer).is_err(), "{tampered:?}");
+        }
+    }
+
     impl<'a> SignedRequest<'a> {
         fn with_path(self, path: &'a str) -> Self {
             Self { path, ..self }

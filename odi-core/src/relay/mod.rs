@@ -217,11 +217,7 @@ impl Relay {
         let Some(reg) = self.registrations.get_mut(upstream) else { return };
         match reg.trust.check(&msg, signer, now, wall) {
             Verdict::Refuse(reason) => {
-                if reg.trust.refusing.as_ref() != Some(&reason) {
-                    reg.trust.refusing = Some(reason.clone());
-                    self.out.events.push_back(Event::Distrusted { upstream, reason });
-                }
-                self.handle_send_failed(upstream, now);
+                self.handle_unverified(upstream, reason, now);
                 return;
             }
             Verdict::Accept { changed, pinned } => {
@@ -264,6 +260,18 @@ impl Relay {
         }
         self.settle();
         self.send_due(now);
+    }
+
+    /// The answer to the last `Send` to `upstream` was refused before it reached the machine
+    /// (unsigned, signed for another request, not verifying): it counts as no answer, and
+    /// `reason` is reported (once while it stays the same).
+    pub fn handle_unverified(&mut self, upstream: Upstream, reason: String, now: Instant) {
+        let Some(reg) = self.registrations.get_mut(upstream) else { return };
+        if reg.trust.refusing.as_ref() != Some(&reason) {
+            reg.trust.refusing = Some(reason.clone());
+            self.out.events.push_back(Event::Distrusted { upstream, reason });
+        }
+        self.handle_send_failed(upstream, now);
     }
 
     /// The last `Send` to `upstream` got no answer (connection refused, timeout, bad response).
@@ -357,6 +365,11 @@ impl Relay {
     /// What to persist of directory `upstream` (see `Effect::SaveTrust`).
     pub fn trust(&self, upstream: Upstream) -> Option<Trust> {
         self.registrations.get(upstream).map(|r| r.trust.snapshot())
+    }
+
+    /// Directory `upstream`'s pinned key, if pinned yet.
+    pub fn pinned_key(&self, upstream: Upstream) -> Option<NodeId> {
+        self.registrations.get(upstream).and_then(|r| r.trust.key())
     }
 
     /// How many directories this relay is configured with.

@@ -60,6 +60,10 @@ impl TrustState {
         Self { key: restored.key, heads, refusing: None }
     }
 
+    pub(super) fn key(&self) -> Option<NodeId> {
+        self.key
+    }
+
     pub(super) fn snapshot(&self) -> Trust {
         Trust { key: self.key, heads: self.heads.iter().map(|(c, l)| (c.clone(), l.applied)).collect() }
     }

@@ -695,6 +695,8 @@ pub mod federation;
 #[cfg(test)]
 mod federation_tests;
 #[cfg(test)]
+mod heads_tests;
+#[cfg(test)]
 mod health_tests;
 #[cfg(test)]
 mod multi_tests;
