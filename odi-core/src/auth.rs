@@ -337,9 +337,7 @@ pub fn verify_head(head: &SignedHead, key: &NodeId) -> Result<(), SigError> {
     let mut sig = [0u8; 64];
     hex::decode_to_slice(head.signature.trim(), &mut sig).map_err(|_| SigError::Malformed("head signature"))?;
     let verifying = VerifyingKey::from_bytes(&key.0).map_err(|_| SigError::BadSignature(*key))?;
-    verifying
-        .verify_strict(head_bytes(key, &head.head).as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig))
-        .map_err(|_| SigError::BadSignature(*key))
+    verifying.verify_strict(head_bytes(key, &head.head).as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| SigError::BadSignature(*key))
 }
 
 /// Remembers nonces until their signatures expire, so each signed request is accepted once.

@@ -66,7 +66,9 @@ pub fn parse_directory_key(s: &str) -> Result<NodeId, String> {
     }
     match base64::engine::general_purpose::STANDARD.decode(s).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
         Some(bytes) => Ok(NodeId(bytes)),
-        None => Err(format!("`{s}` is not a directory key: give the 64 hex digits the directory prints at start (and keeps in its data dir, {DIRECTORY_KEY_FILE})")),
+        None => {
+            Err(format!("`{s}` is not a directory key: give the 64 hex digits the directory prints at start (and keeps in its data dir, {DIRECTORY_KEY_FILE})"))
+        }
     }
 }
 

@@ -71,7 +71,6 @@ pub use crate::federation::{Accepted, Batch, FederationConfig, FetchError, Link}
 use crate::federation::{FedRecord, Op};
 use crate::manifest::ChunkManifest;
 pub use crate::message::RelayStatus;
-use ed25519_dalek::SigningKey;
 use crate::message::{
     AddressPolicy, Assigned, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, SignedHead,
 };
@@ -79,6 +78,7 @@ use crate::path::{ArtifactPath, CatalogName};
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{EnrollTokenRecord, Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
+use ed25519_dalek::SigningKey;
 
 /// One directory's state. See the module docs for the drain contract.
 #[derive(Debug)]

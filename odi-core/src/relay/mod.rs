@@ -37,8 +37,8 @@ mod trust;
 pub use holdings::footprint;
 use holdings::{Holdings, Want};
 use registration::Registration;
-pub use trust::{AppliedHead, MAX_HEAD_TTL, Trust};
 use trust::Verdict;
+pub use trust::{AppliedHead, MAX_HEAD_TTL, Trust};
 
 /// Index of a directory among those the relay is configured with (`RelayConfig::directories`).
 pub type Upstream = usize;
@@ -613,7 +613,11 @@ mod tests {
                 expunged: Vec::new(),
                 standing: None,
                 heads: Vec::new(),
-            }), DIR, now, WALL);
+            }),
+            DIR,
+            now,
+            WALL,
+        );
     }
 
     fn deleted(r: &mut Relay) -> Vec<Digest> {

@@ -238,7 +238,13 @@ mod tests {
 
     fn ack(expunged: Vec<Digest>, assigned: &[u8]) -> Message {
         let assigned = assigned.iter().map(|n| Assigned { digest: d(*n), size: 10, manifest: None, sources: Vec::new() }).collect();
-        Message::HeartbeatAck(HeartbeatAck { generation: 3, state: Some(RelayAssignment { assigned, names: Vec::new() }), expunged, standing: None, heads: Vec::new() })
+        Message::HeartbeatAck(HeartbeatAck {
+            generation: 3,
+            state: Some(RelayAssignment { assigned, names: Vec::new() }),
+            expunged,
+            standing: None,
+            heads: Vec::new(),
+        })
     }
 
     #[test]

@@ -50,7 +50,10 @@ pub(super) struct TrustState {
 /// What checking an answer decided.
 pub(super) enum Verdict {
     /// Apply it; `changed`: the trust to persist moved.
-    Accept { changed: bool, pinned: Option<NodeId> },
+    Accept {
+        changed: bool,
+        pinned: Option<NodeId>,
+    },
     Refuse(String),
 }
 

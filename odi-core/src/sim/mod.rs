@@ -290,8 +290,9 @@ impl Sim {
         let id = NodeId([n; 32]);
         let url = RelayUrl::new(&format!("http://relay-{n}.sim")).expect("valid url");
         let mut config = RelayConfig::new(url, Capacity { disk_budget, bandwidth: 100 << 20 }, ENROLL_TOKEN.into());
-        config.directories =
-            (0..directories.max(1)).map(|i| relay::UpstreamConfig { name: format!("directory {i}"), enroll_token: ENROLL_TOKEN.into(), trust: relay::Trust::default() }).collect();
+        config.directories = (0..directories.max(1))
+            .map(|i| relay::UpstreamConfig { name: format!("directory {i}"), enroll_token: ENROLL_TOKEN.into(), trust: relay::Trust::default() })
+            .collect();
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);

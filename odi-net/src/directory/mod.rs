@@ -183,7 +183,8 @@ impl DirectoryServer {
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
         let clock = Clock::start();
-        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_federation(key.clone(), FederationConfig::default())
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())))
+            .with_federation(key.clone(), FederationConfig::default())
             .with_heads(key.clone(), options.head_ttl);
         let public_key = NodeId(key.verifying_key().to_bytes());
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator

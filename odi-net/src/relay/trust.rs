@@ -93,4 +93,3 @@ impl TrustFile {
             .map_err(|e| NetError::Protocol(format!("the trust file writer failed: {e}")))?
     }
 }
-
