@@ -702,15 +702,17 @@ impl Directory {
         if state.is_some() {
             self.relays.state_sent(&from, generation);
         }
-        let heads = self.heads_for(&from, wall);
+        let heads = self.heads_for(&from, state.as_ref(), wall);
         Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: heard.expunged, standing, heads })
     }
 
-    /// A signed head for every catalog `relay` carries (those it enrolled for, or all): sent with
-    /// every ack, so that each heartbeat renews them.
-    fn heads_for(&mut self, relay: &NodeId, wall: UnixTime) -> Vec<SignedHead> {
+    /// A signed head for every catalog `relay` carries (those it enrolled for, or all) and every
+    /// catalog `state` names (a blob it holds may have a name in another): sent with every ack,
+    /// so that each heartbeat renews them.
+    fn heads_for(&mut self, relay: &NodeId, state: Option<&RelayAssignment>, wall: UnixTime) -> Vec<SignedHead> {
         let wanted = self.relays.record(relay).map(|r| r.catalogs.clone()).unwrap_or_default();
-        let names = if wanted.is_empty() { self.catalogs.names() } else { wanted };
+        let mut names: BTreeSet<CatalogName> = if wanted.is_empty() { self.catalogs.names().into_iter().collect() } else { wanted.into_iter().collect() };
+        names.extend(state.into_iter().flat_map(|s| s.names.iter().map(|n| n.catalog.clone())));
         names
             .iter()
             .filter_map(|c| self.catalogs.head_state(c).map(|(seq, digest)| (c, seq, digest)))
