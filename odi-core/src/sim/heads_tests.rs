@@ -161,7 +161,9 @@ fn replayed_old_heads_are_refused() {
         net.sim.answers = Answers::Honest;
         net.run_checked(Duration::from_secs(6), &honest, &[]);
         let after: Vec<BTreeMap<String, Digest>> = net.relays.iter().map(|id| net.served(*id)).collect();
-        assert_eq!(after, before, "seed {seed}: renewed by the honest directory, served again");
+        for (b, a) in before.iter().zip(&after) {
+            assert!(b.iter().all(|(p, d)| a.get(p) == Some(d)), "seed {seed}: renewed by the honest directory, served again: {b:?} then {a:?}");
+        }
     }
 }
 
