@@ -145,6 +145,7 @@ pub(crate) async fn start_relay_tls(
         enroll_token: ENROLL_TOKEN.into(),
         max_fetches,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
+        directory_keys: Vec::new(),
     };
     let server = RelayServer::open(options).await.context("cannot open the relay")?;
     Ok(Node::spawn(url, |stopped| async move {

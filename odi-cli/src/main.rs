@@ -121,6 +121,11 @@ struct DirectoryArgs {
     /// (metalink, odi get) before plain clients are sent to it (default 6h; 0s: off).
     #[arg(long, value_parser = units::parse_duration_or_zero)]
     probation: Option<Duration>,
+    /// How long a relay keeps serving a catalog on a signed head without renewal (default 24h):
+    /// heads are renewed on every heartbeat, so this is how long relays ride out an outage of
+    /// this directory before they freeze its catalogs. At least three heartbeat intervals.
+    #[arg(long, value_parser = units::parse_duration)]
+    head_ttl: Option<Duration>,
     /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
     #[arg(long, value_name = "FILE", requires = "tls_key")]
     tls_cert: Option<PathBuf>,
@@ -170,6 +175,12 @@ struct RelayArgs {
     /// Hold only artifacts carrying one of these tags (default: any).
     #[arg(long = "tag")]
     tags: Vec<String>,
+    /// The directory's key to pin (the hex the directory prints at start and keeps in its data
+    /// dir as directory.pub); one per --directory, in the same order. Without it the key of the
+    /// directory's first answer is pinned (trust on first use). Either way the pin is kept in
+    /// the relay's trust.json, and answers signed by any other key are refused.
+    #[arg(long = "directory-key", value_name = "KEY")]
+    directory_keys: Vec<String>,
     /// Upload bandwidth offered, e.g. 100MB/s (used to weigh assignments and redirects).
     #[arg(long, value_parser = units::parse_rate)]
     bandwidth: Option<u64>,
@@ -452,8 +463,11 @@ struct FileConfig {
     allow_private_relays: Option<bool>,
     allow_private_origins: Option<bool>,
     probation: Option<String>,
+    head_ttl: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
+    #[serde(default)]
+    directory_key: Vec<String>,
     disk_budget: Option<String>,
     #[serde(default)]
     catalog: Vec<String>,
@@ -557,6 +571,16 @@ async fn run(command: Command) -> Result<()> {
             if let Some(d) = args.probation.map(Ok).or_else(|| file.probation.as_deref().map(units::parse_duration_or_zero)) {
                 options.probation = d.map_err(|e| anyhow!("probation: {e}"))?;
             }
+            if let Some(d) = args.head_ttl.map(Ok).or_else(|| file.head_ttl.as_deref().map(units::parse_duration)) {
+                options.head_ttl = d.map_err(|e| anyhow!("head_ttl: {e}"))?;
+            }
+            if options.head_ttl < options.heartbeat_interval * 3 {
+                bail!(
+                    "the head TTL ({:?}) must be at least three heartbeat intervals ({:?}): relays would freeze between renewals",
+                    options.head_ttl,
+                    options.heartbeat_interval
+                );
+            }
             if options.lease < options.heartbeat_interval * 2 {
                 bail!("the lease ({:?}) must be at least twice the heartbeat interval ({:?})", options.lease, options.heartbeat_interval);
             }
@@ -573,6 +597,7 @@ async fn run(command: Command) -> Result<()> {
                     eprintln!("{what} token: {}", path.display());
                 }
             }
+            eprintln!("directory key: {} (kept in {}; relays pin it: odi relay --directory-key KEY)", server.id(), data.join("directory.pub").display());
             eprintln!("directory {} listening on {}://{}", server.id(), listener.scheme(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
@@ -613,6 +638,7 @@ async fn run(command: Command) -> Result<()> {
                 enroll_token,
                 max_fetches: 4,
                 scrub_rate,
+                directory_keys: if args.directory_keys.is_empty() { file.directory_key } else { args.directory_keys },
             };
             let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
             let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;

@@ -16,7 +16,7 @@ use base64::Engine as _;
 use ed25519_dalek::{Signer as _, SigningKey, VerifyingKey};
 
 use crate::digest::Digest;
-use crate::message::NodeId;
+use crate::message::{CatalogHead, NodeId, SignedHead};
 use crate::time::UnixTime;
 
 /// How long a signature is valid for.
@@ -47,6 +47,10 @@ pub enum SigError {
     ReplayCacheFull,
     #[error("signed before this node started; sign the request again")]
     BeforeStart,
+    #[error("the answer is bound to another request (a replayed or misdirected answer)")]
+    NotBound,
+    #[error("signed by {got}, not by the pinned directory key {pinned}")]
+    WrongKey { pinned: NodeId, got: NodeId },
 }
 
 /// The parameters of one signature.
@@ -60,7 +64,11 @@ pub struct SigParams {
 
 impl SigParams {
     fn serialize(&self) -> String {
-        format!(r#"{COMPONENTS};created={};expires={};nonce="{}";keyid="{}";alg="ed25519""#, self.created, self.expires, self.nonce, self.keyid)
+        self.serialize_with(COMPONENTS)
+    }
+
+    fn serialize_with(&self, components: &str) -> String {
+        format!(r#"{components};created={};expires={};nonce="{}";keyid="{}";alg="ed25519""#, self.created, self.expires, self.nonce, self.keyid)
     }
 }
 
@@ -96,9 +104,13 @@ pub fn sign(key: &SigningKey, method: &str, path: &str, query: &str, body: &[u8]
 
 /// Parses `odi=(...);created=..;expires=..;nonce="..";keyid="..";alg="ed25519"` (our profile only).
 pub fn parse_signature_input(value: &str) -> Result<SigParams, SigError> {
+    parse_params(value, COMPONENTS)
+}
+
+fn parse_params(value: &str, components: &str) -> Result<SigParams, SigError> {
     let bad = || SigError::Malformed("Signature-Input");
     let rest = value.trim().strip_prefix("odi=").ok_or_else(bad)?;
-    let rest = rest.strip_prefix(COMPONENTS).ok_or_else(bad)?;
+    let rest = rest.strip_prefix(components).ok_or_else(bad)?;
     let (mut created, mut expires, mut nonce, mut keyid, mut alg) = (None, None, None, None, None);
     for param in rest.split(';').skip(1) {
         let (name, val) = param.split_once('=').ok_or_else(bad)?;
@@ -211,6 +223,121 @@ pub fn verify(req: &SignedRequest<'_>, now: UnixTime, replay: &mut ReplayGuard) 
     claim.verify()?;
     replay.check_and_insert(claim.params(), now)?;
     Ok(claim.keyid())
+}
+
+// ---- answers: the directory's signed response to a signed node request ----
+//
+// An answer carries the same three headers, in a response profile:
+// ```text
+// Signature-Input: odi=("@status" "content-digest" "signature";req);created=T;expires=T+60;nonce="{the request's nonce}";keyid="{hex key}";alg="ed25519"
+// ```
+// The base covers the status, the answer's body (through its `Content-Digest`) and the request's
+// own `Signature` header, which itself covers the request's method, path, query, body and
+// nonce: an answer verifies for the one request it was made for, and for no other.
+
+const ANSWER_COMPONENTS: &str = r#"("@status" "content-digest" "signature";req)"#;
+
+fn answer_base(status: u16, content_digest: &str, request_signature: &str, params: &SigParams) -> String {
+    format!(
+        "\"@status\": {status}\n\"content-digest\": {content_digest}\n\"signature\";req: {}\n\"@signature-params\": {}",
+        request_signature.trim(),
+        params.serialize_with(ANSWER_COMPONENTS)
+    )
+}
+
+/// The nonce of a signed request, from its `Signature-Input` header.
+pub fn request_nonce(signature_input: &str) -> Result<String, SigError> {
+    parse_signature_input(signature_input).map(|p| p.nonce)
+}
+
+/// Signs the answer (`status`, `body`) to the request whose headers were `request_signature_input`
+/// and `request_signature`.
+pub fn sign_answer(
+    key: &SigningKey,
+    status: u16,
+    body: &[u8],
+    request_signature_input: &str,
+    request_signature: &str,
+    now: UnixTime,
+) -> Result<SignedHeaders, SigError> {
+    let nonce = request_nonce(request_signature_input)?;
+    let params = SigParams { created: now.0, expires: now.0 + SIGNATURE_LIFETIME, nonce, keyid: NodeId(key.verifying_key().to_bytes()) };
+    let content_digest = content_digest(body);
+    let base = answer_base(status, &content_digest, request_signature, &params);
+    let signature = key.sign(base.as_bytes());
+    Ok(SignedHeaders {
+        content_digest,
+        signature_input: format!("odi={}", params.serialize_with(ANSWER_COMPONENTS)),
+        signature: format!("odi=:{}:", B64.encode(signature.to_bytes())),
+    })
+}
+
+/// An answer as the requester sees it, with the headers of the request it answers.
+#[derive(Clone, Copy, Debug)]
+pub struct SignedAnswer<'a> {
+    pub status: u16,
+    pub body: &'a [u8],
+    pub content_digest: Option<&'a str>,
+    pub signature_input: Option<&'a str>,
+    pub signature: Option<&'a str>,
+    /// The `Signature-Input` and `Signature` the request was sent with.
+    pub request_signature_input: &'a str,
+    pub request_signature: &'a str,
+}
+
+/// Verifies that an answer is fresh, matches its body, is bound to its request (the request's
+/// nonce and signature) and is signed by the key it names. Returns that key: whether it is the
+/// one the requester trusts is the caller's decision (`odi_core::relay` pins it).
+pub fn verify_answer(answer: &SignedAnswer<'_>, now: UnixTime) -> Result<NodeId, SigError> {
+    let content_digest = answer.content_digest.ok_or(SigError::Missing("Content-Digest"))?;
+    let params = parse_params(answer.signature_input.ok_or(SigError::Missing("Signature-Input"))?, ANSWER_COMPONENTS)?;
+    let signature = decode_signature(answer.signature.ok_or(SigError::Missing("Signature"))?)?;
+    let fresh = params.created <= now.0 + MAX_CLOCK_SKEW
+        && params.expires + MAX_CLOCK_SKEW > now.0
+        && params.expires > params.created
+        && params.expires - params.created <= MAX_SIGNATURE_LIFETIME;
+    if !fresh {
+        return Err(SigError::Expired);
+    }
+    if request_nonce(answer.request_signature_input).ok().as_deref() != Some(params.nonce.as_str()) {
+        return Err(SigError::NotBound);
+    }
+    if content_digest != self::content_digest(answer.body) {
+        return Err(SigError::BodyDigest);
+    }
+    let base = answer_base(answer.status, content_digest, answer.request_signature, &params);
+    let key = VerifyingKey::from_bytes(&params.keyid.0).map_err(|_| SigError::BadSignature(params.keyid))?;
+    key.verify_strict(base.as_bytes(), &ed25519_dalek::Signature::from_bytes(&signature)).map_err(|_| SigError::BadSignature(params.keyid))?;
+    Ok(params.keyid)
+}
+
+fn decode_signature(value: &str) -> Result<[u8; 64], SigError> {
+    let b64 = value.trim().strip_prefix("odi=:").and_then(|s| s.strip_suffix(':')).ok_or(SigError::Malformed("Signature"))?;
+    B64.decode(b64).ok().and_then(|b| b.try_into().ok()).ok_or(SigError::Malformed("Signature"))
+}
+
+// ---- catalog heads ----
+
+/// Domain of a catalog head's signature.
+const HEAD_DOMAIN: &str = "odi-catalog-head-v1";
+
+fn head_bytes(signer: &NodeId, head: &CatalogHead) -> String {
+    format!("{HEAD_DOMAIN}\n{signer}\n{}\n{}\n{}\n{}", head.catalog, head.seq, head.digest.to_hex(), head.expires)
+}
+
+/// Signs `head` with the directory's key.
+pub fn sign_head(key: &SigningKey, head: CatalogHead) -> SignedHead {
+    let signer = NodeId(key.verifying_key().to_bytes());
+    let signature = key.sign(head_bytes(&signer, &head).as_bytes());
+    SignedHead { head, signature: hex::encode(signature.to_bytes()) }
+}
+
+/// Checks that `head` was signed by `key`.
+pub fn verify_head(head: &SignedHead, key: &NodeId) -> Result<(), SigError> {
+    let mut sig = [0u8; 64];
+    hex::decode_to_slice(head.signature.trim(), &mut sig).map_err(|_| SigError::Malformed("head signature"))?;
+    let verifying = VerifyingKey::from_bytes(&key.0).map_err(|_| SigError::BadSignature(*key))?;
+    verifying.verify_strict(head_bytes(key, &head.head).as_bytes(), &ed25519_dalek::Signature::from_bytes(&sig)).map_err(|_| SigError::BadSignature(*key))
 }
 
 /// Remembers nonces until their signatures expire, so each signed request is accepted once.
@@ -357,6 +484,55 @@ mod tests {
         let h = sign(&key(1), "POST", "/p", "", b"", later, &[4; 16]);
         assert!(verify(&request(&h, b"").with_path("/p"), later, &mut guard).is_ok());
         assert_eq!(guard.len(), 1);
+    }
+
+    #[test]
+    fn an_answer_verifies_only_for_its_request_its_body_and_its_status() {
+        let now = UnixTime(1_800_000_000);
+        let req = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[5; 16]);
+        let other = sign(&key(1), "POST", "/odi/v1/heartbeat", "", b"{}", now, &[6; 16]);
+        let ans = sign_answer(&key(2), 200, b"ok", &req.signature_input, &req.signature, now).unwrap();
+        fn answer<'a>(status: u16, body: &'a [u8], to: &'a SignedHeaders, a: &'a SignedHeaders) -> SignedAnswer<'a> {
+            SignedAnswer {
+                status,
+                body,
+                content_digest: Some(&a.content_digest),
+                signature_input: Some(&a.signature_input),
+                signature: Some(&a.signature),
+                request_signature_input: &to.signature_input,
+                request_signature: &to.signature,
+            }
+        }
+        let (req, other, ans) = (&req, &other, &ans);
+        assert_eq!(verify_answer(&answer(200, b"ok", req, ans), now), Ok(NodeId(key(2).verifying_key().to_bytes())));
+        assert_eq!(verify_answer(&answer(200, b"ok", other, ans), now), Err(SigError::NotBound), "replayed to another request");
+        let same_nonce = SignedHeaders { signature: other.signature.clone(), ..req.clone() };
+        assert!(matches!(verify_answer(&answer(200, b"ok", &same_nonce, ans), now), Err(SigError::BadSignature(_))), "bound to the request's signature");
+        assert_eq!(verify_answer(&answer(200, b"no", req, ans), now), Err(SigError::BodyDigest));
+        assert!(matches!(verify_answer(&answer(404, b"ok", req, ans), now), Err(SigError::BadSignature(_))), "status is covered");
+        assert_eq!(verify_answer(&answer(200, b"ok", req, ans), UnixTime(now.0 + 3600)), Err(SigError::Expired));
+        let unsigned = SignedAnswer { signature: None, ..answer(200, b"ok", req, ans) };
+        assert_eq!(verify_answer(&unsigned, now), Err(SigError::Missing("Signature")));
+        // A request signature is not an answer signature (another component list).
+        let swapped = answer(200, b"{}", req, req);
+        assert_eq!(verify_answer(&swapped, now), Err(SigError::Malformed("Signature-Input")));
+    }
+
+    #[test]
+    fn a_head_verifies_under_its_signer_only_and_not_once_changed() {
+        let head = CatalogHead { catalog: crate::path::CatalogName::new("rel").unwrap(), seq: 7, digest: Digest::of(b"s"), expires: 1_800_000_100 };
+        let signed = sign_head(&key(3), head);
+        let signer = NodeId(key(3).verifying_key().to_bytes());
+        assert_eq!(verify_head(&signed, &signer), Ok(()));
+        assert!(verify_head(&signed, &NodeId(key(4).verifying_key().to_bytes())).is_err(), "another key");
+        for tampered in [
+            SignedHead { head: CatalogHead { seq: 8, ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { head: CatalogHead { expires: 1_900_000_000, ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { head: CatalogHead { catalog: crate::path::CatalogName::new("other").unwrap(), ..signed.head.clone() }, ..signed.clone() },
+            SignedHead { signature: "00".into(), ..signed.clone() },
+        ] {
+            assert!(verify_head(&tampered, &signer).is_err(), "{tampered:?}");
+        }
     }
 
     impl<'a> SignedRequest<'a> {

@@ -401,6 +401,30 @@ pub struct HeartbeatAck {
     /// How the directory sees the relay, so that its operator learns why it gets no clients.
     #[serde(default)]
     pub standing: Option<Standing>,
+    /// A signed head for every catalog the relay may serve from this directory, renewed on
+    /// every heartbeat (see `odi_core::auth::sign_head`). Absent from directories before heads:
+    /// a relay then applies no names from the state.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub heads: Vec<SignedHead>,
+}
+
+/// The directory's statement of a catalog's state: its sequence (the catalog's log position,
+/// which only grows), a digest naming the state, and until when the statement holds.
+#[derive(Clone, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
+pub struct CatalogHead {
+    pub catalog: CatalogName,
+    pub seq: u64,
+    pub digest: Digest,
+    /// Unix seconds after which a relay stops serving the catalog unless renewed.
+    pub expires: u64,
+}
+
+/// A [`CatalogHead`] with the directory's Ed25519 signature (hex).
+#[derive(Clone, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
+pub struct SignedHead {
+    #[serde(flatten)]
+    pub head: CatalogHead,
+    pub signature: String,
 }
 
 /// The state a relay is shown in, derived from what the directory knows.

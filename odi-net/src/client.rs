@@ -164,9 +164,23 @@ impl HttpClient {
 
     /// Builds and sends a request signed by `key` (the node API).
     pub async fn signed(&self, key: &SigningKey, method: Method, url: &str, body: Vec<u8>, timeout: Duration) -> Result<Response<Incoming>, NetError> {
+        self.signed_exchange(key, method, url, body, timeout).await.map(|(resp, _)| resp)
+    }
+
+    /// Like [`Self::signed`], and returns the signature headers the request was sent with, which
+    /// a signed answer is bound to ([`auth::verify_answer`]).
+    pub async fn signed_exchange(
+        &self,
+        key: &SigningKey,
+        method: Method,
+        url: &str,
+        body: Vec<u8>,
+        timeout: Duration,
+    ) -> Result<(Response<Incoming>, auth::SignedHeaders), NetError> {
         let uri: http::Uri = url.parse().map_err(|_| NetError::Config(format!("`{url}` is not a URL")))?;
         let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
         let signed = auth::sign(key, method.as_str(), &path, &query, &body, unix_now(), &crate::keys::random_bytes::<16>());
+        let sent = signed.clone();
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(h) = req.headers_mut() {
             for (name, value) in [("content-digest", signed.content_digest), ("signature-input", signed.signature_input), ("signature", signed.signature)] {
@@ -177,7 +191,7 @@ impl HttpClient {
             }
         }
         let req = req.body(full(body)).map_err(|e| NetError::Config(e.to_string()))?;
-        self.send(req, timeout).await
+        Ok((self.send(req, timeout).await?, sent))
     }
 }
 

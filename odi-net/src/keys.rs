@@ -5,6 +5,7 @@ use std::io::Write as _;
 use std::path::{Path, PathBuf};
 
 use ed25519_dalek::SigningKey;
+use odi_core::message::NodeId;
 
 use crate::NetError;
 
@@ -40,6 +41,35 @@ pub fn write_secret(path: &Path, secret: &str) -> Result<(), NetError> {
     let mut file = options.open(&tmp).map_err(|e| NetError::io(format!("cannot create {}", tmp.display()), e))?;
     file.write_all(format!("{secret}\n").as_bytes()).and_then(|()| file.sync_all()).map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
     fs::rename(&tmp, path).map_err(|e| NetError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// The file in a directory's data dir holding its public key (hex), for relays to pin.
+pub const DIRECTORY_KEY_FILE: &str = "directory.pub";
+
+/// Writes a public value (a key to hand out) to `path`, readable by all (0644), atomically.
+pub fn write_public(path: &Path, value: &str) -> Result<(), NetError> {
+    if fs::read_to_string(path).is_ok_and(|s| s.trim() == value) {
+        return Ok(());
+    }
+    let tmp = path.with_extension("tmp");
+    fs::write(&tmp, format!("{value}\n")).map_err(|e| NetError::io(format!("cannot write {}", tmp.display()), e))?;
+    fs::rename(&tmp, path).map_err(|e| NetError::io(format!("cannot write {}", path.display()), e))
+}
+
+/// Parses a directory key as given to `--directory-key`: 64 hex digits (what a directory prints
+/// and writes to `directory.pub`), or the 32 bytes in base64.
+pub fn parse_directory_key(s: &str) -> Result<NodeId, String> {
+    use base64::Engine as _;
+    let s = s.trim();
+    if let Ok(id) = s.parse::<NodeId>() {
+        return Ok(id);
+    }
+    match base64::engine::general_purpose::STANDARD.decode(s).ok().and_then(|b| <[u8; 32]>::try_from(b).ok()) {
+        Some(bytes) => Ok(NodeId(bytes)),
+        None => {
+            Err(format!("`{s}` is not a directory key: give the 64 hex digits the directory prints at start (and keeps in its data dir, {DIRECTORY_KEY_FILE})"))
+        }
+    }
 }
 
 /// Loads `{dir}/token.key`, the 32-byte key token hashes are stored under, creating it on first

@@ -24,6 +24,66 @@ struct CatalogState {
     artifacts: BTreeMap<ArtifactPath, Entry>,
     /// Expunged paths (410), with the bytes each held when it was expunged.
     expunged: BTreeMap<ArtifactPath, Digest>,
+    /// The sum (mod 2^256) of SHA-256(path, digest) over every name: an order-free digest of
+    /// the names, kept up to date at each change, that the catalog's signed head carries.
+    names_sum: NamesSum,
+}
+
+/// A 256-bit sum of one hash per name (four little-endian limbs): adding a name adds its term,
+/// removing it subtracts it, so the digest of the state follows the state and not its history.
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+struct NamesSum([u64; 4]);
+
+impl NamesSum {
+    fn term(path: &ArtifactPath, entry: &Entry) -> [u64; 4] {
+        let h = Digest::of(format!("{path}\0{}", entry.artifact.digest().to_hex()).as_bytes());
+        let b = h.as_bytes();
+        std::array::from_fn(|i| u64::from_le_bytes(b[i * 8..i * 8 + 8].try_into().expect("8 bytes")))
+    }
+
+    fn add(&mut self, t: [u64; 4]) {
+        let mut carry = false;
+        for (limb, x) in self.0.iter_mut().zip(t) {
+            let (v, c1) = limb.overflowing_add(x);
+            let (v, c2) = v.overflowing_add(u64::from(carry));
+            *limb = v;
+            carry = c1 || c2;
+        }
+    }
+
+    fn sub(&mut self, t: [u64; 4]) {
+        let mut borrow = false;
+        for (limb, x) in self.0.iter_mut().zip(t) {
+            let (v, b1) = limb.overflowing_sub(x);
+            let (v, b2) = v.overflowing_sub(u64::from(borrow));
+            *limb = v;
+            borrow = b1 || b2;
+        }
+    }
+
+    fn digest(&self) -> Digest {
+        let bytes: Vec<u8> = self.0.iter().flat_map(|l| l.to_le_bytes()).collect();
+        Digest::of(&bytes)
+    }
+}
+
+impl CatalogState {
+    fn insert(&mut self, path: ArtifactPath, entry: Entry) -> Option<Entry> {
+        self.names_sum.add(NamesSum::term(&path, &entry));
+        let old = self.artifacts.insert(path.clone(), entry);
+        if let Some(old) = &old {
+            self.names_sum.sub(NamesSum::term(&path, old));
+        }
+        old
+    }
+
+    fn remove(&mut self, path: &ArtifactPath) -> Option<Entry> {
+        let old = self.artifacts.remove(path);
+        if let Some(old) = &old {
+            self.names_sum.sub(NamesSum::term(path, old));
+        }
+        old
+    }
 }
 
 #[derive(Debug)]
@@ -165,7 +225,7 @@ impl Catalogs {
         if self.catalogs.contains_key(&config.name) {
             return false;
         }
-        let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new() };
+        let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new(), names_sum: NamesSum::default() };
         self.catalogs.insert(config.name.clone(), state);
         true
     }
@@ -182,7 +242,7 @@ impl Catalogs {
         match &entry.op {
             LogOp::Put(artifact) => self.bind(catalog, artifact.clone(), generation, &mut changes),
             LogOp::ExpungePath { path, digest } => {
-                let removed = cat.artifacts.remove(path);
+                let removed = cat.remove(path);
                 let tagged = removed.as_ref().is_some_and(|e| !e.artifact.tags.is_empty());
                 let held = removed.map_or(*digest, |e| e.artifact.digest());
                 cat.expunged.insert(path.clone(), held);
@@ -198,7 +258,7 @@ impl Catalogs {
             LogOp::Expunge { path, digest } => {
                 // The meaning such records were written with: the digest is barred.
                 cat.expunged.insert(path.clone(), *digest);
-                let held = cat.artifacts.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
+                let held = cat.remove(path).map(|e| e.artifact.digest()).filter(|d| d != digest);
                 if let Some(held) = held {
                     self.unname(held, catalog, path, false, &mut changes);
                 }
@@ -258,7 +318,7 @@ impl Catalogs {
     /// Withdraws `catalog/path` (it answers 410) if it is bound.
     pub(super) fn unbind(&mut self, catalog: &CatalogName, path: &ArtifactPath, changes: &mut Vec<CatalogChange>) {
         let Some(cat) = self.catalogs.get_mut(catalog) else { return };
-        let Some(old) = cat.artifacts.remove(path) else { return };
+        let Some(old) = cat.remove(path) else { return };
         cat.expunged.insert(path.clone(), old.artifact.digest());
         self.unname(old.artifact.digest(), catalog, path, !old.artifact.tags.is_empty(), changes);
     }
@@ -294,7 +354,7 @@ impl Catalogs {
         cat.expunged.remove(&artifact.path);
         let path = artifact.path.clone();
         let tags = artifact.tags.clone();
-        let old = cat.artifacts.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        let old = cat.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
         match old {
             Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
             // The same bytes under other tags: placement must look again.
@@ -314,7 +374,7 @@ impl Catalogs {
         if let Some(blob) = self.blobs.remove(digest) {
             for (cat, path) in blob.names {
                 if let Some(c) = self.catalogs.get_mut(&cat) {
-                    c.artifacts.remove(&path);
+                    c.remove(&path);
                     c.expunged.insert(path, *digest);
                 }
             }
@@ -338,6 +398,11 @@ impl Catalogs {
     }
 
     // ---- queries ----
+
+    /// What `catalog`'s signed head states: its log position and the digest of its names.
+    pub(super) fn head_state(&self, catalog: &CatalogName) -> Option<(u64, Digest)> {
+        self.catalogs.get(catalog).map(|c| (c.seq, c.names_sum.digest()))
+    }
 
     pub(super) fn names(&self) -> Vec<CatalogName> {
         self.catalogs.keys().cloned().collect()

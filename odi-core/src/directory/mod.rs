@@ -32,6 +32,7 @@
 mod catalogs;
 mod config;
 mod federated;
+mod heads;
 mod hot;
 mod persist;
 mod placement;
@@ -50,6 +51,8 @@ use bytes::Bytes;
 use self::catalogs::{CatalogChange, Catalogs};
 pub use self::config::{DEFAULT_PROBATION, DirectoryConfig};
 use self::federated::Linked;
+pub use self::heads::DEFAULT_HEAD_TTL;
+use self::heads::Heads;
 use self::hot::Hot;
 pub use self::hot::HotConfig;
 pub use self::persist::RequestId;
@@ -69,12 +72,13 @@ use crate::federation::{FedRecord, Op};
 use crate::manifest::ChunkManifest;
 pub use crate::message::RelayStatus;
 use crate::message::{
-    AddressPolicy, Assigned, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment,
+    AddressPolicy, Assigned, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, SignedHead,
 };
 use crate::path::{ArtifactPath, CatalogName};
 use crate::rng::{Seed, SeededRng};
 use crate::storage::{EnrollTokenRecord, Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
+use ed25519_dalek::SigningKey;
 
 /// One directory's state. See the module docs for the drain contract.
 #[derive(Debug)]
@@ -90,6 +94,8 @@ pub struct Directory {
     persist: Persistence,
     /// Federation by links, when the directory has a key (`with_federation`).
     linked: Option<Linked>,
+    /// Signed catalog heads for relays, when the directory has a key (`with_heads`).
+    heads: Heads,
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
     rng: SeededRng,
@@ -109,11 +115,21 @@ impl Directory {
             tokens: Tokens::default(),
             persist: Persistence::default(),
             linked: None,
+            heads: Heads::default(),
             outcomes: BTreeMap::new(),
             rng: SeededRng::new(seed),
             effects: VecDeque::new(),
             events: VecDeque::new(),
         }
+    }
+
+    /// Signs a head for every catalog a relay may serve with `key` (this directory's: its public
+    /// key must be `config.id`), each holding `ttl` unless renewed. Without it, heartbeat acks
+    /// carry no heads, and relays apply no names from them.
+    #[must_use]
+    pub fn with_heads(mut self, key: SigningKey, ttl: Duration) -> Self {
+        self.heads = Heads::new(key, ttl);
+        self
     }
 
     // ---- write-ahead admin changes: plan (pure), persist (driver), apply ----
@@ -585,7 +601,7 @@ impl Directory {
     pub fn handle_message(&mut self, from: NodeId, msg: Message, now: Instant, wall: UnixTime) -> Reply {
         let reply = match msg {
             Message::Enroll(req) => self.enroll(from, req, now, wall),
-            Message::Heartbeat(hb) => Reply::Now(self.heartbeat(from, hb, now)),
+            Message::Heartbeat(hb) => Reply::Now(self.heartbeat(from, hb, now, wall)),
             other => Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("a directory does not accept {}", kind(&other)) })),
         };
         if let Reply::Now(Message::Refused(r)) = &reply {
@@ -669,7 +685,7 @@ impl Directory {
         })
     }
 
-    fn heartbeat(&mut self, from: NodeId, hb: Heartbeat, now: Instant) -> Message {
+    fn heartbeat(&mut self, from: NodeId, hb: Heartbeat, now: Instant, wall: UnixTime) -> Message {
         let Some(heard) = self.relays.heartbeat(from, &hb, now, self.placement.generation(), &self.catalogs) else {
             return Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         };
@@ -686,7 +702,22 @@ impl Directory {
         if state.is_some() {
             self.relays.state_sent(&from, generation);
         }
-        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: heard.expunged, standing })
+        let heads = self.heads_for(&from, state.as_ref(), wall);
+        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: heard.expunged, standing, heads })
+    }
+
+    /// A signed head for every catalog `relay` carries (those it enrolled for, or all) and every
+    /// catalog `state` names (a blob it holds may have a name in another): sent with every ack,
+    /// so that each heartbeat renews them.
+    fn heads_for(&mut self, relay: &NodeId, state: Option<&RelayAssignment>, wall: UnixTime) -> Vec<SignedHead> {
+        let wanted = self.relays.record(relay).map(|r| r.catalogs.clone()).unwrap_or_default();
+        let mut names: BTreeSet<CatalogName> = if wanted.is_empty() { self.catalogs.names().into_iter().collect() } else { wanted.into_iter().collect() };
+        names.extend(state.into_iter().flat_map(|s| s.names.iter().map(|n| n.catalog.clone())));
+        names
+            .iter()
+            .filter_map(|c| self.catalogs.head_state(c).map(|(seq, digest)| (c, seq, digest)))
+            .filter_map(|(c, seq, digest)| self.heads.head(c, seq, digest, wall))
+            .collect()
     }
 
     /// What `relay` is assigned (with manifests and peer sources for what it lacks), and every

@@ -28,14 +28,17 @@ use crate::digest::Digest;
 use crate::manifest::ChunkManifest;
 use crate::message::{Capacity, Message, NodeId, RelayUrl, Standing};
 use crate::path::{ArtifactPath, CatalogName};
-use crate::time::Instant;
+use crate::time::{Instant, UnixTime};
 
 mod holdings;
 mod registration;
+mod trust;
 
 pub use holdings::footprint;
 use holdings::{Holdings, Want};
 use registration::Registration;
+use trust::Verdict;
+pub use trust::{AppliedHead, MAX_HEAD_TTL, Trust};
 
 /// Index of a directory among those the relay is configured with (`RelayConfig::directories`).
 pub type Upstream = usize;
@@ -46,6 +49,9 @@ pub struct UpstreamConfig {
     /// How the operator named it (its URL): for messages only, the driver keeps the address.
     pub name: String,
     pub enroll_token: String,
+    /// The directory's pinned key (`--directory-key`, or pinned on first use and persisted) and
+    /// the highest heads applied from it before this start.
+    pub trust: Trust,
 }
 
 #[derive(Clone, Debug)]
@@ -74,7 +80,7 @@ impl RelayConfig {
             capacity,
             catalogs: Vec::new(),
             tags: Vec::new(),
-            directories: vec![UpstreamConfig { name: "the directory".into(), enroll_token }],
+            directories: vec![UpstreamConfig { name: "the directory".into(), enroll_token, trust: Trust::default() }],
             max_fetches: 4,
             request_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_secs(2),
@@ -102,6 +108,9 @@ pub enum Effect {
     Delete { digest: Digest },
     /// Remove the partial download of a blob that is no longer assigned.
     DiscardPartial { digest: Digest },
+    /// Persist what `trust(upstream)` returns (a key pinned, a newer head applied), so that a
+    /// restart neither forgets the pin nor accepts an older head.
+    SaveTrust { upstream: Upstream },
 }
 
 #[derive(Clone, Debug, Eq, PartialEq)]
@@ -141,6 +150,27 @@ pub enum Event {
     Corrupt {
         digest: Digest,
     },
+    /// The directory's key was pinned on first use.
+    Pinned {
+        upstream: Upstream,
+        key: NodeId,
+    },
+    /// An answer was refused and nothing of it applied (a forged signature, a rollback, an
+    /// expired head): reported once per reason while answers are refused.
+    Distrusted {
+        upstream: Upstream,
+        reason: String,
+    },
+    /// Answers are accepted again after being refused.
+    Trusted {
+        upstream: Upstream,
+    },
+    /// The head of `catalog` expired without renewal: its names are no longer served.
+    Frozen {
+        upstream: Upstream,
+        catalog: CatalogName,
+        seq: u64,
+    },
 }
 
 /// What the children queue for the driver, and the deletions the orchestrator must reflect.
@@ -165,7 +195,8 @@ impl Relay {
     /// `partials` (resumable downloads found on disk, with the bytes they may grow to).
     pub fn new(config: RelayConfig, held: impl IntoIterator<Item = (Digest, u64)>, partials: impl IntoIterator<Item = (Digest, u64)>, now: Instant) -> Self {
         let holdings = Holdings::new(config.capacity.disk_budget, config.max_fetches, config.retry_backoff, held, partials, now);
-        let registrations = config.directories.iter().enumerate().map(|(i, d)| Registration::new(i, config.share(i), d.enroll_token.clone(), now)).collect();
+        let registrations =
+            config.directories.iter().enumerate().map(|(i, d)| Registration::new(i, config.share(i), d.enroll_token.clone(), &d.trust, now)).collect();
         let mut relay = Self { config, registrations, holdings, out: Outputs::default() };
         // The operator may have lowered the budget since the last run.
         let wanted = relay.wanted();
@@ -176,10 +207,31 @@ impl Relay {
 
     // ---- inputs ----
 
-    /// Directory `upstream`'s reply to our last `Send` to it.
-    pub fn handle_message(&mut self, upstream: Upstream, msg: Message, now: Instant) {
+    /// Directory `upstream`'s reply to our last `Send` to it, whose signature (bound to the
+    /// request, checked by the driver) is by `signer`. It is applied only if `signer` is the
+    /// pinned key (or pins it, on first use) and its heads pass (see `trust`); otherwise it
+    /// counts as no answer, and nothing of it is applied. `wall` is the Unix time now, which
+    /// head expiries are stated in.
+    pub fn handle_message(&mut self, upstream: Upstream, msg: Message, signer: NodeId, now: Instant, wall: UnixTime) {
         let backoff = self.config.retry_backoff;
         let Some(reg) = self.registrations.get_mut(upstream) else { return };
+        match reg.trust.check(&msg, signer, now, wall) {
+            Verdict::Refuse(reason) => {
+                self.handle_unverified(upstream, reason, now);
+                return;
+            }
+            Verdict::Accept { changed, pinned } => {
+                if reg.trust.refusing.take().is_some() {
+                    self.out.events.push_back(Event::Trusted { upstream });
+                }
+                if let Some(key) = pinned {
+                    self.out.events.push_back(Event::Pinned { upstream, key });
+                }
+                if changed {
+                    self.out.effects.push_back(Effect::SaveTrust { upstream });
+                }
+            }
+        }
         let heard = reg.handle_reply(msg, backoff, now, &mut self.out.events);
         for digest in heard.expunged {
             // Obeyed at once, whoever else assigns it: the bytes go now. Another directory that
@@ -208,6 +260,18 @@ impl Relay {
         }
         self.settle();
         self.send_due(now);
+    }
+
+    /// The answer to the last `Send` to `upstream` was refused before it reached the machine
+    /// (unsigned, signed for another request, not verifying): it counts as no answer, and
+    /// `reason` is reported (once while it stays the same).
+    pub fn handle_unverified(&mut self, upstream: Upstream, reason: String, now: Instant) {
+        let Some(reg) = self.registrations.get_mut(upstream) else { return };
+        if reg.trust.refusing.as_ref() != Some(&reason) {
+            reg.trust.refusing = Some(reason.clone());
+            self.out.events.push_back(Event::Distrusted { upstream, reason });
+        }
+        self.handle_send_failed(upstream, now);
     }
 
     /// The last `Send` to `upstream` got no answer (connection refused, timeout, bad response).
@@ -259,6 +323,9 @@ impl Relay {
             if self.registrations[upstream].timed_out(now) {
                 self.handle_send_failed(upstream, now);
             }
+            for (catalog, seq) in self.registrations[upstream].trust.expire(now) {
+                self.out.events.push_back(Event::Frozen { upstream, catalog, seq });
+            }
         }
         self.holdings.timeout(now, &mut self.out);
         self.start_fetches(now);
@@ -293,6 +360,16 @@ impl Relay {
 
     pub fn serving_ended(&mut self, digest: Digest) {
         self.holdings.serving_ended(digest);
+    }
+
+    /// What to persist of directory `upstream` (see `Effect::SaveTrust`).
+    pub fn trust(&self, upstream: Upstream) -> Option<Trust> {
+        self.registrations.get(upstream).map(|r| r.trust.snapshot())
+    }
+
+    /// Directory `upstream`'s pinned key, if pinned yet.
+    pub fn pinned_key(&self, upstream: Upstream) -> Option<NodeId> {
+        self.registrations.get(upstream).and_then(|r| r.trust.key())
     }
 
     /// How many directories this relay is configured with.
@@ -506,6 +583,9 @@ mod tests {
     use super::*;
     use crate::message::{Assigned, HeartbeatAck, RelayAssignment};
 
+    const DIR: NodeId = NodeId([0xd1; 32]);
+    const WALL: UnixTime = UnixTime(1_800_000_000);
+
     fn d(n: u8) -> Digest {
         Digest::from_bytes([n; 32])
     }
@@ -532,8 +612,11 @@ mod tests {
                 state: Some(RelayAssignment { assigned, names: Vec::new() }),
                 expunged: Vec::new(),
                 standing: None,
+                heads: Vec::new(),
             }),
+            DIR,
             now,
+            WALL,
         );
     }
 
@@ -549,7 +632,7 @@ mod tests {
     /// A relay enrolled (and active) with two directories.
     fn two(budget: u64) -> Relay {
         let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: budget, bandwidth: 0 }, "t".into());
-        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "u".into() });
+        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "u".into(), trust: Trust::default() });
         let mut r = Relay::new(config, [], [], Instant::ZERO);
         for reg in &mut r.registrations {
             reg.phase = registration::Phase::Active;
@@ -567,7 +650,7 @@ mod tests {
             .collect();
         let digests = assigned.iter().map(|a| a.digest).collect();
         let state = Some(RelayAssignment { assigned, names: Vec::new() });
-        (upstream, Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: Vec::new(), standing: None }), digests)
+        (upstream, Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: Vec::new(), standing: None, heads: Vec::new() }), digests)
     }
 
     fn fetches(r: &mut Relay) -> Vec<(Upstream, Digest)> {
@@ -584,7 +667,7 @@ mod tests {
         let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: 1001, bandwidth: 10 }, "t".into());
         assert_eq!(config.share(0), config.capacity, "one directory: the whole budget");
         for name in ["b", "c"] {
-            config.directories.push(UpstreamConfig { name: name.into(), enroll_token: "t".into() });
+            config.directories.push(UpstreamConfig { name: name.into(), enroll_token: "t".into(), trust: Trust::default() });
         }
         let shares: Vec<Capacity> = (0..3).map(|i| config.share(i)).collect();
         assert_eq!(shares.iter().map(|c| c.disk_budget).sum::<u64>(), 1001);
@@ -597,27 +680,27 @@ mod tests {
         let fp = footprint(8000);
         let mut r = two(2 * fp + 100);
         let (u, msg, one) = state(0, 2, &[(1, 8000)]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         let (u, msg, _) = state(1, 2, &[(1, 8000)]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert_eq!(fetches(&mut r), vec![(0, one[0])], "fetched once, from the first directory that asked");
         r.handle_fetch(one[0], Ok(()), Instant::ZERO);
         assert_eq!(r.used(), fp, "counted once");
         // Directory 0 moves on to another blob; directory 1 still assigns the first.
         let (u, msg, two_) = state(0, 3, &[(2, 8000)]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert_eq!(fetches(&mut r), vec![(0, two_[0])]);
         r.handle_fetch(two_[0], Ok(()), Instant::ZERO);
         // A third blob does not fit, and the first is not evicted for it: directory 1 assigns it.
         let (u, msg, three) = state(0, 4, &[(2, 8000), (3, 8000)]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert!(fetches(&mut r).is_empty());
         assert!(r.holds(&one[0]));
         assert!(std::iter::from_fn(|| r.poll_event()).any(|e| e == Event::NoRoom { digest: three[1], size: fp }));
         assert!(!r.reported_to(0).contains(&three[1]), "what does not fit is not reported held");
         // Directory 1 lets it go: now it is evicted (gone once both directories heard).
         let (u, msg, _) = state(1, 3, &[]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert!(!r.holds(&one[0]) && r.has_bytes(&one[0]), "evicted, still on disk until both heard");
         assert!(r.used() <= 2 * fp + 100);
     }
@@ -626,16 +709,16 @@ mod tests {
     fn an_eviction_waits_for_a_refusing_directory_no_longer_than_its_lease() {
         let fp = footprint(8000);
         let mut config = RelayConfig::new(RelayUrl::new("http://r").unwrap(), Capacity { disk_budget: fp + 50, bandwidth: 0 }, "t".into());
-        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "wrong".into() });
+        config.directories.push(UpstreamConfig { name: "second".into(), enroll_token: "wrong".into(), trust: Trust::default() });
         let mut r = Relay::new(config, [(d(1), 8000)], [], Instant::ZERO);
         r.registrations.iter_mut().for_each(|reg| reg.phase = registration::Phase::Active);
         let (u, msg, _) = state(0, 2, &[(9, 8000)]);
-        r.handle_message(u, msg, Instant::ZERO);
+        r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert!(r.has_bytes(&d(1)) && !r.holds(&d(1)), "evicted for the new blob, still on disk");
-        let ack = Message::HeartbeatAck(HeartbeatAck { generation: 2, state: None, expunged: Vec::new(), standing: None });
-        r.handle_message(0, ack, Instant::from_millis(10));
+        let ack = Message::HeartbeatAck(HeartbeatAck { generation: 2, state: None, expunged: Vec::new(), standing: None, heads: Vec::new() });
+        r.handle_message(0, ack, DIR, Instant::from_millis(10), WALL);
         let refusal = crate::message::Refusal { code: crate::message::RefusalCode::UnknownRelay, reason: "enroll again".into() };
-        r.handle_message(1, Message::Refused(refusal), Instant::from_millis(20));
+        r.handle_message(1, Message::Refused(refusal), DIR, Instant::from_millis(20), WALL);
         assert!(deleted(&mut r).is_empty(), "not before the refusing directory's lease has run out");
         let lease = r.registrations[1].lease;
         r.handle_timeout(Instant::from_millis(20) + lease);
@@ -713,10 +796,12 @@ mod tests {
                 state: Some(RelayAssignment { assigned: vec![assigned], names: Vec::new() }),
                 expunged: Vec::new(),
                 standing: None,
+                heads: Vec::new(),
             })
         };
-        r.handle_message(0, ack(held), Instant::ZERO);
+        r.handle_message(0, ack(held), DIR, Instant::ZERO, WALL);
         let _ = std::iter::from_fn(|| r.poll_effect()).count();
+        let _ = std::iter::from_fn(|| r.poll_event()).count();
         r.registrations[0].send_failed(Duration::ZERO, Instant::ZERO);
 
         r.handle_corrupt(digest, Instant::from_millis(10));
@@ -733,7 +818,7 @@ mod tests {
 
         // The directory, no longer believing it held, sends the manifest: fetched again.
         let missing = Assigned { digest, size: 10_000, manifest: Some(manifest.clone()), sources: Vec::new() };
-        r.handle_message(0, ack(missing), Instant::from_millis(20));
+        r.handle_message(0, ack(missing), DIR, Instant::from_millis(20), WALL);
         let effects: Vec<Effect> = std::iter::from_fn(|| r.poll_effect()).collect();
         assert!(effects.iter().any(|e| matches!(e, Effect::Fetch { manifest: m, .. } if m.digest() == digest)), "{effects:?}");
         r.handle_fetch(digest, Ok(()), Instant::from_millis(30));

@@ -5,6 +5,7 @@
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::time::Duration;
 
+use super::trust::{Trust, TrustState};
 use super::{Event, RelayConfig, Upstream};
 use crate::digest::Digest;
 use crate::manifest::ChunkManifest;
@@ -67,10 +68,12 @@ pub(super) struct Registration {
     pub(super) report_soon: bool,
     /// How the directory last said it sees this relay.
     pub(super) standing: Option<Standing>,
+    /// Its pinned key and the heads applied from it.
+    pub(super) trust: TrustState,
 }
 
 impl Registration {
-    pub(super) fn new(index: Upstream, capacity: Capacity, token: String, now: Instant) -> Self {
+    pub(super) fn new(index: Upstream, capacity: Capacity, token: String, trust: &Trust, now: Instant) -> Self {
         Self {
             index,
             phase: Phase::Enrolling,
@@ -88,6 +91,7 @@ impl Registration {
             awaiting: None,
             report_soon: false,
             standing: None,
+            trust: TrustState::new(trust),
         }
     }
 
@@ -196,20 +200,26 @@ impl Registration {
     }
 
     pub(super) fn poll_timeout(&self) -> Instant {
-        match self.awaiting {
+        let send = match self.awaiting {
             Some(deadline) => deadline,
             None => self.next_send,
-        }
+        };
+        self.trust.poll_timeout().map_or(send, |t| t.min(send))
     }
 
-    /// The digest this directory names `catalog/path`, held or not.
+    /// The digest this directory names `catalog/path`, held or not; `None` while the catalog's
+    /// head does not hold (frozen, or not renewed since start).
     pub(super) fn name_of(&self, catalog: &CatalogName, path: &ArtifactPath) -> Option<Digest> {
+        if !self.trust.serves(catalog) {
+            return None;
+        }
         self.names.get(&(catalog.clone(), path.clone())).copied()
     }
 
-    /// True when this directory's names include `catalog` (it serves that catalog).
+    /// True when this directory's names include `catalog` (it serves that catalog) and its
+    /// head holds.
     pub(super) fn serves_catalog(&self, catalog: &CatalogName) -> bool {
-        self.catalogs.contains(catalog)
+        self.catalogs.contains(catalog) && self.trust.serves(catalog)
     }
 }
 
@@ -228,14 +238,20 @@ mod tests {
 
     fn ack(expunged: Vec<Digest>, assigned: &[u8]) -> Message {
         let assigned = assigned.iter().map(|n| Assigned { digest: d(*n), size: 10, manifest: None, sources: Vec::new() }).collect();
-        Message::HeartbeatAck(HeartbeatAck { generation: 3, state: Some(RelayAssignment { assigned, names: Vec::new() }), expunged, standing: None })
+        Message::HeartbeatAck(HeartbeatAck {
+            generation: 3,
+            state: Some(RelayAssignment { assigned, names: Vec::new() }),
+            expunged,
+            standing: None,
+            heads: Vec::new(),
+        })
     }
 
     #[test]
     fn enrolls_with_its_share_then_beats_and_claims_what_it_was_assigned() {
         let mut events = VecDeque::new();
         let share = Capacity { disk_budget: 500, bandwidth: 0 };
-        let mut r = Registration::new(1, share, "tok".into(), Instant::ZERO);
+        let mut r = Registration::new(1, share, "tok".into(), &Trust::default(), Instant::ZERO);
         assert!(r.is_due(Instant::ZERO));
         match r.request(&config(), Vec::new(), 0, 0, Instant::ZERO) {
             Message::Enroll(e) => assert_eq!((e.capacity, e.token.as_str()), (share, "tok")),
@@ -260,7 +276,7 @@ mod tests {
     #[test]
     fn an_unknown_relay_refusal_enrolls_again() {
         let mut events = VecDeque::new();
-        let mut r = Registration::new(0, Capacity::default(), "tok".into(), Instant::ZERO);
+        let mut r = Registration::new(0, Capacity::default(), "tok".into(), &Trust::default(), Instant::ZERO);
         r.phase = Phase::Active;
         let refusal = Refusal { code: RefusalCode::UnknownRelay, reason: "enroll again".into() };
         r.handle_reply(Message::Refused(refusal), Duration::from_secs(2), Instant::ZERO, &mut events);

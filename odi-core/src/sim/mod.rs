@@ -9,11 +9,13 @@ use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
 use std::time::Duration;
 
+use ed25519_dalek::SigningKey;
+
 use crate::catalog::DEFAULT_REPLICAS;
 use crate::digest::Digest;
 use crate::directory::{self, Directory, DirectoryConfig, Redirect};
 use crate::manifest::{ChunkManifest, MIN_CHUNK_SIZE};
-use crate::message::{Capacity, Message, NodeId, RelayUrl};
+use crate::message::{Capacity, Message, NodeId, RelayUrl, SignedHead};
 use crate::path::{ArtifactPath, CatalogName};
 use crate::relay::{self, Relay, RelayConfig, Upstream};
 use crate::rng::{Seed, SeededRng};
@@ -38,10 +40,34 @@ impl Default for Faults {
     }
 }
 
+/// How the first directory's answers reach relays: honest, or tampered by an adversarial
+/// directory (which holds the directory's key, or a copy of its data).
+#[derive(Clone, Debug, Default)]
+pub enum Answers {
+    #[default]
+    Honest,
+    /// Acks carry no heads: renewals are withheld.
+    WithholdHeads,
+    /// Acks carry these heads (captured earlier) instead of current ones.
+    ReplayHeads(Vec<SignedHead>),
+}
+
+/// How long the simulated directories' heads hold without renewal.
+pub const SIM_HEAD_TTL: Duration = Duration::from_secs(30);
+
+/// The key of simulated directory `upstream`.
+pub fn dir_key(upstream: Upstream) -> SigningKey {
+    SigningKey::from_bytes(&[0xd1 + upstream as u8; 32])
+}
+
+fn key_id(key: &SigningKey) -> NodeId {
+    NodeId(key.verifying_key().to_bytes())
+}
+
 #[derive(Debug)]
 enum Delivery {
     ToDirectory { upstream: Upstream, from: NodeId, msg: Message },
-    ToRelay { upstream: Upstream, to: NodeId, msg: Message },
+    ToRelay { upstream: Upstream, to: NodeId, msg: Message, signer: NodeId },
     FetchDone { upstream: Upstream, to: NodeId, digest: Digest, incarnation: u64 },
     SelfTestDone { upstream: Upstream, relay: NodeId, attempt: u64, up: bool },
     AuditDone { upstream: Upstream, relay: NodeId, attempt: u64, result: Result<bytes::Bytes, directory::AuditError>, took: Duration },
@@ -100,6 +126,10 @@ pub struct Sim {
     next_seq: u64,
     pub dir_events: Vec<directory::Event>,
     pub relay_events: Vec<(NodeId, relay::Event)>,
+    /// How the first directory's answers are tampered with (an adversarial directory).
+    pub answers: Answers,
+    /// Every head the first directory sent, before any tampering.
+    pub heads_sent: Vec<SignedHead>,
 }
 
 impl Sim {
@@ -110,13 +140,13 @@ impl Sim {
     /// A simulation whose directory config `tune` adjusts (after the simulation defaults).
     pub fn with_config(seed: u64, tune: impl FnOnce(&mut DirectoryConfig)) -> Self {
         let mut rng = SeededRng::new(Seed(seed));
-        let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
+        let mut config = DirectoryConfig::new(key_id(&dir_key(0)));
         config.heartbeat_interval = Duration::from_secs(2);
         config.lease = Duration::from_secs(6);
         config.self_test_retry = Duration::from_secs(2);
         config.probation = Duration::ZERO;
         tune(&mut config);
-        let dir = Directory::new(config.clone(), Seed(rng.next_u64()));
+        let dir = Directory::new(config.clone(), Seed(rng.next_u64())).with_heads(dir_key(0), SIM_HEAD_TTL);
         let mut sim = Self {
             now: Instant::ZERO,
             dir,
@@ -138,6 +168,8 @@ impl Sim {
             next_seq: 0,
             dir_events: Vec::new(),
             relay_events: Vec::new(),
+            answers: Answers::default(),
+            heads_sent: Vec::new(),
         };
         for role in [TokenRole::Enroll, TokenRole::Admin] {
             let record = sim.dir.plan_token(role, ENROLL_TOKEN).expect("fresh directory has no token");
@@ -182,8 +214,9 @@ impl Sim {
     /// state); returns its upstream index for `add_relay_with`.
     pub fn add_directory(&mut self) -> Upstream {
         let mut config = self.dir_config.clone();
-        config.id = NodeId([0xd2 + self.more.len() as u8; 32]);
-        self.more.push(Directory::new(config, Seed(self.rng.next_u64())));
+        let key = dir_key(self.more.len() + 1);
+        config.id = key_id(&key);
+        self.more.push(Directory::new(config, Seed(self.rng.next_u64())).with_heads(key, SIM_HEAD_TTL));
         let upstream = self.more.len();
         for role in [TokenRole::Enroll, TokenRole::Admin] {
             let record = self.directory(upstream).plan_token(role, ENROLL_TOKEN).expect("fresh directory has no token");
@@ -257,8 +290,9 @@ impl Sim {
         let id = NodeId([n; 32]);
         let url = RelayUrl::new(&format!("http://relay-{n}.sim")).expect("valid url");
         let mut config = RelayConfig::new(url, Capacity { disk_budget, bandwidth: 100 << 20 }, ENROLL_TOKEN.into());
-        config.directories =
-            (0..directories.max(1)).map(|i| relay::UpstreamConfig { name: format!("directory {i}"), enroll_token: ENROLL_TOKEN.into() }).collect();
+        config.directories = (0..directories.max(1))
+            .map(|i| relay::UpstreamConfig { name: format!("directory {i}"), enroll_token: ENROLL_TOKEN.into(), trust: relay::Trust::default() })
+            .collect();
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
         let machine = Relay::new(config.clone(), [], [], self.now);
@@ -298,7 +332,17 @@ impl Sim {
 
     /// Crashes the directory and restarts it from its durable records.
     pub fn restart_directory(&mut self) {
-        self.dir = Directory::new(self.dir_config.clone(), Seed(self.rng.next_u64()));
+        let records = self.durable.len();
+        self.restore_directory(records, dir_key(0));
+    }
+
+    /// Crashes the directory and starts, at its address, one made from its first `records`
+    /// durable records (a restored backup) signing with `key` (its own, or a forger's).
+    pub fn restore_directory(&mut self, records: usize, key: SigningKey) {
+        self.durable.truncate(records);
+        let mut config = self.dir_config.clone();
+        config.id = key_id(&key);
+        self.dir = Directory::new(config, Seed(self.rng.next_u64())).with_heads(key, SIM_HEAD_TTL);
         // Writes in flight die with it, unacknowledged (as if the disk never got them).
         self.pending.retain(|_, d| {
             !matches!(d, Delivery::ToDirectory { upstream: 0, .. } | Delivery::SelfTestDone { upstream: 0, .. } | Delivery::StorageDone { upstream: 0, .. })
@@ -423,6 +467,12 @@ impl Sim {
                             self.schedule(time, Delivery::FetchDone { upstream, to: id, digest: manifest.digest(), incarnation });
                         }
                         relay::Effect::DiscardPartial { .. } => {}
+                        relay::Effect::SaveTrust { upstream } => {
+                            let r = self.relays.get_mut(&id).expect("listed");
+                            if let Some(trust) = r.machine.trust(upstream) {
+                                r.config.directories[upstream].trust = trust;
+                            }
+                        }
                         relay::Effect::Delete { digest } => {
                             let r = self.relays.get_mut(&id).expect("listed");
                             r.store.remove(&digest);
@@ -452,9 +502,10 @@ impl Sim {
                     }
                 }
             }
-            Delivery::ToRelay { upstream, to, msg } => {
+            Delivery::ToRelay { upstream, to, msg, signer } => {
+                let wall = self.wall();
                 if let Some(r) = self.relays.get_mut(&to).filter(|r| r.up) {
-                    r.machine.handle_message(upstream, msg, now);
+                    r.machine.handle_message(upstream, msg, signer, now, wall);
                 }
             }
             Delivery::FetchDone { upstream, to, digest, incarnation } => {
@@ -482,9 +533,18 @@ impl Sim {
         }
     }
 
-    fn reply(&mut self, upstream: Upstream, to: NodeId, msg: Message) {
+    fn reply(&mut self, upstream: Upstream, to: NodeId, mut msg: Message) {
+        if let (0, Message::HeartbeatAck(ack)) = (upstream, &mut msg) {
+            self.heads_sent.extend(ack.heads.iter().cloned());
+            match &self.answers {
+                Answers::Honest => {}
+                Answers::WithholdHeads => ack.heads.clear(),
+                Answers::ReplayHeads(heads) => ack.heads = heads.clone(),
+            }
+        }
+        let signer = self.directory_ref(upstream).id();
         if let Some(delay) = self.net_delay() {
-            self.schedule(delay, Delivery::ToRelay { upstream, to, msg });
+            self.schedule(delay, Delivery::ToRelay { upstream, to, msg, signer });
         }
     }
 
@@ -635,6 +695,8 @@ mod enroll_tests;
 pub mod federation;
 #[cfg(test)]
 mod federation_tests;
+#[cfg(test)]
+mod heads_tests;
 #[cfg(test)]
 mod health_tests;
 #[cfg(test)]

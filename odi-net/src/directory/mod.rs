@@ -81,6 +81,8 @@ pub struct DirectoryOptions {
     pub allow_private_relays: bool,
     /// Let origin catalogs reach loopback and private addresses (tests, `odi dev`).
     pub allow_private_origins: bool,
+    /// How long a signed catalog head holds on a relay without renewal (`--head-ttl`).
+    pub head_ttl: Duration,
 }
 
 impl DirectoryOptions {
@@ -99,6 +101,7 @@ impl DirectoryOptions {
             meta: None,
             allow_private_relays: false,
             allow_private_origins: false,
+            head_ttl: odi_core::directory::DEFAULT_HEAD_TTL,
         }
     }
 }
@@ -184,7 +187,14 @@ impl DirectoryServer {
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
         let clock = Clock::start();
-        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_federation(key.clone(), FederationConfig::default());
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())))
+            .with_federation(key.clone(), FederationConfig::default())
+            .with_heads(key.clone(), options.head_ttl);
+        let public_key = NodeId(key.verifying_key().to_bytes());
+        // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
+        // can copy it from.
+        keys::write_public(&dir.join(keys::DIRECTORY_KEY_FILE), &public_key.to_hex())?;
+        tracing::info!(key = %public_key, file = %dir.join(keys::DIRECTORY_KEY_FILE).display(), "directory key {public_key} (relays pin it; give it to them with --directory-key)");
         let records = meta.load().await?;
         let restored = records.iter().filter(|r| machine.apply(r, clock.now())).count();
         if restored != records.len() {

@@ -133,7 +133,40 @@ async fn authenticate_node(shared: &Arc<Shared>, parts: &http::request::Parts, b
     }
 }
 
+/// Answers a node request. Every answer but a blob's is signed by this directory's key and
+/// bound to the request (`odi_core::auth::sign_answer`): a relay applies only answers its pinned
+/// directory key signed for the request it sent. Blob bodies are checked against the manifests
+/// of a signed assignment, chunk by chunk, instead.
 pub(super) async fn node(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    let header = |name: &str| req.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_owned);
+    let request_sig = header("signature-input").zip(header("signature"));
+    let resp = answer(shared, req, rest).await;
+    match request_sig {
+        Some((input, signature)) if !rest.starts_with("blobs/") => sign_response(&shared.key, resp, &input, &signature).await,
+        _ => resp,
+    }
+}
+
+/// Signs an in-memory answer for the request whose signature headers were `input` and
+/// `signature`; an answer to a request with an unreadable signature goes unsigned (a relay
+/// refuses it, as it refuses any unsigned answer).
+async fn sign_response(key: &ed25519_dalek::SigningKey, resp: Response<Body>, input: &str, signature: &str) -> Response<Body> {
+    let (mut parts, body) = resp.into_parts();
+    let bytes = match body.collect().await {
+        Ok(c) => c.to_bytes(),
+        Err(e) => return error(StatusCode::INTERNAL_SERVER_ERROR, format!("cannot build the answer: {e}")),
+    };
+    if let Ok(signed) = odi_core::auth::sign_answer(key, parts.status.as_u16(), &bytes, input, signature, unix_now()) {
+        for (name, value) in [("content-digest", signed.content_digest), ("signature-input", signed.signature_input), ("signature", signed.signature)] {
+            if let Ok(v) = HeaderValue::from_str(&value) {
+                parts.headers.insert(name, v);
+            }
+        }
+    }
+    Response::from_parts(parts, crate::http::full(bytes))
+}
+
+async fn answer(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
     let (parts, body) = req.into_parts();
     let (from, body) = match authenticate_node(shared, &parts, body, rest).await {
         Ok(ok) => ok,

@@ -31,6 +31,7 @@ use crate::{Clock, Listener, NetError};
 
 mod serving;
 mod syncing;
+mod trust;
 
 /// The scrub's default read rate: 8 MiB/s re-reads 100 GiB in under four hours, a small share
 /// of any disk, and never the serving limiter's.
@@ -56,6 +57,9 @@ pub struct RelayOptions {
     /// Bytes per second the background scrub re-reads held blobs at, checking every block
     /// against its sums; 0 turns the scrub off (reads are still checked while served).
     pub scrub_rate: u64,
+    /// The directories' keys to pin (`--directory-key`), in the order of `directories`; empty:
+    /// each is pinned on first use. A key given replaces one pinned before.
+    pub directory_keys: Vec<String>,
 }
 
 pub struct RelayServer {
@@ -78,6 +82,8 @@ struct Shared {
     downloader: Downloader,
     digests: DigestHeaders,
     scrub_rate: u64,
+    /// Where the pinned keys and applied heads are kept (`trust.json`).
+    trust_file: trust::TrustFile,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -117,6 +123,22 @@ impl RelayServer {
                 )));
             }
         };
+        let keys = match options.directory_keys.len() {
+            0 => vec![None; directories.len()],
+            n if n == directories.len() => options
+                .directory_keys
+                .iter()
+                .map(|k| crate::keys::parse_directory_key(k).map(Some).map_err(|e| NetError::Config(format!("--directory-key: {e}"))))
+                .collect::<Result<Vec<_>, _>>()?,
+            n => {
+                return Err(NetError::Config(format!(
+                    "{n} --directory-key for {} --directory: give one key per directory, in the same order",
+                    directories.len()
+                )));
+            }
+        };
+        let trust_file = trust::TrustFile::new(dir.join(trust::TRUST_FILE));
+        let mut trusted = trust_file.load()?;
         let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
         let held = store.list().await?;
         let partials = store.partials().await?;
@@ -124,7 +146,20 @@ impl RelayServer {
         let on_disk: u64 = held.iter().map(|(_, s)| s).sum();
         tracing::info!(blobs = held.len(), bytes = on_disk, budget, "relay store opened");
         let mut config = RelayConfig::new(public_url, Capacity { disk_budget: budget, bandwidth: options.bandwidth }, String::new());
-        config.directories = directories.iter().zip(tokens).map(|(url, enroll_token)| UpstreamConfig { name: url.clone(), enroll_token }).collect();
+        config.directories = Vec::new();
+        for ((url, enroll_token), given) in directories.iter().zip(tokens).zip(keys) {
+            let mut trust = trusted.remove(url).unwrap_or_default();
+            match (given, trust.key) {
+                (Some(key), Some(pinned)) if key != pinned => {
+                    tracing::warn!(directory = %url, %key, previous = %pinned, "--directory-key replaces the key pinned before for {url}");
+                    trust.key = Some(key);
+                }
+                (Some(key), _) => trust.key = Some(key),
+                (None, Some(pinned)) => tracing::info!(directory = %url, key = %pinned, "the directory at {url} is pinned to key {pinned}"),
+                (None, None) => tracing::info!(directory = %url, "no key pinned for {url}: the key of its first answer will be (or give --directory-key)"),
+            }
+            config.directories.push(UpstreamConfig { name: url.clone(), enroll_token, trust });
+        }
         config.catalogs = catalogs;
         config.tags = options.tags.clone();
         config.max_fetches = options.max_fetches.max(1);
@@ -157,6 +192,7 @@ impl RelayServer {
             downloader,
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
             scrub_rate: options.scrub_rate,
+            trust_file,
         };
         Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
     }
@@ -218,6 +254,15 @@ fn start(shared: &Arc<Shared>, effects: Vec<Effect>) {
                     tracing::error!(%digest, error = %e, "cannot remove partial download");
                 }
             }),
+            Effect::SaveTrust { .. } => tokio::spawn(async move {
+                let snapshot = || {
+                    let m = shared.lock();
+                    (0..shared.directories.len()).filter_map(|u| m.trust(u).map(|t| (shared.url(u).to_owned(), t))).collect()
+                };
+                if let Err(e) = shared.trust_file.save(snapshot).await {
+                    tracing::error!(error = %e, "cannot save the pinned directory keys and heads");
+                }
+            }),
             Effect::Delete { digest } => tokio::spawn(async move {
                 if let Err(e) = shared.store.delete(&digest).await {
                     tracing::error!(%digest, error = %e, "cannot delete blob");
@@ -258,6 +303,22 @@ fn log_event(shared: &Shared, event: &Event) {
                 }
                 (Some(reason), true) => tracing::warn!(status = %standing.status, %reason, url, "the directory at {url} sends this relay no clients: {reason}"),
             }
+        }
+        Event::Pinned { upstream, key } => {
+            let url = shared.url(*upstream);
+            tracing::info!(%key, url, "pinned the key of the directory at {url}: {key} (trust on first use)")
+        }
+        Event::Distrusted { upstream, reason } => {
+            let url = shared.url(*upstream);
+            tracing::error!(%reason, url, "refusing the answers of the directory at {url}, and applying nothing from them: {reason}; serving only what was verified before")
+        }
+        Event::Trusted { upstream } => {
+            let url = shared.url(*upstream);
+            tracing::info!(url, "the answers of the directory at {url} verify again")
+        }
+        Event::Frozen { upstream, catalog, seq } => {
+            let url = shared.url(*upstream);
+            tracing::error!(%catalog, seq, url, "catalog {catalog} is frozen: its signed head (sequence {seq}) from {url} expired without renewal; not serving it until the directory renews it")
         }
         Event::Corrupt { digest } => {
             tracing::error!(%digest, "stored copy failed its check (bit rot or tampering); dropped it, told the directory, fetching it again")

@@ -6,7 +6,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use http::Method;
-use odi_core::message::{Message, RelayUrl};
+use odi_core::auth::{self, SigError, SignedAnswer, SignedHeaders};
+use odi_core::message::{Message, NodeId, RelayUrl};
 use odi_core::relay::Upstream;
 use odi_core::{ChunkManifest, Digest};
 use odi_storage::LocalStore;
@@ -17,7 +18,7 @@ use crate::client;
 use crate::driver::Driver as _;
 use crate::limit::RateLimiter;
 use crate::transfer::Source;
-use crate::{NetError, crash};
+use crate::{NetError, crash, unix_now};
 
 /// How long a message to the directory may take; the long poll gets longer.
 pub(super) const REQUEST_TIMEOUT: Duration = Duration::from_secs(15);
@@ -33,19 +34,41 @@ pub(super) async fn send(shared: Arc<Shared>, upstream: Upstream, msg: Message) 
     let url = format!("{}/odi/v1/{endpoint}", shared.url(upstream));
     let outcome = async {
         let body = serde_json::to_vec(&msg).map_err(|e| NetError::Protocol(e.to_string()))?;
-        let resp = shared.client.signed(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
-        let status = resp.status();
+        let (resp, sent) = shared.client.signed_exchange(&shared.key, Method::POST, &url, body, REQUEST_TIMEOUT).await?;
+        let (status, headers) = (resp.status(), resp.headers().clone());
         let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
-        serde_json::from_slice::<Message>(&bytes)
-            .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })
+        let signer = match verify_answer(status, &headers, &bytes, &sent) {
+            Ok(signer) => signer,
+            Err(e) => return Ok(Err(format!("the directory's answer to {endpoint} is refused: {e}"))),
+        };
+        let reply = serde_json::from_slice::<Message>(&bytes)
+            .map_err(|_| NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() })?;
+        Ok::<_, NetError>(Ok((reply, signer)))
     };
     match outcome.await {
-        Ok(reply) => step(&shared, |m, now| m.handle_message(upstream, reply, now)),
+        Ok(Ok((reply, signer))) => step(&shared, |m, now| m.handle_message(upstream, reply, signer, now, unix_now())),
+        Ok(Err(refused)) => step(&shared, |m, now| m.handle_unverified(upstream, refused, now)),
         Err(e) => {
             tracing::warn!(error = %e, directory = shared.url(upstream), "cannot reach the directory; retrying");
             step(&shared, |m, now| m.handle_send_failed(upstream, now));
         }
     }
+}
+
+/// Checks that an answer is signed and bound to the request sent (`sent`); returns the key that
+/// signed it (the machine checks it is the pinned one).
+fn verify_answer(status: http::StatusCode, headers: &http::HeaderMap, body: &[u8], sent: &SignedHeaders) -> Result<NodeId, SigError> {
+    let header = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let answer = SignedAnswer {
+        status: status.as_u16(),
+        body,
+        content_digest: header("content-digest"),
+        signature_input: header("signature-input"),
+        signature: header("signature"),
+        request_signature_input: &sent.signature_input,
+        request_signature: &sent.signature,
+    };
+    auth::verify_answer(&answer, unix_now())
 }
 
 /// Downloads one blob into the store: from the directory and from peer relays at once, every
@@ -138,8 +161,18 @@ pub(super) async fn watch_directory(shared: Arc<Shared>, upstream: Upstream) {
         }
         let url = format!("{}/odi/v1/watch?after={after}", shared.url(upstream));
         let outcome = async {
-            let resp = shared.client.signed(&shared.key, Method::GET, &url, Vec::new(), WATCH_TIMEOUT).await?;
-            client::read_json::<Generation>(resp).await
+            let (resp, sent) = shared.client.signed_exchange(&shared.key, Method::GET, &url, Vec::new(), WATCH_TIMEOUT).await?;
+            let (status, headers) = (resp.status(), resp.headers().clone());
+            let bytes = client::read_body(resp.into_body(), client::MAX_JSON_BODY).await?;
+            // Only a hint to heartbeat now, but only the pinned directory's.
+            let signer = verify_answer(status, &headers, &bytes, &sent).map_err(|e| NetError::Protocol(e.to_string()))?;
+            if shared.lock().pinned_key(upstream).is_some_and(|k| k != signer) {
+                return Err(NetError::Protocol("the watch answer is not signed by the pinned directory key".into()));
+            }
+            if !status.is_success() {
+                return Err(NetError::Status { status, reason: String::from_utf8_lossy(&bytes).trim().chars().take(300).collect() });
+            }
+            serde_json::from_slice::<Generation>(&bytes).map_err(|e| NetError::Protocol(format!("malformed JSON from the directory: {e}")))
         };
         match outcome.await {
             Ok(g) if g.generation != after => {

@@ -126,6 +126,7 @@ pub async fn start_relay_on(tcp: TcpListener, public_url: &str, data: &Path, dir
         enroll_token: token.into(),
         max_fetches: 4,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
+        directory_keys: Vec::new(),
     };
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
