@@ -104,17 +104,17 @@ impl Ring {
         let mut points = Vec::with_capacity(self.points.len() + added.len());
         let mut owners = Vec::with_capacity(points.capacity());
         let mut add = added.iter().peekable();
-        for (p, o) in self.points.iter().zip(&self.owners) {
-            if gone(*o) {
+        for (&p, &o) in self.points.iter().zip(&self.owners) {
+            if gone(o) {
                 continue;
             }
-            while let Some((ap, aid, ai)) = add.next_if(|(ap, aid, _)| (*ap, *aid) < (*p, id_of(*o))) {
-                let _ = aid;
+            // Ids are compared only on a tie of points (one in 2^64).
+            while let Some((ap, _, ai)) = add.next_if(|(ap, aid, _)| *ap < p || (*ap == p && *aid < id_of(o))) {
                 points.push(*ap);
                 owners.push(*ai);
             }
-            points.push(*p);
-            owners.push(*o);
+            points.push(p);
+            owners.push(o);
         }
         for (ap, _, ai) in add {
             points.push(*ap);
@@ -412,13 +412,16 @@ impl Placement {
     /// Rebuilds the rings of the classes in `added` (every class a gone relay was on must be
     /// there too): points of `gone` relays out, the added points in.
     fn update_rings(&mut self, gone: &[u32], added: &mut BTreeMap<u32, Vec<(u64, NodeId, u32)>>) {
-        let gone: BTreeSet<u32> = gone.iter().copied().collect();
+        let mut out = vec![false; self.slots.len()];
+        for &i in gone {
+            out[i as usize] = true;
+        }
         let slots = &self.slots;
         for (class, points) in added.iter_mut() {
             points.sort_unstable();
             let ring = &mut self.classes[*class as usize].ring;
             let live = |o: u32| slots[o as usize].as_ref().map_or(NodeId([0; 32]), |s| s.id);
-            ring.update(|o| gone.contains(&o) || slots[o as usize].is_none(), points, live);
+            ring.update(|o| out[o as usize] || slots[o as usize].is_none(), points, live);
         }
     }
 
