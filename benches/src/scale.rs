@@ -179,6 +179,8 @@ impl Fleet {
         // Every relay serves at once: the figures are for a network in steady state.
         config.probation = std::time::Duration::ZERO;
         config.check_possession = false;
+        // The whole fleet enrolls at one virtual instant.
+        config.new_relays_per_minute = u32::MAX;
         let dir = Directory::new(config, Seed(seed));
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
@@ -361,6 +363,22 @@ impl Fleet {
         let out = self.dir.redirect(CATALOG, path, self.now);
         self.drain();
         out
+    }
+
+    /// Every relay's assigned artifact count, in relay id order.
+    pub fn assigned_counts(&self) -> std::collections::BTreeMap<NodeId, usize> {
+        self.dir.relays(self.now).into_iter().map(|v| (v.id, v.assigned)).collect()
+    }
+
+    /// Sets relay `index` to drain (an admin's `odi relays drain`): it takes no more work, and the
+    /// rebalance that follows (see `rebalance`) moves its assignment to the others.
+    pub fn drain_relay(&mut self, index: usize) -> anyhow::Result<()> {
+        let relay = *self.relays.get(index).context("no such relay")?;
+        let record = self.dir.plan_relay_admin(&relay, Some(true), false).context("plan a drain")?;
+        let id = self.dir.commit(record).context("commit a drain")?;
+        self.drain();
+        ensure!(matches!(self.dir.take_outcome(id), Some(Outcome::Applied)), "relay {index}: the drain was not applied");
+        Ok(())
     }
 
     /// How many of `paths` have fewer than `REPLICAS` relays `redirect` could choose from.

@@ -27,6 +27,8 @@ const BATCH: usize = 100;
 const CHECK_SAMPLE: usize = 10_000;
 /// Artifacts published once relays are placed, to show the per-publish cost at this size.
 const LATE_PUBLISH: usize = 1000;
+/// Relays that join (then leave, drained) one at a time, each followed by its rebalance.
+const CHURN: usize = 5;
 const MIB: f64 = (1u64 << 20) as f64;
 
 #[derive(Clone, Copy, Debug)]
@@ -180,7 +182,54 @@ fn main() -> anyhow::Result<()> {
         secs(late_publish),
         micros(late_publish) / LATE_PUBLISH as f64
     );
+    churn(&mut fleet)?;
     println!("{}", machine_line());
+    Ok(())
+}
+
+/// One relay joins, `CHURN` times, then `CHURN` relays leave (drained), each change followed by
+/// its whole rebalance. Prints the CPU each took (one thread) and the placements that moved
+/// (what relays gained) against the ideal: the newcomer's weight share of all placements for a
+/// join, what the leaver held for a leave (all relays weigh the same here).
+fn churn(fleet: &mut Fleet) -> anyhow::Result<()> {
+    let gained = |before: &std::collections::BTreeMap<odi_core::NodeId, usize>, after: &std::collections::BTreeMap<odi_core::NodeId, usize>| -> usize {
+        after.iter().map(|(id, n)| n.saturating_sub(before.get(id).copied().unwrap_or(0))).sum()
+    };
+    let (mut join_cpu, mut join_moved, mut join_ideal) = (Vec::new(), 0usize, 0.0);
+    for _ in 0..CHURN {
+        let before = fleet.assigned_counts();
+        let total: usize = before.values().sum();
+        fleet.enroll(1)?;
+        let start = Instant::now();
+        fleet.rebalance()?;
+        join_cpu.push(start.elapsed());
+        let after = fleet.assigned_counts();
+        join_moved += gained(&before, &after);
+        join_ideal += total as f64 / after.len() as f64;
+    }
+    let (mut leave_cpu, mut leave_moved, mut leave_ideal) = (Vec::new(), 0usize, 0.0);
+    for index in 0..CHURN {
+        let before = fleet.assigned_counts();
+        let total: usize = before.values().sum();
+        fleet.drain_relay(index)?;
+        let start = Instant::now();
+        fleet.rebalance()?;
+        leave_cpu.push(start.elapsed());
+        let after = fleet.assigned_counts();
+        leave_moved += gained(&before, &after);
+        leave_ideal += total as f64 / (before.len() - index) as f64;
+    }
+    let ms = |v: &[Duration]| v.iter().map(|d| format!("{:.1}", d.as_secs_f64() * 1e3)).collect::<Vec<_>>().join(", ");
+    println!(
+        "relay join, {CHURN} times (enroll, then its rebalance): CPU {} ms; moved {join_moved} placements, ideal (weight share) {join_ideal:.0}: {:.3}x the ideal",
+        ms(&join_cpu),
+        join_moved as f64 / join_ideal
+    );
+    println!(
+        "relay leave (drained), {CHURN} times: CPU {} ms; moved {leave_moved} placements, ideal (weight share) {leave_ideal:.0}: {:.3}x the ideal",
+        ms(&leave_cpu),
+        leave_moved as f64 / leave_ideal
+    );
     Ok(())
 }
 

@@ -39,7 +39,8 @@ pub struct DirectoryConfig {
     /// A change to the set of relays is rebalanced this long after it, so that many changes
     /// (relays joining after a restart) cost one recomputation. New artifacts are placed at once.
     pub rebalance_delay: Duration,
-    /// Relay scores computed per slice of a rebalance, between which the driver may serve.
+    /// Placement work per slice of a rebalance (an artifact placed counts 64), between which
+    /// the driver may serve.
     pub rebalance_slice: usize,
     pub hot: HotConfig,
     /// Which relay URLs enrollment accepts (see [`AddressPolicy::for_directory`]).

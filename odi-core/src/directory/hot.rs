@@ -47,6 +47,11 @@ impl Hot {
         self.extra.get(digest).copied().unwrap_or(0)
     }
 
+    #[cfg(test)]
+    pub(super) fn set_extra(&mut self, digest: Digest, extra: u32) {
+        self.extra.insert(digest, extra);
+    }
+
     /// Forgets `digest` (it was barred).
     pub(super) fn forget(&mut self, digest: &Digest) {
         self.hits.remove(digest);

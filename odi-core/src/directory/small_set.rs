@@ -63,6 +63,81 @@ impl<'a, T> IntoIterator for &'a SmallSet<T> {
     }
 }
 
+/// A sorted set of dense relay indexes, kept inline up to four (an artifact's replicas, most
+/// often) and on the heap beyond: 24 bytes for the common case, no allocation.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub(super) enum IndexSet {
+    Inline { len: u8, ids: [u32; 4] },
+    Heap(Box<[u32]>),
+}
+
+impl Default for IndexSet {
+    fn default() -> Self {
+        Self::Inline { len: 0, ids: [0; 4] }
+    }
+}
+
+impl IndexSet {
+    pub(super) fn as_slice(&self) -> &[u32] {
+        match self {
+            Self::Inline { len, ids } => &ids[..usize::from(*len)],
+            Self::Heap(v) => v,
+        }
+    }
+
+    pub(super) fn is_empty(&self) -> bool {
+        self.as_slice().is_empty()
+    }
+
+    pub(super) fn contains(&self, id: u32) -> bool {
+        self.as_slice().binary_search(&id).is_ok()
+    }
+
+    pub(super) fn insert(&mut self, id: u32) -> bool {
+        let Err(at) = self.as_slice().binary_search(&id) else { return false };
+        match self {
+            Self::Inline { len, ids } if usize::from(*len) < ids.len() => {
+                ids.copy_within(at..usize::from(*len), at + 1);
+                ids[at] = id;
+                *len += 1;
+            }
+            Self::Inline { ids, .. } => {
+                let mut v = ids.to_vec();
+                v.insert(at, id);
+                *self = Self::Heap(v.into_boxed_slice());
+            }
+            Self::Heap(v) => {
+                let mut grown = std::mem::take(v).into_vec();
+                grown.insert(at, id);
+                *v = grown.into_boxed_slice();
+            }
+        }
+        true
+    }
+
+    pub(super) fn remove(&mut self, id: u32) -> bool {
+        let Ok(at) = self.as_slice().binary_search(&id) else { return false };
+        match self {
+            Self::Inline { len, ids } => {
+                ids.copy_within(at + 1..usize::from(*len), at);
+                *len -= 1;
+            }
+            Self::Heap(v) => {
+                let mut v = std::mem::take(v).into_vec();
+                v.remove(at);
+                if v.len() > 4 {
+                    *self = Self::Heap(v.into_boxed_slice());
+                } else {
+                    let mut ids = [0; 4];
+                    ids[..v.len()].copy_from_slice(&v);
+                    *self = Self::Inline { len: v.len() as u8, ids };
+                }
+            }
+        }
+        true
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -75,5 +150,20 @@ mod tests {
         assert!(s.iter().any(|v| *v == 1) && !s.iter().any(|v| *v == 2));
         assert!(s.remove(&1) && !s.remove(&1));
         assert!(!s.is_empty());
+    }
+
+    #[test]
+    fn an_index_set_spills_to_the_heap_and_back() {
+        let mut s = IndexSet::default();
+        for id in [9, 3, 7, 1, 5, 3] {
+            s.insert(id);
+        }
+        assert_eq!(s.as_slice(), &[1, 3, 5, 7, 9]);
+        assert!(matches!(s, IndexSet::Heap(_)) && s.contains(7) && !s.contains(4));
+        assert!(s.remove(7) && !s.remove(7));
+        assert!(matches!(s, IndexSet::Inline { len: 4, .. }), "{s:?}");
+        assert!(s.remove(1) && s.insert(2));
+        assert_eq!(s.as_slice(), &[2, 3, 5, 9]);
+        assert_eq!(size_of::<IndexSet>(), 24);
     }
 }

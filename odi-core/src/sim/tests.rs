@@ -150,9 +150,18 @@ fn networks_converge_under_message_loss_for_many_seeds() {
             sim.publish(&cat, &format!("p/{i}"), &Sim::data(i, 1000 * usize::from(i)));
         }
         sim.run_for(Duration::from_secs(40));
-        for i in 0..6u8 {
-            let digest = sim.redirect("releases", &format!("p/{i}")).unwrap().digest;
-            assert!(sim.holders_of(&digest).len() >= 2, "seed {seed}: p/{i} has its replicas");
+        // Under this much loss relays lose their lease now and then and come back; a relay's
+        // return can fall just before the check. Converging means getting there: a bounded
+        // 20 s more while the loss goes on.
+        let digests: Vec<Digest> = (0..6u8).map(|i| sim.redirect("releases", &format!("p/{i}")).unwrap().digest).collect();
+        for _ in 0..20 {
+            if digests.iter().all(|d| sim.holders_of(d).len() >= 2) {
+                break;
+            }
+            sim.run_for(Duration::from_secs(1));
+        }
+        for (i, digest) in digests.iter().enumerate() {
+            assert!(sim.holders_of(digest).len() >= 2, "seed {seed}: p/{i} has its replicas");
         }
         // Kill one relay mid-run (still under loss): invariants hold at every step, and once
         // the network heals the others hold every artifact's replicas and serve it.
