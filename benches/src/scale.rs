@@ -179,6 +179,8 @@ impl Fleet {
         // Every relay serves at once: the figures are for a network in steady state.
         config.probation = std::time::Duration::ZERO;
         config.check_possession = false;
+        // The fleet enrolls all its relays at one instant, with one token.
+        config.new_relays_per_minute = u32::MAX;
         let dir = Directory::new(config, Seed(seed));
         let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
         let mut fleet = Self { dir, catalog, relays: Vec::new(), held: Vec::new(), last: Vec::new(), seed, seq: 0, now: T0 };
@@ -191,6 +193,11 @@ impl Fleet {
 
     pub fn directory(&self) -> &Directory {
         &self.dir
+    }
+
+    /// The fleet's virtual clock.
+    pub fn now(&self) -> Instant {
+        self.now
     }
 
     fn apply(&mut self, record: &Record) -> anyhow::Result<()> {
