@@ -6,7 +6,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use clap::{Args, Parser, Subcommand};
+use clap::{Args, CommandFactory as _, Parser, Subcommand};
 use http::Method;
 use serde::{Deserialize, Serialize};
 use serde_json::{Value, json};
@@ -44,6 +44,19 @@ struct Cli {
     /// command, daemons too); may be given more than once.
     #[arg(long = "ca-file", env = "ODI_CA_FILE", global = true, value_name = "FILE")]
     ca_files: Vec<PathBuf>,
+    /// Log lines on stderr as text (the default) or as one JSON object per line.
+    #[arg(long, env = "ODI_LOG_FORMAT", global = true, value_enum, default_value_t = LogFormat::Text)]
+    log_format: LogFormat,
+    /// Log every HTTP request a daemon answers (method, path, status, bytes, time) at info level
+    /// under the `odi::access` target, in the --log-format.
+    #[arg(long, env = "ODI_ACCESS_LOG", global = true)]
+    access_log: bool,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, clap::ValueEnum)]
+enum LogFormat {
+    Text,
+    Json,
 }
 
 #[derive(Subcommand)]
@@ -84,6 +97,13 @@ enum Command {
     Get(GetCliArgs),
     /// Start a directory and relays on loopback with a sample catalog.
     Dev(DevArgs),
+    /// Print a shell completion script, e.g. `odi completions bash > /etc/bash_completion.d/odi`.
+    Completions {
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page, odi(1), in roff, e.g. `odi man > odi.1 && man ./odi.1`.
+    Man,
 }
 
 #[derive(Args)]
@@ -147,6 +167,10 @@ struct DirectoryArgs {
     /// from this range (a proxy or load balancer in front), e.g. 10.0.0.0/8.
     #[arg(long = "trust-forwarded-for", value_name = "CIDR", requires = "meta")]
     trust_forwarded_for: Vec<String>,
+    /// Serve `GET /metrics` (Prometheus) on this address, with no token, instead of on the
+    /// public port (where it needs the admin token), e.g. 127.0.0.1:9770.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -194,6 +218,10 @@ struct RelayArgs {
     /// PEM private key of --tls-cert.
     #[arg(long, value_name = "FILE", requires = "tls_cert")]
     tls_key: Option<PathBuf>,
+    /// Serve `GET /metrics` (Prometheus) on this address instead of on the public port,
+    /// e.g. 127.0.0.1:9771.
+    #[arg(long, value_name = "ADDR")]
+    metrics_listen: Option<SocketAddr>,
     #[arg(long)]
     config: Option<PathBuf>,
 }
@@ -483,6 +511,7 @@ struct FileConfig {
     geoip: Option<PathBuf>,
     #[serde(default)]
     trust_forwarded_for: Vec<String>,
+    metrics_listen: Option<SocketAddr>,
 }
 
 impl FileConfig {
@@ -506,7 +535,27 @@ fn main() {
     });
     // Colour only for a person at a terminal, and never against NO_COLOR (https://no-color.org).
     let ansi = std::io::stderr().is_terminal() && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_ansi(ansi).init();
+    let filter = if cli.access_log { filter.add_directive(odi_net::http::ACCESS_LOG_DIRECTIVE.parse().expect("a valid directive")) } else { filter };
+    odi_net::http::set_access_log(cli.access_log);
+    let fmt = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match cli.log_format {
+        LogFormat::Text => fmt.with_ansi(ansi).init(),
+        LogFormat::Json => fmt.json().with_ansi(false).init(),
+    }
+    match &cli.command {
+        Command::Completions { shell } => {
+            clap_complete::generate(*shell, &mut Cli::command(), "odi", &mut std::io::stdout());
+            return;
+        }
+        Command::Man => {
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut std::io::stdout()) {
+                eprintln!("error: cannot write the man page: {e}");
+                std::process::exit(1);
+            }
+            return;
+        }
+        _ => {}
+    }
     let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
         Ok(rt) => rt,
         Err(e) => {
@@ -590,8 +639,13 @@ async fn run(command: Command) -> Result<()> {
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
             let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
-            let server =
+            let mut server =
                 odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
+            if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+                let metrics = bind(addr).await?;
+                eprintln!("metrics on http://{}/metrics", metrics.local_addr()?);
+                server = server.with_metrics_listener(metrics);
+            }
             for (what, path) in [("admin", &server.admin_token_path), ("enrollment", &server.enroll_token_path), ("link", &server.link_token_path)] {
                 if let Some(path) = path {
                     eprintln!("{what} token: {}", path.display());
@@ -641,7 +695,12 @@ async fn run(command: Command) -> Result<()> {
                 directory_keys: if args.directory_keys.is_empty() { file.directory_key } else { args.directory_keys },
             };
             let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
-            let server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
+            let mut server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
+            if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
+                let metrics = bind(addr).await?;
+                eprintln!("metrics on http://{}/metrics", metrics.local_addr()?);
+                server = server.with_metrics_listener(metrics);
+            }
             eprintln!("relay {} listening on {}://{}", server.id(), listener.scheme(), listener.local_addr()?);
             server.run(listener, shutdown_signal()).await?;
         }
@@ -756,6 +815,8 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Dev(args) => dev::run(args.relays, args.data, args.tls).await?,
+        // Answered in `main`, before the runtime starts.
+        Command::Completions { .. } | Command::Man => {}
     }
     Ok(())
 }

@@ -515,6 +515,22 @@ const H2_MAX_STREAMS: u32 = 64;
 /// speak HTTP/1.1; TLS ones HTTP/2 or HTTP/1.1 as ALPN chose, after a handshake that must end
 /// within [`crate::tls::HANDSHAKE_TIMEOUT`]. Every connection, handshaking or not, holds a
 /// permit of the connection guard from accept to close.
+/// The log filter directive that lets the access log through whatever `ODI_LOG` says.
+pub const ACCESS_LOG_DIRECTIVE: &str = "odi::access=info";
+
+static ACCESS_LOG: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// Turns the access log on or off (`--access-log`): one `info` line per request answered, under
+/// the `odi::access` target, with the client, method, path, status, `Content-Length` and the
+/// milliseconds to the response head. Process-wide, like the log subscriber it writes to.
+pub fn set_access_log(on: bool) {
+    ACCESS_LOG.store(on, std::sync::atomic::Ordering::Relaxed);
+}
+
+fn access_log_enabled() -> bool {
+    ACCESS_LOG.load(std::sync::atomic::Ordering::Relaxed)
+}
+
 pub(crate) async fn serve<H, F>(listener: Listener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), crate::NetError>
 where
     H: Fn(http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,
@@ -561,8 +577,18 @@ where
         let client = guard::ClientAddr(peer.ip());
         let service = hyper::service::service_fn(move |mut req: http::Request<hyper::body::Incoming>| {
             req.extensions_mut().insert(client);
+            let access = access_log_enabled().then(|| (std::time::Instant::now(), req.method().clone(), req.uri().path().to_owned()));
             let fut = handler(req);
-            async move { Ok::<_, Infallible>(fut.await) }
+            async move {
+                let resp = fut.await;
+                if let Some((started, method, path)) = access {
+                    let bytes = resp.headers().get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()).unwrap_or("-");
+                    let status = resp.status().as_u16();
+                    let ms = started.elapsed().as_secs_f64() * 1e3;
+                    tracing::info!(target: "odi::access", client = %client.0, %method, path, status, bytes, ms, "{method} {path} {status}");
+                }
+                Ok::<_, Infallible>(resp)
+            }
         });
         let watcher = graceful.watcher();
         match &tls {

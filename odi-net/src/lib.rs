@@ -19,6 +19,7 @@ pub mod limit;
 pub mod lock;
 pub mod meta;
 pub mod metalink;
+pub mod metrics;
 pub mod origin;
 pub mod relay;
 pub mod tls;

@@ -266,7 +266,10 @@ async fn commit_all(shared: &Arc<Shared>, records: &[Record]) -> Result<(), Resp
     let id = id.map_err(|e| error(StatusCode::SERVICE_UNAVAILABLE, e))?;
     execute(shared, effects).await;
     match shared.with_machine(|d, _| d.take_outcome(id)).0 {
-        Some(Outcome::Applied) => Ok(()),
+        Some(Outcome::Applied) => {
+            super::committed(shared, records);
+            Ok(())
+        }
         Some(Outcome::Failed(e)) => Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot save the change, nothing was changed: {e}"))),
         other => Err(error(StatusCode::INTERNAL_SERVER_ERROR, format!("the change ended unexpectedly: {other:?}"))),
     }

@@ -35,6 +35,7 @@ impl Driver for Shared {
     /// Logs the event; a new generation also wakes the relays' watch requests.
     fn on_event(&self, event: Event) {
         log_event(&event);
+        count_event(&self.metrics.counters, &event);
         if let Event::GenerationChanged { generation } = event {
             self.generation.send_replace(generation);
         }
@@ -43,6 +44,26 @@ impl Driver for Shared {
     fn execute(self: &Arc<Self>, effects: Vec<Effect>) -> impl Future<Output = ()> + Send {
         execute(self, effects)
     }
+}
+
+/// Feeds the `/metrics` counters (atomics: the machine's lock is held here).
+fn count_event(c: &crate::metrics::DirectoryCounters, event: &Event) {
+    let counter = match event {
+        Event::RelayEnrolled { .. } => &c.relays_enrolled,
+        Event::RelayAdmitted { .. } => &c.relays_admitted,
+        Event::RelayForgotten { .. } => &c.relays_forgotten,
+        Event::RelayProven { .. } => &c.relays_proven,
+        Event::SelfTestFailed { .. } => &c.self_tests_failed,
+        Event::RelayLost { .. } => &c.relays_lost,
+        Event::RelaySuspended { .. } => &c.suspensions,
+        Event::RelayQuarantined { .. } => &c.quarantines,
+        Event::AuditPassed { .. } => &c.audits_passed,
+        Event::RelayRefused { .. } => &c.relay_refusals,
+        Event::PersistFailed { .. } => &c.persist_failures,
+        Event::PeerRefused { .. } => &c.peer_refusals,
+        Event::HotnessChanged { .. } | Event::GenerationChanged { .. } => return,
+    };
+    counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
 }
 
 fn log_event(event: &Event) {

@@ -42,6 +42,7 @@ use crate::driver::{self, Core, Driver as _};
 use crate::guard::{FailureLimiter, LogLimiter};
 use crate::http::{Body, DIGEST_HEADERS_KEPT, DigestHeaders, error, json};
 use crate::lock::DataDirLock;
+use crate::metrics::{DirectoryMetrics, DirectorySnapshot, directory_route};
 use crate::{Clock, Listener, NetError, keys, unix_now};
 
 mod admin;
@@ -115,6 +116,8 @@ pub struct DirectoryServer {
     pub admin_token_path: Option<PathBuf>,
     pub enroll_token_path: Option<PathBuf>,
     pub link_token_path: Option<PathBuf>,
+    /// `--metrics-listen`: where `/metrics` is served instead of the public port.
+    metrics_listener: Option<Listener>,
 }
 
 /// What every route and effect shares; the machine is in `core` (see `crate::driver`).
@@ -159,6 +162,8 @@ struct Shared {
     peer_blob_bytes_received: std::sync::atomic::AtomicU64,
     /// OCI blob uploads in progress (`/v2/`), in `{data_dir}/oci-uploads`.
     oci_uploads: Arc<oci::Uploads>,
+    /// `/metrics`: request counters and latency, counters fed by `on_event` (see `crate::metrics`).
+    metrics: Arc<DirectoryMetrics>,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -260,13 +265,22 @@ impl DirectoryServer {
             peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
             peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
             oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
+            metrics: Arc::new(DirectoryMetrics::default()),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
-        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path })
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path, metrics_listener: None })
     }
 
     pub fn id(&self) -> NodeId {
         self.shared.lock().id()
+    }
+
+    /// Serves `GET /metrics` on `listener` (`--metrics-listen`), with no token, beside the
+    /// public port, which stops answering `/metrics`; it ends with the directory's `run`.
+    pub fn with_metrics_listener(mut self, listener: impl Into<Listener>) -> Self {
+        self.shared.metrics.exposure.set_separate();
+        self.metrics_listener = Some(listener.into());
+        self
     }
 
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
@@ -286,9 +300,24 @@ impl DirectoryServer {
         let (_, effects) = shared.with_machine(|d, now| d.federation_start(now));
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics_listener.map(|l| {
+            let shared = shared.clone();
+            let handler = Arc::new(move |req: Request<Incoming>| {
+                let shared = shared.clone();
+                async move { metrics_only(&shared, &req) }
+            });
+            tokio::spawn(crate::serve(l, handler, async {
+                metrics_stopped.await.ok();
+            }))
+        });
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
         let _ = origins.await;
+        let _ = metrics_stop.send(());
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         result
     }
 }
@@ -314,7 +343,78 @@ async fn own_address_class(url: &str) -> Result<AddressClass, NetError> {
     })
 }
 
+/// Answers `req` and counts it, by route and status, with the time to its response head.
 async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    let started = std::time::Instant::now();
+    let path = req.uri().path();
+    let route = if path.starts_with("/r/") || path.starts_with("/blobs/sha256/") {
+        directory_route::REDIRECT
+    } else if path.starts_with("/metalink/") {
+        directory_route::METALINK
+    } else if path.starts_with("/api/v1/") {
+        directory_route::ADMIN
+    } else if path.starts_with("/odi/v1/") {
+        directory_route::NODE
+    } else if path.starts_with(peers::PREFIX) {
+        directory_route::PEER
+    } else if path == "/report" {
+        directory_route::REPORT
+    } else {
+        directory_route::OTHER
+    };
+    let metrics = shared.metrics.clone();
+    let resp = route_request(shared, req).await;
+    metrics.http.observe(route, resp.status(), started.elapsed());
+    resp
+}
+
+/// After admin changes are durable and applied: counts publishes and expunges for `/metrics`.
+fn committed(shared: &Shared, records: &[odi_core::storage::Record]) {
+    use odi_core::catalog::LogOp;
+    use odi_core::storage::Record;
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    let c = &shared.metrics.counters;
+    let mut expunged_digest = false;
+    for record in records {
+        let Record::Log { entry, .. } = record else { continue };
+        match &entry.op {
+            LogOp::Put(_) => {
+                c.publishes.fetch_add(1, relaxed);
+            }
+            LogOp::ExpungePath { .. } | LogOp::Expunge { .. } => {
+                c.expunges.fetch_add(1, relaxed);
+            }
+            // One expunge by digest writes one entry per catalog: counted once.
+            LogOp::ExpungeDigest { .. } if !expunged_digest => {
+                expunged_digest = true;
+                c.expunges.fetch_add(1, relaxed);
+            }
+            LogOp::ExpungeDigest { .. } | LogOp::Tag { .. } => {}
+        }
+    }
+}
+
+/// `/metrics` off the public port: nothing else is served there.
+fn metrics_only(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    match (req.uri().path(), matches!(*req.method(), Method::GET | Method::HEAD)) {
+        ("/metrics", true) => metrics_response(shared),
+        ("/metrics", false) => not_allowed("GET, HEAD"),
+        (path, _) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}; this listener serves /metrics only")),
+    }
+}
+
+/// The scrape: gauges read in one lock, then encoded with none held.
+fn metrics_response(shared: &Shared) -> Response<Body> {
+    let now = shared.now();
+    let mut snap = DirectorySnapshot::of(&shared.lock(), now);
+    let relaxed = std::sync::atomic::Ordering::Relaxed;
+    snap.node_blob_bytes = shared.node_blob_bytes.load(relaxed);
+    snap.peer_blob_bytes_sent = shared.peer_blob_bytes_sent.load(relaxed);
+    snap.peer_blob_bytes_received = shared.peer_blob_bytes_received.load(relaxed);
+    crate::metrics::response(shared.metrics.encode(snap))
+}
+
+async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let path = req.uri().path();
     let read = matches!(*req.method(), Method::GET | Method::HEAD);
     if let Some(rest) = path.strip_prefix("/r/") {
@@ -356,6 +456,14 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         ("/healthz", false) => not_allowed("GET, HEAD"),
         ("/catalogs", true) => json(StatusCode::OK, &serde_json::json!({ "catalogs": shared.lock().catalog_names() })),
         ("/catalogs", false) => not_allowed("GET, HEAD"),
+        // On the public port the metrics are an admin's view (they name linked directories
+        // and relay counts): the admin token, unless `--metrics-listen` moved them off it.
+        ("/metrics", true) if shared.metrics.exposure.on_public_port() => match admin::check_admin(&shared, &req) {
+            Ok(()) => metrics_response(&shared),
+            Err(resp) => resp,
+        },
+        ("/metrics", false) if shared.metrics.exposure.on_public_port() => not_allowed("GET, HEAD"),
+        ("/metrics", _) => error(StatusCode::NOT_FOUND, "no such endpoint: /metrics; this directory serves it on its --metrics-listen address"),
         _ => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}")),
     }
 }

@@ -66,6 +66,8 @@ pub struct RelayServer {
     /// Held until `run` returns or the server is dropped: one daemon per data directory.
     _data_lock: DataDirLock,
     shared: Arc<Shared>,
+    /// `--metrics-listen`: where `/metrics` is served instead of the public port.
+    metrics_listener: Option<Listener>,
 }
 
 /// What serving and syncing share; the machine is in `core` (see `crate::driver`).
@@ -84,6 +86,8 @@ struct Shared {
     scrub_rate: u64,
     /// Where the pinned keys and applied heads are kept (`trust.json`).
     trust_file: trust::TrustFile,
+    /// `/metrics`: request counters and latency, counters fed by `on_event` (see `crate::metrics`).
+    metrics: Arc<crate::metrics::RelayMetrics>,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -193,12 +197,21 @@ impl RelayServer {
             digests: DigestHeaders::new(DIGEST_HEADERS_KEPT),
             scrub_rate: options.scrub_rate,
             trust_file,
+            metrics: Arc::default(),
         };
-        Ok(Self { _data_lock: data_lock, shared: Arc::new(shared) })
+        Ok(Self { _data_lock: data_lock, shared: Arc::new(shared), metrics_listener: None })
     }
 
     pub fn id(&self) -> NodeId {
         self.shared.id
+    }
+
+    /// Serves `GET /metrics` on `listener` (`--metrics-listen`) beside the public port, which
+    /// stops answering `/metrics`; it ends with the relay's `run`.
+    pub fn with_metrics_listener(mut self, listener: impl Into<Listener>) -> Self {
+        self.shared.metrics.exposure.set_separate();
+        self.metrics_listener = Some(listener.into());
+        self
     }
 
     pub async fn run(self, listener: impl Into<Listener>, shutdown: impl Future<Output = ()>) -> Result<(), NetError> {
@@ -208,9 +221,24 @@ impl RelayServer {
         let scrubber = tokio::spawn(syncing::scrub(shared.clone()));
         // The relay acts at once (it enrolls), not at its first deadline.
         step(&shared, |m, now| m.handle_timeout(now));
+        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
+        let metrics = self.metrics_listener.map(|l| {
+            let shared = shared.clone();
+            let handler = Arc::new(move |req: http::Request<hyper::body::Incoming>| {
+                let shared = shared.clone();
+                async move { serving::metrics_only(&shared, &req) }
+            });
+            tokio::spawn(crate::serve(l, handler, async {
+                metrics_stopped.await.ok();
+            }))
+        });
         let result = driver::run(shared, listener, serving::handle, shutdown).await;
         watchers.iter().for_each(|w| w.abort());
         scrubber.abort();
+        let _ = metrics_stop.send(());
+        if let Some(m) = metrics {
+            let _ = m.await;
+        }
         result
     }
 }
@@ -224,6 +252,17 @@ impl Driver for Shared {
 
     fn on_event(&self, event: Event) {
         log_event(self, &event);
+        let c = &self.metrics.counters;
+        let counter = match &event {
+            Event::Ready { .. } => &c.blobs_ready,
+            Event::FetchFailed { .. } => &c.fetches_failed,
+            Event::Evicted { .. } => &c.evictions,
+            Event::Corrupt { .. } => &c.corrupt,
+            Event::NoRoom { .. } => &c.no_room,
+            Event::Refused { .. } => &c.refusals,
+            Event::Enrolled { .. } | Event::StandingChanged { .. } => return,
+        };
+        counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// Starts each effect as a task: nothing here waits on one.

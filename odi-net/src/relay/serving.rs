@@ -14,7 +14,51 @@ use super::{Shared, found_corrupt};
 use crate::driver::Driver as _;
 use crate::http::{BlobRequest, Body, Caching, CorruptBlob, corrupt_blob, error, json, serve_local, split_catalog_path};
 
+/// Answers `req` and counts it, by route and status, with the time to its response head.
 pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
+    use crate::metrics::relay_route;
+    let started = std::time::Instant::now();
+    let path = req.uri().path();
+    let route = if path.starts_with("/r/") {
+        relay_route::ARTIFACT
+    } else if path.starts_with("/blobs/sha256/") {
+        relay_route::BLOB
+    } else {
+        relay_route::OTHER
+    };
+    let metrics = shared.metrics.clone();
+    let resp = answer(shared, req).await;
+    metrics.http.observe(route, resp.status(), started.elapsed());
+    resp
+}
+
+/// `/metrics` off the public port (`--metrics-listen`): nothing else is served there.
+pub(super) fn metrics_only(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    match (req.uri().path(), matches!(*req.method(), Method::GET | Method::HEAD)) {
+        ("/metrics", true) => metrics_response(shared),
+        ("/metrics", false) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD"),
+        (path, _) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}; this listener serves /metrics only")),
+    }
+}
+
+/// The scrape: gauges read in one lock, then encoded with none held.
+fn metrics_response(shared: &Shared) -> Response<Body> {
+    let snap = {
+        let m = shared.lock();
+        crate::metrics::RelaySnapshot {
+            held_blobs: m.held().count() as u64,
+            used_bytes: m.used(),
+            disk_budget: (0..m.upstreams()).filter_map(|i| m.capacity_of(i)).map(|c| c.disk_budget).sum(),
+            fetching: m.fetching() as u64,
+            active: u64::from(m.active()),
+            synced: m.is_synced(),
+            standings: (0..m.upstreams()).map(|i| (shared.url(i).to_owned(), standing_of(m.standing_with(i), m.is_enrolled_with(i)).0)).collect(),
+        }
+    };
+    crate::metrics::response(shared.metrics.encode(snap))
+}
+
+async fn answer(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let method = req.method();
     if method != Method::GET && method != Method::HEAD {
         let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD");
@@ -22,6 +66,15 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         return resp;
     }
     let path = req.uri().path();
+    if path == "/metrics" {
+        // A relay has no admin token, and its numbers are about the public traffic it serves:
+        // open on the public port, unless `--metrics-listen` moved them off it.
+        return if shared.metrics.exposure.on_public_port() {
+            metrics_response(&shared)
+        } else {
+            error(StatusCode::NOT_FOUND, "no such endpoint: /metrics; this relay serves it on its --metrics-listen address")
+        };
+    }
     if path == "/healthz" {
         // 200 whenever the process serves (the directory's self-test reads `id`); `status` and
         // `reason` are how the directory last said it sees this relay, so an operator learns
@@ -139,9 +192,13 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
         resp.headers_mut().insert(http::HeaderName::from_static("docker-content-digest"), v);
     }
     let on_error = shared.clone();
+    let metrics = shared.metrics.clone();
     resp.map(|body| {
         body.map_frame(move |frame| {
             let _ = &guard;
+            if let Some(data) = frame.data_ref() {
+                metrics.counters.served_bytes.fetch_add(data.len() as u64, std::sync::atomic::Ordering::Relaxed);
+            }
             frame
         })
         .map_err(move |e| {

@@ -86,6 +86,7 @@ pub(super) async fn fetch(shared: Arc<Shared>, upstream: Upstream, manifest: Chu
             Ok((_, report)) | Err((_, report)) => report,
         };
         crate::transfer::report_rejected(&shared.client, &directory, digest, report).await;
+        shared.metrics.counters.synced_bytes.fetch_add(report.bytes_fetched, std::sync::atomic::Ordering::Relaxed);
         let (partial, report) = result.map_err(|(e, _)| e)?;
         crash::point("before-fsync");
         let sealed = partial.seal().await?;
