@@ -198,7 +198,7 @@ impl Proxy {
                 Ok((s, _, _)) if accepted(s) => tally.replays_accepted += 1,
                 Ok((s, _, b)) => {
                     let text = String::from_utf8_lossy(&b);
-                    let reason = text.split_once("refused: ").map_or(&*text, |(_, r)| r).split(['"', ',', ';']).next().unwrap_or_default().to_owned();
+                    let reason = text.split_once("refused: ").map_or(&*text, |(_, r)| r).split(['"', ',', ';']).next().unwrap_or_default().trim().to_owned();
                     *tally.replay_reasons.entry(format!("{} {reason}", s.as_u16())).or_default() += 1;
                 }
                 Err(e) => *tally.replay_reasons.entry(format!("no answer: {e}")).or_default() += 1,
