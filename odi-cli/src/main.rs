@@ -680,7 +680,9 @@ async fn run(command: Command) -> Result<()> {
             let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name, "catalog": catalog, "single_use": single_use }))).await?;
             match &catalog {
                 Some(c) => eprintln!("publisher token `{name}` for catalog `{c}` (shown once; publish with ODI_ADMIN_TOKEN set to it):"),
-                None if single_use => eprintln!("single-use enrollment token `{name}` (shown once; it enrolls one relay, run with ODI_ENROLL_TOKEN set to it):"),
+                None if single_use => {
+                    eprintln!("single-use enrollment token `{name}` (shown once; it enrolls one relay, run with ODI_ENROLL_TOKEN set to it):")
+                }
                 None => eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):"),
             }
             output::line(made["token"].as_str().unwrap_or_default());

@@ -138,12 +138,15 @@ fn a_publisher_token_publishes_to_its_catalog_only_until_it_is_removed() {
     assert!(published.status.success(), "{}", stderr(&published));
     let tagged = odi_as(&token, &["tag", "--directory", &dir, "--catalog", "c", "release.tar.gz", "--add", "stable"]);
     assert!(tagged.status.success(), "{}", stderr(&tagged));
-    let listing = odi_ok(&["ls", "--directory", &dir, "c"]);
+    let listing = odi_ok(&["ls", "--directory", &dir, "--catalog", "c"]);
     assert!(listing.contains("release.tar.gz") && listing.contains("stable"), "{listing}");
 
     // Another catalog, and every admin action: 403 with the reason.
     let elsewhere = odi_as(&token, &["publish", "--directory", &dir, "--catalog", "d", file]);
-    assert!(!elsewhere.status.success() && stderr(&elsewhere).contains("403") && stderr(&elsewhere).contains("only publish and tag in catalog `c`"), "{elsewhere:?}");
+    assert!(
+        !elsewhere.status.success() && stderr(&elsewhere).contains("403") && stderr(&elsewhere).contains("only list, publish and tag in catalog `c`"),
+        "{elsewhere:?}"
+    );
     for action in [
         vec!["catalog", "create", "e", "--directory", &dir],
         vec!["token", "add", "mine", "--directory", &dir],
@@ -154,7 +157,11 @@ fn a_publisher_token_publishes_to_its_catalog_only_until_it_is_removed() {
         let out = odi_as(&token, &action);
         assert!(!out.status.success() && stderr(&out).contains("403"), "{action:?} with a publisher token: {out:?}");
     }
-    let raw = Command::new("curl").args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {token}")]).arg(format!("{dir}/api/v1/stats")).output().unwrap();
+    let raw = Command::new("curl")
+        .args(["-s", "-o", "/dev/null", "-w", "%{http_code}", "-H", &format!("Authorization: Bearer {token}")])
+        .arg(format!("{dir}/api/v1/stats"))
+        .output()
+        .unwrap();
     assert_eq!(String::from_utf8_lossy(&raw.stdout), "403");
 
     let table = odi_ok(&["token", "ls", "--directory", &dir]);
@@ -163,7 +170,7 @@ fn a_publisher_token_publishes_to_its_catalog_only_until_it_is_removed() {
     std::fs::write(tmp.path().join("later.tar.gz"), b"after rm").unwrap();
     let after = odi_as(&token, &["publish", "--directory", &dir, "--catalog", "c", tmp.path().join("later.tar.gz").to_str().unwrap()]);
     assert!(!after.status.success() && stderr(&after).contains("403"), "a removed token still publishes: {after:?}");
-    assert!(!odi_ok(&["ls", "--directory", &dir, "c"]).contains("later.tar.gz"));
+    assert!(!odi_ok(&["ls", "--directory", &dir, "--catalog", "c"]).contains("later.tar.gz"));
 }
 
 #[test]

@@ -117,7 +117,8 @@ pub fn signature_input(data: &[u8]) {
         assert_eq!(auth::parse_signature_input(&printed).as_ref(), Ok(&params));
     }
     let (signature, digest) = (lines.next(), lines.next());
-    let req = SignedRequest { method: "POST", path: "/node/v1/heartbeat", query: "", body: b"", content_digest: digest, signature_input: Some(input), signature };
+    let req =
+        SignedRequest { method: "POST", path: "/node/v1/heartbeat", query: "", body: b"", content_digest: digest, signature_input: Some(input), signature };
     if let Ok(claim) = auth::Claim::parse(&req, UnixTime(1_800_000_000), UnixTime(0)) {
         assert!(claim.verify().is_err(), "a forged signature verified");
     }

@@ -151,12 +151,8 @@ impl Proxy {
     async fn handle(self: Arc<Self>, req: Request<hyper::body::Incoming>) -> Response<Body> {
         let (parts, body) = req.into_parts();
         let body = body.collect().await.map(|c| c.to_bytes()).unwrap_or_default();
-        let original = Captured {
-            method: parts.method,
-            path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(),
-            headers: parts.headers,
-            body,
-        };
+        let original =
+            Captured { method: parts.method, path_and_query: parts.uri.path_and_query().map_or("/", |p| p.as_str()).to_owned(), headers: parts.headers, body };
         let signed = original.headers.contains_key("signature-input");
         let slot = {
             let mut tally = self.tally.lock().unwrap();
@@ -257,7 +253,10 @@ async fn captured_requests_replayed_or_tampered_are_never_accepted() {
         o.link_token = Some(LINK_TOKEN.into());
     };
     let dir = start_directory_with(&tmp.path().join("dir"), None, fast).await;
-    let linked = start_directory_with(&tmp.path().join("linked"), None, |o| o.link_token = Some("5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d".into())).await;
+    let linked = start_directory_with(&tmp.path().join("linked"), None, |o| {
+        o.link_token = Some("5e6f7a8b9c0d1e2f3a4b5c6d7e8f9a0b1c0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d".into())
+    })
+    .await;
     let (relay_proxy, relay_url) = Proxy::start(&dir.url, RELAY_QUOTA).await;
     let (peer_proxy, peer_url) = Proxy::start(&dir.url, PEER_QUOTA).await;
 

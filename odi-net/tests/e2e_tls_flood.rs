@@ -132,7 +132,10 @@ async fn stalled_and_flooded_tls_handshakes_do_not_starve_a_legitimate_client() 
         ATTACKERS.len()
     );
     assert!(ok * 100 >= LEGIT_FETCHES * 99, "only {ok}/{LEGIT_FETCHES} legitimate fetches succeeded: {failures:?}");
-    assert!(handshakes.load(Ordering::Relaxed) > 0 && stalled.load(Ordering::Relaxed) >= (ATTACKERS.len() * STALLERS_PER_ADDRESS) as u64, "the flood did not run");
+    assert!(
+        handshakes.load(Ordering::Relaxed) > 0 && stalled.load(Ordering::Relaxed) >= (ATTACKERS.len() * STALLERS_PER_ADDRESS) as u64,
+        "the flood did not run"
+    );
     let _ = stop.send(());
     task.await.unwrap().unwrap();
 }

@@ -653,7 +653,11 @@ impl Directory {
             return Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("relay URL {} {why}", req.public_url) }));
         }
         // A single-use token is spent by the first relay that enrolls with it.
-        let spent = token.as_deref().and_then(|n| self.tokens.named(n)).filter(|t| t.single_use && t.used_by.is_none()).map(|t| EnrollTokenRecord { used_by: Some(from), ..t.clone() });
+        let spent = token
+            .as_deref()
+            .and_then(|n| self.tokens.named(n))
+            .filter(|t| t.single_use && t.used_by.is_none())
+            .map(|t| EnrollTokenRecord { used_by: Some(from), ..t.clone() });
         // Quarantine, draining and probation are the directory's decisions: enrolling again keeps
         // them (a relay that moves to another URL is on probation again).
         let (quarantined, draining, proven) = self.relays.kept_decisions(&from, &req.public_url);

@@ -35,8 +35,9 @@ pub(super) const MAX_REQUEST_JSON: usize = 16 << 20;
 pub(super) const ADMIN_FAILURES: u32 = 10;
 pub(super) const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
-/// Who may call `/api/v1/{rest}`: the admin token anything; a publisher's token only publishing
-/// (`PUT catalogs/{C}/artifacts/...`) and tagging (`POST catalogs/{C}/tags`) in its one catalog C.
+/// Who may call `/api/v1/{rest}`: the admin token anything; a publisher's token only listing
+/// (`GET catalogs/{C}`), publishing (`PUT catalogs/{C}/artifacts/...`) and tagging
+/// (`POST catalogs/{C}/tags`) in its one catalog C.
 #[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
 pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Result<(), Response<Body>> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
@@ -67,7 +68,10 @@ pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) ->
         return if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) {
             Ok(())
         } else {
-            Err(error(StatusCode::FORBIDDEN, format!("this token may only publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token")))
+            Err(error(
+                StatusCode::FORBIDDEN,
+                format!("this token may only list, publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token"),
+            ))
         };
     }
     if let Some(ip) = client {
@@ -76,11 +80,13 @@ pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) ->
     Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
 }
 
-/// The catalog an endpoint a publisher's token may call acts on: publishing or tagging.
+/// The catalog an endpoint a publisher's token may call acts on: listing, publishing or tagging.
 fn publisher_catalog<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
     match (method, rest.splitn(4, '/').collect::<Vec<_>>().as_slice()) {
         (&Method::PUT, ["catalogs", catalog, "artifacts", path]) if !path.is_empty() => Some(catalog),
         (&Method::POST, ["catalogs", catalog, "tags"]) => Some(catalog),
+        // `odi publish` and `odi tag` read the catalog's listing first.
+        (&Method::GET, ["catalogs", catalog]) => Some(catalog),
         _ => None,
     }
 }
