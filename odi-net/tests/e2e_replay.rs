@@ -279,6 +279,15 @@ async fn captured_requests_replayed_or_tampered_are_never_accepted() {
         }
         tokio::time::sleep(Duration::from_millis(30)).await;
     }
+    // Requests still in flight (a watch is a long poll) are replayed once answered; a publish
+    // wakes the watches.
+    let replayed = |p: &Proxy| p.tally.lock().unwrap().replayed;
+    while replayed(&relay_proxy) < RELAY_QUOTA || replayed(&peer_proxy) < PEER_QUOTA {
+        assert!(tokio::time::Instant::now() < deadline, "in flight too long: {} and {} replayed", replayed(&relay_proxy), replayed(&peer_proxy));
+        n = n.wrapping_add(1);
+        publish(&dir.url, "alpha", &format!("g{n}.bin"), &sample(2000 + usize::from(n), n)).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
     for mut relay in relays {
         relay.stop().await;
     }
