@@ -58,10 +58,16 @@ pub(crate) fn catalogs(list: &Value) -> String {
 
 /// `GET /api/v1/tokens`: the named enrollment tokens.
 pub(crate) fn tokens(list: &Value) -> String {
-    let mut t = Table::new(&[("TOKEN", Align::Left), ("RELAYS", Align::Right), ("STATE", Align::Left)]);
+    let mut t = Table::new(&[("TOKEN", Align::Left), ("ROLE", Align::Left), ("CATALOG", Align::Left), ("RELAYS", Align::Right), ("STATE", Align::Left)]);
     for k in list.as_array().into_iter().flatten() {
-        let state = if k["revoked"] == Value::Bool(true) { "revoked" } else { "valid" };
-        t.row(vec![text(&k["name"]), text(&k["relays"]), state.to_owned()]);
+        let state = match (k["revoked"] == Value::Bool(true), k["single_use"] == Value::Bool(true), k["used_by"].is_string()) {
+            (true, _, _) => "revoked",
+            (false, true, true) => "used",
+            (false, true, false) => "single-use",
+            _ => "valid",
+        };
+        let catalog = k["catalog"].as_str().unwrap_or("-").to_owned();
+        t.row(vec![text(&k["name"]), text(&k["role"]), catalog, text(&k["relays"]), state.to_owned()]);
     }
     t.render()
 }

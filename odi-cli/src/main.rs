@@ -229,9 +229,16 @@ struct RelayArgs {
 #[derive(Subcommand)]
 enum TokenCommand {
     /// Make an enrollment token for one operator; it is printed once (give it to them as
-    /// ODI_ENROLL_TOKEN for their relays).
+    /// ODI_ENROLL_TOKEN for their relays). With --catalog, a publisher's token instead: it may
+    /// publish and tag in that catalog and nothing else (the publisher sets it as ODI_ADMIN_TOKEN).
     Add {
         name: String,
+        /// A publisher's token for this catalog.
+        #[arg(long, conflicts_with = "single_use")]
+        catalog: Option<String>,
+        /// An enrollment token that enrolls one relay only (that relay may enroll again).
+        #[arg(long)]
+        single_use: bool,
         #[command(flatten)]
         target: Target,
     },
@@ -243,8 +250,9 @@ enum TokenCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Revoke a token: nobody enrolls with it again, and every relay enrolled with it is
-    /// quarantined (`odi relays --readmit` lifts that for one relay).
+    /// Revoke a token: nobody enrolls or publishes with it again, and every relay enrolled with
+    /// it is quarantined (`odi relays --readmit` lifts that for one relay).
+    #[command(alias = "rm")]
     Revoke {
         name: String,
         #[command(flatten)]
@@ -753,9 +761,15 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Link(command) => link(command).await?,
         Command::Tag(args) => tag(args).await?,
-        Command::Token(TokenCommand::Add { name, target }) => {
-            let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name }))).await?;
-            eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):");
+        Command::Token(TokenCommand::Add { name, catalog, single_use, target }) => {
+            let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name, "catalog": catalog, "single_use": single_use }))).await?;
+            match &catalog {
+                Some(c) => eprintln!("publisher token `{name}` for catalog `{c}` (shown once; publish with ODI_ADMIN_TOKEN set to it):"),
+                None if single_use => {
+                    eprintln!("single-use enrollment token `{name}` (shown once; it enrolls one relay, run with ODI_ENROLL_TOKEN set to it):")
+                }
+                None => eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):"),
+            }
             output::line(made["token"].as_str().unwrap_or_default());
         }
         Command::Token(TokenCommand::Ls { target, json }) => {

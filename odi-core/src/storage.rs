@@ -154,7 +154,9 @@ pub enum Record {
     Fed(FedRecord),
 }
 
-/// A named enrollment token: its keyed hash (never the token), and whether it was revoked.
+/// A named token an admin handed out: its keyed hash (never the token), and whether it was
+/// revoked. An enrollment token for one relay operator, or (with `catalog`) a publisher's token
+/// that may publish and tag in that one catalog and nothing else.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct EnrollTokenRecord {
     pub name: String,
@@ -162,6 +164,23 @@ pub struct EnrollTokenRecord {
     pub created_at: UnixTime,
     #[serde(default)]
     pub revoked: bool,
+    /// A publisher's token, scoped to this catalog (it enrolls nothing).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub catalog: Option<CatalogName>,
+    /// An enrollment token that enrolls one relay only.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub single_use: bool,
+    /// The relay a single-use token enrolled: that relay may enroll with it again (after a
+    /// restart), no other may.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub used_by: Option<NodeId>,
+}
+
+impl EnrollTokenRecord {
+    /// A new, unrestricted enrollment token.
+    pub fn enroll(name: &str, hash: Digest, created_at: UnixTime) -> Self {
+        Self { name: name.to_owned(), hash, created_at, revoked: false, catalog: None, single_use: false, used_by: None }
+    }
 }
 
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]

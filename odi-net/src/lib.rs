@@ -12,6 +12,8 @@ pub mod client;
 pub mod crash;
 pub mod directory;
 mod driver;
+#[doc(hidden)]
+pub mod fuzz;
 pub mod guard;
 pub mod http;
 pub mod keys;

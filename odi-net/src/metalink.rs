@@ -45,8 +45,25 @@ pub fn content_disposition(name: &str) -> String {
     value
 }
 
+/// Escapes text for an element or an attribute. Tab, line feed and carriage return go as
+/// character references: written raw, an XML parser turns them into spaces in an attribute
+/// (and `\r\n` into `\n` anywhere), so a name holding one would name another file.
 fn escape(s: &str) -> String {
-    s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;").replace('\'', "&apos;")
+    let mut out = String::with_capacity(s.len());
+    for c in s.chars() {
+        match c {
+            '&' => out.push_str("&amp;"),
+            '<' => out.push_str("&lt;"),
+            '>' => out.push_str("&gt;"),
+            '"' => out.push_str("&quot;"),
+            '\'' => out.push_str("&apos;"),
+            '\t' => out.push_str("&#9;"),
+            '\n' => out.push_str("&#10;"),
+            '\r' => out.push_str("&#13;"),
+            c => out.push(c),
+        }
+    }
+    out
 }
 
 /// What `odi get` needs from a metalink: the manifest and the sources in priority order.
@@ -171,6 +188,14 @@ mod tests {
         assert!(parse(&xml.replace("http://r/f", "file:///etc/passwd")).unwrap_err().contains("no http"));
         assert!(parse("<metalink><file").is_err());
         assert!(parse("not xml at all").is_err());
+    }
+
+    #[test]
+    fn whitespace_in_names_and_urls_survives_a_round_trip() {
+        let m = ChunkManifest::of(b"odi", MIN_CHUNK_SIZE).unwrap();
+        let urls = vec!["http://r/a\r\nb".to_owned()];
+        let parsed = parse(&render("a\tb\nc\r", &m, &urls)).unwrap();
+        assert_eq!(parsed, Parsed { name: "a\tb\nc\r".into(), manifest: m, urls });
     }
 
     #[test]

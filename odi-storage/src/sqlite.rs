@@ -534,7 +534,10 @@ mod tests {
         // Upserts replace.
         meta.apply(&[token(TokenRole::Enroll, b"e2"), relay(9, &["alpha"])]).await.unwrap();
         let alice = |revoked| {
-            Record::EnrollToken(odi_core::storage::EnrollTokenRecord { name: "alice".into(), hash: Digest::of(b"t"), created_at: UnixTime(5), revoked })
+            Record::EnrollToken(odi_core::storage::EnrollTokenRecord {
+                revoked,
+                ..odi_core::storage::EnrollTokenRecord::enroll("alice", Digest::of(b"t"), UnixTime(5))
+            })
         };
         meta.apply(&[alice(false)]).await.unwrap();
         meta.apply(&[alice(true)]).await.unwrap();

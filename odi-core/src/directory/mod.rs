@@ -63,6 +63,15 @@ use self::relays::Relays;
 #[cfg(test)]
 pub(crate) use self::relays::audits::AuditCycle;
 pub use self::tokens::TokenView;
+
+/// What a named token may do.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum TokenScope {
+    /// Enroll relays; with `single_use`, one relay only.
+    Enroll { single_use: bool },
+    /// Publish and tag in this catalog, nothing else.
+    Publish(CatalogName),
+}
 use self::tokens::{Admission, Tokens, constant_time_eq};
 pub use self::types::*;
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp};
@@ -221,13 +230,35 @@ impl Directory {
     /// Plans a named enrollment token (one per relay operator); the caller made `token` and hands
     /// it to the operator once.
     pub fn plan_enroll_token(&self, name: &str, token: &str, at: UnixTime) -> Result<Record, AdminError> {
+        self.plan_named_token(name, token, at, TokenScope::Enroll { single_use: false })
+    }
+
+    /// Plans a named token of any scope: an enrollment token (perhaps for one relay only) or a
+    /// publisher's token for one existing catalog.
+    pub fn plan_named_token(&self, name: &str, token: &str, at: UnixTime, scope: TokenScope) -> Result<Record, AdminError> {
         if !tokens::valid_name(name) {
             return Err(AdminError::TokenName(name.chars().take(80).collect()));
         }
         if self.tokens.named(name).is_some() {
             return Err(AdminError::TokenExists(name.to_owned()));
         }
-        Ok(Record::EnrollToken(EnrollTokenRecord { name: name.to_owned(), hash: self.token_hash(token), created_at: at, revoked: false }))
+        let mut record = EnrollTokenRecord::enroll(name, self.token_hash(token), at);
+        match scope {
+            TokenScope::Enroll { single_use } => record.single_use = single_use,
+            TokenScope::Publish(catalog) => {
+                if self.catalog_config(&catalog).is_none() {
+                    return Err(AdminError::UnknownCatalog(catalog));
+                }
+                record.catalog = Some(catalog);
+            }
+        }
+        Ok(Record::EnrollToken(record))
+    }
+
+    /// The one catalog `token` may publish and tag in, when it is a publisher's token that is
+    /// not revoked.
+    pub fn publish_scope(&self, token: &str) -> Option<CatalogName> {
+        self.tokens.publisher(&self.token_hash(token)).cloned()
     }
 
     /// Plans revoking a named enrollment token: nobody enrolls with it again, and every relay
@@ -244,7 +275,7 @@ impl Directory {
 
     /// True when `token` would be accepted for an enrollment (the directory's or a named one).
     pub fn accepts_enroll_token(&self, token: &str) -> bool {
-        matches!(self.tokens.admit(&self.token_hash(token)), Admission::Default | Admission::Named(_))
+        matches!(self.tokens.admit(&self.token_hash(token), None), Admission::Default | Admission::Named(_))
     }
 
     /// Plans setting a relay to drain (or back), or readmitting it from quarantine (which also
@@ -612,9 +643,15 @@ impl Directory {
     }
 
     fn enroll(&mut self, from: NodeId, req: EnrollRequest, now: Instant, wall: UnixTime) -> Reply {
-        let token = match self.tokens.admit(&self.token_hash(&req.token)) {
+        let token = match self.tokens.admit(&self.token_hash(&req.token), Some(&from)) {
             Admission::Default => None,
             Admission::Named(name) => Some(name),
+            Admission::Used { name, by } => {
+                return Reply::Now(Message::Refused(Refusal {
+                    code: RefusalCode::BadToken,
+                    reason: format!("the single-use enrollment token `{name}` already enrolled relay {by}; ask the directory's admin for a new one"),
+                }));
+            }
             Admission::Revoked(name) => {
                 return Reply::Now(Message::Refused(Refusal {
                     code: RefusalCode::BadToken,
@@ -631,6 +668,12 @@ impl Directory {
         if let Err(why) = self.config.relay_addresses.check(req.public_url.address_class()) {
             return Reply::Now(Message::Refused(Refusal { code: RefusalCode::BadRequest, reason: format!("relay URL {} {why}", req.public_url) }));
         }
+        // A single-use token is spent by the first relay that enrolls with it.
+        let spent = token
+            .as_deref()
+            .and_then(|n| self.tokens.named(n))
+            .filter(|t| t.single_use && t.used_by.is_none())
+            .map(|t| EnrollTokenRecord { used_by: Some(from), ..t.clone() });
         // Quarantine, draining and probation are the directory's decisions: enrolling again keeps
         // them (a relay that moves to another URL is on probation again).
         let (quarantined, draining, proven) = self.relays.kept_decisions(&from, &req.public_url);
@@ -662,6 +705,11 @@ impl Directory {
             Some(id) => {
                 let mut records = vec![Record::Relay(record)];
                 records.extend(replaces.map(|id| Record::RelayForgotten { id }));
+                if let Some(spent) = spent {
+                    // Spent now, not once durable: a second relay racing this one is refused.
+                    self.tokens.apply_named(&spent);
+                    records.push(Record::EnrollToken(spent));
+                }
                 self.effects.push_back(Effect::Persist { id, records });
                 Reply::AfterStorage(id)
             }

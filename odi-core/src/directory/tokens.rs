@@ -1,11 +1,14 @@
-//! Enrollment and admin tokens: the directory's own token per role, and named enrollment tokens,
-//! one per relay operator, that an admin hands out and can revoke. Only keyed hashes are kept.
+//! Enrollment and admin tokens: the directory's own token per role, and named tokens that an
+//! admin hands out and can revoke: enrollment tokens, one per relay operator (optionally good for
+//! one relay only), and publisher tokens scoped to one catalog. Only keyed hashes are kept.
 
 use std::collections::BTreeMap;
 
 use serde::Serialize;
 
 use crate::digest::Digest;
+use crate::message::NodeId;
+use crate::path::CatalogName;
 use crate::storage::{EnrollTokenRecord, TokenRole};
 use crate::time::UnixTime;
 
@@ -18,6 +21,8 @@ pub(super) enum Admission {
     Named(String),
     /// A named token an admin revoked.
     Revoked(String),
+    /// A single-use token another relay enrolled with.
+    Used { name: String, by: NodeId },
     /// No token the directory knows.
     Wrong,
 }
@@ -26,6 +31,13 @@ pub(super) enum Admission {
 #[derive(Clone, Debug, Serialize)]
 pub struct TokenView {
     pub name: String,
+    /// `enroll` or `publish`.
+    pub role: &'static str,
+    /// The catalog a publisher's token may publish to.
+    pub catalog: Option<CatalogName>,
+    pub single_use: bool,
+    /// The relay a single-use token enrolled.
+    pub used_by: Option<NodeId>,
     pub created_at: UnixTime,
     pub revoked: bool,
     /// Relays enrolled with it.
@@ -60,22 +72,50 @@ impl Tokens {
         self.named.insert(record.name.clone(), record.clone());
     }
 
-    /// Which enrollment token `hash` is (compared in constant time against each).
-    pub(super) fn admit(&self, hash: &Digest) -> Admission {
+    /// Which enrollment token `hash` is, for an enrollment by relay `from` (compared in
+    /// constant time against each). Publisher tokens enroll nothing.
+    pub(super) fn admit(&self, hash: &Digest, from: Option<&NodeId>) -> Admission {
         let mut found = Admission::Wrong;
         if self.roles.get(&TokenRole::Enroll).is_some_and(|h| constant_time_eq(h.as_bytes(), hash.as_bytes())) {
             found = Admission::Default;
         }
         for t in self.named.values() {
-            if constant_time_eq(t.hash.as_bytes(), hash.as_bytes()) {
-                found = if t.revoked { Admission::Revoked(t.name.clone()) } else { Admission::Named(t.name.clone()) };
+            if constant_time_eq(t.hash.as_bytes(), hash.as_bytes()) && t.catalog.is_none() {
+                found = match (t.revoked, t.used_by) {
+                    (true, _) => Admission::Revoked(t.name.clone()),
+                    (false, Some(by)) if t.single_use && from.is_some_and(|f| *f != by) => Admission::Used { name: t.name.clone(), by },
+                    _ => Admission::Named(t.name.clone()),
+                };
+            }
+        }
+        found
+    }
+
+    /// The catalog a publisher's token `hash` may publish to, if it is one and not revoked.
+    pub(super) fn publisher(&self, hash: &Digest) -> Option<&CatalogName> {
+        let mut found = None;
+        for t in self.named.values() {
+            if constant_time_eq(t.hash.as_bytes(), hash.as_bytes()) && !t.revoked {
+                found = t.catalog.as_ref().or(found);
             }
         }
         found
     }
 
     pub(super) fn views(&self, relays: impl Fn(&str) -> usize) -> Vec<TokenView> {
-        self.named.values().map(|t| TokenView { name: t.name.clone(), created_at: t.created_at, revoked: t.revoked, relays: relays(&t.name) }).collect()
+        self.named
+            .values()
+            .map(|t| TokenView {
+                name: t.name.clone(),
+                role: if t.catalog.is_some() { "publish" } else { "enroll" },
+                catalog: t.catalog.clone(),
+                single_use: t.single_use,
+                used_by: t.used_by,
+                created_at: t.created_at,
+                revoked: t.revoked,
+                relays: relays(&t.name),
+            })
+            .collect()
     }
 }
 
@@ -88,7 +128,7 @@ mod tests {
     use super::*;
 
     fn record(name: &str, n: u8, revoked: bool) -> EnrollTokenRecord {
-        EnrollTokenRecord { name: name.into(), hash: Digest::from_bytes([n; 32]), created_at: UnixTime(0), revoked }
+        EnrollTokenRecord { revoked, ..EnrollTokenRecord::enroll(name, Digest::from_bytes([n; 32]), UnixTime(0)) }
     }
 
     #[test]
@@ -97,12 +137,30 @@ mod tests {
         t.set_role(TokenRole::Enroll, Digest::from_bytes([1; 32]));
         t.apply_named(&record("alice", 2, false));
         t.apply_named(&record("bob", 3, true));
-        assert_eq!(t.admit(&Digest::from_bytes([1; 32])), Admission::Default);
-        assert_eq!(t.admit(&Digest::from_bytes([2; 32])), Admission::Named("alice".into()));
-        assert_eq!(t.admit(&Digest::from_bytes([3; 32])), Admission::Revoked("bob".into()));
-        assert_eq!(t.admit(&Digest::from_bytes([4; 32])), Admission::Wrong);
+        assert_eq!(t.admit(&Digest::from_bytes([1; 32]), None), Admission::Default);
+        assert_eq!(t.admit(&Digest::from_bytes([2; 32]), None), Admission::Named("alice".into()));
+        assert_eq!(t.admit(&Digest::from_bytes([3; 32]), None), Admission::Revoked("bob".into()));
+        assert_eq!(t.admit(&Digest::from_bytes([4; 32]), None), Admission::Wrong);
         let views = t.views(|name| usize::from(name == "alice"));
         assert_eq!(views.iter().map(|v| (v.name.as_str(), v.revoked, v.relays)).collect::<Vec<_>>(), [("alice", false, 1), ("bob", true, 0)]);
+    }
+
+    #[test]
+    fn publisher_tokens_enroll_nothing_and_single_use_tokens_one_relay() {
+        let mut t = Tokens::default();
+        let alpha = CatalogName::new("alpha").unwrap();
+        t.apply_named(&EnrollTokenRecord { catalog: Some(alpha.clone()), ..record("pub", 5, false) });
+        assert_eq!(t.admit(&Digest::from_bytes([5; 32]), None), Admission::Wrong);
+        assert_eq!(t.publisher(&Digest::from_bytes([5; 32])), Some(&alpha));
+        assert_eq!(t.publisher(&Digest::from_bytes([6; 32])), None);
+        t.apply_named(&EnrollTokenRecord { catalog: Some(alpha), ..record("pub", 5, true) });
+        assert_eq!(t.publisher(&Digest::from_bytes([5; 32])), None, "revoked");
+        let (a, b) = (NodeId([1; 32]), NodeId([2; 32]));
+        t.apply_named(&EnrollTokenRecord { single_use: true, ..record("once", 6, false) });
+        assert_eq!(t.admit(&Digest::from_bytes([6; 32]), Some(&a)), Admission::Named("once".into()));
+        t.apply_named(&EnrollTokenRecord { single_use: true, used_by: Some(a), ..record("once", 6, false) });
+        assert_eq!(t.admit(&Digest::from_bytes([6; 32]), Some(&a)), Admission::Named("once".into()), "the same relay again");
+        assert_eq!(t.admit(&Digest::from_bytes([6; 32]), Some(&b)), Admission::Used { name: "once".into(), by: a });
     }
 
     #[test]

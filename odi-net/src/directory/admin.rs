@@ -1,5 +1,6 @@
 //! The admin API, `/api/v1/...` behind `Authorization: Bearer {admin token}`: catalogs,
-//! publishing and expunging, relays (drain, readmit), enrollment tokens, stats. Every change is
+//! publishing and expunging, relays (drain, readmit), named tokens, stats. A publisher's token
+//! (scoped to one catalog) may publish and tag there and nothing else (`authorize`). Every change is
 //! planned under the writer lock and made durable before it applies (`plan_and_commit`).
 
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
-use odi_core::directory::{AdminError, Directory, Outcome};
+use odi_core::directory::{AdminError, Directory, Outcome, TokenScope};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::NodeId;
 use odi_core::path::{ArtifactPath, CatalogName};
@@ -34,8 +35,11 @@ pub(super) const MAX_REQUEST_JSON: usize = 16 << 20;
 pub(super) const ADMIN_FAILURES: u32 = 10;
 pub(super) const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 
+/// Who may call `/api/v1/{rest}`: the admin token anything; a publisher's token only listing
+/// (`GET catalogs/{C}`), publishing (`PUT catalogs/{C}/artifacts/...`) and tagging
+/// (`POST catalogs/{C}/tags`) in its one catalog C.
 #[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
-pub(super) fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
+pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Result<(), Response<Body>> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
@@ -53,13 +57,38 @@ pub(super) fn check_admin(shared: &Shared, req: &Request<Incoming>) -> Result<()
         return Err(resp);
     }
     let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
-    if shared.lock().check_token(TokenRole::Admin, token) {
-        return Ok(());
+    let scope = {
+        let m = shared.lock();
+        if m.check_token(TokenRole::Admin, token) {
+            return Ok(());
+        }
+        m.publish_scope(token)
+    };
+    if let Some(catalog) = scope {
+        return if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) {
+            Ok(())
+        } else {
+            Err(error(
+                StatusCode::FORBIDDEN,
+                format!("this token may only list, publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token"),
+            ))
+        };
     }
     if let Some(ip) = client {
         shared.admin_failures.failed(ip);
     }
     Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
+}
+
+/// The catalog an endpoint a publisher's token may call acts on: listing, publishing or tagging.
+fn publisher_catalog<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
+    match (method, rest.splitn(4, '/').collect::<Vec<_>>().as_slice()) {
+        (&Method::PUT, ["catalogs", catalog, "artifacts", path]) if !path.is_empty() => Some(catalog),
+        (&Method::POST, ["catalogs", catalog, "tags"]) => Some(catalog),
+        // `odi publish` and `odi tag` read the catalog's listing first.
+        (&Method::GET, ["catalogs", catalog]) => Some(catalog),
+        _ => None,
+    }
 }
 
 #[derive(Deserialize)]
@@ -208,13 +237,18 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
     }
 }
 
-/// `POST /api/v1/tokens {"name": ...}`: a named enrollment token for one relay operator, shown
-/// once in the answer (only its keyed hash is kept).
+/// `POST /api/v1/tokens {"name": ..., "catalog": C?, "single_use": bool?}`: a named token, shown
+/// once in the answer (only its keyed hash is kept): an enrollment token for one relay operator
+/// (with `single_use`, for one relay), or with `catalog` a publisher's token for that catalog.
 async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     #[derive(Deserialize)]
     #[serde(deny_unknown_fields)]
     struct CreateToken {
         name: String,
+        #[serde(default)]
+        catalog: Option<CatalogName>,
+        #[serde(default)]
+        single_use: bool,
     }
     let body = match read_request_json(req).await {
         Ok(b) => b,
@@ -224,11 +258,17 @@ async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Re
         Ok(c) => c,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("malformed JSON, expected {{\"name\": ...}}: {e}")),
     };
+    let scope = match (create.catalog, create.single_use) {
+        (Some(_), true) => return error(StatusCode::BAD_REQUEST, "a publisher's token (catalog) cannot be single-use; single-use is for enrollment tokens"),
+        (Some(catalog), false) => TokenScope::Publish(catalog),
+        (None, single_use) => TokenScope::Enroll { single_use },
+    };
+    let role = if matches!(scope, TokenScope::Publish(_)) { "publish" } else { "enroll" };
     let token = keys::new_token();
-    if let Err(resp) = plan_and_commit(shared, |d| d.plan_enroll_token(&create.name, &token, unix_now())).await {
+    if let Err(resp) = plan_and_commit(shared, |d| d.plan_named_token(&create.name, &token, unix_now(), scope)).await {
         return resp;
     }
-    json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "token": token }))
+    json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "role": role, "token": token }))
 }
 
 pub(super) fn admin_error(e: &AdminError) -> Response<Body> {

@@ -427,10 +427,10 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
         return if read { clients::metalink(&shared, &req, rest) } else { not_allowed("GET, HEAD") };
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
-        if let Err(resp) = admin::check_admin(&shared, &req) {
+        let rest = rest.to_owned();
+        if let Err(resp) = admin::authorize(&shared, &req, &rest) {
             return resp;
         }
-        let rest = rest.to_owned();
         return admin::admin(&shared, req, &rest).await;
     }
     if let Some(rest) = path.strip_prefix("/odi/v1/") {

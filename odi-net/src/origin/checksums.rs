@@ -26,12 +26,13 @@ pub fn parse(file_name: &str, text: &str) -> Vec<(String, Digest)> {
             out.push((target.to_owned(), digest));
         }
     }
-    out.retain(|(name, _)| !name.is_empty());
     for (name, _) in &mut out {
         while let Some(rest) = name.strip_prefix("./") {
             *name = rest.to_owned();
         }
     }
+    // After `./` is gone: `./` alone names nothing.
+    out.retain(|(name, _)| !name.is_empty());
     out
 }
 
@@ -132,6 +133,11 @@ mod tests {
         assert_eq!(parse("alpine-3.12.iso.sha256", &format!("{A}\n")), vec![("alpine-3.12.iso".into(), d(A))]);
         assert_eq!(parse("alpine-3.12.iso.sha256", &format!("{A}  alpine-3.12.iso\n")), vec![("alpine-3.12.iso".into(), d(A))]);
         assert!(parse("SHA256SUMS", &format!("{A}\n")).is_empty(), "a bare digest names no file in SHA256SUMS");
+    }
+
+    #[test]
+    fn a_name_that_is_only_dot_slashes_is_dropped() {
+        assert_eq!(parse("SHA256SUMS", &format!("{A}  ./\n{A}  ././\n{B}  ./b\n")), vec![("b".to_owned(), d(B))]);
     }
 
     #[test]
