@@ -11,9 +11,15 @@
 //! then one for its continent, then one with no region, then any other; among equals the
 //! driver's `spread` value picks one, so load is shared.
 //!
+//! The choice itself is made on a [`Routes`] snapshot ([`MetaDirectory::routes`]): per catalog,
+//! the references listing it with their region, health and the `Location` prefix of a redirect
+//! to them. A driver keeps one and swaps it for a new one only when [`MetaDirectory::version`]
+//! moved (a reference went up or down, or changed its list), so answering a client reads
+//! nothing the prober writes.
+//!
 //! Time is an input; the probes to make are effects, returned as data.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashMap};
 use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
@@ -233,6 +239,48 @@ pub struct MetaDirectory {
     refs: Vec<RefState>,
     attempts: u64,
     events: Vec<Event>,
+    /// Moves whenever what `routes` returns would change.
+    version: u64,
+}
+
+/// One reference listing a catalog, as [`Routes`] holds it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct Route {
+    pub url: RelayUrl,
+    pub region: Option<Region>,
+    pub healthy: bool,
+    /// `{url}/r/{catalog}/`: a redirect's `Location` is this and the path.
+    pub location_prefix: String,
+}
+
+/// A snapshot of what `choose` needs: for each catalog, the references that list it, in the
+/// order given.
+#[derive(Clone, Debug, Default)]
+pub struct Routes {
+    catalogs: HashMap<String, Vec<Route>>,
+}
+
+impl Routes {
+    /// The reference to send a client at `location` to for `catalog`: the best-ranked healthy
+    /// one listing it; `spread` (any value that varies between requests) picks among equally
+    /// good ones.
+    pub fn choose(&self, catalog: &str, location: &Location, spread: u64) -> Result<&Route, ChooseError> {
+        let Some(routes) = self.catalogs.get(catalog) else { return Err(ChooseError::Unknown(catalog.to_owned())) };
+        let mut best_rank = u8::MAX;
+        let mut count = 0u64;
+        for r in routes.iter().filter(|r| r.healthy) {
+            let rank = location.rank(r.region);
+            if rank < best_rank {
+                best_rank = rank;
+                count = 1;
+            } else if rank == best_rank {
+                count += 1;
+            }
+        }
+        let pick = if count == 0 { None } else { usize::try_from(spread % count).ok() };
+        pick.and_then(|pick| routes.iter().filter(|r| r.healthy && location.rank(r.region) == best_rank).nth(pick))
+            .ok_or_else(|| ChooseError::AllDown(catalog.to_owned()))
+    }
 }
 
 impl MetaDirectory {
@@ -242,7 +290,30 @@ impl MetaDirectory {
             .into_iter()
             .map(|reference| RefState { reference, healthy: false, catalogs: BTreeSet::new(), next_probe: now, in_flight: None, last_error: None })
             .collect();
-        Self { config, refs, attempts: 0, events: Vec::new() }
+        Self { config, refs, attempts: 0, events: Vec::new(), version: 0 }
+    }
+
+    /// Moves whenever a reference's health or catalog list changes, that is whenever
+    /// [`routes`](Self::routes) would return something else.
+    pub fn version(&self) -> u64 {
+        self.version
+    }
+
+    /// The routing snapshot of the current state.
+    pub fn routes(&self) -> Routes {
+        let mut catalogs: HashMap<String, Vec<Route>> = HashMap::new();
+        for r in &self.refs {
+            for name in &r.catalogs {
+                let route = Route {
+                    url: r.reference.url.clone(),
+                    region: r.reference.region,
+                    healthy: r.healthy,
+                    location_prefix: format!("{}/r/{name}/", r.reference.url.as_str()),
+                };
+                catalogs.entry(name.clone()).or_default().push(route);
+            }
+        }
+        Routes { catalogs }
     }
 
     /// Probes that are due, and probes that took too long (failed).
@@ -288,7 +359,11 @@ impl MetaDirectory {
         match outcome {
             Ok(mut names) => {
                 names.truncate(MAX_CATALOGS);
-                r.catalogs = names.into_iter().collect();
+                let catalogs: BTreeSet<String> = names.into_iter().collect();
+                if catalogs != r.catalogs || !r.healthy {
+                    self.version += 1;
+                }
+                r.catalogs = catalogs;
                 r.last_error = None;
                 if !r.healthy {
                     r.healthy = true;
@@ -304,6 +379,7 @@ impl MetaDirectory {
         r.in_flight = None;
         if r.healthy {
             self.events.push(Event::Down { url: r.reference.url.clone(), reason: reason.clone() });
+            self.version += 1;
         }
         r.healthy = false;
         r.last_error = Some(reason);
@@ -313,42 +389,10 @@ impl MetaDirectory {
         if self.events.is_empty() { None } else { Some(self.events.remove(0)) }
     }
 
-    /// The directory to send a client at `location` to for `catalog`: the best-ranked healthy
-    /// reference listing it; `spread` (any value that varies between requests) picks among
-    /// equally good ones.
-    pub fn choose(&self, catalog: &str, location: &Location, spread: u64) -> Result<&RelayUrl, ChooseError> {
-        let mut best_rank = u8::MAX;
-        let mut count = 0u64;
-        let mut listed = false;
-        for r in &self.refs {
-            if !r.catalogs.contains(catalog) {
-                continue;
-            }
-            listed = true;
-            if !r.healthy {
-                continue;
-            }
-            let rank = location.rank(r.reference.region);
-            if rank < best_rank {
-                best_rank = rank;
-                count = 1;
-            } else if rank == best_rank {
-                count += 1;
-            }
-        }
-        if count == 0 {
-            return Err(if listed { ChooseError::AllDown(catalog.to_owned()) } else { ChooseError::Unknown(catalog.to_owned()) });
-        }
-        let mut pick = spread % count;
-        for r in &self.refs {
-            if r.healthy && r.catalogs.contains(catalog) && location.rank(r.reference.region) == best_rank {
-                if pick == 0 {
-                    return Ok(&r.reference.url);
-                }
-                pick -= 1;
-            }
-        }
-        unreachable!("counted {count} candidates above")
+    /// The directory to send a client at `location` to for `catalog` ([`Routes::choose`] on
+    /// the current state).
+    pub fn choose(&self, catalog: &str, location: &Location, spread: u64) -> Result<RelayUrl, ChooseError> {
+        self.routes().choose(catalog, location, spread).map(|r| r.url.clone())
     }
 
     pub fn references(&self) -> Vec<ReferenceView> {
@@ -524,6 +568,25 @@ mod tests {
         probe_all(&mut m, 1000, |_| Err("503".into()));
         assert_eq!(m.choose("pub", &de(), 0), Err(ChooseError::AllDown("pub".into())));
         assert!(!m.any_healthy());
+    }
+
+    #[test]
+    fn the_version_moves_only_when_the_routes_change() {
+        let mut m = up(&[&format!("DE={EU}"), GLOBAL], &["pub"]);
+        let v = m.version();
+        let routes = m.routes();
+        let eu = routes.choose("pub", &de(), 0).unwrap();
+        assert_eq!((eu.location_prefix.as_str(), eu.region), ("http://eu.example:7700/r/pub/", Some(Region::Country(*b"DE"))));
+        probe_all(&mut m, 1000, |_| Ok(vec!["pub".into()]));
+        assert_eq!(m.version(), v, "the same answer again changes nothing");
+        probe_all(&mut m, 2000, |u| if u == EU { Err("refused".into()) } else { Ok(vec!["pub".into()]) });
+        assert!(m.version() > v, "a reference went down");
+        assert_eq!(routes.choose("pub", &de(), 0).unwrap().url.as_str(), EU, "an old snapshot stays as it was");
+        assert_eq!(m.routes().choose("pub", &de(), 0).unwrap().url.as_str(), GLOBAL);
+        let v = m.version();
+        probe_all(&mut m, 3000, |u| if u == EU { Err("still refused".into()) } else { Ok(vec!["pub".into(), "new".into()]) });
+        assert!(m.version() > v, "a catalog list changed");
+        assert_eq!(m.routes().choose("new", &de(), 0).unwrap().location_prefix, format!("{GLOBAL}/r/new/"));
     }
 
     #[test]

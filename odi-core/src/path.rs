@@ -90,6 +90,12 @@ pub struct ArtifactPath(Arc<str>);
 impl ArtifactPath {
     /// Validates an already-decoded path.
     pub fn new(path: &str) -> Result<Self, PathError> {
+        Self::check(path)?;
+        Ok(Self(Arc::from(path)))
+    }
+
+    /// The check `new` makes, without keeping the path.
+    pub fn check(path: &str) -> Result<(), PathError> {
         if path.is_empty() {
             return Err(PathError::Empty);
         }
@@ -110,7 +116,14 @@ impl ArtifactPath {
                 return Err(PathError::SegmentTooLong);
             }
         }
-        Ok(Self(Arc::from(path)))
+        Ok(())
+    }
+
+    /// True when `raw`, a path as it appears in a URL, is already its own canonical form: only
+    /// unreserved characters and `/` (so decoding and [`to_url`](Self::to_url) leave it as it
+    /// is), and a valid path. Lets a server that only echoes the path skip decoding it.
+    pub fn is_plain_url(raw: &str) -> bool {
+        raw.bytes().all(|b| b.is_ascii_alphanumeric() || b"-_.~/".contains(&b)) && Self::check(raw).is_ok()
     }
 
     /// Decodes a path as it appears in a URL (`%2e%2e`, `%2f` and the rest), then validates it.
@@ -204,6 +217,17 @@ mod tests {
         let unicode = ArtifactPath::new("dist/café+1.tar").unwrap();
         assert_eq!(unicode.to_url(), "dist/caf%C3%A9%2B1.tar");
         assert_eq!(ArtifactPath::from_url(&unicode.to_url()).unwrap(), unicode);
+    }
+
+    #[test]
+    fn plain_url_paths_are_their_own_canonical_form() {
+        for plain in ["a", "pool/main/o/odi_1.0-1~b2_amd64.deb", "a..b/.hidden"] {
+            assert!(ArtifactPath::is_plain_url(plain), "{plain}");
+            assert_eq!(ArtifactPath::from_url(plain).unwrap().to_url(), plain);
+        }
+        for not_plain in ["with%20space", "caf\u{e9}", "a+b", "..", "a//b", "a/./b", "/x", "", "%2e%2e/x"] {
+            assert!(!ArtifactPath::is_plain_url(not_plain), "{not_plain}");
+        }
     }
 
     #[test]

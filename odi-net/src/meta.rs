@@ -12,11 +12,18 @@
 //! country and continent come from a MaxMind database (`--geoip`), looked up for the
 //! connection's address, or for `X-Forwarded-For` when the connection is from a
 //! `--trust-forwarded-for` range.
+//!
+//! The request path takes no lock and writes nothing shared: each worker thread keeps the
+//! [`Routes`] snapshot it last saw and replaces it only when the prober published a new
+//! version (one atomic load per request), and keeps the locations of the addresses it saw
+//! last ([`GEO_CACHED`], the database never changes while the server runs).
 
-use std::cell::Cell;
+use std::borrow::Cow;
+use std::cell::RefCell;
 use std::future::Future;
 use std::net::IpAddr;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, PoisonError, RwLock};
 use std::time::Duration;
 
@@ -24,7 +31,8 @@ use http::header::{self, HeaderValue};
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::message::RelayUrl;
-use odi_core::meta::{ChooseError, Cidr, Effect, Event, Location, MetaConfig, MetaDirectory, RefId, Reference, client_address};
+use odi_core::meta::{ChooseError, Cidr, Effect, Event, Location, MetaConfig, MetaDirectory, RefId, Reference, Routes, client_address};
+use odi_core::path::{ArtifactPath, CatalogName};
 use serde::Deserialize;
 use tokio::sync::{Notify, watch};
 
@@ -75,6 +83,11 @@ pub struct MetaServer {
 
 struct Shared {
     machine: RwLock<MetaDirectory>,
+    /// Tells this server's entries in the worker threads' caches from another's.
+    id: u64,
+    /// The machine's routes as of `routes_version`; replaced (never changed) by the prober.
+    routes: RwLock<Arc<Routes>>,
+    routes_version: AtomicU64,
     clock: Clock,
     geoip: Option<maxminddb::Reader<Vec<u8>>>,
     trusted: Vec<Cidr>,
@@ -135,8 +148,18 @@ impl MetaServer {
         let clock = Clock::start();
         let config = MetaConfig { probe_interval: options.probe_interval, probe_timeout: options.probe_timeout };
         let machine = MetaDirectory::new(config, options.references, clock.now());
-        let shared =
-            Shared { machine: RwLock::new(machine), clock, geoip, trusted: options.trust_forwarded_for, client: HttpClient::new(), timer: Notify::new() };
+        static SERVERS: AtomicU64 = AtomicU64::new(1);
+        let shared = Shared {
+            routes: RwLock::new(Arc::new(machine.routes())),
+            routes_version: AtomicU64::new(machine.version()),
+            machine: RwLock::new(machine),
+            id: SERVERS.fetch_add(1, Ordering::Relaxed),
+            clock,
+            geoip,
+            trusted: options.trust_forwarded_for,
+            client: HttpClient::new(),
+            timer: Notify::new(),
+        };
         Ok(Self { _data_lock: lock, shared: Arc::new(shared) })
     }
 
@@ -175,8 +198,15 @@ async fn timer_loop(shared: Arc<Shared>, mut stop: watch::Receiver<bool>) {
     }
 }
 
+/// Logs what changed and, if the routes did, publishes the new snapshot.
 fn log_events(shared: &Shared) {
     let mut m = shared.machine.write().unwrap_or_else(PoisonError::into_inner);
+    let version = m.version();
+    if version != shared.routes_version.load(Ordering::Acquire) {
+        *shared.routes.write().unwrap_or_else(PoisonError::into_inner) = Arc::new(m.routes());
+        // After the snapshot: a thread that sees the new number finds the new routes (or newer).
+        shared.routes_version.store(version, Ordering::Release);
+    }
     while let Some(event) = m.poll_event() {
         match event {
             Event::Up { url, catalogs } => tracing::info!(directory = %url.as_str(), catalogs, "referenced directory is up"),
@@ -244,30 +274,86 @@ fn client_ip(shared: &Shared, req: &Request<Incoming>) -> Option<IpAddr> {
     Some(client_address(peer, (!lines.is_empty()).then_some(joined.as_str()), &shared.trusted))
 }
 
-thread_local! {
-    /// Varies per request, to spread clients over equally good directories; per thread, so
-    /// worker threads do not contend for one counter.
-    static SPREAD: Cell<u64> = const { Cell::new(0) };
+/// Addresses whose location each worker thread keeps (direct-mapped by a hash of the address).
+pub const GEO_CACHED: usize = 1024;
+
+/// What one worker thread keeps between requests, for one server at a time.
+struct Local {
+    server: u64,
+    version: u64,
+    routes: Option<Arc<Routes>>,
+    /// Varies per request, to spread clients over equally good directories.
+    spread: u64,
+    geo: Vec<Option<(IpAddr, Location)>>,
 }
 
-fn next_spread() -> u64 {
-    SPREAD.with(|c| {
-        let n = c.get().wrapping_add(1);
-        c.set(n);
-        n
-    })
+impl Local {
+    /// Starts over when the thread last served another server (tests run several).
+    fn serve(&mut self, shared: &Shared) {
+        if self.server != shared.id {
+            *self = Self { server: shared.id, version: 0, routes: None, spread: self.spread, geo: vec![None; GEO_CACHED] };
+        }
+    }
+
+    /// The snapshot to answer from, fetched again only when the prober published another.
+    fn routes(&mut self, shared: &Shared) -> &Routes {
+        self.serve(shared);
+        let version = shared.routes_version.load(Ordering::Acquire);
+        if self.routes.is_none() || self.version != version {
+            self.routes = Some(shared.routes.read().unwrap_or_else(PoisonError::into_inner).clone());
+            self.version = version;
+        }
+        self.routes.get_or_insert_default()
+    }
+
+    fn locate(&mut self, shared: &Shared, ip: IpAddr) -> Location {
+        self.serve(shared);
+        let bits = match ip {
+            IpAddr::V4(v4) => u128::from(v4.to_ipv6_mapped()),
+            IpAddr::V6(v6) => u128::from(v6),
+        };
+        let hash = ((bits as u64) ^ ((bits >> 64) as u64)).wrapping_mul(0x9E37_79B9_7F4A_7C15);
+        let slot = (hash >> 54) as usize % GEO_CACHED;
+        if let Some(Some((seen, location))) = self.geo.get(slot)
+            && *seen == ip
+        {
+            return *location;
+        }
+        let location = locate(shared.geoip.as_ref(), ip);
+        if let Some(entry) = self.geo.get_mut(slot) {
+            *entry = Some((ip, location));
+        }
+        location
+    }
+}
+
+thread_local! {
+    static LOCAL: RefCell<Local> = const { RefCell::new(Local { server: 0, version: 0, routes: None, spread: 0, geo: Vec::new() }) };
 }
 
 fn redirect(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Body> {
-    let (catalog, path) = match crate::http::artifact_route(rest) {
-        Ok(route) => route,
-        Err(resp) => return resp,
+    // Most paths are plain (`releases/odi-1.2.tar.gz`) and go into the `Location` as they came;
+    // the others are decoded, checked and encoded again, with the directory's `400`s.
+    let (catalog, path) = match crate::http::split_catalog_path(rest) {
+        Some((catalog, raw)) if CatalogName::check(catalog).is_ok() && ArtifactPath::is_plain_url(raw) => (catalog, Cow::Borrowed(raw)),
+        _ => match crate::http::artifact_route(rest) {
+            Ok((catalog, path)) => (catalog, Cow::Owned(path.to_url().into_owned())),
+            Err(resp) => return resp,
+        },
     };
-    let location = client_ip(shared, req).map_or_else(Location::default, |ip| locate(shared.geoip.as_ref(), ip));
-    let spread = next_spread();
-    let machine = shared.machine.read().unwrap_or_else(PoisonError::into_inner);
-    let target = match machine.choose(catalog, &location, spread) {
-        Ok(t) => t,
+    let ip = client_ip(shared, req);
+    let loc = LOCAL.with_borrow_mut(|local| {
+        let location = ip.map_or_else(Location::default, |ip| local.locate(shared, ip));
+        local.spread = local.spread.wrapping_add(1);
+        let spread = local.spread;
+        // Borrowed from the thread's own copy: no reference count is touched per request.
+        let target = local.routes(shared).choose(catalog, &location, spread)?;
+        let mut values = Values::with_capacity(target.location_prefix.len() + path.len());
+        Ok::<_, ChooseError>(values.text(&target.location_prefix).text(&path).finish())
+    });
+    let loc = match loc {
+        Ok(Some(loc)) => loc,
+        Ok(None) => return error(StatusCode::BAD_REQUEST, "the path cannot be written into a Location header"),
         Err(e @ ChooseError::Unknown(_)) => return error(StatusCode::NOT_FOUND, e),
         Err(e @ ChooseError::AllDown(_)) => {
             let mut resp = error(StatusCode::SERVICE_UNAVAILABLE, e);
@@ -275,18 +361,14 @@ fn redirect(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Response<Bo
             return resp;
         }
     };
-    let encoded = path.to_url();
-    let mut values = Values::with_capacity(target.as_str().len() + catalog.len() + encoded.len() + 8);
-    let Some(loc) = values.text(target.as_str()).text("/r/").text(catalog).text("/").text(&encoded).finish() else {
-        return error(StatusCode::BAD_REQUEST, "the path cannot be written into a Location header");
-    };
-    drop(machine);
     let mut resp = Response::new(crate::http::empty());
     *resp.status_mut() = StatusCode::FOUND;
     let h = resp.headers_mut();
-    h.reserve(3);
     h.insert(header::LOCATION, loc);
     h.insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    // hyper writes `content-length: 0` for an empty body itself, except in answer to HEAD.
+    if *req.method() == Method::HEAD {
+        h.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
+    }
     resp
 }

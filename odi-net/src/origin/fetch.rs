@@ -2,7 +2,10 @@
 //! redirect it sends are checked before a connection is made (and every address a name resolves
 //! to is checked again when the connection is made, so a name cannot be re-pointed between).
 //!
-//! - Only `http://` (this build), no credentials in the URL, no query or fragment in the origin.
+//! - `http://` or `https://`, no credentials in the URL, no query or fragment in the origin.
+//!   An `https://` origin's certificate is verified against the system roots plus the
+//!   process's CA files (`--ca-file`, `ODI_CA_FILE`; see [`crate::tls`]), and its redirects may
+//!   not downgrade to `http://`.
 //! - Link-local, cloud metadata (169.254.169.254, 100.100.100.200, `metadata.google.internal`),
 //!   unspecified, multicast and reserved addresses: always refused.
 //! - Loopback and private addresses: refused unless the directory runs with
@@ -36,19 +39,22 @@ pub struct OriginFetcher {
 }
 
 fn authority(uri: &Uri) -> Result<(String, u16), String> {
-    if uri.scheme_str() != Some("http") {
-        return Err(format!("{uri}: only http:// origins are supported by this build"));
-    }
+    let default_port = match uri.scheme_str() {
+        Some("http") => 80,
+        Some("https") => 443,
+        _ => return Err(format!("{uri}: an origin is an http:// or https:// URL")),
+    };
     let auth = uri.authority().ok_or_else(|| format!("{uri}: no host"))?;
     if auth.as_str().contains('@') {
         return Err(format!("{uri}: credentials in an origin URL are refused (they would be sent to whoever it redirects to)"));
     }
     let host = auth.host().trim_start_matches('[').trim_end_matches(']').to_ascii_lowercase();
-    Ok((host, auth.port_u16().unwrap_or(80)))
+    Ok((host, auth.port_u16().unwrap_or(default_port)))
 }
 
 impl OriginFetcher {
-    /// Checks the shape of `origin` (an `http://` URL with no credentials, query or fragment).
+    /// Checks the shape of `origin` (an `http://` or `https://` URL with no credentials, query
+    /// or fragment).
     pub fn new(origin: &str, allow_private: bool) -> Result<Self, NetError> {
         RelayUrl::new(origin).map_err(|e| NetError::Config(format!("origin {e}")))?;
         let uri: Uri = origin.parse().map_err(|e| NetError::Config(format!("origin {origin}: {e}")))?;
@@ -93,11 +99,17 @@ impl OriginFetcher {
     }
 
     /// `GET` (or `HEAD`) `url`, following up to `MAX_REDIRECTS` redirects, each checked.
-    /// Returns the final response and the URL it came from.
+    /// Returns the final response and the URL it came from. Once a request went over
+    /// `https://`, a redirect to `http://` is refused: it would drop the certificate check.
     pub async fn request(&self, method: Method, url: &str) -> Result<(Response<Incoming>, String), NetError> {
         let mut current = url.to_owned();
+        let mut secure = false;
         for _ in 0..=MAX_REDIRECTS {
             let uri: Uri = current.parse().map_err(|e| NetError::Protocol(format!("{current}: not a URL: {e}")))?;
+            if secure && uri.scheme_str() != Some("https") {
+                return Err(NetError::Unreachable { url: current.clone(), reason: "refused: an https:// origin redirected to http://, a downgrade".into() });
+            }
+            secure = uri.scheme_str() == Some("https");
             self.check(&uri).await.map_err(|reason| NetError::Unreachable { url: current.clone(), reason: format!("refused: {reason}") })?;
             let req = Request::builder().method(method.clone()).uri(uri.clone()).body(crate::http::empty()).map_err(|e| NetError::Config(e.to_string()))?;
             let resp = self.client.send(req, HEAD_TIMEOUT).await?;
@@ -164,7 +176,8 @@ mod tests {
             assert!(check(f, "http://169.254.1.1/").await.unwrap_err().contains("link-local"));
             assert!(check(f, "http://metadata.google.internal/").await.is_err());
             assert!(check(f, "http://user:pw@127.0.0.1:8080/").await.unwrap_err().contains("credentials"));
-            assert!(check(f, "https://127.0.0.1:8080/").await.is_err(), "https is not in this build");
+            assert!(check(f, "ftp://127.0.0.1:8080/").await.unwrap_err().contains("http:// or https://"));
+            assert!(check(f, "https://169.254.169.254/latest/").await.unwrap_err().contains("metadata"), "https is checked the same way");
         }
         assert!(check(&strict, "http://127.0.0.1:8080/pub/").await.unwrap_err().contains("--allow-private-origins"));
         assert!(check(&strict, "http://10.1.2.3/").await.unwrap_err().contains("private"));
@@ -175,5 +188,17 @@ mod tests {
         check(&strict, "http://93.184.216.34/").await.unwrap();
         assert!(OriginFetcher::new("http://u:p@o.example/", true).is_err());
         assert!(OriginFetcher::new("ftp://o.example/", true).is_err());
+    }
+
+    #[tokio::test]
+    async fn https_origins_are_checked_like_http_ones_with_their_own_default_port() {
+        let lax = OriginFetcher::new("https://127.0.0.1/pub/", true).unwrap();
+        assert_eq!(lax.configured, ("127.0.0.1".to_owned(), 443));
+        lax.check(&"https://127.0.0.1:443/pub/a".parse().unwrap()).await.unwrap();
+        let e = lax.check(&"http://127.0.0.1/pub/a".parse().unwrap()).await.unwrap_err();
+        assert!(e.contains("127.0.0.1:80") && e.contains("not configured"), "{e}");
+        let strict = OriginFetcher::new("https://127.0.0.1:8443/pub/", false).unwrap();
+        assert!(strict.check(&"https://127.0.0.1:8443/pub/".parse().unwrap()).await.unwrap_err().contains("--allow-private-origins"));
+        assert!(OriginFetcher::new("https://u:p@o.example/", true).is_err());
     }
 }
