@@ -195,6 +195,11 @@ impl Fleet {
         &self.dir
     }
 
+    /// The fleet's virtual clock.
+    pub fn now(&self) -> Instant {
+        self.now
+    }
+
     fn apply(&mut self, record: &Record) -> anyhow::Result<()> {
         let applied = self.dir.apply(record, self.now);
         self.drain();

@@ -323,6 +323,10 @@ pub struct RelayCounters {
     pub corrupt: AtomicU64,
     pub no_room: AtomicU64,
     pub refusals: AtomicU64,
+    /// Directory answers refused whole (bad signature, rollback, expired head).
+    pub distrusted: AtomicU64,
+    /// Catalogs frozen because their signed head expired without renewal.
+    pub frozen: AtomicU64,
 }
 
 /// The relay's gauges, read from its machine in one lock.
@@ -360,7 +364,7 @@ impl RelayMetrics {
     fn encode_into(&self, snap: &RelaySnapshot, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let c = &self.counters;
         self.http.encode("odi_relay", e)?;
-        let events: [(&str, &str, &AtomicU64); 8] = [
+        let events: [(&str, &str, &AtomicU64); 10] = [
             ("odi_relay_served_bytes", "Body bytes of successful GET answers to clients", &c.served_bytes),
             ("odi_relay_synced_bytes", "Bytes downloaded (and verified) while syncing assignments", &c.synced_bytes),
             ("odi_relay_blobs_ready", "Blobs downloaded, verified and made visible", &c.blobs_ready),
@@ -369,6 +373,8 @@ impl RelayMetrics {
             ("odi_relay_corrupt_blobs", "Stored copies that failed a read-side check and were dropped", &c.corrupt),
             ("odi_relay_no_room", "Assigned blobs that did not fit the disk budget", &c.no_room),
             ("odi_relay_refusals", "Requests a directory refused", &c.refusals),
+            ("odi_relay_directory_answers_distrusted", "Directory answers refused whole: bad signature, rollback or expired head", &c.distrusted),
+            ("odi_relay_catalogs_frozen", "Catalogs frozen: their signed head expired without renewal", &c.frozen),
         ];
         for (name, help, v) in events {
             counter(e, name, help, v.load(Ordering::Relaxed))?;

@@ -458,7 +458,7 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
         ("/catalogs", false) => not_allowed("GET, HEAD"),
         // On the public port the metrics are an admin's view (they name linked directories
         // and relay counts): the admin token, unless `--metrics-listen` moved them off it.
-        ("/metrics", true) if shared.metrics.exposure.on_public_port() => match admin::check_admin(&shared, &req) {
+        ("/metrics", true) if shared.metrics.exposure.on_public_port() => match admin::authorize(&shared, &req, "metrics") {
             Ok(()) => metrics_response(&shared),
             Err(resp) => resp,
         },

@@ -260,7 +260,9 @@ impl Driver for Shared {
             Event::Corrupt { .. } => &c.corrupt,
             Event::NoRoom { .. } => &c.no_room,
             Event::Refused { .. } => &c.refusals,
-            Event::Enrolled { .. } | Event::StandingChanged { .. } => return,
+            Event::Distrusted { .. } => &c.distrusted,
+            Event::Frozen { .. } => &c.frozen,
+            Event::Enrolled { .. } | Event::StandingChanged { .. } | Event::Pinned { .. } | Event::Trusted { .. } => return,
         };
         counter.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     }
