@@ -268,6 +268,19 @@ impl Catalogs {
         Some(changes)
     }
 
+    /// Moves `catalog`'s log position to `seq` if it is the next one, without applying the
+    /// entry: for a local entry whose change the catalog already holds through its signed
+    /// federation entry (written in the same transaction).
+    pub(super) fn advance_seq(&mut self, catalog: &CatalogName, seq: u64) -> bool {
+        match self.catalogs.get_mut(catalog) {
+            Some(cat) if seq == cat.seq + 1 => {
+                cat.seq = seq;
+                true
+            }
+            _ => false,
+        }
+    }
+
     // ---- federation ----
 
     /// Applies a federation [`Change`] (idempotent: applying it twice changes nothing the second

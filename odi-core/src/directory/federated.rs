@@ -324,6 +324,20 @@ impl Directory {
         self.refresh_assignment(now);
     }
 
+    /// After [`Directory::federation_start`], for a stored `Record::Log` that did not apply at
+    /// replay because its catalog came from a linked directory (its federation records replay
+    /// at the start): takes the entry's log position, so the catalog's signed head keeps the
+    /// sequence it had before the restart. The entry's change itself is not applied again: every
+    /// local entry was written with its signed federation entry, which the start replayed, and a
+    /// later winner from a peer must stay the winner. `false` when it does not fit.
+    pub fn restore_log_position(&mut self, record: &Record) -> bool {
+        let Record::Log { catalog, entry } = record else { return false };
+        if !self.linked.as_ref().is_some_and(|l| l.started()) {
+            return false;
+        }
+        self.catalogs.advance_seq(catalog, entry.seq)
+    }
+
     /// Records what the catalogs hold as own entries (the first start with federation).
     fn adopt(&mut self) {
         let Some(linked) = self.linked.as_mut() else { return };

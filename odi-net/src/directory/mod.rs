@@ -32,6 +32,7 @@ use odi_core::directory::{Directory, DirectoryConfig, LookupError};
 use odi_core::federation::FederationConfig;
 use odi_core::message::{AddressClass, AddressPolicy, NodeId, RelayUrl, classify_ip};
 use odi_core::rng::Seed;
+use odi_core::storage::Record;
 use odi_core::storage::{BlobStore, MetaStore, TokenRole};
 use odi_core::time::UnixTime;
 use odi_storage::{LocalStore, SqliteMeta};
@@ -118,6 +119,8 @@ pub struct DirectoryServer {
     pub link_token_path: Option<PathBuf>,
     /// `--metrics-listen`: where `/metrics` is served instead of the public port.
     metrics_listener: Option<Listener>,
+    /// Stored records that did not apply when opened, tried again once federation started.
+    skipped: Vec<Record>,
 }
 
 /// What every route and effect shares; the machine is in `core` (see `crate::driver`).
@@ -201,10 +204,9 @@ impl DirectoryServer {
         keys::write_public(&dir.join(keys::DIRECTORY_KEY_FILE), &public_key.to_hex())?;
         tracing::info!(key = %public_key, file = %dir.join(keys::DIRECTORY_KEY_FILE).display(), "directory key {public_key} (relays pin it; give it to them with --directory-key)");
         let records = meta.load().await?;
-        let restored = records.iter().filter(|r| machine.apply(r, clock.now())).count();
-        if restored != records.len() {
-            tracing::warn!(skipped = records.len() - restored, "some stored records did not apply");
-        }
+        // A log entry of a catalog that came from a linked directory does not apply yet: that
+        // catalog is made by the federation records, replayed at `federation_start` (in `run`).
+        let skipped: Vec<Record> = records.into_iter().filter(|r| !machine.apply(r, clock.now())).collect();
         while machine.poll_event().is_some() {}
         let mut token_paths = [None, None, None];
         let tokens = [
@@ -268,7 +270,7 @@ impl DirectoryServer {
             metrics: Arc::new(DirectoryMetrics::default()),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
-        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path, metrics_listener: None })
+        Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path, metrics_listener: None, skipped })
     }
 
     pub fn id(&self) -> NodeId {
@@ -297,7 +299,14 @@ impl DirectoryServer {
             shared.lock().set_relay_addresses(policy);
         }
         // Catch up with every linked directory, and tell each of them our head.
-        let (_, effects) = shared.with_machine(|d, now| d.federation_start(now));
+        let skipped = self.skipped;
+        let (left, effects) = shared.with_machine(|d, now| {
+            d.federation_start(now);
+            skipped.iter().filter(|r| !d.restore_log_position(r)).count()
+        });
+        if left > 0 {
+            tracing::warn!(skipped = left, "some stored records did not apply");
+        }
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
         let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
@@ -369,7 +378,7 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 }
 
 /// After admin changes are durable and applied: counts publishes and expunges for `/metrics`.
-fn committed(shared: &Shared, records: &[odi_core::storage::Record]) {
+fn committed(shared: &Shared, records: &[Record]) {
     use odi_core::catalog::LogOp;
     use odi_core::storage::Record;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
