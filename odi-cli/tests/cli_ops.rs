@@ -275,8 +275,8 @@ fn json_logs_and_the_access_log() {
     let log = directory_log(&["--log-format", "json", "--access-log"]);
     let lines: Vec<serde_json::Value> =
         log.lines().filter(|l| l.starts_with('{')).map(|l| serde_json::from_str(l).unwrap_or_else(|e| panic!("not JSON ({e}): {l}"))).collect();
-    // Plain stderr lines (the token paths, the listening line) are the CLI's own, not logs.
-    assert!(log.lines().filter(|l| !l.starts_with('{')).all(|l| l.contains("token:") || l.contains("listening on")), "{log}");
+    // Plain stderr lines (the token paths, the directory key, the listening line) are the CLI's own, not logs.
+    assert!(log.lines().filter(|l| !l.starts_with('{')).all(|l| l.contains("token:") || l.contains("directory key:") || l.contains("listening on")), "{log}");
     let access: Vec<&serde_json::Value> = lines.iter().filter(|l| l["target"] == "odi::access").collect();
     assert!(access.iter().any(|l| l["fields"]["path"] == "/healthz" && l["fields"]["status"] == 200), "{log}");
     assert!(access.iter().any(|l| l["fields"]["path"] == "/r/none/x.bin" && l["fields"]["status"] == 404 && l["fields"]["method"] == "GET"), "{log}");

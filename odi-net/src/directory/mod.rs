@@ -199,10 +199,6 @@ impl DirectoryServer {
             .with_federation(key.clone(), FederationConfig::default())
             .with_heads(key.clone(), options.head_ttl);
         let public_key = NodeId(key.verifying_key().to_bytes());
-        // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
-        // can copy it from.
-        keys::write_public(&dir.join(keys::DIRECTORY_KEY_FILE), &public_key.to_hex())?;
-        tracing::info!(key = %public_key, file = %dir.join(keys::DIRECTORY_KEY_FILE).display(), "directory key {public_key} (relays pin it; give it to them with --directory-key)");
         let records = meta.load().await?;
         // A log entry of a catalog that came from a linked directory does not apply yet: that
         // catalog is made by the federation records, replayed at `federation_start` (in `run`).
@@ -270,6 +266,11 @@ impl DirectoryServer {
             metrics: Arc::new(DirectoryMetrics::default()),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
+        // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
+        // can copy it from, once the tokens are settled (a weak token stops the start with one
+        // line and nothing else).
+        keys::write_public(&dir.join(keys::DIRECTORY_KEY_FILE), &public_key.to_hex())?;
+        tracing::info!(key = %public_key, file = %dir.join(keys::DIRECTORY_KEY_FILE).display(), "directory key {public_key} (relays pin it; give it to them with --directory-key)");
         Ok(Self { _data_lock: data_lock, shared, admin_token_path, enroll_token_path, link_token_path, metrics_listener: None, skipped })
     }
 
