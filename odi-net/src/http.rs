@@ -510,11 +510,6 @@ const SHUTDOWN_GRACE: std::time::Duration = std::time::Duration::from_secs(5);
 /// Requests in flight at once on one HTTP/2 connection.
 const H2_MAX_STREAMS: u32 = 64;
 
-/// Accepts connections on `listener` and answers each request with `handler` until `shutdown`
-/// completes, then lets open connections finish for a short grace period. Plain connections
-/// speak HTTP/1.1; TLS ones HTTP/2 or HTTP/1.1 as ALPN chose, after a handshake that must end
-/// within [`crate::tls::HANDSHAKE_TIMEOUT`]. Every connection, handshaking or not, holds a
-/// permit of the connection guard from accept to close.
 /// The log filter directive that lets the access log through whatever `ODI_LOG` says.
 pub const ACCESS_LOG_DIRECTIVE: &str = "odi::access=info";
 
@@ -531,6 +526,11 @@ fn access_log_enabled() -> bool {
     ACCESS_LOG.load(std::sync::atomic::Ordering::Relaxed)
 }
 
+/// Accepts connections on `listener` and answers each request with `handler` until `shutdown`
+/// completes, then lets open connections finish for a short grace period. Plain connections
+/// speak HTTP/1.1; TLS ones HTTP/2 or HTTP/1.1 as ALPN chose, after a handshake that must end
+/// within [`crate::tls::HANDSHAKE_TIMEOUT`]. Every connection, handshaking or not, holds a
+/// permit of the connection guard from accept to close.
 pub(crate) async fn serve<H, F>(listener: Listener, handler: Arc<H>, shutdown: impl Future<Output = ()>) -> Result<(), crate::NetError>
 where
     H: Fn(http::Request<hyper::body::Incoming>) -> F + Send + Sync + 'static,

@@ -16,11 +16,12 @@ use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
 use http::header::{self, HeaderValue};
-use http::{Response, StatusCode};
+use http::{Method, Request, Response, StatusCode};
+use hyper::body::Incoming;
 use prometheus_client::encoding::{DescriptorEncoder, MetricEncoder, NoLabelSet};
 use prometheus_client::metrics::MetricType;
 
-use crate::http::{Body, full};
+use crate::http::{Body, Listener, error, full};
 
 /// What `GET /metrics` answers with.
 pub const CONTENT_TYPE: &str = "application/openmetrics-text; version=1.0.0; charset=utf-8";
@@ -435,4 +436,45 @@ pub fn response(text: String) -> Response<Body> {
     resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
     *resp.status_mut() = StatusCode::OK;
     resp
+}
+
+/// `--metrics-listen`: a listener of its own that answers `GET|HEAD /metrics` with `render()`
+/// and nothing else, until [`OwnListener::stop`].
+pub(crate) struct OwnListener {
+    stop: tokio::sync::oneshot::Sender<()>,
+    task: tokio::task::JoinHandle<Result<(), crate::NetError>>,
+}
+
+/// Serves the scrape `render` makes on `listener` (see [`OwnListener`]).
+pub(crate) fn serve_own(listener: Listener, render: impl Fn() -> Response<Body> + Send + Sync + 'static) -> OwnListener {
+    let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+    let render = Arc::new(render);
+    let handler = Arc::new(move |req: Request<Incoming>| {
+        let render = render.clone();
+        async move { only_metrics(&req, || render()) }
+    });
+    let task = tokio::spawn(crate::serve(listener, handler, async {
+        stopped.await.ok();
+    }));
+    OwnListener { stop, task }
+}
+
+impl OwnListener {
+    /// Stops accepting and waits for the listener's connections to end.
+    pub(crate) async fn stop(self) {
+        let _ = self.stop.send(());
+        let _ = self.task.await;
+    }
+}
+
+fn only_metrics(req: &Request<Incoming>, render: impl FnOnce() -> Response<Body>) -> Response<Body> {
+    match (req.uri().path(), matches!(*req.method(), Method::GET | Method::HEAD)) {
+        ("/metrics", true) => render(),
+        ("/metrics", false) => {
+            let mut resp = error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD");
+            resp.headers_mut().insert(header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            resp
+        }
+        (path, _) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}; this listener serves /metrics only")),
+    }
 }

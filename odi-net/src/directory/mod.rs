@@ -310,23 +310,15 @@ impl DirectoryServer {
         }
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
-            let handler = Arc::new(move |req: Request<Incoming>| {
-                let shared = shared.clone();
-                async move { metrics_only(&shared, &req) }
-            });
-            tokio::spawn(crate::serve(l, handler, async {
-                metrics_stopped.await.ok();
-            }))
+            crate::metrics::serve_own(l, move || metrics_response(&shared))
         });
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
         let _ = origins.await;
-        let _ = metrics_stop.send(());
         if let Some(m) = metrics {
-            let _ = m.await;
+            m.stop().await;
         }
         result
     }
@@ -381,7 +373,6 @@ async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
 /// After admin changes are durable and applied: counts publishes and expunges for `/metrics`.
 fn committed(shared: &Shared, records: &[Record]) {
     use odi_core::catalog::LogOp;
-    use odi_core::storage::Record;
     let relaxed = std::sync::atomic::Ordering::Relaxed;
     let c = &shared.metrics.counters;
     let mut expunged_digest = false;
@@ -401,15 +392,6 @@ fn committed(shared: &Shared, records: &[Record]) {
             }
             LogOp::ExpungeDigest { .. } | LogOp::Tag { .. } => {}
         }
-    }
-}
-
-/// `/metrics` off the public port: nothing else is served there.
-fn metrics_only(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    match (req.uri().path(), matches!(*req.method(), Method::GET | Method::HEAD)) {
-        ("/metrics", true) => metrics_response(shared),
-        ("/metrics", false) => not_allowed("GET, HEAD"),
-        (path, _) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}; this listener serves /metrics only")),
     }
 }
 

@@ -221,23 +221,15 @@ impl RelayServer {
         let scrubber = tokio::spawn(syncing::scrub(shared.clone()));
         // The relay acts at once (it enrolls), not at its first deadline.
         step(&shared, |m, now| m.handle_timeout(now));
-        let (metrics_stop, metrics_stopped) = tokio::sync::oneshot::channel::<()>();
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
-            let handler = Arc::new(move |req: http::Request<hyper::body::Incoming>| {
-                let shared = shared.clone();
-                async move { serving::metrics_only(&shared, &req) }
-            });
-            tokio::spawn(crate::serve(l, handler, async {
-                metrics_stopped.await.ok();
-            }))
+            crate::metrics::serve_own(l, move || serving::metrics_response(&shared))
         });
         let result = driver::run(shared, listener, serving::handle, shutdown).await;
         watchers.iter().for_each(|w| w.abort());
         scrubber.abort();
-        let _ = metrics_stop.send(());
         if let Some(m) = metrics {
-            let _ = m.await;
+            m.stop().await;
         }
         result
     }

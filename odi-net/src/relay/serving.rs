@@ -32,17 +32,8 @@ pub(super) async fn handle(shared: Arc<Shared>, req: Request<Incoming>) -> Respo
     resp
 }
 
-/// `/metrics` off the public port (`--metrics-listen`): nothing else is served there.
-pub(super) fn metrics_only(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
-    match (req.uri().path(), matches!(*req.method(), Method::GET | Method::HEAD)) {
-        ("/metrics", true) => metrics_response(shared),
-        ("/metrics", false) => error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed; use GET, HEAD"),
-        (path, _) => error(StatusCode::NOT_FOUND, format!("no such endpoint: {path}; this listener serves /metrics only")),
-    }
-}
-
 /// The scrape: gauges read in one lock, then encoded with none held.
-fn metrics_response(shared: &Shared) -> Response<Body> {
+pub(super) fn metrics_response(shared: &Shared) -> Response<Body> {
     let snap = {
         let m = shared.lock();
         crate::metrics::RelaySnapshot {
