@@ -48,36 +48,57 @@ pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) ->
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Err(resp);
     };
-    // Guessing is bounded per client address: over the limit, the token is not even checked.
+    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
+    match holder_of(shared, req, token) {
+        Ok(Holder::Admin) => Ok(()),
+        Ok(Holder::Publisher(catalog)) if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) => Ok(()),
+        Ok(Holder::Publisher(catalog)) => Err(error(
+            StatusCode::FORBIDDEN,
+            format!("this token may only list, publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token"),
+        )),
+        Err(Refused::Limited(secs)) => {
+            let mut resp = error(StatusCode::TOO_MANY_REQUESTS, format!("too many wrong admin tokens from this address; try again in {secs}s"));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            Err(resp)
+        }
+        Err(Refused::Wrong) => Err(error(StatusCode::FORBIDDEN, "admin token is wrong")),
+    }
+}
+
+/// Who holds a token the directory knows.
+pub(super) enum Holder {
+    Admin,
+    /// A publisher's token, for this one catalog.
+    Publisher(CatalogName),
+}
+
+pub(super) enum Refused {
+    /// Too many wrong tokens from the request's address: try again in this many seconds.
+    Limited(u64),
+    Wrong,
+}
+
+/// Whose `token` is, with guessing bounded per client address: over the limit the token is not
+/// even checked, and an unknown token counts against the address.
+pub(super) fn holder_of(shared: &Shared, req: &Request<Incoming>, token: &str) -> Result<Holder, Refused> {
     let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
-        let secs = wait.as_secs().max(1);
-        let mut resp = error(StatusCode::TOO_MANY_REQUESTS, format!("too many wrong admin tokens from this address; try again in {secs}s"));
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Err(resp);
+        return Err(Refused::Limited(wait.as_secs().max(1)));
     }
-    let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
     let scope = {
         let m = shared.lock();
         if m.check_token(TokenRole::Admin, token) {
-            return Ok(());
+            return Ok(Holder::Admin);
         }
         m.publish_scope(token)
     };
     if let Some(catalog) = scope {
-        return if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) {
-            Ok(())
-        } else {
-            Err(error(
-                StatusCode::FORBIDDEN,
-                format!("this token may only list, publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token"),
-            ))
-        };
+        return Ok(Holder::Publisher(catalog));
     }
     if let Some(ip) = client {
         shared.admin_failures.failed(ip);
     }
-    Err(error(StatusCode::FORBIDDEN, "admin token is wrong"))
+    Err(Refused::Wrong)
 }
 
 /// The catalog an endpoint a publisher's token may call acts on: listing, publishing or tagging.

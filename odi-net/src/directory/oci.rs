@@ -31,12 +31,11 @@ use odi_core::oci::{
     self, ContentRange, ErrorCode, ManifestInfo, OciError, Reference, RepoName, Route, UploadSession, digest_string, parse_digest, parse_route,
 };
 use odi_core::path::ArtifactPath;
-use odi_core::storage::{ByteStream, StorageError, TokenRole};
+use odi_core::storage::{ByteStream, StorageError};
 
 use super::Shared;
-use super::admin::{ingest_and_publish, plan_and_commit};
+use super::admin::{Holder, Refused, holder_of, ingest_and_publish, plan_and_commit};
 use crate::driver::Driver as _;
-use crate::guard::ClientAddr;
 use crate::http::{BlobRequest, Body, empty, full, serve_blob};
 use crate::{client, keys, unix_now};
 
@@ -192,21 +191,16 @@ fn check_push(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<B
     let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
         return Err(challenge("pushing needs the admin token: as the password of Basic auth (any user, e.g. --creds odi:TOKEN) or as a Bearer token"));
     };
-    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
-    if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
-        let secs = wait.as_secs().max(1);
-        let mut resp = oci_error(&OciError::new(ErrorCode::TooManyRequests, format!("too many wrong tokens from this address; try again in {secs}s")));
-        resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
-        return Err(resp);
+    match holder_of(shared, req, &token_of(value).unwrap_or_default()) {
+        Ok(Holder::Admin) => Ok(()),
+        Err(Refused::Limited(secs)) => {
+            let mut resp = oci_error(&OciError::new(ErrorCode::TooManyRequests, format!("too many wrong tokens from this address; try again in {secs}s")));
+            resp.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(secs));
+            Err(resp)
+        }
+        // A publisher's token publishes files to its catalog, not images.
+        Ok(Holder::Publisher(_)) | Err(Refused::Wrong) => Err(challenge("the token is wrong: push with the directory's admin token")),
     }
-    let token = token_of(value);
-    if token.as_deref().is_some_and(|t| shared.lock().check_token(TokenRole::Admin, t)) {
-        return Ok(());
-    }
-    if let Some(ip) = client {
-        shared.admin_failures.failed(ip);
-    }
-    Err(challenge("the token is wrong: push with the directory's admin token"))
 }
 
 /// The token in an `Authorization` value: `Bearer T`, or `Basic base64(user:T)`.
