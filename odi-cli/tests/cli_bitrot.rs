@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
 
 use common::*;
 
@@ -23,17 +22,11 @@ fn start_relay_after_kill(old: &mut Proc, start: impl FnOnce() -> Proc) -> Proc 
 }
 
 fn odi_ok(args: &[&str]) -> String {
-    let out = Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", ADMIN).env_remove("ODI_DIRECTORY").output().expect("run odi");
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 fn spawn(args: &[&str]) -> Proc {
     Proc(spawn_odi(ADMIN, ENROLL, args))
-}
-
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program} is installed (scripts/test installs it): {e}"))
 }
 
 fn sha256(bytes: &[u8]) -> String {
@@ -41,21 +34,7 @@ fn sha256(bytes: &[u8]) -> String {
 }
 
 fn ready_count(dir: &str) -> usize {
-    let relays: serde_json::Value = serde_json::from_str(&odi_ok(&["relays", "--directory", dir, "--json"])).unwrap();
-    relays.as_array().unwrap().iter().filter(|r| r["status"] == "ready").count()
-}
-
-/// Pseudo-random bytes (incompressible, distinct per `seed`).
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
+    ready_count_as(ADMIN, dir)
 }
 
 /// A real wheel, several MiB, its big member first (stored, not compressed), so that rot in

@@ -18,9 +18,7 @@ const ENROLL: &str = "c1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9
 const HEAD_TTL: &str = "3s";
 
 fn odi_ok(args: &[&str]) -> String {
-    let out = odi_as(ADMIN, args);
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 fn start_directory(data: &Path, port: u16) -> Proc {

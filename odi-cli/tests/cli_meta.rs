@@ -20,9 +20,7 @@ fn spawn(args: &[&str]) -> Proc {
 }
 
 fn odi_ok(args: &[&str]) -> String {
-    let out = odi_as(ADMIN, args);
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 fn geo(country: &str, continent: &str) -> Value {

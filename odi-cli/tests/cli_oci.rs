@@ -7,7 +7,7 @@ mod common;
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::{Command, Output, Stdio};
+use std::process::{Command, Stdio};
 
 use common::*;
 
@@ -17,34 +17,15 @@ const MIB: usize = 1 << 20;
 const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
 
 fn odi_ok(args: &[&str]) -> String {
-    let out = odi_as(ADMIN, args);
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 fn spawn(args: &[&str]) -> Proc {
     Proc(spawn_odi(ADMIN, ENROLL, args))
 }
 
-fn run(program: &str, args: &[&str]) -> Output {
-    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program} is installed (scripts/test installs it): {e}"))
-}
-
-fn noise(len: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..len)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            x as u8
-        })
-        .collect()
-}
-
 fn ready_count(dir: &str) -> usize {
-    let relays: serde_json::Value = serde_json::from_str(&odi_ok(&["relays", "--directory", dir, "--json"])).unwrap();
-    relays.as_array().unwrap().iter().filter(|r| r["status"] == "ready").count()
+    ready_count_as(ADMIN, dir)
 }
 
 fn start_directory(tmp: &Path, port: u16) -> Proc {

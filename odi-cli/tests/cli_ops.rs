@@ -15,9 +15,7 @@ const ADMIN: &str = "d0a1d2e3f4a5b6c7d8e9f0a1b2c3d4e5f6a7b8c9d0e1f2a3b4c5d6e7f8a
 const ENROLL: &str = "d1e2f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f1a2b3c4d5e6f7a8b9c0d1e2";
 
 fn odi_ok(args: &[&str]) -> String {
-    let out = odi_as(ADMIN, args);
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 /// A scrape: every sample, keyed by `name{labels}` exactly as written, and the `# TYPE` of

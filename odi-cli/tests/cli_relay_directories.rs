@@ -5,7 +5,6 @@
 mod common;
 
 use std::path::Path;
-use std::process::Output;
 
 use common::*;
 
@@ -16,9 +15,7 @@ const MIB: u64 = 1 << 20;
 const BUDGET: u64 = 8 * MIB;
 
 fn odi_ok(args: &[&str]) -> String {
-    let out: Output = odi_as(ADMIN, args);
-    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
-    String::from_utf8_lossy(&out.stdout).into_owned()
+    odi_ok_as(ADMIN, args)
 }
 
 fn start_directory(data: &Path, port: u16, enroll: &str) -> Proc {

@@ -44,6 +44,37 @@ pub fn odi_as(admin: &str, args: &[&str]) -> Output {
     Command::new(ODI).args(args).env("ODI_ADMIN_TOKEN", admin).env_remove("ODI_DIRECTORY").output().expect("run odi")
 }
 
+/// `odi ARGS...` with `admin` as `ODI_ADMIN_TOKEN`, which must succeed: its stdout.
+pub fn odi_ok_as(admin: &str, args: &[&str]) -> String {
+    let out = odi_as(admin, args);
+    assert!(out.status.success(), "odi {args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// How many relays the directory at `dir` reports `ready` (asked with `admin`'s token).
+pub fn ready_count_as(admin: &str, dir: &str) -> usize {
+    let relays: serde_json::Value = serde_json::from_str(&odi_ok_as(admin, &["relays", "--directory", dir, "--json"])).unwrap();
+    relays.as_array().unwrap().iter().filter(|r| r["status"] == "ready").count()
+}
+
+/// `PROGRAM ARGS...` with no stdin, for the tools scripts/test installs.
+pub fn run(program: &str, args: &[&str]) -> Output {
+    Command::new(program).args(args).stdin(Stdio::null()).output().unwrap_or_else(|e| panic!("{program} is installed (scripts/test installs it): {e}"))
+}
+
+/// Pseudo-random bytes (incompressible, distinct per `seed`).
+pub fn noise(len: usize, seed: u64) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 7;
+            x ^= x << 17;
+            x as u8
+        })
+        .collect()
+}
+
 pub fn sha256_hex(bytes: &[u8]) -> String {
     odi_core::Digest::of(bytes).to_hex()
 }
