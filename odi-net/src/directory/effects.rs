@@ -36,6 +36,9 @@ impl Driver for Shared {
     fn on_event(&self, event: Event) {
         log_event(&event);
         count_event(&self.metrics.counters, &event);
+        if let Some(what) = super::events::What::of_event(&event) {
+            self.events.publish(what);
+        }
         if let Event::GenerationChanged { generation } = event {
             self.generation.send_replace(generation);
         }

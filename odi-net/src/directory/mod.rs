@@ -49,6 +49,8 @@ use crate::{Clock, Listener, NetError, keys, unix_now};
 mod admin;
 mod clients;
 mod effects;
+#[allow(dead_code)] // until its readers (the dashboard's /api/v1/events, webhooks) land
+mod events;
 mod node;
 mod oci;
 mod origins;
@@ -167,6 +169,8 @@ struct Shared {
     oci_uploads: Arc<oci::Uploads>,
     /// `/metrics`: request counters and latency, counters fed by `on_event` (see `crate::metrics`).
     metrics: Arc<DirectoryMetrics>,
+    /// The live event stream (see `events`): machine events and admin changes.
+    events: events::EventBus,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -264,6 +268,7 @@ impl DirectoryServer {
             peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
             oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
             metrics: Arc::new(DirectoryMetrics::default()),
+            events: events::EventBus::new(),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator

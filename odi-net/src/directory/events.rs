@@ -1,0 +1,207 @@
+//! The directory's live event stream: one numbered [`Notice`] for each thing an operator may want
+//! to hear about as it happens (a relay enrolled, quarantined, lost; an admin change). The machine's
+//! events come in through `Driver::on_event`; admin changes are published by the routes that make
+//! them. Readers subscribe (the dashboard's `/api/v1/events`, webhook delivery) or read the recent
+//! ones kept in memory. Nothing here is durable: a reader that needs every notice across restarts
+//! keeps its own queue.
+
+use std::collections::VecDeque;
+use std::sync::Arc;
+use std::sync::Mutex;
+
+use odi_core::directory::Event;
+use serde::Serialize;
+use tokio::sync::broadcast;
+
+/// Notices kept in memory for readers that join late (`recent`), and the channel's depth: a
+/// subscriber that falls further behind misses notices (told by `RecvError::Lagged`).
+pub(super) const KEPT: usize = 512;
+
+/// One thing that happened, numbered in the order this process saw them.
+#[derive(Clone, Debug, Serialize)]
+pub(super) struct Notice {
+    /// Increasing from 1 in each process (not across restarts).
+    pub(super) seq: u64,
+    /// Unix time in milliseconds.
+    pub(super) time_ms: u64,
+    #[serde(flatten)]
+    pub(super) what: What,
+}
+
+impl Notice {
+    /// The kind as webhooks filter on it: `relay.enrolled`, `relay.quarantined`, ...
+    pub(super) fn kind(&self) -> &'static str {
+        self.what.kind()
+    }
+}
+
+/// What happened. Serialized with its kind in `"kind"` and its fields beside it.
+#[derive(Clone, Debug, Serialize)]
+#[serde(tag = "kind")]
+pub(super) enum What {
+    #[serde(rename = "relay.enrolled")]
+    RelayEnrolled { relay: String, url: String },
+    #[serde(rename = "relay.admitted")]
+    RelayAdmitted { relay: String },
+    #[serde(rename = "relay.proven")]
+    RelayProven { relay: String },
+    #[serde(rename = "relay.self_test_failed")]
+    SelfTestFailed { relay: String, reason: String },
+    #[serde(rename = "relay.suspended")]
+    RelaySuspended { relay: String, reason: String },
+    #[serde(rename = "relay.quarantined")]
+    RelayQuarantined { relay: String, reason: String },
+    #[serde(rename = "relay.lost")]
+    RelayLost { relay: String },
+    #[serde(rename = "relay.forgotten")]
+    RelayForgotten { relay: String },
+    #[serde(rename = "relay.refused")]
+    RelayRefused { relay: String, reason: String },
+    #[serde(rename = "artifact.hotness")]
+    HotnessChanged { digest: String, extra: u32 },
+    #[serde(rename = "directory.persist_failed")]
+    PersistFailed { what: String, error: String },
+    #[serde(rename = "link.refused")]
+    PeerRefused { peer: String, reason: String },
+}
+
+/// Every kind a notice can have, for validating filters (`--event KIND`).
+pub(super) const KINDS: &[&str] = &[
+    "relay.enrolled",
+    "relay.admitted",
+    "relay.proven",
+    "relay.self_test_failed",
+    "relay.suspended",
+    "relay.quarantined",
+    "relay.lost",
+    "relay.forgotten",
+    "relay.refused",
+    "artifact.hotness",
+    "directory.persist_failed",
+    "link.refused",
+];
+
+impl What {
+    pub(super) fn kind(&self) -> &'static str {
+        match self {
+            What::RelayEnrolled { .. } => "relay.enrolled",
+            What::RelayAdmitted { .. } => "relay.admitted",
+            What::RelayProven { .. } => "relay.proven",
+            What::SelfTestFailed { .. } => "relay.self_test_failed",
+            What::RelaySuspended { .. } => "relay.suspended",
+            What::RelayQuarantined { .. } => "relay.quarantined",
+            What::RelayLost { .. } => "relay.lost",
+            What::RelayForgotten { .. } => "relay.forgotten",
+            What::RelayRefused { .. } => "relay.refused",
+            What::HotnessChanged { .. } => "artifact.hotness",
+            What::PersistFailed { .. } => "directory.persist_failed",
+            What::PeerRefused { .. } => "link.refused",
+        }
+    }
+
+    /// The notice for a machine event, or `None` for the ones too frequent or internal to
+    /// announce (each passed audit, a generation change).
+    pub(super) fn of_event(event: &Event) -> Option<What> {
+        Some(match event {
+            Event::RelayEnrolled { relay, url } => What::RelayEnrolled { relay: relay.to_string(), url: url.to_string() },
+            Event::RelayAdmitted { relay } => What::RelayAdmitted { relay: relay.to_string() },
+            Event::RelayProven { relay } => What::RelayProven { relay: relay.to_string() },
+            Event::SelfTestFailed { relay, reason } => What::SelfTestFailed { relay: relay.to_string(), reason: reason.clone() },
+            Event::RelaySuspended { relay, reason } => What::RelaySuspended { relay: relay.to_string(), reason: reason.clone() },
+            Event::RelayQuarantined { relay, reason } => What::RelayQuarantined { relay: relay.to_string(), reason: reason.clone() },
+            Event::RelayLost { relay } => What::RelayLost { relay: relay.to_string() },
+            Event::RelayForgotten { relay } => What::RelayForgotten { relay: relay.to_string() },
+            Event::RelayRefused { relay, reason } => What::RelayRefused { relay: relay.to_string(), reason: reason.clone() },
+            Event::HotnessChanged { digest, extra } => What::HotnessChanged { digest: digest.to_string(), extra: *extra },
+            Event::PersistFailed { what, error } => What::PersistFailed { what: what.clone(), error: error.clone() },
+            Event::PeerRefused { peer, reason } => What::PeerRefused { peer: peer.to_string(), reason: reason.clone() },
+            Event::AuditPassed { .. } | Event::GenerationChanged { .. } => return None,
+        })
+    }
+}
+
+/// The stream: a broadcast channel, and the last [`KEPT`] notices.
+pub(super) struct EventBus {
+    tx: broadcast::Sender<Arc<Notice>>,
+    /// The last notices, oldest first; also what numbers them (under the lock, so that the
+    /// channel carries them in `seq` order).
+    recent: Mutex<(u64, VecDeque<Arc<Notice>>)>,
+}
+
+impl Default for EventBus {
+    fn default() -> Self {
+        Self::new()
+    }
+}
+
+impl EventBus {
+    pub(super) fn new() -> Self {
+        let (tx, _) = broadcast::channel(KEPT);
+        Self { tx, recent: Mutex::new((0, VecDeque::with_capacity(KEPT))) }
+    }
+
+    /// Numbers, keeps and sends `what`. Never blocks on readers.
+    pub(super) fn publish(&self, what: What) -> Arc<Notice> {
+        let time_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        recent.0 += 1;
+        let notice = Arc::new(Notice { seq: recent.0, time_ms, what });
+        if recent.1.len() == KEPT {
+            recent.1.pop_front();
+        }
+        recent.1.push_back(notice.clone());
+        // No receiver is not an error: nobody is listening right now.
+        let _ = self.tx.send(notice.clone());
+        notice
+    }
+
+    /// A receiver of every notice published from now on.
+    pub(super) fn subscribe(&self) -> broadcast::Receiver<Arc<Notice>> {
+        self.tx.subscribe()
+    }
+
+    /// The kept notices numbered after `after`, oldest first, and a receiver of those that
+    /// follow, with none missed or repeated between the two (for `Last-Event-ID`).
+    pub(super) fn since(&self, after: u64) -> (Vec<Arc<Notice>>, broadcast::Receiver<Arc<Notice>>) {
+        let recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        let rx = self.tx.subscribe();
+        let kept = recent.1.iter().filter(|n| n.seq > after).cloned().collect();
+        (kept, rx)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn notices_are_numbered_kept_and_serialized_with_their_kind() {
+        let bus = EventBus::new();
+        let mut rx = bus.subscribe();
+        bus.publish(What::RelayLost { relay: "r1".into() });
+        let n = bus.publish(What::RelayQuarantined { relay: "r2".into(), reason: "bad chunk 3".into() });
+        assert_eq!(n.seq, 2);
+        assert_eq!(n.kind(), "relay.quarantined");
+        let json = serde_json::to_value(&*n).unwrap();
+        assert_eq!(json["kind"], "relay.quarantined");
+        assert_eq!(json["reason"], "bad chunk 3");
+        assert_eq!(rx.try_recv().unwrap().seq, 1);
+        assert_eq!(rx.try_recv().unwrap().seq, 2);
+        let (kept, _) = bus.since(1);
+        assert_eq!(kept.iter().map(|n| n.seq).collect::<Vec<_>>(), vec![2]);
+        for what in [What::RelayLost { relay: String::new() }, What::HotnessChanged { digest: String::new(), extra: 1 }] {
+            assert!(KINDS.contains(&what.kind()));
+        }
+    }
+
+    #[test]
+    fn only_the_last_notices_are_kept() {
+        let bus = EventBus::new();
+        for i in 0..(KEPT + 10) {
+            bus.publish(What::RelayLost { relay: i.to_string() });
+        }
+        let (kept, _) = bus.since(0);
+        assert_eq!(kept.len(), KEPT);
+        assert_eq!(kept[0].seq, 11);
+    }
+}
