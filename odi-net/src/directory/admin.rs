@@ -225,6 +225,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             let now = shared.now();
             json(StatusCode::OK, &shared.lock().relays(now))
         }
+        (Method::GET, ["events"]) => super::events::stream(&shared.events, &req),
         (Method::GET, ["links"]) => json(StatusCode::OK, &shared.lock().links()),
         (Method::POST, ["links"]) => create_link(shared, req).await,
         (Method::DELETE, ["links", which]) => remove_link(shared, which).await,

@@ -49,7 +49,6 @@ use crate::{Clock, Listener, NetError, keys, unix_now};
 mod admin;
 mod clients;
 mod effects;
-#[allow(dead_code)] // until its readers (the dashboard's /api/v1/events, webhooks) land
 mod events;
 mod node;
 mod oci;
