@@ -146,12 +146,8 @@ struct DirectoryArgs {
     /// this directory before they freeze its catalogs. At least three heartbeat intervals.
     #[arg(long, value_parser = units::parse_duration)]
     head_ttl: Option<Duration>,
-    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ListenTls,
     /// Run as a meta-directory: hold no catalogs, send each client to the best healthy
     /// --reference directory serving the catalog (by the client's country, then continent).
     #[arg(long)]
@@ -212,12 +208,8 @@ struct RelayArgs {
     /// default); 0 turns it off (reads are still checked as they are served).
     #[arg(long, value_parser = units::parse_rate)]
     scrub_rate: Option<u64>,
-    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
-    #[arg(long, value_name = "FILE", requires = "tls_key")]
-    tls_cert: Option<PathBuf>,
-    /// PEM private key of --tls-cert.
-    #[arg(long, value_name = "FILE", requires = "tls_cert")]
-    tls_key: Option<PathBuf>,
+    #[command(flatten)]
+    tls: ListenTls,
     /// Serve `GET /metrics` (Prometheus) on this address instead of on the public port,
     /// e.g. 127.0.0.1:9771.
     #[arg(long, value_name = "ADDR")]
@@ -513,6 +505,10 @@ struct FileConfig {
     scrub_rate: Option<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
+    acme_directory: Option<String>,
+    #[serde(default)]
+    acme_domain: Vec<String>,
+    acme_email: Option<String>,
     meta: Option<bool>,
     #[serde(default)]
     reference: Vec<String>,
@@ -587,19 +583,76 @@ async fn bind(addr: SocketAddr) -> Result<TcpListener> {
     TcpListener::bind(addr).await.with_context(|| format!("cannot listen on {addr}; is the port taken?"))
 }
 
-/// Binds `addr`, serving HTTPS when a certificate and key are given (flag, else config).
-async fn listen(addr: SocketAddr, cert: Option<PathBuf>, key: Option<PathBuf>) -> Result<odi_net::Listener> {
-    let tls = match (cert, key) {
-        (Some(cert), Some(key)) => Some(odi_net::tls::ServerTls::from_pem_files(cert, key)?),
-        (None, None) => None,
-        (Some(_), None) => bail!("--tls-cert needs --tls-key (or `tls_key` in --config)"),
-        (None, Some(_)) => bail!("--tls-key needs --tls-cert (or `tls_cert` in --config)"),
+/// How a daemon's listener gets its certificate: from files, or from an ACME CA.
+#[derive(clap::Args, Debug)]
+struct ListenTls {
+    /// PEM certificate chain to serve HTTPS with (with --tls-key); reloaded when the file changes.
+    #[arg(long, value_name = "FILE", requires = "tls_key")]
+    tls_cert: Option<PathBuf>,
+    /// PEM private key of --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "tls_cert")]
+    tls_key: Option<PathBuf>,
+    /// Serve HTTPS with a certificate got and renewed from this ACME CA (its directory URL, e.g.
+    /// https://acme-v02.api.letsencrypt.org/directory), validated by tls-alpn-01 on this
+    /// listener: the CA must reach it on port 443 at the names. Kept in {data}/acme/.
+    #[arg(long, value_name = "URL", env = "ODI_ACME_DIRECTORY", conflicts_with = "tls_cert")]
+    acme_directory: Option<String>,
+    /// A DNS name for the ACME certificate; repeat for several (default: the --public-url host).
+    #[arg(long = "acme-domain", value_name = "NAME")]
+    acme_domains: Vec<String>,
+    /// Contact address given to the ACME CA for the account (expiry and incident mail).
+    #[arg(long, value_name = "EMAIL")]
+    acme_email: Option<String>,
+}
+
+impl ListenTls {
+    /// The flags, else the config file's keys.
+    fn or_file(self, file: &FileConfig) -> Self {
+        Self {
+            tls_cert: self.tls_cert.or_else(|| file.tls_cert.clone()),
+            tls_key: self.tls_key.or_else(|| file.tls_key.clone()),
+            acme_directory: self.acme_directory.or_else(|| file.acme_directory.clone()),
+            acme_domains: if self.acme_domains.is_empty() { file.acme_domain.clone() } else { self.acme_domains },
+            acme_email: self.acme_email.or_else(|| file.acme_email.clone()),
+        }
+    }
+}
+
+/// Binds `addr`, serving HTTPS when a certificate and key are given, or an ACME CA (then the
+/// certificate is kept in `{data}/acme/` and renewed in the background).
+async fn listen(addr: SocketAddr, tls: ListenTls, data: &Path, public_url: Option<&str>) -> Result<odi_net::Listener> {
+    let server_tls = match (tls.tls_cert, tls.tls_key, tls.acme_directory) {
+        (Some(_), _, Some(_)) => bail!("--acme-directory gets the certificate itself: give it or --tls-cert, not both"),
+        (Some(cert), Some(key), None) => Some(odi_net::tls::ServerTls::from_pem_files(cert, key)?),
+        (None, None, None) if tls.acme_domains.is_empty() && tls.acme_email.is_none() => None,
+        (None, None, None) => bail!("--acme-domain and --acme-email need --acme-directory (the ACME CA's URL)"),
+        (None, None, Some(directory_url)) => {
+            let domains = if tls.acme_domains.is_empty() { public_url.and_then(url_host).into_iter().collect() } else { tls.acme_domains };
+            let acme = odi_net::acme::AcmeOptions { directory_url, domains, email: tls.acme_email, dir: data.join("acme") };
+            let server_tls = acme.server_tls()?;
+            eprintln!("certificate for {} from {} (kept in {})", acme.domains.join(", "), acme.directory_url, acme.dir.display());
+            tokio::spawn(odi_net::acme::run(acme, server_tls.clone()));
+            Some(server_tls)
+        }
+        (Some(_), None, None) => bail!("--tls-cert needs --tls-key (or `tls_key` in --config)"),
+        (None, Some(_), _) => bail!("--tls-key needs --tls-cert (or `tls_cert` in --config)"),
     };
     let tcp = bind(addr).await?;
-    Ok(match tls {
+    Ok(match server_tls {
         Some(tls) => odi_net::Listener::tls(tcp, tls),
         None => odi_net::Listener::plain(tcp),
     })
+}
+
+/// The host of `http(s)://host[:port]/...`, for a certificate's name.
+fn url_host(url: &str) -> Option<String> {
+    let rest = url.split_once("://")?.1;
+    let authority = rest.split(['/', '?', '#']).next()?;
+    let host = match authority.rsplit_once(':') {
+        Some((host, port)) if port.bytes().all(|b| b.is_ascii_digit()) => host,
+        _ => authority,
+    };
+    (!host.is_empty() && !host.starts_with('[')).then(|| host.to_ascii_lowercase())
 }
 
 async fn run(command: Command) -> Result<()> {
@@ -609,6 +662,7 @@ async fn run(command: Command) -> Result<()> {
             if args.meta || file.meta.unwrap_or(false) {
                 return meta_directory(args, file).await;
             }
+            let tls = args.tls.or_file(&file);
             let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let mut options = odi_net::directory::DirectoryOptions::new(&data);
@@ -646,7 +700,7 @@ async fn run(command: Command) -> Result<()> {
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
-            let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
+            let listener = self::listen(listen, tls, &data, options.public_url.as_deref()).await?;
             let mut server =
                 odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
             if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
@@ -665,6 +719,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Relay(args) => {
             let file = FileConfig::load(args.config.as_deref())?;
+            let tls = args.tls.or_file(&file);
             let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
             let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
             let directories = if args.directories.is_empty() { file.directory } else { args.directories };
@@ -702,7 +757,7 @@ async fn run(command: Command) -> Result<()> {
                 scrub_rate,
                 directory_keys: if args.directory_keys.is_empty() { file.directory_key } else { args.directory_keys },
             };
-            let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
+            let listener = self::listen(listen, tls, &data, Some(&options.public_url)).await?;
             let mut server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;
             if let Some(addr) = args.metrics_listen.or(file.metrics_listen) {
                 let metrics = bind(addr).await?;
@@ -837,6 +892,9 @@ async fn run(command: Command) -> Result<()> {
 
 /// `odi directory --meta`.
 async fn meta_directory(args: DirectoryArgs, file: FileConfig) -> Result<()> {
+    let tls = args.tls.or_file(&file);
+    // Only the ACME certificate's default name: a meta-directory's answers carry no own URL.
+    let public_url = args.public_url.clone().or_else(|| file.public_url.clone());
     let listen = args.listen.or(file.listen).ok_or_else(|| anyhow!("--listen is required (or `listen` in --config)"))?;
     let data = args.data.or(file.data).ok_or_else(|| anyhow!("--data is required (or `data` in --config)"))?;
     let references = if args.references.is_empty() { file.reference } else { args.references };
@@ -855,7 +913,7 @@ async fn meta_directory(args: DirectoryArgs, file: FileConfig) -> Result<()> {
     if options.geoip.is_none() {
         eprintln!("no --geoip database: every client goes to the references with no region");
     }
-    let listener = self::listen(listen, args.tls_cert.or(file.tls_cert), args.tls_key.or(file.tls_key)).await?;
+    let listener = self::listen(listen, tls, &data, public_url.as_deref()).await?;
     let server = odi_net::meta::MetaServer::open(options).with_context(|| format!("cannot start the meta-directory in {}", data.display()))?;
     eprintln!("meta-directory listening on {}://{}", listener.scheme(), listener.local_addr()?);
     server.run(listener, shutdown_signal()).await?;

@@ -617,6 +617,10 @@ where
                             return;
                         }
                     };
+                    if stream.get_ref().1.alpn_protocol() == Some(crate::tls::ACME_TLS_ALPN) {
+                        // An ACME validation: the handshake was the answer (RFC 8737 §3).
+                        return;
+                    }
                     let result = if stream.get_ref().1.alpn_protocol() == Some(b"h2") {
                         watcher.watch(h2.serve_connection(TokioIo::new(stream), service)).await
                     } else {

@@ -8,6 +8,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use odi_core::time::UnixTime;
 
+pub mod acme;
 pub mod client;
 pub mod crash;
 pub mod directory;

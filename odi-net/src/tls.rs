@@ -12,6 +12,7 @@
 //! client a process makes (a relay's to its directory and peers, the directory's self-tests and
 //! audits, `odi get`, admin commands) verifies against the same set.
 
+use std::collections::HashMap;
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, PoisonError};
@@ -31,6 +32,9 @@ pub const RELOAD_CHECK: Duration = Duration::from_secs(1);
 pub const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
 /// The ALPN protocols a listener offers, preferred first.
 pub const ALPN: [&[u8]; 2] = [b"h2", b"http/1.1"];
+/// The ALPN protocol of ACME's tls-alpn-01 validation (RFC 8737): a handshake that asks for it
+/// gets the challenge certificate, and the connection carries nothing after the handshake.
+pub const ACME_TLS_ALPN: &[u8] = b"acme-tls/1";
 
 /// The one crypto provider every config is built with (never a process default, so no other
 /// crate's choice can change it).
@@ -57,17 +61,59 @@ impl ServerTls {
     /// with a message naming the file and what is wrong with it.
     pub fn from_pem_files(cert: impl Into<PathBuf>, key: impl Into<PathBuf>) -> Result<Self, NetError> {
         let (cert_path, key_path) = (cert.into(), key.into());
-        let stamp = Stamp::of(&cert_path, &key_path);
         let current = load_pair(&cert_path, &key_path).map_err(NetError::Config)?;
-        let resolver =
-            Arc::new(ReloadingCert { cert_path, key_path, state: Mutex::new(ReloadState { current, stamp, checked: Instant::now(), refused: None }) });
+        Self::build(cert_path, key_path, current, &ALPN)
+    }
+
+    /// The TLS of a listener whose certificate an ACME client keeps in `cert` and `key` (see
+    /// `crate::acme`): the files when they are there and load, else a self-signed certificate
+    /// for `names` until they appear; and the `acme-tls/1` challenges (RFC 8737) set with
+    /// [`ServerTls::set_challenge`] answered on the same port.
+    pub fn for_acme(cert: impl Into<PathBuf>, key: impl Into<PathBuf>, names: &[String]) -> Result<Self, NetError> {
+        let (cert_path, key_path) = (cert.into(), key.into());
+        let current = match load_pair(&cert_path, &key_path) {
+            Ok(pair) => pair,
+            Err(why) => {
+                if cert_path.exists() {
+                    tracing::warn!(error = %why, "the stored ACME certificate does not load; serving a self-signed one until a new one is issued");
+                }
+                self_signed(names)?
+            }
+        };
+        let alpn = [ALPN[0], ALPN[1], ACME_TLS_ALPN];
+        Self::build(cert_path, key_path, current, &alpn)
+    }
+
+    fn build(cert_path: PathBuf, key_path: PathBuf, current: Arc<CertifiedKey>, alpn: &[&[u8]]) -> Result<Self, NetError> {
+        let stamp = Stamp::of(&cert_path, &key_path);
+        let resolver = Arc::new(ReloadingCert {
+            cert_path,
+            key_path,
+            state: Mutex::new(ReloadState { current, stamp, checked: Instant::now(), refused: None }),
+            challenges: Mutex::new(HashMap::new()),
+        });
         let mut config = rustls::ServerConfig::builder_with_provider(provider())
             .with_protocol_versions(rustls::DEFAULT_VERSIONS)
             .map_err(|e| NetError::Config(format!("TLS configuration: {e}")))?
             .with_no_client_auth()
             .with_cert_resolver(resolver.clone());
-        config.alpn_protocols = ALPN.iter().map(|p| p.to_vec()).collect();
+        config.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
         Ok(Self { acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)), resolver })
+    }
+
+    /// Answers handshakes for `name` that ask for `acme-tls/1` with `key` (a tls-alpn-01
+    /// challenge certificate), until [`ServerTls::clear_challenges`].
+    pub fn set_challenge(&self, name: &str, key: Arc<CertifiedKey>) {
+        self.resolver.challenges.lock().unwrap_or_else(PoisonError::into_inner).insert(name.to_ascii_lowercase(), key);
+    }
+
+    pub fn clear_challenges(&self) {
+        self.resolver.challenges.lock().unwrap_or_else(PoisonError::into_inner).clear();
+    }
+
+    /// The certificate files this listener follows.
+    pub fn files(&self) -> (&Path, &Path) {
+        (&self.resolver.cert_path, &self.resolver.key_path)
     }
 
     pub fn acceptor(&self) -> &tokio_rustls::TlsAcceptor {
@@ -108,6 +154,8 @@ struct ReloadingCert {
     cert_path: PathBuf,
     key_path: PathBuf,
     state: Mutex<ReloadState>,
+    /// tls-alpn-01 challenge certificates by lower-case name, while an ACME order is open.
+    challenges: Mutex<HashMap<String, Arc<CertifiedKey>>>,
 }
 
 impl ReloadingCert {
@@ -137,7 +185,12 @@ impl ReloadingCert {
 }
 
 impl ResolvesServerCert for ReloadingCert {
-    fn resolve(&self, _hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        if hello.alpn().is_some_and(|mut protocols| protocols.any(|p| p == ACME_TLS_ALPN)) {
+            // A validation handshake: its challenge certificate, or no handshake at all.
+            let name = hello.server_name()?.to_ascii_lowercase();
+            return self.challenges.lock().unwrap_or_else(PoisonError::into_inner).get(&name).cloned();
+        }
         Some(self.current(false))
     }
 }
@@ -156,6 +209,23 @@ fn load_pair(cert_path: &Path, key_path: &Path) -> Result<Arc<CertifiedKey>, Str
     let certified = CertifiedKey::from_der(chain, key, &provider())
         .map_err(|e| format!("the TLS key {} does not fit the certificate {} ({e})", key_path.display(), cert_path.display()))?;
     Ok(Arc::new(certified))
+}
+
+/// A self-signed certificate for `names`, served until a real one is there.
+fn self_signed(names: &[String]) -> Result<Arc<CertifiedKey>, NetError> {
+    let fail = |e: rcgen::Error| NetError::Config(format!("cannot make a placeholder certificate: {e}"));
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = rcgen::CertificateParams::new(names.to_vec()).map_err(fail)?.self_signed(&key).map_err(fail)?;
+    certified(cert.der().clone(), &key)
+}
+
+/// `cert` with its `key`, ready to hand to handshakes. Not parsed by the end-entity checks of
+/// `CertifiedKey::from_der`: a tls-alpn-01 certificate carries a critical extension that only
+/// ACME validators know.
+pub fn certified(cert: CertificateDer<'static>, key: &rcgen::KeyPair) -> Result<Arc<CertifiedKey>, NetError> {
+    let der = PrivateKeyDer::try_from(key.serialize_der()).map_err(|e| NetError::Config(format!("key: {e}")))?;
+    let signing = provider().key_provider.load_private_key(der).map_err(|e| NetError::Config(format!("key: {e}")))?;
+    Ok(Arc::new(CertifiedKey::new(vec![cert], signing)))
 }
 
 /// Reads every certificate in a PEM file (a CA bundle).
