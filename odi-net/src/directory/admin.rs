@@ -81,7 +81,11 @@ pub(super) enum Refused {
 /// Whose `token` is, with guessing bounded per client address: over the limit the token is not
 /// even checked, and an unknown token counts against the address.
 pub(super) fn holder_of(shared: &Shared, req: &Request<Incoming>, token: &str) -> Result<Holder, Refused> {
-    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+    holder_for(shared, req.extensions().get::<ClientAddr>().map(|c| c.0), token)
+}
+
+/// [`holder_of`] for a request from `client` whose body was already read (a login form).
+pub(super) fn holder_for(shared: &Shared, client: Option<std::net::IpAddr>, token: &str) -> Result<Holder, Refused> {
     if let Some(Err(wait)) = client.map(|ip| shared.admin_failures.check(ip)) {
         return Err(Refused::Limited(wait.as_secs().max(1)));
     }
@@ -225,7 +229,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             let now = shared.now();
             json(StatusCode::OK, &shared.lock().relays(now))
         }
-        (Method::GET, ["events"]) => super::events::stream(&shared.events, &req),
+        (Method::GET, ["events"]) => super::events::stream(&shared.events, &req, true),
         (Method::GET, ["links"]) => json(StatusCode::OK, &shared.lock().links()),
         (Method::POST, ["links"]) => create_link(shared, req).await,
         (Method::DELETE, ["links", which]) => remove_link(shared, which).await,
@@ -433,7 +437,7 @@ pub(super) async fn ingest_and_publish(
     }
 }
 
-async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
+pub(super) async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str) -> Response<Body> {
     let Ok(catalog) = CatalogName::new(catalog) else {
         return error(StatusCode::BAD_REQUEST, "malformed catalog name");
     };

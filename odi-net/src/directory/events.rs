@@ -165,7 +165,10 @@ const HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(15);
 /// `GET /api/v1/events`: the notices as Server-Sent Events (`id:` its seq, `event:` its kind,
 /// `data:` its JSON), starting after `Last-Event-ID` (or `?after=N`) with the kept ones, then live.
 /// A reader too slow for the channel gets an `event: lagged` naming how many it missed, and goes on.
-pub(super) fn stream(bus: &EventBus, req: &Request<Incoming>) -> Response<Body> {
+///
+/// With `named` false the `event:` line is left out, so that a browser's `EventSource` hands
+/// every notice to one `onmessage` (the kind is in the JSON).
+pub(super) fn stream(bus: &EventBus, req: &Request<Incoming>, named: bool) -> Response<Body> {
     let after = req
         .headers()
         .get("last-event-id")
@@ -180,12 +183,12 @@ pub(super) fn stream(bus: &EventBus, req: &Request<Incoming>) -> Response<Body> 
     heartbeat.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     heartbeat.reset();
     let state = (VecDeque::from(kept), rx, heartbeat);
-    let frames = stream::unfold(state, |(mut kept, mut rx, mut heartbeat)| async move {
+    let frames = stream::unfold(state, move |(mut kept, mut rx, mut heartbeat)| async move {
         let bytes = match kept.pop_front() {
-            Some(n) => sse_frame(&n),
+            Some(n) => sse_frame(&n, named),
             None => tokio::select! {
                 got = rx.recv() => match got {
-                    Ok(n) => sse_frame(&n),
+                    Ok(n) => sse_frame(&n, named),
                     Err(RecvError::Lagged(missed)) => Bytes::from(format!("event: lagged\ndata: {{\"missed\":{missed}}}\n\n")),
                     Err(RecvError::Closed) => return None,
                 },
@@ -206,9 +209,9 @@ pub(super) fn stream(bus: &EventBus, req: &Request<Incoming>) -> Response<Body> 
 }
 
 /// One notice as an SSE event.
-fn sse_frame(n: &Notice) -> Bytes {
+fn sse_frame(n: &Notice, named: bool) -> Bytes {
     let json = serde_json::to_string(n).unwrap_or_else(|_| "{}".to_owned());
-    Bytes::from(format!("id: {}\nevent: {}\ndata: {json}\n\n", n.seq, n.kind()))
+    if named { Bytes::from(format!("id: {}\nevent: {}\ndata: {json}\n\n", n.seq, n.kind())) } else { Bytes::from(format!("id: {}\ndata: {json}\n\n", n.seq)) }
 }
 
 #[cfg(test)]

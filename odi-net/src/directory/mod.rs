@@ -54,6 +54,7 @@ mod node;
 mod oci;
 mod origins;
 mod peers;
+mod ui;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
@@ -170,6 +171,8 @@ struct Shared {
     metrics: Arc<DirectoryMetrics>,
     /// The live event stream (see `events`): machine events and admin changes.
     events: events::EventBus,
+    /// Logged-in dashboard sessions (`/ui/`).
+    ui_sessions: ui::Sessions,
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -268,6 +271,7 @@ impl DirectoryServer {
             oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
             metrics: Arc::new(DirectoryMetrics::default()),
             events: events::EventBus::new(),
+            ui_sessions: ui::Sessions::default(),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
@@ -440,6 +444,10 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
     if let Some(rest) = path.strip_prefix("/v2/").or_else(|| (path == "/v2").then_some("")) {
         let rest = rest.to_owned();
         return oci::v2(&shared, req, &rest).await;
+    }
+    if let Some(rest) = path.strip_prefix("/ui/").or_else(|| (path == "/ui").then_some("")) {
+        let rest = rest.to_owned();
+        return ui::ui(&shared, req, &rest).await;
     }
     if path == "/report" {
         return if *req.method() == Method::POST { clients::report(&shared, req).await } else { not_allowed("POST") };
