@@ -49,12 +49,12 @@ use crate::{Clock, Listener, NetError, keys, unix_now};
 mod admin;
 mod clients;
 mod effects;
-#[allow(dead_code)] // until its readers (the dashboard's /api/v1/events, webhooks) land
 mod events;
 mod node;
 mod oci;
 mod origins;
 mod peers;
+mod webhooks;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
@@ -87,6 +87,9 @@ pub struct DirectoryOptions {
     pub allow_private_origins: bool,
     /// How long a signed catalog head holds on a relay without renewal (`--head-ttl`).
     pub head_ttl: Duration,
+    /// Webhook retries and attempt timeout (defaults 1 s doubling to 1 h, give up after 24 h,
+    /// 10 s per attempt); webhooks reach private addresses only with `allow_private_origins`.
+    pub webhook_retry: odi_core::webhook::RetryPolicy,
 }
 
 impl DirectoryOptions {
@@ -106,6 +109,7 @@ impl DirectoryOptions {
             allow_private_relays: false,
             allow_private_origins: false,
             head_ttl: odi_core::directory::DEFAULT_HEAD_TTL,
+            webhook_retry: odi_core::webhook::RetryPolicy::default(),
         }
     }
 }
@@ -171,6 +175,17 @@ struct Shared {
     metrics: Arc<DirectoryMetrics>,
     /// The live event stream (see `events`): machine events and admin changes.
     events: events::EventBus,
+    /// Webhooks and their durable delivery queue (`{data_dir}/webhooks.sqlite3`).
+    webhooks: webhooks::Webhooks,
+}
+
+impl Shared {
+    /// Publishes `what` on the event stream and queues it for the webhooks that take its kind
+    /// (durably, before this returns).
+    fn announce(&self, what: events::What) {
+        let notice = self.events.publish(what);
+        self.webhooks.enqueue(&notice);
+    }
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -238,6 +253,7 @@ impl DirectoryServer {
                 machine.apply(&record, clock.now());
             }
         }
+        let webhooks = webhooks::Webhooks::open(&dir.join("webhooks.sqlite3"), options.allow_private_origins, options.webhook_retry)?;
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
@@ -269,6 +285,7 @@ impl DirectoryServer {
             oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
             metrics: Arc::new(DirectoryMetrics::default()),
             events: events::EventBus::new(),
+            webhooks,
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
@@ -315,13 +332,16 @@ impl DirectoryServer {
         }
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
+        let deliveries = tokio::spawn(webhooks::delivery_loop(shared.clone()));
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
             crate::metrics::serve_own(l, move || metrics_response(&shared))
         });
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
+        deliveries.abort();
         let _ = origins.await;
+        let _ = deliveries.await;
         if let Some(m) = metrics {
             m.stop().await;
         }
