@@ -7,7 +7,8 @@
 //!   public: what a meta-directory probes) are answered here
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
-//!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
+//!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`; `/api/v1/webhooks` goes to `webhooks.rs`
+//! - `events.rs`: the live event stream; `webhooks.rs`: webhooks and their delivery queue
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
 //! - `peers.rs` (signed by linked directories): `POST /peer/v1/link`, `POST /peer/v1/notify`,
