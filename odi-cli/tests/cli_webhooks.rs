@@ -37,7 +37,10 @@ struct Received {
 }
 
 /// Reads one HTTP/1.1 request: (headers lower-cased, body); `None` at end of stream.
-fn read_request(reader: &mut BufReader<TcpStream>) -> Option<(Vec<(String, String)>, Vec<u8>)> {
+/// Headers (name lower-cased, value) and body.
+type Request = (Vec<(String, String)>, Vec<u8>);
+
+fn read_request(reader: &mut BufReader<TcpStream>) -> Option<Request> {
     let mut line = String::new();
     if reader.read_line(&mut line).ok()? == 0 {
         return None;
@@ -165,7 +168,6 @@ fn a_thousand_notices_arrive_once_each_through_failures_hangs_and_a_restart() {
     // 1,000 admin changes over one keep-alive connection.
     let started = Instant::now();
     let config = tmp.path().join("requests.curl");
-    let mut text = String::new();
     let create = |range: std::ops::Range<usize>| {
         let mut text = String::new();
         for i in range.clone() {
@@ -223,4 +225,26 @@ fn a_thousand_notices_arrive_once_each_through_failures_hangs_and_a_restart() {
     assert!(removed.contains(&id), "{removed}");
     assert!(odi_ok_as(ADMIN, &["webhook", "ls", "--directory", &dir, "--json"]).trim() == "[]");
     drop(directory_proc);
+}
+
+#[test]
+fn a_loopback_receiver_needs_allow_private_origins() {
+    let tmp = tempfile::tempdir().unwrap();
+    let port = free_port();
+    let dir = format!("http://127.0.0.1:{port}");
+    let _directory = Proc(
+        Command::new(ODI)
+            .args(["directory", "--listen", &format!("127.0.0.1:{port}"), "--data"])
+            .arg(tmp.path().join("dir"))
+            .env("ODI_ADMIN_TOKEN", ADMIN)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    wait_for(30, "the directory", || healthy(&dir));
+    let refused = odi_as(ADMIN, &["webhook", "add", "--directory", &dir, "--url", "http://127.0.0.1:9/hook"]);
+    let stderr = String::from_utf8_lossy(&refused.stderr);
+    assert!(!refused.status.success() && stderr.contains("loopback") && stderr.contains("--allow-private-origins"), "{stderr}");
+    assert_eq!(odi_ok_as(ADMIN, &["webhook", "ls", "--directory", &dir, "--json"]).trim(), "[]");
 }

@@ -11,7 +11,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
-use odi_core::message::{AddressPolicy, classify_ip};
+use odi_core::message::{AddressClass, AddressPolicy, classify_ip};
 use odi_core::webhook::{RetryPolicy, signature};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
@@ -293,8 +293,13 @@ async fn add(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     }
     // Names are checked when each delivery resolves them; an address is refused here at once.
     if let Some(Ok(ip)) = uri.host().map(|h| h.trim_start_matches('[').trim_end_matches(']').parse::<std::net::IpAddr>()) {
-        if let Err(why) = shared.webhooks.policy.check(classify_ip(ip)) {
-            let why = why.replace("--allow-private-relays", "--allow-private-origins");
+        let class = classify_ip(ip);
+        if let Err(why) = shared.webhooks.policy.check(class) {
+            let why = match class {
+                AddressClass::Loopback => "is a loopback address; webhooks reach one only when the directory runs with --allow-private-origins".to_owned(),
+                AddressClass::Private => "is a private address; webhooks reach one only when the directory runs with --allow-private-origins".to_owned(),
+                _ => why,
+            };
             return error(StatusCode::BAD_REQUEST, format!("webhook URL `{url}`: {ip} {why}"));
         }
     }
