@@ -32,6 +32,7 @@ mod listing;
 mod output;
 mod publish;
 mod units;
+mod webhooks;
 
 use admin::{Admin, encode_path};
 
@@ -91,6 +92,9 @@ enum Command {
     /// Link this directory with another one, list links, remove one.
     #[command(subcommand)]
     Link(LinkCommand),
+    /// Webhooks: POST signed notices of admin changes and relay events to a URL.
+    #[command(subcommand)]
+    Webhook(webhooks::WebhookCommand),
     /// Add or remove tags of a published artifact (links and relays filter by tag).
     Tag(TagArgs),
     /// Download a URL, verifying its SHA-256.
@@ -146,6 +150,15 @@ struct DirectoryArgs {
     /// this directory before they freeze its catalogs. At least three heartbeat intervals.
     #[arg(long, value_parser = units::parse_duration)]
     head_ttl: Option<Duration>,
+    /// Webhook retry timing (tests): first wait, longest wait, give-up age, per-attempt timeout.
+    #[arg(long, hide = true, value_parser = units::parse_duration)]
+    webhook_retry_base: Option<Duration>,
+    #[arg(long, hide = true, value_parser = units::parse_duration)]
+    webhook_retry_cap: Option<Duration>,
+    #[arg(long, hide = true, value_parser = units::parse_duration)]
+    webhook_give_up: Option<Duration>,
+    #[arg(long, hide = true, value_parser = units::parse_duration)]
+    webhook_timeout: Option<Duration>,
     #[command(flatten)]
     tls: ListenTls,
     /// Run as a meta-directory: hold no catalogs, send each client to the best healthy
@@ -697,6 +710,17 @@ async fn run(command: Command) -> Result<()> {
             }
             options.allow_private_relays = args.allow_private_relays || file.allow_private_relays.unwrap_or(false);
             options.allow_private_origins = args.allow_private_origins || file.allow_private_origins.unwrap_or(false);
+            let retry = &mut options.webhook_retry;
+            for (given, field) in [
+                (args.webhook_retry_base, &mut retry.base),
+                (args.webhook_retry_cap, &mut retry.cap),
+                (args.webhook_give_up, &mut retry.give_up),
+                (args.webhook_timeout, &mut retry.timeout),
+            ] {
+                if let Some(d) = given {
+                    *field = d;
+                }
+            }
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
@@ -815,6 +839,7 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Link(command) => link(command).await?,
+        Command::Webhook(command) => webhooks::run(command).await?,
         Command::Tag(args) => tag(args).await?,
         Command::Token(TokenCommand::Add { name, catalog, single_use, target }) => {
             let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name, "catalog": catalog, "single_use": single_use }))).await?;

@@ -36,6 +36,7 @@ pub mod sim;
 pub mod storage;
 pub mod time;
 pub mod transfer;
+pub mod webhook;
 
 pub use digest::Digest;
 pub use manifest::ChunkManifest;

@@ -21,7 +21,8 @@ use odi_core::storage::{Record, StorageError, TokenRole};
 use serde::{Deserialize, Serialize};
 
 use super::effects::execute;
-use super::{Shared, peers};
+use super::events::What;
+use super::{Shared, peers, webhooks};
 use crate::client;
 use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
@@ -156,6 +157,10 @@ struct ArtifactView<'a> {
 pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
     let method = req.method().clone();
     let segments: Vec<&str> = rest.splitn(4, '/').collect();
+    if segments.first() == Some(&"webhooks") {
+        let rest: Vec<&str> = rest.split('/').skip(1).filter(|s| !s.is_empty()).collect();
+        return webhooks::route(shared, req, &rest).await;
+    }
     match (method, segments.as_slice()) {
         (Method::GET, ["catalogs"]) => json(StatusCode::OK, &shared.lock().catalogs()),
         (Method::POST, ["catalogs"]) => create_catalog(shared, req).await,
@@ -221,6 +226,12 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             if let Err(resp) = plan_and_commit(shared, |d| d.plan_relay_admin(&id, drain, readmit)).await {
                 return resp;
             }
+            let relay = id.to_string();
+            shared.announce(match *action {
+                "drain" => What::RelayDrained { relay },
+                "undrain" => What::RelayUndrained { relay },
+                _ => What::RelayReadmitted { relay },
+            });
             let now = shared.now();
             let view = shared.lock().relays(now).into_iter().find(|r| r.id == id);
             json(StatusCode::OK, &view)
@@ -255,6 +266,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             if let Err(resp) = plan_and_commit(shared, |d| d.plan_revoke_token(&name)).await {
                 return resp;
             }
+            shared.announce(What::TokenRevoked { name: name.clone() });
             let now = shared.now();
             let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
             json(StatusCode::OK, &serde_json::json!({ "name": name, "revoked": true, "quarantined": barred }))
@@ -294,6 +306,7 @@ async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Re
     if let Err(resp) = plan_and_commit(shared, |d| d.plan_named_token(&create.name, &token, unix_now(), scope)).await {
         return resp;
     }
+    shared.announce(What::TokenAdded { name: create.name.clone(), role: role.to_owned() });
     json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "role": role, "token": token }))
 }
 
@@ -374,6 +387,7 @@ async fn create_catalog(shared: &Arc<Shared>, req: Request<Incoming>) -> Respons
     if let Err(resp) = plan_and_commit(shared, plan).await {
         return resp;
     }
+    shared.announce(What::CatalogCreated { catalog: name.to_string() });
     let view = shared.lock().catalogs().into_iter().find(|c| c.name == name);
     json(StatusCode::CREATED, &view)
 }
@@ -430,6 +444,7 @@ pub(super) async fn ingest_and_publish(
     match planned {
         Ok(Some(record)) => {
             commit(shared, &record).await?;
+            shared.announce(What::ArtifactPublished { catalog: catalog.to_string(), path: path.to_string(), digest: digest.to_string(), size });
             Ok((true, digest, size))
         }
         Ok(None) => Ok((false, digest, size)),
@@ -458,6 +473,7 @@ pub(super) async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str)
         Record::Log { entry: LogEntry { op: LogOp::ExpungePath { digest, .. }, .. }, .. } => Some(*digest),
         _ => None,
     };
+    shared.announce(What::ArtifactExpunged { catalog: Some(catalog.to_string()), path: Some(path.to_string()), digest: digest.map(|d| d.to_string()) });
     // The names that still serve those bytes: an expunge by path withdraws only this one.
     let names = digest.map(|d| shared.lock().names_of(&d)).unwrap_or_default();
     json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "digest": digest, "still_named": names }))
@@ -482,10 +498,13 @@ async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
     if let Err(resp) = commit_all(shared, &records).await {
         return resp;
     }
+    if !already {
+        shared.announce(What::ArtifactExpunged { catalog: None, path: None, digest: Some(digest.to_string()) });
+    }
     json(StatusCode::OK, &serde_json::json!({ "digest": digest, "expunged": names, "already": already }))
 }
 
-async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
+pub(super) async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
     match http_body_util::Limited::new(req.into_body(), MAX_REQUEST_JSON).collect().await {
         Ok(c) => Ok(c.to_bytes()),
         Err(e) if e.is::<http_body_util::LengthLimitError>() => {
@@ -546,6 +565,7 @@ async fn create_link(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
     if let Err(resp) = plan_and_commit(shared, |d| d.plan_link(link)).await {
         return resp;
     }
+    shared.announce(What::LinkAdded { peer: answer.id.to_string(), url: peer_url.clone() });
     tracing::info!(peer = %answer.id, url = %peer_url, "linked with a directory");
     json(StatusCode::CREATED, &serde_json::json!({ "peer": answer.id, "url": peer_url, "catalogs": create.catalogs, "tags": create.tags }))
 }
@@ -560,6 +580,7 @@ async fn remove_link(shared: &Arc<Shared>, which: &str) -> Response<Body> {
     if let Err(resp) = plan_and_commit(shared, |d| d.plan_unlink(&link.peer)).await {
         return resp;
     }
+    shared.announce(What::LinkRemoved { peer: link.peer.to_string(), url: link.url.clone() });
     tracing::info!(peer = %link.peer, url = %link.url, "removed a link");
     json(StatusCode::OK, &serde_json::json!({ "peer": link.peer, "url": link.url }))
 }
@@ -594,6 +615,7 @@ async fn change_tags(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str
         return resp;
     }
     let tags = shared.lock().lookup(catalog.as_str(), &path).map(|a| a.tags.clone()).unwrap_or_default();
+    shared.announce(What::TagSet { catalog: catalog.to_string(), path: path.to_string(), tags: tags.clone() });
     json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "tags": tags }))
 }
 

@@ -37,7 +37,7 @@ impl Driver for Shared {
         log_event(&event);
         count_event(&self.metrics.counters, &event);
         if let Some(what) = super::events::What::of_event(&event) {
-            self.events.publish(what);
+            self.announce(what);
         }
         if let Event::GenerationChanged { generation } = event {
             self.generation.send_replace(generation);

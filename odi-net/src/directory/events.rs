@@ -72,7 +72,64 @@ pub(super) enum What {
     PersistFailed { what: String, error: String },
     #[serde(rename = "link.refused")]
     PeerRefused { peer: String, reason: String },
+    // Admin changes, published once durable.
+    #[serde(rename = "catalog.created")]
+    CatalogCreated { catalog: String },
+    #[serde(rename = "artifact.published")]
+    ArtifactPublished { catalog: String, path: String, digest: String, size: u64 },
+    /// By path (`path` set) or by digest under every name (`path` none).
+    #[serde(rename = "artifact.expunged")]
+    ArtifactExpunged { catalog: Option<String>, path: Option<String>, digest: Option<String> },
+    #[serde(rename = "tag.set")]
+    TagSet { catalog: String, path: String, tags: Vec<String> },
+    #[serde(rename = "relay.drained")]
+    RelayDrained { relay: String },
+    #[serde(rename = "relay.undrained")]
+    RelayUndrained { relay: String },
+    #[serde(rename = "relay.readmitted")]
+    RelayReadmitted { relay: String },
+    #[serde(rename = "token.added")]
+    TokenAdded { name: String, role: String },
+    #[serde(rename = "token.revoked")]
+    TokenRevoked { name: String },
+    #[serde(rename = "link.added")]
+    LinkAdded { peer: String, url: String },
+    #[serde(rename = "link.removed")]
+    LinkRemoved { peer: String, url: String },
+    #[serde(rename = "webhook.added")]
+    WebhookAdded { id: String, url: String },
+    #[serde(rename = "webhook.removed")]
+    WebhookRemoved { id: String, url: String },
 }
+
+/// Every kind a notice can have, for validating filters (`--event KIND`).
+pub(super) const KINDS: &[&str] = &[
+    "relay.enrolled",
+    "relay.admitted",
+    "relay.proven",
+    "relay.self_test_failed",
+    "relay.suspended",
+    "relay.quarantined",
+    "relay.lost",
+    "relay.forgotten",
+    "relay.refused",
+    "artifact.hotness",
+    "directory.persist_failed",
+    "link.refused",
+    "catalog.created",
+    "artifact.published",
+    "artifact.expunged",
+    "tag.set",
+    "relay.drained",
+    "relay.undrained",
+    "relay.readmitted",
+    "token.added",
+    "token.revoked",
+    "link.added",
+    "link.removed",
+    "webhook.added",
+    "webhook.removed",
+];
 
 impl What {
     pub(super) fn kind(&self) -> &'static str {
@@ -89,6 +146,19 @@ impl What {
             What::HotnessChanged { .. } => "artifact.hotness",
             What::PersistFailed { .. } => "directory.persist_failed",
             What::PeerRefused { .. } => "link.refused",
+            What::CatalogCreated { .. } => "catalog.created",
+            What::ArtifactPublished { .. } => "artifact.published",
+            What::ArtifactExpunged { .. } => "artifact.expunged",
+            What::TagSet { .. } => "tag.set",
+            What::RelayDrained { .. } => "relay.drained",
+            What::RelayUndrained { .. } => "relay.undrained",
+            What::RelayReadmitted { .. } => "relay.readmitted",
+            What::TokenAdded { .. } => "token.added",
+            What::TokenRevoked { .. } => "token.revoked",
+            What::LinkAdded { .. } => "link.added",
+            What::LinkRemoved { .. } => "link.removed",
+            What::WebhookAdded { .. } => "webhook.added",
+            What::WebhookRemoved { .. } => "webhook.removed",
         }
     }
 
@@ -233,6 +303,39 @@ mod tests {
         assert_eq!(rx.try_recv().unwrap().seq, 2);
         let (kept, _) = bus.since(1);
         assert_eq!(kept.iter().map(|n| n.seq).collect::<Vec<_>>(), vec![2]);
+        let e = String::new;
+        let every = [
+            What::RelayEnrolled { relay: e(), url: e() },
+            What::RelayAdmitted { relay: e() },
+            What::RelayProven { relay: e() },
+            What::SelfTestFailed { relay: e(), reason: e() },
+            What::RelaySuspended { relay: e(), reason: e() },
+            What::RelayQuarantined { relay: e(), reason: e() },
+            What::RelayLost { relay: e() },
+            What::RelayForgotten { relay: e() },
+            What::RelayRefused { relay: e(), reason: e() },
+            What::HotnessChanged { digest: e(), extra: 1 },
+            What::PersistFailed { what: e(), error: e() },
+            What::PeerRefused { peer: e(), reason: e() },
+            What::CatalogCreated { catalog: e() },
+            What::ArtifactPublished { catalog: e(), path: e(), digest: e(), size: 0 },
+            What::ArtifactExpunged { catalog: None, path: None, digest: None },
+            What::TagSet { catalog: e(), path: e(), tags: vec![] },
+            What::RelayDrained { relay: e() },
+            What::RelayUndrained { relay: e() },
+            What::RelayReadmitted { relay: e() },
+            What::TokenAdded { name: e(), role: e() },
+            What::TokenRevoked { name: e() },
+            What::LinkAdded { peer: e(), url: e() },
+            What::LinkRemoved { peer: e(), url: e() },
+            What::WebhookAdded { id: e(), url: e() },
+            What::WebhookRemoved { id: e(), url: e() },
+        ];
+        let kinds: Vec<&str> = every.iter().map(What::kind).collect();
+        assert_eq!(kinds, KINDS, "KINDS lists every variant's kind, in order");
+        for what in &every {
+            assert_eq!(serde_json::to_value(what).unwrap()["kind"], what.kind(), "serialized kind matches kind()");
+        }
     }
 
     #[test]

@@ -7,7 +7,8 @@
 //!   public: what a meta-directory probes) are answered here
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
-//!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`
+//!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`; `/api/v1/webhooks` goes to `webhooks.rs`
+//! - `events.rs`: the live event stream; `webhooks.rs`: webhooks and their delivery queue
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
 //! - `peers.rs` (signed by linked directories): `POST /peer/v1/link`, `POST /peer/v1/notify`,
@@ -55,6 +56,7 @@ mod oci;
 mod origins;
 mod peers;
 mod ui;
+mod webhooks;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
@@ -87,6 +89,9 @@ pub struct DirectoryOptions {
     pub allow_private_origins: bool,
     /// How long a signed catalog head holds on a relay without renewal (`--head-ttl`).
     pub head_ttl: Duration,
+    /// Webhook retries and attempt timeout (defaults 1 s doubling to 1 h, give up after 24 h,
+    /// 10 s per attempt); webhooks reach private addresses only with `allow_private_origins`.
+    pub webhook_retry: odi_core::webhook::RetryPolicy,
 }
 
 impl DirectoryOptions {
@@ -106,6 +111,7 @@ impl DirectoryOptions {
             allow_private_relays: false,
             allow_private_origins: false,
             head_ttl: odi_core::directory::DEFAULT_HEAD_TTL,
+            webhook_retry: odi_core::webhook::RetryPolicy::default(),
         }
     }
 }
@@ -173,6 +179,17 @@ struct Shared {
     events: events::EventBus,
     /// Logged-in dashboard sessions (`/ui/`).
     ui_sessions: ui::Sessions,
+    /// Webhooks and their durable delivery queue (`{data_dir}/webhooks.sqlite3`).
+    webhooks: webhooks::Webhooks,
+}
+
+impl Shared {
+    /// Publishes `what` on the event stream and queues it for the webhooks that take its kind
+    /// (durably, before this returns).
+    fn announce(&self, what: events::What) {
+        let notice = self.events.publish(what);
+        self.webhooks.enqueue(&notice);
+    }
 }
 
 /// Opens the directory in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -240,6 +257,7 @@ impl DirectoryServer {
                 machine.apply(&record, clock.now());
             }
         }
+        let webhooks = webhooks::Webhooks::open(&dir.join("webhooks.sqlite3"), options.allow_private_origins, options.webhook_retry)?;
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
@@ -272,6 +290,7 @@ impl DirectoryServer {
             metrics: Arc::new(DirectoryMetrics::default()),
             events: events::EventBus::new(),
             ui_sessions: ui::Sessions::default(),
+            webhooks,
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
@@ -318,13 +337,16 @@ impl DirectoryServer {
         }
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
+        let deliveries = tokio::spawn(webhooks::delivery_loop(shared.clone()));
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
             crate::metrics::serve_own(l, move || metrics_response(&shared))
         });
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
+        deliveries.abort();
         let _ = origins.await;
+        let _ = deliveries.await;
         if let Some(m) = metrics {
             m.stop().await;
         }

@@ -21,6 +21,7 @@ use odi_core::path::{ArtifactPath, CatalogName};
 
 use super::Shared;
 use super::admin::{self, Holder, Refused};
+use super::events::What;
 use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
 use crate::http::{Body, error, full};
@@ -283,6 +284,14 @@ async fn act(shared: &Arc<Shared>, session: &str, segments: &[&str], form: &[(St
                 _ => (None, true),
             };
             let outcome = admin::plan_and_commit(shared, |d| d.plan_relay_admin(&relay, drain, readmit)).await;
+            if outcome.is_ok() {
+                let relay = relay.to_string();
+                shared.announce(match *action {
+                    "drain" => What::RelayDrained { relay },
+                    "undrain" => What::RelayUndrained { relay },
+                    _ => What::RelayReadmitted { relay },
+                });
+            }
             (back, outcome.map(|()| format!("relay {}: {action} done", short(id))))
         }
         ["catalogs", name, "expunge"] => {
@@ -301,6 +310,10 @@ async fn act(shared: &Arc<Shared>, session: &str, segments: &[&str], form: &[(St
             let tag = field(form, "tag").unwrap_or_default().trim().to_owned();
             let label = format!("tagged {path} `{tag}`");
             let outcome = admin::plan_and_commit(shared, |d| d.plan_tag(&catalog, &path, vec![tag], Vec::new(), unix_now())).await;
+            if outcome.is_ok() {
+                let tags = shared.lock().lookup(catalog.as_str(), &path).map(|a| a.tags.clone()).unwrap_or_default();
+                shared.announce(What::TagSet { catalog: catalog.to_string(), path: path.to_string(), tags });
+            }
             (back, outcome.map(|()| label))
         }
         _ => return error(StatusCode::NOT_FOUND, format!("no such action: /ui/{}", segments.join("/"))),

@@ -1,0 +1,120 @@
+//! Webhook deliveries, sans IO: the signature a receiver checks (`ODI-Signature`, the Stripe
+//! scheme) and the retry schedule. The directory's driver keeps the queue and sends.
+//!
+//! `ODI-Signature: t={unix seconds},v1={hex HMAC-SHA256(secret, "{t}.{body}")}`. A receiver
+//! recomputes the MAC over the raw body it got, compares in constant time, and refuses a `t`
+//! more than [`TOLERANCE`] away from its own clock (a replayed delivery).
+
+use std::time::Duration;
+
+use hmac::{KeyInit as _, Mac as _};
+
+/// How far a signature's time may be from the receiver's clock.
+pub const TOLERANCE: Duration = Duration::from_secs(300);
+
+/// When to give up and when to wait between attempts.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub struct RetryPolicy {
+    /// The wait after the first failed attempt; doubled after each further one.
+    pub base: Duration,
+    /// The longest wait between two attempts.
+    pub cap: Duration,
+    /// A delivery still failing this long after it was queued is marked failed.
+    pub give_up: Duration,
+    /// How long one attempt may take (connect, send, response head).
+    pub timeout: Duration,
+}
+
+impl Default for RetryPolicy {
+    fn default() -> Self {
+        Self { base: Duration::from_secs(1), cap: Duration::from_secs(3600), give_up: Duration::from_secs(24 * 3600), timeout: Duration::from_secs(10) }
+    }
+}
+
+impl RetryPolicy {
+    /// The wait after `attempts` failed attempts (1 for the first), with "equal jitter": half the
+    /// exponential step fixed, the other half scaled by `random` (any `u64`, uniform), so that
+    /// many deliveries failing together do not retry together.
+    pub fn backoff(&self, attempts: u32, random: u64) -> Duration {
+        let step = self.base.saturating_mul(1u32 << attempts.saturating_sub(1).min(30)).min(self.cap);
+        let half = step / 2;
+        let jitter = half.mul_f64((random >> 11) as f64 / (1u64 << 53) as f64);
+        half + jitter
+    }
+}
+
+/// The `ODI-Signature` value for `body` sent at unix time `t`.
+pub fn signature(secret: &str, t: u64, body: &[u8]) -> String {
+    format!("t={t},v1={}", hex::encode(mac(secret, t, body)))
+}
+
+fn mac(secret: &str, t: u64, body: &[u8]) -> [u8; 32] {
+    let mut mac = hmac::Hmac::<sha2::Sha256>::new_from_slice(secret.as_bytes()).expect("HMAC takes keys of any length");
+    mac.update(t.to_string().as_bytes());
+    mac.update(b".");
+    mac.update(body);
+    mac.finalize().into_bytes().into()
+}
+
+/// Why a receiver refuses a delivery.
+#[derive(Debug, Eq, PartialEq, thiserror::Error)]
+pub enum VerifyError {
+    #[error("ODI-Signature is not `t=UNIX,v1=HEX`")]
+    Malformed,
+    #[error("ODI-Signature time is more than 5 minutes from this clock")]
+    Stale,
+    #[error("ODI-Signature does not match the body")]
+    Mismatch,
+}
+
+/// What a receiver does with `header` (the `ODI-Signature` value) and the raw `body`, at unix
+/// time `now`: accepts when some `v1` matches and `t` is within [`TOLERANCE`].
+pub fn verify(secret: &str, header: &str, body: &[u8], now: u64) -> Result<(), VerifyError> {
+    let mut t = None;
+    let mut sigs = Vec::new();
+    for part in header.split(',') {
+        match part.trim().split_once('=') {
+            Some(("t", v)) => t = Some(v.parse::<u64>().map_err(|_| VerifyError::Malformed)?),
+            Some(("v1", v)) => sigs.push(hex::decode(v).map_err(|_| VerifyError::Malformed)?),
+            _ => {}
+        }
+    }
+    let t = t.ok_or(VerifyError::Malformed)?;
+    if sigs.is_empty() {
+        return Err(VerifyError::Malformed);
+    }
+    if t.abs_diff(now) > TOLERANCE.as_secs() {
+        return Err(VerifyError::Stale);
+    }
+    let want = mac(secret, t, body);
+    // Constant time in the bytes compared.
+    let matches = |s: &Vec<u8>| s.len() == want.len() && s.iter().zip(want.iter()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0;
+    if sigs.iter().any(matches) { Ok(()) } else { Err(VerifyError::Mismatch) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_signature_verifies_only_for_its_body_secret_and_time() {
+        let sig = signature("whsec_x", 1_700_000_000, b"{\"seq\":1}");
+        assert!(sig.starts_with("t=1700000000,v1="));
+        assert_eq!(verify("whsec_x", &sig, b"{\"seq\":1}", 1_700_000_100), Ok(()));
+        assert_eq!(verify("whsec_x", &sig, b"{\"seq\":2}", 1_700_000_100), Err(VerifyError::Mismatch));
+        assert_eq!(verify("whsec_y", &sig, b"{\"seq\":1}", 1_700_000_100), Err(VerifyError::Mismatch));
+        assert_eq!(verify("whsec_x", &sig, b"{\"seq\":1}", 1_700_000_301), Err(VerifyError::Stale));
+        assert_eq!(verify("whsec_x", "v1=00", b"", 0), Err(VerifyError::Malformed));
+        assert_eq!(verify("whsec_x", "t=1,v1=zz", b"", 1), Err(VerifyError::Malformed));
+    }
+
+    #[test]
+    fn backoff_doubles_to_the_cap_with_jitter_in_the_upper_half() {
+        let p = RetryPolicy { base: Duration::from_secs(1), cap: Duration::from_secs(60), ..RetryPolicy::default() };
+        assert_eq!(p.backoff(1, 0), Duration::from_millis(500));
+        assert!(p.backoff(1, u64::MAX) <= Duration::from_secs(1) && p.backoff(1, u64::MAX) > Duration::from_millis(999));
+        assert_eq!(p.backoff(4, 0), Duration::from_secs(4));
+        assert_eq!(p.backoff(10, 0), Duration::from_secs(30));
+        assert_eq!(p.backoff(u32::MAX, 0), Duration::from_secs(30));
+    }
+}
