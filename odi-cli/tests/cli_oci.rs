@@ -44,6 +44,7 @@ fn start_directory(tmp: &Path, port: u16) -> Proc {
         "60m",
         "--probation",
         "0s",
+        "--allow-private-origins",
     ])
 }
 

@@ -55,6 +55,7 @@ mod node;
 mod oci;
 mod origins;
 mod peers;
+mod upstream;
 
 /// A node request's or a report's whole body must arrive within this.
 const BODY_DEADLINE: Duration = Duration::from_secs(30);
