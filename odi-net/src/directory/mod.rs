@@ -316,6 +316,7 @@ impl DirectoryServer {
         }
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
+        let sweeps = tokio::spawn(oci::sweep_loop(shared.clone()));
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
             crate::metrics::serve_own(l, move || metrics_response(&shared))
@@ -323,6 +324,8 @@ impl DirectoryServer {
         let result = driver::run(shared, listener, handle, shutdown).await;
         origins.abort();
         let _ = origins.await;
+        sweeps.abort();
+        let _ = sweeps.await;
         if let Some(m) = metrics {
             m.stop().await;
         }

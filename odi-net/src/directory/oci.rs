@@ -109,12 +109,51 @@ impl Uploads {
         .await;
     }
 
+    /// Removes the sessions no chunk was written to for `max_age` (a client that gave up), except
+    /// one a request is writing now. The sessions removed.
+    pub(super) fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".data")) else { continue };
+            let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if idle.is_none_or(|idle| idle < max_age) {
+                continue;
+            }
+            let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if busy.contains(id) {
+                continue;
+            }
+            let _ = std::fs::remove_file(self.repo_file(id));
+            if std::fs::remove_file(self.data(id)).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     fn claim(self: &Arc<Self>, id: &str) -> Result<Claim, OciError> {
         let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !busy.insert(id.to_owned()) {
             return Err(OciError::new(ErrorCode::BlobUploadInvalid, "another request is writing this upload now; wait for it, then ask where it stands (GET)"));
         }
         Ok(Claim { uploads: self.clone(), id: id.to_owned() })
+    }
+}
+
+/// An upload session no chunk was written to for this long is abandoned.
+pub(super) const UPLOAD_MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Sweeps abandoned upload sessions every hour; runs until aborted.
+pub(super) async fn sweep_loop(shared: Arc<Shared>) {
+    loop {
+        let uploads = shared.oci_uploads.clone();
+        let removed = tokio::task::spawn_blocking(move || uploads.sweep(UPLOAD_MAX_IDLE)).await.unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "removed abandoned OCI upload sessions");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 
@@ -903,6 +942,27 @@ async fn referrers(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoNam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_upload_sessions_are_swept_but_live_and_busy_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads::new(tmp.path().to_owned()));
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600);
+        for id in ["old", "busy", "new"] {
+            std::fs::write(uploads.repo_file(id), "cat/app").unwrap();
+            let f = std::fs::File::create(uploads.data(id)).unwrap();
+            if id != "new" {
+                f.set_modified(old).unwrap();
+            }
+        }
+        let claim = uploads.claim("busy").unwrap();
+        assert_eq!(uploads.sweep(UPLOAD_MAX_IDLE), 1);
+        assert!(!uploads.data("old").exists() && !uploads.repo_file("old").exists());
+        assert!(uploads.data("busy").exists() && uploads.data("new").exists());
+        drop(claim);
+        assert_eq!(uploads.sweep(UPLOAD_MAX_IDLE), 1, "no longer busy");
+        assert!(uploads.data("new").exists());
+    }
 
     #[test]
     fn tokens_come_as_bearer_or_as_the_basic_password() {

@@ -116,7 +116,10 @@ pub(super) async fn sync_now(shared: &Arc<Shared>, catalog: &CatalogName) -> Res
         return admin_error(&AdminError::UnknownCatalog(catalog.clone()));
     }
     let Some((origin, chunk_size)) = origin_of(shared, catalog) else {
-        return error(StatusCode::BAD_REQUEST, format!("catalog `{catalog}` has no download-tree origin to sync (a registry origin is pulled through on demand)"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("catalog `{catalog}` has no download-tree origin to sync (a registry origin is pulled through on demand)"),
+        );
     };
     match run_sync(shared, catalog, &origin, chunk_size).await {
         Ok(report) => json(StatusCode::OK, &report),
