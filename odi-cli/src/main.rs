@@ -288,6 +288,8 @@ enum CatalogCommand {
         /// are pulled on a schedule, on `odi catalog sync` and when a client first asks for
         /// them; a file with a checksum file (SHA256SUMS, sha256sum.txt, *.sha256) is
         /// published only if it matches. Files removed at the origin stay.
+        /// `registry+https://host[:port][/prefix]` instead mirrors a container registry:
+        /// images are pulled through on first request, every byte checked by digest.
         #[arg(long, value_name = "URL")]
         origin: Option<String>,
         /// Time between scheduled pulls from the origin (default 1h).

@@ -44,6 +44,7 @@ fn start_directory(tmp: &Path, port: u16) -> Proc {
         "60m",
         "--probation",
         "0s",
+        "--allow-private-origins",
     ])
 }
 
@@ -576,4 +577,64 @@ fn the_distribution_api_by_the_spec() {
     // The manifest itself is served as pushed: mirror lists are never rewritten.
     assert_eq!(http("GET", &format!("{v2}/cat/fed/manifests/v1"), &[], None, &s).body, fed);
     drop(dir);
+}
+
+/// Pull-through: a catalog whose origin is a registry (Debian's `docker-registry`) serves an
+/// image it never had pushed, fetched and verified on first pull; a blob the upstream serves
+/// tampered is never kept, and the pull fails; once the upstream serves it whole, the image
+/// comes through byte for byte and its blobs are then served by relays.
+#[test]
+fn pull_through_from_an_upstream_registry_checks_every_byte() {
+    let tmp = tempfile::tempdir().unwrap();
+    let uport = free_port();
+    let root = tmp.path().join("upstream");
+    let config = tmp.path().join("registry.yml");
+    std::fs::write(
+        &config,
+        format!("version: 0.1\nlog:\n  level: warn\nstorage:\n  filesystem:\n    rootdirectory: {}\nhttp:\n  addr: 127.0.0.1:{uport}\n", root.display()),
+    )
+    .unwrap();
+    let registry_bin = if Path::new("/usr/bin/docker-registry").exists() { "/usr/bin/docker-registry" } else { "docker-registry" };
+    let _upstream = Proc(Command::new(registry_bin).args(["serve", config.to_str().unwrap()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn().unwrap());
+    let up_url = format!("http://127.0.0.1:{uport}");
+    wait_for(20, "docker-registry to answer", || run("curl", &["-sSf", &format!("{up_url}/v2/")]).status.success());
+    let src = tmp.path().join("src");
+    let layers = write_layout(&src);
+    let pushed = run("skopeo", &["copy", "--dest-tls-verify=false", &format!("oci:{}:v1", src.display()), &format!("docker://127.0.0.1:{uport}/team/app:v1")]);
+    assert!(pushed.status.success(), "push to docker-registry failed: {}", String::from_utf8_lossy(&pushed.stderr));
+
+    let dport = free_port();
+    let dir_url = format!("http://127.0.0.1:{dport}");
+    let _dir = start_directory(tmp.path(), dport);
+    wait_for(20, "the directory to answer", || run("curl", &["-sSf", &format!("{dir_url}/healthz")]).status.success());
+    odi_ok(&["catalog", "create", "hub", "--directory", &dir_url, "--replicas", "1", "--origin", &format!("registry+{up_url}")]);
+    let _relay = start_relay(free_port(), &tmp.path().join("r0"), &dir_url);
+    let scratch = tmp.path().join("scratch");
+    std::fs::create_dir_all(&scratch).unwrap();
+
+    // The upstream serves the small layer tampered: the pull fails and nothing is kept.
+    let small = &layers[1];
+    let hex = small.strip_prefix("sha256:").unwrap();
+    let stored = root.join("docker/registry/v2/blobs/sha256").join(&hex[..2]).join(hex).join("data");
+    let whole = std::fs::read(&stored).unwrap();
+    rot(&stored, 10);
+    let registry = format!("127.0.0.1:{dport}");
+    let out = tmp.path().join("out");
+    let pull = || run("skopeo", &["copy", "--src-tls-verify=false", &format!("docker://{registry}/hub/team/app:v1"), &format!("oci:{}:v1", out.display())]);
+    assert!(!pull().status.success(), "a tampered upstream blob must fail the pull");
+    let url = format!("{dir_url}/v2/hub/team/app/blobs/{small}");
+    assert_eq!(http("HEAD", &url, &[], None, &scratch).status, 404, "a tampered blob is never kept");
+
+    // Whole again: byte for byte through ODI, then from a relay.
+    std::fs::write(&stored, &whole).unwrap();
+    let _ = std::fs::remove_dir_all(&out);
+    let got = pull();
+    assert!(got.status.success(), "pull-through failed: {}", String::from_utf8_lossy(&got.stderr));
+    assert_same_image(&src, &out);
+    for layer in &layers {
+        let url = format!("{dir_url}/v2/hub/team/app/blobs/{layer}");
+        wait_for(60, "the pulled-through layer to be served by a relay", || http("GET", &url, &[], None, &scratch).status == 307);
+    }
+    // A tag the upstream does not have is unknown here too.
+    assert_eq!(http("GET", &format!("{dir_url}/v2/hub/team/app/manifests/nope"), &[], None, &scratch).status, 404);
 }

@@ -21,6 +21,7 @@
 mod manifest;
 mod route;
 mod upload;
+pub mod upstream;
 
 pub use manifest::{Descriptor, ManifestInfo, referrers_index};
 pub use route::{Route, parse_route};

@@ -56,6 +56,7 @@ mod oci;
 mod origins;
 mod peers;
 mod ui;
+mod upstream;
 mod webhooks;
 
 /// A node request's or a report's whole body must arrive within this.
@@ -338,6 +339,7 @@ impl DirectoryServer {
         effects::execute(&shared, effects).await;
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
         let deliveries = tokio::spawn(webhooks::delivery_loop(shared.clone()));
+        let sweeps = tokio::spawn(oci::sweep_loop(shared.clone()));
         let metrics = self.metrics_listener.map(|l| {
             let shared = shared.clone();
             crate::metrics::serve_own(l, move || metrics_response(&shared))
@@ -347,6 +349,8 @@ impl DirectoryServer {
         deliveries.abort();
         let _ = origins.await;
         let _ = deliveries.await;
+        sweeps.abort();
+        let _ = sweeps.await;
         if let Some(m) = metrics {
             m.stop().await;
         }

@@ -57,7 +57,7 @@ pub(super) struct Uploads {
     /// Sessions a request is writing now: one writer per session.
     busy: Mutex<BTreeSet<String>>,
     /// Held while a federated layer is fetched from its `urls`.
-    fetching: tokio::sync::Mutex<()>,
+    pub(super) fetching: tokio::sync::Mutex<()>,
 }
 
 impl Uploads {
@@ -65,7 +65,7 @@ impl Uploads {
         Self { dir, busy: Mutex::new(BTreeSet::new()), fetching: tokio::sync::Mutex::new(()) }
     }
 
-    fn data(&self, id: &str) -> PathBuf {
+    pub(super) fn data(&self, id: &str) -> PathBuf {
         self.dir.join(format!("{id}.data"))
     }
 
@@ -74,7 +74,7 @@ impl Uploads {
     }
 
     /// Creates a session for `repo`: durable before its id is handed out.
-    async fn create(&self, repo: &RepoName) -> Result<String, OciError> {
+    pub(super) async fn create(&self, repo: &RepoName) -> Result<String, OciError> {
         let id = hex::encode(keys::random_bytes::<16>());
         let (dir, data, repo_file, name) = (self.dir.clone(), self.data(&id), self.repo_file(&id), repo.to_string());
         blocking(move || {
@@ -100,7 +100,7 @@ impl Uploads {
         }
     }
 
-    async fn remove(&self, id: &str) {
+    pub(super) async fn remove(&self, id: &str) {
         let (data, repo_file) = (self.data(id), self.repo_file(id));
         let _ = blocking(move || {
             let _ = std::fs::remove_file(&repo_file);
@@ -109,12 +109,51 @@ impl Uploads {
         .await;
     }
 
+    /// Removes the sessions no chunk was written to for `max_age` (a client that gave up), except
+    /// one a request is writing now. The sessions removed.
+    pub(super) fn sweep(&self, max_age: std::time::Duration) -> usize {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else { return 0 };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let Some(id) = name.to_str().and_then(|n| n.strip_suffix(".data")) else { continue };
+            let idle = entry.metadata().and_then(|m| m.modified()).ok().and_then(|t| t.elapsed().ok());
+            if idle.is_none_or(|idle| idle < max_age) {
+                continue;
+            }
+            let busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+            if busy.contains(id) {
+                continue;
+            }
+            let _ = std::fs::remove_file(self.repo_file(id));
+            if std::fs::remove_file(self.data(id)).is_ok() {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     fn claim(self: &Arc<Self>, id: &str) -> Result<Claim, OciError> {
         let mut busy = self.busy.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
         if !busy.insert(id.to_owned()) {
             return Err(OciError::new(ErrorCode::BlobUploadInvalid, "another request is writing this upload now; wait for it, then ask where it stands (GET)"));
         }
         Ok(Claim { uploads: self.clone(), id: id.to_owned() })
+    }
+}
+
+/// An upload session no chunk was written to for this long is abandoned.
+pub(super) const UPLOAD_MAX_IDLE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// Sweeps abandoned upload sessions every hour; runs until aborted.
+pub(super) async fn sweep_loop(shared: Arc<Shared>) {
+    loop {
+        let uploads = shared.oci_uploads.clone();
+        let removed = tokio::task::spawn_blocking(move || uploads.sweep(UPLOAD_MAX_IDLE)).await.unwrap_or(0);
+        if removed > 0 {
+            tracing::info!(removed, "removed abandoned OCI upload sessions");
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(3600)).await;
     }
 }
 
@@ -277,7 +316,7 @@ fn admin_to_oci(e: &AdminError) -> OciError {
     }
 }
 
-fn manifest_path(repo: &RepoName, reference: &Reference) -> ArtifactPath {
+pub(super) fn manifest_path(repo: &RepoName, reference: &Reference) -> ArtifactPath {
     match reference {
         Reference::Tag(tag) => repo.tag_path(tag),
         Reference::Digest(d) => repo.manifest_path(d),
@@ -288,6 +327,19 @@ fn manifest_path(repo: &RepoName, reference: &Reference) -> ArtifactPath {
 async fn get_manifest(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName, reference: &Reference) -> Response<Body> {
     let path = manifest_path(repo, reference);
     let found = shared.lock().lookup(repo.catalog().as_str(), &path).map(|a| (a.digest(), a.media_type.clone()));
+    let found = match found {
+        // Pull-through: a manifest the catalog does not have yet, from its upstream registry.
+        Err(LookupError::NotFound { .. }) if let Some(upstream) = super::upstream::upstream_of(shared, repo) => {
+            match super::upstream::pull_manifest(shared, &upstream, repo, reference).await {
+                Ok(_) => shared.lock().lookup(repo.catalog().as_str(), &path).map(|a| (a.digest(), a.media_type.clone())),
+                Err(why) => {
+                    tracing::warn!(%repo, reason = %why, "pull-through of a manifest failed");
+                    return oci_error(&OciError::new(ErrorCode::ManifestUnknown, format!("not pulled from the upstream registry: {why}")));
+                }
+            }
+        }
+        other => other,
+    };
     let (digest, media_type) = match found {
         Ok(found) => found,
         Err(e) => return oci_error(&lookup_to_oci(&e, ErrorCode::ManifestUnknown, "the manifest")),
@@ -316,8 +368,11 @@ async fn get_blob(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName
     let redirect = match redirect {
         // Only a GET fetches a federated layer: the HEADs a push sends before each upload stay
         // a lookup.
-        Err(LookupError::NotFound { .. }) if *req.method() == Method::GET && federate(shared, repo, digest).await => {
-            // Fetched from a descriptor's `urls` and verified: served like any blob from now on.
+        Err(LookupError::NotFound { .. })
+            if *req.method() == Method::GET && (federate(shared, repo, digest).await || super::upstream::pull_blob(shared, repo, digest).await) =>
+        {
+            // Fetched from a descriptor's `urls` or the upstream and verified: served like any blob
+            // from now on.
             let now = shared.now();
             shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
         }
@@ -585,7 +640,7 @@ async fn append(shared: &Arc<Shared>, req: Request<Incoming>, id: &str, session:
 }
 
 /// Writes `body` at `offset` of the file at `path` and syncs it; the bytes written.
-async fn write_body(path: &std::path::Path, offset: u64, mut body: ByteStream<'static>) -> Result<u64, OciError> {
+pub(super) async fn write_body(path: &std::path::Path, offset: u64, mut body: ByteStream<'static>) -> Result<u64, OciError> {
     use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
     let io = |e: std::io::Error| unavailable(&format!("cannot store the chunk: {e}"));
     let mut file = tokio::fs::OpenOptions::new().write(true).open(path).await.map_err(io)?;
@@ -663,7 +718,7 @@ async fn finish(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, i
 
 /// Hashes the file at `path`; if it is `digest`, stores and publishes it as `repo`'s blob. The
 /// `Err` is the answer to send (the file is kept: an upload stays open).
-async fn publish_file(shared: &Arc<Shared>, repo: &RepoName, path: &std::path::Path, digest: &Digest, len: u64) -> Result<(), Response<Body>> {
+pub(super) async fn publish_file(shared: &Arc<Shared>, repo: &RepoName, path: &std::path::Path, digest: &Digest, len: u64) -> Result<(), Response<Body>> {
     let hashed = {
         let path = path.to_owned();
         blocking(move || {
@@ -706,9 +761,6 @@ async fn publish_file(shared: &Arc<Shared>, repo: &RepoName, path: &std::path::P
     }
 }
 
-/// How long one `urls` source may take to answer (its body may then take as long as it streams).
-const FOREIGN_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(20);
-
 /// Layer federation: a blob this repository does not hold, but one of its manifests names
 /// with `urls`, is fetched from those URLs as an **untrusted** source, kept only if its size
 /// and digest match the descriptor, then published like a pushed blob (and so distributed by
@@ -727,9 +779,12 @@ async fn federate(shared: &Arc<Shared>, repo: &RepoName, digest: &Digest) -> boo
     let path = shared.oci_uploads.data(&id);
     let mut held = false;
     for url in descriptor.urls.iter().take(8) {
-        let Ok(uri) = url.parse::<http::Uri>() else { continue };
-        let Ok(req) = Request::get(uri).body(empty()) else { continue };
-        let resp = match shared.client.send(req, FOREIGN_TIMEOUT).await {
+        // The same SSRF checks as an origin's: a manifest's pusher picks these URLs.
+        let fetched = match crate::origin::fetch::OriginFetcher::new(url, shared.allow_private_origins) {
+            Ok(fetcher) => fetcher.request(Method::GET, url).await.map(|(r, _)| r),
+            Err(e) => Err(e),
+        };
+        let resp = match fetched {
             Ok(r) if r.status() == StatusCode::OK => r,
             Ok(r) => {
                 tracing::info!(%url, status = %r.status(), digest = %digest, "a layer source did not serve the layer");
@@ -785,14 +840,14 @@ async fn foreign_descriptor(shared: &Arc<Shared>, repo: &RepoName, digest: &Dige
 }
 
 /// The digests and sizes of `repo`'s manifests.
-fn repo_manifests(shared: &Shared, repo: &RepoName) -> Vec<(Digest, u64)> {
+pub(super) fn repo_manifests(shared: &Shared, repo: &RepoName) -> Vec<(Digest, u64)> {
     let m = shared.lock();
     let prefix = repo.manifests_prefix();
     m.artifacts(repo.catalog()).into_iter().flatten().filter(|a| a.path.as_str().starts_with(&prefix)).map(|a| (a.digest(), a.size())).collect()
 }
 
 /// A stored manifest, parsed; `None` if it is too large or not one.
-async fn read_manifest(shared: &Arc<Shared>, digest: &Digest) -> Option<ManifestInfo> {
+pub(super) async fn read_manifest(shared: &Arc<Shared>, digest: &Digest) -> Option<ManifestInfo> {
     let got = shared.store.get(digest, None).await.ok()?;
     if got.size > oci::MAX_MANIFEST_LEN as u64 {
         return None;
@@ -887,6 +942,27 @@ async fn referrers(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoNam
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn abandoned_upload_sessions_are_swept_but_live_and_busy_ones_stay() {
+        let tmp = tempfile::tempdir().unwrap();
+        let uploads = Arc::new(Uploads::new(tmp.path().to_owned()));
+        let old = std::time::SystemTime::now() - std::time::Duration::from_secs(25 * 3600);
+        for id in ["old", "busy", "new"] {
+            std::fs::write(uploads.repo_file(id), "cat/app").unwrap();
+            let f = std::fs::File::create(uploads.data(id)).unwrap();
+            if id != "new" {
+                f.set_modified(old).unwrap();
+            }
+        }
+        let claim = uploads.claim("busy").unwrap();
+        assert_eq!(uploads.sweep(UPLOAD_MAX_IDLE), 1);
+        assert!(!uploads.data("old").exists() && !uploads.repo_file("old").exists());
+        assert!(uploads.data("busy").exists() && uploads.data("new").exists());
+        drop(claim);
+        assert_eq!(uploads.sweep(UPLOAD_MAX_IDLE), 1, "no longer busy");
+        assert!(uploads.data("new").exists());
+    }
 
     #[test]
     fn tokens_come_as_bearer_or_as_the_basic_password() {

@@ -31,8 +31,13 @@ const SCHEDULE_TICK: Duration = Duration::from_secs(1);
 /// reached (no metadata or link-local address; loopback and private only with
 /// `--allow-private-origins`).
 pub(super) async fn check_origin(shared: &Shared, url: &str, interval: Option<u64>) -> Result<OriginConfig, String> {
-    let fetcher = OriginFetcher::new(url, shared.allow_private_origins).map_err(|e| e.to_string())?;
-    let uri: http::Uri = url.parse().map_err(|e| format!("origin {url}: {e}"))?;
+    // A registry origin (`registry+https://...`) is pulled through, checked at its `/v2/`.
+    let root = match odi_core::oci::upstream::Upstream::parse(url) {
+        Some(upstream) => upstream?.fetch_root(),
+        None => url.to_owned(),
+    };
+    let fetcher = OriginFetcher::new(&root, shared.allow_private_origins).map_err(|e| e.to_string())?;
+    let uri: http::Uri = root.parse().map_err(|e| format!("origin {url}: {e}"))?;
     fetcher.check(&uri).await.map_err(|why| format!("origin refused: {why}"))?;
     let interval_secs = interval.unwrap_or(DEFAULT_ORIGIN_INTERVAL_SECS);
     if interval_secs == 0 {
@@ -77,7 +82,13 @@ impl origin::Publisher for LocalPublisher<'_> {
 fn origin_of(shared: &Shared, catalog: &CatalogName) -> Option<(OriginConfig, u32)> {
     let m = shared.lock();
     let config = m.catalog_config(catalog)?;
-    Some((config.origin.clone()?, config.chunk_size))
+    let origin = config.origin.clone()?;
+    // A registry origin is pulled through by `/v2/` (`super::upstream`), never listed.
+    is_tree(&origin).then_some((origin, config.chunk_size))
+}
+
+fn is_tree(origin: &OriginConfig) -> bool {
+    odi_core::oci::upstream::Upstream::parse(&origin.url).is_none()
 }
 
 /// Syncs one origin catalog now (under the one-sync lock).
@@ -105,7 +116,10 @@ pub(super) async fn sync_now(shared: &Arc<Shared>, catalog: &CatalogName) -> Res
         return admin_error(&AdminError::UnknownCatalog(catalog.clone()));
     }
     let Some((origin, chunk_size)) = origin_of(shared, catalog) else {
-        return error(StatusCode::BAD_REQUEST, format!("catalog `{catalog}` has no origin; create it with --origin URL"));
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("catalog `{catalog}` has no download-tree origin to sync (a registry origin is pulled through on demand)"),
+        );
     };
     match run_sync(shared, catalog, &origin, chunk_size).await {
         Ok(report) => json(StatusCode::OK, &report),
@@ -123,7 +137,7 @@ pub(super) async fn origin_loop(shared: Arc<Shared>) {
                 .into_iter()
                 .filter_map(|name| {
                     let c = m.catalog_config(&name)?;
-                    let origin = c.origin.clone()?;
+                    let origin = c.origin.clone().filter(is_tree)?;
                     let is_due = last.get(&name).is_none_or(|t| t.elapsed() >= Duration::from_secs(origin.interval_secs));
                     is_due.then_some((name, origin, c.chunk_size))
                 })

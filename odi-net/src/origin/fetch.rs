@@ -11,7 +11,8 @@
 //! - Loopback and private addresses: refused unless the directory runs with
 //!   `--allow-private-origins`, and even then only at a host and port an origin was configured
 //!   with: a redirect cannot reach another service on the directory's network.
-//! - Requests carry no credentials, and none are forwarded on a redirect.
+//! - Requests carry no credentials but an upstream registry's anonymous pull token, sent only to
+//!   the host and port it was issued for; none are forwarded on a redirect.
 
 use std::net::IpAddr;
 use std::time::Duration;
@@ -102,6 +103,13 @@ impl OriginFetcher {
     /// Returns the final response and the URL it came from. Once a request went over
     /// `https://`, a redirect to `http://` is refused: it would drop the certificate check.
     pub async fn request(&self, method: Method, url: &str) -> Result<(Response<Incoming>, String), NetError> {
+        self.request_with(method, url, None, None).await
+    }
+
+    /// [`Self::request`] with an `Accept` header on every hop, and a `Bearer` token (an upstream
+    /// registry's) sent only to the host and port of `url` itself, never to where it redirects.
+    pub async fn request_with(&self, method: Method, url: &str, accept: Option<&str>, bearer: Option<&str>) -> Result<(Response<Incoming>, String), NetError> {
+        let first = url.parse::<Uri>().ok().and_then(|u| authority(&u).ok());
         let mut current = url.to_owned();
         let mut secure = false;
         for _ in 0..=MAX_REDIRECTS {
@@ -111,7 +119,17 @@ impl OriginFetcher {
             }
             secure = uri.scheme_str() == Some("https");
             self.check(&uri).await.map_err(|reason| NetError::Unreachable { url: current.clone(), reason: format!("refused: {reason}") })?;
-            let req = Request::builder().method(method.clone()).uri(uri.clone()).body(crate::http::empty()).map_err(|e| NetError::Config(e.to_string()))?;
+            let mut builder = Request::builder().method(method.clone()).uri(uri.clone());
+            if let Some(accept) = accept {
+                builder = builder.header(header::ACCEPT, accept);
+            }
+            if let Some(token) = bearer
+                && first.is_some()
+                && authority(&uri).ok() == first
+            {
+                builder = builder.header(header::AUTHORIZATION, format!("Bearer {token}"));
+            }
+            let req = builder.body(crate::http::empty()).map_err(|e| NetError::Config(e.to_string()))?;
             let resp = self.client.send(req, HEAD_TIMEOUT).await?;
             if !matches!(
                 resp.status(),
