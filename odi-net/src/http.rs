@@ -12,7 +12,7 @@ use std::sync::Arc;
 use futures_util::{StreamExt as _, TryStreamExt as _};
 use http::header::{self, HeaderMap, HeaderName, HeaderValue};
 use http::{Method, Response, StatusCode};
-use http_body_util::{BodyExt as _, Empty, Full, StreamBody};
+use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use odi_core::Digest;
 use odi_core::storage::{BlobStore, ByteStream, StorageError};
@@ -20,17 +20,7 @@ use odi_storage::LocalStore;
 
 use crate::limit::RateLimiter;
 
-pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
-/// The response body type of every ODI server.
-pub type Body = http_body_util::combinators::UnsyncBoxBody<Bytes, BoxError>;
-
-pub fn empty() -> Body {
-    Empty::<Bytes>::new().map_err(|never: Infallible| match never {}).boxed_unsync()
-}
-
-pub fn full(bytes: impl Into<Bytes>) -> Body {
-    Full::new(bytes.into()).map_err(|never: Infallible| match never {}).boxed_unsync()
-}
+pub use odi_client::body::{Body, BoxError, empty, full};
 
 /// A plain-text response whose body is one line saying what went wrong.
 pub fn error(status: StatusCode, reason: impl std::fmt::Display) -> Response<Body> {

@@ -107,12 +107,7 @@ pub fn new_token() -> String {
     hex::encode(random_bytes::<32>())
 }
 
-pub fn random_bytes<const N: usize>() -> [u8; N] {
-    let mut out = [0u8; N];
-    // The OS RNG failing means the machine cannot make keys at all: nothing sensible remains.
-    getrandom::fill(&mut out).expect("the operating system's random number generator failed");
-    out
-}
+pub use odi_client::random_bytes;
 
 /// Creates the data directory (and parents) if needed, and makes it private to its owner
 /// (0700): it holds keys, tokens and the metadata store.

@@ -4,12 +4,10 @@
 //!
 //! Drivers are the only code that reads the clock, spawns tasks, or touches storage and sockets.
 
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
-
-use odi_core::time::UnixTime;
+use std::time::Duration;
 
 pub mod acme;
-pub mod client;
+pub use odi_client::client;
 pub mod crash;
 pub mod directory;
 mod driver;
@@ -21,7 +19,7 @@ pub mod keys;
 pub mod limit;
 pub mod lock;
 pub mod meta;
-pub mod metalink;
+pub use odi_client::metalink;
 pub mod metrics;
 pub mod origin;
 pub mod relay;
@@ -32,33 +30,7 @@ pub use client::HttpClient;
 pub use http::Listener;
 pub(crate) use http::serve;
 
-#[derive(Debug, thiserror::Error)]
-#[non_exhaustive]
-pub enum NetError {
-    #[error("{0}")]
-    Config(String),
-    #[error("{context}: {source}")]
-    Io { context: String, source: std::io::Error },
-    #[error("cannot reach {url}: {reason}")]
-    Unreachable { url: String, reason: String },
-    #[error("{status}: {reason}")]
-    Status { status: ::http::StatusCode, reason: String },
-    #[error("{0}")]
-    Protocol(String),
-    #[error(transparent)]
-    Storage(#[from] odi_core::storage::StorageError),
-}
-
-impl NetError {
-    pub fn io(context: impl Into<String>, source: std::io::Error) -> Self {
-        Self::Io { context: context.into(), source }
-    }
-}
-
-/// Wall-clock seconds, for catalog timestamps and signatures.
-pub fn unix_now() -> UnixTime {
-    UnixTime(SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs()))
-}
+pub use odi_client::{NetError, unix_now};
 
 /// A monotonic clock with its origin at driver start, in the core's `Instant` units.
 #[derive(Clone, Copy, Debug)]

@@ -1,7 +1,7 @@
 //! The HTTP client nodes and the CLI use: HTTP/1.1 over hyper, plain or over TLS (verified
 //! against the process's trust, [`crate::tls::client_config`]), with signed node requests and
 //! bounded waits. It never follows a redirect itself: callers that do decide what the next
-//! request carries (see [`crate::transfer`]), so no credential is sent to a host it was not
+//! request carries (odi-net's `transfer::Redirects`), so no credential is sent to a host it was not
 //! meant for.
 //!
 //! A client made with [`HttpClient::guarded`] connects only to addresses its [`AddressPolicy`]
@@ -29,7 +29,7 @@ use odi_core::auth;
 use odi_core::message::{AddressPolicy, classify_ip};
 use odi_core::storage::{ByteStream, StorageError};
 
-use crate::http::{Body, full};
+use crate::body::{Body, full};
 use crate::{NetError, unix_now};
 
 /// Longest JSON body a node or the CLI reads from a peer.
@@ -37,6 +37,7 @@ pub const MAX_JSON_BODY: usize = 64 << 20;
 /// A body that sends nothing for this long is abandoned as stalled.
 pub const STALL_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// An HTTP/1.1 client for plain and TLS URLs; cheap to clone (clones share the connection pool).
 #[derive(Clone, Debug)]
 pub struct HttpClient {
     inner: Client<hyper_rustls::HttpsConnector<HttpConnector<GuardedResolver>>, Body>,
@@ -48,14 +49,17 @@ pub struct HttpClient {
 pub struct AddressGuard(Arc<RwLock<AddressPolicy>>);
 
 impl AddressGuard {
+    /// A guard enforcing `policy`.
     pub fn new(policy: AddressPolicy) -> Self {
         Self(Arc::new(RwLock::new(policy)))
     }
 
+    /// Replaces the policy; connections made from then on follow it.
     pub fn set(&self, policy: AddressPolicy) {
         *self.0.write().unwrap_or_else(PoisonError::into_inner) = policy;
     }
 
+    /// The policy in force.
     pub fn policy(&self) -> AddressPolicy {
         *self.0.read().unwrap_or_else(PoisonError::into_inner)
     }
@@ -179,7 +183,7 @@ impl HttpClient {
     ) -> Result<(Response<Incoming>, auth::SignedHeaders), NetError> {
         let uri: http::Uri = url.parse().map_err(|_| NetError::Config(format!("`{url}` is not a URL")))?;
         let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
-        let signed = auth::sign(key, method.as_str(), &path, &query, &body, unix_now(), &crate::keys::random_bytes::<16>());
+        let signed = auth::sign(key, method.as_str(), &path, &query, &body, unix_now(), &crate::random_bytes::<16>());
         let sent = signed.clone();
         let mut req = Request::builder().method(method).uri(uri);
         if let Some(h) = req.headers_mut() {

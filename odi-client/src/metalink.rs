@@ -8,6 +8,7 @@ use quick_xml::events::Event;
 
 use odi_core::{ChunkManifest, Digest};
 
+/// The media type of a Metalink 4 document (RFC 5854).
 pub const MEDIA_TYPE: &str = "application/metalink4+xml";
 
 /// Renders the document for one file. `urls` are listed in preference order.
@@ -69,8 +70,11 @@ fn escape(s: &str) -> String {
 /// What `odi get` needs from a metalink: the manifest and the sources in priority order.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Parsed {
+    /// The file name the document gives.
     pub name: String,
+    /// The file's chunk manifest (size, chunk size, digests).
     pub manifest: ChunkManifest,
+    /// The sources, highest priority first.
     pub urls: Vec<String>,
 }
 
