@@ -45,3 +45,34 @@ impl Sub<Duration> for Instant {
 #[derive(Clone, Copy, Debug, Default, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(transparent)]
 pub struct UnixTime(pub u64);
+
+impl UnixTime {
+    /// The UTC date and time: `(year, month, day, hour, minute, second)`.
+    pub fn civil(self) -> (i64, u32, u32, u32, u32, u32) {
+        let days = (self.0 / 86_400) as i64;
+        let rem = self.0 % 86_400;
+        // Civil date from days since 1970-01-01 (Howard Hinnant's algorithm).
+        let z = days + 719_468;
+        let era = z.div_euclid(146_097);
+        let doe = z.rem_euclid(146_097);
+        let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+        let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+        let mp = (5 * doy + 2) / 153;
+        let day = (doy - (153 * mp + 2) / 5 + 1) as u32;
+        let month = (if mp < 10 { mp + 3 } else { mp - 9 }) as u32;
+        let year = yoe + era * 400 + i64::from(month <= 2);
+        (year, month, day, (rem / 3600) as u32, (rem % 3600 / 60) as u32, (rem % 60) as u32)
+    }
+}
+
+#[cfg(test)]
+mod civil_tests {
+    use super::UnixTime;
+
+    #[test]
+    fn civil_dates_across_leap_days_and_eras() {
+        assert_eq!(UnixTime(0).civil(), (1970, 1, 1, 0, 0, 0));
+        assert_eq!(UnixTime(951_782_400).civil(), (2000, 2, 29, 0, 0, 0));
+        assert_eq!(UnixTime(1_796_161_478).civil(), (2026, 12, 1, 21, 44, 38));
+    }
+}
