@@ -116,9 +116,14 @@ pub(super) async fn sync_now(shared: &Arc<Shared>, catalog: &CatalogName) -> Res
         return admin_error(&AdminError::UnknownCatalog(catalog.clone()));
     }
     let Some((origin, chunk_size)) = origin_of(shared, catalog) else {
+        let has_registry = shared.lock().catalog_config(catalog).is_some_and(|c| c.origin.is_some());
         return error(
             StatusCode::BAD_REQUEST,
-            format!("catalog `{catalog}` has no download-tree origin to sync (a registry origin is pulled through on demand)"),
+            if has_registry {
+                format!("catalog `{catalog}` pulls through from a registry on demand: there is nothing to sync")
+            } else {
+                format!("catalog `{catalog}` has no origin; create it with --origin URL")
+            },
         );
     };
     match run_sync(shared, catalog, &origin, chunk_size).await {
