@@ -129,6 +129,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
     for url in &relay_urls {
         text.push_str(&format!("  relay      {url}\n"));
     }
+    text.push_str(&format!("  dashboard  {dir_url}/ui/ (log in with the admin token: cat {})\n", shell_quote(&admin_path.display().to_string())));
     text.push_str("\nTry:\n");
     for command in [
         format!("curl{cacert} -L {dir_url}/r/sample/hello.txt"),
