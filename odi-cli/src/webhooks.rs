@@ -3,6 +3,7 @@
 use anyhow::Result;
 use clap::Subcommand;
 use http::Method;
+use odi_core::webhook::{Delivery, Hook};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -52,14 +53,6 @@ pub(crate) enum WebhookCommand {
     },
 }
 
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Hook {
-    id: String,
-    url: String,
-    events: Vec<String>,
-    created_ms: u64,
-}
-
 #[derive(Deserialize)]
 struct Added {
     id: String,
@@ -71,20 +64,6 @@ struct Added {
 struct Removed {
     id: String,
     url: String,
-}
-
-#[derive(Debug, Deserialize, serde::Serialize)]
-struct Delivery {
-    id: String,
-    kind: String,
-    seq: u64,
-    status: String,
-    attempts: u32,
-    last_status: Option<u16>,
-    last_error: Option<String>,
-    created_ms: u64,
-    next_attempt_ms: Option<u64>,
-    delivered_ms: Option<u64>,
 }
 
 pub(crate) async fn run(command: WebhookCommand) -> Result<()> {

@@ -8,8 +8,35 @@
 use std::time::Duration;
 
 use hmac::{KeyInit as _, Mac as _};
+use serde::{Deserialize, Serialize};
 
 /// How far a signature's time may be from the receiver's clock.
+/// A hook as the admin API shows it (never its secret, which `add` returns once).
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Hook {
+    pub id: String,
+    pub url: String,
+    /// Kinds delivered; empty: every kind.
+    pub events: Vec<String>,
+    pub created_ms: u64,
+}
+
+/// One delivery as `GET /api/v1/webhooks/{id}/deliveries` lists it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct Delivery {
+    pub id: String,
+    pub kind: String,
+    pub seq: u64,
+    /// `pending`, `delivered` or `failed` (gave up).
+    pub status: String,
+    pub attempts: u32,
+    pub last_status: Option<u16>,
+    pub last_error: Option<String>,
+    pub created_ms: u64,
+    pub next_attempt_ms: Option<u64>,
+    pub delivered_ms: Option<u64>,
+}
+
 pub const TOLERANCE: Duration = Duration::from_secs(300);
 
 /// When to give up and when to wait between attempts.

@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use odi_core::message::{AddressClass, AddressPolicy, classify_ip};
-use odi_core::webhook::{RetryPolicy, signature};
+use odi_core::webhook::{Delivery, Hook, RetryPolicy, signature};
 use rusqlite::{Connection, OptionalExtension as _, params};
 use serde::{Deserialize, Serialize};
 
@@ -26,32 +26,6 @@ use crate::{NetError, keys};
 const PARALLEL: usize = 16;
 /// Deliveries listed by `GET /api/v1/webhooks/{id}/deliveries` unless `?limit=` says otherwise.
 const LISTED: u32 = 100;
-
-/// A hook as the admin API shows it (never its secret, which `add` returns once).
-#[derive(Clone, Debug, Serialize, Deserialize)]
-pub(super) struct Hook {
-    pub(super) id: String,
-    pub(super) url: String,
-    /// Kinds delivered; empty: every kind.
-    pub(super) events: Vec<String>,
-    pub(super) created_ms: u64,
-}
-
-/// One delivery as `GET /api/v1/webhooks/{id}/deliveries` lists it.
-#[derive(Debug, Serialize)]
-struct DeliveryView {
-    id: String,
-    kind: String,
-    seq: u64,
-    /// `pending`, `delivered` or `failed` (gave up).
-    status: String,
-    attempts: u32,
-    last_status: Option<u16>,
-    last_error: Option<String>,
-    created_ms: u64,
-    next_attempt_ms: Option<u64>,
-    delivered_ms: Option<u64>,
-}
 
 /// The hooks and their queue, in their own SQLite file beside the metadata store.
 pub(super) struct Webhooks {
@@ -356,7 +330,7 @@ fn deliveries(shared: &Arc<Shared>, id: &str, query: Option<&str>) -> Response<B
         let rows = stmt.query_map(params![id, i64::from(limit.min(10_000))], |r| {
             let status: String = r.get(3)?;
             let pending = status == "pending";
-            Ok(DeliveryView {
+            Ok(Delivery {
                 id: r.get(0)?,
                 kind: r.get(1)?,
                 seq: r.get::<_, i64>(2)? as u64,
