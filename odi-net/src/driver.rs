@@ -21,7 +21,7 @@
 
 use std::future::Future;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
+use std::sync::{Arc, PoisonError, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use ::http::{Request, Response};
 use ed25519_dalek::SigningKey;
@@ -86,14 +86,16 @@ pub(crate) fn open_data_dir(path: &Path) -> Result<(DataDirLock, PathBuf, Signin
 
 /// The machine, the driver's clock and the timer's wake-up, held by a driver's shared state.
 pub(crate) struct Core<M> {
-    machine: Mutex<M>,
+    /// Written by every `handle_*` and mutator; read, by many request threads at once, by the
+    /// paths a machine serves through `&self` (a directory's redirects).
+    machine: RwLock<M>,
     clock: Clock,
     timer: Notify,
 }
 
 impl<M> Core<M> {
     pub(crate) fn new(machine: M, clock: Clock) -> Self {
-        Self { machine: Mutex::new(machine), clock, timer: Notify::new() }
+        Self { machine: RwLock::new(machine), clock, timer: Notify::new() }
     }
 }
 
@@ -118,8 +120,14 @@ pub(crate) trait Driver: Send + Sync + Sized + 'static {
     /// The machine, for reading. A panic while holding the lock leaves a machine whose
     /// invariants were checked before each mutation; serving on is better than refusing every
     /// request, so a poisoned lock is taken as it is.
-    fn lock(&self) -> MutexGuard<'_, Self::Machine> {
-        self.core().machine.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> RwLockWriteGuard<'_, Self::Machine> {
+        self.core().machine.write().unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// The machine, shared with other readers: for what it answers through `&self` on the hot
+    /// path (a redirect), so requests do not queue behind one another. Poisoning as in `lock`.
+    fn read(&self) -> RwLockReadGuard<'_, Self::Machine> {
+        self.core().machine.read().unwrap_or_else(PoisonError::into_inner)
     }
 
     /// The driver's clock, in the machine's units.

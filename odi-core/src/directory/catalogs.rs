@@ -5,6 +5,7 @@
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU32, Ordering};
 
 use super::small_set::SmallSet;
 use super::{AdminError, CatalogView, LookupError};
@@ -97,6 +98,9 @@ pub(super) struct Entry {
 pub(super) struct Blob {
     pub(super) manifest: Arc<ChunkManifest>,
     pub(super) names: SmallSet<(CatalogName, ArtifactPath)>,
+    /// Redirects to it since the hot child last took the counts (`take_requests`): counted
+    /// under the machine's read lock, so atomically.
+    pub(super) requests: AtomicU32,
 }
 
 impl Blob {
@@ -352,7 +356,8 @@ impl Catalogs {
 
     fn bind(&mut self, catalog: &CatalogName, artifact: Artifact, generation: u64, changes: &mut Vec<CatalogChange>) {
         let digest = artifact.digest();
-        let blob = self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new() });
+        let blob =
+            self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new(), requests: AtomicU32::new(0) });
         blob.names.insert((catalog.clone(), artifact.path.clone()));
         let mut artifact = artifact;
         artifact.manifest = blob.manifest.clone();
@@ -467,6 +472,24 @@ impl Catalogs {
 
     pub(super) fn blob(&self, digest: &Digest) -> Option<&Blob> {
         self.blobs.get(digest)
+    }
+
+    /// Counts one redirect to `digest` (a blob no catalog names is not counted).
+    pub(super) fn count_request(&self, digest: &Digest) {
+        if let Some(b) = self.blobs.get(digest) {
+            b.requests.fetch_add(1, Ordering::Relaxed);
+        }
+    }
+
+    /// The redirects counted per blob since the last call, resetting them.
+    pub(super) fn take_requests(&mut self) -> Vec<(Digest, u32)> {
+        self.blobs
+            .iter_mut()
+            .filter_map(|(d, b)| {
+                let n = std::mem::take(b.requests.get_mut());
+                (n > 0).then_some((*d, n))
+            })
+            .collect()
     }
 
     /// The blobs after `after` (all of them for `None`), in digest order.

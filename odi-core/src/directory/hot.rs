@@ -3,6 +3,7 @@
 //! values the parent hands to placement.
 
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
 
 use crate::digest::Digest;
@@ -33,13 +34,26 @@ pub(super) struct Hot {
     hits: BTreeMap<Digest, Decayed>,
     extra: BTreeMap<Digest, u32>,
     next_tick: Option<Instant>,
+    /// One more than the millisecond instant of the first request counted (by the catalogs'
+    /// per-blob counters) since the last tick; 0 when there was none. Redirects set it under the
+    /// read lock; the tick after it takes the counts.
+    armed: AtomicU64,
 }
 
 impl Hot {
-    /// Counts one request for `digest`.
-    pub(super) fn hit(&mut self, digest: Digest, now: Instant, config: &HotConfig) {
-        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(1.0, now, config.half_life);
+    /// Counts `n` requests for `digest`.
+    #[cfg(test)]
+    pub(super) fn add(&mut self, digest: Digest, n: u32, now: Instant, config: &HotConfig) {
+        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(f64::from(n), now, config.half_life);
         self.next_tick.get_or_insert(now + config.tick);
+    }
+
+    /// Notes that a request was counted elsewhere (a blob's counter) at `now`, so a tick comes.
+    /// Read-mostly: after the first request of a tick it is one load.
+    pub(super) fn arm(&self, now: Instant) {
+        if self.armed.load(Ordering::Relaxed) == 0 {
+            let _ = self.armed.compare_exchange(0, now.as_millis() + 1, Ordering::Relaxed, Ordering::Relaxed);
+        }
     }
 
     /// The extra replicas `digest` earned.
@@ -60,9 +74,15 @@ impl Hot {
 
     /// Re-evaluates every level once the tick is due: the digests whose extra replicas changed,
     /// with their new count, in digest order (counted ones first, then cooled ones).
-    pub(super) fn handle_timeout(&mut self, now: Instant, config: &HotConfig) -> Vec<(Digest, u32)> {
-        if self.next_tick.is_none_or(|t| now < t) {
+    /// `take` gives the requests counted elsewhere since the last tick (the catalogs' counters);
+    /// they count as made at this tick, at most one `tick` late.
+    pub(super) fn handle_timeout(&mut self, now: Instant, config: &HotConfig, take: impl FnOnce() -> Vec<(Digest, u32)>) -> Vec<(Digest, u32)> {
+        if self.poll_timeout(config).is_none_or(|t| now < t) {
             return Vec::new();
+        }
+        *self.armed.get_mut() = 0;
+        for (digest, n) in take() {
+            self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(f64::from(n), now, config.half_life);
         }
         self.hits.retain(|_, c| c.value(now, config.half_life) >= 0.01);
         let mut changed = Vec::new();
@@ -90,8 +110,13 @@ impl Hot {
     }
 
     #[must_use]
-    pub(super) fn poll_timeout(&self) -> Option<Instant> {
-        self.next_tick
+    pub(super) fn poll_timeout(&self, config: &HotConfig) -> Option<Instant> {
+        let armed = self.armed.load(Ordering::Relaxed);
+        let counted = (armed > 0).then(|| Instant::from_millis(armed - 1) + config.tick);
+        match (self.next_tick, counted) {
+            (Some(a), Some(b)) => Some(a.min(b)),
+            (a, b) => a.or(b),
+        }
     }
 
     /// The `n` most requested digests, with their decayed rate and extra replicas.
@@ -172,20 +197,43 @@ mod tests {
         let cfg = HotConfig { half_life: Duration::from_secs(60), tick: Duration::from_secs(10), ..HotConfig::default() };
         let (hot_one, cold) = (Digest::of(b"hot"), Digest::of(b"cold"));
         let mut hot = Hot::default();
-        assert_eq!(hot.poll_timeout(), None, "nothing counted: no tick");
+        assert_eq!(hot.poll_timeout(&cfg), None, "nothing counted: no tick");
         let mut now = Instant::ZERO;
         for _ in 0..2500 {
             now = now + Duration::from_millis(200);
-            hot.hit(hot_one, now, &cfg);
+            hot.add(hot_one, 1, now, &cfg);
         }
-        hot.hit(cold, now, &cfg);
-        assert_eq!(hot.handle_timeout(now, &cfg), vec![(hot_one, 3)], "5/s earns 3; one request earns none");
+        hot.add(cold, 1, now, &cfg);
+        assert_eq!(hot.handle_timeout(now, &cfg, Vec::new), vec![(hot_one, 3)], "5/s earns 3; one request earns none");
         assert_eq!(hot.extra(&hot_one), 3);
-        assert_eq!(hot.handle_timeout(now, &cfg), vec![], "not due again yet");
+        assert_eq!(hot.handle_timeout(now, &cfg, Vec::new), vec![], "not due again yet");
         assert_eq!(hot.hottest(1, now, &cfg)[0].0, hot_one);
         let later = now + Duration::from_secs(3600);
-        assert_eq!(hot.handle_timeout(later, &cfg), vec![(hot_one, 0)], "an hour of silence cools it");
+        assert_eq!(hot.handle_timeout(later, &cfg, Vec::new), vec![(hot_one, 0)], "an hour of silence cools it");
         assert_eq!(hot.extra(&hot_one), 0);
-        assert_eq!(hot.poll_timeout(), None, "all forgotten: no more ticks");
+        assert_eq!(hot.poll_timeout(&cfg), None, "all forgotten: no more ticks");
+    }
+
+    #[test]
+    fn requests_counted_elsewhere_arm_a_tick_and_count_there() {
+        let cfg = HotConfig { half_life: Duration::from_secs(60), tick: Duration::from_secs(10), ..HotConfig::default() };
+        let d = Digest::of(b"counted by its blob");
+        let mut hot = Hot::default();
+        let start = Instant::ZERO + Duration::from_secs(5);
+        hot.arm(start);
+        hot.arm(start + Duration::from_secs(3));
+        assert_eq!(hot.poll_timeout(&cfg), Some(start + cfg.tick), "the first request of a tick arms it");
+        let mut taken = false;
+        assert_eq!(
+            hot.handle_timeout(start, &cfg, || {
+                taken = true;
+                Vec::new()
+            }),
+            vec![]
+        );
+        assert!(!taken, "counts are taken only when the tick is due");
+        let due = start + cfg.tick;
+        assert_eq!(hot.handle_timeout(due, &cfg, || vec![(d, 3000)]), vec![(d, 4)], "3000 requests in 10 s earn the most extra replicas");
+        assert_eq!(hot.poll_timeout(&cfg), Some(due + cfg.tick), "disarmed; the counter keeps ticking until it cools");
     }
 }

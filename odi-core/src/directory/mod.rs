@@ -84,7 +84,7 @@ use crate::message::{
     AddressPolicy, Assigned, EnrollRequest, EnrollResponse, Heartbeat, HeartbeatAck, Message, Named, NodeId, Refusal, RefusalCode, RelayAssignment, SignedHead,
 };
 use crate::path::{ArtifactPath, CatalogName};
-use crate::rng::{Seed, SeededRng};
+use crate::rng::{Seed, SeededRng, SharedRng};
 use crate::storage::{EnrollTokenRecord, Record, RelayRecord, TokenRole};
 use crate::time::{Instant, UnixTime};
 use ed25519_dalek::SigningKey;
@@ -108,6 +108,8 @@ pub struct Directory {
     /// Outcomes of writes that a caller waits for, until it takes them.
     outcomes: BTreeMap<RequestId, Outcome>,
     rng: SeededRng,
+    /// Draws for redirects, which run under a read lock on many threads at once.
+    redirect_rng: SharedRng,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
 }
@@ -115,6 +117,8 @@ pub struct Directory {
 impl Directory {
     pub fn new(config: DirectoryConfig, seed: Seed) -> Self {
         let relays = Relays::new(config.clone());
+        let mut rng = SeededRng::new(seed);
+        let redirect_rng = rng.fork_shared();
         Self {
             config,
             catalogs: Catalogs::default(),
@@ -126,7 +130,8 @@ impl Directory {
             linked: None,
             heads: Heads::default(),
             outcomes: BTreeMap::new(),
-            rng: SeededRng::new(seed),
+            rng,
+            redirect_rng,
             effects: VecDeque::new(),
             events: VecDeque::new(),
         }
@@ -583,7 +588,7 @@ impl Directory {
 
     /// Where to send a client for `catalog/path`. Chooses among relays that hold the artifact,
     /// are tested, alive, not suspended or quarantined, and have applied its current name.
-    pub fn redirect(&mut self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
+    pub fn redirect(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
         let (digest, size, media_type, generation) = {
             let e = self.catalogs.entry(catalog, path)?;
             (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
@@ -593,16 +598,19 @@ impl Directory {
     }
 
     /// Like `redirect`, by digest.
-    pub fn redirect_blob(&mut self, digest: &Digest, now: Instant) -> Result<Redirect, LookupError> {
+    pub fn redirect_blob(&self, digest: &Digest, now: Instant) -> Result<Redirect, LookupError> {
         let size = self.manifest(digest)?.total_len();
         Ok(self.choose(*digest, size, Arc::from("application/octet-stream"), None, now))
     }
 
     /// Power of two choices among the relays that may serve `digest` (see `redirect::choose`).
-    fn choose(&mut self, digest: Digest, size: u64, media_type: Arc<str>, min_generation: Option<u64>, now: Instant) -> Redirect {
-        self.hot.hit(digest, now, &self.config.hot);
+    /// Takes `&self`: counts go to atomics (the blob's requests, the relay's redirects), so
+    /// drivers answer redirects under a shared read lock.
+    fn choose(&self, digest: Digest, size: u64, media_type: Arc<str>, min_generation: Option<u64>, now: Instant) -> Redirect {
+        self.catalogs.count_request(&digest);
+        self.hot.arm(now);
         let candidates = self.candidates(&digest, min_generation, now);
-        let choice = redirect::choose(candidates, &mut self.rng);
+        let choice = redirect::choose(candidates, &self.redirect_rng);
         if let Some((id, _)) = &choice.target {
             self.relays.redirected(id);
         }
@@ -824,7 +832,8 @@ impl Directory {
     pub fn handle_timeout(&mut self, now: Instant) {
         self.relays.handle_timeout(now, &self.catalogs, &mut self.rng);
         self.drain_relays_deferred(now);
-        for (digest, extra) in self.hot.handle_timeout(now, &self.config.hot) {
+        let catalogs = &mut self.catalogs;
+        for (digest, extra) in self.hot.handle_timeout(now, &self.config.hot, || catalogs.take_requests()) {
             self.events.push_back(Event::HotnessChanged { digest, extra });
             let footprint = self.catalogs.blob(&digest).map_or(0, |b| b.footprint());
             self.placement.replace(digest, footprint);
@@ -857,7 +866,7 @@ impl Directory {
         self.relays
             .poll_timeout()
             .into_iter()
-            .chain(self.hot.poll_timeout())
+            .chain(self.hot.poll_timeout(&self.config.hot))
             .chain(self.persist.poll_timeout())
             .chain(self.placement.poll_timeout())
             .chain(linked)

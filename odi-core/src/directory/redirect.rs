@@ -3,7 +3,7 @@
 //! drawn in proportion to their (capped) bandwidth; relays on probation are alternates only.
 
 use crate::message::{NodeId, RelayUrl};
-use crate::rng::SeededRng;
+use crate::rng::SharedRng;
 
 /// The redirect weight of a relay no audit has measured yet: 10 MB/s.
 const UNMEASURED_BANDWIDTH: u64 = 10_000_000;
@@ -53,7 +53,7 @@ pub(super) fn settle(candidates: &mut Vec<Candidate>, replicas: impl FnOnce() ->
 /// Power of two choices: two proven candidates drawn in proportion to weight, the one with less
 /// load per unit of weight wins. Relays on probation are offered to verifying clients only (as
 /// alternates): the `Location` a plain client follows is always a proven relay, or the directory.
-pub(super) fn choose(mut candidates: Vec<Candidate>, rng: &mut SeededRng) -> Choice {
+pub(super) fn choose(mut candidates: Vec<Candidate>, rng: &SharedRng) -> Choice {
     let proven = candidates.iter().filter(|c| c.proven).count();
     if proven < candidates.len() {
         candidates.sort_by_key(|c| !c.proven);
@@ -72,7 +72,7 @@ pub(super) fn choose(mut candidates: Vec<Candidate>, rng: &mut SeededRng) -> Cho
     Choice { target, alternates: candidates.into_iter().map(|c| c.url).collect() }
 }
 
-fn weighted_pick(candidates: &[Candidate], rng: &mut SeededRng) -> usize {
+fn weighted_pick(candidates: &[Candidate], rng: &SharedRng) -> usize {
     let total = candidates.iter().map(|c| c.weight).fold(0u64, u64::saturating_add).max(1);
     let mut pick = rng.below(total);
     for (i, c) in candidates.iter().enumerate() {
@@ -87,17 +87,17 @@ fn weighted_pick(candidates: &[Candidate], rng: &mut SeededRng) -> usize {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rng::Seed;
+    use crate::rng::{Seed, SeededRng};
 
     fn candidate(n: u8, weight: u64, proven: bool) -> Candidate {
         Candidate { id: NodeId([n; 32]), proven, weight, load: 0.0, draining: false, url: RelayUrl::new(&format!("http://r{n}.example")).unwrap() }
     }
 
     fn wins(candidates: &[Candidate], rounds: u32) -> Vec<u32> {
-        let mut rng = SeededRng::new(Seed(3));
+        let rng = SeededRng::new(Seed(3)).fork_shared();
         let mut wins = vec![0; candidates.len()];
         for _ in 0..rounds {
-            let choice = choose(candidates.to_vec(), &mut rng);
+            let choice = choose(candidates.to_vec(), &rng);
             let (id, _) = choice.target.expect("a proven candidate");
             wins[candidates.iter().position(|c| c.id == id).unwrap()] += 1;
             assert_eq!(choice.alternates.len(), candidates.len() - 1, "every other candidate is an alternate");
@@ -129,13 +129,13 @@ mod tests {
 
     #[test]
     fn relays_on_probation_are_only_alternates() {
-        let mut rng = SeededRng::new(Seed(1));
+        let rng = SeededRng::new(Seed(1)).fork_shared();
         let only_probation = vec![candidate(1, 1_000_000, false), candidate(2, 2_000_000, false)];
-        let choice = choose(only_probation, &mut rng);
+        let choice = choose(only_probation, &rng);
         assert_eq!(choice.target, None, "the directory serves plain clients itself");
         assert_eq!(choice.alternates, vec![RelayUrl::new("http://r2.example").unwrap(), RelayUrl::new("http://r1.example").unwrap()], "heaviest first");
         for _ in 0..100 {
-            let choice = choose(vec![candidate(1, 1, false), candidate(2, 1_000_000, false), candidate(3, 1, true)], &mut rng);
+            let choice = choose(vec![candidate(1, 1, false), candidate(2, 1_000_000, false), candidate(3, 1, true)], &rng);
             assert_eq!(choice.target.map(|(id, _)| id), Some(NodeId([3; 32])), "however light, the proven one is the target");
         }
     }

@@ -56,9 +56,9 @@ pub(super) async fn client_artifact(shared: &Arc<Shared>, req: &Request<Incoming
         Err(resp) => return resp,
     };
     let now = shared.now();
-    let mut redirect = shared.lock().redirect(catalog, &path, now);
+    let mut redirect = shared.read().redirect(catalog, &path, now);
     if matches!(redirect, Err(LookupError::NotFound { .. })) && super::origins::on_demand(shared, catalog, &path).await {
-        redirect = shared.lock().redirect(catalog, &path, shared.now());
+        redirect = shared.read().redirect(catalog, &path, shared.now());
     }
     match redirect {
         Ok(r) => answer(shared, req, r, &["r/", catalog, "/", &path.to_url()]).await,
@@ -72,7 +72,7 @@ pub(super) async fn client_blob(shared: &Arc<Shared>, req: &Request<Incoming>, h
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
     let now = shared.now();
-    let redirect = shared.lock().redirect_blob(&digest, now);
+    let redirect = shared.read().redirect_blob(&digest, now);
     match redirect {
         Ok(r) => answer(shared, req, r, &["blobs/sha256/", hex]).await,
         Err(e) => lookup_error(&e),
@@ -169,7 +169,7 @@ pub(super) fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) ->
             Ok(p) => p,
             Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
         };
-        let mut m = shared.lock();
+        let m = shared.read();
         let manifest = match m.lookup(catalog, &path) {
             Ok(a) => (*a.manifest).clone(),
             Err(e) => return lookup_error(&e),
@@ -178,7 +178,7 @@ pub(super) fn metalink(shared: &Shared, _req: &Request<Incoming>, rest: &str) ->
         (format!("r/{catalog}/{}", path.to_url()), path.file_name().to_owned(), manifest, redirect)
     } else if let Some(hex) = rest.strip_prefix("blobs/sha256/") {
         let Ok(digest) = Digest::from_hex(hex) else { return error(StatusCode::BAD_REQUEST, "malformed digest") };
-        let mut m = shared.lock();
+        let m = shared.read();
         let manifest = match m.manifest(&digest) {
             Ok(manifest) => manifest.clone(),
             Err(e) => return lookup_error(&e),

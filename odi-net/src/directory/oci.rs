@@ -363,7 +363,7 @@ async fn get_blob(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName
         // A HEAD asks whether the blob is here: answered by the directory, not counted as demand.
         shared.lock().lookup(repo.catalog().as_str(), &path).map(|_| None)
     } else {
-        shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
+        shared.read().redirect(repo.catalog().as_str(), &path, now).map(Some)
     };
     let redirect = match redirect {
         // Only a GET fetches a federated layer: the HEADs a push sends before each upload stay
@@ -374,7 +374,7 @@ async fn get_blob(shared: &Arc<Shared>, req: &Request<Incoming>, repo: &RepoName
             // Fetched from a descriptor's `urls` or the upstream and verified: served like any blob
             // from now on.
             let now = shared.now();
-            shared.lock().redirect(repo.catalog().as_str(), &path, now).map(Some)
+            shared.read().redirect(repo.catalog().as_str(), &path, now).map(Some)
         }
         other => other,
     };

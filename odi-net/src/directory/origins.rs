@@ -168,7 +168,7 @@ pub(super) async fn on_demand(shared: &Arc<Shared>, catalog: &str, path: &Artifa
     let Ok(fetcher) = OriginFetcher::new(&origin.url, shared.allow_private_origins) else { return false };
     let _one = shared.origin_sync.lock().await;
     // Another request (or a sync) may have published it while this one waited.
-    if shared.lock().redirect(catalog, path, shared.now()).is_ok() {
+    if shared.read().redirect(catalog, path, shared.now()).is_ok() {
         return true;
     }
     let p = path.as_str();

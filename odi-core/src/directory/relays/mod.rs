@@ -11,6 +11,7 @@ pub(super) mod audits;
 mod lifecycle;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
 use self::audits::AuditState;
@@ -48,9 +49,10 @@ pub(super) struct RelayState {
     next_probe: Instant,
     /// Audits of this relay: schedule, the one in flight, counts, probation, strikes.
     audit: AuditState,
-    /// Responses in progress as last reported, plus redirects sent since.
+    /// Responses in progress as last reported, plus redirects sent since (counted under the
+    /// read lock that redirects take, so atomically).
     active: u32,
-    redirected: u32,
+    redirected: AtomicU32,
     /// Why its last self-test, probe or audit fetch failed; cleared when one passes.
     failure: Option<String>,
     /// Has heartbeated since the directory started.
@@ -258,7 +260,7 @@ impl Relays {
             .map(|r| Candidate {
                 id: r.record.id,
                 weight: redirect_weight(bandwidth(r), r.audit.measured),
-                load: f64::from(r.active + r.redirected),
+                load: f64::from(r.active.saturating_add(r.redirected.load(Ordering::Relaxed))),
                 draining: r.record.draining,
                 proven: r.record.proven && !r.audit.unverified.contains(digest),
                 url: r.record.public_url.clone(),
@@ -465,7 +467,7 @@ impl Relays {
         relay.absent_since = None;
         relay.presumed_until = None;
         relay.active = hb.active;
-        relay.redirected = 0;
+        *relay.redirected.get_mut() = 0;
         if relay.lost || !was_alive {
             // Back after its lease ran out (or first word since a restart): test it again.
             if relay.lost {
@@ -526,9 +528,10 @@ impl Relays {
     }
 
     /// A client was sent to the relay (it counts as load until the next heartbeat).
-    pub(super) fn redirected(&mut self, id: &NodeId) {
-        if let Some(r) = self.table.get_mut(id) {
-            r.redirected = r.redirected.saturating_add(1);
+    pub(super) fn redirected(&self, id: &NodeId) {
+        if let Some(r) = self.table.get(id) {
+            // Saturating: a relay that stops heartbeating must not wrap round to "idle".
+            let _ = r.redirected.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |n| n.checked_add(1));
         }
     }
 
@@ -669,7 +672,7 @@ impl RelayState {
             next_probe: now,
             audit: AuditState::new(now),
             active: 0,
-            redirected: 0,
+            redirected: AtomicU32::new(0),
             failure: None,
             reported: false,
             first_state: None,
