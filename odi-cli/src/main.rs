@@ -24,6 +24,7 @@ macro_rules! println {
 }
 
 mod admin;
+mod audit;
 #[cfg(test)]
 mod config_examples;
 mod dev;
@@ -86,6 +87,8 @@ enum Command {
     Expunge(ExpungeArgs),
     /// Show the relays a directory knows and their state.
     Relays(RelaysArgs),
+    /// Show the audit log: every admin change, who made it, from where, and how it ended.
+    Audit(audit::AuditArgs),
     /// Named enrollment tokens, one per relay operator: add, list, revoke.
     #[command(subcommand)]
     Token(TokenCommand),
@@ -150,6 +153,18 @@ struct DirectoryArgs {
     /// this directory before they freeze its catalogs. At least three heartbeat intervals.
     #[arg(long, value_parser = units::parse_duration)]
     head_ttl: Option<Duration>,
+    /// Named admins: an LDAP server (ldap://HOST:PORT) that checks user names and passwords
+    /// (`Authorization: Basic` on the admin API, the dashboard's user login).
+    #[arg(long, env = "ODI_LDAP_URL", requires_all = ["ldap_bind_dn", "ldap_admin_group"])]
+    ldap_url: Option<String>,
+    /// The DN a user binds as, `{user}` standing for the user name (escaped per RFC 4514),
+    /// e.g. 'uid={user},ou=people,dc=example,dc=org'.
+    #[arg(long, env = "ODI_LDAP_BIND_DN", value_name = "DN_TEMPLATE")]
+    ldap_bind_dn: Option<String>,
+    /// The group whose members (member or uniqueMember holding their DN) are admins,
+    /// e.g. 'cn=odi-admins,ou=groups,dc=example,dc=org'.
+    #[arg(long, env = "ODI_LDAP_ADMIN_GROUP", value_name = "GROUP_DN")]
+    ldap_admin_group: Option<String>,
     /// Webhook retry timing (tests): first wait, longest wait, give-up age, per-attempt timeout.
     #[arg(long, hide = true, value_parser = units::parse_duration)]
     webhook_retry_base: Option<Duration>,
@@ -507,6 +522,9 @@ struct FileConfig {
     allow_private_origins: Option<bool>,
     probation: Option<String>,
     head_ttl: Option<String>,
+    ldap_url: Option<String>,
+    ldap_bind_dn: Option<String>,
+    ldap_admin_group: Option<String>,
     #[serde(default)]
     directory: Vec<String>,
     #[serde(default)]
@@ -723,6 +741,13 @@ async fn run(command: Command) -> Result<()> {
                     *field = d;
                 }
             }
+            let ldap =
+                [(args.ldap_url, file.ldap_url), (args.ldap_bind_dn, file.ldap_bind_dn), (args.ldap_admin_group, file.ldap_admin_group)].map(|(a, f)| a.or(f));
+            options.ldap = match ldap {
+                [None, None, None] => None,
+                [Some(url), Some(bind_dn), Some(admin_group)] => Some(odi_net::directory::LdapOptions { url, bind_dn, admin_group }),
+                _ => bail!("named admins need all three of --ldap-url, --ldap-bind-dn and --ldap-admin-group (or ldap_url, ldap_bind_dn, ldap_admin_group)"),
+            };
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
@@ -842,6 +867,7 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Link(command) => link(command).await?,
         Command::Webhook(command) => webhooks::run(command).await?,
+        Command::Audit(args) => audit::run(args).await?,
         Command::Tag(args) => tag(args).await?,
         Command::Token(TokenCommand::Add { name, catalog, single_use, target }) => {
             let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name, "catalog": catalog, "single_use": single_use }))).await?;

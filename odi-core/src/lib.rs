@@ -19,6 +19,7 @@
 //! }
 //! ```
 
+pub mod audit;
 pub mod auth;
 pub mod catalog;
 pub mod digest;

@@ -266,6 +266,11 @@ impl Directory {
         self.tokens.publisher(&self.token_hash(token)).cloned()
     }
 
+    /// The name of the live publisher's token `token` is (for the audit log).
+    pub fn publisher_name(&self, token: &str) -> Option<String> {
+        self.tokens.publisher_name(&self.token_hash(token)).map(str::to_owned)
+    }
+
     /// Plans revoking a named enrollment token: nobody enrolls with it again, and every relay
     /// enrolled with it is quarantined.
     pub fn plan_revoke_token(&self, name: &str) -> Result<Record, AdminError> {

@@ -92,6 +92,16 @@ impl Tokens {
     }
 
     /// The catalog a publisher's token `hash` may publish to, if it is one and not revoked.
+    pub(super) fn publisher_name(&self, hash: &Digest) -> Option<&str> {
+        let mut found = None;
+        for t in self.named.values() {
+            if constant_time_eq(t.hash.as_bytes(), hash.as_bytes()) && !t.revoked && t.catalog.is_some() {
+                found = Some(t.name.as_str());
+            }
+        }
+        found
+    }
+
     pub(super) fn publisher(&self, hash: &Digest) -> Option<&CatalogName> {
         let mut found = None;
         for t in self.named.values() {

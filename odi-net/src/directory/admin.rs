@@ -20,6 +20,7 @@ use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::storage::{Record, StorageError, TokenRole};
 use serde::{Deserialize, Serialize};
 
+use super::audit::Who;
 use super::effects::execute;
 use super::events::What;
 use super::{Shared, peers, webhooks};
@@ -40,7 +41,7 @@ pub(super) const ADMIN_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// (`GET catalogs/{C}`), publishing (`PUT catalogs/{C}/artifacts/...`) and tagging
 /// (`POST catalogs/{C}/tags`) in its one catalog C.
 #[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
-pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Result<(), Response<Body>> {
+pub(super) async fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) -> Result<Who, Response<Body>> {
     let Some(value) = req.headers().get(header::AUTHORIZATION) else {
         let mut resp = error(
             StatusCode::UNAUTHORIZED,
@@ -49,10 +50,16 @@ pub(super) fn authorize(shared: &Shared, req: &Request<Incoming>, rest: &str) ->
         resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer"));
         return Err(resp);
     };
+    if let Some(basic) = value.to_str().ok().and_then(|v| v.strip_prefix("Basic ")) {
+        let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
+        return super::ldap::basic(shared, client, basic.trim()).await.map(Who::User);
+    }
     let token = value.to_str().ok().and_then(|v| v.strip_prefix("Bearer ")).unwrap_or_default().trim();
     match holder_of(shared, req, token) {
-        Ok(Holder::Admin) => Ok(()),
-        Ok(Holder::Publisher(catalog)) if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) => Ok(()),
+        Ok(Holder::Admin) => Ok(Who::Admin),
+        Ok(Holder::Publisher(catalog)) if publisher_catalog(req.method(), rest) == Some(catalog.as_str()) => {
+            Ok(Who::Token(shared.lock().publisher_name(token).unwrap_or_default()))
+        }
         Ok(Holder::Publisher(catalog)) => Err(error(
             StatusCode::FORBIDDEN,
             format!("this token may only list, publish and tag in catalog `{catalog}`; other catalogs and admin actions need the admin token"),

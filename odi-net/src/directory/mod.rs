@@ -8,6 +8,8 @@
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`; `/api/v1/webhooks` goes to `webhooks.rs`
+//! - `audit.rs`: `GET /api/v1/audit`, and the entry every admin change leaves; `ldap.rs`: named
+//!   admins (`Authorization: Basic`, the dashboard's user login) checked against LDAP
 //! - `events.rs`: the live event stream; `webhooks.rs`: webhooks and their delivery queue
 //! - `node.rs` (signed by relays): `POST /odi/v1/enroll`, `POST /odi/v1/heartbeat`,
 //!   `GET /odi/v1/watch`, `GET /odi/v1/blobs/sha256/{hex}`
@@ -47,10 +49,14 @@ use crate::lock::DataDirLock;
 use crate::metrics::{DirectoryMetrics, DirectorySnapshot, directory_route};
 use crate::{Clock, Listener, NetError, keys, unix_now};
 
+pub use ldap::LdapOptions;
+
 mod admin;
+mod audit;
 mod clients;
 mod effects;
 mod events;
+mod ldap;
 mod node;
 mod oci;
 mod origins;
@@ -93,6 +99,8 @@ pub struct DirectoryOptions {
     /// Webhook retries and attempt timeout (defaults 1 s doubling to 1 h, give up after 24 h,
     /// 10 s per attempt); webhooks reach private addresses only with `allow_private_origins`.
     pub webhook_retry: odi_core::webhook::RetryPolicy,
+    /// Named admins checked against LDAP (`--ldap-url`); `None`: the admin token only.
+    pub ldap: Option<LdapOptions>,
 }
 
 impl DirectoryOptions {
@@ -113,6 +121,7 @@ impl DirectoryOptions {
             allow_private_origins: false,
             head_ttl: odi_core::directory::DEFAULT_HEAD_TTL,
             webhook_retry: odi_core::webhook::RetryPolicy::default(),
+            ldap: None,
         }
     }
 }
@@ -182,6 +191,10 @@ struct Shared {
     ui_sessions: ui::Sessions,
     /// Webhooks and their durable delivery queue (`{data_dir}/webhooks.sqlite3`).
     webhooks: webhooks::Webhooks,
+    /// Who changed what (`{data_dir}/audit.sqlite3`).
+    audit: audit::AuditLog,
+    /// Named admins, when `--ldap-url` is given.
+    ldap: Option<ldap::Ldap>,
 }
 
 impl Shared {
@@ -259,6 +272,10 @@ impl DirectoryServer {
             }
         }
         let webhooks = webhooks::Webhooks::open(&dir.join("webhooks.sqlite3"), options.allow_private_origins, options.webhook_retry)?;
+        let audit = audit::AuditLog::open(&dir.join("audit.sqlite3"))?;
+        if let Some(l) = &options.ldap {
+            l.check().map_err(NetError::Config)?;
+        }
         let relay_addresses = AddressGuard::new(machine.config().relay_addresses);
         let generation = watch::Sender::new(machine.generation());
         let shared = Arc::new(Shared {
@@ -292,6 +309,8 @@ impl DirectoryServer {
             events: events::EventBus::new(),
             ui_sessions: ui::Sessions::default(),
             webhooks,
+            audit,
+            ldap: options.ldap.clone().map(ldap::Ldap::new),
         });
         let [admin_token_path, enroll_token_path, link_token_path] = token_paths;
         // The key relays pin (`odi relay --directory-key`): printed and kept where an operator
@@ -454,10 +473,17 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         let rest = rest.to_owned();
-        if let Err(resp) = admin::authorize(&shared, &req, &rest) {
-            return resp;
+        let who = match admin::authorize(&shared, &req, &rest).await {
+            Ok(who) => who,
+            Err(resp) => return resp,
+        };
+        if rest == "audit" {
+            return if read { audit::list(&shared, &req) } else { not_allowed("GET, HEAD") };
         }
-        return admin::admin(&shared, req, &rest).await;
+        let client = req.extensions().get::<crate::guard::ClientAddr>().map(|c| c.0);
+        let method = req.method().clone();
+        let resp = admin::admin(&shared, req, &rest).await;
+        return audit::after_call(&shared, &who, &method, &rest, client, resp).await;
     }
     if let Some(rest) = path.strip_prefix("/odi/v1/") {
         let rest = rest.to_owned();
@@ -488,8 +514,8 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
         ("/catalogs", false) => not_allowed("GET, HEAD"),
         // On the public port the metrics are an admin's view (they name linked directories
         // and relay counts): the admin token, unless `--metrics-listen` moved them off it.
-        ("/metrics", true) if shared.metrics.exposure.on_public_port() => match admin::authorize(&shared, &req, "metrics") {
-            Ok(()) => metrics_response(&shared),
+        ("/metrics", true) if shared.metrics.exposure.on_public_port() => match admin::authorize(&shared, &req, "metrics").await {
+            Ok(_) => metrics_response(&shared),
             Err(resp) => resp,
         },
         ("/metrics", false) if shared.metrics.exposure.on_public_port() => not_allowed("GET, HEAD"),

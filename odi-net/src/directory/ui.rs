@@ -7,6 +7,7 @@
 //! with the network.
 
 use std::collections::HashMap;
+use std::net::IpAddr;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -21,6 +22,7 @@ use odi_core::path::{ArtifactPath, CatalogName};
 
 use super::Shared;
 use super::admin::{self, Holder, Refused};
+use super::audit::{self, Who};
 use super::events::What;
 use crate::driver::Driver as _;
 use crate::guard::ClientAddr;
@@ -41,6 +43,8 @@ struct Session {
     csrf: String,
     /// One message for the next page shown (what the last action did).
     flash: Option<(String, bool)>,
+    /// Who logged in: what the audit log names for the session's changes.
+    who: Who,
 }
 
 /// The logged-in sessions, by cookie value.
@@ -48,7 +52,7 @@ struct Session {
 pub(super) struct Sessions(Mutex<HashMap<String, Session>>);
 
 impl Sessions {
-    fn create(&self) -> String {
+    fn create(&self, who: Who) -> String {
         let id = hex::encode(keys::random_bytes::<32>());
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let now = Instant::now();
@@ -58,15 +62,16 @@ impl Sessions {
         {
             map.remove(&oldest);
         }
-        map.insert(id.clone(), Session { expires: now + SESSION_TTL, csrf: hex::encode(keys::random_bytes::<16>()), flash: None });
+        map.insert(id.clone(), Session { expires: now + SESSION_TTL, csrf: hex::encode(keys::random_bytes::<16>()), flash: None, who });
         id
     }
 
-    /// The session's CSRF token and its pending message, if the cookie names a live session.
-    fn get(&self, id: &str) -> Option<(String, Option<(String, bool)>)> {
+    /// The session's CSRF token, its pending message and who it is, if the cookie names a live
+    /// session.
+    fn get(&self, id: &str) -> Option<(String, Option<(String, bool)>, Who)> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let session = map.get_mut(id).filter(|s| s.expires > Instant::now())?;
-        Some((session.csrf.clone(), session.flash.take()))
+        Some((session.csrf.clone(), session.flash.take(), session.who.clone()))
     }
 
     fn flash(&self, id: &str, message: String, is_error: bool) {
@@ -225,6 +230,30 @@ struct EventsPage {
     last: u64,
 }
 
+struct AuditRow {
+    id: u64,
+    time: String,
+    who: String,
+    action: String,
+    target: String,
+    detail: String,
+    client: String,
+    outcome: String,
+}
+
+#[derive(Template)]
+#[template(path = "ui/audit.html")]
+struct AuditPage {
+    logged_in: bool,
+    csrf: String,
+    message: String,
+    message_is_error: bool,
+    rows: Vec<AuditRow>,
+    /// The page's `?before=` (0: the newest page) and the next page's (0: none).
+    before: u64,
+    next: u64,
+}
+
 const STATES: &[&str] = &["enrolled", "syncing", "ready", "draining", "suspended", "unhealthy", "quarantined"];
 
 /// `/ui/{rest}`.
@@ -236,10 +265,11 @@ pub(super) async fn ui(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
         _ => {}
     }
     let cookie = session_cookie(&req);
-    let Some((csrf, flash)) = cookie.as_deref().and_then(|id| shared.ui_sessions.get(id)) else {
+    let Some((csrf, flash, who)) = cookie.as_deref().and_then(|id| shared.ui_sessions.get(id)) else {
         return if method == Method::GET { see_other("/ui/login") } else { error(StatusCode::FORBIDDEN, "log in first: /ui/login") };
     };
     let session = cookie.unwrap_or_default();
+    let client = req.extensions().get::<ClientAddr>().map(|c| c.0);
     let query = form_fields(req.uri().query().unwrap_or_default().as_bytes());
     let segments: Vec<&str> = rest.split('/').collect();
     match (method, segments.as_slice()) {
@@ -249,6 +279,7 @@ pub(super) async fn ui(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
         (Method::GET, ["catalogs", name]) => catalog_page(shared, Frame::of(csrf, flash), name, &query),
         (Method::GET, ["hot"]) => hot_page(shared, Frame::of(csrf, flash)),
         (Method::GET, ["events"]) => events_page(shared, Frame::of(csrf, flash)),
+        (Method::GET, ["audit"]) => audit_page(shared, Frame::of(csrf, flash), &query),
         (Method::GET, ["events", "stream"]) => super::events::stream(&shared.events, &req, false),
         (Method::POST, segments) => {
             let segments: Vec<String> = segments.iter().map(|s| (*s).to_owned()).collect();
@@ -260,14 +291,24 @@ pub(super) async fn ui(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
                 return error(StatusCode::FORBIDDEN, "the form's CSRF token is missing or stale; reload the page and try again");
             }
             let segments: Vec<&str> = segments.iter().map(String::as_str).collect();
-            act(shared, &session, &segments, &form).await
+            act(shared, &session, (&who, client), &segments, &form).await
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such page: /ui/{rest}")),
     }
 }
 
 /// A POST: the change, a message for the next page, and a redirect back.
-async fn act(shared: &Arc<Shared>, session: &str, segments: &[&str], form: &[(String, String)]) -> Response<Body> {
+async fn act(shared: &Arc<Shared>, session: &str, (who, client): (&Who, Option<IpAddr>), segments: &[&str], form: &[(String, String)]) -> Response<Body> {
+    // The admin API call the action is, for the audit log.
+    let (method, call) = match segments {
+        ["relays", id, action] => ("POST", format!("relays/{id}/{action}")),
+        ["catalogs", name, "expunge"] => {
+            let path = field(form, "path").unwrap_or_default();
+            ("DELETE", format!("catalogs/{name}/artifacts/{}", percent_encoding::utf8_percent_encode(path, percent_encoding::NON_ALPHANUMERIC)))
+        }
+        ["catalogs", name, "tag"] => ("POST", format!("catalogs/{name}/tags")),
+        _ => ("GET", String::new()),
+    };
     let (back, outcome) = match segments {
         ["logout"] => {
             shared.ui_sessions.remove(session);
@@ -318,10 +359,24 @@ async fn act(shared: &Arc<Shared>, session: &str, segments: &[&str], form: &[(St
         }
         _ => return error(StatusCode::NOT_FOUND, format!("no such action: /ui/{}", segments.join("/"))),
     };
+    let described = odi_core::audit::describe(method, &call);
+    let detail = match segments {
+        ["catalogs", _, "tag"] => format!("{} +{}", field(form, "path").unwrap_or_default(), field(form, "tag").unwrap_or_default().trim()),
+        _ => String::new(),
+    };
     match outcome {
-        Ok(done) => shared.ui_sessions.flash(session, done, false),
+        Ok(done) => {
+            if let Some((action, target)) = described {
+                audit::record(shared, who, action, target, format!("{detail} (dashboard)").trim().to_owned(), client, StatusCode::OK, String::new());
+            }
+            shared.ui_sessions.flash(session, done, false);
+        }
         Err(resp) => {
+            let status = resp.status();
             let reason = error_reason(resp).await;
+            if let Some((action, target)) = described {
+                audit::record(shared, who, action, target, format!("{detail} (dashboard)").trim().to_owned(), client, status, reason.clone());
+            }
             shared.ui_sessions.flash(session, reason, true);
         }
     }
@@ -351,13 +406,30 @@ async fn login(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
         *resp.status_mut() = StatusCode::FORBIDDEN;
         resp
     };
-    match admin::holder_for(shared, client, token) {
-        Ok(Holder::Admin) => {}
+    let user = field(&form, "user").unwrap_or_default().trim();
+    if !user.is_empty() {
+        let password = field(&form, "password").unwrap_or_default();
+        match super::ldap::login(shared, client, user, password).await {
+            Ok(name) => return logged_in(shared, Who::User(name)),
+            Err((status, why)) => {
+                let mut resp = refused(why);
+                *resp.status_mut() = status;
+                return resp;
+            }
+        }
+    }
+    let who = match admin::holder_for(shared, client, token) {
+        Ok(Holder::Admin) => Who::Admin,
         Ok(Holder::Publisher(catalog)) => return refused(format!("that is a publisher's token for `{catalog}`; the dashboard needs the admin token")),
         Err(Refused::Limited(secs)) => return refused(format!("too many wrong tokens from this address; try again in {secs}s")),
         Err(Refused::Wrong) => return refused("wrong token".to_owned()),
-    }
-    let id = shared.ui_sessions.create();
+    };
+    logged_in(shared, who)
+}
+
+/// A new session for `who`, and the way in.
+fn logged_in(shared: &Shared, who: Who) -> Response<Body> {
+    let id = shared.ui_sessions.create(who);
     let secure = if shared.public_url.get().is_some_and(|u| u.starts_with("https://")) { "; Secure" } else { "" };
     let cookie = format!("{COOKIE}={id}; Path=/ui; Max-Age={}; HttpOnly; SameSite=Strict{secure}", SESSION_TTL.as_secs());
     let mut resp = see_other("/ui/relays");
@@ -521,6 +593,30 @@ fn events_page(shared: &Shared, frame: Frame) -> Response<Body> {
         .collect();
     let Frame { logged_in, csrf, message, message_is_error } = frame;
     page_of(&EventsPage { logged_in, csrf, message, message_is_error, rows, last })
+}
+
+fn audit_page(shared: &Shared, frame: Frame, query: &[(String, String)]) -> Response<Body> {
+    let before = field(query, "before").and_then(|b| b.parse::<u64>().ok()).filter(|b| *b > 0);
+    let page = match shared.audit.page(PAGE as u32, before) {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot read the audit log: {e}")),
+    };
+    let rows = page
+        .entries
+        .into_iter()
+        .map(|e| AuditRow {
+            id: e.id,
+            time: rfc3339(e.time_ms),
+            who: e.who,
+            action: e.action,
+            target: e.target,
+            detail: e.detail,
+            client: e.client,
+            outcome: if e.error.is_empty() { e.status.to_string() } else { format!("{}: {}", e.status, e.error) },
+        })
+        .collect();
+    let Frame { logged_in, csrf, message, message_is_error } = frame;
+    page_of(&AuditPage { logged_in, csrf, message, message_is_error, rows, before: before.unwrap_or(0), next: page.next_before.unwrap_or(0) })
 }
 
 /// `1_500_000` → `1.4 MiB`.
