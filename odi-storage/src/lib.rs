@@ -25,6 +25,8 @@ pub mod sums;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod meta_conformance;
 
 pub use faulty::{FaultSwitch, FaultyMeta};
 #[cfg(feature = "local-fs")]
