@@ -11,17 +11,30 @@
 //! rest of the [`BlobStore`](odi_core::storage::BlobStore) contract, for any backend.
 
 pub mod faulty;
+#[cfg(feature = "local-fs")]
 pub mod local;
 pub mod object;
+#[cfg(feature = "local-fs")]
 pub mod partial;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
+#[cfg(feature = "local-fs")]
 pub mod sums;
 
 #[cfg(any(test, feature = "conformance"))]
 pub mod conformance;
+#[cfg(any(test, feature = "conformance"))]
+pub mod meta_conformance;
 
 pub use faulty::{FaultSwitch, FaultyMeta};
+#[cfg(feature = "local-fs")]
 pub use local::{LocalStore, OpenedBlob};
 pub use object::ObjectBlobStore;
+#[cfg(feature = "local-fs")]
 pub use partial::{PartialFile, SealedPartial};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresMeta;
+#[cfg(feature = "sqlite")]
 pub use sqlite::SqliteMeta;

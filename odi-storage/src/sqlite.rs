@@ -471,6 +471,11 @@ mod tests {
         Record::Token { role, hash: Digest::of(seed) }
     }
 
+    crate::meta_conformance_tests!(conformance, {
+        let dir = tempfile::tempdir().unwrap();
+        (SqliteMeta::open(dir.path().join("directory.db")).unwrap(), dir)
+    });
+
     fn scratch() -> (SqliteMeta, tempfile::TempDir) {
         let dir = tempfile::tempdir().unwrap();
         let meta = SqliteMeta::open(dir.path().join("directory.db")).unwrap();

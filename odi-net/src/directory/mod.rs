@@ -90,6 +90,8 @@ pub struct DirectoryOptions {
     pub link_token: Option<String>,
     /// The metadata store; `None` opens `{data_dir}/directory.sqlite3`.
     pub meta: Option<Arc<dyn MetaStore>>,
+    /// The blob store; `None` opens `{data_dir}/blobs`.
+    pub blobs: Option<Arc<dyn BlobStore>>,
     /// Accept loopback and private relay URLs whatever class the directory's own URL is in.
     pub allow_private_relays: bool,
     /// Let origin catalogs reach loopback and private addresses (tests, `odi dev`).
@@ -117,6 +119,7 @@ impl DirectoryOptions {
             enroll_token: None,
             link_token: None,
             meta: None,
+            blobs: None,
             allow_private_relays: false,
             allow_private_origins: false,
             head_ttl: odi_core::directory::DEFAULT_HEAD_TTL,
@@ -212,9 +215,21 @@ pub async fn run(listener: impl Into<Listener>, options: DirectoryOptions, shutd
 }
 
 impl DirectoryServer {
+    /// Opens the directory with the blob and metadata stores an embedder chose (any
+    /// [`BlobStore`] and [`MetaStore`]), instead of the local ones in `options.data_dir`, which
+    /// still holds the directory's key, tokens and scratch space.
+    pub async fn with_stores(mut options: DirectoryOptions, blobs: Arc<dyn BlobStore>, meta: Arc<dyn MetaStore>) -> Result<Self, NetError> {
+        options.blobs = Some(blobs);
+        options.meta = Some(meta);
+        Self::open(options).await
+    }
+
     pub async fn open(options: DirectoryOptions) -> Result<Self, NetError> {
         let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
-        let store: Arc<dyn BlobStore> = Arc::new(LocalStore::open(dir.join("blobs"))?);
+        let store: Arc<dyn BlobStore> = match &options.blobs {
+            Some(blobs) => blobs.clone(),
+            None => Arc::new(LocalStore::open(dir.join("blobs"))?),
+        };
         let meta: Arc<dyn MetaStore> = match &options.meta {
             Some(meta) => meta.clone(),
             None => Arc::new(SqliteMeta::open(dir.join("directory.sqlite3"))?),
