@@ -19,6 +19,7 @@
 //! }
 //! ```
 
+pub mod api;
 pub mod auth;
 pub mod catalog;
 pub mod digest;
