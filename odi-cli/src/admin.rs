@@ -1,27 +1,30 @@
 //! Admin commands: talk to a directory's `/api/v1` with the admin token.
 
 use std::path::Path;
-use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use bytes::Bytes;
-use http::{Method, Request, header};
 use indicatif::ProgressBar;
-use odi_net::HttpClient;
-use odi_net::http::{Body, full};
-use serde_json::Value;
+use odi_client::admin::AdminClient;
+use odi_core::api::Published;
 
-const ADMIN_TIMEOUT: Duration = Duration::from_secs(30);
-
+/// A directory's admin API with the token the user gave; derefs to the typed client.
 pub(crate) struct Admin {
     pub(crate) directory: String,
-    token: String,
-    client: HttpClient,
+    client: AdminClient,
+}
+
+impl std::ops::Deref for Admin {
+    type Target = AdminClient;
+    fn deref(&self) -> &AdminClient {
+        &self.client
+    }
 }
 
 impl Admin {
     pub(crate) fn new(directory: &str, token: String) -> Self {
-        Self { directory: directory.trim_end_matches('/').to_owned(), token, client: HttpClient::new() }
+        let client = AdminClient::new(directory, token);
+        Self { directory: client.directory().to_owned(), client }
     }
 
     /// Reads the token from `--token-file`, else `ODI_ADMIN_TOKEN`.
@@ -38,28 +41,9 @@ impl Admin {
         Ok(Self::new(directory, token))
     }
 
-    pub(crate) async fn call(&self, method: Method, path: &str, body: Body, content_type: &str, timeout: Duration) -> Result<Value> {
-        let url = format!("{}/api/v1/{path}", self.directory);
-        let req = Request::builder()
-            .method(method)
-            .uri(&url)
-            .header(header::AUTHORIZATION, format!("Bearer {}", self.token))
-            .header(header::CONTENT_TYPE, content_type)
-            .body(body)
-            .with_context(|| format!("`{url}` is not a valid URL"))?;
-        let resp = self.client.send(req, timeout).await?;
-        Ok(odi_net::client::read_json(resp).await?)
-    }
-
-    pub(crate) async fn json(&self, method: Method, path: &str, body: Option<Value>) -> Result<Value> {
-        let body = body.map_or_else(odi_net::http::empty, |v| full(Bytes::from(v.to_string())));
-        self.call(method, path, body, "application/json", ADMIN_TIMEOUT).await
-    }
-
     /// Streams a file to `PUT /api/v1/catalogs/{catalog}/artifacts/{path}` (`path` already
-    /// percent-encoded), advancing `progress` by the bytes sent.
-    /// `tags` go in the query, `?tag=A&tag=B`, as the body is the file.
-    pub(crate) async fn publish(&self, catalog: &str, path: &str, tags: &[String], file: &Path, progress: &ProgressBar) -> Result<Value> {
+    /// percent-encoded), advancing `progress` by the bytes sent; `tags` go in the query.
+    pub(crate) async fn publish_file(&self, catalog: &str, path: &str, tags: &[String], file: &Path, progress: &ProgressBar) -> Result<Published> {
         use futures_util::StreamExt as _;
         use http_body_util::BodyExt as _;
         use tokio::io::AsyncReadExt as _;
@@ -78,11 +62,7 @@ impl Admin {
             }
         });
         let body = http_body_util::StreamBody::new(stream.boxed()).boxed_unsync();
-        let media_type = media_type_for(path);
-        // Large uploads take as long as they take; the head of the answer comes after the body.
-        let query: Vec<String> = tags.iter().map(|t| format!("tag={}", percent_encoding::utf8_percent_encode(t, percent_encoding::NON_ALPHANUMERIC))).collect();
-        let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
-        self.call(Method::PUT, &format!("catalogs/{catalog}/artifacts/{path}{query}"), body, media_type, Duration::from_secs(24 * 3600)).await
+        Ok(self.client.publish(catalog, path, tags, media_type_for(path), body).await?)
     }
 }
 

@@ -4,9 +4,10 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context as _, Result, bail};
-use http::Method;
-use serde_json::json;
 use tokio::net::TcpListener;
+
+use odi_core::api::CreateCatalog;
+use odi_core::message::RelayStatus;
 
 use crate::admin::Admin;
 
@@ -93,20 +94,20 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
     let big = sample.join("odi-sample-5MiB.bin");
     let bytes: Vec<u8> = (0..(5usize << 20) + 1).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
     std::fs::write(&big, bytes)?;
-    let created = admin.json(Method::POST, "catalogs", Some(json!({ "name": "sample", "replicas": 2 }))).await;
+    let created = admin.create_catalog(&CreateCatalog { name: "sample".into(), replicas: Some(2), ..CreateCatalog::default() }).await;
     if let Err(e) = created
-        && !e.to_string().contains("already exists")
+        && e.status() != Some(http::StatusCode::CONFLICT)
     {
-        return Err(e.context("cannot create the sample catalog"));
+        return Err(anyhow::Error::from(e).context("cannot create the sample catalog"));
     }
     for (name, file) in [("hello.txt", &hello), ("odi-sample-5MiB.bin", &big)] {
-        admin.publish("sample", name, &[], file, &indicatif::ProgressBar::hidden()).await.with_context(|| format!("cannot publish {name}"))?;
+        admin.publish_file("sample", name, &[], file, &indicatif::ProgressBar::hidden()).await.with_context(|| format!("cannot publish {name}"))?;
     }
 
     // Wait (up to 10 s) until every relay holds its share, so the first curl is redirected.
     for _ in 0..100 {
-        let relays = admin.json(Method::GET, "relays", None).await?;
-        let ready = relays.as_array().is_some_and(|a| a.iter().filter(|r| r["status"] == "ready").count() >= relay_urls.len());
+        let relays = admin.relays().await?;
+        let ready = relays.iter().filter(|r| r.status == RelayStatus::Ready).count() >= relay_urls.len();
         if ready {
             break;
         }

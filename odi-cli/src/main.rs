@@ -7,9 +7,9 @@ use std::time::Duration;
 
 use anyhow::{Context as _, Result, anyhow, bail};
 use clap::{Args, CommandFactory as _, Parser, Subcommand};
-use http::Method;
+use odi_client::admin::RelayAction;
+use odi_core::api::{ChangeTags, CreateCatalog, CreateLink, CreateToken};
 use serde::{Deserialize, Serialize};
-use serde_json::{Value, json};
 use tokio::net::TcpListener;
 
 /// Every `println!` in this crate goes through `output::line`: a reader that went away
@@ -820,34 +820,31 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Catalog(CatalogCommand::Create { name, target, replicas, chunk_size, mutable, origin, origin_interval }) => {
             let interval = origin_interval.map(|d| d.as_secs().max(1));
-            let body =
-                json!({ "name": name, "replicas": replicas, "chunk_size": chunk_size, "mutable": mutable, "origin": origin, "origin_interval": interval });
-            let created = target.admin()?.json(Method::POST, "catalogs", Some(body)).await?;
+            let body = CreateCatalog { name: name.clone(), replicas, chunk_size, mutable, origin: origin.clone(), origin_interval: interval };
+            let created = target.admin()?.create_catalog(&body).await?;
             let kind = if mutable { ", mutable" } else { "" };
             let from = origin.as_deref().map(|o| format!(", mirroring {o}")).unwrap_or_default();
-            println!("created catalog {} (replicas {}, chunk size {}{kind}{from})", name, created["replicas"], created["chunk_size"]);
+            println!("created catalog {} (replicas {}, chunk size {}{kind}{from})", name, created.replicas, created.chunk_size);
         }
         Command::Catalog(CatalogCommand::Sync { name, target }) => {
             // A sync takes as long as the downloads it makes; its report comes at the end.
-            let path = format!("catalogs/{}/sync", encode_path(&name)?);
-            let report = target.admin()?.call(Method::POST, &path, odi_net::http::empty(), "application/json", Duration::from_secs(24 * 3600)).await?;
-            let list = |k: &str| report[k].as_array().cloned().unwrap_or_default();
-            for p in list("published") {
-                println!("published {name}/{}", p.as_str().unwrap_or("?"));
+            let report = target.admin()?.sync(&name).await?;
+            for p in &report.published {
+                println!("published {name}/{p}");
             }
-            for (what, k) in [("refused", "refused"), ("failed", "failed")] {
-                for pair in list(k) {
-                    println!("{what} {name}/{}: {}", pair[0].as_str().unwrap_or("?"), pair[1].as_str().unwrap_or("?"));
+            for (what, list) in [("refused", &report.refused), ("failed", &report.failed)] {
+                for (path, why) in list {
+                    println!("{what} {name}/{path}: {why}");
                 }
             }
-            let (refused, failed) = (list("refused").len(), list("failed").len());
-            println!("published {}, unchanged {}, refused {refused}, failed {failed}", list("published").len(), report["unchanged"]);
+            let (refused, failed) = (report.refused.len(), report.failed.len());
+            println!("published {}, unchanged {}, refused {refused}, failed {failed}", report.published.len(), report.unchanged);
             if refused + failed > 0 {
                 bail!("{refused} files refused and {failed} failed; see above");
             }
         }
         Command::Catalog(CatalogCommand::Ls { target, json }) => {
-            let list = target.admin()?.json(Method::GET, "catalogs", None).await?;
+            let list = target.admin()?.catalogs().await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&list)?);
             } else {
@@ -856,10 +853,10 @@ async fn run(command: Command) -> Result<()> {
         }
         Command::Catalog(CatalogCommand::Conflicts { name, target, json }) => {
             let name = odi_core::path::CatalogName::new(&name).map_err(|e| anyhow!("bad catalog name `{name}`: {e}"))?;
-            let list = target.admin()?.json(Method::GET, &format!("catalogs/{name}/conflicts"), None).await?;
+            let list = target.admin()?.conflicts(name.as_str()).await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&list)?);
-            } else if list.as_array().is_none_or(Vec::is_empty) {
+            } else if list.is_empty() {
                 eprintln!("no conflicts in {name}");
             } else {
                 output::emit(&listing::conflicts(&list));
@@ -870,7 +867,8 @@ async fn run(command: Command) -> Result<()> {
         Command::Audit(args) => audit::run(args).await?,
         Command::Tag(args) => tag(args).await?,
         Command::Token(TokenCommand::Add { name, catalog, single_use, target }) => {
-            let made = target.admin()?.json(Method::POST, "tokens", Some(json!({ "name": name, "catalog": catalog, "single_use": single_use }))).await?;
+            let catalog = catalog.as_deref().map(odi_core::path::CatalogName::new).transpose().map_err(|e| anyhow!("bad catalog name: {e}"))?;
+            let made = target.admin()?.create_token(&CreateToken { name: name.clone(), catalog: catalog.clone(), single_use }).await?;
             match &catalog {
                 Some(c) => eprintln!("publisher token `{name}` for catalog `{c}` (shown once; publish with ODI_ADMIN_TOKEN set to it):"),
                 None if single_use => {
@@ -878,10 +876,10 @@ async fn run(command: Command) -> Result<()> {
                 }
                 None => eprintln!("enrollment token `{name}` (shown once; its relays run with ODI_ENROLL_TOKEN set to it):"),
             }
-            output::line(made["token"].as_str().unwrap_or_default());
+            output::line(&made.token);
         }
         Command::Token(TokenCommand::Ls { target, json }) => {
-            let list = target.admin()?.json(Method::GET, "tokens", None).await?;
+            let list = target.admin()?.tokens().await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&list)?);
             } else {
@@ -889,13 +887,12 @@ async fn run(command: Command) -> Result<()> {
             }
         }
         Command::Token(TokenCommand::Revoke { name, target }) => {
-            let name_in_url = percent_encoding::utf8_percent_encode(&name, percent_encoding::NON_ALPHANUMERIC).to_string();
-            let out = target.admin()?.json(Method::DELETE, &format!("tokens/{name_in_url}"), None).await?;
-            let barred = out["quarantined"].as_array().map_or(0, Vec::len);
+            let out = target.admin()?.revoke_token(&name).await?;
+            let barred = out.quarantined.len();
             output::line(&format!("revoked `{name}`; {barred} relays enrolled with it are quarantined"));
         }
         Command::Ls(args) => {
-            let listing = args.target.admin()?.json(Method::GET, &format!("catalogs/{}", args.catalog), None).await?;
+            let listing = args.target.admin()?.catalog(&args.catalog).await?;
             if args.json {
                 output::line(&serde_json::to_string_pretty(&listing)?);
             } else {
@@ -910,24 +907,24 @@ async fn run(command: Command) -> Result<()> {
         Command::Expunge(args) => expunge(args).await?,
         Command::Relays(args) => {
             let admin = args.target.admin()?;
-            let mut relays = admin.json(Method::GET, "relays", None).await?;
-            let actions = [("drain", &args.drain), ("undrain", &args.undrain), ("readmit", &args.readmit)];
+            let mut relays = admin.relays().await?;
+            let actions = [(RelayAction::Drain, &args.drain), (RelayAction::Undrain, &args.undrain), (RelayAction::Readmit, &args.readmit)];
             if actions.iter().any(|(_, id)| id.is_some()) {
                 for (action, prefix) in actions {
                     if let Some(prefix) = prefix {
                         // Any unique prefix of an id will do, such as the short ids the table shows.
                         let id = listing::resolve_relay(&relays, prefix)?;
-                        admin.json(Method::POST, &format!("relays/{id}/{action}"), None).await?;
-                        eprintln!("{action}: {id}");
+                        admin.relay_action(&id, action).await?;
+                        eprintln!("{}: {id}", action.as_str());
                     }
                 }
-                relays = admin.json(Method::GET, "relays", None).await?;
+                relays = admin.relays().await?;
             }
             if args.json {
                 output::line(&serde_json::to_string_pretty(&relays)?);
             } else {
                 output::emit(&listing::relays(&relays));
-                output::emit(&listing::stats(&admin.json(Method::GET, "stats", None).await?));
+                output::emit(&listing::stats(&admin.stats().await?));
             }
         }
         Command::Get(args) => {
@@ -975,23 +972,22 @@ async fn meta_directory(args: DirectoryArgs, file: FileConfig) -> Result<()> {
 
 async fn expunge(args: ExpungeArgs) -> Result<()> {
     let admin = args.target.admin()?;
-    let names = |v: &Value| -> Vec<String> { v.as_array().into_iter().flatten().filter_map(Value::as_str).map(str::to_owned).collect() };
     if let Some(digest) = args.digest {
-        let out = admin.json(Method::DELETE, &format!("blobs/sha256/{}", digest.to_hex()), None).await?;
-        if out["already"] == Value::Bool(true) {
+        let out = admin.expunge_digest(&digest).await?;
+        if out.already {
             println!("{digest} was already expunged");
             return Ok(());
         }
-        let gone = names(&out["expunged"]);
+        let gone = out.expunged;
         let listed = if gone.is_empty() { "no name held it".to_owned() } else { format!("expunged {}", gone.join(", ")) };
         println!("barred {digest} everywhere: {listed}; relays delete it now and publishing it is refused");
         return Ok(());
     }
     // Both are required by clap unless --digest is given.
     let (Some(catalog), Some(path)) = (args.catalog, args.path) else { bail!("give --catalog NAME PATH, or --digest sha256:HEX") };
-    let out = admin.json(Method::DELETE, &format!("catalogs/{catalog}/artifacts/{}", encode_path(&path)?), None).await?;
-    let digest = out["digest"].as_str().unwrap_or("?");
-    let others = names(&out["still_named"]);
+    let out = admin.expunge_path(&catalog, &encode_path(&path)?).await?;
+    let digest = out.digest.map_or_else(|| "?".to_owned(), |d| d.to_string());
+    let others = out.still_named;
     if others.is_empty() {
         println!("expunged {catalog}/{path} ({digest}); no other name holds those bytes");
     } else {
@@ -1036,23 +1032,22 @@ async fn link(command: LinkCommand) -> Result<()> {
                 odi_core::path::CatalogName::new(c).map_err(|e| anyhow!("bad catalog name `{c}`: {e}"))?;
             }
             let tags = check_tags(&tags)?;
-            let body = json!({ "peer": peer, "token": token, "catalogs": catalogs, "tags": tags });
-            let made = admin.json(Method::POST, "links", Some(body)).await?;
-            let what = |v: &Value, all: &str| -> String {
-                let names: Vec<&str> = v.as_array().into_iter().flatten().filter_map(Value::as_str).collect();
-                if names.is_empty() { all.to_owned() } else { names.join(", ") }
-            };
+            let catalogs =
+                catalogs.iter().map(|c| odi_core::path::CatalogName::new(c)).collect::<Result<Vec<_>, _>>().map_err(|e| anyhow!("bad catalog name: {e}"))?;
+            let made = admin.create_link(&CreateLink { peer: peer.clone(), token: token.to_owned(), catalogs, tags }).await?;
+            let what = |v: &[String], all: &str| -> String { if v.is_empty() { all.to_owned() } else { v.join(", ") } };
+            let made_catalogs: Vec<String> = made.catalogs.iter().map(ToString::to_string).collect();
             println!(
                 "linked {} with {} (id {}); catalogs: {}; tags: {}",
                 admin.directory,
                 peer,
-                made["peer"].as_str().unwrap_or("?"),
-                what(&made["catalogs"], "all"),
-                what(&made["tags"], "any")
+                made.peer,
+                what(&made_catalogs, "all"),
+                what(&made.tags, "any")
             );
         }
         LinkCommand::Ls { target, json } => {
-            let list = target.admin()?.json(Method::GET, "links", None).await?;
+            let list = target.admin()?.links().await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&list)?);
             } else {
@@ -1062,9 +1057,8 @@ async fn link(command: LinkCommand) -> Result<()> {
         LinkCommand::Rm { target, peer } => {
             let admin = target.admin()?;
             let key = peer.trim().trim_end_matches('/');
-            let in_url = percent_encoding::utf8_percent_encode(key, percent_encoding::NON_ALPHANUMERIC).to_string();
-            let out = admin.json(Method::DELETE, &format!("links/{in_url}"), None).await?;
-            println!("unlinked {} from {} (id {})", admin.directory, out["url"].as_str().unwrap_or(key), out["peer"].as_str().unwrap_or("?"));
+            let out = admin.remove_link(key).await?;
+            println!("unlinked {} from {} (id {})", admin.directory, out.url, out.peer);
         }
     }
     Ok(())
@@ -1078,9 +1072,8 @@ async fn tag(args: TagArgs) -> Result<()> {
     if let Some(both) = add.iter().find(|t| remove.contains(t)) {
         bail!("tag `{both}` is both added and removed; give it once");
     }
-    let body = json!({ "path": args.path, "add": add, "remove": remove });
-    let out = admin.json(Method::POST, &format!("catalogs/{catalog}/tags"), Some(body)).await?;
-    let tags: Vec<&str> = out["tags"].as_array().into_iter().flatten().filter_map(Value::as_str).collect();
+    let out = admin.change_tags(catalog.as_str(), &ChangeTags { path: args.path.clone(), add, remove }).await?;
+    let tags = out.tags;
     let tags = if tags.is_empty() { "none".to_owned() } else { tags.join(", ") };
     println!("{catalog}/{}: tags now {tags}", args.path);
     Ok(())

@@ -17,11 +17,9 @@ use std::io::{IsTerminal as _, Read as _};
 use std::path::{Path, PathBuf};
 
 use anyhow::{Context as _, Result, anyhow, bail};
-use http::Method;
 use indicatif::{ProgressBar, ProgressStyle};
 use odi_core::Digest;
 use odi_core::path::ArtifactPath;
-use serde_json::Value;
 use sha2::{Digest as _, Sha256};
 
 use crate::admin::{Admin, encode_path};
@@ -153,19 +151,14 @@ enum Outcome {
 
 /// Publishes `items` into `catalog`: uploads what the catalog does not list with the same bytes.
 pub(crate) async fn run(admin: &Admin, catalog: &str, tags: &[String], items: Vec<Item>, skipped: &[String]) -> Result<()> {
-    let listing = match admin.json(Method::GET, &format!("catalogs/{catalog}"), None).await {
+    let listing = match admin.catalog(catalog).await {
         Ok(l) => l,
-        Err(e) if matches!(e.downcast_ref::<odi_net::NetError>(), Some(odi_net::NetError::Status { status, .. }) if *status == http::StatusCode::NOT_FOUND) => {
+        Err(e) if e.status() == Some(http::StatusCode::NOT_FOUND) => {
             bail!("no catalog named `{catalog}`; create it first with `odi catalog create {catalog} --directory {}`", admin.directory)
         }
-        Err(e) => return Err(e.context(format!("cannot list catalog {catalog}"))),
+        Err(e) => return Err(anyhow::Error::from(e).context(format!("cannot list catalog {catalog}"))),
     };
-    let listed: BTreeMap<&str, (&str, u64)> = listing["artifacts"]
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter_map(|a| Some((a["path"].as_str()?, (a["digest"].as_str()?, a["size"].as_u64()?))))
-        .collect();
+    let listed: BTreeMap<&str, (Digest, u64)> = listing.artifacts.iter().map(|a| (a.path.as_str(), (a.digest, a.size))).collect();
     let total: u64 = items.iter().map(|i| i.size).sum();
     let bar = if std::io::stderr().is_terminal() {
         let bar = ProgressBar::new(total);
@@ -210,7 +203,14 @@ pub(crate) async fn run(admin: &Admin, catalog: &str, tags: &[String], items: Ve
     Ok(())
 }
 
-async fn publish_one(admin: &Admin, catalog: &str, tags: &[String], item: &Item, listed: Option<(&str, u64)>, bar: &ProgressBar) -> Result<(Outcome, String)> {
+async fn publish_one(
+    admin: &Admin,
+    catalog: &str,
+    tags: &[String],
+    item: &Item,
+    listed: Option<(Digest, u64)>,
+    bar: &ProgressBar,
+) -> Result<(Outcome, String)> {
     let url_path = encode_path(&item.path)?;
     if let Some((digest, size)) = listed
         && size == item.size
@@ -220,21 +220,14 @@ async fn publish_one(admin: &Admin, catalog: &str, tags: &[String], item: &Item,
             .await
             .context("the hashing task failed")?
             .with_context(|| format!("cannot read {}", item.file.display()))?;
-        if local.to_string() == digest {
+        if local == digest {
             let hint = if tags.is_empty() { "" } else { " (tags unchanged; `odi tag --add` changes them)" };
             return Ok((Outcome::Unchanged, format!("unchanged {catalog}/{} {digest}{hint}", item.path)));
         }
     }
-    let out = admin.publish(catalog, &url_path, tags, &item.file, bar).await?;
-    let created = out["created"] == Value::Bool(true);
-    let line = format!(
-        "{} {catalog}/{} {} ({} bytes, seq {})",
-        if created { "published" } else { "unchanged" },
-        item.path,
-        out["digest"].as_str().unwrap_or("?"),
-        out["size"],
-        out["seq"]
-    );
+    let out = admin.publish_file(catalog, &url_path, tags, &item.file, bar).await?;
+    let created = out.created;
+    let line = format!("{} {catalog}/{} {} ({} bytes, seq {})", if created { "published" } else { "unchanged" }, item.path, out.digest, out.size, out.seq);
     Ok((if created { Outcome::Published { bytes: item.size } } else { Outcome::Unchanged }, line))
 }
 

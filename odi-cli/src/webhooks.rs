@@ -2,10 +2,7 @@
 
 use anyhow::Result;
 use clap::Subcommand;
-use http::Method;
-use odi_core::webhook::{Delivery, Hook};
-use serde::Deserialize;
-use serde_json::json;
+use odi_core::api::AddHook;
 
 use crate::Target;
 use crate::output::{self, Align, Table};
@@ -53,28 +50,15 @@ pub(crate) enum WebhookCommand {
     },
 }
 
-#[derive(Deserialize)]
-struct Added {
-    id: String,
-    url: String,
-    secret: String,
-}
-
-#[derive(Deserialize)]
-struct Removed {
-    id: String,
-    url: String,
-}
-
 pub(crate) async fn run(command: WebhookCommand) -> Result<()> {
     match command {
         WebhookCommand::Add { url, events, target } => {
-            let made: Added = serde_json::from_value(target.admin()?.json(Method::POST, "webhooks", Some(json!({ "url": url, "events": events }))).await?)?;
-            eprintln!("webhook {} → {} (its signing secret, shown once, is on stdout):", made.id, made.url);
+            let made = target.admin()?.add_webhook(&AddHook { url, events }).await?;
+            eprintln!("webhook {} → {} (its signing secret, shown once, is on stdout):", made.hook.id, made.hook.url);
             output::line(&made.secret);
         }
         WebhookCommand::Ls { target, json } => {
-            let hooks: Vec<Hook> = serde_json::from_value(target.admin()?.json(Method::GET, "webhooks", None).await?)?;
+            let hooks = target.admin()?.webhooks().await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&hooks)?);
             } else if hooks.is_empty() {
@@ -88,12 +72,11 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<()> {
             }
         }
         WebhookCommand::Rm { id, target } => {
-            let removed: Removed = serde_json::from_value(target.admin()?.json(Method::DELETE, &format!("webhooks/{}", encode(&id)), None).await?)?;
+            let removed = target.admin()?.remove_webhook(&id).await?;
             output::line(&format!("removed webhook {} ({})", removed.id, removed.url));
         }
         WebhookCommand::Deliveries { id, limit, target, json } => {
-            let list: Vec<Delivery> =
-                serde_json::from_value(target.admin()?.json(Method::GET, &format!("webhooks/{}/deliveries?limit={limit}", encode(&id)), None).await?)?;
+            let list = target.admin()?.deliveries(&id, limit).await?;
             if json {
                 output::line(&serde_json::to_string_pretty(&list)?);
             } else {
@@ -112,8 +95,4 @@ pub(crate) async fn run(command: WebhookCommand) -> Result<()> {
         }
     }
     Ok(())
-}
-
-fn encode(segment: &str) -> String {
-    percent_encoding::utf8_percent_encode(segment, percent_encoding::NON_ALPHANUMERIC).to_string()
 }

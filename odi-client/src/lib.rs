@@ -16,6 +16,7 @@ use std::time::{SystemTime, UNIX_EPOCH};
 
 use odi_core::time::UnixTime;
 
+pub mod admin;
 pub mod body;
 pub mod client;
 pub mod metalink;

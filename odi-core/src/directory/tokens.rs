@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::digest::Digest;
 use crate::message::NodeId;
@@ -28,11 +28,11 @@ pub(super) enum Admission {
 }
 
 /// A named token as admins see it.
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct TokenView {
     pub name: String,
     /// `enroll` or `publish`.
-    pub role: &'static str,
+    pub role: String,
     /// The catalog a publisher's token may publish to.
     pub catalog: Option<CatalogName>,
     pub single_use: bool,
@@ -117,7 +117,7 @@ impl Tokens {
             .values()
             .map(|t| TokenView {
                 name: t.name.clone(),
-                role: if t.catalog.is_some() { "publish" } else { "enroll" },
+                role: if t.catalog.is_some() { "publish" } else { "enroll" }.to_owned(),
                 catalog: t.catalog.clone(),
                 single_use: t.single_use,
                 used_by: t.used_by,

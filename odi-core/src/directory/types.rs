@@ -5,7 +5,7 @@ use std::ops::Range;
 use std::sync::Arc;
 use std::time::Duration;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use super::persist::RequestId;
 use crate::catalog::MAX_REPLICAS;
@@ -39,7 +39,7 @@ pub enum PeerFailure {
 }
 
 /// A link as admins see it.
-#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+#[derive(Clone, Debug, Eq, PartialEq, Deserialize, Serialize)]
 pub struct LinkView {
     pub peer: NodeId,
     pub url: String,
@@ -54,7 +54,7 @@ pub struct LinkView {
 }
 
 /// A path with concurrent bindings: what it serves (the winner), and the other candidates.
-#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+#[derive(Clone, Debug, Eq, PartialEq, Deserialize, Serialize)]
 pub struct ConflictView {
     pub catalog: CatalogName,
     pub path: ArtifactPath,
@@ -63,7 +63,7 @@ pub struct ConflictView {
     pub losers: Vec<ConflictLoser>,
 }
 
-#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+#[derive(Clone, Debug, Eq, PartialEq, Deserialize, Serialize)]
 pub struct ConflictLoser {
     pub digest: Digest,
     /// The directory where it was published.
@@ -276,7 +276,7 @@ pub struct Redirect {
     pub mutable: bool,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct RelayView {
     pub id: NodeId,
     pub url: RelayUrl,
@@ -304,7 +304,7 @@ pub struct RelayView {
     pub last_seen_ms: Option<u64>,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct CatalogView {
     pub name: CatalogName,
     pub replicas: u32,
@@ -316,7 +316,7 @@ pub struct CatalogView {
     pub bytes: u64,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct HotView {
     pub digest: Digest,
     pub names: Vec<String>,
@@ -325,7 +325,7 @@ pub struct HotView {
     pub extra_replicas: u32,
 }
 
-#[derive(Clone, Debug, Serialize)]
+#[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct ExpungeView {
     pub digest: Digest,
     /// Relays that held it and have not yet confirmed deleting it.

@@ -12,13 +12,16 @@ use http::{Method, Request, Response, StatusCode};
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
+use odi_core::api::{
+    ArtifactView, CatalogListing, ChangeTags, CreateCatalog, CreateLink, CreateToken, DigestExpunged, LinkCreated, LinkRemoved, PathExpunged, Published, Stats,
+    Tagged, TokenCreated, TokenRevoked,
+};
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
 use odi_core::directory::{AdminError, Directory, Outcome, TokenScope};
 use odi_core::manifest::DEFAULT_CHUNK_SIZE;
 use odi_core::message::NodeId;
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::storage::{Record, StorageError, TokenRole};
-use serde::{Deserialize, Serialize};
 
 use super::audit::Who;
 use super::effects::execute;
@@ -124,43 +127,6 @@ fn publisher_catalog<'a>(method: &Method, rest: &'a str) -> Option<&'a str> {
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CreateCatalog {
-    name: String,
-    replicas: Option<u32>,
-    chunk_size: Option<u64>,
-    /// Paths may be published again with other bytes (index files); default false.
-    #[serde(default)]
-    mutable: bool,
-    /// An autoindex URL to mirror (admins only; SSRF-checked).
-    #[serde(default)]
-    origin: Option<String>,
-    /// Seconds between scheduled syncs of the origin.
-    #[serde(default)]
-    origin_interval: Option<u64>,
-}
-
-#[derive(Serialize)]
-struct Published {
-    catalog: CatalogName,
-    path: ArtifactPath,
-    digest: Digest,
-    size: u64,
-    seq: u64,
-    created: bool,
-}
-
-#[derive(Serialize)]
-struct ArtifactView<'a> {
-    path: &'a ArtifactPath,
-    digest: Digest,
-    size: u64,
-    media_type: &'a str,
-    published_at: u64,
-    tags: &'a [String],
-}
-
 pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
     let method = req.method().clone();
     let segments: Vec<&str> = rest.splitn(4, '/').collect();
@@ -179,21 +145,21 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             let Some(view) = m.catalogs().into_iter().find(|c| c.name == name) else {
                 return error(StatusCode::NOT_FOUND, format!("no catalog named `{name}`"));
             };
-            let artifacts: Vec<ArtifactView<'_>> = m
+            let artifacts: Vec<ArtifactView> = m
                 .artifacts(&name)
                 .into_iter()
                 .flatten()
                 .map(|a| ArtifactView {
-                    path: &a.path,
+                    path: a.path.clone(),
                     digest: a.digest(),
                     size: a.size(),
-                    media_type: &a.media_type,
+                    media_type: a.media_type.to_string(),
                     published_at: a.published_at.0,
-                    tags: &a.tags,
+                    tags: a.tags.clone(),
                 })
                 .collect();
-            let conflicts: Vec<_> = m.conflicts().into_iter().filter(|c| c.catalog == name).collect();
-            json(StatusCode::OK, &serde_json::json!({ "catalog": view, "artifacts": artifacts, "conflicts": conflicts }))
+            let conflicts = m.conflicts().into_iter().filter(|c| c.catalog == name).collect();
+            json(StatusCode::OK, &CatalogListing { catalog: view, artifacts, conflicts })
         }
         (Method::PUT, ["catalogs", name, "artifacts", path]) => {
             let (name, path) = (name.to_string(), path.to_string());
@@ -213,14 +179,14 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             let node_blob_bytes = shared.node_blob_bytes.load(std::sync::atomic::Ordering::Relaxed);
             json(
                 StatusCode::OK,
-                &serde_json::json!({
-                    "generation": m.generation(),
-                    "node_blob_bytes": node_blob_bytes,
-                    "peer_blob_bytes_sent": shared.peer_blob_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
-                    "peer_blob_bytes_received": shared.peer_blob_bytes_received.load(std::sync::atomic::Ordering::Relaxed),
-                    "hottest": m.hottest(10, now),
-                    "expunges_pending": m.expunges_pending(),
-                }),
+                &Stats {
+                    generation: m.generation(),
+                    node_blob_bytes,
+                    peer_blob_bytes_sent: shared.peer_blob_bytes_sent.load(std::sync::atomic::Ordering::Relaxed),
+                    peer_blob_bytes_received: shared.peer_blob_bytes_received.load(std::sync::atomic::Ordering::Relaxed),
+                    hottest: m.hottest(10, now),
+                    expunges_pending: m.expunges_pending(),
+                },
             )
         }
         (Method::POST, ["relays", id, action @ ("drain" | "undrain" | "readmit")]) => {
@@ -276,7 +242,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             shared.announce(What::TokenRevoked { name: name.clone() });
             let now = shared.now();
             let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
-            json(StatusCode::OK, &serde_json::json!({ "name": name, "revoked": true, "quarantined": barred }))
+            json(StatusCode::OK, &TokenRevoked { name, revoked: true, quarantined: barred })
         }
         _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} /api/v1/{rest}", req.method())),
     }
@@ -286,15 +252,6 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
 /// once in the answer (only its keyed hash is kept): an enrollment token for one relay operator
 /// (with `single_use`, for one relay), or with `catalog` a publisher's token for that catalog.
 async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CreateToken {
-        name: String,
-        #[serde(default)]
-        catalog: Option<CatalogName>,
-        #[serde(default)]
-        single_use: bool,
-    }
     let body = match read_request_json(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -314,7 +271,7 @@ async fn create_enroll_token(shared: &Arc<Shared>, req: Request<Incoming>) -> Re
         return resp;
     }
     shared.announce(What::TokenAdded { name: create.name.clone(), role: role.to_owned() });
-    json(StatusCode::CREATED, &serde_json::json!({ "name": create.name, "role": role, "token": token }))
+    json(StatusCode::CREATED, &TokenCreated { name: create.name, role: role.to_owned(), token })
 }
 
 pub(super) fn admin_error(e: &AdminError) -> Response<Body> {
@@ -483,7 +440,7 @@ pub(super) async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str)
     shared.announce(What::ArtifactExpunged { catalog: Some(catalog.to_string()), path: Some(path.to_string()), digest: digest.map(|d| d.to_string()) });
     // The names that still serve those bytes: an expunge by path withdraws only this one.
     let names = digest.map(|d| shared.lock().names_of(&d)).unwrap_or_default();
-    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "digest": digest, "still_named": names }))
+    json(StatusCode::OK, &PathExpunged { catalog, path, digest, still_named: names })
 }
 
 /// `DELETE /api/v1/blobs/sha256/{hex}`: bars the bytes from the directory, under every name.
@@ -508,7 +465,7 @@ async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
     if !already {
         shared.announce(What::ArtifactExpunged { catalog: None, path: None, digest: Some(digest.to_string()) });
     }
-    json(StatusCode::OK, &serde_json::json!({ "digest": digest, "expunged": names, "already": already }))
+    json(StatusCode::OK, &DigestExpunged { digest, expunged: names, already })
 }
 
 pub(super) async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, Response<Body>> {
@@ -524,16 +481,6 @@ pub(super) async fn read_request_json(req: Request<Incoming>) -> Result<Bytes, R
 /// `POST /api/v1/links {peer, token, catalogs, tags}`: the handshake with the peer (its link
 /// token), then the link stored here with the key the peer answered with.
 async fn create_link(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct CreateLink {
-        peer: String,
-        token: String,
-        #[serde(default)]
-        catalogs: Vec<CatalogName>,
-        #[serde(default)]
-        tags: Vec<String>,
-    }
     let body = match read_request_json(req).await {
         Ok(b) => b,
         Err(resp) => return resp,
@@ -574,7 +521,7 @@ async fn create_link(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<B
     }
     shared.announce(What::LinkAdded { peer: answer.id.to_string(), url: peer_url.clone() });
     tracing::info!(peer = %answer.id, url = %peer_url, "linked with a directory");
-    json(StatusCode::CREATED, &serde_json::json!({ "peer": answer.id, "url": peer_url, "catalogs": create.catalogs, "tags": create.tags }))
+    json(StatusCode::CREATED, &LinkCreated { peer: answer.id, url: peer_url, catalogs: create.catalogs, tags: create.tags })
 }
 
 /// `DELETE /api/v1/links/{url or id}`.
@@ -589,20 +536,11 @@ async fn remove_link(shared: &Arc<Shared>, which: &str) -> Response<Body> {
     }
     shared.announce(What::LinkRemoved { peer: link.peer.to_string(), url: link.url.clone() });
     tracing::info!(peer = %link.peer, url = %link.url, "removed a link");
-    json(StatusCode::OK, &serde_json::json!({ "peer": link.peer, "url": link.url }))
+    json(StatusCode::OK, &LinkRemoved { peer: link.peer, url: link.url })
 }
 
 /// `POST /api/v1/catalogs/{name}/tags {path, add, remove}`.
 async fn change_tags(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str) -> Response<Body> {
-    #[derive(Deserialize)]
-    #[serde(deny_unknown_fields)]
-    struct ChangeTags {
-        path: String,
-        #[serde(default)]
-        add: Vec<String>,
-        #[serde(default)]
-        remove: Vec<String>,
-    }
     let Ok(catalog) = CatalogName::new(catalog) else {
         return error(StatusCode::BAD_REQUEST, "malformed catalog name");
     };
@@ -623,7 +561,7 @@ async fn change_tags(shared: &Arc<Shared>, req: Request<Incoming>, catalog: &str
     }
     let tags = shared.lock().lookup(catalog.as_str(), &path).map(|a| a.tags.clone()).unwrap_or_default();
     shared.announce(What::TagSet { catalog: catalog.to_string(), path: path.to_string(), tags: tags.clone() });
-    json(StatusCode::OK, &serde_json::json!({ "catalog": catalog, "path": path, "tags": tags }))
+    json(StatusCode::OK, &Tagged { catalog, path, tags })
 }
 
 /// Tags given to `PUT .../artifacts/{path}?tag=A&tag=B`.

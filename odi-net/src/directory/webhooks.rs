@@ -11,10 +11,10 @@ use std::time::Duration;
 use bytes::Bytes;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
+use odi_core::api::{AddHook, HookAdded, HookRemoved};
 use odi_core::message::{AddressClass, AddressPolicy, classify_ip};
 use odi_core::webhook::{Delivery, Hook, RetryPolicy, signature};
 use rusqlite::{Connection, OptionalExtension as _, params};
-use serde::{Deserialize, Serialize};
 
 use super::Shared;
 use super::events::{KINDS, Notice, What};
@@ -229,22 +229,6 @@ pub(super) async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &[
     }
 }
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct AddHook {
-    url: String,
-    #[serde(default)]
-    events: Vec<String>,
-}
-
-#[derive(Serialize)]
-struct Added<'a> {
-    #[serde(flatten)]
-    hook: &'a Hook,
-    /// Shown once: what the receiver checks `ODI-Signature` with.
-    secret: &'a str,
-}
-
 async fn add(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     let body = match super::admin::read_request_json(req).await {
         Ok(b) => b,
@@ -290,7 +274,7 @@ async fn add(shared: &Arc<Shared>, req: Request<Incoming>) -> Response<Body> {
     shared.webhooks.hooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push((hook.clone(), secret.clone()));
     tracing::info!(id = %hook.id, url = %hook.url, "webhook added");
     shared.announce(What::WebhookAdded { id: hook.id.clone(), url: hook.url.clone() });
-    json(StatusCode::CREATED, &Added { hook: &hook, secret: &secret })
+    json(StatusCode::CREATED, &HookAdded { hook, secret })
 }
 
 fn remove(shared: &Arc<Shared>, id: &str) -> Response<Body> {
@@ -308,7 +292,7 @@ fn remove(shared: &Arc<Shared>, id: &str) -> Response<Body> {
             shared.webhooks.hooks.lock().unwrap_or_else(std::sync::PoisonError::into_inner).retain(|(h, _)| h.id != id);
             tracing::info!(id, url = %url, "webhook removed");
             shared.announce(What::WebhookRemoved { id: id.to_owned(), url: url.clone() });
-            json(StatusCode::OK, &serde_json::json!({ "id": id, "url": url }))
+            json(StatusCode::OK, &HookRemoved { id: id.to_owned(), url })
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no webhook `{id}`; `odi webhook ls` lists them")),
         Err(e) => error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot remove the webhook: {e}")),

@@ -23,7 +23,6 @@ use http_body_util::{BodyExt as _, StreamBody};
 use hyper::body::Frame;
 use odi_core::Digest;
 use odi_core::path::ArtifactPath;
-use serde::Serialize;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncReadExt as _, AsyncWriteExt as _};
 
@@ -57,17 +56,7 @@ pub struct Listing {
     pub errors: Vec<String>,
 }
 
-/// The result of one sync, for the log and the admin.
-#[derive(Clone, Debug, Default, Serialize)]
-pub struct SyncReport {
-    pub published: Vec<String>,
-    pub unchanged: usize,
-    /// Files not published because their bytes do not match a checksum file, or the catalog
-    /// refused them (a changed file in an immutable catalog), with the reason.
-    pub refused: Vec<(String, String)>,
-    /// Files that could not be fetched or published this time (tried again next sync).
-    pub failed: Vec<(String, String)>,
-}
+pub use odi_core::api::SyncReport;
 
 /// `root` with a trailing `/`.
 fn dir_url(root: &str) -> String {
