@@ -7,12 +7,13 @@
 use std::fmt;
 use std::ops::Range;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
-use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use object_store::path::Path;
-use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, PutMode, PutOptions, PutPayload};
+use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use odi_core::digest::Digest;
 use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
@@ -21,6 +22,10 @@ use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, 
 const STORE: &str = "object store";
 /// The folder every blob key starts with.
 const PREFIX: &str = "blobs/sha256";
+/// The folder uploads stream into before they are verified.
+const TEMP: &str = "tmp";
+/// Multipart parts being uploaded at once, per blob.
+const PARTS_IN_FLIGHT: usize = 4;
 
 /// Content-addressed blobs in any [`ObjectStore`].
 #[derive(Debug)]
@@ -33,6 +38,30 @@ impl ObjectBlobStore {
         Self { inner: store }
     }
 
+    /// Blobs in the S3 bucket at `url` (`s3://bucket` or `s3://bucket/prefix`), with region
+    /// and credentials from the usual `AWS_*` environment variables and, for an S3-compatible
+    /// server, its `endpoint` (`http://` allowed there). Blobs stream in as multipart uploads
+    /// to `tmp/` and are copied create-only to their digest key once verified.
+    #[cfg(feature = "s3")]
+    pub fn s3(url: &str, endpoint: Option<&str>) -> Result<Self> {
+        use object_store::aws::{AmazonS3Builder, S3ConditionalPut, S3CopyIfNotExists};
+        let rest = url
+            .strip_prefix("s3://")
+            .filter(|r| !r.is_empty() && !r.starts_with('/'))
+            .ok_or_else(|| StorageError::backend(STORE, format!("{url:?} is not an S3 URL; expected s3://bucket or s3://bucket/prefix")))?;
+        let (bucket, prefix) = rest.split_once('/').unwrap_or((rest, ""));
+        let mut builder = AmazonS3Builder::from_env()
+            .with_bucket_name(bucket)
+            .with_conditional_put(S3ConditionalPut::ETagMatch)
+            .with_copy_if_not_exists(S3CopyIfNotExists::Multipart);
+        if let Some(endpoint) = endpoint {
+            builder = builder.with_endpoint(endpoint).with_allow_http(endpoint.starts_with("http://")).with_virtual_hosted_style_request(false);
+        }
+        let s3 = builder.build().map_err(|e| StorageError::backend(STORE, format!("cannot use {url}: {e}")))?;
+        let prefix = prefix.trim_matches('/');
+        Ok(if prefix.is_empty() { Self::new(Arc::new(s3)) } else { Self::new(Arc::new(object_store::prefix::PrefixStore::new(s3, prefix))) })
+    }
+
     /// The object store underneath.
     pub fn inner(&self) -> &Arc<dyn ObjectStore> {
         &self.inner
@@ -42,30 +71,66 @@ impl ObjectBlobStore {
         Path::from(format!("{PREFIX}/{}", digest.to_hex()))
     }
 
-    /// Collects `body`, passing every piece to `check` as it arrives.
-    async fn receive(mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Vec<Bytes>> {
-        let mut pieces = Vec::new();
-        while let Some(piece) = body.next().await {
-            let piece = piece?;
-            check(&piece)?;
-            pieces.push(piece);
-        }
-        Ok(pieces)
+    /// A fresh key under `tmp/` for bytes on their way in: never a key `get` or `list` sees.
+    fn temp_key() -> Path {
+        static NEXT: AtomicU64 = AtomicU64::new(0);
+        let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_nanos()).unwrap_or(0);
+        Path::from(format!("{TEMP}/{nanos:x}-{:x}-{:x}", std::process::id(), NEXT.fetch_add(1, Ordering::Relaxed)))
     }
 
-    /// Puts a verified blob, unless it is already there.
-    async fn commit(&self, digest: &Digest, pieces: Vec<Bytes>) -> Result<()> {
+    /// Streams `body` to a temporary key as a multipart upload (parts of 5 MiB, a few in flight,
+    /// never the whole blob in memory), passing every piece to `check` as it arrives; on any
+    /// failure the upload is aborted and nothing is left.
+    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Path> {
+        let temp = Self::temp_key();
+        let fail = |e: object_store::Error| StorageError::backend(STORE, format!("cannot upload to {temp} in {}: {e}", self.inner));
+        let mut upload = WriteMultipart::new(self.inner.put_multipart(&temp).await.map_err(fail)?);
+        let outcome: Result<()> = async {
+            while let Some(piece) = body.next().await {
+                let piece = piece?;
+                check(&piece)?;
+                upload.wait_for_capacity(PARTS_IN_FLIGHT).await.map_err(fail)?;
+                upload.put(piece);
+            }
+            Ok(())
+        }
+        .await;
+        match outcome {
+            Ok(()) => {
+                upload.finish().await.map_err(fail)?;
+                Ok(temp)
+            }
+            Err(e) => {
+                if let Err(abort) = upload.abort().await {
+                    tracing::warn!(key = %temp, "cannot abort an upload that failed: {abort}");
+                }
+                Err(e)
+            }
+        }
+    }
+
+    /// Makes verified bytes at `temp` visible under their digest, unless the blob is already
+    /// there (a create-only copy), then removes `temp`.
+    async fn commit(&self, digest: &Digest, temp: &Path) -> Result<()> {
         let key = Self::key(digest);
-        let payload: PutPayload = pieces.into_iter().collect();
-        match self.inner.put_opts(&key, payload.clone(), PutOptions::from(PutMode::Create)).await {
-            Ok(_) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
-            // A store without create-only puts: overwriting a blob with the same verified
+        let copied = match self.inner.copy_if_not_exists(temp, &key).await {
+            Ok(()) | Err(object_store::Error::AlreadyExists { .. }) => Ok(()),
+            // A store without create-only copies: overwriting a blob with the same verified
             // bytes is harmless.
-            Err(object_store::Error::NotImplemented { .. }) => {
-                self.inner.put(&key, payload).await.map_err(|e| backend_error(digest, e))?;
-                Ok(())
+            Err(object_store::Error::NotImplemented { .. } | object_store::Error::NotSupported { .. }) => {
+                self.inner.copy(temp, &key).await.map_err(|e| backend_error(digest, e))
             }
             Err(e) => Err(backend_error(digest, e)),
+        };
+        self.discard(temp).await;
+        copied
+    }
+
+    /// Removes a temporary upload; a failure only leaves garbage under `tmp/`, so it is logged.
+    async fn discard(&self, temp: &Path) {
+        match self.inner.delete(temp).await {
+            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+            Err(e) => tracing::warn!(key = %temp, "cannot remove a temporary upload: {e}"),
         }
     }
 }
@@ -74,9 +139,9 @@ impl ObjectBlobStore {
 impl BlobStore for ObjectBlobStore {
     async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
         let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
-        let pieces = Self::receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
+        let temp = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
         let manifest = builder.finish();
-        self.commit(&manifest.digest(), pieces).await?;
+        self.commit(&manifest.digest(), &temp).await?;
         Ok(manifest)
     }
 
@@ -88,9 +153,12 @@ impl BlobStore for ObjectBlobStore {
             Err(e) => return Err(backend_error(&digest, e)),
         }
         let mut verifier = ChunkVerifier::new(manifest);
-        let pieces = Self::receive(body, |piece| verifier.update(piece).map_err(|source| StorageError::Verify { digest, source })).await?;
-        verifier.finish().map_err(|source| StorageError::Verify { digest, source })?;
-        self.commit(&digest, pieces).await
+        let temp = self.receive(body, |piece| verifier.update(piece).map_err(|source| StorageError::Verify { digest, source })).await?;
+        if let Err(source) = verifier.finish() {
+            self.discard(&temp).await;
+            return Err(StorageError::Verify { digest, source });
+        }
+        self.commit(&digest, &temp).await
     }
 
     async fn get(&self, digest: &Digest, range: Option<Range<u64>>) -> Result<GetResult> {
@@ -170,6 +238,7 @@ fn backend_error(digest: &Digest, e: object_store::Error) -> StorageError {
 
 #[cfg(test)]
 mod tests {
+    use object_store::PutPayload;
     use object_store::memory::InMemory;
 
     use super::*;
@@ -204,9 +273,140 @@ mod tests {
         assert_eq!(store.list().await.unwrap(), vec![(manifest.digest(), 10)]);
     }
 
+    /// Every upload leaves nothing behind under `tmp/`, whether it was kept or refused.
+    #[tokio::test]
+    async fn uploads_leave_no_temporary_keys() {
+        let inner = Arc::new(InMemory::new());
+        let store = ObjectBlobStore::new(inner.clone());
+        let data = conformance::sample(300_000, 3);
+        let manifest = store.ingest(65536, conformance::body(&data, 7000)).await.unwrap();
+        let mut wrong = data.clone();
+        wrong[100_000] ^= 1;
+        let other = ChunkManifest::of(&conformance::sample(300_000, 4), 65536).unwrap();
+        store.put_verified(&other, conformance::body(&wrong, 7000)).await.unwrap_err();
+        store.ingest(65536, conformance::failing_body(&data, 7000)).await.unwrap_err();
+        let keys: Vec<String> = inner.list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(keys, vec![format!("blobs/sha256/{}", manifest.digest().to_hex())]);
+    }
+
     #[test]
     fn display_names_the_inner_store() {
         let (store, ()) = in_memory();
         assert_eq!(store.to_string(), "object store InMemory");
+    }
+}
+
+/// The blob conformance suite against S3 as `moto_server` serves it, started by the test on a
+/// free loopback port (PyPI `moto[server]`).
+#[cfg(all(test, feature = "s3"))]
+mod s3_tests {
+    use std::process::{Child, Command, Stdio};
+    use std::time::{Duration, Instant};
+
+    use super::*;
+
+    pub(super) struct Moto {
+        child: Child,
+        pub(super) endpoint: String,
+    }
+
+    impl Drop for Moto {
+        fn drop(&mut self) {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+
+    /// Starts moto with one empty bucket, or `None` (saying why) when it is not installed;
+    /// under `CI` a missing moto fails instead.
+    pub(super) fn moto(bucket: &str) -> Option<Moto> {
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let child = match Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
+            Ok(child) => child,
+            Err(e) => {
+                let why = format!("cannot run moto_server ({e}); python3 -m pip install 'moto[server]'");
+                assert!(std::env::var_os("CI").is_none(), "{why}");
+                eprintln!("skipped: {why}");
+                return None;
+            }
+        };
+        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
+        let deadline = Instant::now() + Duration::from_secs(30);
+        // Creating the bucket (an unsigned PUT, which moto accepts) is also the readiness probe.
+        loop {
+            let made = Command::new("curl").args(["-sf", "-X", "PUT", &format!("{}/{bucket}", moto.endpoint)]).stdout(Stdio::null()).status();
+            if made.map(|s| s.success()).unwrap_or(false) {
+                return Some(moto);
+            }
+            assert!(Instant::now() < deadline, "moto_server did not answer on {} within 30 s", moto.endpoint);
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn s3_store() -> Option<(ObjectBlobStore, Moto)> {
+        let moto = moto("odi-blobs")?;
+        let store = ObjectBlobStore::s3("s3://odi-blobs/some/prefix", Some(&moto.endpoint)).unwrap();
+        Some((store, moto))
+    }
+
+    macro_rules! s3_checks {
+        ($($check:ident),* $(,)?) => {$(
+            #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+            async fn $check() {
+                set_credentials();
+                let Some((store, _moto)) = s3_store() else { return };
+                crate::conformance::$check(&store).await;
+            }
+        )*};
+    }
+
+    /// moto accepts any credentials; the builder needs some.
+    fn set_credentials() {
+        static ONCE: std::sync::Once = std::sync::Once::new();
+        ONCE.call_once(|| {
+            // SAFETY: set once, before any store reads them, and never changed after.
+            unsafe {
+                std::env::set_var("AWS_ACCESS_KEY_ID", "testing");
+                std::env::set_var("AWS_SECRET_ACCESS_KEY", "testing");
+                std::env::set_var("AWS_REGION", "us-east-1");
+            }
+        });
+    }
+
+    s3_checks!(
+        ingest_then_get_round_trips,
+        ingest_of_a_stored_blob_is_a_no_op,
+        ingest_rejects_a_bad_chunk_size,
+        ranges_are_clamped,
+        ranges_of_an_empty_blob,
+        get_of_an_absent_blob_is_not_found,
+        put_verified_accepts_the_right_bytes,
+        put_verified_rejects_a_corrupt_chunk_and_keeps_nothing,
+        put_verified_rejects_short_and_long_bodies,
+        a_failing_input_stream_keeps_nothing,
+        deleted_blob_is_not_found,
+        delete_absent_is_ok,
+        list_reports_sizes,
+        concurrent_ingest_of_the_same_bytes_works,
+        concurrent_put_verified_of_new_bytes_works,
+    );
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_large_blob_streams_in_parts_under_the_prefix() {
+        set_credentials();
+        let Some((store, moto)) = s3_store() else { return };
+        // 12 MiB: three multipart parts.
+        let data = crate::conformance::sample(12 << 20, 9);
+        let manifest = store.ingest(1 << 20, crate::conformance::body(&data, 256 << 10)).await.unwrap();
+        assert_eq!(crate::conformance::read(&store, &manifest.digest(), None).await.unwrap(), data);
+        let bare = ObjectBlobStore::s3("s3://odi-blobs", Some(&moto.endpoint)).unwrap();
+        let keys: Vec<String> = bare.inner().list(None).map_ok(|m| m.location.to_string()).try_collect().await.unwrap();
+        assert_eq!(keys, vec![format!("some/prefix/blobs/sha256/{}", manifest.digest().to_hex())]);
+    }
+
+    #[test]
+    fn a_bad_s3_url_is_one_clear_error() {
+        let err = ObjectBlobStore::s3("http://bucket", None).unwrap_err();
+        assert!(err.to_string().contains("is not an S3 URL"), "{err}");
     }
 }
