@@ -2,7 +2,6 @@
 
 use anyhow::Result;
 use clap::Args;
-use http::Method;
 use odi_core::audit::{AuditEntry, AuditPage, MAX_LIMIT};
 
 use crate::Target;
@@ -24,11 +23,7 @@ pub(crate) struct AuditArgs {
 }
 
 pub(crate) async fn run(args: AuditArgs) -> Result<()> {
-    let mut path = format!("audit?limit={}", args.limit);
-    if let Some(before) = args.before {
-        path.push_str(&format!("&before={before}"));
-    }
-    let page: AuditPage = serde_json::from_value(args.target.admin()?.json(Method::GET, &path, None).await?)?;
+    let page: AuditPage = args.target.admin()?.audit(args.limit, args.before).await?;
     if args.json {
         output::line(&serde_json::to_string_pretty(&page)?);
         return Ok(());

@@ -265,4 +265,10 @@ impl AdminClient {
     pub async fn deliveries(&self, id: &str, limit: u32) -> Result<Vec<Delivery>, AdminError> {
         self.get(&format!("webhooks/{}/deliveries?limit={limit}", segment(id))).await
     }
+
+    /// `GET /api/v1/audit?limit=N[&before=ID]`: admin changes, newest first, a page at a time.
+    pub async fn audit(&self, limit: u32, before: Option<u64>) -> Result<odi_core::audit::AuditPage, AdminError> {
+        let before = before.map(|b| format!("&before={b}")).unwrap_or_default();
+        self.get(&format!("audit?limit={limit}{before}")).await
+    }
 }

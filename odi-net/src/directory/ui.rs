@@ -68,7 +68,7 @@ impl Sessions {
 
     /// The session's CSRF token, its pending message and who it is, if the cookie names a live
     /// session.
-    fn get(&self, id: &str) -> Option<(String, Option<(String, bool)>, Who)> {
+    fn get(&self, id: &str) -> Option<(String, Option<Flash>, Who)> {
         let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
         let session = map.get_mut(id).filter(|s| s.expires > Instant::now())?;
         Some((session.csrf.clone(), session.flash.take(), session.who.clone()))
@@ -84,6 +84,9 @@ impl Sessions {
         self.0.lock().unwrap_or_else(PoisonError::into_inner).remove(id);
     }
 }
+
+/// A message for the next page a session sees, and whether it reports an error.
+type Flash = (String, bool);
 
 /// What every page's frame shows.
 struct Frame {
