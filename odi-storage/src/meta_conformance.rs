@@ -139,9 +139,9 @@ pub async fn a_duplicate_catalog_is_rejected(meta: &dyn MetaStore) {
     assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha")]);
 }
 
-/// Links and cursors keep their latest value per peer (the highest cursor); the rest of the
-/// federation records is a log replayed in the order written.
-pub async fn federation_records_load_as_they_replay(meta: &dyn MetaStore) {
+/// Federation records as written, and as a store loads them back after them: the latest link
+/// per peer (b removed, with its cursor), the log in order, the highest cursor.
+pub fn fed_records() -> (Vec<Record>, Vec<Record>) {
     let origin = NodeId([4; 32]);
     let (a, b) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
     let entry = |seq: u64| SignedEntry {
@@ -167,13 +167,7 @@ pub async fn federation_records_load_as_they_replay(meta: &dyn MetaStore) {
         Record::Fed(FedRecord::LinkRemoved { peer: b }),
         Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
     ];
-    for record in &written {
-        meta.apply(std::slice::from_ref(record)).await.unwrap();
-    }
-    meta.apply(&[catalog_record("alpha"), token(TokenRole::Link, b"l")]).await.unwrap();
-    let want = vec![
-        token(TokenRole::Link, b"l"),
-        catalog_record("alpha"),
+    let loaded = vec![
         Record::Fed(FedRecord::Link(link(a, &["prod"]))),
         Record::Fed(FedRecord::Local { entry: entry(1) }),
         Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
@@ -181,6 +175,19 @@ pub async fn federation_records_load_as_they_replay(meta: &dyn MetaStore) {
         Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
         Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
     ];
+    (written, loaded)
+}
+
+/// Links and cursors keep their latest value per peer (the highest cursor); the rest of the
+/// federation records is a log replayed in the order written.
+pub async fn federation_records_load_as_they_replay(meta: &dyn MetaStore) {
+    let (written, loaded) = fed_records();
+    for record in &written {
+        meta.apply(std::slice::from_ref(record)).await.unwrap();
+    }
+    meta.apply(&[catalog_record("alpha"), token(TokenRole::Link, b"l")]).await.unwrap();
+    let mut want = vec![token(TokenRole::Link, b"l"), catalog_record("alpha")];
+    want.extend(loaded);
     assert_eq!(meta.load().await.unwrap(), want);
 }
 

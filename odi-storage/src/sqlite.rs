@@ -610,49 +610,6 @@ mod tests {
         assert!(err.to_string().contains("row \"alpha\" of table catalogs is unreadable"), "{err}");
     }
 
-    fn fed_records() -> (Vec<Record>, Vec<Record>) {
-        use odi_core::federation::{Link, Op, Signature, SignedEntry};
-        // The store keeps what it is given; signatures are checked by the federation machine.
-        let origin = NodeId([4; 32]);
-        let (a, b) = (NodeId([0xa1; 32]), NodeId([0xb2; 32]));
-        let entry = |seq: u64| {
-            let op = Op::ExpungeDigest { digest: Digest::of(&[seq as u8]) };
-            SignedEntry {
-                entry: odi_core::federation::Entry { origin, seq, at: UnixTime(seq), catalog: catalog("alpha"), op },
-                sig: Signature([seq as u8; 64]),
-            }
-        };
-        let link = |peer: NodeId, tags: &[&str]| Link {
-            peer,
-            url: format!("http://{peer}.example"),
-            catalogs: vec![],
-            tags: tags.iter().map(|t| (*t).to_owned()).collect(),
-        };
-        let written = vec![
-            Record::Fed(FedRecord::Link(link(a, &[]))),
-            Record::Fed(FedRecord::Link(link(b, &[]))),
-            Record::Fed(FedRecord::Local { entry: entry(1) }),
-            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
-            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
-            Record::Fed(FedRecord::Cursor { peer: a, seq: 3 }),
-            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
-            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
-            Record::Fed(FedRecord::Cursor { peer: b, seq: 2 }),
-            Record::Fed(FedRecord::LinkRemoved { peer: b }),
-            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
-        ];
-        // Latest link per peer (b removed, with its cursor), the log in order, the highest cursor.
-        let loaded = vec![
-            Record::Fed(FedRecord::Link(link(a, &["prod"]))),
-            Record::Fed(FedRecord::Local { entry: entry(1) }),
-            Record::Fed(FedRecord::Entry { feed: 1, entry: entry(1) }),
-            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"x") }),
-            Record::Fed(FedRecord::BlobDropped { digest: Digest::of(b"x") }),
-            Record::Fed(FedRecord::Cursor { peer: a, seq: 5 }),
-        ];
-        (written, loaded)
-    }
-
     #[tokio::test]
     async fn a_schema_2_database_is_migrated_to_3_and_keeps_its_records() {
         let dir = tempfile::tempdir().unwrap();
@@ -678,7 +635,7 @@ mod tests {
         let version: i64 = meta.conn.lock().unwrap().pragma_query_value(None, "user_version", |r| r.get(0)).unwrap();
         assert_eq!(version, 3);
         assert_eq!(meta.load().await.unwrap(), vec![catalog_record("alpha")]);
-        let (written, loaded) = fed_records();
+        let (written, loaded) = crate::meta_conformance::fed_records();
         meta.apply(&written).await.unwrap();
         drop(meta);
         let again = SqliteMeta::open(&path).unwrap();
