@@ -38,3 +38,14 @@ pub use partial::{PartialFile, SealedPartial};
 pub use postgres::PostgresMeta;
 #[cfg(feature = "sqlite")]
 pub use sqlite::SqliteMeta;
+
+/// A relay record stored under an older, looser URL rule, whose `public_url` today's rule
+/// refuses: metadata stores drop it on load (the relay must enroll again, and its URL is then
+/// judged by today's rule) rather than report the table corrupt.
+#[cfg(any(feature = "sqlite", feature = "postgres"))]
+fn relay_url_is_outdated(record: &str) -> bool {
+    serde_json::from_str::<serde_json::Value>(record)
+        .ok()
+        .and_then(|v| v.get("public_url").and_then(|u| u.as_str()).map(|u| odi_core::message::RelayUrl::new(u).is_err()))
+        .unwrap_or(false)
+}

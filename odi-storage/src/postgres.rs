@@ -311,11 +311,7 @@ async fn load(tx: &Transaction<'_>) -> Result<Vec<Record>, DbError> {
     for row in tx.query("SELECT id, record FROM odi_relays ORDER BY id", &[]).await? {
         let (id, record): (String, String) = (row.get(0), row.get(1));
         // As in SQLite: a relay enrolled under an older, looser URL rule enrolls again.
-        if serde_json::from_str::<serde_json::Value>(&record)
-            .ok()
-            .and_then(|v| v.get("public_url").and_then(|u| u.as_str()).map(|u| odi_core::message::RelayUrl::new(u).is_err()))
-            .unwrap_or(false)
-        {
+        if crate::relay_url_is_outdated(&record) {
             tracing::warn!(relay = %id, "dropped a relay whose stored URL today's rule refuses; it must enroll again");
             continue;
         }

@@ -359,11 +359,7 @@ fn load(conn: &mut Connection) -> Result<Vec<Record>, DbError> {
         let (id, record) = row?;
         // A relay enrolled under an older, looser URL rule is dropped: it must enroll again, and
         // its URL is then judged by today's rule. Anything else unreadable is corruption.
-        if serde_json::from_str::<serde_json::Value>(&record)
-            .ok()
-            .and_then(|v| v.get("public_url").and_then(|u| u.as_str()).map(|u| odi_core::message::RelayUrl::new(u).is_err()))
-            .unwrap_or(false)
-        {
+        if crate::relay_url_is_outdated(&record) {
             tracing::warn!(relay = %id, "dropped a relay whose stored URL today's rule refuses; it must enroll again");
             continue;
         }
