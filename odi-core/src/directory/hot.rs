@@ -44,8 +44,12 @@ impl Hot {
     /// Counts `n` requests for `digest`.
     #[cfg(test)]
     pub(super) fn add(&mut self, digest: Digest, n: u32, now: Instant, config: &HotConfig) {
-        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(f64::from(n), now, config.half_life);
+        self.count(digest, n, now, config);
         self.next_tick.get_or_insert(now + config.tick);
+    }
+
+    fn count(&mut self, digest: Digest, n: u32, now: Instant, config: &HotConfig) {
+        self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(f64::from(n), now, config.half_life);
     }
 
     /// Notes that a request was counted elsewhere (a blob's counter) at `now`, so a tick comes.
@@ -82,7 +86,7 @@ impl Hot {
         }
         *self.armed.get_mut() = 0;
         for (digest, n) in take() {
-            self.hits.entry(digest).or_insert_with(|| Decayed::new(now)).add(f64::from(n), now, config.half_life);
+            self.count(digest, n, now, config);
         }
         self.hits.retain(|_, c| c.value(now, config.half_life) >= 0.01);
         let mut changed = Vec::new();
