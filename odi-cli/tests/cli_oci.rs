@@ -329,10 +329,11 @@ fn the_distribution_api_by_the_spec() {
         format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode(format!("anyone:{ADMIN}")))
     };
 
-    // The version check: a challenge without credentials, 200 with them (Bearer or Basic).
+    // The version check: a challenge naming the token endpoint without credentials, 200 with
+    // them (Bearer or Basic).
     let a = http("GET", &format!("{v2}/"), &[], None, &s);
     assert_eq!(a.status, 401);
-    assert!(a.header("www-authenticate").starts_with("Basic realm="), "{:?}", a.headers);
+    assert_eq!(a.header("www-authenticate"), format!("Bearer realm=\"{v2}/token\",service=\"odi\""), "{:?}", a.headers);
     assert_eq!(a.header("docker-distribution-api-version"), "registry/2.0");
     assert_eq!(a.code(), "UNAUTHORIZED");
     assert_eq!(http("GET", &format!("{v2}/"), &[AUTH], None, &s).status, 200);
@@ -340,6 +341,34 @@ fn the_distribution_api_by_the_spec() {
     // Writes need the token; reads do not.
     assert_eq!(http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[], None, &s).status, 401);
     assert_eq!(http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &["Authorization: Bearer nope"], None, &s).status, 401);
+    // The token flow: without credentials a pull token, which passes the version check and is
+    // refused for a write (403, so that clients ask again with their credentials); with the
+    // admin token as the Basic password a push token; a wrong password or a forged token, 401.
+    let token_of = |a: &Answer| {
+        assert_eq!((a.status, a.header("cache-control")), (200, "no-store"), "{}", String::from_utf8_lossy(&a.body));
+        let t = a.json()["token"].as_str().unwrap().to_owned();
+        assert_eq!(a.json()["access_token"], t.as_str());
+        assert_eq!(a.json()["expires_in"], 300);
+        format!("Authorization: Bearer {t}")
+    };
+    let token_url = format!("{v2}/token?service=odi&scope=repository:cat/app:pull,push");
+    let pull = token_of(&http("GET", &token_url, &[], None, &s));
+    assert_eq!(http("GET", &format!("{v2}/"), &[&pull], None, &s).status, 200);
+    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[&pull], None, &s);
+    assert_eq!((a.status, a.code()), (403, "DENIED".to_owned()));
+    let push = token_of(&http("GET", &token_url, &[&basic], None, &s));
+    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[&push], None, &s);
+    assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(http("DELETE", &format!("{dir_url}{}", a.header("location")), &[&push], None, &s).status, 204);
+    let wrong = {
+        use base64::Engine as _;
+        format!("Authorization: Basic {}", base64::engine::general_purpose::STANDARD.encode("anyone:not-the-admin-token"))
+    };
+    let a = http("GET", &token_url, &[&wrong], None, &s);
+    assert_eq!((a.status, a.code()), (401, "UNAUTHORIZED".to_owned()));
+    let forged = push.replacen("push.", "push.9", 1);
+    assert_eq!(http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[&forged], None, &s).status, 401);
+    assert_eq!(http("POST", &format!("{v2}/token"), &[&basic], None, &s).status, 405);
 
     // Monolithic push: POST ?digest= with the body.
     let config = br#"{"architecture":"amd64","os":"linux"}"#.to_vec();

@@ -20,6 +20,7 @@
 
 mod manifest;
 mod route;
+pub mod token;
 mod upload;
 pub mod upstream;
 

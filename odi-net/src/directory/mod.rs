@@ -186,6 +186,8 @@ struct Shared {
     peer_blob_bytes_received: std::sync::atomic::AtomicU64,
     /// OCI blob uploads in progress (`/v2/`), in `{data_dir}/oci-uploads`.
     oci_uploads: Arc<oci::Uploads>,
+    /// Short-lived `/v2/` push tokens issued by `GET /v2/token`.
+    oci_tokens: odi_core::oci::token::RegistryTokens,
     /// `/metrics`: request counters and latency, counters fed by `on_event` (see `crate::metrics`).
     metrics: Arc<DirectoryMetrics>,
     /// The live event stream (see `events`): machine events and admin changes.
@@ -236,6 +238,7 @@ impl DirectoryServer {
         };
         let mut config = DirectoryConfig::new(NodeId(key.verifying_key().to_bytes()));
         config.token_key = keys::load_or_create_token_key(&dir)?;
+        let oci_tokens = odi_core::oci::token::RegistryTokens::new(&config.token_key);
         // Without a public URL the class comes from the listening address, in `run`.
         if let Some(url) = &options.public_url {
             config.relay_addresses = AddressPolicy::for_directory(own_address_class(url).await?, options.allow_private_relays);
@@ -320,6 +323,7 @@ impl DirectoryServer {
             peer_blob_bytes_sent: std::sync::atomic::AtomicU64::new(0),
             peer_blob_bytes_received: std::sync::atomic::AtomicU64::new(0),
             oci_uploads: Arc::new(oci::Uploads::new(dir.join("oci-uploads"))),
+            oci_tokens,
             metrics: Arc::new(DirectoryMetrics::default()),
             events: events::EventBus::new(),
             ui_sessions: ui::Sessions::default(),

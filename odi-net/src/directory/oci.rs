@@ -5,9 +5,10 @@
 //!   byte as pushed, with their media type and `Docker-Content-Digest`; blob `GET`s answer `307`
 //!   to a relay holding a verified copy (the same choice and `Link` headers as `/r/`), or the
 //!   directory's own bytes.
-//! - Writes need the admin token, as `Bearer` or as the password of `Basic` (any user name).
-//!   `GET /v2/` without valid credentials answers `401` with `WWW-Authenticate: Basic`, which
-//!   is how clients (containers/image, docker, oras) learn to send them.
+//! - Writes need the admin token, as `Bearer` or as the password of `Basic` (any user name), or
+//!   a short-lived token from `GET /v2/token` (`odi_core::oci::token`). `GET /v2/` and writes
+//!   without credentials answer `401` with `WWW-Authenticate: Bearer realm=".../v2/token"`,
+//!   which is how clients (containers/image, docker, oras) learn to ask for one.
 //! - Upload sessions live in `{data dir}/oci-uploads/`: `{id}.repo` names the repository and
 //!   `{id}.data` holds the bytes received, each chunk synced before it is acknowledged. A blob
 //!   is acknowledged (`201`) only once it is stored under its digest and its `Put` is durable.
@@ -27,6 +28,7 @@ use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use odi_core::Digest;
 use odi_core::directory::{AdminError, LookupError};
+use odi_core::oci::token::Access;
 use odi_core::oci::{
     self, ContentRange, ErrorCode, ManifestInfo, OciError, Reference, RepoName, Route, UploadSession, digest_string, parse_digest, parse_route,
 };
@@ -44,9 +46,6 @@ pub(super) const CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-co
 const UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 const FILTERS_APPLIED: HeaderName = HeaderName::from_static("oci-filters-applied");
-/// Answered to writes without credentials: the realm clients show, `Basic` as containers/image
-/// and docker expect from a registry without a token service.
-const CHALLENGE: &str = "Basic realm=\"odi\", charset=\"UTF-8\"";
 /// Most tags listed in one answer when the client does not say `n`.
 const MAX_TAGS_PAGE: usize = 10_000;
 
@@ -185,6 +184,9 @@ pub(super) async fn v2(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str)
 }
 
 async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Response<Body> {
+    if rest == "token" {
+        return issue_token(shared, &req);
+    }
     let route = match parse_route(rest) {
         None => return oci_error(&OciError::new(ErrorCode::NameUnknown, format!("no such endpoint: /v2/{}", rest.chars().take(200).collect::<String>()))),
         Some(Err(e)) => return oci_error(&e),
@@ -193,7 +195,7 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
     let method = req.method().clone();
     let write = !matches!(method, Method::GET | Method::HEAD);
     if (write || route == Route::Base)
-        && let Err(resp) = check_push(shared, &req)
+        && let Err(resp) = check_credentials(shared, &req, if write { Access::Push } else { Access::Pull })
     {
         return resp;
     }
@@ -219,18 +221,33 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
     }
 }
 
-/// A write's credentials: the admin token as `Bearer` or as the `Basic` password.
+/// The credentials of a write (`Push`) or of the version check (`Pull`): the admin token as
+/// `Bearer` or as the `Basic` password, or a token from `GET /v2/token` granting `need`.
+/// Without credentials: `401` with the challenge; with a pull token on a write: `403`, after
+/// which clients ask for a token again with their credentials.
 #[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
-fn check_push(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<Body>> {
-    let challenge = |message: &str| {
-        let mut resp = oci_error(&OciError::new(ErrorCode::Unauthorized, message));
-        resp.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static(CHALLENGE));
-        resp
-    };
+fn check_credentials(shared: &Shared, req: &Request<Incoming>, need: Access) -> Result<(), Response<Body>> {
     let Some(value) = req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else {
-        return Err(challenge("pushing needs the admin token: as the password of Basic auth (any user, e.g. --creds odi:TOKEN) or as a Bearer token"));
+        return Err(challenge(
+            shared,
+            req,
+            "pushing needs the admin token: as the password of Basic auth (any user, e.g. --creds odi:TOKEN), as a Bearer token, or a token from /v2/token",
+        ));
     };
-    match holder_of(shared, req, &token_of(value).unwrap_or_default()) {
+    let token = token_of(value).unwrap_or_default();
+    match (shared.oci_tokens.check(&token, unix_now().0), need) {
+        (Some(Access::Push), _) | (Some(Access::Pull), Access::Pull) => Ok(()),
+        (Some(Access::Pull), Access::Push) => {
+            Err(oci_error(&OciError::new(ErrorCode::Denied, "this token only pulls: ask /v2/token for one with the admin token as the Basic password")))
+        }
+        (None, _) => admin_holder(shared, req, &token),
+    }
+}
+
+/// `Ok` if `token` is the admin token; the `401` (or `429`) to answer otherwise.
+#[allow(clippy::result_large_err, reason = "the error is the response to send, built once per refused request")]
+fn admin_holder(shared: &Shared, req: &Request<Incoming>, token: &str) -> Result<(), Response<Body>> {
+    match holder_of(shared, req, token) {
         Ok(Holder::Admin) => Ok(()),
         Err(Refused::Limited(secs)) => {
             let mut resp = oci_error(&OciError::new(ErrorCode::TooManyRequests, format!("too many wrong tokens from this address; try again in {secs}s")));
@@ -238,8 +255,46 @@ fn check_push(shared: &Shared, req: &Request<Incoming>) -> Result<(), Response<B
             Err(resp)
         }
         // A publisher's token publishes files to its catalog, not images.
-        Ok(Holder::Publisher(_)) | Err(Refused::Wrong) => Err(challenge("the token is wrong: push with the directory's admin token")),
+        Ok(Holder::Publisher(_)) | Err(Refused::Wrong) => Err(challenge(shared, req, "the token is wrong (or expired): push with the directory's admin token")),
     }
+}
+
+/// A `401 UNAUTHORIZED` whose `WWW-Authenticate` names this directory's token endpoint, as the
+/// client reached it (its `Host`, the listener's scheme).
+fn challenge(shared: &Shared, req: &Request<Incoming>, message: &str) -> Response<Body> {
+    let mut resp = oci_error(&OciError::new(ErrorCode::Unauthorized, message));
+    let public = shared.public_url.get().map(String::as_str).unwrap_or("http://localhost");
+    let scheme = public.split_once("://").map_or("http", |(s, _)| s);
+    let host = req.headers().get(header::HOST).and_then(|h| h.to_str().ok()).filter(|h| !h.is_empty() && !h.contains(['"', '\\', ' ']));
+    let base = match host {
+        Some(host) => format!("{scheme}://{host}"),
+        None => public.to_owned(),
+    };
+    resp.headers_mut().insert(header::WWW_AUTHENTICATE, header_value(&oci::token::challenge(&base)));
+    resp
+}
+
+/// `GET /v2/token`: a short-lived push token for the admin token (as the Basic password or as
+/// `Bearer`); without credentials, a pull token (what anyone may do, as the token spec's
+/// anonymous flow expects). With a wrong token: `401`.
+fn issue_token(shared: &Shared, req: &Request<Incoming>) -> Response<Body> {
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        let mut resp = oci_error(&OciError::new(ErrorCode::Unsupported, "the token endpoint answers GET with Basic credentials"));
+        *resp.status_mut() = StatusCode::METHOD_NOT_ALLOWED;
+        return resp;
+    }
+    let access = match req.headers().get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) {
+        None => Access::Pull,
+        Some(value) => match admin_holder(shared, req, &token_of(value).unwrap_or_default()) {
+            Ok(()) => Access::Push,
+            Err(resp) => return resp,
+        },
+    };
+    let now = unix_now().0;
+    let token = shared.oci_tokens.issue(access, now);
+    let mut resp = json(StatusCode::OK, oci::token::answer(&token, now));
+    resp.headers_mut().insert(header::CACHE_CONTROL, HeaderValue::from_static("no-store"));
+    resp
 }
 
 /// The token in an `Authorization` value: `Bearer T`, or `Basic base64(user:T)`.
