@@ -393,6 +393,19 @@ fn the_distribution_api_by_the_spec() {
     assert!(location.starts_with("/v2/cat/app/blobs/uploads/"), "{location}");
     let a = http("PUT", &format!("{dir_url}{location}?digest={}", digest_of(&layer1)), &[AUTH, "Content-Type: application/octet-stream"], Some(&layer1), &s);
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    // The same with a wrong digest: refused, nothing named, the upload still open; then the
+    // right digest closes it.
+    let other = noise(50_000, 17);
+    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[AUTH], None, &s);
+    let location = a.header("location").to_owned();
+    let a = http("PUT", &format!("{dir_url}{location}?digest={}", digest_of(b"other")), &[AUTH, "Content-Type: application/octet-stream"], Some(&other), &s);
+    assert_eq!((a.status, a.code().as_str()), (400, "DIGEST_INVALID"));
+    assert_eq!(http("HEAD", &format!("{v2}/cat/app/blobs/{}", digest_of(&other)), &[], None, &s).status, 404);
+    assert_eq!(http("HEAD", &format!("{v2}/cat/app/blobs/{}", digest_of(b"other")), &[], None, &s).status, 404);
+    assert_eq!(http("GET", &format!("{dir_url}{location}"), &[], None, &s).status, 204);
+    let a = http("PUT", &format!("{dir_url}{location}?digest={}", digest_of(&other)), &[AUTH, "Content-Type: application/octet-stream"], Some(&other), &s);
+    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+    assert_eq!(http("HEAD", &format!("{v2}/cat/app/blobs/{}", digest_of(&other)), &[], None, &s).status, 200);
 
     // Chunked: PATCH with Content-Range, an out-of-order chunk is 416, the status GET says
     // where the upload stands, and it survives a directory crash.

@@ -18,7 +18,7 @@ use odi_core::api::{
 };
 use odi_core::catalog::{DEFAULT_REPLICAS, LogEntry, LogOp};
 use odi_core::directory::{AdminError, Directory, Outcome, TokenScope};
-use odi_core::manifest::DEFAULT_CHUNK_SIZE;
+use odi_core::manifest::{ChunkManifest, DEFAULT_CHUNK_SIZE};
 use odi_core::message::NodeId;
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::storage::{Record, StorageError, TokenRole};
@@ -402,6 +402,19 @@ pub(super) async fn ingest_and_publish(
         Err(StorageError::Verify { source, .. }) => return Err(error(StatusCode::PAYLOAD_TOO_LARGE, source)),
         Err(e) => return Err(error(StatusCode::SERVICE_UNAVAILABLE, format!("cannot store the upload: {e}"))),
     };
+    publish_ingested(shared, catalog, path, manifest, media_type, tags).await
+}
+
+/// The second half of `ingest_and_publish`: names bytes already durable in the store (as
+/// `manifest`) at `path`; `(created, digest, size)`.
+pub(super) async fn publish_ingested(
+    shared: &Arc<Shared>,
+    catalog: &CatalogName,
+    path: &ArtifactPath,
+    manifest: ChunkManifest,
+    media_type: String,
+    tags: Vec<String>,
+) -> Result<(bool, Digest, u64), Response<Body>> {
     let (digest, size) = (manifest.digest(), manifest.total_len());
     let _writer = shared.writer.lock().await;
     let planned = shared.lock().plan_publish_tagged(catalog, path.clone(), manifest, media_type, tags, unix_now());

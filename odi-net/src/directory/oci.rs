@@ -36,7 +36,7 @@ use odi_core::path::ArtifactPath;
 use odi_core::storage::{ByteStream, StorageError};
 
 use super::Shared;
-use super::admin::{Holder, Refused, holder_of, ingest_and_publish, plan_and_commit};
+use super::admin::{Holder, Refused, holder_of, ingest_and_publish, plan_and_commit, publish_ingested};
 use crate::driver::Driver as _;
 use crate::http::{BlobRequest, Body, empty, full, serve_blob};
 use crate::{client, keys, unix_now};
@@ -760,6 +760,9 @@ async fn finish(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, i
         Ok(s) => s,
         Err(e) => return oci_error(&e),
     };
+    if session.offset == 0 && !req.headers().contains_key(header::CONTENT_RANGE) {
+        return finish_whole(shared, req, repo, id, digest).await;
+    }
     if let Err(e) = append(shared, req, id, &mut session).await {
         return oci_error(&e);
     }
@@ -769,6 +772,35 @@ async fn finish(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, i
     }
     shared.oci_uploads.remove(id).await;
     blob_created(repo, digest)
+}
+
+/// A monolithic push (the whole blob in the closing `PUT`, nothing received before): the body
+/// goes straight into the store, hashed on the way, instead of through the session file, so
+/// its bytes are written once. Published only if they hash to `digest`; otherwise
+/// `DIGEST_INVALID`, and the session stays open and empty (the bytes are not named by
+/// anything).
+async fn finish_whole(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoName, id: &str, digest: &Digest) -> Response<Body> {
+    let Some(chunk_size) = shared.read().catalog_config(repo.catalog()).map(|c| c.chunk_size) else {
+        return oci_error(&admin_to_oci(&AdminError::UnknownCatalog(repo.catalog().clone())));
+    };
+    let manifest = match shared.store.ingest(chunk_size, client::body_stream(req.into_body())).await {
+        Ok(m) => m,
+        Err(StorageError::Input(e)) => return oci_error(&OciError::new(ErrorCode::BlobUploadInvalid, format!("the blob did not arrive whole: {e}"))),
+        Err(e) => return oci_error(&unavailable(&format!("cannot store the blob: {e}"))),
+    };
+    if manifest.digest() != *digest {
+        return oci_error(&OciError::new(
+            ErrorCode::DigestInvalid,
+            format!("the {} bytes uploaded have digest {}, not {}", manifest.total_len(), digest_string(&manifest.digest()), digest_string(digest)),
+        ));
+    }
+    match publish_ingested(shared, repo.catalog(), &repo.blob_path(digest), manifest, "application/octet-stream".to_owned(), Vec::new()).await {
+        Ok(_) => {
+            shared.oci_uploads.remove(id).await;
+            blob_created(repo, digest)
+        }
+        Err(resp) => as_oci(resp).await,
+    }
 }
 
 /// Hashes the file at `path`; if it is `digest`, stores and publishes it as `repo`'s blob. The
