@@ -417,6 +417,9 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(a.status, 202, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.header("range"), format!("0-{}", MIB - 1));
     let location = format!("{dir_url}{}", a.header("location"));
+    // Sending the acknowledged chunk again is out of order too.
+    let a = http("PATCH", &location, &[AUTH, "Content-Type: application/octet-stream", &format!("Content-Range: 0-{}", MIB - 1)], Some(first), &s);
+    assert_eq!((a.status, a.header("range")), (416, format!("0-{}", MIB - 1).as_str()));
     let gap = &layer2[2 * MIB..];
     let a =
         http("PATCH", &location, &[AUTH, "Content-Type: application/octet-stream", &format!("Content-Range: {}-{}", 2 * MIB, layer2.len() - 1)], Some(gap), &s);
@@ -428,6 +431,7 @@ fn the_distribution_api_by_the_spec() {
     wait_for(20, "the directory to answer again", || run("curl", &["-sSf", &format!("{dir_url}/healthz")]).status.success());
     let a = http("GET", &location, &[], None, &s);
     assert_eq!((a.status, a.header("range")), (204, format!("0-{}", MIB - 1).as_str()), "the acknowledged chunk survived the crash");
+    assert!(a.header("location").starts_with("/v2/cat/app/blobs/uploads/"), "{:?}", a.headers);
     let second = &layer2[MIB..];
     let a =
         http("PATCH", &location, &[AUTH, "Content-Type: application/octet-stream", &format!("Content-Range: {MIB}-{}", layer2.len() - 1)], Some(second), &s);
@@ -435,8 +439,20 @@ fn the_distribution_api_by_the_spec() {
     let a = http("PUT", &format!("{location}?digest={}", digest_of(&layer2)), &[AUTH], None, &s);
     assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
     assert_eq!(a.header("docker-content-digest"), digest_of(&layer2));
+    assert_eq!(a.header("location"), format!("/v2/cat/app/blobs/{}", digest_of(&layer2)));
     let a = http("GET", &location, &[], None, &s);
     assert_eq!((a.status, a.code().as_str()), (404, "BLOB_UPLOAD_UNKNOWN"), "a finished upload is gone");
+
+    // Streamed: one PATCH without Content-Range, then a PUT without a body.
+    let streamed = noise(42_000, 9);
+    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[AUTH], None, &s);
+    let a = http("PATCH", &format!("{dir_url}{}", a.header("location")), &[AUTH, "Content-Type: application/octet-stream"], Some(&streamed), &s);
+    assert_eq!((a.status, a.header("range")), (202, format!("0-{}", streamed.len() - 1).as_str()));
+    let a = http("PUT", &format!("{dir_url}{}?digest={}", a.header("location"), digest_of(&streamed)), &[AUTH], None, &s);
+    assert_eq!((a.status, a.header("location")), (201, format!("/v2/cat/app/blobs/{}", digest_of(&streamed)).as_str()));
+    // The monolithic POST's blob reads back.
+    let a = http("GET", &format!("{v2}/cat/app/blobs/{}", digest_of(&config)), &[], None, &s);
+    assert_eq!((a.status, &a.body), (200, &config));
 
     // Blobs: HEAD and GET (the directory's own bytes: no relay here), ranges, unknown ones.
     let blob_url = format!("{v2}/cat/app/blobs/{}", digest_of(&layer2));
@@ -453,6 +469,18 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!((a.status, a.code().as_str()), (404, "NAME_UNKNOWN"));
     let a = http("GET", &format!("{v2}/cat/App/tags/list"), &[], None, &s);
     assert_eq!((a.status, a.code().as_str()), (400, "NAME_INVALID"));
+
+    // A manifest that does not exist, also under a name no tag could have (the conformance
+    // suite's `.INVALID_MANIFEST_NAME`): 404 to GET and HEAD; a malformed digest is 400.
+    for reference in ["nope", ".INVALID_MANIFEST_NAME"] {
+        let a = http("GET", &format!("{v2}/cat/app/manifests/{reference}"), &[], None, &s);
+        assert_eq!((a.status, a.code().as_str()), (404, "MANIFEST_UNKNOWN"), "{reference}");
+        assert_eq!(http("HEAD", &format!("{v2}/cat/app/manifests/{reference}"), &[], None, &s).status, 404, "{reference}");
+    }
+    let a = http("PUT", &format!("{v2}/cat/app/manifests/.INVALID_MANIFEST_NAME"), &[AUTH, &format!("Content-Type: {OCI_MANIFEST}")], Some(b"{}"), &s);
+    assert_eq!((a.status, a.code().as_str()), (400, "MANIFEST_INVALID"));
+    let a = http("GET", &format!("{v2}/cat/app/manifests/sha256:totallywrong"), &[], None, &s);
+    assert_eq!((a.status, a.code().as_str()), (400, "DIGEST_INVALID"));
 
     // A manifest naming a blob that was never pushed is refused.
     let m = manifest(&config, &[&layer1, b"missing"], None, None);
@@ -483,9 +511,14 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(a.status, 201);
     assert_eq!(a.header("location"), format!("/v2/cat/other/blobs/{}", digest_of(&layer2)));
     assert_eq!(http("HEAD", &format!("{v2}/cat/other/blobs/{}", digest_of(&layer2)), &[], None, &s).status, 200);
-    // Not mountable: an ordinary upload session.
-    let a = http("POST", &format!("{v2}/cat/other/blobs/uploads/?mount={}&from=cat/app", digest_of(b"absent")), &[AUTH], None, &s);
-    assert_eq!(a.status, 202);
+    let a = http("GET", &format!("{v2}/cat/other/blobs/{}", digest_of(&layer2)), &[], None, &s);
+    assert!(a.status == 200 && a.body == layer2, "{}", a.status);
+    // Not mountable (an absent blob, or no `from`): an ordinary upload session.
+    for query in [format!("mount={}&from=cat/app", digest_of(b"absent")), format!("mount={}", digest_of(&layer1))] {
+        let a = http("POST", &format!("{v2}/cat/other/blobs/uploads/?{query}"), &[AUTH], None, &s);
+        assert_eq!(a.status, 202, "{query}");
+        assert!(a.header("location").starts_with("/v2/cat/other/blobs/uploads/"), "{query}: {:?}", a.headers);
+    }
 
     // Tag overwrite (a mutable catalog), and many tags with n/last pagination.
     let m2 = manifest(&config, &[&layer2], None, None);
@@ -535,7 +568,14 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(a.json()["manifests"][0]["digest"], digest_of(&sbom));
     assert_eq!(a.json()["manifests"].as_array().unwrap().len(), 1);
     let a = http("GET", &format!("{v2}/cat/app/referrers/{}", digest_of(b"none")), &[], None, &s);
+    assert_eq!((a.status, a.header("content-type")), (200, "application/vnd.oci.image.index.v1+json"));
     assert_eq!(a.json()["manifests"], serde_json::json!([]));
+    // A referrer may be pushed before (or without) its subject.
+    let orphan = manifest(&config, &[], Some((&digest_of(b"ghost"), 10)), Some("application/vnd.example.sig"));
+    let a = http("PUT", &format!("{v2}/cat/app/manifests/{}", digest_of(&orphan)), &[AUTH, &format!("Content-Type: {OCI_MANIFEST}")], Some(&orphan), &s);
+    assert_eq!((a.status, a.header("oci-subject")), (201, digest_of(b"ghost").as_str()));
+    let a = http("GET", &format!("{v2}/cat/app/referrers/{}", digest_of(b"ghost")), &[], None, &s);
+    assert_eq!(a.json()["manifests"][0]["digest"], digest_of(&orphan));
 
     // Concurrent pushes of one tag: the tag ends naming one of them, whole.
     let variants: Vec<Vec<u8>> = (0..6).map(|i| manifest(&config, &[&layer1], None, Some(&format!("application/x.v{i}")))).collect();
@@ -564,6 +604,10 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(http("GET", &format!("{v2}/cat/app/manifests/v1"), &[], None, &s).body, m2, "other tags stay");
     assert_eq!(http("DELETE", &format!("{v2}/cat/other/blobs/{}", digest_of(&layer2)), &[AUTH], None, &s).status, 202);
     assert_eq!(http("HEAD", &format!("{v2}/cat/other/blobs/{}", digest_of(&layer2)), &[], None, &s).status, 404);
+    let a = http("GET", &format!("{v2}/cat/other/blobs/{}", digest_of(&layer2)), &[], None, &s);
+    assert_eq!((a.status, a.code().as_str()), (404, "BLOB_UNKNOWN"));
+    let a = http("GET", &format!("{v2}/cat/app/tags/list"), &[], None, &s);
+    assert_eq!(a.json(), serde_json::json!({ "name": "cat/app", "tags": ["race", "v1"] }), "the tags list shows the deletes");
     assert_eq!(http("HEAD", &blob_url, &[], None, &s).status, 200, "the blob stays in the repository it was not deleted from");
     // Cancelling an upload.
     let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[AUTH], None, &s);

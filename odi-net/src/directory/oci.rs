@@ -187,12 +187,17 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
     if rest == "token" {
         return issue_token(shared, &req);
     }
+    let method = req.method().clone();
     let route = match parse_route(rest) {
         None => return oci_error(&OciError::new(ErrorCode::NameUnknown, format!("no such endpoint: /v2/{}", rest.chars().take(200).collect::<String>()))),
+        // A read of a reference no tag could have is of a manifest that does not exist (the
+        // conformance suite asks for `.INVALID_MANIFEST_NAME`); a push of it is refused.
+        Some(Err(e)) if e.code == ErrorCode::ManifestInvalid && matches!(method, Method::GET | Method::HEAD) => {
+            return oci_error(&OciError::new(ErrorCode::ManifestUnknown, e.message));
+        }
         Some(Err(e)) => return oci_error(&e),
         Some(Ok(route)) => route,
     };
-    let method = req.method().clone();
     let write = !matches!(method, Method::GET | Method::HEAD);
     if (write || route == Route::Base)
         && let Err(resp) = check_credentials(shared, &req, if write { Access::Push } else { Access::Pull })
