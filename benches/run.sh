@@ -11,7 +11,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 
 missing=()
-for tool in nginx wrk openssl curl; do
+for tool in nginx wrk openssl curl docker-registry; do
     command -v "$tool" >/dev/null 2>&1 || [ -x "/usr/sbin/$tool" ] || missing+=("$tool")
 done
 if [ "${#missing[@]}" -gt 0 ]; then
@@ -21,7 +21,7 @@ if [ "${#missing[@]}" -gt 0 ]; then
     fi
     echo "run.sh: installing ${missing[*]}" >&2
     apt-get update -qq
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk openssl curl >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq nginx wrk openssl curl docker-registry >/dev/null
 fi
 export PATH="$PATH:/usr/sbin"
 

@@ -18,12 +18,15 @@
 //! 7. a meta-directory (three references, a GeoIP lookup per request) answering `302` to a
 //!    directory for the same paths, against nginx `return 302` to that directory; and, for
 //!    context, against Fedora's mirrorlist-server as published (1/36 of nginx at 300 hosts).
+//! 8. the OCI API against Debian's `docker-registry`: pushing the 1 GiB file as a layer (curl),
+//!    pulling it through a relay (`curl -L`), and 1 KiB blob GETs under wrk (see `oci`).
 //!
 //! Everything listens on 127.0.0.1 only; data lives in a temporary directory removed at the end
 //! (also on error or SIGINT/SIGTERM). `benches/run.sh` installs the tools and runs this in release.
 
 mod data;
 mod nginx;
+mod oci;
 mod odi;
 mod report;
 mod tools;
@@ -45,7 +48,7 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 
 const USAGE: &str = "usage: odi-bench [--quick] [--runs N] [--per-curl N] [--only LIST]
   --quick       small data set, short wrk runs: checks the harness, figures mean little
-  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302, tls, meta
+  --only LIST   run only these comparisons, comma-separated: serve, hash, sync, 302, tls, meta, oci
   --runs N      measured runs per side (default 3); each figure is the best of them
   --per-curl N  URLs per curl process in the sync comparison (default 16)";
 
@@ -67,10 +70,11 @@ enum Part {
     Redirect,
     Tls,
     Meta,
+    Oci,
 }
 
 impl Part {
-    const ALL: [Self; 6] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect, Self::Tls, Self::Meta];
+    const ALL: [Self; 7] = [Self::Serve, Self::Hash, Self::Sync, Self::Redirect, Self::Tls, Self::Meta, Self::Oci];
 
     fn name(self) -> &'static str {
         match self {
@@ -80,6 +84,7 @@ impl Part {
             Self::Redirect => "302",
             Self::Tls => "tls",
             Self::Meta => "meta",
+            Self::Oci => "oci",
         }
     }
 }
@@ -91,7 +96,7 @@ struct Options {
     per_curl: usize,
     wrk: WrkLoad,
     /// Which comparisons run, indexed like `Part::ALL`.
-    parts: [bool; 6],
+    parts: [bool; 7],
 }
 
 impl Options {
@@ -101,7 +106,7 @@ impl Options {
             runs: 3,
             per_curl: 16,
             wrk: WrkLoad { threads: 2, connections: 32, duration: Duration::from_secs(5) },
-            parts: [true; 6],
+            parts: [true; 7],
         };
         let number = |flag: &str, value: Option<String>| -> anyhow::Result<usize> {
             let value = value.with_context(|| format!("{flag} needs a number\n{USAGE}"))?;
@@ -119,7 +124,7 @@ impl Options {
                 "--per-curl" => options.per_curl = number("--per-curl", args.next())?,
                 "--only" => {
                     let list = args.next().with_context(|| format!("--only needs a list\n{USAGE}"))?;
-                    options.parts = [false; 6];
+                    options.parts = [false; 7];
                     for name in list.split(',') {
                         let i = Part::ALL.iter().position(|p| p.name() == name).with_context(|| format!("--only: no comparison `{name}`\n{USAGE}"))?;
                         options.parts[i] = true;
@@ -207,6 +212,7 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         admin.create_catalog(catalog, 1).await?;
     }
     admin.create_catalog(REDIRECT_CATALOG, REDIRECT_RELAYS as u32).await?;
+    admin.create_catalog(oci::OCI_CATALOG, 1).await?;
     if options.wants(Part::Serve) || options.wants(Part::Tls) {
         admin.publish(&data.big).await?;
         admin.publish_all(&data.small, PUBLISH_PARALLEL).await?;
@@ -240,6 +246,9 @@ async fn run(options: Options) -> anyhow::Result<Vec<Comparison>> {
         }
         if options.wants(Part::Meta) {
             comparisons.extend(meta_302(work, &directory, &data, &options).await?);
+        }
+        if options.wants(Part::Oci) {
+            comparisons.extend(oci::registry(work, &directory, &admin, &data, &options).await?);
         }
         anyhow::Ok(comparisons)
     }

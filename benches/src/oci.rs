@@ -41,9 +41,10 @@ struct Registry {
 
 impl Registry {
     fn start(dir: &Path) -> anyhow::Result<Self> {
-        let bin = ["/usr/bin/docker-registry", "docker-registry"].into_iter().find(|b| Path::new(b).exists() || which(b)).context(
-            "docker-registry is not installed: `apt-get install docker-registry` (benches/run.sh does it as root), or leave `oci` out of --only",
-        )?;
+        let bin = ["/usr/bin/docker-registry", "docker-registry"]
+            .into_iter()
+            .find(|b| Path::new(b).exists() || which(b))
+            .context("docker-registry is not installed: `apt-get install docker-registry` (benches/run.sh does it as root), or leave `oci` out of --only")?;
         std::fs::create_dir_all(dir)?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
         let config = dir.join("config.yml");
@@ -54,7 +55,8 @@ impl Registry {
                 dir.join("root").display()
             ),
         )?;
-        let child = Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {bin}"))?;
+        let child =
+            Command::new(bin).arg("serve").arg(&config).stdout(Stdio::null()).stderr(Stdio::null()).spawn().with_context(|| format!("cannot start {bin}"))?;
         let registry = Self { url: format!("http://127.0.0.1:{port}"), child };
         let deadline = Instant::now() + Duration::from_secs(20);
         while tools::run(Command::new("curl").args(["-sf", "-o", "/dev/null", &format!("{}/v2/", registry.url)])).is_err() {
@@ -104,9 +106,11 @@ impl Side<'_> {
     fn curl_push(&self, repo: &str, file: &Path, digest: &str) -> anyhow::Result<Duration> {
         let auth: Vec<String> = self.auth.iter().flat_map(|a| ["-H".to_owned(), format!("Authorization: {a}")]).collect();
         let start = Instant::now();
-        let out = tools::run(
-            Command::new("curl").args(["-s", "-X", "POST", "-D", "-", "-o", "/dev/null"]).args(&auth).arg(format!("{}/v2/{}/blobs/uploads/", self.base, self.repo(repo))),
-        )?;
+        let out = tools::run(Command::new("curl").args(["-s", "-X", "POST", "-D", "-", "-o", "/dev/null"]).args(&auth).arg(format!(
+            "{}/v2/{}/blobs/uploads/",
+            self.base,
+            self.repo(repo)
+        )))?;
         let head = String::from_utf8_lossy(&out.stdout);
         ensure!(head.starts_with("HTTP/1.1 202"), "POST of an upload to {} answered: {}", self.base, head.lines().next().unwrap_or_default());
         let location = head
@@ -154,7 +158,8 @@ pub(crate) async fn registry(work: &Path, directory: &Node, admin: &Admin, data:
     let reference = Side { base: &registry.url, prefix: "", auth: None };
 
     let client = HttpClient::new();
-    let small: Vec<Vec<u8>> = data.small.iter().map(|a| std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))).collect::<anyhow::Result<_>>()?;
+    let small: Vec<Vec<u8>> =
+        data.small.iter().map(|a| std::fs::read(&a.file).with_context(|| format!("cannot read {}", a.file.display()))).collect::<anyhow::Result<_>>()?;
     progress(&format!("pushing {} blobs of {} to both", small.len(), size(data.small[0].len)));
     let mut digests = Vec::new();
     for side in [&odi, &reference] {
@@ -182,12 +187,14 @@ pub(crate) async fn registry(work: &Path, directory: &Node, admin: &Admin, data:
     let relay = crate::odi::start_relay(&work.join("relay-oci"), &directory.url, &[OCI_CATALOG], SYNC_PARALLEL).await?;
     let compared = async {
         admin.wait_ready(&relay.url, 1 + small.len() as u64, since, READY_LIMIT).await?;
-        let (odi_url, reg_url) = (format!("{}{}", odi.base, odi.blob_path(BIG_REPO, &big_digest)), format!("{}{}", reference.base, reference.blob_path(BIG_REPO, &big_digest)));
+        let (odi_url, reg_url) =
+            (format!("{}{}", odi.base, odi.blob_path(BIG_REPO, &big_digest)), format!("{}{}", reference.base, reference.blob_path(BIG_REPO, &big_digest)));
         progress(&format!("pulling {}: curl -L {odi_url} (307 to {}) and curl {reg_url}", size(data.big.len), relay.url));
         let speed = |url: &str| tools::curl_speed_with(url, data.big.len, &["-L"]).map(|bps| bps / MIB as f64);
         speed(&odi_url)?;
         speed(&reg_url)?;
-        let mut pull = Comparison::new(format!("OCI pull {} blob (curl -L, via a relay)", size(data.big.len)), "MiB/s", "docker-registry", Better::Higher, 1.0, 0);
+        let mut pull =
+            Comparison::new(format!("OCI pull {} blob (curl -L, via a relay)", size(data.big.len)), "MiB/s", "docker-registry", Better::Higher, 1.0, 0);
         for _ in 0..options.runs {
             pull.odi.push(speed(&odi_url)?);
             pull.reference.push(speed(&reg_url)?);

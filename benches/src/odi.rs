@@ -22,7 +22,7 @@ use tokio::task::JoinHandle;
 
 use crate::data::{Artifact, GIB};
 
-const ADMIN_TOKEN: &str = "b3e1a9d07c5f4e28a6b1d93c0e7f5a2b8c4d6e1f09a3b7c5d2e8f4a6b0c1d3e5";
+pub(crate) const ADMIN_TOKEN: &str = "b3e1a9d07c5f4e28a6b1d93c0e7f5a2b8c4d6e1f09a3b7c5d2e8f4a6b0c1d3e5";
 const ENROLL_TOKEN: &str = "e7d2c9b04a6f1e38b5c0d7a29e4f6b1c3d8e5a0f72b9c4d6e1a3f8b5c0d7e2a4";
 /// The intervals odi's own end-to-end tests use: quick to notice, still far from busy.
 const HEARTBEAT: Duration = Duration::from_millis(300);

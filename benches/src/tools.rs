@@ -16,7 +16,7 @@ use crate::data::Artifact;
 /// Per-transfer limit for every curl.
 const CURL_MAX_TIME: &str = "300";
 
-fn run(cmd: &mut Command) -> anyhow::Result<Output> {
+pub(crate) fn run(cmd: &mut Command) -> anyhow::Result<Output> {
     let shown = format!("{cmd:?}");
     let out = cmd.output().with_context(|| format!("cannot run {shown}"))?;
     if !out.status.success() {
