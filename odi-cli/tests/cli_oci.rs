@@ -589,6 +589,37 @@ fn the_distribution_api_by_the_spec() {
     });
     let a = http("GET", &format!("{v2}/cat/app/manifests/race"), &[], None, &s);
     assert!(variants.contains(&a.body), "the tag names a whole pushed manifest");
+    // Concurrent pushes of one blob, monolithic and chunked: all acknowledged, one blob whole.
+    let shared_blob = noise(2 * MIB + 5, 31);
+    std::thread::scope(|scope| {
+        for i in 0..6 {
+            let s = tmp.path().join(format!("blob-scratch{i}"));
+            std::fs::create_dir_all(&s).unwrap();
+            let (v2, dir_url, blob) = (&v2, &dir_url, &shared_blob);
+            scope.spawn(move || {
+                let d = digest_of(blob);
+                if i % 2 == 0 {
+                    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/?digest={d}"), &[AUTH], Some(blob), &s);
+                    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+                } else {
+                    let a = http("POST", &format!("{v2}/cat/app/blobs/uploads/"), &[AUTH], None, &s);
+                    let half = blob.len() / 2;
+                    let a = http(
+                        "PATCH",
+                        &format!("{dir_url}{}", a.header("location")),
+                        &[AUTH, &format!("Content-Range: 0-{}", half - 1)],
+                        Some(&blob[..half]),
+                        &s,
+                    );
+                    assert_eq!(a.status, 202);
+                    let a = http("PUT", &format!("{dir_url}{}?digest={d}", a.header("location")), &[AUTH], Some(&blob[half..]), &s);
+                    assert_eq!(a.status, 201, "{}", String::from_utf8_lossy(&a.body));
+                }
+            });
+        }
+    });
+    let a = http("GET", &format!("{v2}/cat/app/blobs/{}", digest_of(&shared_blob)), &[], None, &s);
+    assert!(a.status == 200 && a.body == shared_blob, "{}", a.status);
     assert_eq!(a.header("docker-content-digest"), digest_of(&a.body));
 
     // Deletes: a tag, a manifest by digest (with the tags naming it), a blob.
