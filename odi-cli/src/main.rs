@@ -32,6 +32,7 @@ mod get;
 mod listing;
 mod output;
 mod publish;
+mod stores;
 mod units;
 mod webhooks;
 
@@ -195,6 +196,16 @@ struct DirectoryArgs {
     /// public port (where it needs the admin token), e.g. 127.0.0.1:9770.
     #[arg(long, value_name = "ADDR")]
     metrics_listen: Option<SocketAddr>,
+    /// Where the directory's records (catalogs, log, relays, tokens) live: `sqlite` (the
+    /// default, {data}/directory.sqlite3) or a PostgreSQL URL, postgres://user:password@host:port/db.
+    #[arg(long, env = "ODI_METADATA", value_name = "sqlite|postgres://...")]
+    metadata: Option<String>,
+    /// Where the directory's blobs live: `local` (the default, {data}/blobs) or an S3 bucket,
+    /// s3://bucket[/prefix], with credentials and region from the AWS_* environment; for an
+    /// S3-compatible server (MinIO, Ceph, moto) add its endpoint:
+    /// s3://bucket?endpoint=http://127.0.0.1:9000.
+    #[arg(long, env = "ODI_BLOBS", value_name = "local|s3://...")]
+    blobs: Option<String>,
     /// TOML file with any of the flags above (flags win).
     #[arg(long)]
     config: Option<PathBuf>,
@@ -549,6 +560,8 @@ struct FileConfig {
     #[serde(default)]
     trust_forwarded_for: Vec<String>,
     metrics_listen: Option<SocketAddr>,
+    metadata: Option<String>,
+    blobs: Option<String>,
 }
 
 impl FileConfig {
@@ -751,6 +764,8 @@ async fn run(command: Command) -> Result<()> {
             options.admin_token = std::env::var("ODI_ADMIN_TOKEN").ok();
             options.enroll_token = std::env::var("ODI_ENROLL_TOKEN").ok();
             options.link_token = std::env::var("ODI_LINK_TOKEN").ok();
+            options.meta = stores::metadata(args.metadata.or(file.metadata).as_deref()).await?;
+            options.blobs = stores::blobs(args.blobs.or(file.blobs).as_deref())?;
             let listener = self::listen(listen, tls, &data, options.public_url.as_deref()).await?;
             let mut server =
                 odi_net::directory::DirectoryServer::open(options).await.with_context(|| format!("cannot open the directory in {}", data.display()))?;
