@@ -63,6 +63,7 @@ enum LogFormat {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant, reason = "parsed once per process; the daemons' flags are the large variants")]
 enum Command {
     /// Run a directory: catalogs, the relay table, and redirects to relays.
     Directory(DirectoryArgs),
