@@ -25,8 +25,8 @@ pub(super) fn document() -> Response<Body> {
 /// One segment of a documented path.
 enum Segment {
     Literal(String),
-    /// One segment's worth.
-    Param,
+    /// One segment's worth; only these values when the parameter is an enum.
+    Param(Option<Vec<String>>),
     /// `{path}`, last: an artifact's path, every segment left.
     Rest,
 }
@@ -42,12 +42,19 @@ fn templates() -> &'static Templates {
         paths
             .iter()
             .map(|(path, item)| {
+                // The values an enum path parameter takes, from any operation that declares it.
+                let values = |name: &str| {
+                    item.as_object()?.values().find_map(|op| {
+                        let param = op["parameters"].as_array()?.iter().find(|p| p["name"] == name && p["in"] == "path")?;
+                        Some(param["schema"]["enum"].as_array()?.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+                    })
+                };
                 let segments = path
                     .trim_start_matches('/')
                     .split('/')
                     .map(|s| match s {
                         "{path}" => Segment::Rest,
-                        _ if s.starts_with('{') => Segment::Param,
+                        _ if s.starts_with('{') => Segment::Param(values(s.trim_matches(['{', '}']))),
                         _ => Segment::Literal(s.to_owned()),
                     })
                     .collect();
@@ -67,7 +74,8 @@ fn fits(template: &[Segment], rest: &str) -> bool {
     segments.len() == template.len()
         && template.iter().zip(&segments).all(|(t, s)| match t {
             Segment::Literal(literal) => literal == s,
-            Segment::Param | Segment::Rest => !s.is_empty(),
+            Segment::Param(Some(values)) => values.iter().any(|v| v == s),
+            Segment::Param(None) | Segment::Rest => !s.is_empty(),
         })
 }
 
@@ -239,6 +247,9 @@ mod tests {
         assert_eq!(unrouted(&Method::GET, "catalogs/rel/nothing").status(), StatusCode::NOT_FOUND);
         assert_eq!(unrouted(&Method::GET, "catalogs/rel/artifacts/").status(), StatusCode::NOT_FOUND);
         assert_eq!(unrouted(&Method::GET, "nothing").status(), StatusCode::NOT_FOUND);
+        let relay = "0".repeat(64);
+        assert_eq!(unrouted(&Method::GET, &format!("relays/{relay}/drain")).status(), StatusCode::METHOD_NOT_ALLOWED);
+        assert_eq!(unrouted(&Method::POST, &format!("relays/{relay}/paint")).status(), StatusCode::NOT_FOUND);
     }
 
     #[test]
