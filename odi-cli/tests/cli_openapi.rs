@@ -74,6 +74,8 @@ fn schemathesis_finds_every_admin_operation_answering_as_documented() {
         // Server-sent events: the answer never ends.
         .args(["--exclude-path", "/events"])
         .args(["--report", "junit", "--report-junit-path", report.to_str().unwrap(), "--no-color"])
+        // Its cache (`.schemathesis/`) goes to the temporary directory, not the source tree.
+        .current_dir(tmp.path())
         .stdin(Stdio::null())
         .output()
         .expect("run schemathesis");
