@@ -418,6 +418,45 @@ pub fn build(seed: u64, artifacts: usize, relays: usize) -> anyhow::Result<(Flee
     Ok((fleet, paths))
 }
 
+/// What a directory with the catalog, `artifacts` published artifacts and `relays` enrolled
+/// relays has stored, as its metadata store holds it: the catalog, one `Put` log entry per
+/// artifact (the paths and sizes `build` uses) and one record per relay (at
+/// `relay-NNNNN.bench.invalid`, 10 TiB budgets). A directory opened on these restores that state
+/// (each relay unhealthy until it heartbeats), for benches of a real directory process at scale.
+pub fn stored_records(seed: u64, artifacts: usize, relays: usize) -> Vec<Record> {
+    let catalog = CatalogName::new(CATALOG).expect("a valid catalog name");
+    let mut records = vec![Record::Catalog(CatalogConfig {
+        name: catalog.clone(),
+        replicas: REPLICAS,
+        chunk_size: CHUNK_SIZE,
+        created_at: WALL,
+        mutable: false,
+        origin: None,
+    })];
+    for (i, path) in artifact_paths(seed, artifacts).into_iter().enumerate() {
+        let (size, digest) = artifact_bytes(seed, i as u64);
+        let manifest = ChunkManifest::new(size, CHUNK_SIZE, digest, vec![digest]).expect("a one-chunk manifest");
+        let artifact =
+            Artifact { catalog: catalog.clone(), path, media_type: MEDIA_TYPE.into(), tags: Vec::new(), published_at: WALL, manifest: manifest.into() };
+        records.push(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: i as u64 + 1, at: WALL, op: LogOp::Put(artifact) } });
+    }
+    for index in 0..relays as u64 {
+        records.push(Record::Relay(odi_core::storage::RelayRecord {
+            id: relay_id(seed, index),
+            public_url: RelayUrl::new(&format!("http://relay-{index:05}.bench.invalid:8080")).expect("a valid relay URL"),
+            capacity: Capacity { disk_budget: RELAY_BUDGET, bandwidth: RELAY_BANDWIDTH },
+            catalogs: vec![catalog.clone()],
+            enrolled_at: WALL,
+            quarantined: None,
+            draining: false,
+            proven: true,
+            token: None,
+            tags: Vec::new(),
+        }));
+    }
+    records
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

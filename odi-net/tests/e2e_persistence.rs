@@ -158,3 +158,69 @@ async fn a_relay_whose_public_url_is_unreachable_says_why() {
     let view = relay_view(&dir.url, &dead_url).await.unwrap();
     assert!(view["reason"].as_str().unwrap_or("").contains("self-test"), "the admin sees the same reason: {view}");
 }
+
+/// A directory opened on the stored state of 2,000 artifacts and 300 relays: the writes its
+/// start chains (each outcome asking for the next) run one after another without growing the
+/// stack, where running them by recursion overflowed a worker thread's 2 MiB.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_directory_opens_on_hundreds_of_stored_relays_and_thousands_of_artifacts() {
+    use odi_core::catalog::{Artifact, CatalogConfig, LogEntry, LogOp};
+    use odi_core::message::{Capacity, NodeId, RelayUrl};
+    use odi_core::path::{ArtifactPath, CatalogName};
+    use odi_core::storage::RelayRecord;
+    use odi_core::time::UnixTime;
+    use odi_core::{ChunkManifest, Digest};
+    use odi_net::http::empty;
+
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("dir");
+    let catalog = CatalogName::new("big").unwrap();
+    let at = UnixTime(1_790_000_000);
+    let mut records =
+        vec![Record::Catalog(CatalogConfig { name: catalog.clone(), replicas: 2, chunk_size: 1 << 20, created_at: at, mutable: false, origin: None })];
+    for i in 0..2000u64 {
+        let digest = Digest::of(&i.to_le_bytes());
+        let manifest = ChunkManifest::new(4096, 1 << 20, digest, vec![digest]).unwrap();
+        let path = ArtifactPath::new(&format!("pool/p{}/a{i}.deb", i % 40)).unwrap();
+        let artifact = Artifact {
+            catalog: catalog.clone(),
+            path,
+            media_type: "application/octet-stream".into(),
+            tags: Vec::new(),
+            published_at: at,
+            manifest: manifest.into(),
+        };
+        records.push(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: i + 1, at, op: LogOp::Put(artifact) } });
+    }
+    for i in 0..300u64 {
+        let mut id = [0u8; 32];
+        id[..8].copy_from_slice(&(i + 1).to_le_bytes());
+        records.push(Record::Relay(RelayRecord {
+            id: NodeId(id),
+            public_url: RelayUrl::new(&format!("http://relay-{i}.test.invalid:8080")).unwrap(),
+            capacity: Capacity { disk_budget: 1 << 40, bandwidth: 0 },
+            catalogs: vec![catalog.clone()],
+            enrolled_at: at,
+            quarantined: None,
+            draining: false,
+            proven: true,
+            token: None,
+            tags: Vec::new(),
+        }));
+    }
+    sqlite(&data).apply(&records).await.unwrap();
+    let mut dir = start_directory_with(&data, None, |o| {
+        o.probe_interval = Duration::from_secs(3600);
+        o.audit_interval = Duration::from_secs(3600);
+    })
+    .await;
+    let relays = admin(http::Method::GET, &dir.url, "relays", empty()).await;
+    assert_eq!(relays.status, http::StatusCode::OK);
+    assert_eq!(relays.json().as_array().unwrap().len(), 300);
+    let listing = admin(http::Method::GET, &dir.url, "catalogs/big", empty()).await.json();
+    assert_eq!(listing["artifacts"].as_array().unwrap().len(), 2000);
+    // Still taking changes, and answering after them.
+    create_catalog(&dir.url, "more", 1).await;
+    assert_eq!(get(&format!("{}/healthz", dir.url), &[]).await.status, http::StatusCode::OK);
+    dir.stop().await;
+}

@@ -244,7 +244,7 @@ pub(super) async fn admin(shared: &Arc<Shared>, req: Request<Incoming>, rest: &s
             let barred: Vec<NodeId> = shared.lock().relays(now).into_iter().filter(|r| r.token.as_deref() == Some(name.as_str())).map(|r| r.id).collect();
             json(StatusCode::OK, &TokenRevoked { name, revoked: true, quarantined: barred })
         }
-        _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} /api/v1/{rest}", req.method())),
+        (method, _) => super::openapi::unrouted(&method, rest),
     }
 }
 

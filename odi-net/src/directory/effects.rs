@@ -90,15 +90,24 @@ fn log_event(event: &Event) {
 
 /// Runs effects: writes are awaited and their outcome reported to the machine (so a caller that
 /// awaits this may then take the outcome of its own write); self-tests and audits run in the
-/// background and report back. (Boxed: an outcome yields effects that may start more.)
+/// background and report back. An outcome may yield effects that start more: they run before
+/// the rest of the list, as a nested call would, from a worklist (a chain of writes, such as
+/// every relay's state saved after a restart, must not grow the stack).
 pub(super) fn execute(shared: &Arc<Shared>, effects: Vec<Effect>) -> Pin<Box<dyn Future<Output = ()> + Send + '_>> {
     Box::pin(async move {
-        for effect in effects {
+        let mut pending: Vec<std::vec::IntoIter<Effect>> = vec![effects.into_iter()];
+        while let Some(list) = pending.last_mut() {
+            let Some(effect) = list.next() else {
+                pending.pop();
+                continue;
+            };
             match effect {
                 Effect::Persist { id, records } => {
                     let outcome = shared.meta.apply(&records).await.map_err(|e| e.to_string());
                     let (_, more) = shared.with_machine(|d, now| d.handle_storage(id, outcome, now));
-                    execute(shared, more).await;
+                    if !more.is_empty() {
+                        pending.push(more.into_iter());
+                    }
                 }
                 Effect::SelfTest { relay, url, attempt } => {
                     tokio::spawn(self_test(shared.clone(), relay, url, attempt));

@@ -8,6 +8,8 @@
 //! - `admin.rs` (`Authorization: Bearer`): `/api/v1/catalogs`, `/api/v1/catalogs/{name}`,
 //!   `PUT|DELETE /api/v1/catalogs/{name}/artifacts/{path}`, `DELETE /api/v1/blobs/sha256/{hex}`,
 //!   `/api/v1/relays`, `/api/v1/tokens`, `/api/v1/stats`; `/api/v1/webhooks` goes to `webhooks.rs`
+//! - `openapi.rs`: `GET /api/v1/openapi.json` (no token), the admin API's OpenAPI document,
+//!   `odi-net/openapi.json`, and the tests that hold it to the router
 //! - `audit.rs`: `GET /api/v1/audit`, and the entry every admin change leaves; `ldap.rs`: named
 //!   admins (`Authorization: Basic`, the dashboard's user login) checked against LDAP
 //! - `events.rs`: the live event stream; `webhooks.rs`: webhooks and their delivery queue
@@ -59,6 +61,7 @@ mod events;
 mod ldap;
 mod node;
 mod oci;
+mod openapi;
 mod origins;
 mod peers;
 mod ui;
@@ -492,6 +495,10 @@ async fn route_request(shared: Arc<Shared>, req: Request<Incoming>) -> Response<
     }
     if let Some(rest) = path.strip_prefix("/api/v1/") {
         let rest = rest.to_owned();
+        // The API's own description needs no token: what it names is public in the source.
+        if rest == "openapi.json" {
+            return if read { openapi::document() } else { not_allowed("GET, HEAD") };
+        }
         let who = match admin::authorize(&shared, &req, &rest).await {
             Ok(who) => who,
             Err(resp) => return resp,

@@ -225,7 +225,7 @@ pub(super) async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &[
         (Method::POST, []) => add(shared, req).await,
         (Method::DELETE, [id]) => remove(shared, id),
         (Method::GET, [id, "deliveries"]) => deliveries(shared, id, req.uri().query()),
-        _ => error(StatusCode::NOT_FOUND, format!("no such admin endpoint: {} {}", req.method(), req.uri().path())),
+        (method, _) => super::openapi::unrouted(&method, req.uri().path().trim_start_matches("/api/v1/")),
     }
 }
 
