@@ -646,6 +646,23 @@ fn the_distribution_api_by_the_spec() {
     assert_eq!(http("DELETE", &location, &[AUTH], None, &s).status, 204);
     assert_eq!(http("GET", &location, &[], None, &s).status, 404);
 
+    // The audit log has the pushes and deletes, refusals included, and not the chunks.
+    let audit: serde_json::Value = serde_json::from_str(&odi_ok(&["audit", "--directory", &dir_url, "--limit", "500", "--json"])).unwrap();
+    let entries = audit["entries"].as_array().unwrap();
+    let has = |action: &str, target: &str, status: u64| {
+        entries
+            .iter()
+            .find(|e| e["action"] == action && e["target"] == target && e["status"] == status)
+            .unwrap_or_else(|| panic!("no {action} {target} {status} in {audit:#}"))
+    };
+    assert_eq!(has("oci push manifest", "cat/app:v1", 201)["detail"], digest_of(&m2));
+    assert_eq!(has("oci push blob", "cat/app", 201)["who"], "admin token");
+    assert!(has("oci push manifest", "frozen/app:v1", 403)["error"].as_str().unwrap().starts_with("DENIED"));
+    has("oci delete manifest", &format!("cat/app@{}", digest_of(&m1)), 202);
+    has("oci delete blob", &format!("cat/other@{}", digest_of(&layer2)), 202);
+    has("oci cancel upload", "cat/app", 204);
+    assert!(entries.iter().all(|e| e["status"] != 401), "the token flow's 401s are not logged");
+
     // Layer federation: a manifest names a layer by `urls` only. The first pull fetches it,
     // skipping a source with wrong bytes and one with the wrong size; a layer whose only
     // source lies is never served.

@@ -204,6 +204,19 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
     {
         return resp;
     }
+    if write {
+        let client = req.extensions().get::<crate::guard::ClientAddr>().map(|c| c.0);
+        let audited = audited(&route, &method);
+        let resp = answer(shared, req, route, method).await;
+        return match audited {
+            Some((action, target)) => audit_write(shared, action, target, client, resp).await,
+            None => resp,
+        };
+    }
+    answer(shared, req, route, method).await
+}
+
+async fn answer(shared: &Arc<Shared>, req: Request<Incoming>, route: Route, method: Method) -> Response<Body> {
     match (route, method) {
         (Route::Base, Method::GET | Method::HEAD) => json(StatusCode::OK, b"{}".to_vec()),
         (Route::Manifest(repo, reference), Method::GET | Method::HEAD) => get_manifest(shared, &req, &repo, &reference).await,
@@ -224,6 +237,47 @@ async fn route(shared: &Arc<Shared>, req: Request<Incoming>, rest: &str) -> Resp
             resp
         }
     }
+}
+
+/// What the audit log calls a `/v2/` write, `(action, target)`: pushes that complete a blob
+/// or a manifest, deletes, cancelled uploads. Opening an upload session and sending a chunk
+/// change nothing anyone sees and are not logged.
+fn audited(route: &Route, method: &Method) -> Option<(&'static str, String)> {
+    let reference = |r: &Reference| match r {
+        Reference::Tag(t) => format!(":{t}"),
+        Reference::Digest(d) => format!("@{}", digest_string(d)),
+    };
+    Some(match (route, method) {
+        (Route::Manifest(repo, r), &Method::PUT) => ("oci push manifest", format!("{repo}{}", reference(r))),
+        (Route::Manifest(repo, r), &Method::DELETE) => ("oci delete manifest", format!("{repo}{}", reference(r))),
+        (Route::Blob(repo, d), &Method::DELETE) => ("oci delete blob", format!("{repo}@{}", digest_string(d))),
+        (Route::UploadStart(repo), &Method::POST) | (Route::Upload(repo, _), &Method::PUT) => ("oci push blob", repo.to_string()),
+        (Route::Upload(repo, _), &Method::DELETE) => ("oci cancel upload", repo.to_string()),
+        _ => return None,
+    })
+}
+
+/// Logs the `/v2/` write `action` on `target` once its answer is known, and passes the answer
+/// on: the digest it names on success, the error on a refusal. A `202` to an upload's `POST`
+/// (a session opened, nothing stored) and the `401` of the token flow are not logged.
+async fn audit_write(shared: &Shared, action: &str, target: String, client: Option<std::net::IpAddr>, resp: Response<Body>) -> Response<Body> {
+    let status = resp.status();
+    if status == StatusCode::UNAUTHORIZED || (action == "oci push blob" && status == StatusCode::ACCEPTED) {
+        return resp;
+    }
+    let detail = resp.headers().get(CONTENT_DIGEST).and_then(|v| v.to_str().ok()).unwrap_or_default().to_owned();
+    let (resp, error) = if status.is_success() {
+        (resp, String::new())
+    } else {
+        // Refusals are the spec's small JSON errors: read back whole.
+        let (parts, body) = resp.into_parts();
+        let bytes = body.collect().await.map(http_body_util::Collected::to_bytes).unwrap_or_default();
+        let error: serde_json::Value = serde_json::from_slice(&bytes).unwrap_or_default();
+        let error = format!("{}: {}", error["errors"][0]["code"].as_str().unwrap_or_default(), error["errors"][0]["message"].as_str().unwrap_or_default());
+        (Response::from_parts(parts, full(bytes)), error)
+    };
+    super::audit::record(shared, &super::audit::Who::Admin, action.to_owned(), target, detail, client, status, error);
+    resp
 }
 
 /// The credentials of a write (`Push`) or of the version check (`Pull`): the admin token as
