@@ -1,6 +1,7 @@
 """ODI: verified multi-source downloads, chunk manifests, publishing and an embedded relay."""
 
 from os import PathLike
+from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 __version__: str
@@ -33,7 +34,7 @@ class Report:
     """What `get` did."""
 
     @property
-    def path(self) -> str: ...
+    def path(self) -> Path: ...
     @property
     def sha256(self) -> str: ...
     @property
