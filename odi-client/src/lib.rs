@@ -12,17 +12,23 @@
 //! ```
 #![warn(missing_docs)]
 
-use std::time::{SystemTime, UNIX_EPOCH};
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use odi_core::time::UnixTime;
 
 pub mod admin;
 pub mod body;
 pub mod client;
+pub mod crash;
+pub mod fetch;
+pub mod limit;
 pub mod metalink;
+pub mod redirect;
 pub mod tls;
+pub mod transfer;
 
 pub use client::HttpClient;
+pub use fetch::{GetError, GetOptions, Progress, Report, get, get_stream};
 
 /// What a network operation failed with; its `Display` is one line for an operator.
 #[derive(Debug, thiserror::Error)]
@@ -81,4 +87,34 @@ pub fn random_bytes<const N: usize>() -> [u8; N] {
     // The OS RNG failing means the machine cannot make keys at all: nothing sensible remains.
     getrandom::fill(&mut out).expect("the operating system's random number generator failed");
     out
+}
+
+/// A monotonic clock with its origin at driver start, in the core's `Instant` units.
+#[derive(Clone, Copy, Debug)]
+pub struct Clock(std::time::Instant);
+
+impl Clock {
+    /// A clock whose origin is now.
+    pub fn start() -> Self {
+        Self(std::time::Instant::now())
+    }
+
+    /// The time since the origin.
+    pub fn now(&self) -> odi_core::time::Instant {
+        odi_core::time::Instant::from_millis(self.0.elapsed().as_millis() as u64)
+    }
+
+    /// The tokio instant at which the core instant `at` falls.
+    pub fn deadline(&self, at: odi_core::time::Instant) -> tokio::time::Instant {
+        tokio::time::Instant::from_std(self.0 + Duration::from_millis(at.as_millis()))
+    }
+
+    /// Sleeps until a machine's `poll_timeout`; with none, for an hour (drivers are woken by a
+    /// notification long before).
+    pub fn sleep_until(&self, at: Option<odi_core::time::Instant>) -> tokio::time::Sleep {
+        match at {
+            Some(at) => tokio::time::sleep_until(self.deadline(at)),
+            None => tokio::time::sleep(Duration::from_secs(3600)),
+        }
+    }
 }

@@ -13,6 +13,7 @@
 pub mod faulty;
 #[cfg(feature = "local-fs")]
 pub mod local;
+#[cfg(feature = "object-store")]
 pub mod object;
 #[cfg(feature = "local-fs")]
 pub mod partial;
@@ -31,6 +32,7 @@ pub mod meta_conformance;
 pub use faulty::{FaultSwitch, FaultyMeta};
 #[cfg(feature = "local-fs")]
 pub use local::{LocalStore, OpenedBlob};
+#[cfg(feature = "object-store")]
 pub use object::ObjectBlobStore;
 #[cfg(feature = "local-fs")]
 pub use partial::{PartialFile, SealedPartial};

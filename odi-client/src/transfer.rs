@@ -14,21 +14,22 @@ use http_body_util::BodyStream;
 use odi_core::ChunkManifest;
 use odi_core::transfer::{Effect, Event, Outcome, RequestId, Transfer, TransferConfig};
 pub use odi_storage::{PartialFile, SealedPartial};
+
+pub use crate::redirect::Redirects;
 use tokio::sync::mpsc;
 use tokio::task::AbortHandle;
 
 use crate::client::HttpClient;
 use crate::limit::RateLimiter;
-use crate::{Clock, NetError, crash};
+use crate::{Clock, NetError, crash, redirect};
 
-/// Redirects a source may send before the request counts as failed.
-const MAX_REDIRECTS: usize = 3;
 /// Bad chunks remembered per download for `report_rejected`.
 const MAX_REJECTED: usize = 64;
 
 /// Where chunks can come from.
 #[derive(Clone, Debug)]
 pub struct Source {
+    /// The URL chunks are asked from with range requests.
     pub url: String,
     /// Sign requests with the node key (the directory's node API).
     pub signed: bool,
@@ -37,34 +38,36 @@ pub struct Source {
 /// What a transfer did, for logs and for the caller's report.
 #[derive(Clone, Debug, Default)]
 pub struct Report {
+    /// Verified bytes fetched.
     pub bytes_fetched: u64,
+    /// Bytes received that did not match their chunk's hash.
     pub bytes_rejected: u64,
+    /// Chunks already held (resumed) before the transfer began.
     pub chunks_resumed: u64,
+    /// Chunks that did not match their hash and were fetched again.
     pub chunks_rejected: u64,
+    /// Range requests that failed.
     pub requests_failed: u64,
+    /// Sources given up on.
     pub sources_dropped: Vec<String>,
+    /// The first failures, one line each (at most 20).
     pub failures: Vec<String>,
     /// Chunks that did not match their hash: the source's URL and the chunk (at most 64).
     pub rejected: Vec<(String, u64)>,
 }
 
+/// Fetches one artifact from several sources at once, each chunk verified before it is written.
 pub struct Downloader {
+    /// The client requests go through.
     pub client: HttpClient,
+    /// The node key that signs requests to sources marked `signed`.
     pub key: Option<SigningKey>,
+    /// A bandwidth limit shared with other transfers.
     pub limiter: Option<Arc<RateLimiter>>,
+    /// The transfer engine's settings.
     pub config: TransferConfig,
+    /// Which redirects sources may send.
     pub redirects: Redirects,
-}
-
-/// Which redirects a source may send.
-#[derive(Clone, Copy, Debug, Eq, PartialEq)]
-pub enum Redirects {
-    /// To anywhere over http(s): a directory sending a client on to a relay.
-    AnyHost,
-    /// Only to the source's own scheme, host and port: relays syncing from peers, so that a
-    /// peer cannot make a relay fetch from other machines (its network's internal services).
-    /// A redirect elsewhere fails the request, and the source is struck.
-    SameOrigin,
 }
 
 enum Msg {
@@ -193,7 +196,7 @@ pub async fn report_rejected(client: &HttpClient, directory: &str, digest: odi_c
         let body = odi_core::message::ChunkReport { url: url.clone(), digest, chunk: *chunk };
         let Ok(body) = serde_json::to_vec(&body) else { continue };
         let req =
-            Request::post(format!("{}/report", directory.trim_end_matches('/'))).header(header::CONTENT_TYPE, "application/json").body(crate::http::full(body));
+            Request::post(format!("{}/report", directory.trim_end_matches('/'))).header(header::CONTENT_TYPE, "application/json").body(crate::body::full(body));
         let Ok(req) = req else { continue };
         match client.send(req, Duration::from_secs(5)).await {
             Ok(resp) => tracing::debug!(%url, chunk, status = %resp.status(), "reported a bad chunk to the directory"),
@@ -241,15 +244,15 @@ async fn fetch_range_inner(
     }
     let range_header = format!("bytes={}-{}", range.start, range.end - 1);
     let mut url = source.url.clone();
-    let mut resp = None;
-    for _ in 0..=MAX_REDIRECTS {
+    let mut hops = 0;
+    let resp = loop {
         // A signature is a credential: it goes only to the source's own origin (scheme, host,
         // port), never along a redirect to anywhere else.
-        let same_origin = url == source.url || matches!((origin(&url), origin(&source.url)), (Some(to), Some(from)) if to == from);
+        let same_origin = redirect::same_origin(&url, &source.url);
         let r = if let (true, true, Some(key)) = (source.signed, same_origin, key) {
             let uri: http::Uri = url.parse().map_err(|_| format!("bad source URL {url}"))?;
             let (path, query) = (uri.path().to_owned(), uri.query().unwrap_or("").to_owned());
-            let signed = odi_core::auth::sign(key, "GET", &path, &query, b"", crate::unix_now(), &crate::keys::random_bytes::<16>());
+            let signed = odi_core::auth::sign(key, "GET", &path, &query, b"", crate::unix_now(), &crate::random_bytes::<16>());
             let req = Request::builder()
                 .method(Method::GET)
                 .uri(uri)
@@ -257,31 +260,22 @@ async fn fetch_range_inner(
                 .header("content-digest", signed.content_digest)
                 .header("signature-input", signed.signature_input)
                 .header("signature", signed.signature)
-                .body(crate::http::empty())
+                .body(crate::body::empty())
                 .map_err(|e| e.to_string())?;
             client.send(req, Duration::from_secs(15)).await
         } else {
-            let req = Request::get(&url).header(header::RANGE, &range_header).body(crate::http::empty()).map_err(|e| e.to_string())?;
+            let req = Request::get(&url).header(header::RANGE, &range_header).body(crate::body::empty()).map_err(|e| e.to_string())?;
             client.send(req, Duration::from_secs(15)).await
         }
         .map_err(|e| e.to_string())?;
-        if r.status().is_redirection() {
-            let location = r.headers().get(header::LOCATION).and_then(|v| v.to_str().ok()).ok_or("redirect without a Location")?;
-            if !(location.starts_with("http://") || location.starts_with("https://")) {
-                return Err(format!("redirect to a relative or odd Location `{location}`"));
+        match redirect::next(redirects, &source.url, &url, r.status(), r.headers(), hops)? {
+            Some(next) => {
+                url = next;
+                hops += 1;
             }
-            let same_origin = matches!((origin(location), origin(&source.url)), (Some(to), Some(from)) if to == from);
-            if redirects == Redirects::SameOrigin && !same_origin {
-                // Not followed, and the Location is not repeated: it may point anywhere.
-                return Err("redirected to another host; sources must serve what they are asked for".into());
-            }
-            url = location.to_owned();
-            continue;
+            None => break r,
         }
-        resp = Some(r);
-        break;
-    }
-    let resp = resp.ok_or("too many redirects")?;
+    };
     let status = resp.status();
     let whole = range.start == 0 && range.end == total;
     match status {
@@ -328,15 +322,6 @@ async fn fetch_range_inner(
         }
     }
     Ok(())
-}
-
-/// `(scheme, host, port)` of an absolute URL, with the default port filled in; `None` if it
-/// does not parse.
-fn origin(url: &str) -> Option<(String, String, u16)> {
-    let uri: http::Uri = url.parse().ok()?;
-    let scheme = uri.scheme_str()?.to_ascii_lowercase();
-    let port = uri.port_u16().unwrap_or(if scheme == "https" { 443 } else { 80 });
-    Some((scheme, uri.host()?.to_ascii_lowercase(), port))
 }
 
 fn chunk_len(manifest: &ChunkManifest, index: u64) -> usize {
