@@ -173,7 +173,16 @@ impl AdminClient {
         let query: Vec<String> = tags.iter().map(|t| format!("tag={}", segment(t))).collect();
         let query = if query.is_empty() { String::new() } else { format!("?{}", query.join("&")) };
         let path = format!("catalogs/{}/artifacts/{encoded_path}{query}", segment(catalog));
-        self.call(Method::PUT, &path, body, media_type, LONG_TIMEOUT).await
+        match self.call(Method::PUT, &path, body, media_type, LONG_TIMEOUT).await {
+            // A directory that refuses the upload (a wrong token, no such catalog) answers before
+            // it has read the body and closes the connection; the client, still sending, may see
+            // only the reset. Asking for the catalog without a body then gets the refusal itself.
+            Err(lost @ (AdminError::Unreachable { .. } | AdminError::Protocol(_))) => match self.catalog(catalog).await {
+                Err(refused @ AdminError::Status { .. }) => Err(refused),
+                _ => Err(lost),
+            },
+            answer => answer,
+        }
     }
 
     /// `DELETE /api/v1/catalogs/{catalog}/artifacts/{path}` (`path` percent-encoded).

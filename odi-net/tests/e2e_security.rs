@@ -277,3 +277,20 @@ async fn weak_tokens_are_refused_at_start() {
         assert!(err.contains(name) && err.contains("openssl rand -hex 32"), "{err}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_refused_upload_reports_the_refusal_not_the_reset_that_cut_it() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dir = start_directory(tmp.path(), None).await;
+    create_catalog(&dir.url, "c", 1).await;
+    let wrong = odi_client::admin::AdminClient::new(&dir.url, "e".repeat(31) + &"1".repeat(33));
+    // Far more than the socket buffers hold, so the directory answers and closes mid-upload.
+    let data = bytes::Bytes::from(sample(64 << 20, 3));
+    for _ in 0..3 {
+        let err = wrong.publish("c", "big.bin", &[], "application/octet-stream", full(data.clone())).await.unwrap_err();
+        assert_eq!(err.status(), Some(StatusCode::FORBIDDEN), "{err}");
+    }
+    let missing = odi_client::admin::AdminClient::new(&dir.url, ADMIN);
+    let err = missing.publish("nope", "big.bin", &[], "application/octet-stream", full(data)).await.unwrap_err();
+    assert_eq!(err.status(), Some(StatusCode::NOT_FOUND), "{err}");
+}
