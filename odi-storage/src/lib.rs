@@ -31,7 +31,7 @@ pub mod meta_conformance;
 
 pub use faulty::{FaultSwitch, FaultyMeta};
 #[cfg(feature = "local-fs")]
-pub use local::{LocalStore, OpenedBlob};
+pub use local::{Adopted, LocalStore, OpenedBlob};
 #[cfg(feature = "object-store")]
 pub use object::ObjectBlobStore;
 #[cfg(feature = "local-fs")]

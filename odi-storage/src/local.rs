@@ -272,6 +272,28 @@ impl LocalStore {
         }
     }
 
+    /// Takes the file at `source` (e.g. in a mirror's own tree) as the blob of `manifest`, if
+    /// its bytes match: hard-linked into the store when both are on one filesystem (no second
+    /// copy on disk), copied otherwise. The bytes checked are those of the link or copy that
+    /// becomes the blob, chunk by chunk against the manifest, and the block sums are computed
+    /// from them, so a later change to the file in place (an `rsync --inplace`) is caught as
+    /// [`StorageError::Corrupt`] when read, never served. Removing the blob later removes only
+    /// the store's link. Bytes that do not match are [`StorageError::Verify`], and nothing is
+    /// kept; a blob already stored is [`Adopted::Held`].
+    pub async fn adopt(&self, manifest: &ChunkManifest, source: &Path) -> Result<Adopted> {
+        let digest = manifest.digest();
+        if self.contains(&digest).await? {
+            return Ok(Adopted::Held);
+        }
+        let (manifest, source, tmp) = (manifest.clone(), source.to_path_buf(), self.tmp.clone());
+        let (file, temp, sums, how) = tokio::task::spawn_blocking(move || adopt_into_temp(&manifest, &source, &tmp))
+            .await
+            .map_err(|e| StorageError::backend(STORE, format!("blocking task stopped: {e}")))??;
+        let held_before = self.contains(&digest).await?;
+        self.commit(Staged { file: File::from_std(file), temp, sums }, &digest).await?;
+        Ok(if held_before { Adopted::Held } else { how })
+    }
+
     async fn contains(&self, digest: &Digest) -> Result<bool> {
         let path = self.blob_path(digest);
         tokio::fs::try_exists(&path).await.map_err(io_error("check for", &path))
@@ -522,6 +544,53 @@ fn verify_whole(file: &std::fs::File, path: &Path, digest: Digest, size: u64, tm
     Ok(sums)
 }
 
+/// How [`LocalStore::adopt`] took a file.
+#[derive(Clone, Copy, Debug, Eq, PartialEq)]
+pub enum Adopted {
+    /// Hard-linked: the store and the tree share the bytes on disk.
+    Linked,
+    /// Copied, the tree being on another filesystem (or not linkable by this user).
+    Copied,
+    /// The store already held the blob; the file was not needed.
+    Held,
+}
+
+/// Links (or copies) `source` into a new temp file in `tmp` and checks the temp file's bytes
+/// against `manifest`, computing their block sums: what `LocalStore::commit` takes.
+fn adopt_into_temp(manifest: &ChunkManifest, source: &Path, tmp: &Path) -> Result<(std::fs::File, TempFile, BlockSums, Adopted)> {
+    use std::io::Read as _;
+    let digest = manifest.digest();
+    let meta = std::fs::metadata(source).map_err(io_error("inspect", source))?;
+    if !meta.is_file() || meta.len() != manifest.total_len() {
+        return Err(StorageError::Input(format!("{} is not the artifact: {} bytes, the artifact is {}", source.display(), meta.len(), manifest.total_len())));
+    }
+    let nanos = SystemTime::now().duration_since(UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
+    let n = NEXT_TEMP.fetch_add(1, Ordering::Relaxed);
+    let temp = TempFile { path: tmp.join(format!("{}-{n}-{nanos:08x}.adopt", std::process::id())), armed: true };
+    let how = match std::fs::hard_link(source, &temp.path) {
+        Ok(()) => Adopted::Linked,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Err(io_error("link", source)(e)),
+        Err(_) => {
+            std::fs::copy(source, &temp.path).map_err(io_error("copy", source))?;
+            Adopted::Copied
+        }
+    };
+    let mut file = std::fs::File::open(&temp.path).map_err(io_error("open", &temp.path))?;
+    let mut verifier = ChunkVerifier::new(manifest);
+    let mut sums = SumsBuilder::new();
+    let mut buf = vec![0u8; PIECE * 4];
+    loop {
+        let n = file.read(&mut buf).map_err(io_error("read", &temp.path))?;
+        if n == 0 {
+            break;
+        }
+        verifier.update(&buf[..n]).map_err(|source| StorageError::Verify { digest, source })?;
+        sums.update(&buf[..n]);
+    }
+    verifier.finish().map_err(|source| StorageError::Verify { digest, source })?;
+    Ok((file, temp, sums.finish(), how))
+}
+
 /// A finished temp file waiting to be committed.
 struct Staged {
     file: File,
@@ -672,6 +741,88 @@ mod tests {
     }
 
     crate::conformance_tests!(local_conformance, scratch());
+
+    /// Bytes of `len` that differ block to block, so a changed block changes its sum.
+    fn varied(len: usize) -> Vec<u8> {
+        (0..len).map(|i| (i * 7 + i / 4096) as u8).collect()
+    }
+
+    async fn read_all(store: &LocalStore, digest: &Digest) -> Result<Vec<u8>> {
+        let got = store.get(digest, None).await?;
+        let mut out = Vec::new();
+        let mut stream = got.stream;
+        while let Some(piece) = stream.next().await {
+            out.extend_from_slice(&piece?);
+        }
+        Ok(out)
+    }
+
+    #[tokio::test]
+    async fn adopting_a_matching_file_links_it_and_serves_it_checked() {
+        use std::os::unix::fs::MetadataExt as _;
+        let (store, dir) = scratch();
+        let tree = dir.path().join("mirror/pool");
+        std::fs::create_dir_all(&tree).unwrap();
+        let data = varied(3 << 20);
+        let source = tree.join("big.iso");
+        std::fs::write(&source, &data).unwrap();
+        let manifest = ChunkManifest::of(&data, 1 << 20).unwrap();
+
+        assert_eq!(store.adopt(&manifest, &source).await.expect("a matching file is adopted"), Adopted::Linked);
+        let blob = store.blob_path(&manifest.digest());
+        assert_eq!(std::fs::metadata(&blob).unwrap().ino(), std::fs::metadata(&source).unwrap().ino(), "one inode, no second copy");
+        assert_eq!(read_all(&store, &manifest.digest()).await.unwrap(), data);
+        assert_eq!(store.adopt(&manifest, &source).await.unwrap(), Adopted::Held);
+        assert!(files_under(&dir.path().join("tmp")).is_empty(), "no temp link left behind");
+
+        // The mirror rewrites the file in place: the store's copy is the same inode, and the
+        // change is caught when read, not served.
+        let mut changed = data.clone();
+        changed[(2 << 20) + 5] ^= 0xff;
+        std::fs::write(&source, &changed).unwrap();
+        let err = read_all(&store, &manifest.digest()).await.expect_err("a changed block is not served");
+        assert!(matches!(err, StorageError::Corrupt { offset, .. } if offset >= 2 << 20), "{err:?}");
+
+        // Dropping the blob removes the store's link only.
+        store.delete(&manifest.digest()).await.unwrap();
+        assert_eq!(std::fs::read(&source).unwrap(), changed, "the tree's file is untouched");
+    }
+
+    #[tokio::test]
+    async fn adopting_from_another_filesystem_copies_and_checks_the_copy() {
+        use std::os::unix::fs::MetadataExt as _;
+        let (store, dir) = scratch();
+        // /dev/shm is a tmpfs on Linux: another filesystem than the store's temp dir.
+        let other = tempfile::tempdir_in("/dev/shm").expect("a temp dir on /dev/shm (Linux tmpfs)");
+        assert_ne!(std::fs::metadata(other.path()).unwrap().dev(), std::fs::metadata(dir.path()).unwrap().dev(), "the test needs two filesystems");
+        let data = varied(1 << 20);
+        let source = other.path().join("small.tar");
+        std::fs::write(&source, &data).unwrap();
+        let manifest = ChunkManifest::of(&data, 256 << 10).unwrap();
+        assert_eq!(store.adopt(&manifest, &source).await.unwrap(), Adopted::Copied);
+        assert_eq!(read_all(&store, &manifest.digest()).await.unwrap(), data);
+        assert_ne!(std::fs::metadata(store.blob_path(&manifest.digest())).unwrap().ino(), std::fs::metadata(&source).unwrap().ino());
+    }
+
+    #[tokio::test]
+    async fn adopting_a_file_that_does_not_match_keeps_nothing() {
+        let (store, dir) = scratch();
+        let data = varied(2 << 20);
+        let manifest = ChunkManifest::of(&data, 1 << 20).unwrap();
+        let source = dir.path().join("other.iso");
+        let mut wrong = data.clone();
+        wrong[10] ^= 1;
+        std::fs::write(&source, &wrong).unwrap();
+        let err = store.adopt(&manifest, &source).await.expect_err("other bytes are refused");
+        assert!(matches!(err, StorageError::Verify { .. }), "{err:?}");
+        std::fs::write(&source, &data[..data.len() - 1]).unwrap();
+        let err = store.adopt(&manifest, &source).await.expect_err("a shorter file is refused");
+        assert!(matches!(err, StorageError::Input(ref m) if m.contains("not the artifact")), "{err:?}");
+        assert!(matches!(store.adopt(&manifest, &dir.path().join("absent")).await, Err(StorageError::Backend { .. })));
+        assert!(store.list().await.unwrap().is_empty());
+        assert!(files_under(&dir.path().join("tmp")).is_empty(), "no temp link left behind");
+        assert_eq!(std::fs::read(&source).unwrap(), &data[..data.len() - 1], "the tree's file is untouched");
+    }
 
     #[test]
     fn open_removes_crash_leftovers_from_tmp() {
