@@ -146,6 +146,7 @@ pub(crate) async fn start_relay_tls(
         max_fetches,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
         directory_keys: Vec::new(),
+        local_trees: Vec::new(),
     };
     let server = RelayServer::open(options).await.context("cannot open the relay")?;
     Ok(Node::spawn(url, |stopped| async move {

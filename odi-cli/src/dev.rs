@@ -80,6 +80,7 @@ pub(crate) async fn run(relays: u8, data: Option<PathBuf>, tls: bool) -> Result<
             max_fetches: 4,
             scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
             directory_keys: Vec::new(),
+            local_trees: Vec::new(),
         };
         let relay = odi_net::relay::RelayServer::open(options).await?;
         tasks.push(tokio::spawn(relay.run(listener, stopped(stop_rx.clone()))));

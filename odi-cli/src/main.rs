@@ -248,6 +248,12 @@ struct RelayArgs {
     /// default); 0 turns it off (reads are still checked as they are served).
     #[arg(long, value_parser = units::parse_rate)]
     scrub_rate: Option<u64>,
+    /// A tree on this machine that already holds a catalog's artifacts under their paths, e.g.
+    /// the mirror this relay runs beside: --local-tree debian=/srv/mirror/debian. Assigned
+    /// artifacts found there with the right bytes are hard-linked into the store (copied when
+    /// on another filesystem) instead of downloaded; the tree is never written. Repeatable.
+    #[arg(long = "local-tree", value_name = "CATALOG=DIR")]
+    local_trees: Vec<odi_net::relay::LocalTree>,
     #[command(flatten)]
     tls: ListenTls,
     /// Serve `GET /metrics` (Prometheus) on this address instead of on the public port,
@@ -548,6 +554,8 @@ struct FileConfig {
     tag: Vec<String>,
     bandwidth: Option<String>,
     scrub_rate: Option<String>,
+    #[serde(default)]
+    local_tree: Vec<String>,
     tls_cert: Option<PathBuf>,
     tls_key: Option<PathBuf>,
     acme_directory: Option<String>,
@@ -823,6 +831,11 @@ async fn run(command: Command) -> Result<()> {
                 max_fetches: 4,
                 scrub_rate,
                 directory_keys: if args.directory_keys.is_empty() { file.directory_key } else { args.directory_keys },
+                local_trees: if args.local_trees.is_empty() {
+                    file.local_tree.iter().map(|t| t.parse().map_err(|e| anyhow!("local_tree: {e}"))).collect::<Result<_>>()?
+                } else {
+                    args.local_trees
+                },
             };
             let listener = self::listen(listen, tls, &data, Some(&options.public_url)).await?;
             let mut server = odi_net::relay::RelayServer::open(options).await.with_context(|| format!("cannot open the relay in {}", data.display()))?;

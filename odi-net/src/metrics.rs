@@ -318,6 +318,8 @@ pub struct RelayCounters {
     pub served_bytes: AtomicU64,
     /// Bytes downloaded while syncing (verified chunks, resumed ones not counted again).
     pub synced_bytes: AtomicU64,
+    /// Bytes taken from a local tree (`--local-tree`) instead of downloaded, checked the same.
+    pub adopted_bytes: AtomicU64,
     pub blobs_ready: AtomicU64,
     pub fetches_failed: AtomicU64,
     pub evictions: AtomicU64,
@@ -365,9 +367,10 @@ impl RelayMetrics {
     fn encode_into(&self, snap: &RelaySnapshot, e: &mut DescriptorEncoder<'_>) -> std::fmt::Result {
         let c = &self.counters;
         self.http.encode("odi_relay", e)?;
-        let events: [(&str, &str, &AtomicU64); 10] = [
+        let events: [(&str, &str, &AtomicU64); 11] = [
             ("odi_relay_served_bytes", "Body bytes of successful GET answers to clients", &c.served_bytes),
             ("odi_relay_synced_bytes", "Bytes downloaded (and verified) while syncing assignments", &c.synced_bytes),
+            ("odi_relay_adopted_bytes", "Bytes taken (and verified) from a local tree instead of downloaded", &c.adopted_bytes),
             ("odi_relay_blobs_ready", "Blobs downloaded, verified and made visible", &c.blobs_ready),
             ("odi_relay_fetches_failed", "Blob downloads that failed (retried)", &c.fetches_failed),
             ("odi_relay_evictions", "Blobs evicted to make room", &c.evictions),

@@ -73,6 +73,7 @@ async fn relay(data: &std::path::Path, dir: &str) -> anyhow::Result<Running> {
         max_fetches: 4,
         scrub_rate: 0,
         directory_keys: Vec::new(),
+        local_trees: Vec::new(),
     };
     let server = RelayServer::open(o).await.context("cannot open a relay")?;
     let (stop, stopped) = oneshot::channel::<()>();

@@ -333,6 +333,7 @@ pub unsafe extern "C" fn odi_relay_start(
                 max_fetches: 4,
                 scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
                 directory_keys: Vec::new(),
+                local_trees: Vec::new(),
             };
             let server = odi_net::relay::RelayServer::open(options).await.map_err(|e| {
                 let status = match e {

@@ -414,6 +414,18 @@ impl Relay {
         self.registrations.iter().find_map(|r| r.name_of(&catalog, path))
     }
 
+    /// Every name the latest assignments give, with its digest, directory by directory (held
+    /// or not, the catalog's head holding or not: `lookup` is what decides serving).
+    pub fn names(&self) -> impl Iterator<Item = (&CatalogName, &ArtifactPath, &Digest)> {
+        self.registrations.iter().flat_map(|r| r.names.iter().map(|((catalog, path), digest)| (catalog, path, digest)))
+    }
+
+    /// Changes whenever an assignment replaces a directory's names: an index of `names` built
+    /// at one value is current while it holds.
+    pub fn names_version(&self) -> u64 {
+        self.registrations.iter().map(|r| r.names_version).sum()
+    }
+
     /// The directory a client asking for a name here should go back to: the first that names
     /// it, else the first whose assignment names anything in `catalog`. `None` when no
     /// directory this relay knows serves the catalog.

@@ -53,6 +53,8 @@ pub(super) struct Registration {
     /// This directory's latest assignment.
     pub(super) wanted: BTreeMap<Digest, Wanted>,
     pub(super) names: BTreeMap<(CatalogName, ArtifactPath), Digest>,
+    /// Bumped each time an assignment replaces `names`.
+    pub(super) names_version: u64,
     /// Catalogs whose names may be rebound (answered `no-cache`, not `immutable`).
     pub(super) mutable: BTreeSet<CatalogName>,
     /// Catalogs named in the assignment: this directory serves them.
@@ -83,6 +85,7 @@ impl Registration {
             lease: Duration::from_secs(15),
             wanted: BTreeMap::new(),
             names: BTreeMap::new(),
+            names_version: 0,
             mutable: BTreeSet::new(),
             catalogs: BTreeSet::new(),
             claimed: BTreeSet::new(),
@@ -149,6 +152,7 @@ impl Registration {
             self.mutable = state.names.iter().filter(|n| n.mutable).map(|n| n.catalog.clone()).collect();
             self.catalogs = state.names.iter().map(|n| n.catalog.clone()).collect();
             self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
+            self.names_version += 1;
             heard.assignment = true;
         }
         self.generation = ack.generation;

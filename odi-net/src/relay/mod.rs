@@ -60,6 +60,37 @@ pub struct RelayOptions {
     /// The directories' keys to pin (`--directory-key`), in the order of `directories`; empty:
     /// each is pinned on first use. A key given replaces one pinned before.
     pub directory_keys: Vec<String>,
+    /// Trees on this machine that already hold a catalog's artifacts under their paths, e.g.
+    /// the mirror this relay runs beside (`--local-tree`): an assigned artifact found there
+    /// with the right bytes is linked into the store (copied across filesystems) instead of
+    /// downloaded. Empty: everything is downloaded.
+    pub local_trees: Vec<LocalTree>,
+}
+
+/// A catalog's artifacts already on disk, at `dir/{artifact path}` (`--local-tree CATALOG=DIR`).
+///
+/// The relay reads a file there only for an artifact a directory assigned it under that name,
+/// and keeps it only if every chunk matches the catalog's hashes (see
+/// `odi_storage::LocalStore::adopt`); a file that differs is left alone and the artifact is
+/// downloaded. The tree stays the mirror's: the relay never writes or deletes in it.
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub struct LocalTree {
+    /// The catalog whose paths the tree mirrors.
+    pub catalog: String,
+    /// The tree's root: the artifact `pool/a.deb` of the catalog is looked for at `dir/pool/a.deb`.
+    pub dir: PathBuf,
+}
+
+impl std::str::FromStr for LocalTree {
+    type Err = String;
+
+    /// Parses `CATALOG=DIR`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.split_once('=') {
+            Some((catalog, dir)) if !catalog.is_empty() && !dir.is_empty() => Ok(Self { catalog: catalog.to_owned(), dir: PathBuf::from(dir) }),
+            _ => Err(format!("`{s}` is not CATALOG=DIR, e.g. debian=/srv/mirror/debian")),
+        }
+    }
 }
 
 pub struct RelayServer {
@@ -88,6 +119,18 @@ struct Shared {
     trust_file: trust::TrustFile,
     /// `/metrics`: request counters and latency, counters fed by `on_event` (see `crate::metrics`).
     metrics: Arc<crate::metrics::RelayMetrics>,
+    /// `RelayOptions::local_trees`, checked.
+    local_trees: Vec<(CatalogName, PathBuf)>,
+    /// The names in `local_trees`' catalogs by digest, as of a `Relay::names_version`: rebuilt
+    /// once per assignment, so finding a blob's names costs no scan of them all.
+    local_names: std::sync::Mutex<LocalNames>,
+}
+
+/// See `Shared::local_names`.
+#[derive(Default)]
+struct LocalNames {
+    version: Option<u64>,
+    by_digest: std::collections::HashMap<Digest, Vec<(CatalogName, odi_core::path::ArtifactPath)>>,
 }
 
 /// Opens the relay in `options.data_dir` and serves on `listener` until `shutdown`.
@@ -96,7 +139,19 @@ pub async fn run(listener: impl Into<Listener>, options: RelayOptions, shutdown:
 }
 
 impl RelayServer {
+    /// Opens the relay in `options.data_dir`, its blobs in the store at `{data_dir}/blobs`.
     pub async fn open(options: RelayOptions) -> Result<Self, NetError> {
+        Self::open_with(options, None).await
+    }
+
+    /// Opens the relay in `options.data_dir` (its key, lock and pinned directory keys) over a
+    /// store the caller opened, e.g. on the disk an embedding mirror daemon keeps its cache on,
+    /// with its own memory for small blobs. The store must be this relay's alone while it runs.
+    pub async fn with_store(options: RelayOptions, store: LocalStore) -> Result<Self, NetError> {
+        Self::open_with(options, Some(store)).await
+    }
+
+    async fn open_with(options: RelayOptions, store: Option<LocalStore>) -> Result<Self, NetError> {
         let (data_lock, dir, key) = driver::open_data_dir(&options.data_dir)?;
         let public_url = RelayUrl::new(&options.public_url).map_err(|e| NetError::Config(e.to_string()))?;
         let mut directories: Vec<String> = Vec::new();
@@ -143,7 +198,19 @@ impl RelayServer {
         };
         let trust_file = trust::TrustFile::new(dir.join(trust::TRUST_FILE));
         let mut trusted = trust_file.load()?;
-        let store = Arc::new(LocalStore::open(dir.join("blobs"))?);
+        let mut local_trees = Vec::new();
+        for tree in &options.local_trees {
+            let catalog = CatalogName::new(&tree.catalog).map_err(|e| NetError::Config(format!("--local-tree {}: {e}", tree.catalog)))?;
+            if !tree.dir.is_dir() {
+                return Err(NetError::Config(format!("--local-tree {}={}: not a directory", tree.catalog, tree.dir.display())));
+            }
+            tracing::info!(catalog = %catalog, tree = %tree.dir.display(), "artifacts of {catalog} found under {} are taken from there, checked, instead of downloaded", tree.dir.display());
+            local_trees.push((catalog, tree.dir.clone()));
+        }
+        let store = Arc::new(match store {
+            Some(store) => store,
+            None => LocalStore::open(dir.join("blobs"))?,
+        });
         let held = store.list().await?;
         let partials = store.partials().await?;
         let budget = options.disk_budget;
@@ -198,6 +265,8 @@ impl RelayServer {
             scrub_rate: options.scrub_rate,
             trust_file,
             metrics: Arc::default(),
+            local_trees,
+            local_names: Default::default(),
         };
         Ok(Self { _data_lock: data_lock, shared: Arc::new(shared), metrics_listener: None })
     }
@@ -309,6 +378,22 @@ impl Shared {
     /// Directory `upstream`'s base URL.
     fn url(&self, upstream: Upstream) -> &str {
         self.directories.get(upstream).map_or("", String::as_str)
+    }
+
+    /// The names `digest` has in catalogs with a local tree, from the latest assignments.
+    fn local_names(&self, digest: &Digest) -> Vec<(CatalogName, odi_core::path::ArtifactPath)> {
+        let m = self.read();
+        let mut index = self.local_names.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if index.version != Some(m.names_version()) {
+            index.by_digest.clear();
+            for (catalog, path, d) in m.names() {
+                if self.local_trees.iter().any(|(c, _)| c == catalog) {
+                    index.by_digest.entry(*d).or_default().push((catalog.clone(), path.clone()));
+                }
+            }
+            index.version = Some(m.names_version());
+        }
+        index.by_digest.get(digest).cloned().unwrap_or_default()
     }
 }
 

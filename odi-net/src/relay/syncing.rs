@@ -79,6 +79,13 @@ pub(super) async fn fetch(shared: Arc<Shared>, upstream: Upstream, manifest: Chu
     let directory = shared.url(upstream).to_owned();
     let mut sources = vec![Source { url: format!("{directory}/odi/v1/blobs/sha256/{hex}"), signed: true }];
     sources.extend(peers.iter().map(|p| Source { url: format!("{p}/blobs/sha256/{hex}"), signed: false }));
+    if adopt_local(&shared, &manifest).await {
+        if let Err(e) = shared.store.discard_partial(&digest).await {
+            tracing::warn!(%digest, error = %e, "cannot remove the partial download of a blob taken from the local tree");
+        }
+        step(&shared, |m, now| m.handle_fetch(digest, Ok(()), now));
+        return;
+    }
     let outcome = async {
         let (partial, have) = shared.store.open_partial(manifest.clone()).await?;
         let result = shared.downloader.download(&manifest, &sources, partial, have, &|_| {}).await;
@@ -98,6 +105,34 @@ pub(super) async fn fetch(shared: Arc<Shared>, upstream: Upstream, manifest: Chu
     };
     let outcome = outcome.await.map_err(|e| e.to_string());
     step(&shared, |m, now| m.handle_fetch(digest, outcome, now));
+}
+
+/// Takes `manifest`'s blob from a `--local-tree` holding it under a name a directory gave it,
+/// every chunk checked; true when the store now holds it. A file that is missing, of another
+/// size or other bytes is passed over (and the blob downloaded).
+async fn adopt_local(shared: &Shared, manifest: &ChunkManifest) -> bool {
+    if shared.local_trees.is_empty() {
+        return false;
+    }
+    let digest = manifest.digest();
+    for (catalog, path) in shared.local_names(&digest) {
+        for (_, dir) in shared.local_trees.iter().filter(|(c, _)| *c == catalog) {
+            let file = dir.join(path.as_str());
+            match tokio::fs::metadata(&file).await {
+                Ok(m) if m.is_file() && m.len() == manifest.total_len() => {}
+                _ => continue,
+            }
+            match shared.store.adopt(manifest, &file).await {
+                Ok(how) => {
+                    shared.metrics.counters.adopted_bytes.fetch_add(manifest.total_len(), std::sync::atomic::Ordering::Relaxed);
+                    tracing::info!(%digest, file = %file.display(), ?how, "took the artifact from the local tree instead of downloading it");
+                    return true;
+                }
+                Err(e) => tracing::warn!(%digest, file = %file.display(), error = %e, "the local tree's file is not this artifact; downloading it instead"),
+            }
+        }
+    }
+    false
 }
 
 /// Re-reads every held blob from disk at `scrub_rate`, checking each block against its sums,

@@ -127,6 +127,7 @@ pub async fn start_relay_on(tcp: TcpListener, public_url: &str, data: &Path, dir
         max_fetches: 4,
         scrub_rate: odi_net::relay::DEFAULT_SCRUB_RATE,
         directory_keys: Vec::new(),
+        local_trees: Vec::new(),
     };
     let server = RelayServer::open(options).await.expect("open relay");
     let (stop, signal) = shutdown();
