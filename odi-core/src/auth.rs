@@ -28,37 +28,60 @@ pub const MAX_CLOCK_SKEW: u64 = 60;
 const COMPONENTS: &str = r#"("@method" "@path" "@query" "content-digest")"#;
 const B64: base64::engine::GeneralPurpose = base64::engine::general_purpose::STANDARD;
 
+/// Why a signed request, answer or catalog head was refused.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum SigError {
+    /// The named signature header is absent.
     #[error("request is not signed: missing {0} header")]
     Missing(&'static str),
+    /// The named header (or the head signature) is not in this profile's form.
     #[error("malformed {0} header")]
     Malformed(&'static str),
+    /// The body is not the one `Content-Digest` names.
     #[error("Content-Digest does not match the body")]
     BodyDigest,
+    /// Outside its validity window (with `MAX_CLOCK_SKEW` either side), or its lifetime is
+    /// not positive or over `MAX_SIGNATURE_LIFETIME`.
     #[error("signature has expired or is not yet valid")]
     Expired,
+    /// The signature does not verify under the key it names (or that key is not a valid
+    /// Ed25519 point).
     #[error("signature is invalid for key {0}")]
     BadSignature(NodeId),
+    /// The signer used this nonce before, in a signature not yet expired.
     #[error("nonce was already used: replay refused")]
     Replay,
+    /// The [`ReplayGuard`] is full of unexpired nonces; the request may be sent again later.
     #[error("too many requests in flight to track their nonces; retry shortly")]
     ReplayCacheFull,
+    /// Made before the verifying server started, so its nonce cannot have been remembered.
     #[error("signed before this node started; sign the request again")]
     BeforeStart,
+    /// An answer whose nonce is not the request's.
     #[error("the answer is bound to another request (a replayed or misdirected answer)")]
     NotBound,
+    /// An answer signed by a key other than the directory key the requester pinned.
     #[error("signed by {got}, not by the pinned directory key {pinned}")]
-    WrongKey { pinned: NodeId, got: NodeId },
+    WrongKey {
+        /// The key the requester trusts.
+        pinned: NodeId,
+        /// The key that signed.
+        got: NodeId,
+    },
 }
 
 /// The parameters of one signature.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct SigParams {
+    /// Unix seconds when it was made.
     pub created: u64,
+    /// Unix seconds after which it no longer holds.
     pub expires: u64,
+    /// Hex of the signer's fresh random bytes (1 to 64 alphanumerics when parsed): what
+    /// [`ReplayGuard`] remembers, and what binds an answer to its request.
     pub nonce: String,
+    /// The key that claims to have signed.
     pub keyid: NodeId,
 }
 
@@ -75,11 +98,15 @@ impl SigParams {
 /// The headers that carry a signature.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct SignedHeaders {
+    /// `Content-Digest`: the SHA-256 of the body.
     pub content_digest: String,
+    /// `Signature-Input`: what is covered, and the [`SigParams`].
     pub signature_input: String,
+    /// `Signature`: the Ed25519 signature over the signature base.
     pub signature: String,
 }
 
+/// The `Content-Digest` value of `body`: `sha-256=:{base64 of SHA-256(body)}:`.
 pub fn content_digest(body: &[u8]) -> String {
     format!("sha-256=:{}:", Digest::of(body).to_base64())
 }
@@ -139,12 +166,19 @@ fn parse_params(value: &str, components: &str) -> Result<SigParams, SigError> {
 /// A request as seen by the verifier.
 #[derive(Clone, Copy, Debug)]
 pub struct SignedRequest<'a> {
+    /// The HTTP method (upper-cased in the signature base).
     pub method: &'a str,
+    /// The request's path, without its query.
     pub path: &'a str,
+    /// The query string without its `?`; empty when there is none.
     pub query: &'a str,
+    /// The body, checked against `content_digest` (not read by [`Claim::parse`]).
     pub body: &'a [u8],
+    /// The `Content-Digest` header, if present.
     pub content_digest: Option<&'a str>,
+    /// The `Signature-Input` header, if present.
     pub signature_input: Option<&'a str>,
+    /// The `Signature` header, if present.
     pub signature: Option<&'a str>,
 }
 
@@ -199,6 +233,7 @@ impl Claim {
         self.params.keyid
     }
 
+    /// The signature's parameters, as parsed (for [`ReplayGuard::check_and_insert`]).
     pub fn params(&self) -> &SigParams {
         &self.params
     }
@@ -275,13 +310,19 @@ pub fn sign_answer(
 /// An answer as the requester sees it, with the headers of the request it answers.
 #[derive(Clone, Copy, Debug)]
 pub struct SignedAnswer<'a> {
+    /// The HTTP status of the answer, which the signature covers.
     pub status: u16,
+    /// The answer's body.
     pub body: &'a [u8],
+    /// The answer's `Content-Digest` header, if present.
     pub content_digest: Option<&'a str>,
+    /// The answer's `Signature-Input` header, if present.
     pub signature_input: Option<&'a str>,
+    /// The answer's `Signature` header, if present.
     pub signature: Option<&'a str>,
     /// The `Signature-Input` and `Signature` the request was sent with.
     pub request_signature_input: &'a str,
+    /// The `Signature` header the request was sent with.
     pub request_signature: &'a str,
 }
 
@@ -350,6 +391,7 @@ pub struct ReplayGuard {
 }
 
 impl ReplayGuard {
+    /// A guard that remembers at most `capacity` unexpired nonces.
     pub fn new(capacity: usize) -> Self {
         Self { by_expiry: BTreeSet::new(), seen: HashSet::new(), capacity }
     }
@@ -377,10 +419,12 @@ impl ReplayGuard {
         Ok(())
     }
 
+    /// Nonces remembered now (expired ones are forgotten only on the next check).
     pub fn len(&self) -> usize {
         self.seen.len()
     }
 
+    /// True when no nonce is remembered.
     pub fn is_empty(&self) -> bool {
         self.seen.is_empty()
     }

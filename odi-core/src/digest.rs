@@ -11,11 +11,13 @@ use sha2::{Digest as _, Sha256};
 #[derive(Clone, Copy, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct Digest([u8; 32]);
 
+/// Text that is not a digest; holds (the first 80 characters of) what was given.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("`{0}` is not a digest; expected sha256: followed by 64 lowercase hex digits")]
 pub struct DigestParseError(String);
 
 impl Digest {
+    /// Wraps a SHA-256 already computed; nothing is hashed or checked.
     pub const fn from_bytes(bytes: [u8; 32]) -> Self {
         Self(bytes)
     }
@@ -25,10 +27,12 @@ impl Digest {
         Self(Sha256::digest(data).into())
     }
 
+    /// The 32 raw bytes of the hash.
     pub fn as_bytes(&self) -> &[u8; 32] {
         &self.0
     }
 
+    /// The 64 lowercase hex digits, without the `sha256:` prefix.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }

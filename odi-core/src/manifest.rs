@@ -15,21 +15,52 @@ pub const MAX_CHUNK_SIZE: u32 = 1 << 26;
 /// Largest artifact accepted (4 TiB); declared sizes beyond it are refused before any allocation.
 pub const MAX_ARTIFACT_LEN: u64 = 1 << 42;
 
+/// Why a manifest was refused, or why bytes do not match one.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum ManifestError {
+    /// A chunk size, in bytes, outside `MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE`.
     #[error("chunk size {0} is outside {MIN_CHUNK_SIZE}..={MAX_CHUNK_SIZE} bytes")]
     ChunkSize(u64),
+    /// A length, in bytes, beyond `MAX_ARTIFACT_LEN`.
     #[error("declared size {0} exceeds the {MAX_ARTIFACT_LEN}-byte limit")]
     TooLarge(u64),
+    /// The chunk list does not fit the declared size and chunk size.
     #[error("manifest lists {listed} chunks but {total_len} bytes in {chunk_size}-byte chunks need {needed}")]
-    ChunkCount { listed: usize, needed: u64, total_len: u64, chunk_size: u32 },
+    ChunkCount {
+        /// Chunks the manifest lists.
+        listed: usize,
+        /// Chunks `total_len` bytes take.
+        needed: u64,
+        /// The declared size, in bytes.
+        total_len: u64,
+        /// The declared chunk size, in bytes.
+        chunk_size: u32,
+    },
+    /// A chunk's bytes do not hash to its listed SHA-256, or are not its length, or it has no
+    /// such index.
     #[error("chunk {index} does not match its SHA-256")]
-    ChunkMismatch { index: u64 },
+    ChunkMismatch {
+        /// The chunk, counted from 0.
+        index: u64,
+    },
+    /// More or fewer bytes arrived than the manifest declares.
     #[error("got {got} bytes, expected {expected}")]
-    Length { got: u64, expected: u64 },
+    Length {
+        /// Bytes received (so far, when too many).
+        got: u64,
+        /// The manifest's `total_len`.
+        expected: u64,
+    },
+    /// Every chunk matched but the whole file did not.
     #[error("whole-file SHA-256 is {got}, expected {expected}")]
-    DigestMismatch { got: Digest, expected: Digest },
+    DigestMismatch {
+        /// The SHA-256 of the bytes received.
+        got: Digest,
+        /// The manifest's `digest`.
+        expected: Digest,
+    },
+    /// The wire form is not JSON of a manifest; holds the parser's message.
     #[error("malformed manifest: {0}")]
     Malformed(String),
 }
@@ -59,6 +90,8 @@ impl<'de> Deserialize<'de> for ChunkManifest {
     }
 }
 
+/// The chunk size as a `u32` if it is in `MIN_CHUNK_SIZE..=MAX_CHUNK_SIZE`, else
+/// `ManifestError::ChunkSize`.
 pub fn check_chunk_size(chunk_size: u64) -> Result<u32, ManifestError> {
     if (u64::from(MIN_CHUNK_SIZE)..=u64::from(MAX_CHUNK_SIZE)).contains(&chunk_size) {
         Ok(chunk_size as u32)
@@ -93,22 +126,27 @@ impl ChunkManifest {
         serde_json::from_slice(bytes).map_err(|e| ManifestError::Malformed(e.to_string()))
     }
 
+    /// The artifact's length in bytes.
     pub fn total_len(&self) -> u64 {
         self.total_len
     }
 
+    /// Bytes per chunk; the last chunk may be shorter.
     pub fn chunk_size(&self) -> u32 {
         self.chunk_size
     }
 
+    /// The whole-file SHA-256.
     pub fn digest(&self) -> Digest {
         self.digest
     }
 
+    /// The SHA-256 of each chunk, in order.
     pub fn chunks(&self) -> &[Digest] {
         &self.chunks
     }
 
+    /// Number of chunks: `total_len` divided by `chunk_size`, rounded up (0 for empty bytes).
     pub fn chunk_count(&self) -> u64 {
         self.chunks.len() as u64
     }
@@ -143,11 +181,14 @@ pub struct ManifestBuilder {
 }
 
 impl ManifestBuilder {
+    /// An empty builder; fails if `chunk_size` is out of bounds.
     pub fn new(chunk_size: u32) -> Result<Self, ManifestError> {
         check_chunk_size(u64::from(chunk_size))?;
         Ok(Self { chunk_size, whole: Sha256::new(), chunk: Sha256::new(), chunk_fill: 0, total_len: 0, chunks: Vec::new() })
     }
 
+    /// Hashes the next bytes; fails once the total would pass `MAX_ARTIFACT_LEN`, and then
+    /// takes none of `data`.
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), ManifestError> {
         let total = self.total_len.saturating_add(data.len() as u64);
         if total > MAX_ARTIFACT_LEN {
@@ -169,14 +210,17 @@ impl ManifestBuilder {
         Ok(())
     }
 
+    /// Bytes hashed so far.
     pub fn len(&self) -> u64 {
         self.total_len
     }
 
+    /// True until a byte has been hashed.
     pub fn is_empty(&self) -> bool {
         self.total_len == 0
     }
 
+    /// The manifest of every byte given, closing a short last chunk.
     pub fn finish(mut self) -> ChunkManifest {
         if self.chunk_fill > 0 {
             self.chunks.push(Digest::from_bytes(self.chunk.finalize().into()));
@@ -198,10 +242,13 @@ pub struct ChunkVerifier<'m> {
 }
 
 impl<'m> ChunkVerifier<'m> {
+    /// A verifier at the start of `manifest`'s bytes.
     pub fn new(manifest: &'m ChunkManifest) -> Self {
         Self { manifest, chunk: Sha256::new(), whole: Sha256::new(), chunk_fill: 0, index: 0, seen: 0 }
     }
 
+    /// Checks the next bytes of the stream: `Length` if they run past the declared size,
+    /// `ChunkMismatch` as soon as a chunk they complete does not match.
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), ManifestError> {
         let expected = self.manifest.total_len;
         let got = self.seen.saturating_add(data.len() as u64);
@@ -233,6 +280,8 @@ impl<'m> ChunkVerifier<'m> {
         self.index
     }
 
+    /// Checks the end of the stream: exactly `total_len` bytes arrived and they hash to the
+    /// whole-file digest.
     pub fn finish(self) -> Result<(), ManifestError> {
         let expected = self.manifest.total_len;
         if self.seen != expected {

@@ -15,6 +15,7 @@ use crate::path::{ArtifactPath, CatalogName};
 pub struct NodeId(pub [u8; 32]);
 
 impl NodeId {
+    /// The key as 64 lowercase hex digits: how `Display`, the wire and the CLI write node ids.
     pub fn to_hex(&self) -> String {
         hex::encode(self.0)
     }
@@ -32,6 +33,7 @@ impl fmt::Debug for NodeId {
     }
 }
 
+/// A node id that is not 64 hex digits.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("node id must be 64 hex digits (an Ed25519 public key)")]
 pub struct NodeIdParseError;
@@ -72,10 +74,13 @@ impl<'de> Deserialize<'de> for NodeId {
 #[serde(transparent)]
 pub struct RelayUrl(std::sync::Arc<str>);
 
+/// A URL [`RelayUrl::new`] refused, and the rule it breaks.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("relay URL `{url}` {why}")]
 pub struct RelayUrlError {
+    /// The URL as given, cut to its first 100 characters.
     pub url: String,
+    /// What is wrong, worded to follow the URL ("is longer than 512 bytes").
     pub why: &'static str,
 }
 
@@ -84,6 +89,7 @@ pub struct RelayUrlError {
 pub enum Host<'a> {
     /// A DNS name, lowercase not guaranteed; resolve it before connecting.
     Name(&'a str),
+    /// An IP address literal (an IPv6 one without its brackets).
     Ip(IpAddr),
 }
 
@@ -106,7 +112,9 @@ pub enum AddressClass {
 /// addresses are refused whatever the policy says.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct AddressPolicy {
+    /// Accept loopback addresses (127/8, `::1`, `localhost`).
     pub loopback: bool,
+    /// Accept private addresses (RFC 1918, CGNAT, IPv6 unique-local and the like).
     pub private: bool,
 }
 
@@ -158,6 +166,8 @@ const METADATA_NAMES: &[&str] = &[
 ];
 
 impl RelayUrl {
+    /// Validates `url` under the rules above and drops its trailing slashes. `Err` names the
+    /// rule broken.
     pub fn new(url: &str) -> Result<Self, RelayUrlError> {
         let bad = |why| RelayUrlError { url: url.chars().take(100).collect(), why };
         let url = url.trim_end_matches('/');
@@ -173,6 +183,7 @@ impl RelayUrl {
         Ok(Self(std::sync::Arc::from(url)))
     }
 
+    /// The URL, without trailing slashes.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -338,6 +349,7 @@ impl<'de> Deserialize<'de> for RelayUrl {
     }
 }
 
+/// What a relay offers a directory: the disk it may fill and the bandwidth it may use.
 #[derive(Clone, Copy, Debug, Default, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Capacity {
     /// Bytes of disk the relay may fill.
@@ -346,20 +358,32 @@ pub struct Capacity {
     pub bandwidth: u64,
 }
 
+/// A message between a relay and a directory: a JSON object whose `type` field names the
+/// variant in snake case (`enroll`, `heartbeat_ack`, ...).
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(tag = "type", rename_all = "snake_case")]
 pub enum Message {
+    /// Relay to directory: a request to join, with an enrollment token.
     Enroll(EnrollRequest),
+    /// Directory to relay: the enrollment was accepted.
     Enrolled(EnrollResponse),
+    /// Relay to directory: what the relay holds now, sent at every beat and sooner on news.
     Heartbeat(Heartbeat),
+    /// Directory to relay: the answer to a heartbeat.
     HeartbeatAck(HeartbeatAck),
+    /// Directory to relay: the request was refused, and why.
     Refused(Refusal),
 }
 
+/// A relay's request to join a directory (`POST /odi/v1/enroll`), signed with the relay's key.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct EnrollRequest {
+    /// The directory's enrollment token, or a named one its admin created.
     pub token: String,
+    /// Where clients and other relays reach the relay; the directory checks its address class
+    /// against its [`AddressPolicy`].
     pub public_url: RelayUrl,
+    /// What the relay offers this directory (its share of the relay's budget).
     pub capacity: Capacity,
     /// Catalogs to carry; empty means all.
     #[serde(default)]
@@ -369,14 +393,22 @@ pub struct EnrollRequest {
     pub tags: Vec<String>,
 }
 
+/// The directory's acceptance of an enrollment, with the timing the relay must keep to.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct EnrollResponse {
+    /// The relay's id as the directory recorded it: the key that signed the request.
     pub relay: NodeId,
+    /// The directory's own key, which signs its answers; a relay without a pinned key pins it.
     pub directory: NodeId,
+    /// Milliseconds between heartbeats (a relay keeps it within 100 ms to 5 minutes).
     pub heartbeat_interval_ms: u64,
+    /// Milliseconds the directory keeps sending clients to the relay after its last heartbeat
+    /// (a relay keeps it within 100 ms to 1 hour).
     pub lease_ms: u64,
 }
 
+/// A relay's periodic report to a directory (`POST /odi/v1/heartbeat`): what it holds, its
+/// load, and the last assignment it applied.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Heartbeat {
     /// The generation of the last `HeartbeatAck` the relay applied.
@@ -390,8 +422,13 @@ pub struct Heartbeat {
     pub active: u32,
 }
 
+/// The directory's answer to a heartbeat: the full state when the relay (once self-tested) is
+/// behind or its holdings moved, what to delete, how the directory sees it, and catalog heads.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct HeartbeatAck {
+    /// The generation of `state` when it is present; without it, the relay's own generation
+    /// echoed (or the directory's, if lower), so a relay never believes itself current when
+    /// the state it needed was withheld.
     pub generation: u64,
     /// `None` when nothing changed since the relay's last heartbeat.
     pub state: Option<RelayAssignment>,
@@ -412,8 +449,11 @@ pub struct HeartbeatAck {
 /// which only grows), a digest naming the state, and until when the statement holds.
 #[derive(Clone, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
 pub struct CatalogHead {
+    /// The catalog the statement is about.
     pub catalog: CatalogName,
+    /// The catalog's log position; a relay refuses a head below one it applied.
     pub seq: u64,
+    /// An order-free digest of the catalog's names (path and digest of each) at `seq`.
     pub digest: Digest,
     /// Unix seconds after which a relay stops serving the catalog unless renewed.
     pub expires: u64,
@@ -422,8 +462,10 @@ pub struct CatalogHead {
 /// A [`CatalogHead`] with the directory's Ed25519 signature (hex).
 #[derive(Clone, Debug, Deserialize, Eq, Hash, PartialEq, Serialize)]
 pub struct SignedHead {
+    /// The statement signed; its fields sit beside `signature` in the JSON object.
     #[serde(flatten)]
     pub head: CatalogHead,
+    /// Hex Ed25519 signature over the head and the signer's key (see `auth::sign_head`).
     pub signature: String,
 }
 
@@ -448,6 +490,7 @@ pub enum RelayStatus {
 }
 
 impl RelayStatus {
+    /// The name the wire, `Display` and `odi relays` use (`ready`, `quarantined`, ...).
     pub fn as_str(self) -> &'static str {
         match self {
             Self::Enrolled => "enrolled",
@@ -470,21 +513,30 @@ impl fmt::Display for RelayStatus {
 /// A relay's status as its directory sees it, and why it gets no clients when it gets none.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Standing {
+    /// The status the directory shows for the relay.
     pub status: RelayStatus,
+    /// Why the relay is not simply serving (a failed self-test, probation, a lapsed lease...);
+    /// `None` when it serves normally.
     #[serde(default)]
     pub reason: Option<String>,
 }
 
+/// The full state a directory sends a relay: what to hold, and the names to serve it under.
+/// It replaces the previous one whole.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct RelayAssignment {
+    /// Every blob this directory wants the relay to hold.
     pub assigned: Vec<Assigned>,
     /// Catalog paths for every digest the relay holds or is assigned.
     pub names: Vec<Named>,
 }
 
+/// One blob a relay is assigned.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Assigned {
+    /// The blob to hold.
     pub digest: Digest,
+    /// Its length in bytes.
     pub size: u64,
     /// Present when the directory does not believe the relay holds it yet.
     pub manifest: Option<ChunkManifest>,
@@ -493,10 +545,14 @@ pub struct Assigned {
     pub sources: Vec<RelayUrl>,
 }
 
+/// One name a relay serves: `catalog/path` is the blob `digest`.
 #[derive(Clone, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 pub struct Named {
+    /// The catalog the name is in.
     pub catalog: CatalogName,
+    /// The artifact's path in the catalog.
     pub path: ArtifactPath,
+    /// The bytes the name stands for.
     pub digest: Digest,
     /// The name's catalog is mutable: it may be bound to other bytes later, so a relay answers
     /// it `no-cache` (revalidate with the ETag), not `immutable`. Absent means immutable (and
@@ -512,19 +568,27 @@ pub struct Named {
 pub struct ChunkReport {
     /// The URL the bad bytes came from (on the relay, after any redirect).
     pub url: String,
+    /// The blob the chunk belongs to.
     pub digest: Digest,
+    /// The chunk's index in the blob's manifest.
     pub chunk: u64,
 }
 
 /// The largest `ChunkReport` body accepted.
 pub const MAX_REPORT_BYTES: usize = 4096;
 
+/// A directory's refusal of a relay's request: a code the relay acts on, and a reason for its
+/// operator.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Refusal {
+    /// What kind of refusal, which decides what the relay does next.
     pub code: RefusalCode,
+    /// One line for the relay's operator, naming the next step.
     pub reason: String,
 }
 
+/// Why a request was refused; a relay enrolls again on `UnknownRelay` and retries the others
+/// after its backoff.
 #[derive(Clone, Copy, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum RefusalCode {

@@ -38,11 +38,15 @@ pub const MAX_CATALOGS: usize = 4096;
 /// Where a reference serves: an ISO 3166-1 country or a continent, two upper-case letters.
 #[derive(Clone, Copy, Debug, Eq, Ord, PartialEq, PartialOrd)]
 pub enum Region {
+    /// Any two letters that are not a continent code.
     Country([u8; 2]),
+    /// One of `CONTINENTS`.
     Continent([u8; 2]),
 }
 
 impl Region {
+    /// Parses a two-letter code, in either case; one of `CONTINENTS` is a continent, any other a
+    /// country. The error is a one-line message naming `code`.
     pub fn parse(code: &str) -> Result<Self, String> {
         let upper = code.to_ascii_uppercase();
         let &[a, b] = upper.as_bytes() else { return Err(format!("region `{code}` is not a two-letter country or continent code (DE, US, EU, NA)")) };
@@ -63,7 +67,9 @@ impl fmt::Display for Region {
 /// One `--reference [REGION=]URL`.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Reference {
+    /// The directory's base URL, without a path.
     pub url: RelayUrl,
+    /// Where it serves; `None`: no region, ranked after the client's country and continent.
     pub region: Option<Region>,
 }
 
@@ -85,7 +91,9 @@ impl Reference {
 /// Where GeoIP puts a client; either part may be unknown.
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct Location {
+    /// ISO 3166-1 country code, upper case.
     pub country: Option<[u8; 2]>,
+    /// GeoIP continent code (`EU`, `NA`, …), upper case.
     pub continent: Option<[u8; 2]>,
 }
 
@@ -132,6 +140,7 @@ impl Cidr {
         Ok(Self { net, prefix })
     }
 
+    /// Whether `ip` is in the network; an IPv4-mapped IPv6 address counts as its IPv4 address.
     pub fn contains(&self, ip: IpAddr) -> bool {
         // An IPv4 peer on a dual-stack socket arrives as ::ffff:a.b.c.d.
         let ip = match ip {
@@ -171,6 +180,7 @@ pub fn client_address(peer: IpAddr, forwarded_for: Option<&str>, trusted: &[Cidr
     client
 }
 
+/// How often the meta-directory probes its references, and how long it waits for an answer.
 #[derive(Clone, Copy, Debug)]
 pub struct MetaConfig {
     /// Time between probes of one reference.
@@ -192,14 +202,35 @@ pub type RefId = usize;
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Effect {
     /// `GET {url}/catalogs` within `timeout`, then `handle_probe` with `attempt`.
-    Probe { reference: RefId, url: RelayUrl, attempt: u64, timeout: Duration },
+    Probe {
+        /// The reference probed.
+        reference: RefId,
+        /// Its base URL.
+        url: RelayUrl,
+        /// Identifies this probe; an answer with an older one is ignored.
+        attempt: u64,
+        /// How long the driver may wait for the answer.
+        timeout: Duration,
+    },
 }
 
 /// Changes worth a log line.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
-    Up { url: RelayUrl, catalogs: usize },
-    Down { url: RelayUrl, reason: String },
+    /// A reference that was down (or never probed) answered a probe.
+    Up {
+        /// The reference's base URL.
+        url: RelayUrl,
+        /// How many catalogs it lists.
+        catalogs: usize,
+    },
+    /// A healthy reference failed a probe or let it time out.
+    Down {
+        /// The reference's base URL.
+        url: RelayUrl,
+        /// Why the probe failed.
+        reason: String,
+    },
 }
 
 #[derive(Debug)]
@@ -217,22 +248,32 @@ struct RefState {
 /// A reference as shown to an operator (`/healthz` of the meta-directory).
 #[derive(Clone, Debug, Eq, PartialEq, serde::Serialize)]
 pub struct ReferenceView {
+    /// The reference's base URL.
     pub url: String,
+    /// Its region code, upper case (`DE`, `EU`); `None`: no region.
     pub region: Option<String>,
+    /// Its last probe succeeded.
     pub healthy: bool,
+    /// The catalog names of its last good probe, sorted (empty before the first).
     pub catalogs: Vec<String>,
+    /// Why its last probe failed; `None` once a probe succeeds.
     pub last_error: Option<String>,
 }
 
 /// Why no directory was chosen.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 pub enum ChooseError {
+    /// No reference lists the catalog (named here).
     #[error("no referenced directory serves catalog `{0}`")]
     Unknown(String),
+    /// References list the catalog (named here), but none of them is healthy.
     #[error("every directory serving catalog `{0}` is down; try again shortly")]
     AllDown(String),
 }
 
+/// The meta-directory's state machine. Performs no I/O: `handle_timeout` returns the probes to
+/// make, `handle_probe` takes their answers, and `routes` (or `choose`) picks a directory for a
+/// client.
 #[derive(Debug)]
 pub struct MetaDirectory {
     config: MetaConfig,
@@ -246,8 +287,11 @@ pub struct MetaDirectory {
 /// One reference listing a catalog, as [`Routes`] holds it.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct Route {
+    /// The reference's base URL.
     pub url: RelayUrl,
+    /// Where it serves; `None`: no region.
     pub region: Option<Region>,
+    /// Its last probe succeeded; `choose` skips it otherwise.
     pub healthy: bool,
     /// `{url}/r/{catalog}/`: a redirect's `Location` is this and the path.
     pub location_prefix: String,
@@ -385,6 +429,7 @@ impl MetaDirectory {
         r.last_error = Some(reason);
     }
 
+    /// The next change to log, oldest first; `None` when there is none.
     pub fn poll_event(&mut self) -> Option<Event> {
         if self.events.is_empty() { None } else { Some(self.events.remove(0)) }
     }
@@ -395,6 +440,7 @@ impl MetaDirectory {
         self.routes().choose(catalog, location, spread).map(|r| r.url.clone())
     }
 
+    /// Every reference as an operator sees it, in the order given.
     pub fn references(&self) -> Vec<ReferenceView> {
         self.refs
             .iter()

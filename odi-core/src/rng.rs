@@ -17,10 +17,12 @@ pub struct SeededRng {
 }
 
 impl SeededRng {
+    /// A generator whose whole stream is fixed by `seed`.
     pub fn new(seed: Seed) -> Self {
         Self { state: seed.0 }
     }
 
+    /// The next 64 uniformly distributed bits.
     pub fn next_u64(&mut self) -> u64 {
         self.state = self.state.wrapping_add(GOLDEN_GAMMA);
         let mut z = self.state;
@@ -61,6 +63,7 @@ pub struct SharedRng {
 }
 
 impl SharedRng {
+    /// The next 64 uniformly distributed bits; safe to call from many threads at once.
     pub fn next_u64(&self) -> u64 {
         let mut z = self.state.fetch_add(GOLDEN_GAMMA, Ordering::Relaxed).wrapping_add(GOLDEN_GAMMA);
         z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);

@@ -22,32 +22,61 @@ use crate::time::UnixTime;
 /// A stream of bytes going into or out of a store.
 pub type ByteStream<'a> = Pin<Box<dyn Stream<Item = Result<Bytes, StorageError>> + Send + 'a>>;
 
+/// The result of a storage call; the error defaults to `StorageError`.
 pub type Result<T, E = StorageError> = std::result::Result<T, E>;
 
+/// Why a `BlobStore` or `MetaStore` call failed.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
 pub enum StorageError {
     /// The blob is absent: for GC, done; for a pull, ask another source.
     #[error("blob {digest} is not in {store}")]
-    NotFound { store: &'static str, digest: Digest },
+    NotFound {
+        /// The backend that answered (`local`, `sqlite`, …).
+        store: &'static str,
+        /// The blob asked for.
+        digest: Digest,
+    },
     /// The bytes offered did not match their manifest; nothing was kept.
     #[error("rejected bytes for {digest}: {source}")]
-    Verify { digest: Digest, source: ManifestError },
+    Verify {
+        /// The blob the bytes were offered as.
+        digest: Digest,
+        /// Which check they failed.
+        source: ManifestError,
+    },
     /// A stored blob's bytes no longer match the checksums made when they were verified (bit
     /// rot, or tampering on disk): the blob must be dropped and fetched again.
     #[error("blob {digest} in {store} is corrupt near byte {offset}; drop it and fetch it again")]
-    Corrupt { store: &'static str, digest: Digest, offset: u64 },
+    Corrupt {
+        /// The backend holding the blob.
+        store: &'static str,
+        /// The corrupt blob.
+        digest: Digest,
+        /// Where the block that failed its check starts, in bytes from the start of the blob.
+        offset: u64,
+    },
     /// The requested range starts at or past the end of the blob.
     #[error("range not satisfiable: the blob has {size} bytes")]
-    RangeNotSatisfiable { size: u64 },
+    RangeNotSatisfiable {
+        /// The size of the whole blob, in bytes.
+        size: u64,
+    },
     /// The stream being stored failed (for example, the uploader hung up); nothing was kept.
     #[error("input stream failed: {0}")]
     Input(String),
+    /// The backend itself failed (I/O, database, network).
     #[error("{store} backend failed: {source}")]
-    Backend { store: &'static str, source: Box<dyn std::error::Error + Send + Sync> },
+    Backend {
+        /// The backend that failed.
+        store: &'static str,
+        /// What it reported.
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
 }
 
 impl StorageError {
+    /// A `Backend` error from `store`, boxing `source`.
     pub fn backend(store: &'static str, source: impl Into<Box<dyn std::error::Error + Send + Sync>>) -> Self {
         Self::Backend { store, source: source.into() }
     }
@@ -59,6 +88,7 @@ pub struct GetResult {
     pub size: u64,
     /// The byte range `stream` yields.
     pub range: Range<u64>,
+    /// The bytes of `range`, in order.
     pub stream: ByteStream<'static>,
 }
 
@@ -133,20 +163,30 @@ pub fn clamp_range(range: Option<Range<u64>>, size: u64) -> Result<Range<u64>> {
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(tag = "record", rename_all = "snake_case")]
 pub enum Record {
+    /// A catalog was created with this configuration.
     Catalog(CatalogConfig),
+    /// An entry appended to a catalog's log.
     Log {
+        /// The catalog whose log it extends.
         catalog: CatalogName,
+        /// The entry, with its sequence number.
         entry: LogEntry,
     },
+    /// A relay enrolled, or its record changed; a later record for the same id replaces it.
     Relay(RelayRecord),
     /// The relay is forgotten: gone for long, or replaced by another key at its URL.
     RelayForgotten {
+        /// The relay's key.
         id: NodeId,
     },
     /// A named enrollment token, one per relay operator, that an admin can revoke.
     EnrollToken(EnrollTokenRecord),
+    /// The directory's own token for `role`, replacing any earlier one.
     Token {
+        /// What the token lets its holder do.
         role: TokenRole,
+        /// HMAC-SHA256 of the token under the directory's token key; the token itself is never
+        /// stored.
         hash: Digest,
     },
     /// Federation state: accepted signed entries, links, cursors, held blobs (see
@@ -159,9 +199,13 @@ pub enum Record {
 /// that may publish and tag in that one catalog and nothing else.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct EnrollTokenRecord {
+    /// The name the admin gave it, unique among named tokens; relays enrolled with it record it.
     pub name: String,
+    /// HMAC-SHA256 of the token under the directory's token key.
     pub hash: Digest,
+    /// When the admin created it.
     pub created_at: UnixTime,
+    /// An admin revoked it: it admits no one any more.
     #[serde(default)]
     pub revoked: bool,
     /// A publisher's token, scoped to this catalog (it enrolls nothing).
@@ -183,12 +227,19 @@ impl EnrollTokenRecord {
     }
 }
 
+/// What a directory keeps about an enrolled relay: what it asked for when it enrolled and the
+/// admin's and directory's decisions about it.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct RelayRecord {
+    /// The relay's key.
     pub id: NodeId,
+    /// Where clients reach it.
     pub public_url: RelayUrl,
+    /// The disk and bandwidth it offered.
     pub capacity: Capacity,
+    /// The catalogs it carries; empty: all of them.
     pub catalogs: Vec<CatalogName>,
+    /// When it last enrolled.
     pub enrolled_at: UnixTime,
     /// Why the relay is barred from serving (it failed a content audit); cleared by an admin.
     #[serde(default)]
@@ -213,10 +264,13 @@ fn proven_by_default() -> bool {
     true
 }
 
+/// What a directory's own token lets its holder do.
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 #[serde(rename_all = "snake_case")]
 pub enum TokenRole {
+    /// Use the admin API.
     Admin,
+    /// Enroll a relay.
     Enroll,
     /// What a peer directory presents to link to this one.
     Link,

@@ -11,12 +11,15 @@ use serde::{Deserialize, Serialize};
 pub struct Instant(u64);
 
 impl Instant {
+    /// The driver's origin: 0 ms.
     pub const ZERO: Self = Self(0);
 
+    /// The instant `ms` milliseconds after the origin.
     pub const fn from_millis(ms: u64) -> Self {
         Self(ms)
     }
 
+    /// Milliseconds since the origin.
     pub const fn as_millis(self) -> u64 {
         self.0
     }

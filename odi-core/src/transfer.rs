@@ -30,6 +30,8 @@ pub struct SourceId(pub u32);
 #[derive(Clone, Copy, Debug, Eq, Hash, Ord, PartialEq, PartialOrd)]
 pub struct RequestId(pub u64);
 
+/// A transfer's limits and patience. `Default`: 8 requests (4 per source) of up to 4 chunks, a
+/// 20 s stall timeout, 3 strikes, 16 outstanding chunks.
 #[derive(Clone, Debug)]
 pub struct TransferConfig {
     /// Requests in flight at once, over all sources.
@@ -53,36 +55,66 @@ impl Default for TransferConfig {
     }
 }
 
+/// What the transfer asks its driver to do.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Effect {
     /// GET `range` (bytes) of the artifact from `source`; it covers chunks `chunks`.
-    Fetch { id: RequestId, source: SourceId, range: Range<u64>, chunks: Range<u64> },
+    Fetch {
+        /// Names the request in `handle_chunk`, `handle_end` and `Cancel`.
+        id: RequestId,
+        /// Where to fetch from.
+        source: SourceId,
+        /// Byte offsets, end exclusive.
+        range: Range<u64>,
+        /// Chunk indexes, end exclusive.
+        chunks: Range<u64>,
+    },
     /// Abandon a request; anything it still delivers is ignored.
-    Cancel { id: RequestId },
+    Cancel {
+        /// The request abandoned.
+        id: RequestId,
+    },
     /// Write verified bytes of chunk `index` at its offset.
-    Write { index: u64, data: Bytes },
+    Write {
+        /// The chunk, counted from 0; its offset is `index * chunk_size`.
+        index: u64,
+        /// The chunk's bytes, already verified.
+        data: Bytes,
+    },
     /// Every chunk is written: check the whole-file digest, make it durable, publish it.
     Finish,
 }
 
+/// What happened in a transfer, for logs and metrics.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
     /// A source sent bytes that did not match chunk `index`; they were thrown away.
     ChunkRejected {
+        /// Who sent the bytes.
         source: SourceId,
+        /// The chunk they claimed to be.
         index: u64,
     },
     /// A request failed (error, early end, wrong range, stall); its chunks were requeued.
     RequestFailed {
+        /// The source the request went to; it got a strike.
         source: SourceId,
+        /// What went wrong, in one line.
         reason: String,
     },
+    /// A source reached `max_strikes`: it gets no more requests and its other requests were
+    /// cancelled.
     SourceDropped {
+        /// The source dropped.
         source: SourceId,
+        /// Its strike count and the last failure.
         reason: String,
     },
+    /// The driver reported `Effect::Finish` done: the artifact is complete and published.
     Done,
+    /// The transfer is over without the artifact; every request was cancelled.
     Failed {
+        /// No source left, a write that failed, or a failed finish.
         reason: String,
     },
 }
@@ -90,7 +122,9 @@ pub enum Event {
 /// Why a transfer is over, once it is.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Outcome {
+    /// Every chunk is written and the finish succeeded.
     Done,
+    /// It failed, for the reason given.
     Failed(String),
 }
 
@@ -110,6 +144,7 @@ struct Request {
     deadline: Instant,
 }
 
+/// The fetch of one artifact from several sources: see the module docs for the drain contract.
 #[derive(Debug)]
 pub struct Transfer {
     manifest: ChunkManifest,
@@ -126,8 +161,9 @@ pub struct Transfer {
     finishing: bool,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
-    /// Bytes received that verified, and that were thrown away.
+    /// Bytes received that verified.
     pub bytes_good: u64,
+    /// Bytes received that did not match their chunk hash, thrown away.
     pub bytes_rejected: u64,
 }
 
@@ -163,10 +199,12 @@ impl Transfer {
         t
     }
 
+    /// The manifest every chunk is verified against.
     pub fn manifest(&self) -> &ChunkManifest {
         &self.manifest
     }
 
+    /// `None` while the transfer runs.
     pub fn outcome(&self) -> Option<&Outcome> {
         self.outcome.as_ref()
     }
@@ -184,7 +222,7 @@ impl Transfer {
         id
     }
 
-    /// Chunks each source delivered that verified.
+    /// Per source: `(id, chunks it delivered that verified, strikes, dropped)`.
     pub fn source_stats(&self) -> Vec<(SourceId, u64, u32, bool)> {
         self.sources.iter().map(|(id, s)| (*id, s.chunks_ok, s.strikes, s.dropped)).collect()
     }
@@ -265,16 +303,20 @@ impl Transfer {
         }
     }
 
+    /// The next effect to carry out; `None` when there is none for now.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
+    /// The next event; `None` when there is none for now.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()
     }
 
+    /// When to call `handle_timeout`: the earliest request deadline; `None` with no request in
+    /// flight.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.requests.values().map(|r| r.deadline).min()

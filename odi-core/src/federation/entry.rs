@@ -32,7 +32,9 @@ pub const MAX_SUPERSEDES: usize = 256;
 /// sequence (dense from 1). Ordered by origin, then seq.
 #[derive(Clone, Copy, Debug, Deserialize, Eq, Hash, Ord, PartialEq, PartialOrd, Serialize)]
 pub struct EntryId {
+    /// The directory that made the entry: its Ed25519 public key.
     pub origin: NodeId,
+    /// The entry's place in its origin's sequence, from 1.
     pub seq: u64,
 }
 
@@ -45,13 +47,16 @@ impl fmt::Display for EntryId {
 /// One catalog change, as made on its origin directory.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Entry {
+    /// The directory that made and signed the entry: its Ed25519 public key.
     pub origin: NodeId,
     /// 1 for the origin's first entry, then +1 per entry; never reused.
     pub seq: u64,
     /// The origin's wall clock when it made the entry. Only catalog-create and tag ordering use
     /// it, as a tie-break that every directory computes the same way; bindings never do.
     pub at: UnixTime,
+    /// The catalog the entry changes.
     pub catalog: CatalogName,
+    /// What it changes.
     pub op: Op,
 }
 
@@ -63,10 +68,13 @@ pub enum Op {
     Catalog(CatalogConfig),
     /// Binds `path` to the bytes `manifest` describes.
     Put {
+        /// The path bound.
         path: ArtifactPath,
         /// Chunk hashes, so a receiver verifies the blob chunk by chunk from any source.
         manifest: ChunkManifest,
+        /// The artifact's media type, at most 255 bytes.
         media_type: String,
+        /// The artifact's own tags: at most `MAX_ENTRY_TAGS`, each 1 to `MAX_TAG_LEN` bytes.
         tags: Vec<String>,
         /// The Put entries for this path the origin had seen and this one replaces.
         supersedes: Vec<EntryId>,
@@ -76,24 +84,50 @@ pub enum Op {
         generation: u64,
     },
     /// Changes the tags of the artifact `(catalog, path, digest)`: `tags := (tags − remove) ∪ add`.
-    Tag { path: ArtifactPath, digest: Digest, add: Vec<String>, remove: Vec<String> },
+    Tag {
+        /// The artifact's path.
+        path: ArtifactPath,
+        /// The artifact's digest.
+        digest: Digest,
+        /// Tags to add, after `remove` is taken away.
+        add: Vec<String>,
+        /// Tags to take away.
+        remove: Vec<String>,
+    },
     /// Withdraws `path` where it holds `digest`: every Put of `digest` at `path`, past or future.
-    ExpungePath { path: ArtifactPath, digest: Digest },
+    ExpungePath {
+        /// The path withdrawn.
+        path: ArtifactPath,
+        /// The digest it is withdrawn for; a Put of another digest there still binds.
+        digest: Digest,
+    },
     /// Bars `digest` everywhere, in every catalog, forever.
-    ExpungeDigest { digest: Digest },
+    ExpungeDigest {
+        /// The digest barred.
+        digest: Digest,
+    },
 }
 
 /// Why an entry is not acceptable.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum EntryError {
+    /// The signature does not verify under the origin's key, or the origin is not an Ed25519
+    /// public key.
     #[error("entry {0} has a signature that does not verify under its origin's key")]
     BadSignature(EntryId),
+    /// The entry breaks a rule `Entry::check` enforces (sizes, internal consistency).
     #[error("entry {id} is malformed: {why}")]
-    Malformed { id: EntryId, why: &'static str },
+    Malformed {
+        /// The entry.
+        id: EntryId,
+        /// The rule it breaks.
+        why: &'static str,
+    },
 }
 
 impl Entry {
+    /// The entry's `(origin, seq)` identity.
     pub fn id(&self) -> EntryId {
         EntryId { origin: self.origin, seq: self.seq }
     }
@@ -156,7 +190,9 @@ impl Entry {
 /// An entry with its origin's Ed25519 signature over [`Entry::signing_bytes`].
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct SignedEntry {
+    /// The entry signed.
     pub entry: Entry,
+    /// The origin's signature over the entry's signing bytes.
     pub sig: Signature,
 }
 
@@ -193,6 +229,7 @@ impl SignedEntry {
         Self { entry, sig: Signature(sig.to_bytes()) }
     }
 
+    /// The signed entry's `(origin, seq)` identity.
     pub fn id(&self) -> EntryId {
         self.entry.id()
     }

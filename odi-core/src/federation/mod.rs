@@ -75,6 +75,7 @@ use crate::time::{Instant, UnixTime};
 /// Most entries a batch may carry, dependencies included; larger batches are refused unread.
 pub const MAX_BATCH_ENTRIES: usize = 4096;
 
+/// Batch size, retry backoff and pull timeout of a `Federation`.
 #[derive(Clone, Debug)]
 pub struct FederationConfig {
     /// Feed positions one batch covers at most (its entries may add dependencies).
@@ -96,6 +97,7 @@ impl Default for FederationConfig {
 /// A link to a peer directory, as stored on this side. The peer's id is its pinned Ed25519 key.
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 pub struct Link {
+    /// The peer's id: the Ed25519 key pinned when the link was made.
     pub peer: NodeId,
     /// The peer's base URL.
     pub url: String,
@@ -108,6 +110,7 @@ pub struct Link {
 }
 
 impl Link {
+    /// Whether entries of `catalog` cross this link (an empty catalog list carries every one).
     pub fn carries_catalog(&self, catalog: &CatalogName) -> bool {
         self.catalogs.is_empty() || self.catalogs.contains(catalog)
     }
@@ -127,6 +130,7 @@ pub struct Batch {
     pub next: u64,
     /// The sender's feed head when it built the batch: pull again while `next < head`.
     pub head: u64,
+    /// The entries, in strictly increasing `(origin, seq)` order; at most `MAX_BATCH_ENTRIES`.
     pub entries: Vec<SignedEntry>,
 }
 
@@ -137,30 +141,40 @@ pub struct Batch {
 pub enum FedRecord {
     /// An accepted entry at its feed position.
     Entry {
+        /// Its position in our feed.
         feed: u64,
+        /// The entry, with its origin's signature.
         entry: SignedEntry,
     },
+    /// A link was added, or its filters replaced.
     Link(Link),
+    /// The link to `peer` was removed, with its cursor.
     LinkRemoved {
+        /// The peer unlinked.
         peer: NodeId,
     },
     /// The peer's feed position consumed.
     Cursor {
+        /// The linked peer.
         peer: NodeId,
+        /// The last position of its feed consumed.
         seq: u64,
     },
     /// A blob verified and stored.
     BlobHeld {
+        /// The blob's digest.
         digest: Digest,
     },
     /// A held blob deleted (no binding uses it any more).
     BlobDropped {
+        /// The blob's digest.
         digest: Digest,
     },
     /// An own entry signed by [`Federation::sign_local`] and made durable with the local change
     /// it records, before [`Federation::accept_local`] gave it a feed position. Restoring one
     /// that has no `Entry` record yet accepts it at [`Federation::start`].
     Local {
+        /// The own entry, signed.
         entry: SignedEntry,
     },
 }
@@ -173,35 +187,98 @@ pub enum Effect {
     /// origin, by any address the driver knows, or skipped; the driver may add relays that
     /// hold it). Wrong bytes are refused and the next source tried; report
     /// [`Federation::handle_blob`] once, `Ok` only for verified, stored bytes.
-    FetchBlob { digest: Digest, manifest: ChunkManifest, sources: Vec<NodeId> },
+    FetchBlob {
+        /// The blob to fetch.
+        digest: Digest,
+        /// Its chunk hashes, to verify against.
+        manifest: ChunkManifest,
+        /// Directories to try, in order: the entry's sender, its origin, then the linked peers;
+        /// never this directory.
+        sources: Vec<NodeId>,
+    },
     /// Tell `peer` our feed head (a signed `POST` to it). Report failure with
     /// [`Federation::handle_notify_failed`].
-    Notify { peer: NodeId, head: u64 },
+    Notify {
+        /// The linked peer to tell.
+        peer: NodeId,
+        /// Our feed head.
+        head: u64,
+    },
     /// Make these records durable before carrying out any later effect.
     Persist(Vec<FedRecord>),
     /// Ask `peer` for [`Federation::changes`] from `since`; report [`Federation::handle_batch`]
     /// or [`Federation::handle_pull_failed`].
-    Pull { peer: NodeId, since: u64 },
+    Pull {
+        /// The linked peer to ask.
+        peer: NodeId,
+        /// Our cursor for its feed: the batch starts after it.
+        since: u64,
+    },
 }
 
 /// Why a batch or a peer request was refused. Nothing of a refused batch is applied.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum Refusal {
+    /// The sender (named here) has no link on this side.
     #[error("{0} is not a linked peer; link it first with `odi link add`")]
     UnknownPeer(NodeId),
+    /// An entry's signature does not verify under its origin's key.
     #[error("batch from {peer} refused: entry {entry} does not verify under its origin's key")]
-    BadSignature { peer: NodeId, entry: EntryId },
+    BadSignature {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// The entry that failed.
+        entry: EntryId,
+    },
+    /// An entry breaks a rule of `Entry::check`.
     #[error("batch from {peer} refused: entry {entry} is malformed: {why}")]
-    Malformed { peer: NodeId, entry: EntryId, why: &'static str },
+    Malformed {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// The malformed entry.
+        entry: EntryId,
+        /// The rule it breaks.
+        why: &'static str,
+    },
+    /// An entry's id is not greater than the one before it in the batch.
     #[error("batch from {peer} refused: entry {entry} is out of (origin, seq) order")]
-    OutOfOrder { peer: NodeId, entry: EntryId },
+    OutOfOrder {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// The first entry out of order.
+        entry: EntryId,
+    },
+    /// The batch holds more than `MAX_BATCH_ENTRIES` entries.
     #[error("batch from {peer} refused: {len} entries is over the {MAX_BATCH_ENTRIES}-entry limit")]
-    TooLarge { peer: NodeId, len: usize },
+    TooLarge {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// How many entries it holds.
+        len: usize,
+    },
+    /// The batch's cursors are not `since <= next <= head`.
     #[error("batch from {peer} refused: its cursors are inconsistent (since {since}, next {next}, head {head})")]
-    BadCursors { peer: NodeId, since: u64, next: u64, head: u64 },
+    BadCursors {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// The batch's `since`.
+        since: u64,
+        /// The batch's `next`.
+        next: u64,
+        /// The batch's `head`.
+        head: u64,
+    },
+    /// The batch starts after our cursor for the peer: taking it would skip feed positions.
     #[error("batch from {peer} refused: it starts at {since}, past our cursor {cursor}")]
-    CursorAhead { peer: NodeId, since: u64, cursor: u64 },
+    CursorAhead {
+        /// The peer that sent the batch.
+        peer: NodeId,
+        /// The batch's `since`.
+        since: u64,
+        /// Our cursor for the peer.
+        cursor: u64,
+    },
 }
 
 /// What an accepted batch did.
@@ -217,8 +294,10 @@ pub struct Accepted {
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum FetchError {
+    /// No source could be reached, or none had the blob.
     #[error("no source could be reached or had the blob")]
     Unavailable,
+    /// Every source that answered sent bytes that fail the manifest's chunk hashes.
     #[error("every source that answered sent bytes that fail their chunk hashes")]
     Verify,
 }
@@ -288,6 +367,8 @@ pub struct Federation {
 }
 
 impl Federation {
+    /// A federation with no links and no entries, signing as `key`; `seed` draws the retry
+    /// jitter. Hand it stored records with `restore`, then call `start`.
     pub fn new(key: SigningKey, config: FederationConfig, seed: Seed) -> Self {
         let id = node_id(&key);
         Self {
@@ -696,10 +777,12 @@ impl Federation {
         self.feed.keys().next_back().copied().unwrap_or(0)
     }
 
+    /// Every link, by peer id.
     pub fn links(&self) -> impl Iterator<Item = &Link> {
         self.peers.values().map(|p| &p.link)
     }
 
+    /// The link to `peer`; `None` when it is not linked.
     pub fn link(&self, peer: &NodeId) -> Option<&Link> {
         self.peers.get(peer).map(|p| &p.link)
     }
@@ -729,6 +812,7 @@ impl Federation {
         self.feed.range(after.saturating_add(1)..).map(|(pos, id)| (*pos, &self.entries[id]))
     }
 
+    /// The accepted entry `id` (applied or pending); `None` when it is not known.
     pub fn entry(&self, id: &EntryId) -> Option<&SignedEntry> {
         self.entries.get(id)
     }

@@ -43,13 +43,18 @@ type TagOp = (Vec<String>, Vec<String>);
 pub struct Binding {
     /// The winning Put entry.
     pub entry: EntryId,
+    /// The winning Put's manifest: the bytes the path serves.
     pub manifest: ChunkManifest,
+    /// The winning Put's media type.
     pub media_type: String,
+    /// The Put's own tags folded with every known Tag entry for its artifact.
     pub tags: BTreeSet<String>,
+    /// The winning Put's generation (see `Op::Put`).
     pub generation: u64,
 }
 
 impl Binding {
+    /// The digest of the bound blob.
     pub fn digest(&self) -> Digest {
         self.manifest.digest()
     }
@@ -58,10 +63,13 @@ impl Binding {
 /// The effective state, as values: what two directories compare to know they agree.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct View {
+    /// Every created catalog, with its winning config.
     pub catalogs: BTreeMap<CatalogName, CatalogConfig>,
+    /// Every bound path, with what it is bound to; an unbound path is absent.
     pub bindings: BTreeMap<PathKey, Binding>,
     /// The losing candidates of every path that has more than one.
     pub conflicts: BTreeMap<PathKey, BTreeSet<EntryId>>,
+    /// Every digest an `ExpungeDigest` entry bars.
     pub barred: BTreeSet<Digest>,
 }
 
@@ -73,12 +81,31 @@ pub enum Change {
     /// `(at, origin, seq)` arrived and now wins).
     CatalogConfigured(CatalogConfig),
     /// The path is now bound to this (it was unbound, or bound to another entry).
-    Bound { catalog: CatalogName, path: ArtifactPath, binding: Binding },
+    Bound {
+        /// The path's catalog.
+        catalog: CatalogName,
+        /// The path now bound.
+        path: ArtifactPath,
+        /// What it is bound to now.
+        binding: Binding,
+    },
     /// The path is still bound to the same entry, with other tags.
-    TagsChanged { catalog: CatalogName, path: ArtifactPath, tags: BTreeSet<String> },
+    TagsChanged {
+        /// The path's catalog.
+        catalog: CatalogName,
+        /// The bound path.
+        path: ArtifactPath,
+        /// Its tags now.
+        tags: BTreeSet<String>,
+    },
     /// The path is no longer bound (its candidates were all expunged or superseded by expunged
     /// ones): it answers 410.
-    Unbound { catalog: CatalogName, path: ArtifactPath },
+    Unbound {
+        /// The path's catalog.
+        catalog: CatalogName,
+        /// The path no longer bound.
+        path: ArtifactPath,
+    },
     /// The digest is barred everywhere: delete it, refuse it, never serve it.
     DigestBarred(Digest),
 }
@@ -108,6 +135,7 @@ pub struct FedState {
 }
 
 impl FedState {
+    /// The state of no entries: no catalog, no binding.
     pub fn new() -> Self {
         Self::default()
     }
@@ -289,10 +317,12 @@ impl FedState {
         ))
     }
 
+    /// What `catalog/path` is bound to; `None` when it is unbound.
     pub fn binding(&self, catalog: &CatalogName, path: &ArtifactPath) -> Option<&Binding> {
         self.view.bindings.get(&(catalog.clone(), path.clone()))
     }
 
+    /// The winning config of catalog `name`; `None` until a Catalog entry for it is applied.
     pub fn catalog(&self, name: &CatalogName) -> Option<&CatalogConfig> {
         self.view.catalogs.get(name)
     }

@@ -10,18 +10,25 @@ use crate::digest::Digest;
 #[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
 #[serde(rename_all = "camelCase")]
 pub struct Descriptor {
+    /// `mediaType` of the content.
     pub media_type: String,
+    /// `digest` as written; `digest()` checks it.
     pub digest: String,
+    /// `size` of the content in bytes.
     pub size: u64,
+    /// `urls` the content may also be fetched from; empty when absent.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub urls: Vec<String>,
+    /// `artifactType`, for a manifest's descriptor.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub artifact_type: Option<String>,
+    /// `annotations`, kept as given.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 
 impl Descriptor {
+    /// The digest, parsed as `parse_digest` does (`sha256:` only).
     pub fn digest(&self) -> Result<Digest, OciError> {
         parse_digest(&self.digest)
     }
@@ -60,7 +67,9 @@ pub struct ManifestInfo {
     pub blobs: Vec<Descriptor>,
     /// The manifests an index names.
     pub manifests: Vec<Descriptor>,
+    /// The digest of the manifest its `subject` names: what it is a referrer of.
     pub subject: Option<Digest>,
+    /// The manifest's own `annotations`, carried into its referrer descriptor.
     pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
 }
 

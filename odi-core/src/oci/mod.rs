@@ -40,35 +40,57 @@ pub const MAX_TAG_LEN: usize = 128;
 /// Largest manifest accepted on push (the spec suggests at least 4 MiB be accepted).
 pub const MAX_MANIFEST_LEN: usize = 4 << 20;
 
-/// Media types of the manifests this registry knows; others are stored as pushed all the same.
+// Media types of the manifests this registry knows; others are stored as pushed all the same.
+/// The OCI image manifest.
 pub const OCI_MANIFEST: &str = "application/vnd.oci.image.manifest.v1+json";
+/// The OCI image index; also the media type of referrers answers.
 pub const OCI_INDEX: &str = "application/vnd.oci.image.index.v1+json";
+/// The Docker image manifest, schema 2.
 pub const DOCKER_MANIFEST: &str = "application/vnd.docker.distribution.manifest.v2+json";
+/// The Docker manifest list, schema 2 (Docker's index).
 pub const DOCKER_LIST: &str = "application/vnd.docker.distribution.manifest.list.v2+json";
 
 /// An error as the distribution spec names them: the code goes in the JSON body, and each has
 /// its HTTP status.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum ErrorCode {
+    /// `404`: no such blob in the repository.
     BlobUnknown,
+    /// `400`: an upload request the session cannot take (malformed, cut short, or while another
+    /// request writes it).
     BlobUploadInvalid,
+    /// `404`: no such upload session.
     BlobUploadUnknown,
+    /// `400`: a digest is malformed or does not match the bytes.
     DigestInvalid,
+    /// `400`: a pushed manifest references a blob the repository does not hold.
     ManifestBlobUnknown,
+    /// `400`: a pushed manifest or tag is malformed.
     ManifestInvalid,
+    /// `404`: no such manifest or tag in the repository.
     ManifestUnknown,
+    /// `400`: a repository name outside the grammar.
     NameInvalid,
+    /// `404`: no such repository, catalog or endpoint.
     NameUnknown,
+    /// `400`: a length that does not fit the content or a limit.
     SizeInvalid,
+    /// `401`: no token, or a wrong or expired one.
     Unauthorized,
+    /// `403`: refused for who asks or what is asked (a pull-only token pushing, an expunged
+    /// digest).
     Denied,
+    /// `415`: a method, parameter or digest algorithm this registry does not serve.
     Unsupported,
+    /// `429`: too many requests (too many wrong tokens) from this client.
     TooManyRequests,
     /// Not a spec code: `416` for a chunk that does not start where the upload stands.
     RangeInvalid,
 }
 
 impl ErrorCode {
+    /// The code as the JSON body spells it (`BLOB_UNKNOWN`); `RangeInvalid` is
+    /// `BLOB_UPLOAD_INVALID`.
     pub fn as_str(self) -> &'static str {
         match self {
             Self::BlobUnknown => "BLOB_UNKNOWN",
@@ -111,11 +133,14 @@ impl ErrorCode {
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[error("{message}")]
 pub struct OciError {
+    /// The spec's code, which gives the status.
     pub code: ErrorCode,
+    /// Goes in the body's `message`.
     pub message: String,
 }
 
 impl OciError {
+    /// An error of `code` saying `message`.
     pub fn new(code: ErrorCode, message: impl Into<String>) -> Self {
         Self { code, message: message.into() }
     }
@@ -130,6 +155,8 @@ pub struct RepoName {
 }
 
 impl RepoName {
+    /// Parses `{catalog}/{name}`; `NAME_INVALID` if it is longer than `MAX_REPO_LEN`, has no
+    /// `/`, or a component is outside the grammar or the catalog is not a catalog name.
     pub fn parse(full: &str) -> Result<Self, OciError> {
         let invalid = |why: &str| OciError::new(ErrorCode::NameInvalid, format!("repository name `{}` {why}", full.chars().take(300).collect::<String>()));
         if full.len() > MAX_REPO_LEN {
@@ -145,6 +172,7 @@ impl RepoName {
         Ok(Self { catalog, name: name.to_owned() })
     }
 
+    /// The catalog the repository lives in (the part before the first `/`).
     pub fn catalog(&self) -> &CatalogName {
         &self.catalog
     }
@@ -154,14 +182,17 @@ impl RepoName {
         &self.name
     }
 
+    /// The artifact path of blob `digest`: `{name}/_blobs/sha256/{hex}`.
     pub fn blob_path(&self, digest: &Digest) -> ArtifactPath {
         self.path(&format!("_blobs/sha256/{}", digest.to_hex()))
     }
 
+    /// The artifact path of manifest `digest`: `{name}/_manifests/sha256/{hex}`.
     pub fn manifest_path(&self, digest: &Digest) -> ArtifactPath {
         self.path(&format!("_manifests/sha256/{}", digest.to_hex()))
     }
 
+    /// The artifact path of `tag`: `{name}/_tags/{tag}`.
     pub fn tag_path(&self, tag: &Tag) -> ArtifactPath {
         self.path(&format!("_tags/{}", tag.0))
     }
@@ -222,6 +253,7 @@ fn alnum(b: u8) -> bool {
 pub struct Tag(String);
 
 impl Tag {
+    /// Checks `tag` against the grammar; `MANIFEST_INVALID` if it is not a tag.
     pub fn parse(tag: &str) -> Result<Self, OciError> {
         let b = tag.as_bytes();
         let ok = !b.is_empty()
@@ -241,6 +273,7 @@ impl Tag {
         }
     }
 
+    /// The tag as given.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -255,11 +288,14 @@ impl fmt::Display for Tag {
 /// A manifest reference: a tag or a digest.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Reference {
+    /// A tag, resolved through the repository's `_tags/`.
     Tag(Tag),
+    /// A manifest's digest.
     Digest(Digest),
 }
 
 impl Reference {
+    /// A digest if `reference` holds a `:` (then as `parse_digest` checks it), else a tag.
     pub fn parse(reference: &str) -> Result<Self, OciError> {
         if reference.contains(':') { parse_digest(reference).map(Self::Digest) } else { Tag::parse(reference).map(Self::Tag) }
     }

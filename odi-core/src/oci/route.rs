@@ -5,6 +5,7 @@
 use super::{OciError, Reference, RepoName, parse_digest};
 use crate::digest::Digest;
 
+/// A `/v2/` endpoint, with the repository and what follows its marker.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Route {
     /// `/v2/`: the API version check.
@@ -15,7 +16,7 @@ pub enum Route {
     Blob(RepoName, Digest),
     /// `/v2/{name}/blobs/uploads/`
     UploadStart(RepoName),
-    /// `/v2/{name}/blobs/uploads/{id}`
+    /// `/v2/{name}/blobs/uploads/{id}`: `id` is at most 64 ASCII letters, digits and `-`.
     Upload(RepoName, String),
     /// `/v2/{name}/tags/list`
     Tags(RepoName),

@@ -11,13 +11,19 @@ use super::{ErrorCode, OciError, RepoName};
 pub enum UploadError {
     /// The chunk does not start where the upload stands: `416` with the current `Range`.
     #[error("the chunk starts at byte {start}, but the upload has {offset} bytes; send the chunk that starts at {offset}")]
-    OutOfOrder { start: u64, offset: u64 },
+    OutOfOrder {
+        /// Where the chunk starts.
+        start: u64,
+        /// Bytes the upload holds: where the chunk had to start.
+        offset: u64,
+    },
     /// `Content-Range` is malformed or disagrees with the body's length.
     #[error("{0}")]
     BadRange(String),
 }
 
 impl UploadError {
+    /// The spec's error: `RangeInvalid` (416) or `BlobUploadInvalid` (400), with this message.
     pub fn to_oci(&self) -> OciError {
         let code = match self {
             Self::OutOfOrder { .. } => ErrorCode::RangeInvalid,
@@ -30,12 +36,15 @@ impl UploadError {
 /// `Content-Range: {start}-{end}` as the spec writes it (inclusive), or `bytes {start}-{end}/{total}`.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct ContentRange {
+    /// Offset of the chunk's first byte.
     pub start: u64,
-    /// Inclusive.
+    /// Offset of the chunk's last byte (inclusive).
     pub end: u64,
 }
 
 impl ContentRange {
+    /// Parses the header's value, with or without a `bytes ` or `bytes=` prefix (a `/{total}` is
+    /// ignored); `BadRange` if it is malformed or `end < start`.
     pub fn parse(value: &str) -> Result<Self, UploadError> {
         let bad = || UploadError::BadRange(format!("malformed Content-Range `{}`; expected `{{start}}-{{end}}`", value.chars().take(100).collect::<String>()));
         let v = value.trim();
@@ -49,10 +58,12 @@ impl ContentRange {
         Ok(Self { start, end })
     }
 
+    /// Bytes the range covers.
     pub fn len(&self) -> u64 {
         self.end - self.start + 1
     }
 
+    /// Always false: a parsed range holds at least one byte.
     pub fn is_empty(&self) -> bool {
         false
     }
@@ -61,12 +72,14 @@ impl ContentRange {
 /// One upload in progress, for one repository.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub struct UploadSession {
+    /// The repository the blob is pushed to.
     pub repo: RepoName,
     /// Bytes received and made durable so far.
     pub offset: u64,
 }
 
 impl UploadSession {
+    /// A session that has received nothing yet.
     pub fn new(repo: RepoName) -> Self {
         Self { repo, offset: 0 }
     }

@@ -64,6 +64,7 @@ impl Upstream {
         if self.prefix.is_empty() { repo.name().to_owned() } else { format!("{}/{}", self.prefix, repo.name()) }
     }
 
+    /// The upstream URL of `repo`'s manifest `reference` (a tag or `sha256:{hex}`).
     pub fn manifest_url(&self, repo: &RepoName, reference: &Reference) -> String {
         let reference = match reference {
             Reference::Tag(t) => t.as_str().to_owned(),
@@ -72,6 +73,7 @@ impl Upstream {
         format!("{}/v2/{}/manifests/{reference}", self.base, self.repo(repo))
     }
 
+    /// The upstream URL of `repo`'s blob `digest`.
     pub fn blob_url(&self, repo: &RepoName, digest: &Digest) -> String {
         format!("{}/v2/{}/blobs/{}", self.base, self.repo(repo), digest_string(digest))
     }
@@ -85,8 +87,11 @@ impl Upstream {
 /// A registry's `WWW-Authenticate: Bearer realm="...",service="...",scope="..."`.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct BearerChallenge {
+    /// The token service's URL (never empty in a parsed challenge).
     pub realm: String,
+    /// `service`, if the challenge names one.
     pub service: Option<String>,
+    /// `scope`, if the challenge names one.
     pub scope: Option<String>,
 }
 

@@ -2,10 +2,10 @@
 //! their assignments into verified downloads inside one disk budget.
 //!
 //! `Relay` is an orchestrator of children and performs no I/O:
-//! - one [`registration::Registration`] per directory (`Upstream` is its index, in the order
+//! - one `registration::Registration` per directory (`Upstream` is its index, in the order
 //!   the directories were configured): enrollment, heartbeats, standing, the assignment and
 //!   names it sent, its own generation and timers;
-//! - one [`holdings::Holdings`], shared: blobs held, downloads in flight, partial files, the
+//! - one `holdings::Holdings`, shared: blobs held, downloads in flight, partial files, the
 //!   disk budget, eviction and deletion.
 //!
 //! The budget rule: each directory is told an equal share of the budget as its capacity
@@ -48,17 +48,21 @@ pub type Upstream = usize;
 pub struct UpstreamConfig {
     /// How the operator named it (its URL): for messages only, the driver keeps the address.
     pub name: String,
+    /// The token sent in every enrollment with this directory.
     pub enroll_token: String,
     /// The directory's pinned key (`--directory-key`, or pinned on first use and persisted) and
     /// the highest heads applied from it before this start.
     pub trust: Trust,
 }
 
+/// What a relay is and offers: its URL, its budget, what it carries, and its directories.
 #[derive(Clone, Debug)]
 pub struct RelayConfig {
+    /// Where clients and other relays reach this relay; sent in every enrollment.
     pub public_url: RelayUrl,
     /// The whole relay's: every directory together gets no more (see `share`).
     pub capacity: Capacity,
+    /// Catalogs to carry; empty: all.
     pub catalogs: Vec<CatalogName>,
     /// Carry only artifacts with one of these tags; empty: any (`odi relay --tag`).
     pub tags: Vec<String>,
@@ -97,78 +101,131 @@ impl RelayConfig {
     }
 }
 
+/// Work for the driver to carry out: messages, downloads, deletions, persistence.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Effect {
     /// Send to directory `upstream`; answer with `handle_message` or `handle_send_failed`.
-    Send { upstream: Upstream, msg: Message },
+    Send {
+        /// The directory to send to.
+        upstream: Upstream,
+        /// The request: an enrollment or a heartbeat.
+        msg: Message,
+    },
     /// Download and store `manifest.digest()` verified, from directory `upstream` (which
     /// assigned it) and from `sources` (peer relays that hold it); answer with `handle_fetch`.
-    Fetch { upstream: Upstream, manifest: ChunkManifest, sources: Vec<RelayUrl> },
+    Fetch {
+        /// The directory that sent the manifest.
+        upstream: Upstream,
+        /// The blob's chunk manifest, which every chunk is verified against.
+        manifest: ChunkManifest,
+        /// Ready relays the directories named as holding it, without repeats.
+        sources: Vec<RelayUrl>,
+    },
     /// Remove a blob from the store (not assigned any more, or expunged).
-    Delete { digest: Digest },
+    Delete {
+        /// The blob to remove.
+        digest: Digest,
+    },
     /// Remove the partial download of a blob that is no longer assigned.
-    DiscardPartial { digest: Digest },
+    DiscardPartial {
+        /// The blob whose partial download to remove.
+        digest: Digest,
+    },
     /// Persist what `trust(upstream)` returns (a key pinned, a newer head applied), so that a
     /// restart neither forgets the pin nor accepts an older head.
-    SaveTrust { upstream: Upstream },
+    SaveTrust {
+        /// The directory whose trust moved.
+        upstream: Upstream,
+    },
 }
 
+/// What happened, for the driver to log, count or show the operator.
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum Event {
+    /// Directory `upstream` accepted the enrollment.
     Enrolled {
+        /// The directory that accepted.
         upstream: Upstream,
+        /// This relay's id as the directory recorded it.
         relay: NodeId,
+        /// The directory's key, as its answer states it.
         directory: NodeId,
     },
+    /// Directory `upstream` refused a request; the relay tries again after its backoff (an
+    /// enrollment first, when the directory no longer knows it).
     Refused {
+        /// The directory that refused.
         upstream: Upstream,
+        /// The directory's one-line reason.
         reason: String,
     },
+    /// A download finished and was stored verified: the blob is held.
     Ready {
+        /// The blob now held.
         digest: Digest,
     },
+    /// A download failed, or the directory's manifest names other bytes; tried again later
+    /// while assigned.
     FetchFailed {
+        /// The blob not fetched.
         digest: Digest,
+        /// What went wrong.
         reason: String,
     },
     /// An assigned blob does not fit in the disk budget even after evicting unassigned ones.
     /// It is not reported held, so its directories send no clients here for it.
     NoRoom {
+        /// The blob that does not fit.
         digest: Digest,
+        /// The bytes it would take on disk (its `footprint`).
         size: u64,
     },
+    /// A held blob stopped being held to make room: its bytes go once every directory has
+    /// heard, or at once when the budget was lowered below what is held.
     Evicted {
+        /// The blob let go.
         digest: Digest,
     },
     /// A directory sees the relay differently than before (for example: it failed its
     /// self-test, and why). The operator needs to hear it: the directory's log is not theirs.
     StandingChanged {
+        /// The directory whose view changed.
         upstream: Upstream,
+        /// Its view now.
         standing: Standing,
     },
     /// The stored copy failed a read-side check and was dropped; it is fetched again if assigned.
     Corrupt {
+        /// The blob whose copy was dropped.
         digest: Digest,
     },
     /// The directory's key was pinned on first use.
     Pinned {
+        /// The directory pinned.
         upstream: Upstream,
+        /// The key every later answer from it must be signed by.
         key: NodeId,
     },
     /// An answer was refused and nothing of it applied (a forged signature, a rollback, an
     /// expired head): reported once per reason while answers are refused.
     Distrusted {
+        /// The directory whose answer was refused.
         upstream: Upstream,
+        /// Why, worded for the operator.
         reason: String,
     },
     /// Answers are accepted again after being refused.
     Trusted {
+        /// The directory trusted again.
         upstream: Upstream,
     },
     /// The head of `catalog` expired without renewal: its names are no longer served.
     Frozen {
+        /// The directory whose head expired.
         upstream: Upstream,
+        /// The catalog no longer served.
         catalog: CatalogName,
+        /// The sequence of the last head applied for it.
         seq: u64,
     },
 }
@@ -182,6 +239,8 @@ struct Outputs {
     deleted: Vec<Digest>,
 }
 
+/// A relay's state machine, over every directory it is configured with (see the module docs
+/// for what it does and the order in which to drive it).
 #[derive(Debug)]
 pub struct Relay {
     config: RelayConfig,
@@ -318,6 +377,9 @@ impl Relay {
         self.send_due(now);
     }
 
+    /// Timer input, due at `poll_timeout`: unanswered requests count as failed, expired heads
+    /// freeze their catalogs, evicted blobs whose time came are deleted, and due downloads and
+    /// requests go out.
     pub fn handle_timeout(&mut self, now: Instant) {
         for upstream in 0..self.registrations.len() {
             if self.registrations[upstream].timed_out(now) {
@@ -335,16 +397,20 @@ impl Relay {
 
     // ---- outputs ----
 
+    /// The next effect to carry out; `None` once drained.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.out.effects.pop_front()
     }
 
+    /// The next event to report; `None` once drained.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.out.events.pop_front()
     }
 
+    /// When to call `handle_timeout` next: the earliest request deadline, send, head expiry,
+    /// download retry or pending deletion.
     #[must_use]
     pub fn poll_timeout(&self) -> Option<Instant> {
         self.registrations.iter().map(Registration::poll_timeout).chain(self.holdings.poll_timeout()).min()
@@ -358,6 +424,7 @@ impl Relay {
         self.holdings.serving_started(digest);
     }
 
+    /// The client response for `digest` that `serving_started` announced is over.
     pub fn serving_ended(&mut self, digest: Digest) {
         self.holdings.serving_ended(digest);
     }
@@ -472,10 +539,13 @@ impl Relay {
             || self.registrations.iter().filter(|r| r.has_assignment()).any(|r| r.wanted.contains_key(digest) || r.names.values().any(|d| d == digest))
     }
 
+    /// True when `digest` is held: stored verified and counted (not an evicted copy still on
+    /// disk).
     pub fn holds(&self, digest: &Digest) -> bool {
         self.holdings.held.contains_key(digest)
     }
 
+    /// Every held blob, with the bytes it takes on disk (its `footprint`).
     pub fn held(&self) -> impl Iterator<Item = (&Digest, &u64)> {
         self.holdings.held.iter()
     }
@@ -505,6 +575,7 @@ impl Relay {
         self.holdings.used()
     }
 
+    /// Downloads under way.
     pub fn fetching(&self) -> usize {
         self.holdings.fetching.len()
     }

@@ -20,14 +20,19 @@ pub const MAX_HEAD_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 /// The highest head applied for one catalog, as persisted: what a later head must not go below.
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub struct AppliedHead {
+    /// The catalog's sequence the head stated.
     pub seq: u64,
+    /// The digest of the catalog's names the head stated.
     pub digest: Digest,
 }
 
 /// What the driver persists per directory, and gives back to [`super::UpstreamConfig`] on start.
 #[derive(Clone, Debug, Default, Eq, PartialEq)]
 pub struct Trust {
+    /// The directory's pinned key; `None`: the signer of the first answer is pinned.
     pub key: Option<NodeId>,
+    /// The highest head applied for each catalog. Restored heads start frozen: their names are
+    /// served again once the directory renews them.
     pub heads: BTreeMap<CatalogName, AppliedHead>,
 }
 
