@@ -9,6 +9,7 @@ use serde::{Deserialize, Serialize};
 pub struct AuditEntry {
     /// Increasing; `?before=ID` pages back from it.
     pub id: u64,
+    /// When the change was made, in unix milliseconds.
     pub time_ms: u64,
     /// `admin token`, `user alice`, or `token NAME` (a publisher's token; `token NAME (alice)`
     /// when a named user made it).
@@ -32,12 +33,15 @@ pub struct AuditEntry {
 /// A page of [`AuditEntry`], newest first; `next_before` asks for the page after it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct AuditPage {
+    /// At most the `?limit=` asked for, newest first.
     pub entries: Vec<AuditEntry>,
+    /// The `?before=` that asks for older entries; `None` when this page holds the oldest.
     pub next_before: Option<u64>,
 }
 
-/// Entries on a page unless `?limit=` says otherwise, and the most one page holds.
+/// Entries on a page unless `?limit=` says otherwise.
 pub const DEFAULT_LIMIT: u32 = 50;
+/// The most one page holds: a `?limit=` above it (or below 1) is refused with 400.
 pub const MAX_LIMIT: u32 = 1000;
 
 /// The action and target of an admin API call `method /api/v1/{rest}` (`rest` still

@@ -14,23 +14,32 @@ pub const MAX_SEGMENT_LEN: usize = 255;
 /// Longest catalog name accepted.
 pub const MAX_CATALOG_LEN: usize = 64;
 
+/// Why a catalog name or an artifact path from the network is refused.
 #[derive(Clone, Debug, Eq, PartialEq, thiserror::Error)]
 #[non_exhaustive]
 pub enum PathError {
+    /// The path has no characters at all.
     #[error("path is empty")]
     Empty,
+    /// Over [`MAX_PATH_LEN`] bytes decoded (or over three times that still percent-encoded).
     #[error("path is longer than {MAX_PATH_LEN} bytes")]
     TooLong,
+    /// One segment is over [`MAX_SEGMENT_LEN`] bytes.
     #[error("path segment is longer than {MAX_SEGMENT_LEN} bytes")]
     SegmentTooLong,
+    /// A URL's percent-escapes decode to bytes that are not UTF-8.
     #[error("path is not valid UTF-8 after percent-decoding")]
     NotUtf8,
+    /// The path starts with `/`.
     #[error("path must not be absolute")]
     Absolute,
+    /// A segment is empty (`a//b`, a trailing `/`), `.` or `..`.
     #[error("path has an empty, `.` or `..` segment")]
     BadSegment,
+    /// A `\`, or a control character (NUL included).
     #[error("path contains a backslash, NUL or control character")]
     BadCharacter,
+    /// A catalog name outside `[a-z0-9][a-z0-9._-]{0,63}`.
     #[error("catalog name must be 1 to {MAX_CATALOG_LEN} characters of a-z, 0-9, `-`, `_` or `.`, starting with a letter or digit")]
     BadCatalog,
 }
@@ -42,6 +51,7 @@ pub enum PathError {
 pub struct CatalogName(Arc<str>);
 
 impl CatalogName {
+    /// Validates `name`, or says why it is not a catalog name.
     pub fn new(name: &str) -> Result<Self, PathError> {
         Self::check(name)?;
         Ok(Self(Arc::from(name)))
@@ -57,6 +67,7 @@ impl CatalogName {
         if ok { Ok(()) } else { Err(PathError::BadCatalog) }
     }
 
+    /// The name as text.
     pub fn as_str(&self) -> &str {
         &self.0
     }
@@ -136,6 +147,7 @@ impl ArtifactPath {
         Self::new(&decoded)
     }
 
+    /// The decoded path, `/`-separated, as checked.
     pub fn as_str(&self) -> &str {
         &self.0
     }

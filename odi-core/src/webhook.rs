@@ -10,33 +10,45 @@ use std::time::Duration;
 use hmac::{KeyInit as _, Mac as _};
 use serde::{Deserialize, Serialize};
 
-/// How far a signature's time may be from the receiver's clock.
 /// A hook as the admin API shows it (never its secret, which `add` returns once).
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Hook {
+    /// Random, 16 hex digits; names the hook in `DELETE /api/v1/webhooks/{id}`.
     pub id: String,
+    /// Where deliveries are POSTed (`http://` or `https://`).
     pub url: String,
     /// Kinds delivered; empty: every kind.
     pub events: Vec<String>,
+    /// When the hook was added, in unix milliseconds.
     pub created_ms: u64,
 }
 
 /// One delivery as `GET /api/v1/webhooks/{id}/deliveries` lists it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct Delivery {
+    /// Random, 32 hex digits; sent as the `ODI-Delivery` header, the same on every attempt.
     pub id: String,
+    /// The event kind (`relay.enrolled`, ...), sent as the `ODI-Event` header.
     pub kind: String,
+    /// The notice's number in the directory process that queued it (not kept across restarts).
     pub seq: u64,
     /// `pending`, `delivered` or `failed` (gave up).
     pub status: String,
+    /// Attempts made so far.
     pub attempts: u32,
+    /// The HTTP status the last attempt got; `None` before any attempt or when it got no answer.
     pub last_status: Option<u16>,
+    /// Why the last attempt failed; `None` before any attempt and once delivered.
     pub last_error: Option<String>,
+    /// When the delivery was queued, in unix milliseconds.
     pub created_ms: u64,
+    /// When the next attempt is due, in unix milliseconds; `None` unless `pending`.
     pub next_attempt_ms: Option<u64>,
+    /// When a 2xx answer came, in unix milliseconds; `None` until then.
     pub delivered_ms: Option<u64>,
 }
 
+/// How far a signature's time may be from the receiver's clock.
 pub const TOLERANCE: Duration = Duration::from_secs(300);
 
 /// When to give up and when to wait between attempts.
@@ -86,10 +98,13 @@ fn mac(secret: &str, t: u64, body: &[u8]) -> [u8; 32] {
 /// Why a receiver refuses a delivery.
 #[derive(Debug, Eq, PartialEq, thiserror::Error)]
 pub enum VerifyError {
+    /// The header lacks a `t`, has no `v1`, or one of them does not parse.
     #[error("ODI-Signature is not `t=UNIX,v1=HEX`")]
     Malformed,
+    /// `t` is more than [`TOLERANCE`] from the receiver's clock: a late or replayed delivery.
     #[error("ODI-Signature time is more than 5 minutes from this clock")]
     Stale,
+    /// No `v1` is the MAC of this body under this secret.
     #[error("ODI-Signature does not match the body")]
     Mismatch,
 }

@@ -9,6 +9,8 @@ use crate::message::{AddressPolicy, NodeId};
 /// enough that a volunteer sees plain-client traffic the day they join.
 pub const DEFAULT_PROBATION: Duration = Duration::from_secs(6 * 3600);
 
+/// Everything a `Directory` is told at start: its id, its timers, the rules for admitting
+/// relays, and how work is placed.
 #[derive(Clone, Debug)]
 pub struct DirectoryConfig {
     /// This directory's node id (its public key).
@@ -27,6 +29,8 @@ pub struct DirectoryConfig {
     /// get (it is named in `Link: rel=duplicate` and metalinks, never in a `Location`), and the
     /// clean audits it must pass meanwhile. Zero turns probation off.
     pub probation: Duration,
+    /// Clean audits a relay on probation must pass, besides serving `probation`, before plain
+    /// clients are sent to it.
     pub probation_audits: u64,
     /// Keys never seen before that may enroll per minute (a flood of fake relays waits).
     pub new_relays_per_minute: u32,
@@ -42,6 +46,7 @@ pub struct DirectoryConfig {
     /// Placement work per slice of a rebalance (an artifact placed counts 64), between which
     /// the driver may serve.
     pub rebalance_slice: usize,
+    /// How request rates earn an artifact extra replicas.
     pub hot: HotConfig,
     /// Which relay URLs enrollment accepts (see [`AddressPolicy::for_directory`]).
     pub relay_addresses: AddressPolicy,
@@ -51,6 +56,8 @@ pub struct DirectoryConfig {
 }
 
 impl DirectoryConfig {
+    /// The defaults, for the directory whose node id is `id`. `token_key` is all zeros: the
+    /// driver puts the key it keeps on disk there before it starts the directory.
     pub fn new(id: NodeId) -> Self {
         Self {
             id,

@@ -215,12 +215,16 @@ impl Directory {
         Ok(Record::Fed(FedRecord::Link(Link { tags, catalogs, ..link })))
     }
 
+    /// Plans removing the link to `peer`: `NotFederated` without a federation key,
+    /// `UnknownPeer` when there is no such link.
     pub fn plan_unlink(&self, peer: &NodeId) -> Result<Record, AdminError> {
         let linked = self.linked.as_ref().ok_or(AdminError::NotFederated)?;
         linked.fed.link(peer).ok_or(AdminError::UnknownPeer(*peer))?;
         Ok(Record::Fed(FedRecord::LinkRemoved { peer: *peer }))
     }
 
+    /// Every link with its filters and how far this directory is behind the peer's feed; empty
+    /// when the directory is not federated.
     pub fn links(&self) -> Vec<LinkView> {
         let Some(linked) = &self.linked else { return Vec::new() };
         linked

@@ -9,6 +9,7 @@ use std::time::Duration;
 use crate::digest::Digest;
 use crate::time::Instant;
 
+/// How request rates earn an artifact extra replicas, and how fast they are forgotten.
 #[derive(Clone, Debug)]
 pub struct HotConfig {
     /// A request's weight halves every `half_life`.

@@ -68,7 +68,10 @@ pub use self::tokens::TokenView;
 #[derive(Clone, Debug, Eq, PartialEq)]
 pub enum TokenScope {
     /// Enroll relays; with `single_use`, one relay only.
-    Enroll { single_use: bool },
+    Enroll {
+        /// Good only for the first relay that enrolls with it.
+        single_use: bool,
+    },
     /// Publish and tag in this catalog, nothing else.
     Publish(CatalogName),
 }
@@ -115,6 +118,8 @@ pub struct Directory {
 }
 
 impl Directory {
+    /// A directory with no catalogs, relays or tokens yet, whose every random draw comes from
+    /// `seed`. After a restart, replay the stored records through `apply` before serving.
     pub fn new(config: DirectoryConfig, seed: Seed) -> Self {
         let relays = Relays::new(config.clone());
         let mut rng = SeededRng::new(seed);
@@ -491,14 +496,18 @@ impl Directory {
 
     // ---- queries ----
 
+    /// This directory's node id (its public key).
     pub fn id(&self) -> NodeId {
         self.config.id
     }
 
+    /// The current generation, from 1: raised by every change of assignments or names that
+    /// relays must learn of.
     pub fn generation(&self) -> u64 {
         self.placement.generation()
     }
 
+    /// The configuration given to `new`, with any change `set_relay_addresses` made since.
     pub fn config(&self) -> &DirectoryConfig {
         &self.config
     }
@@ -530,10 +539,12 @@ impl Directory {
         self.relays.contains(id)
     }
 
+    /// True when a token for `role` has been stored (a `Record::Token` applied).
     pub fn has_token(&self, role: TokenRole) -> bool {
         self.tokens.role(role).is_some()
     }
 
+    /// Every catalog with its settings and size, in name order.
     pub fn catalogs(&self) -> Vec<CatalogView> {
         self.catalogs.views()
     }
@@ -543,22 +554,30 @@ impl Directory {
         self.catalogs.names()
     }
 
+    /// The settings of catalog `name`; `None` when there is no such catalog.
     pub fn catalog_config(&self, name: &CatalogName) -> Option<&CatalogConfig> {
         self.catalogs.config(name)
     }
 
+    /// The artifacts `catalog` names now, in path order (expunged paths are not among them);
+    /// `None` when there is no such catalog.
     pub fn artifacts(&self, catalog: &CatalogName) -> Option<impl Iterator<Item = &Artifact>> {
         self.catalogs.artifacts(catalog)
     }
 
+    /// The artifact `catalog/path` names. The error tells an unknown catalog, a path never
+    /// published and an expunged one apart.
     pub fn lookup(&self, catalog: &str, path: &ArtifactPath) -> Result<&Artifact, LookupError> {
         self.catalogs.entry(catalog, path).map(|e| &e.artifact)
     }
 
+    /// The chunk manifest of `digest`: `Expunged` when it was barred, `UnknownDigest` when the
+    /// directory holds no blob with that digest.
     pub fn manifest(&self, digest: &Digest) -> Result<&ChunkManifest, LookupError> {
         self.catalogs.manifest(digest)
     }
 
+    /// Every relay in the table, in id order, with its standing at `now`, as admins see it.
     pub fn relays(&self, now: Instant) -> Vec<RelayView> {
         self.relays.views(now, &self.placement, &self.catalogs)
     }
@@ -878,11 +897,15 @@ impl Directory {
             .min()
     }
 
+    /// The next request for the driver to carry out; `None` when there is none left. Outcomes
+    /// come back through the `handle_*` call each [`Effect`] names.
     #[must_use]
     pub fn poll_effect(&mut self) -> Option<Effect> {
         self.effects.pop_front()
     }
 
+    /// The next thing that happened, for logs, metrics and watchers; `None` when there is none
+    /// left.
     #[must_use]
     pub fn poll_event(&mut self) -> Option<Event> {
         self.events.pop_front()

@@ -30,15 +30,19 @@ pub(super) enum Admission {
 /// A named token as admins see it.
 #[derive(Clone, Debug, Deserialize, Serialize)]
 pub struct TokenView {
+    /// What an admin types to revoke it: 1 to 64 letters, digits, `-`, `_`, `.` or `@`.
     pub name: String,
     /// `enroll` or `publish`.
     pub role: String,
     /// The catalog a publisher's token may publish to.
     pub catalog: Option<CatalogName>,
+    /// Good for one relay only: the first to enroll with it (which may enroll again).
     pub single_use: bool,
     /// The relay a single-use token enrolled.
     pub used_by: Option<NodeId>,
+    /// When an admin made it.
     pub created_at: UnixTime,
+    /// Revoked by an admin: it enrolls and publishes nothing, and a relay that offers it is told so.
     pub revoked: bool,
     /// Relays enrolled with it.
     pub relays: usize,
