@@ -19,6 +19,8 @@
 //! }
 //! ```
 
+#![warn(missing_docs)]
+
 pub mod api;
 pub mod audit;
 pub mod auth;
