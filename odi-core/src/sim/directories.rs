@@ -33,11 +33,18 @@ const MAX_STEPS: u64 = 300_000;
 /// What one run saw.
 #[derive(Clone, Debug, Default)]
 pub struct DirReport {
+    /// Rounds of `run_for` (one task run, or one jump to the next timer); past 300 000 the run
+    /// is recorded as a livelock.
     pub steps: u64,
+    /// Federation entries on the directory holding the most, at the last `check`.
     pub entries: usize,
+    /// Most conflicts seen at once, on one directory or in the reference model, whenever sampled.
     pub conflicts_seen: usize,
+    /// Directory crashes (`DirSim::crash`).
     pub crashes: usize,
+    /// Metadata writes that failed and were reported failed to their directory.
     pub storage_failures: usize,
+    /// Every broken invariant, one line each naming the directory; empty in a passing run.
     pub violations: Vec<String>,
 }
 
@@ -62,6 +69,8 @@ struct Node {
     inc: u64,
 }
 
+/// Linked directories, their relays and the pool of work in flight between them, in virtual
+/// time. Tasks run one at a time in an order drawn from the seed.
 pub struct DirSim {
     rng: SeededRng,
     now: Instant,
@@ -74,6 +83,7 @@ pub struct DirSim {
     relays: Vec<(NodeId, Vec<String>)>,
     storage_failure: f64,
     next_heartbeat: Instant,
+    /// What the run has seen so far; `check` adds its violations here.
     pub report: DirReport,
 }
 
@@ -451,6 +461,8 @@ impl DirSim {
         }
     }
 
+    /// Crashes directory `n`: the work it had in flight is lost, its durable records and blobs
+    /// stay. `restart` brings it back.
     pub fn crash(&mut self, n: usize) {
         self.nodes[n].up = false;
         self.nodes[n].inc += 1;
@@ -516,6 +528,10 @@ impl DirSim {
         from_entries(all)
     }
 
+    /// Compares every directory with the reference model (state, catalog configs, what each
+    /// serves, conflicts, tag filters, expunged blobs) and records each difference in
+    /// `report.violations`. Meaningful only once no link is cut, every directory is up and the
+    /// run has gone quiet (`heal`).
     pub fn check(&mut self) {
         let reference = self.reference();
         self.report.conflicts_seen = self.report.conflicts_seen.max(reference.conflicts.len());

@@ -29,27 +29,46 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(1);
 const TAGS: [&str; 3] = ["beta", "prod", "lts"];
 const PATHS: [&str; 4] = ["pkg/a.tar", "pkg/b.tar", "index.txt", "doc/readme"];
 
+/// How the nodes of a scenario are linked (by index).
 #[derive(Clone, Copy, Debug, Eq, PartialEq)]
 pub enum Topology {
+    /// Every pair of nodes.
     FullMesh,
+    /// Node `i` with node `i + 1` only.
     Chain,
+    /// A chain whose two ends are linked as well.
     Ring,
+    /// A random tree spanning every node, plus a few random extra links.
     Random,
 }
 
+/// What one run does: how many nodes and how they are linked, how bad the network is, and how
+/// much work and trouble is injected.
 #[derive(Clone, Debug)]
 pub struct FedScenario {
+    /// Federated directories in the run (`random` draws 3 to 5).
     pub nodes: usize,
+    /// How they are linked; the links of `filtered` are added to these.
     pub topology: Topology,
     /// Links (by node index) with a filter: (a, b, catalogs, tags).
     pub filtered: Vec<(usize, usize, Vec<&'static str>, Vec<&'static str>)>,
+    /// Probability that any one message (notify, pull request or answer, blob request) is lost.
     pub loss: f64,
+    /// Longest one-way delay; each message's is drawn from 1 ms up to this, in whole milliseconds.
     pub max_delay: Duration,
     /// Probability a blob source serves wrong bytes.
     pub corrupt: f64,
+    /// Random publishes, tag changes and expunges on random nodes, in the first three quarters
+    /// of `work`.
     pub actions: usize,
+    /// Partitions, each cutting a random set of nodes off from the others for 2 to 17 s, starting
+    /// in the first half of `work`.
     pub partitions: usize,
+    /// Crashes of a random node, each down for 0.5 to 10.5 s and back by the end of `work`; the
+    /// node restarts from its persisted records.
     pub crashes: usize,
+    /// Batches with forged entries handed to a random node as if from one of its peers; each must
+    /// be refused whole.
     pub forgeries: usize,
     /// Workload ends (and every partition heals, every crashed node is back) by this time.
     pub work: Duration,
@@ -85,14 +104,25 @@ impl FedScenario {
 /// What one run measured.
 #[derive(Clone, Debug, Default)]
 pub struct FedReport {
+    /// Instants the run jumped to, each processing everything due then; capped at `MAX_FED_STEPS`.
     pub steps: u64,
+    /// Messages sent, lost ones included: notifies, pull requests and answers, and one blob
+    /// request per source tried.
     pub messages: u64,
+    /// Entries the honest nodes signed (set by `FedSim::check_final`).
     pub entries: usize,
+    /// Links between nodes, filtered ones included.
     pub links: usize,
+    /// Disagreements `FedSim::check_final` found: entries a link never delivered, peers linked
+    /// without filters whose states differ, nodes short of the union of honest entries.
     pub divergences: usize,
+    /// Every broken invariant, one line each; empty in a passing run.
     pub violations: Vec<String>,
+    /// Forged batches a node refused, as it must.
     pub forged_refused: usize,
+    /// Blob downloads discarded because the bytes failed verification (a lying source).
     pub blob_refusals: u64,
+    /// Most conflicts any node's state held at the end (set by `FedSim::check_final`).
     pub conflicts_seen: usize,
 }
 
@@ -141,7 +171,10 @@ enum Ev {
     Forge,
 }
 
+/// Federated directories, the network between them and a scheduled workload, in virtual time:
+/// `run` plays the scenario out to quiescence, then `check_final` judges the outcome.
 pub struct FedSim {
+    /// Virtual time; starts at `Instant::ZERO` and moves only in `run` and `run_until`.
     pub now: Instant,
     nodes: Vec<SimNode>,
     links: Vec<(usize, usize, Link)>,
@@ -154,11 +187,16 @@ pub struct FedSim {
     honest: BTreeMap<EntryId, SignedEntry>,
     forged: BTreeSet<EntryId>,
     forged_bodies: Vec<SignedEntry>,
+    /// What the run has measured so far; `check_final` completes it.
     pub report: FedReport,
     config: FederationConfig,
 }
 
 impl FedSim {
+    /// Builds the nodes and links of `scenario` (every random choice follows `seed`), has node 0
+    /// create catalog `dist` and nodes 0 and the last create `idx` concurrently with different
+    /// settings, and schedules the scenario's actions, partitions, crashes and forgeries: nothing
+    /// scheduled happens until `run` or `run_until`.
     pub fn new(seed: u64, scenario: FedScenario) -> Self {
         let mut rng = SeededRng::new(Seed(seed));
         let config = FederationConfig {
@@ -828,6 +866,7 @@ impl FedSim {
         self.nodes[n].fed.state().view()
     }
 
+    /// Federated nodes in the run (`FedScenario::nodes`).
     pub fn node_count(&self) -> usize {
         self.nodes.len()
     }

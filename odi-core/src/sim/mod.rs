@@ -24,13 +24,19 @@ use crate::time::{Instant, UnixTime};
 
 /// Steps a run may take before it is declared a livelock.
 pub const MAX_STEPS: usize = 1_000_000;
+/// The enroll and admin token of every simulated directory, and the one every relay presents.
 pub const ENROLL_TOKEN: &str = "sim-enroll-token";
 
+/// What the simulated network does to messages between relays and directories, and to the
+/// directories' probes and audits of relays.
 #[derive(Clone, Copy, Debug)]
 pub struct Faults {
     /// Probability that any one message (request or reply) is lost.
     pub loss: f64,
+    /// Shortest time a message is in flight.
     pub min_delay: Duration,
+    /// Longest time a message is in flight; each delay is drawn uniformly, in whole milliseconds,
+    /// from `min_delay..=max_delay`.
     pub max_delay: Duration,
 }
 
@@ -44,6 +50,7 @@ impl Default for Faults {
 /// directory (which holds the directory's key, or a copy of its data).
 #[derive(Clone, Debug, Default)]
 pub enum Answers {
+    /// Answers leave as the directory made them.
     #[default]
     Honest,
     /// Acks carry no heads: renewals are withheld.
@@ -74,9 +81,14 @@ enum Delivery {
     StorageDone { upstream: Upstream, id: directory::RequestId, records: Vec<Record>, ok: bool },
 }
 
+/// One simulated relay: its machine, and the disk and faults the simulation keeps for it.
 pub struct SimRelay {
+    /// The relay's state machine; replaced by a fresh one, built from `store`, by `Sim::revive`.
     pub machine: Relay,
+    /// What the relay restarts with: its config, with the trust it last saved (`SaveTrust`).
     pub config: RelayConfig,
+    /// False between `Sim::kill` and `Sim::revive`: a crashed relay sends, receives and fetches
+    /// nothing, and its timers do not fire.
     pub up: bool,
     /// Verified blobs on the relay's disk, with sizes.
     pub store: BTreeMap<Digest, u64>,
@@ -96,19 +108,25 @@ pub struct SimRelay {
     incarnation: u64,
 }
 
+/// The simulated world: directories, relays, the network between them, and virtual time.
 pub struct Sim {
+    /// Virtual time; starts at `Instant::ZERO` and moves only in `step` and `run_for`.
     pub now: Instant,
+    /// The first directory (upstream 0), the one most tests talk to.
     pub dir: Directory,
     dir_config: DirectoryConfig,
     /// Directories added with `add_directory`, upstreams 1, 2, ... of a relay that enrolls with
     /// all of them (`add_relay_with`); independent of `dir` and of each other.
     pub more: Vec<Directory>,
+    /// Every relay added, up or crashed, by id.
     pub relays: BTreeMap<NodeId, SimRelay>,
     /// Every record the directory made durable, in order.
     pub durable: Vec<Record>,
     /// The bytes of every artifact published.
     pub contents: BTreeMap<Digest, Vec<u8>>,
+    /// Loss and delay on the simulated network; `Faults::default` loses nothing.
     pub faults: Faults,
+    /// How long a relay's download of one blob takes (300 ms unless a test changes it).
     pub fetch_time: Duration,
     /// Check invariants every this many steps (1: every step).
     pub invariant_stride: usize,
@@ -124,7 +142,9 @@ pub struct Sim {
     queue: BinaryHeap<Reverse<(Instant, u64)>>,
     pending: BTreeMap<u64, Delivery>,
     next_seq: u64,
+    /// Every event the first directory emitted, in order.
     pub dir_events: Vec<directory::Event>,
+    /// Every event a relay emitted, in order, with the relay's id.
     pub relay_events: Vec<(NodeId, relay::Event)>,
     /// How the first directory's answers are tampered with (an adversarial directory).
     pub answers: Answers,
@@ -133,6 +153,7 @@ pub struct Sim {
 }
 
 impl Sim {
+    /// A simulation with one directory and no relays, whose every random choice follows `seed`.
     pub fn new(seed: u64) -> Self {
         Self::with_config(seed, |_| {})
     }
@@ -178,6 +199,7 @@ impl Sim {
         sim
     }
 
+    /// Wall-clock time at `now`: a fixed epoch plus the whole seconds of virtual time elapsed.
     pub fn wall(&self) -> UnixTime {
         UnixTime(1_800_000_000 + self.now.as_millis() / 1000)
     }
@@ -225,6 +247,7 @@ impl Sim {
         upstream
     }
 
+    /// Creates an immutable catalog on the first directory; panics if the directory refuses it.
     pub fn create_catalog(&mut self, name: &str, replicas: u32) -> CatalogName {
         self.create_catalog_with(name, replicas, false)
     }
@@ -243,6 +266,8 @@ impl Sim {
         name
     }
 
+    /// Publishes `data` at `path` on the first directory and returns its digest; panics if the
+    /// directory refuses it. Publishing the same bytes again at the same path writes nothing.
     pub fn publish(&mut self, catalog: &CatalogName, path: &str, data: &[u8]) -> Digest {
         self.publish_on(0, catalog, path, data)
     }
@@ -354,6 +379,7 @@ impl Sim {
         self.drain();
     }
 
+    /// Where the first directory sends a client asking for `catalog`/`path` now.
     pub fn redirect(&mut self, catalog: &str, path: &str) -> Result<Redirect, directory::LookupError> {
         self.dir.redirect(catalog, &ArtifactPath::new(path).expect("valid path"), self.now)
     }
@@ -673,6 +699,7 @@ impl Sim {
         }
     }
 
+    /// The replica count a catalog gets when its creator names none (`DEFAULT_REPLICAS`).
     pub fn default_replicas() -> u32 {
         DEFAULT_REPLICAS
     }
@@ -682,6 +709,7 @@ impl Sim {
         (0..len).map(|i| (i as u8).wrapping_mul(31).wrapping_add(tag)).collect()
     }
 
+    /// Relays whose disk holds `digest`, crashed ones included.
     pub fn holders_of(&self, digest: &Digest) -> BTreeSet<NodeId> {
         self.relays.iter().filter(|(_, r)| r.store.contains_key(digest)).map(|(id, _)| *id).collect()
     }
