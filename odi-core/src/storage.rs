@@ -276,13 +276,55 @@ pub enum TokenRole {
     Link,
 }
 
+/// A position in a metadata store's change feed (see [`MetaStore::changes`]): every change
+/// applied up to it is reflected in what was read at it. 0 is before any change.
+#[derive(Clone, Copy, Debug, Default, Eq, Hash, Ord, PartialEq, PartialOrd)]
+pub struct Cursor(pub u64);
+
+/// What other handles on a shared metadata store applied since a [`Cursor`].
+#[derive(Clone, Debug, Eq, PartialEq)]
+pub enum Changes {
+    /// The records they applied after the cursor, in the order applied, and the cursor after
+    /// them (past this handle's own changes too, which are not repeated).
+    Records {
+        /// The records, batch after batch, each batch in its own order.
+        records: Vec<Record>,
+        /// Where the next call starts.
+        cursor: Cursor,
+    },
+    /// The feed no longer reaches back to the cursor (it was pruned): read everything again
+    /// with [`MetaStore::load_at`].
+    Reload,
+}
+
 /// Durable directory metadata: an ordered set of records, applied atomically.
+///
+/// A store may be shared by several processes of one directory (PostgreSQL): each one's
+/// `apply` is then serialized with the others', and [`MetaStore::changes`] tells every handle
+/// what the others applied. A store one process owns (SQLite) keeps the defaults: no changes
+/// but its own.
 #[async_trait]
 pub trait MetaStore: fmt::Debug + Send + Sync + 'static {
     /// Every record, in an order that replays correctly (tokens, catalogs, logs by sequence, relays).
     async fn load(&self) -> Result<Vec<Record>>;
     /// Applies `records` in one durable transaction: all or none.
     async fn apply(&self, records: &[Record]) -> Result<()>;
+    /// Every record, as `load`, and the cursor of the change feed at the same moment: the
+    /// changes after it are exactly those `load` did not see.
+    async fn load_at(&self) -> Result<(Vec<Record>, Cursor)> {
+        Ok((self.load().await?, Cursor(0)))
+    }
+    /// What other handles applied after `after`, oldest first. By default nothing: the store
+    /// has no other writer.
+    async fn changes(&self, after: Cursor) -> Result<Changes> {
+        Ok(Changes::Records { records: Vec::new(), cursor: after })
+    }
+    /// Returns when another handle may have applied something since this handle's last call to
+    /// `changes` (a hint: callers still poll `changes` now and then, in case a wake-up is
+    /// lost). By default never.
+    async fn wait_for_changes(&self) {
+        std::future::pending::<()>().await
+    }
 }
 
 #[async_trait]
@@ -292,6 +334,15 @@ impl<T: MetaStore + ?Sized> MetaStore for Arc<T> {
     }
     async fn apply(&self, records: &[Record]) -> Result<()> {
         (**self).apply(records).await
+    }
+    async fn load_at(&self) -> Result<(Vec<Record>, Cursor)> {
+        (**self).load_at().await
+    }
+    async fn changes(&self, after: Cursor) -> Result<Changes> {
+        (**self).changes(after).await
+    }
+    async fn wait_for_changes(&self) {
+        (**self).wait_for_changes().await
     }
 }
 

@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 
 use async_trait::async_trait;
-use odi_core::storage::{MetaStore, Record, Result, StorageError};
+use odi_core::storage::{Changes, Cursor, MetaStore, Record, Result, StorageError};
 
 /// Turns a [`FaultyMeta`]'s failures on and off from outside, while the store is in use.
 #[derive(Clone, Debug, Default)]
@@ -53,5 +53,17 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
             return Err(StorageError::backend("faulty metadata store", "write refused on purpose (fault injection)"));
         }
         self.inner.apply(records).await
+    }
+
+    async fn load_at(&self) -> Result<(Vec<Record>, Cursor)> {
+        self.inner.load_at().await
+    }
+
+    async fn changes(&self, after: Cursor) -> Result<Changes> {
+        self.inner.changes(after).await
+    }
+
+    async fn wait_for_changes(&self) {
+        self.inner.wait_for_changes().await
     }
 }

@@ -10,7 +10,7 @@ use odi_core::digest::Digest;
 use odi_core::federation::{Entry, FedRecord, Link, Op, Signature, SignedEntry};
 use odi_core::message::{Capacity, NodeId, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
-use odi_core::storage::{EnrollTokenRecord, MetaStore, Record, RelayRecord, StorageError, TokenRole};
+use odi_core::storage::{Changes, EnrollTokenRecord, MetaStore, Record, RelayRecord, StorageError, TokenRole};
 use odi_core::time::UnixTime;
 
 fn catalog(name: &str) -> CatalogName {
@@ -207,6 +207,22 @@ pub async fn concurrent_batches_all_land(meta: &dyn MetaStore) {
     assert_eq!(meta.load().await.unwrap(), want);
 }
 
+/// `load_at` reads what `load` reads, and a handle's change feed never repeats its own
+/// writes to it: after its own applies, `changes` has no records (the cursor may move past them).
+pub async fn a_handle_is_not_told_its_own_changes(meta: &dyn MetaStore) {
+    let (loaded, at) = meta.load_at().await.unwrap();
+    assert!(loaded.is_empty());
+    meta.apply(&[catalog_record("alpha"), log("alpha", 1)]).await.unwrap();
+    meta.apply(&[relay(1, &["alpha"])]).await.unwrap();
+    let Changes::Records { records, cursor } = meta.changes(at).await.unwrap() else { panic!("a fresh feed asks for no reload") };
+    assert!(records.is_empty(), "{records:?}");
+    assert!(cursor >= at);
+    let (loaded, end) = meta.load_at().await.unwrap();
+    assert_eq!(loaded, meta.load().await.unwrap());
+    assert!(end >= cursor);
+    assert_eq!(meta.changes(end).await.unwrap(), Changes::Records { records: Vec::new(), cursor: end });
+}
+
 /// Mounts every metadata-store check as a `#[tokio::test]` in a module named `$name`;
 /// `$make` yields a fresh, empty store and a guard kept alive until the test ends.
 #[macro_export]
@@ -219,6 +235,7 @@ macro_rules! meta_conformance_tests {
             a_duplicate_catalog_is_rejected,
             federation_records_load_as_they_replay,
             concurrent_batches_all_land,
+            a_handle_is_not_told_its_own_changes,
         );
     };
     (@mount $name:ident, $make:expr; $($check:ident,)*) => {

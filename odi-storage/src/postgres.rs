@@ -10,11 +10,22 @@
 //! odi_fed_links(peer TEXT PRIMARY KEY, record TEXT)
 //! odi_fed_cursors(peer TEXT PRIMARY KEY, seq BIGINT)
 //! odi_fed_log(pos BIGSERIAL PRIMARY KEY, record TEXT)
+//! odi_changes(pos BIGSERIAL PRIMARY KEY, writer TEXT, record TEXT)   the change feed
+//! odi_changes_pruned(upto BIGINT)                                    feed rows removed up to here
 //! odi_schema(version INTEGER)
 //! ```
 //!
 //! Keys are compared byte by byte (`COLLATE "C"`), so records load in the order SQLite gives.
 //! The tables carry an `odi_` prefix so that a database shared with other software stays legible.
+//!
+//! Several processes of one directory may share the database. Every `apply` takes one
+//! transaction-scoped advisory lock, so writes are serialized across them and commit in the
+//! order of their feed positions; each also appends its records to `odi_changes` (with the
+//! handle that wrote them) and notifies channel `odi_changes`. A reader of the feed therefore
+//! never sees position N+1 committed before N, and `changes(after)` returns exactly what other
+//! handles applied since `after`. Each handle keeps one extra connection that `LISTEN`s, for
+//! `wait_for_changes`. The feed keeps the last [`FEED_KEPT`] changes; a handle further behind
+//! is told to `Reload`.
 
 use std::fmt;
 use std::str::FromStr as _;
@@ -25,14 +36,25 @@ use odi_core::catalog::{CatalogConfig, LogEntry};
 use odi_core::digest::Digest;
 use odi_core::federation::FedRecord;
 use odi_core::message::NodeId;
-use odi_core::storage::{MetaStore, Record, RelayRecord, Result, StorageError, TokenRole};
+use odi_core::storage::{Changes, Cursor, MetaStore, Record, RelayRecord, Result, StorageError, TokenRole};
 use tokio_postgres::error::SqlState;
 use tokio_postgres::{NoTls, Transaction};
 
 /// The store name used in errors.
 const STORE: &str = "postgres";
-/// The schema this code reads and writes, kept in `odi_schema`.
-const SCHEMA_VERSION: i32 = 1;
+/// The schema this code reads and writes, kept in `odi_schema`. Version 1 had no change feed;
+/// opening it adds the feed (empty: nothing before it was ever in one).
+const SCHEMA_VERSION: i32 = 2;
+/// Changes the feed keeps; older ones are pruned (a handle that far behind reloads).
+pub const FEED_KEPT: i64 = 100_000;
+/// Prune the feed on one apply in this many.
+const PRUNE_EVERY: u64 = 1_000;
+/// The advisory lock every `apply` holds until it commits.
+const WRITE_LOCK: i64 = 7_001_002;
+/// The channel notified on every `apply`.
+const CHANNEL: &str = "odi_changes";
+/// Feed rows read per `changes` call at most.
+const FEED_PAGE: i64 = 10_000;
 /// Connections kept open to the server.
 const POOL_SIZE: usize = 8;
 
@@ -51,6 +73,8 @@ const SCHEMA: &str = r#"
     CREATE TABLE IF NOT EXISTS odi_fed_links (peer TEXT COLLATE "C" PRIMARY KEY, record TEXT NOT NULL);
     CREATE TABLE IF NOT EXISTS odi_fed_cursors (peer TEXT COLLATE "C" PRIMARY KEY, seq BIGINT NOT NULL);
     CREATE TABLE IF NOT EXISTS odi_fed_log (pos BIGSERIAL PRIMARY KEY, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS odi_changes (pos BIGSERIAL PRIMARY KEY, writer TEXT NOT NULL, record TEXT NOT NULL);
+    CREATE TABLE IF NOT EXISTS odi_changes_pruned (upto BIGINT NOT NULL);
 "#;
 
 /// Directory metadata in a PostgreSQL database.
@@ -59,6 +83,14 @@ pub struct PostgresMeta {
     /// The URL with any password removed, for messages.
     shown: String,
     pool: Pool,
+    /// Names this handle's rows in the feed, so that `changes` skips them.
+    writer: String,
+    /// Applies by this handle, to prune the feed now and then.
+    applied: std::sync::Arc<std::sync::atomic::AtomicU64>,
+    /// Bumped by the listening connection on every notification.
+    wakeups: tokio::sync::watch::Receiver<u64>,
+    /// The `wakeups` value when `changes` last looked: `wait_for_changes` returns once it moved.
+    seen: std::sync::Arc<std::sync::atomic::AtomicU64>,
 }
 
 impl PostgresMeta {
@@ -68,12 +100,15 @@ impl PostgresMeta {
         let config = tokio_postgres::Config::from_str(url)
             .map_err(|e| StorageError::backend(STORE, format!("cannot read the PostgreSQL URL: {e}; expected postgres://user:password@host:port/database")))?;
         let shown = describe(&config);
+        let config_for_listen = config.clone();
         let manager = Manager::from_config(config, NoTls, ManagerConfig { recycling_method: RecyclingMethod::Fast });
         let pool = Pool::builder(manager)
             .max_size(POOL_SIZE)
             .build()
             .map_err(|e| StorageError::backend(STORE, format!("cannot set up connections to {shown}: {e}")))?;
-        let meta = Self { shown, pool };
+        let (wake, wakeups) = tokio::sync::watch::channel(0);
+        tokio::spawn(listen(config_for_listen, shown.clone(), wake));
+        let meta = Self { shown, pool, writer: writer_name(), applied: Default::default(), wakeups, seen: Default::default() };
         meta.migrate().await?;
         Ok(meta)
     }
@@ -97,6 +132,10 @@ impl PostgresMeta {
         match version {
             None => {
                 tx.execute("INSERT INTO odi_schema (version) VALUES ($1)", &[&SCHEMA_VERSION]).await.map_err(|e| self.fail("set the schema version", e))?;
+            }
+            Some(1) => {
+                tx.execute("UPDATE odi_schema SET version = $1", &[&SCHEMA_VERSION]).await.map_err(|e| self.fail("set the schema version", e))?;
+                tracing::info!(db = %self.shown, "schema upgraded to version {SCHEMA_VERSION}: a change feed for several directory processes");
             }
             Some(SCHEMA_VERSION) => {}
             Some(newer) => {
@@ -147,14 +186,147 @@ impl MetaStore for PostgresMeta {
         Ok(records)
     }
 
+    async fn load_at(&self) -> Result<(Vec<Record>, Cursor)> {
+        let mut client = self.client().await?;
+        // The feed's end and every table, read in one snapshot.
+        let tx = client
+            .build_transaction()
+            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
+            .read_only(true)
+            .start()
+            .await
+            .map_err(|e| self.fail("load", e))?;
+        let end: i64 = tx.query_one("SELECT COALESCE(MAX(pos), 0) FROM odi_changes", &[]).await.map_err(|e| self.fail("read the change feed", e))?.get(0);
+        let pruned: i64 =
+            tx.query_one("SELECT COALESCE(MAX(upto), 0) FROM odi_changes_pruned", &[]).await.map_err(|e| self.fail("read the change feed", e))?.get(0);
+        let records = load(&tx).await.map_err(|e| e.into_storage(&self.shown))?;
+        tx.commit().await.map_err(|e| self.fail("load", e))?;
+        Ok((records, Cursor(end.max(pruned).max(0) as u64)))
+    }
+
     async fn apply(&self, records: &[Record]) -> Result<()> {
         let mut client = self.client().await?;
         let tx = client.transaction().await.map_err(|e| self.fail("apply", e))?;
+        // Held until commit: writes of all processes are serialized, and commit in the order of
+        // their feed positions (a reader never sees N+1 before N).
+        tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| self.fail("apply", e))?;
         for record in records {
             apply_one(&tx, record).await.map_err(|e| e.into_storage(&self.shown))?;
+            tx.execute("INSERT INTO odi_changes (writer, record) VALUES ($1, $2)", &[&self.writer, &json(record).map_err(|e| e.into_storage(&self.shown))?])
+                .await
+                .map_err(|e| self.fail("append to the change feed", e))?;
+        }
+        tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await.map_err(|e| self.fail("apply", e))?;
+        if self.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
+            prune(&tx).await.map_err(|e| self.fail("prune the change feed", e))?;
         }
         // Dropping the transaction on an error above rolls it back: all or none.
         tx.commit().await.map_err(|e| self.fail("commit", e))
+    }
+
+    async fn changes(&self, after: Cursor) -> Result<Changes> {
+        // Before reading: a notification from now on wakes the next `wait_for_changes`.
+        self.seen.store(*self.wakeups.borrow(), std::sync::atomic::Ordering::SeqCst);
+        let client = self.client().await?;
+        let after_pos = i64::try_from(after.0).unwrap_or(i64::MAX);
+        let pruned: i64 =
+            client.query_one("SELECT COALESCE(MAX(upto), 0) FROM odi_changes_pruned", &[]).await.map_err(|e| self.fail("read the change feed", e))?.get(0);
+        if after_pos < pruned {
+            return Ok(Changes::Reload);
+        }
+        let rows = client
+            .query("SELECT pos, writer, record FROM odi_changes WHERE pos > $1 ORDER BY pos LIMIT $2", &[&after_pos, &FEED_PAGE])
+            .await
+            .map_err(|e| self.fail("read the change feed", e))?;
+        let mut cursor = after;
+        let mut records = Vec::new();
+        for row in rows {
+            let (pos, writer, record): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
+            cursor = Cursor(pos.max(0) as u64);
+            if writer != self.writer {
+                records.push(from_json("odi_changes", &pos.to_string(), &record).map_err(|e| e.into_storage(&self.shown))?);
+            }
+        }
+        Ok(Changes::Records { records, cursor })
+    }
+
+    async fn wait_for_changes(&self) {
+        let seen = self.seen.load(std::sync::atomic::Ordering::SeqCst);
+        let mut wakeups = self.wakeups.clone();
+        if wakeups.wait_for(|n| *n > seen).await.is_err() {
+            // The listener stopped (the runtime is shutting down): callers still poll.
+            std::future::pending::<()>().await;
+        }
+    }
+}
+
+/// Removes feed rows older than the last [`FEED_KEPT`], recording how far it went.
+async fn prune(tx: &Transaction<'_>) -> Result<(), tokio_postgres::Error> {
+    let end: i64 = tx.query_one("SELECT COALESCE(MAX(pos), 0) FROM odi_changes", &[]).await?.get(0);
+    let upto = end - FEED_KEPT;
+    if upto > 0 {
+        tx.execute("DELETE FROM odi_changes WHERE pos <= $1", &[&upto]).await?;
+        tx.execute("DELETE FROM odi_changes_pruned", &[]).await?;
+        tx.execute("INSERT INTO odi_changes_pruned (upto) VALUES ($1)", &[&upto]).await?;
+    }
+    Ok(())
+}
+
+/// A name for this handle's rows in the feed: unique among the handles on one database.
+fn writer_name() -> String {
+    static NEXT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+    format!("{}:{}:{nanos:x}:{}", host.trim(), std::process::id(), NEXT.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+}
+
+/// Keeps one connection `LISTEN`ing on [`CHANNEL`], bumping `wake` on every notification and
+/// once after each (re)connect (what was missed meanwhile is found by `changes`). Reconnects a
+/// second after losing the server; returns when every handle is gone.
+async fn listen(config: tokio_postgres::Config, shown: String, wake: tokio::sync::watch::Sender<u64>) {
+    use futures_util::StreamExt as _;
+    let mut warned = false;
+    while !wake.is_closed() {
+        match config.connect(NoTls).await {
+            Ok((client, mut connection)) => {
+                let mut messages = futures_util::stream::poll_fn(move |cx| connection.poll_message(cx));
+                let listening = async {
+                    client.batch_execute(&format!("LISTEN {CHANNEL}")).await?;
+                    Ok::<_, tokio_postgres::Error>(())
+                };
+                // The connection must be polled for LISTEN to complete.
+                let mut listening = std::pin::pin!(listening);
+                let ok = loop {
+                    tokio::select! {
+                        done = &mut listening => break done.is_ok(),
+                        message = messages.next() => if !matches!(message, Some(Ok(_))) { break false },
+                    }
+                };
+                if ok {
+                    warned = false;
+                    wake.send_modify(|n| *n += 1);
+                    loop {
+                        tokio::select! {
+                            message = messages.next() => match message {
+                                Some(Ok(tokio_postgres::AsyncMessage::Notification(_))) => wake.send_modify(|n| *n += 1),
+                                Some(Ok(_)) => {}
+                                Some(Err(_)) | None => break,
+                            },
+                            () = wake.closed() => return,
+                        }
+                    }
+                }
+            }
+            Err(e) if !warned => {
+                warned = true;
+                tracing::warn!(db = %shown, error = %explain(&e), "cannot listen for other processes' changes; polling until it can");
+            }
+            Err(_) => {}
+        }
+        tokio::select! {
+            () = tokio::time::sleep(std::time::Duration::from_secs(1)) => {}
+            () = wake.closed() => return,
+        }
     }
 }
 
@@ -451,11 +623,119 @@ mod tests {
     #[tokio::test]
     async fn records_survive_a_new_connection_and_a_second_open_migrates_nothing() {
         let Some((meta, server)) = scratch().await else { return };
-        meta.apply(&[crate::meta_conformance::catalog_record("alpha"), crate::meta_conformance::log("alpha", 1)]).await.unwrap();
+        meta.apply(&[catalog_record("alpha"), log("alpha", 1)]).await.unwrap();
         drop(meta);
         let again = PostgresMeta::connect(&server.url("directory")).await.unwrap();
-        assert_eq!(again.load().await.unwrap(), vec![crate::meta_conformance::catalog_record("alpha"), crate::meta_conformance::log("alpha", 1)]);
+        assert_eq!(again.load().await.unwrap(), vec![catalog_record("alpha"), log("alpha", 1)]);
         assert_eq!(again.to_string(), format!("postgres metadata at postgres://odi@127.0.0.1:{}/directory", server.port));
+    }
+
+    use crate::meta_conformance::{catalog_record, log, relay};
+
+    /// `changes` after `after`, which must not ask for a reload.
+    async fn changes(meta: &PostgresMeta, after: Cursor) -> (Vec<Record>, Cursor) {
+        match meta.changes(after).await.unwrap() {
+            Changes::Records { records, cursor } => (records, cursor),
+            Changes::Reload => panic!("the feed asked for a reload"),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn processes_sharing_a_database_see_each_others_changes_once_in_order() {
+        let Some(server) = PgServer::start() else { return };
+        let url = server.fresh_database("directory");
+        let (a, b) = (PostgresMeta::connect(&url).await.unwrap(), PostgresMeta::connect(&url).await.unwrap());
+        let (_, at_a) = a.load_at().await.unwrap();
+        let (_, at_b) = b.load_at().await.unwrap();
+        let (nothing, at_b) = changes(&b, at_b).await;
+        assert!(nothing.is_empty());
+
+        a.apply(&[catalog_record("alpha"), log("alpha", 1)]).await.unwrap();
+        tokio::time::timeout(std::time::Duration::from_secs(10), b.wait_for_changes()).await.expect("a NOTIFY wakes the other handle");
+        let (seen, at_b) = changes(&b, at_b).await;
+        assert_eq!(seen, vec![catalog_record("alpha"), log("alpha", 1)]);
+        let (own, at_a) = changes(&a, at_a).await;
+        assert!(own.is_empty(), "a handle is not told its own changes: {own:?}");
+
+        b.apply(&[log("alpha", 2), relay(3, &["alpha"])]).await.unwrap();
+        let (seen, _) = changes(&a, at_a).await;
+        assert_eq!(seen, vec![log("alpha", 2), relay(3, &["alpha"])]);
+        let (own, at_b) = changes(&b, at_b).await;
+        assert!(own.is_empty());
+
+        // A third process starting now loads everything and has nothing to catch up on.
+        let c = PostgresMeta::connect(&url).await.unwrap();
+        let (loaded, at_c) = c.load_at().await.unwrap();
+        assert_eq!(loaded, vec![catalog_record("alpha"), log("alpha", 1), log("alpha", 2), relay(3, &["alpha"])]);
+        assert_eq!(at_c, at_b);
+        assert!(changes(&c, at_c).await.0.is_empty());
+
+        // Two processes writing the same log entry: one wins, the other is refused whole.
+        let (one, two) = ([log("alpha", 3)], [log("alpha", 3), relay(5, &[])]);
+        let (x, y) = tokio::join!(a.apply(&one), b.apply(&two));
+        assert!(x.is_ok() != y.is_ok(), "exactly one writer of entry 3 wins: {x:?} {y:?}");
+        let (seen, _) = changes(&c, at_c).await;
+        assert_eq!(seen, vec![log("alpha", 3)], "the loser's batch is not in the feed");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_reader_following_concurrent_writers_misses_nothing() {
+        let Some(server) = PgServer::start() else { return };
+        let url = server.fresh_database("directory");
+        let writers = [PostgresMeta::connect(&url).await.unwrap(), PostgresMeta::connect(&url).await.unwrap()];
+        let reader = PostgresMeta::connect(&url).await.unwrap();
+        let (_, mut at) = reader.load_at().await.unwrap();
+        let write = |w: usize| {
+            let meta = writers[w].clone();
+            tokio::spawn(async move {
+                for i in 0..60u8 {
+                    meta.apply(&[relay(i * 2 + w as u8, &[])]).await.unwrap();
+                }
+            })
+        };
+        let tasks = [write(0), write(1)];
+        let mut seen = Vec::new();
+        loop {
+            // Read once more after both writers finished: that read sees everything.
+            let done = tasks.iter().all(|t| t.is_finished());
+            let (records, next) = changes(&reader, at).await;
+            seen.extend(records);
+            at = next;
+            if done {
+                break;
+            }
+        }
+        for task in tasks {
+            task.await.unwrap();
+        }
+        assert_eq!(seen.len(), 120, "each change once");
+        for w in 0..2u8 {
+            let mine: Vec<&Record> = seen.iter().filter(|r| matches!(r, Record::Relay(rr) if rr.id.0[0] % 2 == w)).collect();
+            let want: Vec<Record> = (0..60u8).map(|i| relay(i * 2 + w, &[])).collect();
+            assert_eq!(mine, want.iter().collect::<Vec<_>>(), "writer {w}'s changes in the order written");
+        }
+    }
+
+    #[tokio::test]
+    async fn a_handle_behind_the_pruned_feed_reloads_and_an_old_schema_gains_the_feed() {
+        let Some(server) = PgServer::start() else { return };
+        let url = server.fresh_database("directory");
+        let meta = PostgresMeta::connect(&url).await.unwrap();
+        meta.apply(&[catalog_record("alpha")]).await.unwrap();
+        // A version-1 database: no feed yet.
+        meta.client().await.unwrap().batch_execute("DROP TABLE odi_changes, odi_changes_pruned; UPDATE odi_schema SET version = 1").await.unwrap();
+        let upgraded = PostgresMeta::connect(&url).await.unwrap();
+        let (loaded, at) = upgraded.load_at().await.unwrap();
+        assert_eq!((loaded, at), (vec![catalog_record("alpha")], Cursor(0)));
+        let other = PostgresMeta::connect(&url).await.unwrap();
+        other.apply(&[log("alpha", 1)]).await.unwrap();
+        assert_eq!(changes(&upgraded, at).await.0, vec![log("alpha", 1)]);
+
+        upgraded.client().await.unwrap().batch_execute("INSERT INTO odi_changes_pruned (upto) VALUES (1000)").await.unwrap();
+        assert_eq!(upgraded.changes(at).await.unwrap(), Changes::Reload);
+        let (_, at) = upgraded.load_at().await.unwrap();
+        assert_eq!(at, Cursor(1000), "a reload starts past what was pruned");
+        assert!(changes(&upgraded, at).await.0.is_empty());
     }
 
     #[tokio::test]
