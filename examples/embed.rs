@@ -1,7 +1,8 @@
 //! Runs an ODI directory and a relay inside one process, the way an existing mirror daemon would
 //! embed them: stores chosen by the caller, listeners it bound itself, and a shutdown future it
-//! controls. It then publishes a file through the typed admin client and downloads it back,
-//! verified, with `odi_client::get`.
+//! controls. The relay serves the daemon's own tree: what the tree holds with the right bytes is
+//! hard-linked into the relay's store, not downloaded. It then publishes a file through the typed
+//! admin client and downloads it back, verified, with `odi_client::get`.
 //!
 //! ```text
 //! cargo run -p odi-net --example embed [FILE]
@@ -20,7 +21,7 @@ use odi_core::api::CreateCatalog;
 use odi_net::directory::{DirectoryOptions, DirectoryServer};
 use odi_net::http::empty;
 use odi_net::http::full;
-use odi_net::relay::{DEFAULT_SCRUB_RATE, RelayOptions, RelayServer};
+use odi_net::relay::{DEFAULT_SCRUB_RATE, LocalTree, RelayOptions, RelayServer};
 use odi_net::{HttpClient, Listener};
 use odi_storage::{LocalStore, SqliteMeta};
 use tokio::net::TcpListener;
@@ -51,29 +52,41 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     options.allow_private_relays = true;
     // Clients may go to a relay as soon as it has passed its self-test.
     options.probation = Duration::ZERO;
-    let blobs = Arc::new(LocalStore::open(work.path().join("mirror-tree"))?);
+    let blobs = Arc::new(LocalStore::open(work.path().join("directory-blobs"))?);
     let meta = Arc::new(SqliteMeta::open(work.path().join("records.sqlite3"))?);
     let directory = DirectoryServer::with_stores(options, blobs, meta).await?;
     let admin_token = std::fs::read_to_string(directory.admin_token_path.as_ref().ok_or("no admin token file")?)?;
     let enroll_token = std::fs::read_to_string(directory.enroll_token_path.as_ref().ok_or("no enroll token file")?)?;
     let directory_task = tokio::spawn(directory.run(Listener::plain(tcp), signal()));
 
-    // A relay enrolled with it, serving on its own port.
+    // The daemon's own tree, laid out by artifact path, already holding the release.
+    let tree = work.path().join("mirror");
+    std::fs::create_dir_all(tree.join("release"))?;
+    std::fs::write(tree.join("release/demo.bin"), &bytes)?;
+
+    // A relay enrolled with it, serving on its own port, over a store the daemon opened (on the
+    // tree's filesystem, so that what it takes from the tree is linked, not copied) and looking
+    // in the tree before downloading anything of catalog `demo`.
     let tcp = TcpListener::bind("127.0.0.1:0").await?;
     let relay_url = format!("http://{}", tcp.local_addr()?);
-    let relay = RelayServer::open(RelayOptions {
-        data_dir: work.path().join("relay"),
-        directories: vec![directory_url.clone()],
-        public_url: relay_url.clone(),
-        disk_budget: 1 << 30,
-        bandwidth: 0,
-        catalogs: Vec::new(),
-        tags: Vec::new(),
-        enroll_token: enroll_token.trim().to_owned(),
-        max_fetches: 4,
-        scrub_rate: DEFAULT_SCRUB_RATE,
-        directory_keys: Vec::new(),
-    })
+    let relay_store = LocalStore::open(work.path().join("relay-store"))?.with_cache_bytes(16 << 20);
+    let relay = RelayServer::with_store(
+        RelayOptions {
+            data_dir: work.path().join("relay"),
+            directories: vec![directory_url.clone()],
+            public_url: relay_url.clone(),
+            disk_budget: 1 << 30,
+            bandwidth: 0,
+            catalogs: Vec::new(),
+            tags: Vec::new(),
+            enroll_token: enroll_token.trim().to_owned(),
+            max_fetches: 4,
+            scrub_rate: DEFAULT_SCRUB_RATE,
+            directory_keys: Vec::new(),
+            local_trees: vec![LocalTree { catalog: "demo".into(), dir: tree.clone() }],
+        },
+        relay_store,
+    )
     .await?;
     let relay_task = tokio::spawn(relay.run(Listener::plain(tcp), signal()));
     println!("directory {directory_url}, relay {relay_url}");
@@ -102,6 +115,16 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         tokio::time::sleep(Duration::from_millis(100)).await;
     };
     println!("{url} redirects to {location}");
+    // The relay's copy is the tree's file itself (one inode): no second copy on disk.
+    let hex = published.digest.to_hex();
+    let copy = work.path().join("relay-store/blobs/sha256").join(&hex[..2]).join(&hex);
+    {
+        use std::os::unix::fs::MetadataExt as _;
+        if std::fs::metadata(&copy)?.ino() != std::fs::metadata(tree.join("release/demo.bin"))?.ino() {
+            return Err("the relay downloaded the artifact instead of taking the tree's file".into());
+        }
+    }
+    println!("the relay serves {} from the daemon's tree (hard-linked into its store)", tree.join("release/demo.bin").display());
     let dest = work.path().join("downloaded.bin");
     let report = get(&url, &dest, &GetOptions::default()).await?;
     if std::fs::read(&dest)? != bytes {

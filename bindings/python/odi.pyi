@@ -2,7 +2,7 @@
 
 from os import PathLike
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Mapping, Optional, Sequence
 
 __version__: str
 DEFAULT_CHUNK_SIZE: int
@@ -107,6 +107,7 @@ class Relay:
         catalogs: Optional[Sequence[str]] = None,
         bandwidth: int = 0,
         scrub_rate: int = ...,
+        local_trees: Optional[Mapping[str, str | PathLike[str]]] = None,
     ) -> None: ...
     @property
     def address(self) -> str: ...

@@ -337,8 +337,11 @@ struct Relay {
 impl Relay {
     /// Opens the relay in `data_dir`, enrolls it with `directory` and serves on `listen`
     /// (`127.0.0.1:0` picks a free port; `public_url` is then `http://` that address).
+    /// `local_trees` maps a catalog to a tree already holding its artifacts under their paths
+    /// (the embedding mirror's own): what it holds with the right bytes is linked in, not
+    /// downloaded.
     #[new]
-    #[pyo3(signature = (data_dir, directory, enroll_token, listen = "127.0.0.1:0", public_url = None, disk_budget = 1 << 30, catalogs = None, bandwidth = 0, scrub_rate = odi_net::relay::DEFAULT_SCRUB_RATE))]
+    #[pyo3(signature = (data_dir, directory, enroll_token, listen = "127.0.0.1:0", public_url = None, disk_budget = 1 << 30, catalogs = None, bandwidth = 0, scrub_rate = odi_net::relay::DEFAULT_SCRUB_RATE, local_trees = None))]
     #[allow(clippy::too_many_arguments)]
     fn new(
         py: Python<'_>,
@@ -351,6 +354,7 @@ impl Relay {
         catalogs: Option<Vec<String>>,
         bandwidth: u64,
         scrub_rate: u64,
+        local_trees: Option<std::collections::BTreeMap<String, PathBuf>>,
     ) -> PyResult<Self> {
         let listen: SocketAddr = listen.parse().map_err(|e| InvalidError::new_err(format!("listen address {listen:?}: {e}")))?;
         py.detach(|| {
@@ -370,6 +374,7 @@ impl Relay {
                     max_fetches: 4,
                     scrub_rate,
                     directory_keys: Vec::new(),
+                    local_trees: local_trees.unwrap_or_default().into_iter().map(|(catalog, dir)| odi_net::relay::LocalTree { catalog, dir }).collect(),
                 };
                 let server = odi_net::relay::RelayServer::open(options).await.map_err(|e| {
                     let message = format!("cannot open the relay in {}: {e}", data_dir.display());

@@ -269,6 +269,24 @@ def test_manifest_of_a_file_verifies_it_and_names_a_bad_chunk(tmp_path):
         odi.Manifest.from_json('{"total_len": 5, "chunk_size": 65536, "digest": "x", "chunks": []}')
 
 
+def test_an_embedded_relay_serves_the_mirror_tree_it_runs_beside(net, tmp_path):
+    tree = tmp_path / "mirror"
+    (tree / "pool").mkdir(parents=True)
+    payload = noise(3 * MIB + 5, 7)
+    (tree / "pool" / "a.deb").write_bytes(payload)
+    cli("catalog", "create", "m", "--directory", net.directory, "--replicas", "8")
+    published = odi.Client(net.directory, ADMIN).publish("m", "pool/a.deb", tree / "pool" / "a.deb")
+    data = tmp_path / "beside"
+    with odi.Relay(data, net.directory, ENROLL, catalogs=["m"], scrub_rate=0, local_trees={"m": tree}) as relay:
+        held = blob_path(data, published["sha256"])
+        wait_for(30, "the relay to hold the artifact", held.is_file)
+        assert held.stat().st_ino == (tree / "pool" / "a.deb").stat().st_ino, "linked from the tree, not downloaded"
+        with urllib.request.urlopen(f"{relay.public_url}/r/m/pool/a.deb", timeout=10) as r:
+            assert r.read() == payload
+    with pytest.raises(odi.InvalidError, match="not a directory"):
+        odi.Relay(tmp_path / "bad-tree", net.directory, ENROLL, local_trees={"m": tmp_path / "absent"})
+
+
 def test_an_embedded_relay_stops_and_frees_its_port_and_data_dir(net, tmp_path):
     data = tmp_path / "r"
     relay = odi.Relay(data, net.directory, ENROLL, scrub_rate=0)
