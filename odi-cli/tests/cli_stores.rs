@@ -6,37 +6,14 @@
 mod common;
 
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
 
 use common::*;
+use odi_storage::object::testing::Moto;
 use odi_storage::postgres::testing::PgServer;
 
 const ADMIN: &str = "5a1b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9";
 const ENROLL: &str = "6b2c3d4e5f60718293a4b5c6d7e8f90a1b2c3d4e5f60718293a4b5c6d7e8f9a0";
 const BUCKET: &str = "odi-blobs";
-
-/// `moto_server` on a free port with an empty bucket, or `None` (saying why) when moto is not
-/// installed; under `CI` that fails instead.
-fn moto() -> Option<(Proc, String)> {
-    let port = free_port();
-    let child = match Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-        Ok(child) => Proc(child),
-        Err(e) => {
-            let why = format!("cannot run moto_server ({e}); python3 -m pip install 'moto[server]' (scripts/test does it)");
-            assert!(std::env::var_os("CI").is_none(), "{why}");
-            eprintln!("skipped: {why}");
-            return None;
-        }
-    };
-    let endpoint = format!("http://127.0.0.1:{port}");
-    let deadline = Instant::now() + Duration::from_secs(30);
-    // Creating the bucket (moto takes an unsigned PUT) is also the readiness probe.
-    while !run("curl", &["-sf", "-X", "PUT", &format!("{endpoint}/{BUCKET}")]).status.success() {
-        assert!(Instant::now() < deadline, "moto_server did not answer on {endpoint} within 30 s");
-        std::thread::sleep(Duration::from_millis(100));
-    }
-    Some((child, endpoint))
-}
 
 fn directory(args: &[&str]) -> Command {
     let mut cmd = Command::new(ODI);
@@ -56,7 +33,8 @@ fn directory(args: &[&str]) -> Command {
 #[test]
 fn a_directory_keeps_its_records_in_postgresql_and_its_blobs_in_s3() {
     let Some(pg) = PgServer::start() else { return };
-    let Some((_moto, endpoint)) = moto() else { return };
+    let Some(moto) = Moto::start(BUCKET) else { return };
+    let endpoint = &moto.endpoint;
     let db = pg.fresh_database("odi");
     let tmp = tempfile::tempdir().unwrap();
     let data = tmp.path().join("dir");

@@ -296,18 +296,18 @@ mod tests {
     }
 }
 
-/// The blob conformance suite against S3 as `moto_server` serves it, started by the test on a
-/// free loopback port (PyPI `moto[server]`).
-#[cfg(all(test, feature = "s3"))]
-mod s3_tests {
+/// A throwaway S3 server for tests: PyPI `moto[server]`'s `moto_server` on a free loopback
+/// port, with one empty bucket, killed when dropped.
+#[cfg(any(test, feature = "conformance"))]
+pub mod testing {
     use std::process::{Child, Command, Stdio};
     use std::time::{Duration, Instant};
 
-    use super::*;
-
-    pub(super) struct Moto {
+    /// A running `moto_server`.
+    pub struct Moto {
         child: Child,
-        pub(super) endpoint: String,
+        /// Its URL, `http://127.0.0.1:{port}`: the S3 endpoint to give a client.
+        pub endpoint: String,
     }
 
     impl Drop for Moto {
@@ -317,34 +317,47 @@ mod s3_tests {
         }
     }
 
-    /// Starts moto with one empty bucket, or `None` (saying why) when it is not installed;
-    /// under `CI` a missing moto fails instead.
-    pub(super) fn moto(bucket: &str) -> Option<Moto> {
-        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
-        let child = match Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn() {
-            Ok(child) => child,
-            Err(e) => {
-                let why = format!("cannot run moto_server ({e}); python3 -m pip install 'moto[server]'");
-                assert!(std::env::var_os("CI").is_none(), "{why}");
-                eprintln!("skipped: {why}");
-                return None;
+    impl Moto {
+        /// Starts moto with the empty bucket `bucket`, or returns `None` (after saying why) when
+        /// it is not installed; under `CI` a missing moto fails instead. moto takes any
+        /// credentials, but S3 clients need some: `AWS_ACCESS_KEY_ID=testing`,
+        /// `AWS_SECRET_ACCESS_KEY=testing`, `AWS_REGION=us-east-1` will do.
+        pub fn start(bucket: &str) -> Option<Self> {
+            let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+            let child = match Command::new("moto_server").args(["-H", "127.0.0.1", "-p", &port.to_string()]).stdout(Stdio::null()).stderr(Stdio::null()).spawn()
+            {
+                Ok(child) => child,
+                Err(e) => {
+                    let why = format!("cannot run moto_server ({e}); python3 -m pip install 'moto[server]' (scripts/test does it)");
+                    assert!(std::env::var_os("CI").is_none(), "{why}");
+                    eprintln!("skipped: {why}");
+                    return None;
+                }
+            };
+            let moto = Self { child, endpoint: format!("http://127.0.0.1:{port}") };
+            let deadline = Instant::now() + Duration::from_secs(30);
+            // Creating the bucket (an unsigned PUT, which moto accepts) is also the readiness probe.
+            loop {
+                let made = Command::new("curl").args(["-sf", "-X", "PUT", &format!("{}/{bucket}", moto.endpoint)]).stdout(Stdio::null()).status();
+                if made.map(|s| s.success()).unwrap_or(false) {
+                    return Some(moto);
+                }
+                assert!(Instant::now() < deadline, "moto_server did not answer on {} within 30 s", moto.endpoint);
+                std::thread::sleep(Duration::from_millis(100));
             }
-        };
-        let moto = Moto { child, endpoint: format!("http://127.0.0.1:{port}") };
-        let deadline = Instant::now() + Duration::from_secs(30);
-        // Creating the bucket (an unsigned PUT, which moto accepts) is also the readiness probe.
-        loop {
-            let made = Command::new("curl").args(["-sf", "-X", "PUT", &format!("{}/{bucket}", moto.endpoint)]).stdout(Stdio::null()).status();
-            if made.map(|s| s.success()).unwrap_or(false) {
-                return Some(moto);
-            }
-            assert!(Instant::now() < deadline, "moto_server did not answer on {} within 30 s", moto.endpoint);
-            std::thread::sleep(Duration::from_millis(100));
         }
     }
+}
+
+/// The blob conformance suite against S3 as `moto_server` serves it, started by the test on a
+/// free loopback port (PyPI `moto[server]`).
+#[cfg(all(test, feature = "s3"))]
+mod s3_tests {
+    use super::testing::Moto;
+    use super::*;
 
     fn s3_store() -> Option<(ObjectBlobStore, Moto)> {
-        let moto = moto("odi-blobs")?;
+        let moto = Moto::start("odi-blobs")?;
         let store = ObjectBlobStore::s3("s3://odi-blobs/some/prefix", Some(&moto.endpoint)).unwrap();
         Some((store, moto))
     }
