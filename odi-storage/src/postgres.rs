@@ -172,23 +172,12 @@ fn describe(config: &tokio_postgres::Config) -> String {
 #[async_trait]
 impl MetaStore for PostgresMeta {
     async fn load(&self) -> Result<Vec<Record>> {
-        let mut client = self.client().await?;
-        // One repeatable-read transaction: every table is read at the same moment.
-        let tx = client
-            .build_transaction()
-            .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
-            .read_only(true)
-            .start()
-            .await
-            .map_err(|e| self.fail("load", e))?;
-        let records = load(&tx).await.map_err(|e| e.into_storage(&self.shown))?;
-        tx.commit().await.map_err(|e| self.fail("load", e))?;
-        Ok(records)
+        Ok(self.load_at().await?.0)
     }
 
     async fn load_at(&self) -> Result<(Vec<Record>, Cursor)> {
         let mut client = self.client().await?;
-        // The feed's end and every table, read in one snapshot.
+        // One repeatable-read transaction: the feed's end and every table, read at one moment.
         let tx = client
             .build_transaction()
             .isolation_level(tokio_postgres::IsolationLevel::RepeatableRead)
