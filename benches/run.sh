@@ -6,9 +6,16 @@
 # Prints one line per comparison, then the machine line. Progress goes to stderr.
 # Honours CARGO_TARGET_DIR (e.g. CARGO_TARGET_DIR=/tmp/target-bench to keep clear of another
 # build's lock).
+#
+# `run.sh --bindings [SIZE_MIB] [RUNS]` runs the bindings benchmark instead (benches/bindings.sh:
+# `odi.get` from Python against `odi get` and curl, release builds of both).
 set -euo pipefail
 
 cd "$(dirname "$0")/.."
+if [ "${1:-}" = "--bindings" ]; then
+    shift
+    exec benches/bindings.sh "$@"
+fi
 
 missing=()
 for tool in nginx wrk openssl curl docker-registry; do

@@ -29,6 +29,12 @@ pyo3::create_exception!(odi, IntegrityError, OdiError, "Bytes do not match their
 pyo3::create_exception!(odi, IncompleteError, OdiError, "A download stopped early; call again with resume=True.");
 pyo3::create_exception!(odi, FileError, OdiError, "A local file could not be read or written.");
 
+/// The allocator of the Rust side of the module (Python's objects keep Python's): the one the `odi`
+/// binary uses. A download allocates a 1 MiB buffer per chunk; under glibc's malloc each is
+/// mapped and unmapped again, which made `odi.get` 0.69x as fast as `odi get` on the same file.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// The module's runtime: started on first use, shared by every call and embedded relay.
 fn runtime() -> &'static tokio::runtime::Runtime {
     static RUNTIME: OnceLock<tokio::runtime::Runtime> = OnceLock::new();
