@@ -324,7 +324,7 @@ impl Fleet {
     pub fn heartbeats(&mut self) -> anyhow::Result<usize> {
         let mut reported = 0;
         for (index, relay) in self.relays.clone().into_iter().enumerate() {
-            let first = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0 };
+            let first = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0, delta: None };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(first), self.now, WALL) {
                 Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: first heartbeat answered {other:?}"),
@@ -336,7 +336,7 @@ impl Fleet {
             reported += held.len();
             let kept = self.held.len()..self.held.len() + held.len();
             self.held.extend_from_slice(&held);
-            let second = Heartbeat { generation: ack.generation, held, used, active: 0 };
+            let second = Heartbeat { generation: ack.generation, held, used, active: 0, delta: None };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(second), self.now, WALL) {
                 Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: second heartbeat answered {other:?}"),
@@ -353,7 +353,7 @@ impl Fleet {
     pub fn steady_heartbeats(&mut self) -> anyhow::Result<std::time::Duration> {
         let mut spent = std::time::Duration::ZERO;
         for (index, (relay, last)) in self.relays.clone().into_iter().zip(self.last.clone()).enumerate() {
-            let hb = Heartbeat { generation: last.generation, held: self.held[last.held].to_vec(), used: last.used, active: 0 };
+            let hb = Heartbeat { generation: last.generation, held: self.held[last.held].to_vec(), used: last.used, active: 0, delta: None };
             let start = std::time::Instant::now();
             let ack = self.dir.handle_message(relay, Message::Heartbeat(hb), self.now, WALL);
             self.drain();
