@@ -98,6 +98,28 @@ mod tests {
         assert_eq!(HeldSum::of(&[]).digest(), HeldSum::default().digest(), "the empty set has one name");
     }
 
+    /// Relays and directories from before deltas: their messages parse, and a new relay's
+    /// whole report and a new directory's answer to an old relay look as they did.
+    #[test]
+    fn messages_without_deltas_are_as_before() {
+        use crate::message::{Heartbeat, HeartbeatAck, HeldDelta, Message};
+        let old_relay = format!(r#"{{"type":"heartbeat","generation":3,"held":["{}"],"used":10}}"#, d(1));
+        let Message::Heartbeat(hb) = serde_json::from_str(&old_relay).unwrap() else { panic!("a heartbeat") };
+        assert_eq!((hb.held, hb.delta), (vec![d(1)], None));
+        let old_directory = r#"{"type":"heartbeat_ack","generation":3,"state":null}"#;
+        let Message::HeartbeatAck(ack) = serde_json::from_str(old_directory).unwrap() else { panic!("an ack") };
+        assert_eq!(ack.held, None);
+        let whole = Heartbeat { generation: 3, held: vec![d(1)], used: 10, active: 0, delta: None };
+        let json = serde_json::to_string(&Message::Heartbeat(whole)).unwrap();
+        assert!(!json.contains("delta"), "{json}");
+        let ack = HeartbeatAck { generation: 3, state: None, expunged: Vec::new(), standing: None, heads: Vec::new(), held: None };
+        assert!(!serde_json::to_string(&ack).unwrap().contains("held"));
+
+        let delta = HeldDelta { base: HeldSum::of(&[d(1)]).digest(), added: vec![d(2)], removed: vec![d(1)], digest: HeldSum::of(&[d(2)]).digest() };
+        let hb = Message::Heartbeat(Heartbeat { generation: 3, held: Vec::new(), used: 10, active: 0, delta: Some(delta) });
+        assert_eq!(serde_json::from_str::<Message>(&serde_json::to_string(&hb).unwrap()).unwrap(), hb);
+    }
+
     #[test]
     fn patterned_digests_do_not_sum_alike() {
         // As plain 256-bit numbers [1;32] + [4;32] = [2;32] + [3;32]; the terms are mixed first.
