@@ -49,6 +49,11 @@ pub(super) struct RelayState {
     /// The sum over everything it reported held, known or not: its digest is the base the
     /// relay's next delta must name.
     held_sum: HeldSum,
+    /// Counts changes to `held`.
+    held_epoch: u64,
+    /// The placement generation and `held_epoch` at which it last held its whole assignment:
+    /// while both stand, a heartbeat's standing skips comparing the two sets.
+    synced_at: Option<(u64, u64)>,
     applied_generation: u64,
     lost: bool,
     next_probe: Instant,
@@ -237,15 +242,23 @@ impl Relays {
             .collect()
     }
 
-    /// A relay's status with the reason it gets no clients, as the relay itself is told.
-    pub(super) fn standing_of(&self, id: &NodeId, now: Instant, placement: &Placement) -> Option<Standing> {
-        self.table.get(id).map(|r| self.standing(r, now, placement))
+    /// A relay's status with the reason it gets no clients, as the relay itself is told on
+    /// every heartbeat: whether it holds its whole assignment is remembered until either changes.
+    pub(super) fn standing_of(&mut self, id: &NodeId, now: Instant, placement: &Placement) -> Option<Standing> {
+        let r = self.table.get_mut(id)?;
+        let at = (placement.generation(), r.held_epoch);
+        if r.synced_at != Some(at) && placement.assigned(id).is_none_or(|a| a.is_subset(&r.held)) {
+            r.synced_at = Some(at);
+        }
+        let r = self.table.get(id)?;
+        Some(self.standing(r, now, placement))
     }
 
     fn standing(&self, r: &RelayState, now: Instant, placement: &Placement) -> Standing {
         let lifecycle = r.lifecycle(now, self.config.lease);
         // A pending rebalance may give it work: not ready until its assignment is current.
-        let syncing = placement.is_settling() || !r.audit.unverified.is_empty() || placement.assigned(&r.record.id).is_some_and(|a| !a.is_subset(&r.held));
+        let synced = r.synced_at == Some((placement.generation(), r.held_epoch)) || placement.assigned(&r.record.id).is_none_or(|a| a.is_subset(&r.held));
+        let syncing = placement.is_settling() || !r.audit.unverified.is_empty() || !synced;
         let reason = match lifecycle {
             Lifecycle::Quarantined { reason } => Some(reason.to_owned()),
             Lifecycle::Lost => Some(format!("no heartbeat within the lease ({} ms)", self.config.lease.as_millis())),
@@ -398,6 +411,7 @@ impl Relays {
             // Back after its lease ran out: what it held is reported again by its next heartbeat.
             relay.held.clear();
             relay.held_sum = HeldSum::default();
+            relay.held_epoch += 1;
             relay.lost = false;
             relay.tested = false;
             relay.first_state = None;
@@ -467,6 +481,7 @@ impl Relays {
         for (id, r) in &mut self.table {
             if r.held.remove(digest) {
                 r.audit.unverified.remove(digest);
+                r.held_epoch += 1;
                 pending.insert(*id);
             }
         }
@@ -480,9 +495,11 @@ impl Relays {
     /// as the relays still report it until they evict it).
     pub(super) fn dropped(&mut self, digest: &Digest) {
         for id in self.holders.remove(digest).into_iter().flatten() {
-            if let Some(r) = self.table.get_mut(&id) {
-                r.held.remove(digest);
+            if let Some(r) = self.table.get_mut(&id)
+                && r.held.remove(digest)
+            {
                 r.audit.unverified.remove(digest);
+                r.held_epoch += 1;
             }
         }
     }
@@ -506,6 +523,7 @@ impl Relays {
             if relay.lost {
                 relay.held.clear();
                 relay.held_sum = HeldSum::default();
+                relay.held_epoch += 1;
             }
             relay.lost = false;
             relay.tested = false;
@@ -547,6 +565,7 @@ impl Relays {
         let trusted = relay.record.proven && !relay.reported;
         relay.reported = true;
         let held_changed = !gone.is_empty() || !new.is_empty();
+        relay.held_epoch += u64::from(held_changed);
         for d in &gone {
             relay.held.remove(d);
             relay.audit.unverified.remove(d);
@@ -736,6 +755,8 @@ impl RelayState {
             presumed_until: None,
             held: BTreeSet::new(),
             held_sum: HeldSum::default(),
+            held_epoch: 0,
+            synced_at: None,
             applied_generation: 0,
             lost: false,
             next_probe: now,
