@@ -10,7 +10,7 @@
 use anyhow::{Context as _, bail, ensure};
 use odi_core::catalog::{Artifact, CatalogConfig, LogEntry, LogOp};
 use odi_core::directory::{Directory, DirectoryConfig, Effect, Event, LookupError, Outcome, Redirect, RelayStatus, Reply};
-use odi_core::message::{Capacity, EnrollRequest, Heartbeat, Message, RelayUrl};
+use odi_core::message::{Capacity, EnrollRequest, Heartbeat, HeldDelta, Message, RelayUrl};
 use odi_core::path::{ArtifactPath, CatalogName};
 use odi_core::rng::Seed;
 use odi_core::storage::{Record, TokenRole};
@@ -153,12 +153,14 @@ pub struct Fleet {
 }
 
 /// A relay's last heartbeat: its held digests (a range of `Fleet::held`), the generation it
-/// applied and its bytes in use.
+/// applied, its bytes in use, and the digest the directory named the held set by (the base of
+/// its deltas).
 #[derive(Clone, Debug)]
 struct LastHeartbeat {
     held: std::ops::Range<usize>,
     generation: u64,
     used: u64,
+    base: Digest,
 }
 
 /// Totals from the relay table, to check a step did what it should.
@@ -324,7 +326,7 @@ impl Fleet {
     pub fn heartbeats(&mut self) -> anyhow::Result<usize> {
         let mut reported = 0;
         for (index, relay) in self.relays.clone().into_iter().enumerate() {
-            let first = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0 };
+            let first = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0, delta: None };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(first), self.now, WALL) {
                 Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: first heartbeat answered {other:?}"),
@@ -336,29 +338,44 @@ impl Fleet {
             reported += held.len();
             let kept = self.held.len()..self.held.len() + held.len();
             self.held.extend_from_slice(&held);
-            let second = Heartbeat { generation: ack.generation, held, used, active: 0 };
+            let second = Heartbeat { generation: ack.generation, held, used, active: 0, delta: None };
             let ack = match self.dir.handle_message(relay, Message::Heartbeat(second), self.now, WALL) {
                 Reply::Now(Message::HeartbeatAck(ack)) => ack,
                 other => bail!("relay {index}: second heartbeat answered {other:?}"),
             };
             self.drain();
-            self.last.push(LastHeartbeat { held: kept, generation: ack.generation, used });
+            let base = ack.held.with_context(|| format!("relay {index}: the directory named no held set"))?;
+            self.last.push(LastHeartbeat { held: kept, generation: ack.generation, used, base });
         }
         Ok(reported)
     }
 
-    /// One more heartbeat per relay, the same as its last: what every heartbeat costs while
-    /// nothing changes. Returns the time spent in the directory (building each message is not
-    /// counted: a driver decodes it from the request).
+    /// One more heartbeat per relay reporting what changed since the set the directory took:
+    /// nothing. What nearly every heartbeat costs while nothing changes. Returns the time spent
+    /// in the directory (building each message is not counted: a driver decodes it from the
+    /// request).
     pub fn steady_heartbeats(&mut self) -> anyhow::Result<std::time::Duration> {
+        self.steady(|_, last| (Vec::new(), Some(HeldDelta { base: last.base, added: Vec::new(), removed: Vec::new(), digest: last.base })))
+    }
+
+    /// One more heartbeat per relay reporting its whole held set again, as every heartbeat did
+    /// before deltas (and one in `full_report_every` still does). Returns the time spent in the
+    /// directory.
+    pub fn steady_whole_heartbeats(&mut self) -> anyhow::Result<std::time::Duration> {
+        self.steady(|held, last| (held[last.held.clone()].to_vec(), None))
+    }
+
+    fn steady(&mut self, report: impl Fn(&[Digest], &LastHeartbeat) -> (Vec<Digest>, Option<HeldDelta>)) -> anyhow::Result<std::time::Duration> {
         let mut spent = std::time::Duration::ZERO;
         for (index, (relay, last)) in self.relays.clone().into_iter().zip(self.last.clone()).enumerate() {
-            let hb = Heartbeat { generation: last.generation, held: self.held[last.held].to_vec(), used: last.used, active: 0 };
+            let (held, delta) = report(&self.held, &last);
+            let hb = Heartbeat { generation: last.generation, held, used: last.used, active: 0, delta };
             let start = std::time::Instant::now();
             let ack = self.dir.handle_message(relay, Message::Heartbeat(hb), self.now, WALL);
             self.drain();
             spent += start.elapsed();
-            ensure!(matches!(&ack, Reply::Now(Message::HeartbeatAck(a)) if a.state.is_none()), "relay {index}: a heartbeat with nothing new got {ack:?}");
+            let taken = matches!(&ack, Reply::Now(Message::HeartbeatAck(a)) if a.state.is_none() && a.held == Some(last.base));
+            ensure!(taken, "relay {index}: a heartbeat with nothing new got {ack:?}");
         }
         Ok(spent)
     }

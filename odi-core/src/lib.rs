@@ -28,6 +28,7 @@ pub mod catalog;
 pub mod digest;
 pub mod directory;
 pub mod federation;
+pub mod held;
 pub mod manifest;
 pub mod message;
 pub mod meta;

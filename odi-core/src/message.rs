@@ -420,6 +420,29 @@ pub struct Heartbeat {
     /// Client responses in progress right now.
     #[serde(default)]
     pub active: u32,
+    /// Instead of `held` (left empty): what changed since the held set the directory last
+    /// named in an ack (`HeartbeatAck::held`). Absent from relays before deltas, and in a full
+    /// report.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<HeldDelta>,
+}
+
+/// What changed in a relay's held set since a set the directory acknowledged. The directory
+/// takes it only if its copy of the relay's set has the digest `base` and, with the change
+/// applied, the digest `digest`; otherwise it answers without `HeartbeatAck::held` and the relay
+/// sends its full set.
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct HeldDelta {
+    /// The digest ([`HeldSum`](crate::held::HeldSum)) of the set this change starts from.
+    pub base: Digest,
+    /// Digests held now and not in the base set.
+    #[serde(default)]
+    pub added: Vec<Digest>,
+    /// Digests of the base set no longer held.
+    #[serde(default)]
+    pub removed: Vec<Digest>,
+    /// The digest of the whole held set after the change.
+    pub digest: Digest,
 }
 
 /// The directory's answer to a heartbeat: the full state when the relay (once self-tested) is
@@ -443,6 +466,12 @@ pub struct HeartbeatAck {
     /// a relay then applies no names from the state.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub heads: Vec<SignedHead>,
+    /// The digest ([`HeldSum`](crate::held::HeldSum)) of the held set the directory took from
+    /// the heartbeat: the base of the relay's next [`HeldDelta`]. `None` when it did not take a
+    /// delta (it does not know the base, or the result has another digest), and from directories
+    /// before deltas: the relay then sends its full set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub held: Option<Digest>,
 }
 
 /// The directory's statement of a catalog's state: its sequence (the catalog's log position,

@@ -3,10 +3,11 @@
 //!
 //! Publishes N one-chunk artifacts with Debian pool paths into one catalog (2 replicas), enrolls
 //! R relays with 10 TiB budgets, runs the full rebalance, feeds every relay's heartbeats until
-//! the directory counts it as the holder of its whole assignment, then measures redirect
-//! decisions on one thread over random paths. Prints the time of each step, the process's RSS
-//! growth for the whole state, and the decision rate and latency. Timings are printed, never
-//! asserted.
+//! the directory counts it as the holder of its whole assignment, measures a heartbeat with
+//! nothing new (reporting the whole held set, as before deltas, and as a delta), then measures
+//! redirect decisions on one thread over random paths. Prints the time of each step, the
+//! process's RSS growth for the whole state, and the decision rate and latency. Timings are
+//! printed, never asserted.
 
 use std::hint::black_box;
 use std::time::{Duration, Instant};
@@ -115,14 +116,22 @@ fn main() -> anyhow::Result<()> {
         secs(heartbeats),
         heartbeats.as_secs_f64() * 1e3 / r as f64
     );
+    let whole = fleet.steady_whole_heartbeats()?;
     let steady = fleet.steady_heartbeats()?;
-    let interval = fleet.directory().config().heartbeat_interval;
+    let interval = fleet.directory().config().heartbeat_interval.as_secs_f64();
+    let every = f64::from(odi_core::relay::FULL_REPORT_EVERY);
+    let busy = |d: Duration| d.as_secs_f64() / interval * 100.0;
     println!(
-        "steady heartbeats (each relay's {:.0} digests again, nothing new): {:.2} ms per relay; {r} relays every {} s keep {:.0}% of one core busy",
+        "steady heartbeats, whole sets (each relay's {:.0} digests again, as before deltas): {:.3} ms per relay; {r} relays every {interval:.0} s keep {:.2}% of one core busy",
         reported as f64 / r as f64,
-        steady.as_secs_f64() * 1e3 / r as f64,
-        interval.as_secs(),
-        steady.as_secs_f64() / interval.as_secs_f64() * 100.0
+        whole.as_secs_f64() * 1e3 / r as f64,
+        busy(whole),
+    );
+    println!(
+        "steady heartbeats, deltas (nothing new): {:.2} µs per relay, {:.4}% of one core; with the whole set every {every:.0}th beat: {:.4}% of one core",
+        steady.as_secs_f64() * 1e6 / r as f64,
+        busy(steady),
+        busy(steady.mul_f64((every - 1.0) / every) + whole.div_f64(every)),
     );
     let rss_state = rss_bytes();
     let totals = fleet.relay_totals();

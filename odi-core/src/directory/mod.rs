@@ -766,6 +766,12 @@ impl Directory {
     }
 
     fn heartbeat(&mut self, from: NodeId, hb: Heartbeat, now: Instant, wall: UnixTime) -> Message {
+        if hb.delta.is_some() && !hb.held.is_empty() {
+            return Message::Refused(Refusal {
+                code: RefusalCode::BadRequest,
+                reason: "a heartbeat reports its held set either whole (held) or as a change (delta), not both".into(),
+            });
+        }
         let Some(heard) = self.relays.heartbeat(from, &hb, now, self.placement.generation(), &self.catalogs) else {
             return Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         };
@@ -774,8 +780,9 @@ impl Directory {
         let generation = self.placement.generation();
         // Full state whenever the relay is behind or its holdings moved. An ack without state
         // echoes the relay's own generation, so a relay never believes it is current when the
-        // state it needed was withheld (untested) or its reply was lost.
-        let full = self.relays.is_tested(&from) && (heard.held_changed || hb.generation != generation);
+        // state it needed was withheld (untested, or a delta not taken: its full set comes next)
+        // or its reply was lost.
+        let full = self.relays.is_tested(&from) && heard.held.is_some() && (heard.held_changed || hb.generation != generation);
         let state = full.then(|| self.assignment_for(from, now));
         let generation = if state.is_some() { generation } else { hb.generation.min(generation) };
         let standing = self.relays.standing_of(&from, now, &self.placement);
@@ -783,7 +790,7 @@ impl Directory {
             self.relays.state_sent(&from, generation);
         }
         let heads = self.heads_for(&from, state.as_ref(), wall);
-        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: heard.expunged, standing, heads })
+        Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: heard.expunged, standing, heads, held: heard.held })
     }
 
     /// A signed head for every catalog `relay` carries (those it enrolled for, or all) and every
@@ -976,6 +983,9 @@ fn kind(msg: &Message) -> &'static str {
         Message::Refused(_) => "refused",
     }
 }
+
+#[cfg(test)]
+mod held_tests;
 
 #[cfg(test)]
 mod tests {

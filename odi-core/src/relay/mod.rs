@@ -74,7 +74,13 @@ pub struct RelayConfig {
     pub request_timeout: Duration,
     /// Wait after a failed request or download before trying again.
     pub retry_backoff: Duration,
+    /// Every this many heartbeats to a directory reports the whole held set; those between
+    /// report what changed since the set it last took (`HeldDelta`). At least 1 (always whole).
+    pub full_report_every: u32,
 }
+
+/// Heartbeats per whole held report, by default: with 5 s heartbeats, one every 5 minutes.
+pub const FULL_REPORT_EVERY: u32 = 60;
 
 impl RelayConfig {
     /// A relay for one directory.
@@ -88,6 +94,7 @@ impl RelayConfig {
             max_fetches: 4,
             request_timeout: Duration::from_secs(10),
             retry_backoff: Duration::from_secs(2),
+            full_report_every: FULL_REPORT_EVERY,
         }
     }
 
@@ -696,6 +703,7 @@ mod tests {
                 expunged: Vec::new(),
                 standing: None,
                 heads: Vec::new(),
+                held: None,
             }),
             DIR,
             now,
@@ -733,7 +741,7 @@ mod tests {
             .collect();
         let digests = assigned.iter().map(|a| a.digest).collect();
         let state = Some(RelayAssignment { assigned, names: Vec::new() });
-        (upstream, Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: Vec::new(), standing: None, heads: Vec::new() }), digests)
+        (upstream, Message::HeartbeatAck(HeartbeatAck { generation, state, expunged: Vec::new(), standing: None, heads: Vec::new(), held: None }), digests)
     }
 
     fn fetches(r: &mut Relay) -> Vec<(Upstream, Digest)> {
@@ -798,7 +806,7 @@ mod tests {
         let (u, msg, _) = state(0, 2, &[(9, 8000)]);
         r.handle_message(u, msg, DIR, Instant::ZERO, WALL);
         assert!(r.has_bytes(&d(1)) && !r.holds(&d(1)), "evicted for the new blob, still on disk");
-        let ack = Message::HeartbeatAck(HeartbeatAck { generation: 2, state: None, expunged: Vec::new(), standing: None, heads: Vec::new() });
+        let ack = Message::HeartbeatAck(HeartbeatAck { generation: 2, state: None, expunged: Vec::new(), standing: None, heads: Vec::new(), held: None });
         r.handle_message(0, ack, DIR, Instant::from_millis(10), WALL);
         let refusal = crate::message::Refusal { code: crate::message::RefusalCode::UnknownRelay, reason: "enroll again".into() };
         r.handle_message(1, Message::Refused(refusal), DIR, Instant::from_millis(20), WALL);
@@ -880,6 +888,7 @@ mod tests {
                 expunged: Vec::new(),
                 standing: None,
                 heads: Vec::new(),
+                held: None,
             })
         };
         r.handle_message(0, ack(held), DIR, Instant::ZERO, WALL);

@@ -8,8 +8,9 @@ use std::time::Duration;
 use super::trust::{Trust, TrustState};
 use super::{Event, RelayConfig, Upstream};
 use crate::digest::Digest;
+use crate::held::HeldSum;
 use crate::manifest::ChunkManifest;
-use crate::message::{Capacity, EnrollRequest, Heartbeat, HeartbeatAck, Message, RefusalCode, RelayUrl, Standing};
+use crate::message::{Capacity, EnrollRequest, Heartbeat, HeartbeatAck, HeldDelta, Message, RefusalCode, RelayUrl, Standing};
 use crate::path::{ArtifactPath, CatalogName};
 use crate::time::Instant;
 
@@ -27,10 +28,21 @@ pub(super) struct Wanted {
     pub(super) sources: Vec<RelayUrl>,
 }
 
+/// The held set a heartbeat awaiting its answer reported.
+#[derive(Debug)]
+struct Reported {
+    /// Sorted.
+    set: Vec<Digest>,
+    digest: Digest,
+    /// It went as a delta from `Registration::acked`.
+    delta: bool,
+}
+
 /// What a reply changed, for the orchestrator to act on.
 #[derive(Debug, Default)]
 pub(super) struct Heard {
-    /// The reply acknowledged a heartbeat.
+    /// The reply acknowledged a heartbeat: the directory took the held set it reported (a
+    /// delta it did not take is answered, but not acknowledged).
     pub(super) acked: bool,
     /// Blobs the directory barred: deleted at once.
     pub(super) expunged: Vec<Digest>,
@@ -70,6 +82,13 @@ pub(super) struct Registration {
     pub(super) report_soon: bool,
     /// How the directory last said it sees this relay.
     pub(super) standing: Option<Standing>,
+    /// The held set this directory last took, sorted, with the digest its ack named it by: the
+    /// base of the next delta. `None`: the next heartbeat reports the whole set.
+    acked: Option<(Digest, Vec<Digest>)>,
+    /// What the heartbeat awaiting its answer reported.
+    sent: Option<Reported>,
+    /// Deltas sent since the last whole report.
+    deltas: u32,
     /// Its pinned key and the heads applied from it.
     pub(super) trust: TrustState,
 }
@@ -94,6 +113,9 @@ impl Registration {
             awaiting: None,
             report_soon: false,
             standing: None,
+            acked: None,
+            sent: None,
+            deltas: 0,
             trust: TrustState::new(trust),
         }
     }
@@ -114,6 +136,8 @@ impl Registration {
         match msg {
             Message::Enrolled(ok) => {
                 self.phase = Phase::Active;
+                // The first heartbeat after an enrollment reports the whole set.
+                self.acked = None;
                 self.heartbeat_interval = Duration::from_millis(ok.heartbeat_interval_ms.clamp(100, 300_000));
                 self.lease = Duration::from_millis(ok.lease_ms.clamp(100, 3_600_000));
                 self.next_send = now;
@@ -122,6 +146,8 @@ impl Registration {
             Message::HeartbeatAck(ack) => heard = self.acked(ack, now, events),
             Message::Refused(refusal) => {
                 heard.refused = true;
+                self.acked = None;
+                self.sent = None;
                 events.push_back(Event::Refused { upstream: self.index, reason: refusal.reason });
                 if refusal.code == RefusalCode::UnknownRelay {
                     self.phase = Phase::Enrolling;
@@ -135,6 +161,21 @@ impl Registration {
 
     fn acked(&mut self, ack: HeartbeatAck, now: Instant, events: &mut VecDeque<Event>) -> Heard {
         let mut heard = Heard { acked: true, expunged: ack.expunged, ..Heard::default() };
+        let sent = self.sent.take();
+        let was_delta = sent.as_ref().is_some_and(|s| s.delta);
+        match (ack.held, sent) {
+            (Some(name), Some(sent)) if name == sent.digest => self.acked = Some((name, sent.set)),
+            (None, Some(sent)) if sent.delta => {
+                // The directory does not have the base (it restarted, or another process of it
+                // answered) or came out elsewhere: the whole set, at once. Not an acknowledgement:
+                // an eviction it reported waits for the whole set's.
+                heard.acked = false;
+                self.acked = None;
+                self.report_soon = true;
+            }
+            // A directory before deltas, or one that took a set other than the one sent.
+            _ => self.acked = None,
+        }
         for digest in &heard.expunged {
             self.claimed.remove(digest);
         }
@@ -154,6 +195,16 @@ impl Registration {
             self.names = state.names.into_iter().map(|n| ((n.catalog, n.path), n.digest)).collect();
             self.names_version += 1;
             heard.assignment = true;
+            // A manifest is sent for what the directory does not count held. For a digest the
+            // delta it took reported, the directory missed it (it did not know the digest then):
+            // the whole set, at once.
+            if was_delta
+                && let Some((_, set)) = &self.acked
+                && self.wanted.iter().any(|(d, w)| w.manifest.is_some() && set.binary_search(d).is_ok())
+            {
+                self.acked = None;
+                self.report_soon = true;
+            }
         }
         self.generation = ack.generation;
         self.next_send = now + self.heartbeat_interval;
@@ -163,6 +214,9 @@ impl Registration {
     /// The last request got no answer (connection refused, timeout, bad response).
     pub(super) fn send_failed(&mut self, retry_backoff: Duration, now: Instant) {
         self.awaiting = None;
+        // It may or may not have been taken: the next delta names the base acknowledged before,
+        // which the directory refuses if it took this one (unless nothing changed).
+        self.sent = None;
         self.next_send = now + retry_backoff;
     }
 
@@ -186,7 +240,7 @@ impl Registration {
     }
 
     /// The request to send now (call when `is_due`): an enrollment, or a heartbeat reporting
-    /// `held`.
+    /// `held` (sorted), whole or as the change from the set the directory last took.
     pub(super) fn request(&mut self, config: &RelayConfig, held: Vec<Digest>, used: u64, active: u32, now: Instant) -> Message {
         let msg = match self.phase {
             Phase::Enrolling => Message::Enroll(EnrollRequest {
@@ -196,7 +250,20 @@ impl Registration {
                 catalogs: config.catalogs.clone(),
                 tags: config.tags.clone(),
             }),
-            Phase::Active => Message::Heartbeat(Heartbeat { generation: self.generation, held, used, active }),
+            Phase::Active => {
+                let digest = HeldSum::of(&held).digest();
+                let delta = match &self.acked {
+                    Some((base, base_set)) if self.deltas + 1 < config.full_report_every => {
+                        let (added, removed) = diff(&held, base_set);
+                        Some(HeldDelta { base: *base, added, removed, digest })
+                    }
+                    _ => None,
+                };
+                self.deltas = if delta.is_some() { self.deltas + 1 } else { 0 };
+                let whole = if delta.is_some() { Vec::new() } else { held.clone() };
+                self.sent = Some(Reported { set: held, digest, delta: delta.is_some() });
+                Message::Heartbeat(Heartbeat { generation: self.generation, held: whole, used, active, delta })
+            }
         };
         self.report_soon = false;
         self.awaiting = Some(now + config.request_timeout);
@@ -227,6 +294,24 @@ impl Registration {
     }
 }
 
+/// What `now` adds to `base` and what it lacks of it; both sorted.
+fn diff(now: &[Digest], base: &[Digest]) -> (Vec<Digest>, Vec<Digest>) {
+    let (mut added, mut removed) = (Vec::new(), Vec::new());
+    let (mut a, mut b) = (now.iter().peekable(), base.iter().peekable());
+    loop {
+        match (a.peek(), b.peek()) {
+            (Some(x), Some(y)) if x == y => {
+                a.next();
+                b.next();
+            }
+            (Some(x), Some(y)) if x < y => added.extend(a.next()),
+            (Some(_), Some(_)) | (None, Some(_)) => removed.extend(b.next()),
+            (Some(_), None) => added.extend(a.next()),
+            (None, None) => return (added, removed),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -248,6 +333,7 @@ mod tests {
             expunged,
             standing: None,
             heads: Vec::new(),
+            held: None,
         })
     }
 
@@ -275,6 +361,94 @@ mod tests {
         let heard = r.handle_reply(ack(vec![d(2)], &[1]), Duration::from_secs(1), Instant::ZERO, &mut events);
         assert_eq!(heard.expunged, vec![d(2)]);
         assert_eq!(r.claimed, [d(1)].into());
+    }
+
+    /// An active registration, as after its enrollment.
+    fn active(config: &RelayConfig) -> Registration {
+        let mut r = Registration::new(0, config.capacity, "tok".into(), &Trust::default(), Instant::ZERO);
+        let ok = EnrollResponse { relay: NodeId([1; 32]), directory: NodeId([2; 32]), heartbeat_interval_ms: 1000, lease_ms: 4000 };
+        r.handle_reply(Message::Enrolled(ok), Duration::from_secs(1), Instant::ZERO, &mut VecDeque::new());
+        r
+    }
+
+    fn beat(r: &mut Registration, config: &RelayConfig, held: &[u8]) -> Heartbeat {
+        match r.request(config, held.iter().map(|n| d(*n)).collect(), 0, 0, Instant::ZERO) {
+            Message::Heartbeat(hb) => hb,
+            other => panic!("{other:?}"),
+        }
+    }
+
+    /// The directory's answer: it took the set `held` (or took nothing, `None`).
+    fn answer(r: &mut Registration, held: Option<&[u8]>, assigned: Vec<Assigned>) -> Heard {
+        let name = held.map(|h| HeldSum::of(&h.iter().map(|n| d(*n)).collect::<Vec<_>>()).digest());
+        let state = (!assigned.is_empty()).then(|| RelayAssignment { assigned, names: Vec::new() });
+        let ack = HeartbeatAck { generation: 3, state, expunged: Vec::new(), standing: None, heads: Vec::new(), held: name };
+        r.handle_reply(Message::HeartbeatAck(ack), Duration::from_secs(1), Instant::ZERO, &mut VecDeque::new())
+    }
+
+    #[test]
+    fn heartbeats_report_what_changed_since_the_set_the_directory_took() {
+        let config = RelayConfig { full_report_every: 4, ..config() };
+        let mut r = active(&config);
+        let hb = beat(&mut r, &config, &[1, 2]);
+        assert_eq!((hb.held, hb.delta), (vec![d(1), d(2)], None), "the whole set after an enrollment");
+        assert!(answer(&mut r, Some(&[1, 2]), Vec::new()).acked);
+
+        let hb = beat(&mut r, &config, &[2, 3, 4]);
+        assert!(hb.held.is_empty());
+        let delta = hb.delta.expect("a delta once the directory named a set");
+        assert_eq!(delta.base, HeldSum::of(&[d(1), d(2)]).digest());
+        assert_eq!((delta.added, delta.removed), (vec![d(3), d(4)], vec![d(1)]));
+        assert_eq!(delta.digest, HeldSum::of(&[d(2), d(3), d(4)]).digest());
+        assert!(answer(&mut r, Some(&[2, 3, 4]), Vec::new()).acked);
+
+        // No answer: the next delta is from the set taken before.
+        let _ = beat(&mut r, &config, &[2, 3]);
+        r.send_failed(Duration::from_secs(1), Instant::ZERO);
+        let delta = beat(&mut r, &config, &[2, 3]).delta.expect("a delta");
+        assert_eq!((delta.base, delta.added, delta.removed), (HeldSum::of(&[d(2), d(3), d(4)]).digest(), vec![], vec![d(4)]));
+        assert!(answer(&mut r, Some(&[2, 3]), Vec::new()).acked);
+        // Every fourth heartbeat is whole.
+        assert!(beat(&mut r, &config, &[2, 3]).delta.is_none(), "three deltas since the last whole set");
+        assert!(answer(&mut r, Some(&[2, 3]), Vec::new()).acked);
+        assert!(beat(&mut r, &config, &[2, 3]).delta.is_some());
+    }
+
+    #[test]
+    fn a_delta_not_taken_is_no_acknowledgement_and_the_whole_set_goes_at_once() {
+        let config = config();
+        let mut r = active(&config);
+        beat(&mut r, &config, &[1]);
+        answer(&mut r, Some(&[1]), Vec::new());
+        assert!(beat(&mut r, &config, &[]).delta.is_some());
+        let heard = answer(&mut r, None, Vec::new());
+        assert!(!heard.acked, "an eviction it reported must wait");
+        assert!(r.is_due(Instant::ZERO), "at once");
+        let hb = beat(&mut r, &config, &[]);
+        assert!(hb.delta.is_none() && hb.held.is_empty(), "the whole (empty) set");
+        assert!(answer(&mut r, Some(&[]), Vec::new()).acked);
+
+        // A directory before deltas names no set: every heartbeat is whole, each acknowledged.
+        let mut old = active(&config);
+        for _ in 0..3 {
+            assert!(beat(&mut old, &config, &[1]).delta.is_none());
+            assert!(answer(&mut old, None, Vec::new()).acked);
+        }
+    }
+
+    #[test]
+    fn a_manifest_for_a_digest_the_delta_reported_sends_the_whole_set() {
+        let config = config();
+        let mut r = active(&config);
+        beat(&mut r, &config, &[1]);
+        answer(&mut r, Some(&[1]), Vec::new());
+        beat(&mut r, &config, &[1, 2]);
+        // The directory did not count 2 (it did not know it when the report came).
+        let manifest = ChunkManifest::new(10, 1 << 20, d(2), vec![d(2)]).unwrap();
+        let assigned = vec![Assigned { digest: d(2), size: 10, manifest: Some(manifest), sources: Vec::new() }];
+        assert!(answer(&mut r, Some(&[1, 2]), assigned).acked);
+        assert!(r.is_due(Instant::ZERO), "at once");
+        assert!(beat(&mut r, &config, &[1, 2]).delta.is_none());
     }
 
     #[test]

@@ -323,7 +323,7 @@ impl DirSim {
                     self.enroll(n, r);
                     continue;
                 }
-                let hb = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0 };
+                let hb = Heartbeat { generation: 0, held: Vec::new(), used: 0, active: 0, delta: None };
                 let reply = self.nodes[n].dir.handle_message(id, Message::Heartbeat(hb), now, wall(now));
                 if matches!(reply, Reply::Now(Message::Refused(_))) {
                     self.enroll(n, r);

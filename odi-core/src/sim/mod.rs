@@ -150,6 +150,17 @@ pub struct Sim {
     pub answers: Answers,
     /// Every head the first directory sent, before any tampering.
     pub heads_sent: Vec<SignedHead>,
+    /// How heartbeats to the first directory reported the held set.
+    pub held_reports: HeldReports,
+}
+
+/// Heartbeats to the first directory by how they reported the held set, and the deltas it did
+/// not take (answered without a base: the relay sends its whole set next).
+#[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
+pub struct HeldReports {
+    pub whole: u64,
+    pub deltas: u64,
+    pub not_taken: u64,
 }
 
 impl Sim {
@@ -191,6 +202,7 @@ impl Sim {
             relay_events: Vec::new(),
             answers: Answers::default(),
             heads_sent: Vec::new(),
+            held_reports: HeldReports::default(),
         };
         for role in [TokenRole::Enroll, TokenRole::Admin] {
             let record = sim.dir.plan_token(role, ENROLL_TOKEN).expect("fresh directory has no token");
@@ -320,6 +332,8 @@ impl Sim {
             .collect();
         config.request_timeout = Duration::from_secs(3);
         config.retry_backoff = Duration::from_secs(1);
+        // Whole sets often enough that runs of seconds see both kinds of report.
+        config.full_report_every = 8;
         let machine = Relay::new(config.clone(), [], [], self.now);
         self.relays.insert(
             id,
@@ -521,8 +535,22 @@ impl Sim {
                     return;
                 }
                 let wall = self.wall();
+                let delta = match &msg {
+                    Message::Heartbeat(hb) if upstream == 0 => Some(hb.delta.is_some()),
+                    _ => None,
+                };
+                match delta {
+                    Some(true) => self.held_reports.deltas += 1,
+                    Some(false) => self.held_reports.whole += 1,
+                    None => {}
+                }
                 match self.directory(upstream).handle_message(from, msg, now, wall) {
-                    directory::Reply::Now(reply) => self.reply(upstream, from, reply),
+                    directory::Reply::Now(reply) => {
+                        if delta == Some(true) && matches!(&reply, Message::HeartbeatAck(ack) if ack.held.is_none()) {
+                            self.held_reports.not_taken += 1;
+                        }
+                        self.reply(upstream, from, reply)
+                    }
                     directory::Reply::AfterStorage(id) => {
                         self.awaiting_storage.insert((upstream, id), from);
                     }
@@ -727,6 +755,8 @@ mod federation_tests;
 mod heads_tests;
 #[cfg(test)]
 mod health_tests;
+#[cfg(test)]
+mod held_tests;
 #[cfg(test)]
 mod multi_tests;
 #[cfg(test)]

@@ -22,7 +22,8 @@ use super::redirect::{Candidate, redirect_weight};
 use super::small_set::SmallSet;
 use super::{DirectoryConfig, Effect, Event, ExpungeView, RelayView};
 use crate::digest::Digest;
-use crate::message::{Heartbeat, NodeId, Refusal, RefusalCode, RelayUrl, Standing};
+use crate::held::HeldSum;
+use crate::message::{Heartbeat, HeldDelta, NodeId, Refusal, RefusalCode, RelayUrl, Standing};
 use crate::rng::SeededRng;
 use crate::storage::RelayRecord;
 use crate::time::Instant;
@@ -43,7 +44,16 @@ pub(super) struct RelayState {
     last_seen: Option<Instant>,
     /// Counts for assignment until then although not yet heard from (after a restart).
     presumed_until: Option<Instant>,
+    /// What it reported held that the catalogs know (at the report, or since: see `dropped`).
     held: BTreeSet<Digest>,
+    /// The sum over everything it reported held, known or not: its digest is the base the
+    /// relay's next delta must name.
+    held_sum: HeldSum,
+    /// Counts changes to `held`.
+    held_epoch: u64,
+    /// The placement generation and `held_epoch` at which it last held its whole assignment:
+    /// while both stand, a heartbeat's standing skips comparing the two sets.
+    synced_at: Option<(u64, u64)>,
     applied_generation: u64,
     lost: bool,
     next_probe: Instant,
@@ -78,6 +88,19 @@ pub(super) struct Heard {
     pub(super) held_changed: bool,
     /// Barred digests it still reports: it must delete them.
     pub(super) expunged: Vec<Digest>,
+    /// The digest of the held set taken from the heartbeat; `None` when its delta was not
+    /// taken (an unknown base, or another result): the relay must send its full set.
+    pub(super) held: Option<Digest>,
+}
+
+/// A heartbeat's held report as a change to the relay's known set.
+struct HeldChange {
+    /// Known digests that leave the set.
+    gone: Vec<Digest>,
+    /// Known digests that join it.
+    new: Vec<Digest>,
+    /// The sum over everything now reported.
+    sum: HeldSum,
 }
 
 #[derive(Debug)]
@@ -219,15 +242,23 @@ impl Relays {
             .collect()
     }
 
-    /// A relay's status with the reason it gets no clients, as the relay itself is told.
-    pub(super) fn standing_of(&self, id: &NodeId, now: Instant, placement: &Placement) -> Option<Standing> {
-        self.table.get(id).map(|r| self.standing(r, now, placement))
+    /// A relay's status with the reason it gets no clients, as the relay itself is told on
+    /// every heartbeat: whether it holds its whole assignment is remembered until either changes.
+    pub(super) fn standing_of(&mut self, id: &NodeId, now: Instant, placement: &Placement) -> Option<Standing> {
+        let r = self.table.get_mut(id)?;
+        let at = (placement.generation(), r.held_epoch);
+        if r.synced_at != Some(at) && placement.assigned(id).is_none_or(|a| a.is_subset(&r.held)) {
+            r.synced_at = Some(at);
+        }
+        let r = self.table.get(id)?;
+        Some(self.standing(r, now, placement))
     }
 
     fn standing(&self, r: &RelayState, now: Instant, placement: &Placement) -> Standing {
         let lifecycle = r.lifecycle(now, self.config.lease);
         // A pending rebalance may give it work: not ready until its assignment is current.
-        let syncing = placement.is_settling() || !r.audit.unverified.is_empty() || placement.assigned(&r.record.id).is_some_and(|a| !a.is_subset(&r.held));
+        let synced = r.synced_at == Some((placement.generation(), r.held_epoch)) || placement.assigned(&r.record.id).is_none_or(|a| a.is_subset(&r.held));
+        let syncing = placement.is_settling() || !r.audit.unverified.is_empty() || !synced;
         let reason = match lifecycle {
             Lifecycle::Quarantined { reason } => Some(reason.to_owned()),
             Lifecycle::Lost => Some(format!("no heartbeat within the lease ({} ms)", self.config.lease.as_millis())),
@@ -379,6 +410,8 @@ impl Relays {
         if relay.lost {
             // Back after its lease ran out: what it held is reported again by its next heartbeat.
             relay.held.clear();
+            relay.held_sum = HeldSum::default();
+            relay.held_epoch += 1;
             relay.lost = false;
             relay.tested = false;
             relay.first_state = None;
@@ -442,23 +475,40 @@ impl Relays {
 
     /// A barred digest: every relay that reported it (online or not) must confirm deleting it,
     /// and nobody is sent clients for it.
+    /// It leaves every held set (still counted in their sums: the relays report its deletion).
     pub(super) fn barred(&mut self, digest: &Digest) {
-        let pending: BTreeSet<NodeId> = self.table.iter().filter(|(_, r)| r.held.contains(digest)).map(|(id, _)| *id).collect();
+        let mut pending = BTreeSet::new();
+        for (id, r) in &mut self.table {
+            if r.held.remove(digest) {
+                r.audit.unverified.remove(digest);
+                r.held_epoch += 1;
+                pending.insert(*id);
+            }
+        }
         if !pending.is_empty() {
-            self.expunge_pending.insert(*digest, pending);
+            self.expunge_pending.entry(*digest).or_default().extend(pending);
         }
         self.holders.remove(digest);
     }
 
-    /// A digest no name holds any more.
+    /// A digest no name holds any more: it leaves its holders' known sets (their sums keep it,
+    /// as the relays still report it until they evict it).
     pub(super) fn dropped(&mut self, digest: &Digest) {
-        self.holders.remove(digest);
+        for id in self.holders.remove(digest).into_iter().flatten() {
+            if let Some(r) = self.table.get_mut(&id)
+                && r.held.remove(digest)
+            {
+                r.audit.unverified.remove(digest);
+                r.held_epoch += 1;
+            }
+        }
     }
 
     // ---- heartbeats ----
 
-    /// Books a heartbeat: liveness, load, what it holds (unknown digests are not held), and the
-    /// expunges it confirmed. `generation` is the directory's. `None` for an unknown relay.
+    /// Books a heartbeat: liveness, load, what it holds (its full set, or a delta from the set
+    /// last taken; unknown digests are counted in the sum but not held), and the expunges it
+    /// confirmed. `generation` is the directory's. `None` for an unknown relay.
     pub(super) fn heartbeat(&mut self, from: NodeId, hb: &Heartbeat, now: Instant, generation: u64, catalogs: &Catalogs) -> Option<Heard> {
         let lease = self.config.lease;
         let relay = self.table.get_mut(&from)?;
@@ -472,52 +522,89 @@ impl Relays {
             // Back after its lease ran out (or first word since a restart): test it again.
             if relay.lost {
                 relay.held.clear();
+                relay.held_sum = HeldSum::default();
+                relay.held_epoch += 1;
             }
             relay.lost = false;
             relay.tested = false;
             relay.first_state = None;
             self.reshaped = true;
         }
-        // Expunged digests it no longer reports are confirmed deleted.
-        let reported: BTreeSet<Digest> = hb.held.iter().copied().collect();
-        self.expunge_pending.retain(|d, pending| {
-            if !reported.contains(d) {
-                pending.remove(&from);
-            }
-            !pending.is_empty()
-        });
-        let expunged: Vec<Digest> = reported.iter().copied().filter(|d| catalogs.is_barred(d)).collect();
-        let relay = self.table.get_mut(&from).expect("looked up above");
         relay.applied_generation = hb.generation.min(generation);
+        let change = match &hb.delta {
+            None => Some(full_change(relay, &hb.held, catalogs)),
+            Some(delta) => delta_change(relay, delta, catalogs),
+        };
+        // Expunges: what it no longer reports is confirmed deleted; barred digests it reports
+        // are pending until it does.
+        match &hb.delta {
+            None => {
+                let reported: BTreeSet<&Digest> = hb.held.iter().collect();
+                self.confirm_expunges(from, |d| !reported.contains(d));
+                self.pend_expunges(from, hb.held.iter(), catalogs);
+            }
+            Some(delta) if change.is_some() => {
+                let removed: BTreeSet<&Digest> = delta.removed.iter().collect();
+                self.confirm_expunges(from, |d| removed.contains(d));
+                self.pend_expunges(from, delta.added.iter(), catalogs);
+            }
+            Some(_) => {}
+        }
+        let expunged = self.expunge_pending.iter().filter(|(_, p)| p.contains(&from)).map(|(d, _)| *d).collect();
+        let relay = self.table.get_mut(&from).expect("looked up above");
+        let Some(HeldChange { gone, new, sum }) = change else {
+            if !relay.tested {
+                self.start_self_test(from, now);
+            }
+            return Some(Heard { held_changed: false, expunged, held: None });
+        };
         let quarantined = relay.record.quarantined.is_some();
-        let held: BTreeSet<Digest> = reported.into_iter().filter(|d| catalogs.blob(d).is_some()).collect();
-        let held_changed = held != relay.held;
         // What a relay newly reports holding is checked (one chunk, asked as a client would)
         // before a plain client is sent to it for that artifact. Only a proven relay's first
         // report after a directory restart is taken on trust.
         let trusted = relay.record.proven && !relay.reported;
         relay.reported = true;
-        if held_changed {
-            for d in relay.held.difference(&held) {
-                if let Some(h) = self.holders.get_mut(d) {
-                    h.remove(&from);
-                }
+        let held_changed = !gone.is_empty() || !new.is_empty();
+        relay.held_epoch += u64::from(held_changed);
+        for d in &gone {
+            relay.held.remove(d);
+            relay.audit.unverified.remove(d);
+            if let Some(h) = self.holders.get_mut(d) {
+                h.remove(&from);
             }
-            relay.audit.unverified.retain(|d| held.contains(d));
-            if !quarantined {
-                for d in held.difference(&relay.held) {
-                    self.holders.entry(*d).or_default().insert(from);
-                    if self.config.check_possession && !trusted {
-                        relay.audit.unverified.insert(*d);
-                    }
-                }
-            }
-            relay.held = held;
         }
+        for d in new {
+            relay.held.insert(d);
+            if !quarantined {
+                self.holders.entry(d).or_default().insert(from);
+                if self.config.check_possession && !trusted {
+                    relay.audit.unverified.insert(d);
+                }
+            }
+        }
+        relay.held_sum = sum;
+        let held = Some(sum.digest());
         if !relay.tested {
             self.start_self_test(from, now);
         }
-        Some(Heard { held_changed, expunged })
+        Some(Heard { held_changed, expunged, held })
+    }
+
+    /// Expunges `from` confirmed: it no longer holds the pending digests `done` picks.
+    fn confirm_expunges(&mut self, from: NodeId, done: impl Fn(&Digest) -> bool) {
+        self.expunge_pending.retain(|d, pending| {
+            if done(d) {
+                pending.remove(&from);
+            }
+            !pending.is_empty()
+        });
+    }
+
+    /// `from` reports barred digests among `reported`: it must delete them, and confirm it.
+    fn pend_expunges<'a>(&mut self, from: NodeId, reported: impl Iterator<Item = &'a Digest>, catalogs: &Catalogs) {
+        for d in reported.filter(|d| catalogs.is_barred(d)) {
+            self.expunge_pending.entry(*d).or_default().insert(from);
+        }
     }
 
     /// A full state at `generation` went to the relay: it is audited once it has applied one.
@@ -667,6 +754,9 @@ impl RelayState {
             last_seen: None,
             presumed_until: None,
             held: BTreeSet::new(),
+            held_sum: HeldSum::default(),
+            held_epoch: 0,
+            synced_at: None,
             applied_generation: 0,
             lost: false,
             next_probe: now,
@@ -720,6 +810,42 @@ impl RelayState {
     fn auditable(&self) -> bool {
         self.tested && !self.lost && self.record.quarantined.is_none() && self.first_state.is_some_and(|g| self.applied_generation >= g)
     }
+}
+
+/// A full held report: everything it holds now, of which the known digests are held.
+fn full_change(relay: &RelayState, reported: &[Digest], catalogs: &Catalogs) -> HeldChange {
+    let reported: BTreeSet<Digest> = reported.iter().copied().collect();
+    let sum = HeldSum::of(&reported);
+    let known: BTreeSet<Digest> = reported.into_iter().filter(|d| catalogs.blob(d).is_some()).collect();
+    HeldChange { gone: relay.held.difference(&known).copied().collect(), new: known.difference(&relay.held).copied().collect(), sum }
+}
+
+/// A delta, taken only if it starts from the set the directory has (`base`), ends at the set
+/// the relay has (`digest`), and is a change of that set: no digest added twice or both added
+/// and removed, none added that it had reported. `None`: the relay must send its full set.
+fn delta_change(relay: &RelayState, delta: &HeldDelta, catalogs: &Catalogs) -> Option<HeldChange> {
+    if relay.held_sum.digest() != delta.base {
+        return None;
+    }
+    let added: BTreeSet<&Digest> = delta.added.iter().collect();
+    let removed: BTreeSet<&Digest> = delta.removed.iter().collect();
+    if added.len() != delta.added.len() || removed.len() != delta.removed.len() || !added.is_disjoint(&removed) {
+        return None;
+    }
+    let mut sum = relay.held_sum;
+    removed.iter().for_each(|d| sum.remove(d));
+    added.iter().for_each(|d| sum.add(d));
+    if sum.digest() != delta.digest {
+        return None;
+    }
+    let new: Vec<Digest> = added.into_iter().filter(|d| catalogs.blob(d).is_some()).copied().collect();
+    if new.iter().any(|d| relay.held.contains(d)) {
+        return None;
+    }
+    // A removed digest it does not hold was reported before the catalogs knew it (or since
+    // dropped): only its sum counted it.
+    let gone = removed.into_iter().filter(|d| relay.held.contains(*d)).copied().collect();
+    Some(HeldChange { gone, new, sum })
 }
 
 /// The bandwidth a relay declares, or `NOMINAL_BANDWIDTH` when it declares none.
@@ -816,7 +942,7 @@ mod tests {
         // A failed probe suspends it; only a passed self-test lifts that.
         let probe = T0 + relays.config.probe_interval;
         let (catalogs, mut rng) = (Catalogs::default(), SeededRng::new(Seed(1)));
-        relays.heartbeat(id, &Heartbeat { generation: 1, held: Vec::new(), used: 0, active: 0 }, probe, 1, &catalogs);
+        relays.heartbeat(id, &Heartbeat { generation: 1, held: Vec::new(), used: 0, active: 0, delta: None }, probe, 1, &catalogs);
         relays.handle_timeout(probe, &catalogs, &mut rng);
         let Some(Effect::SelfTest { attempt, .. }) = relays.poll_effect() else { panic!("a probe is due") };
         relays.handle_self_test(id, attempt, Err("connection refused".into()), probe);
