@@ -158,8 +158,11 @@ pub struct Sim {
 /// not take (answered without a base: the relay sends its whole set next).
 #[derive(Clone, Copy, Debug, Default, Eq, PartialEq)]
 pub struct HeldReports {
+    /// Heartbeats that reported the whole held set.
     pub whole: u64,
+    /// Heartbeats that reported a delta.
     pub deltas: u64,
+    /// Deltas the directory did not take.
     pub not_taken: u64,
 }
 
