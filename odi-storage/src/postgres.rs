@@ -201,9 +201,12 @@ impl MetaStore for PostgresMeta {
         tx.execute("SELECT pg_advisory_xact_lock($1)", &[&WRITE_LOCK]).await.map_err(|e| self.fail("apply", e))?;
         for record in records {
             apply_one(&tx, record).await.map_err(|e| e.into_storage(&self.shown))?;
-            tx.execute("INSERT INTO odi_changes (writer, record) VALUES ($1, $2)", &[&self.writer, &json(record).map_err(|e| e.into_storage(&self.shown))?])
-                .await
-                .map_err(|e| self.fail("append to the change feed", e))?;
+            tx.execute(
+                "INSERT INTO odi_changes (writer, record) VALUES ($1, $2)",
+                &[&self.writer, &feed_json(record).map_err(|e| e.into_storage(&self.shown))?],
+            )
+            .await
+            .map_err(|e| self.fail("append to the change feed", e))?;
         }
         tx.execute("SELECT pg_notify($1, '')", &[&CHANNEL]).await.map_err(|e| self.fail("apply", e))?;
         if self.applied.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % PRUNE_EVERY == PRUNE_EVERY - 1 {
@@ -233,7 +236,7 @@ impl MetaStore for PostgresMeta {
             let (pos, writer, record): (i64, String, String) = (row.get(0), row.get(1), row.get(2));
             cursor = Cursor(pos.max(0) as u64);
             if writer != self.writer {
-                records.push(from_json("odi_changes", &pos.to_string(), &record).map_err(|e| e.into_storage(&self.shown))?);
+                records.push(feed_record(&pos.to_string(), &record).map_err(|e| e.into_storage(&self.shown))?);
             }
         }
         Ok(Changes::Records { records, cursor })
@@ -246,6 +249,10 @@ impl MetaStore for PostgresMeta {
             // The listener stopped (the runtime is shutting down): callers still poll.
             std::future::pending::<()>().await;
         }
+    }
+
+    fn is_shared(&self) -> bool {
+        true
     }
 }
 
@@ -440,6 +447,28 @@ async fn apply_one(tx: &Transaction<'_>, record: &Record) -> Result<(), DbError>
     }
 }
 
+/// A record as the change feed stores it: `Record`'s JSON, but for a federation record, whose
+/// own tag has the same name as `Record`'s (`record`), which is nested: `{"record": "fed",
+/// "fed": {...}}`.
+fn feed_json(record: &Record) -> Result<String, DbError> {
+    match record {
+        Record::Fed(fed) => json(&serde_json::json!({ "record": "fed", "fed": fed })),
+        other => json(other),
+    }
+}
+
+/// The record at feed position `pos`, as `feed_json` wrote it.
+fn feed_record(pos: &str, text: &str) -> Result<Record, DbError> {
+    let value: serde_json::Value = from_json("odi_changes", pos, text)?;
+    let corrupt = |e: serde_json::Error| DbError::Corrupt { table: "odi_changes", key: pos.to_owned(), detail: e.to_string() };
+    match value.get("fed") {
+        Some(fed) if value.get("record").and_then(serde_json::Value::as_str) == Some("fed") => {
+            serde_json::from_value(fed.clone()).map(Record::Fed).map_err(corrupt)
+        }
+        _ => serde_json::from_value(value).map_err(corrupt),
+    }
+}
+
 fn from_json<T: serde::de::DeserializeOwned>(table: &'static str, key: &str, text: &str) -> Result<T, DbError> {
     serde_json::from_str(text).map_err(|e| DbError::Corrupt { table, key: key.to_owned(), detail: e.to_string() })
 }
@@ -629,6 +658,29 @@ mod tests {
         }
     }
 
+    /// Federation records carry a `record` tag of their own, as `Record` does: the feed nests
+    /// them, and they arrive as they were written, beside every other kind.
+    #[tokio::test]
+    async fn every_kind_of_record_crosses_the_feed() {
+        use odi_core::digest::Digest;
+        use odi_core::federation::FedRecord;
+        let Some(server) = PgServer::start() else { return };
+        let url = server.fresh_database("directory");
+        let (a, b) = (PostgresMeta::connect(&url).await.unwrap(), PostgresMeta::connect(&url).await.unwrap());
+        let (_, at) = b.load_at().await.unwrap();
+        let batch = vec![
+            Record::Token { role: TokenRole::Admin, hash: Digest::of(b"t") },
+            catalog_record("alpha"),
+            log("alpha", 1),
+            relay(4, &["alpha"]),
+            Record::Fed(FedRecord::BlobHeld { digest: Digest::of(b"blob") }),
+            Record::Fed(FedRecord::Cursor { peer: NodeId([9; 32]), seq: 12 }),
+            Record::RelayForgotten { id: NodeId([4; 32]) },
+        ];
+        a.apply(&batch).await.unwrap();
+        assert_eq!(changes(&b, at).await.0, batch);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn processes_sharing_a_database_see_each_others_changes_once_in_order() {
         let Some(server) = PgServer::start() else { return };
@@ -664,7 +716,8 @@ mod tests {
         let (x, y) = tokio::join!(a.apply(&one), b.apply(&two));
         assert!(x.is_ok() != y.is_ok(), "exactly one writer of entry 3 wins: {x:?} {y:?}");
         let (seen, _) = changes(&c, at_c).await;
-        assert_eq!(seen, vec![log("alpha", 3)], "the loser's batch is not in the feed");
+        let won: &[Record] = if x.is_ok() { &one } else { &two };
+        assert_eq!(seen, won, "the winner's batch whole, nothing of the loser's");
     }
 
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
