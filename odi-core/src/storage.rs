@@ -325,6 +325,11 @@ pub trait MetaStore: fmt::Debug + Send + Sync + 'static {
     async fn wait_for_changes(&self) {
         std::future::pending::<()>().await
     }
+    /// Several processes may write this store at once, each learning the others' changes from
+    /// [`MetaStore::changes`]. By default not: one process owns the store.
+    fn is_shared(&self) -> bool {
+        false
+    }
 }
 
 #[async_trait]
@@ -343,6 +348,9 @@ impl<T: MetaStore + ?Sized> MetaStore for Arc<T> {
     }
     async fn wait_for_changes(&self) {
         (**self).wait_for_changes().await
+    }
+    fn is_shared(&self) -> bool {
+        (**self).is_shared()
     }
 }
 

@@ -66,4 +66,8 @@ impl<M: MetaStore> MetaStore for FaultyMeta<M> {
     async fn wait_for_changes(&self) {
         self.inner.wait_for_changes().await
     }
+
+    fn is_shared(&self) -> bool {
+        self.inner.is_shared()
+    }
 }

@@ -1065,6 +1065,63 @@ mod tests {
         assert!(refusal(enroll(&mut any, "http://169.254.169.254")).unwrap().contains("never accepted"));
     }
 
+    /// Commits `record` on `dir` as the driver does, and returns what was written.
+    fn committed(dir: &mut Directory, record: Record) -> Vec<Record> {
+        let id = dir.commit(record).unwrap();
+        let written = std::iter::from_fn(|| dir.poll_effect())
+            .find_map(|e| match e {
+                Effect::Persist { id: i, records } if i == id => Some(records),
+                _ => None,
+            })
+            .expect("the change is written first");
+        dir.handle_storage(id, Ok(()), Instant::ZERO);
+        assert_eq!(dir.take_outcome(id), Some(Outcome::Applied));
+        written
+    }
+
+    /// Two processes of one directory on a shared store: each applies what the other wrote, in
+    /// the order written, and plans on it. A plan made before catching up names a log position
+    /// the other already filled; applying it changes nothing (the shared store refuses it).
+    #[test]
+    fn a_process_applies_what_another_wrote_and_plans_on_it() {
+        // As the driver opens them on a shared store: no federation (each would number its own feed).
+        let (mut a, mut b) = (directory([7; 32], AddressPolicy::PUBLIC), directory([7; 32], AddressPolicy::PUBLIC));
+        let tools = CatalogName::new("tools").unwrap();
+        let at = UnixTime(1_800_000_000);
+        let manifest = |n: u8| ChunkManifest::of(&[n; 10_000], 4096).unwrap();
+        let path = |s: &str| ArtifactPath::new(s).unwrap();
+        let record = a.plan_create_catalog(tools.clone(), 1, 4096, false, at).unwrap();
+        let feed = committed(&mut a, record);
+        assert!(
+            matches!(b.plan_publish(&tools, path("early.bin"), manifest(9), "application/octet-stream".into(), at), Err(AdminError::UnknownCatalog(_))),
+            "b has not seen the catalog yet"
+        );
+        let record = a.plan_publish(&tools, path("one.bin"), manifest(1), "application/octet-stream".into(), at).unwrap().unwrap();
+        let mut feed2 = committed(&mut a, record);
+        for r in &feed {
+            assert!(b.apply(r, Instant::ZERO), "{r:?}");
+        }
+        // b has the catalog but not yet a's publish: its plan takes the position a filled.
+        let racing = b.plan_publish(&tools, path("two.bin"), manifest(2), "application/octet-stream".into(), at).unwrap().unwrap();
+        for r in feed2.drain(..) {
+            assert!(b.apply(&r, Instant::ZERO));
+        }
+        assert_eq!(b.lookup("tools", &path("one.bin")).unwrap().manifest.digest(), manifest(1).digest());
+        assert!(!a.apply(&racing, Instant::ZERO), "the same log position twice: not applied");
+        assert!(a.lookup("tools", &path("two.bin")).is_err());
+        // Caught up, b plans the next position, and a applies it.
+        let record = b.plan_publish(&tools, path("two.bin"), manifest(2), "application/octet-stream".into(), at).unwrap().unwrap();
+        for r in committed(&mut b, record) {
+            assert!(a.apply(&r, Instant::ZERO));
+        }
+        for dir in [&a, &b] {
+            let names: Vec<String> = dir.artifacts(&tools).unwrap().map(|x| x.path.to_string()).collect();
+            assert_eq!(names, ["one.bin", "two.bin"]);
+        }
+        // Applying the same change twice (a reload of the whole store) changes nothing.
+        assert!(!b.apply(&feed[0], Instant::ZERO));
+    }
+
     #[test]
     fn a_child_decision_is_drained_into_the_parents_queues_in_order() {
         const ALICE: &str = "0f1e2d3c4b5a69788796a5b4c3d2e1f00f1e2d3c4b5a69788796a5b4c3d2e1f0";

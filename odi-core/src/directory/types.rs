@@ -368,8 +368,9 @@ pub enum AdminError {
     /// No named token has this name.
     #[error("no enrollment token named `{0}`; `odi token ls` lists them")]
     UnknownToken(String),
-    /// A link change on a directory without a federation key.
-    #[error("this directory has no federation key; it cannot link to peers")]
+    /// A link change on a directory without federation: one whose metadata store several
+    /// processes share.
+    #[error("this directory runs on a metadata store several processes share (PostgreSQL); links need a directory that runs as one process")]
     NotFederated,
     /// A link whose peer is this directory.
     #[error("a directory cannot link to itself")]

@@ -291,7 +291,7 @@ pub(super) fn admin_error(e: &AdminError) -> Response<Body> {
 
 /// Plans one admin change under the writer lock (so changes apply in order) and commits it.
 pub(super) async fn plan_and_commit(shared: &Arc<Shared>, plan: impl FnOnce(&Directory) -> Result<Record, AdminError>) -> Result<(), Response<Body>> {
-    let _writer = shared.writer.lock().await;
+    let _writer = shared.write_lock().await;
     let planned = plan(&shared.lock());
     let record = planned.map_err(|e| admin_error(&e))?;
     commit(shared, &record).await
@@ -416,7 +416,7 @@ pub(super) async fn publish_ingested(
     tags: Vec<String>,
 ) -> Result<(bool, Digest, u64), Response<Body>> {
     let (digest, size) = (manifest.digest(), manifest.total_len());
-    let _writer = shared.writer.lock().await;
+    let _writer = shared.write_lock().await;
     let planned = shared.lock().plan_publish_tagged(catalog, path.clone(), manifest, media_type, tags, unix_now());
     match planned {
         Ok(Some(record)) => {
@@ -437,7 +437,7 @@ pub(super) async fn expunge(shared: &Arc<Shared>, catalog: &str, raw_path: &str)
         Ok(p) => p,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("bad artifact path: {e}")),
     };
-    let _writer = shared.writer.lock().await;
+    let _writer = shared.write_lock().await;
     let planned = shared.lock().plan_expunge(&catalog, &path, unix_now());
     let record = match planned {
         Ok(r) => r,
@@ -462,7 +462,7 @@ async fn expunge_digest(shared: &Arc<Shared>, hex: &str) -> Response<Body> {
         Ok(d) => d,
         Err(e) => return error(StatusCode::BAD_REQUEST, e),
     };
-    let _writer = shared.writer.lock().await;
+    let _writer = shared.write_lock().await;
     let (planned, names) = {
         let m = shared.lock();
         (m.plan_expunge_digest(digest, unix_now()), m.names_of(&digest))

@@ -58,6 +58,7 @@ mod audit;
 mod clients;
 mod effects;
 mod events;
+mod feed;
 mod ldap;
 mod node;
 mod oci;
@@ -152,8 +153,10 @@ struct Shared {
     core: Core<Directory>,
     store: Arc<dyn BlobStore>,
     meta: Arc<dyn MetaStore>,
-    /// Serializes plan → persist → apply, so admin changes are applied in log order.
-    writer: tokio::sync::Mutex<()>,
+    /// Serializes plan → persist → apply, so admin changes are applied in log order; it holds
+    /// the position in the metadata store's change feed (see `feed`), taken through
+    /// `Shared::write_lock`, which first applies what other processes committed.
+    writer: tokio::sync::Mutex<odi_core::storage::Cursor>,
     generation: watch::Sender<u64>,
     /// Nonces seen, per signing node.
     replay: Mutex<HashMap<NodeId, ReplayGuard>>,
@@ -253,11 +256,14 @@ impl DirectoryServer {
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
         let clock = Clock::start();
-        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>())))
-            .with_federation(key.clone(), FederationConfig::default())
-            .with_heads(key.clone(), options.head_ttl);
+        let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_heads(key.clone(), options.head_ttl);
+        // Each process would number its own federation feed: on a store several processes
+        // share, the directory has no links (`odi link add` says so).
+        if !meta.is_shared() {
+            machine = machine.with_federation(key.clone(), FederationConfig::default());
+        }
         let public_key = NodeId(key.verifying_key().to_bytes());
-        let records = meta.load().await?;
+        let (records, cursor) = meta.load_at().await?;
         // A log entry of a catalog that came from a linked directory does not apply yet: that
         // catalog is made by the federation records, replayed at `federation_start` (in `run`).
         let skipped: Vec<Record> = records.into_iter().filter(|r| !machine.apply(r, clock.now())).collect();
@@ -303,7 +309,7 @@ impl DirectoryServer {
             core: Core::new(machine, clock),
             store,
             meta,
-            writer: tokio::sync::Mutex::new(()),
+            writer: tokio::sync::Mutex::new(cursor),
             generation,
             replay: Mutex::new(HashMap::new()),
             started: unix_now(),
@@ -378,6 +384,7 @@ impl DirectoryServer {
             tracing::warn!(skipped = left, "some stored records did not apply");
         }
         effects::execute(&shared, effects).await;
+        let feed = tokio::spawn(feed::feed_loop(shared.clone()));
         let origins = tokio::spawn(origins::origin_loop(shared.clone()));
         let deliveries = tokio::spawn(webhooks::delivery_loop(shared.clone()));
         let sweeps = tokio::spawn(oci::sweep_loop(shared.clone()));
@@ -386,8 +393,10 @@ impl DirectoryServer {
             crate::metrics::serve_own(l, move || metrics_response(&shared))
         });
         let result = driver::run(shared, listener, handle, shutdown).await;
+        feed.abort();
         origins.abort();
         deliveries.abort();
+        let _ = feed.await;
         let _ = origins.await;
         let _ = deliveries.await;
         sweeps.abort();

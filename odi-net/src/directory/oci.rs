@@ -694,7 +694,7 @@ async fn start_upload(shared: &Arc<Shared>, req: Request<Incoming>, repo: &RepoN
 async fn mount_blob(shared: &Arc<Shared>, repo: &RepoName, from: &RepoName, digest: &Digest) -> Option<Response<Body>> {
     let source = shared.lock().lookup(from.catalog().as_str(), &from.blob_path(digest)).ok().map(|a| (*a.manifest).clone())?;
     let path = repo.blob_path(digest);
-    let writer = shared.writer.lock().await;
+    let writer = shared.write_lock().await;
     let planned = shared.lock().plan_publish(repo.catalog(), path, source, "application/octet-stream".to_owned(), unix_now());
     match planned {
         Ok(Some(record)) => {
