@@ -11,7 +11,7 @@ mod common;
 use std::fmt::Write as _;
 use std::net::TcpListener;
 use std::path::Path;
-use std::process::{Command, Output, Stdio};
+use std::process::Output;
 
 use common::*;
 
@@ -33,16 +33,7 @@ fn odi_ok(args: &[&str]) -> String {
 /// key), it serves HTTPS, the traps redirect to `https://`, and `/pub/down.bin` redirects to
 /// `http://` on its own host and port (a downgrade).
 fn start_nginx(prefix: &Path, www: &Path, port: u16, canary: u16, tls: Option<&odi_net::tls::DevCerts>) -> Proc {
-    std::fs::create_dir_all(prefix).unwrap();
-    let p = prefix.display();
     let mut c = String::new();
-    // One process (no master): killing it when the test ends leaves no orphaned worker.
-    let _ = writeln!(c, "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log warn;");
-    let _ = writeln!(c, "events {{ worker_connections 64; }}");
-    let _ = writeln!(c, "http {{ access_log off; default_type application/octet-stream;");
-    for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        let _ = writeln!(c, "  {temp}_temp_path {p}/{temp}_temp;");
-    }
     let scheme = if tls.is_some() { "https" } else { "http" };
     let ssl = if tls.is_some() { " ssl" } else { "" };
     let _ = writeln!(c, "  server {{ listen 127.0.0.1:{port}{ssl}; root {}; autoindex on;", www.display());
@@ -53,23 +44,7 @@ fn start_nginx(prefix: &Path, www: &Path, port: u16, canary: u16, tls: Option<&o
     let _ = writeln!(c, "    location /meta/ {{ return 302 {scheme}://169.254.169.254/latest/meta-data/; }}");
     let _ = writeln!(c, "    location = /pub/trap.bin {{ return 302 {scheme}://127.0.0.1:{canary}/secret; }}");
     let _ = writeln!(c, "  }}");
-    let _ = writeln!(c, "}}");
-    std::fs::write(prefix.join("nginx.conf"), c).unwrap();
-    let nginx =
-        ["nginx", "/usr/sbin/nginx"].into_iter().find(|n| Command::new(n).arg("-v").output().is_ok()).expect("nginx is installed (scripts/test installs it)");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for(10, "nginx to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    Proc(child)
+    common::start_nginx(prefix, port, &c)
 }
 
 fn sha256sums(www: &Path, entries: &[(&str, &str)]) {

@@ -63,16 +63,7 @@ impl Node {
 /// nginx in front of the processes, round-robin, passing a request on to the next process
 /// when one refuses the connection; uploads stream through unbuffered.
 fn start_lb(prefix: &Path, port: u16, upstreams: &[u16]) -> Proc {
-    std::fs::create_dir_all(prefix).unwrap();
-    let p = prefix.display();
-    let mut c = String::new();
-    let _ = writeln!(c, "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log warn;");
-    let _ = writeln!(c, "events {{ worker_connections 256; }}");
-    let _ = writeln!(c, "http {{ access_log off;");
-    for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
-        let _ = writeln!(c, "  {temp}_temp_path {p}/{temp}_temp;");
-    }
-    let _ = writeln!(c, "  upstream odi {{");
+    let mut c = String::from("  upstream odi {\n");
     for u in upstreams {
         let _ = writeln!(c, "    server 127.0.0.1:{u} max_fails=1 fail_timeout=2s;");
     }
@@ -81,23 +72,7 @@ fn start_lb(prefix: &Path, port: u16, upstreams: &[u16]) -> Proc {
     let _ = writeln!(c, "    location / {{ proxy_pass http://odi; proxy_http_version 1.1; proxy_request_buffering off; proxy_buffering off;");
     let _ = writeln!(c, "      proxy_set_header Host $http_host; proxy_next_upstream error timeout; }}");
     let _ = writeln!(c, "  }}");
-    let _ = writeln!(c, "}}");
-    std::fs::write(prefix.join("nginx.conf"), c).unwrap();
-    let nginx =
-        ["nginx", "/usr/sbin/nginx"].into_iter().find(|n| Command::new(n).arg("-v").output().is_ok()).expect("nginx is installed (scripts/test installs it)");
-    let child = Command::new(nginx)
-        .arg("-p")
-        .arg(prefix)
-        .arg("-c")
-        .arg(prefix.join("nginx.conf"))
-        .arg("-e")
-        .arg(prefix.join("error.log"))
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()
-        .unwrap();
-    wait_for(10, "nginx to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
-    Proc(child)
+    start_nginx(prefix, port, &c)
 }
 
 fn publish(directory: &str, file: &Path) -> std::process::Output {

@@ -91,3 +91,37 @@ pub fn spawn_odi(admin: &str, enroll: &str, args: &[&str]) -> Child {
         .spawn()
         .expect("spawn odi")
 }
+
+/// nginx in the foreground as one process (no master: killing it when the test ends leaves no
+/// orphaned worker), with its pid, logs and temp files under `prefix`, serving the `http { }`
+/// body `servers` on `port` (which it must listen on); returned once it accepts connections.
+pub fn start_nginx(prefix: &std::path::Path, port: u16, servers: &str) -> Proc {
+    use std::fmt::Write as _;
+    std::fs::create_dir_all(prefix).unwrap();
+    let p = prefix.display();
+    let mut c = String::new();
+    let _ = writeln!(c, "daemon off; master_process off; pid {p}/nginx.pid; error_log {p}/error.log warn;");
+    let _ = writeln!(c, "events {{ worker_connections 256; }}");
+    let _ = writeln!(c, "http {{ access_log off; default_type application/octet-stream;");
+    for temp in ["client_body", "proxy", "fastcgi", "uwsgi", "scgi"] {
+        let _ = writeln!(c, "  {temp}_temp_path {p}/{temp}_temp;");
+    }
+    c.push_str(servers);
+    c.push_str("}\n");
+    std::fs::write(prefix.join("nginx.conf"), c).unwrap();
+    let nginx =
+        ["nginx", "/usr/sbin/nginx"].into_iter().find(|n| Command::new(n).arg("-v").output().is_ok()).expect("nginx is installed (scripts/test installs it)");
+    let child = Command::new(nginx)
+        .arg("-p")
+        .arg(prefix)
+        .arg("-c")
+        .arg(prefix.join("nginx.conf"))
+        .arg("-e")
+        .arg(prefix.join("error.log"))
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()
+        .unwrap();
+    wait_for(10, "nginx to listen", || std::net::TcpStream::connect(("127.0.0.1", port)).is_ok());
+    Proc(child)
+}
