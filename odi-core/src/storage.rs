@@ -192,6 +192,31 @@ pub enum Record {
     /// Federation state: accepted signed entries, links, cursors, held blobs (see
     /// [`crate::federation::FedRecord`]). Replayed in the order persisted.
     Fed(FedRecord),
+    /// What heartbeats taught one process of a directory whose store several processes share,
+    /// for the others (see [`DirectoryConfig::share_heartbeats`](crate::directory::DirectoryConfig)):
+    /// soft state, carried by the store's change feed only. Stores keep no table of it, and
+    /// `load` never returns it.
+    Heard {
+        /// The heartbeats taken since the last such record, in the order taken.
+        relays: Vec<HeardRelay>,
+    },
+}
+
+/// One heartbeat a process took, as the other processes apply it: the relay, its load, and
+/// its held report as a change the others check against their copy of the relay's set (the
+/// whole set when the report changed it from a whole set, else a delta, empty when nothing
+/// changed, named by the set's digest either way).
+#[derive(Clone, Debug, Deserialize, Eq, PartialEq, Serialize)]
+pub struct HeardRelay {
+    /// The relay that sent it.
+    pub relay: NodeId,
+    /// Its report; `generation` means nothing to the other processes and is 0.
+    pub report: crate::message::Heartbeat,
+    /// When the relay had applied the state the process would have sent it: each of its
+    /// catalogs' log positions then. It knows every name bound up to them, so a process that
+    /// does not answer it may send clients to it by those names.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub names: Vec<(CatalogName, u64)>,
 }
 
 /// A named token an admin handed out: its keyed hash (never the token), and whether it was

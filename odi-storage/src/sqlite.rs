@@ -115,7 +115,9 @@ impl MetaStore for SqliteMeta {
     }
 
     async fn apply(&self, records: &[Record]) -> Result<()> {
-        let rows = records.iter().map(Row::of).collect::<Result<Vec<_>>>()?;
+        // Soft state for other processes of the directory is carried only by a shared store's
+        // change feed; one process owns this store.
+        let rows = records.iter().filter(|r| !matches!(r, Record::Heard { .. })).map(Row::of).collect::<Result<Vec<_>>>()?;
         let path = self.path.clone();
         self.run("apply", move |conn| apply(conn, &rows).map_err(|e| e.into_storage(&path))).await
     }
@@ -168,6 +170,7 @@ impl Row {
                 seq: i64::try_from(*seq).map_err(|_| StorageError::backend(STORE, format!("cursor {seq} of peer {peer} is too large to store")))?,
             },
             Record::Fed(other) => Self::FedLog { record: to_json(serde_json::to_string(other))? },
+            Record::Heard { .. } => return Err(StorageError::backend(STORE, "shared heartbeats are not stored: this store has one process")),
         })
     }
 }

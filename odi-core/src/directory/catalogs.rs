@@ -92,6 +92,8 @@ pub(super) struct Entry {
     pub(super) artifact: Artifact,
     /// The generation at which this name got this digest; relays must have applied it.
     pub(super) generation: u64,
+    /// The catalog's log position when it did: the same in every process of the directory.
+    pub(super) seq: u64,
 }
 
 #[derive(Debug)]
@@ -372,7 +374,8 @@ impl Catalogs {
         cat.expunged.remove(&artifact.path);
         let path = artifact.path.clone();
         let tags = artifact.tags.clone();
-        let old = cat.insert(path.clone(), Entry { artifact, generation }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        let seq = cat.seq;
+        let old = cat.insert(path.clone(), Entry { artifact, generation, seq }).map(|e| (e.artifact.digest(), e.artifact.tags));
         match old {
             Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
             // The same bytes under other tags: placement must look again.

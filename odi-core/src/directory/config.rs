@@ -53,6 +53,11 @@ pub struct DirectoryConfig {
     /// Key of the HMAC-SHA256 under which token hashes are stored, so that a copy of the store
     /// alone does not allow guessing a token offline. The driver keeps it in a 0600 file.
     pub token_key: [u8; 32],
+    /// Several processes of this directory share its store: every heartbeat taken is also
+    /// written (batched, as [`Record::Heard`](crate::storage::Record)) for the other processes,
+    /// which apply it as their own, so that every process knows every relay's liveness and
+    /// holdings whichever process it talks to.
+    pub share_heartbeats: bool,
 }
 
 impl DirectoryConfig {
@@ -76,6 +81,7 @@ impl DirectoryConfig {
             hot: HotConfig::default(),
             relay_addresses: AddressPolicy::PUBLIC,
             token_key: [0; 32],
+            share_heartbeats: false,
         }
     }
 }

@@ -7,15 +7,21 @@ use crate::held::HeldSum;
 use crate::message::{Capacity, HeldDelta, RelayUrl};
 
 const TOKEN: &str = "6b2f0a7c3d9e41f58a2b7c6d0e1f3a4b5c6d7e8f9a0b1c2d3e4f5a6b7c8d9e0f";
-const WALL: UnixTime = UnixTime(1_800_000_000);
-const RELAY: NodeId = NodeId([0x11; 32]);
-const T0: Instant = Instant::ZERO;
+pub(super) const WALL: UnixTime = UnixTime(1_800_000_000);
+pub(super) const RELAY: NodeId = NodeId([0x11; 32]);
+pub(super) const T0: Instant = Instant::ZERO;
 
 /// A directory with one catalog of `n` one-chunk artifacts (`a0`, `a1`, …), one replica each.
-fn directory(n: u8) -> (Directory, Vec<Digest>) {
+pub(super) fn directory(n: u8) -> (Directory, Vec<Digest>) {
+    directory_with(n, |_| {})
+}
+
+/// `directory`, with its configuration changed by `f` first.
+pub(super) fn directory_with(n: u8, f: impl FnOnce(&mut DirectoryConfig)) -> (Directory, Vec<Digest>) {
     let mut config = DirectoryConfig::new(NodeId([0xd1; 32]));
     config.probation = Duration::ZERO;
     config.check_possession = false;
+    f(&mut config);
     let mut dir = Directory::new(config, Seed(1));
     let catalog = CatalogName::new("c").unwrap();
     let mut records = vec![
@@ -43,7 +49,7 @@ fn directory(n: u8) -> (Directory, Vec<Digest>) {
 }
 
 /// Carries out effects: self-tests pass, writes are durable.
-fn drain(dir: &mut Directory, now: Instant) {
+pub(super) fn drain(dir: &mut Directory, now: Instant) {
     loop {
         let mut idle = true;
         while let Some(effect) = dir.poll_effect() {
@@ -63,7 +69,7 @@ fn drain(dir: &mut Directory, now: Instant) {
     }
 }
 
-fn enroll(dir: &mut Directory, now: Instant) {
+pub(super) fn enroll(dir: &mut Directory, now: Instant) {
     let req = EnrollRequest {
         token: TOKEN.into(),
         public_url: RelayUrl::new("http://relay.example:8080").unwrap(),
@@ -84,7 +90,7 @@ fn enroll(dir: &mut Directory, now: Instant) {
     }
 }
 
-fn beat(dir: &mut Directory, generation: u64, held: Vec<Digest>, delta: Option<HeldDelta>, now: Instant) -> Result<HeartbeatAck, Refusal> {
+pub(super) fn beat(dir: &mut Directory, generation: u64, held: Vec<Digest>, delta: Option<HeldDelta>, now: Instant) -> Result<HeartbeatAck, Refusal> {
     let reply = dir.handle_message(RELAY, Message::Heartbeat(Heartbeat { generation, held, used: 0, active: 0, delta }), now, WALL);
     drain(dir, now);
     match reply {
@@ -94,16 +100,16 @@ fn beat(dir: &mut Directory, generation: u64, held: Vec<Digest>, delta: Option<H
     }
 }
 
-fn name(set: &[Digest]) -> Digest {
+pub(super) fn name(set: &[Digest]) -> Digest {
     HeldSum::of(set).digest()
 }
 
-fn delta(base: &[Digest], added: &[Digest], removed: &[Digest], now: &[Digest]) -> Option<HeldDelta> {
+pub(super) fn delta(base: &[Digest], added: &[Digest], removed: &[Digest], now: &[Digest]) -> Option<HeldDelta> {
     Some(HeldDelta { base: name(base), added: added.to_vec(), removed: removed.to_vec(), digest: name(now) })
 }
 
 /// Whether a client asking for artifact `i` by digest may be sent to the relay.
-fn holds(dir: &Directory, d: &[Digest], i: usize, now: Instant) -> bool {
+pub(super) fn holds(dir: &Directory, d: &[Digest], i: usize, now: Instant) -> bool {
     dir.redirect_blob(&d[i], now).is_ok_and(|r| r.target.is_some() || !r.alternates.is_empty())
 }
 

@@ -38,6 +38,7 @@ mod persist;
 mod placement;
 mod redirect;
 mod relays;
+mod shared;
 mod small_set;
 mod tokens;
 mod types;
@@ -115,6 +116,8 @@ pub struct Directory {
     redirect_rng: SharedRng,
     effects: VecDeque<Effect>,
     events: VecDeque<Event>,
+    /// Heartbeats taken, for the other processes (with `share_heartbeats`).
+    heard: shared::HeardBatch,
 }
 
 impl Directory {
@@ -139,6 +142,7 @@ impl Directory {
             redirect_rng,
             effects: VecDeque::new(),
             events: VecDeque::new(),
+            heard: shared::HeardBatch::default(),
         }
     }
 
@@ -401,6 +405,7 @@ impl Directory {
                     linked.written(id, outcome.is_ok(), now);
                 }
             }
+            (Write::Soft, outcome) => self.heard_written(outcome),
             (Write::Decision { .. }, Ok(())) => {}
             (Write::Decision { relay, .. }, Err(error)) => {
                 self.events.push_back(Event::PersistFailed { what: format!("the state of relay {relay} (retried)"), error });
@@ -455,6 +460,10 @@ impl Directory {
             }
             Record::Fed(record) => {
                 self.apply_fed_record(record, now);
+                return true;
+            }
+            Record::Heard { relays } => {
+                self.apply_heard(relays, now);
                 return true;
             }
         };
@@ -613,12 +622,10 @@ impl Directory {
     /// Where to send a client for `catalog/path`. Chooses among relays that hold the artifact,
     /// are tested, alive, not suspended or quarantined, and have applied its current name.
     pub fn redirect(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Redirect, LookupError> {
-        let (digest, size, media_type, generation) = {
-            let e = self.catalogs.entry(catalog, path)?;
-            (e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), e.generation)
-        };
+        let e = self.catalogs.entry(catalog, path)?;
+        let name = relays::NameAt { generation: e.generation, catalog: &e.artifact.catalog, seq: e.seq };
         let mutable = self.catalogs.is_mutable(catalog);
-        Ok(Redirect { mutable, ..self.choose(digest, size, media_type, Some(generation), now) })
+        Ok(Redirect { mutable, ..self.choose(e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), Some(name), now) })
     }
 
     /// Like `redirect`, by digest.
@@ -630,10 +637,10 @@ impl Directory {
     /// Power of two choices among the relays that may serve `digest` (see `redirect::choose`).
     /// Takes `&self`: counts go to atomics (the blob's requests, the relay's redirects), so
     /// drivers answer redirects under a shared read lock.
-    fn choose(&self, digest: Digest, size: u64, media_type: Arc<str>, min_generation: Option<u64>, now: Instant) -> Redirect {
+    fn choose(&self, digest: Digest, size: u64, media_type: Arc<str>, name: Option<relays::NameAt<'_>>, now: Instant) -> Redirect {
         self.catalogs.count_request(&digest);
         self.hot.arm(now);
-        let candidates = self.candidates(&digest, min_generation, now);
+        let candidates = self.candidates(&digest, name, now);
         let choice = redirect::choose(candidates, &self.redirect_rng);
         if let Some((id, _)) = &choice.target {
             self.relays.redirected(id);
@@ -642,10 +649,10 @@ impl Directory {
     }
 
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
-    /// suspended or quarantined, have applied `min_generation`, and are not draining unless the
+    /// suspended or quarantined, know the name asked for, and are not draining unless the
     /// artifact has too few other holders.
-    fn candidates(&self, digest: &Digest, min_generation: Option<u64>, now: Instant) -> Vec<Candidate> {
-        let mut candidates = self.relays.candidates(digest, min_generation, now);
+    fn candidates(&self, digest: &Digest, name: Option<relays::NameAt<'_>>, now: Instant) -> Vec<Candidate> {
+        let mut candidates = self.relays.candidates(digest, name, now);
         redirect::settle(&mut candidates, || self.replicas_of(digest));
         candidates
     }
@@ -654,7 +661,8 @@ impl Directory {
     /// counting a request).
     pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
         let e = self.catalogs.entry(catalog, path)?;
-        Ok(self.candidates(&e.artifact.digest(), Some(e.generation), now).into_iter().map(|c| c.id).collect())
+        let name = relays::NameAt { generation: e.generation, catalog: &e.artifact.catalog, seq: e.seq };
+        Ok(self.candidates(&e.artifact.digest(), Some(name), now).into_iter().map(|c| c.id).collect())
     }
 
     // ---- relay protocol ----
@@ -772,9 +780,13 @@ impl Directory {
                 reason: "a heartbeat reports its held set either whole (held) or as a change (delta), not both".into(),
             });
         }
+        let before = self.relays.held_digest(&from);
         let Some(heard) = self.relays.heartbeat(from, &hb, now, self.placement.generation(), &self.catalogs) else {
             return Message::Refused(Refusal { code: RefusalCode::UnknownRelay, reason: "this directory does not know the relay; enroll again".into() });
         };
+        if self.config.share_heartbeats {
+            self.share_heartbeat(from, &hb, before, heard.held, now);
+        }
         self.drain_relays(now);
         self.refresh_assignment(now);
         let generation = self.placement.generation();
@@ -870,6 +882,7 @@ impl Directory {
             self.placement.replace(digest, footprint);
         }
         self.write_decisions(now);
+        self.flush_heard(now);
         if let Some(linked) = self.linked.as_mut()
             && linked.fed.poll_timeout().is_some_and(|at| at <= now)
         {
@@ -900,6 +913,7 @@ impl Directory {
             .chain(self.hot.poll_timeout(&self.config.hot))
             .chain(self.persist.poll_timeout())
             .chain(self.placement.poll_timeout())
+            .chain(self.heard.poll_timeout())
             .chain(linked)
             .min()
     }
@@ -986,6 +1000,8 @@ fn kind(msg: &Message) -> &'static str {
 
 #[cfg(test)]
 mod held_tests;
+#[cfg(test)]
+mod shared_tests;
 
 #[cfg(test)]
 mod tests {

@@ -48,6 +48,8 @@ pub(super) enum Write {
     Decision { relay: NodeId, backoff: Duration },
     /// Federation records (see `federated`): the federation's output behind it waits for it.
     Fed,
+    /// Soft state for the other processes of the directory (see `shared`): not retried.
+    Soft,
 }
 
 impl Write {
@@ -59,7 +61,7 @@ impl Write {
             }),
             Self::Enroll(r, _) => Some(r.id),
             Self::Decision { relay, .. } => Some(*relay),
-            Self::Fed => None,
+            Self::Fed | Self::Soft => None,
         }
     }
 }

@@ -24,6 +24,7 @@ use super::{DirectoryConfig, Effect, Event, ExpungeView, RelayView};
 use crate::digest::Digest;
 use crate::held::HeldSum;
 use crate::message::{Heartbeat, HeldDelta, NodeId, Refusal, RefusalCode, RelayUrl, Standing};
+use crate::path::CatalogName;
 use crate::rng::SeededRng;
 use crate::storage::RelayRecord;
 use crate::time::Instant;
@@ -51,6 +52,10 @@ pub(super) struct RelayState {
     held_sum: HeldSum,
     /// Counts changes to `held`.
     held_epoch: u64,
+    /// Per catalog, the log position up to which it knows the names, as another process of the
+    /// directory saw it (`heard_elsewhere`): by those names clients may be sent to it from here
+    /// although this process sent it no state.
+    names_at: BTreeMap<CatalogName, u64>,
     /// The placement generation and `held_epoch` at which it last held its whole assignment:
     /// while both stand, a heartbeat's standing skips comparing the two sets.
     synced_at: Option<(u64, u64)>,
@@ -279,15 +284,15 @@ impl Relays {
     }
 
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
-    /// suspended or quarantined and have applied `min_generation`. With bandwidth weight and
-    /// current load.
-    pub(super) fn candidates(&self, digest: &Digest, min_generation: Option<u64>, now: Instant) -> Vec<Candidate> {
+    /// suspended or quarantined and know the name `name` (when asked by name). With bandwidth
+    /// weight and current load.
+    pub(super) fn candidates(&self, digest: &Digest, name: Option<NameAt<'_>>, now: Instant) -> Vec<Candidate> {
         self.holders
             .get(digest)
             .into_iter()
             .flatten()
             .filter_map(|id| self.table.get(id))
-            .filter(|r| r.redirectable(now, self.config.lease) && min_generation.is_none_or(|g| r.applied_generation >= g))
+            .filter(|r| r.redirectable(now, self.config.lease) && name.is_none_or(|n| n.known_by(r)))
             .map(|r| Candidate {
                 id: r.record.id,
                 weight: redirect_weight(bandwidth(r), r.audit.measured),
@@ -510,6 +515,44 @@ impl Relays {
     /// last taken; unknown digests are counted in the sum but not held), and the expunges it
     /// confirmed. `generation` is the directory's. `None` for an unknown relay.
     pub(super) fn heartbeat(&mut self, from: NodeId, hb: &Heartbeat, now: Instant, generation: u64, catalogs: &Catalogs) -> Option<Heard> {
+        self.book(from, hb, now, Some(generation), catalogs)
+    }
+
+    /// The digest of the held set this process has for the relay (the base its next delta
+    /// must name).
+    pub(super) fn held_digest(&self, id: &NodeId) -> Option<Digest> {
+        self.table.get(id).map(|r| r.held_sum.digest())
+    }
+
+    /// Books a heartbeat another process of this directory took (`Record::Heard`): liveness,
+    /// load and holdings as from its own, but for the generation, which only the process that
+    /// answered knows. A held report that does not fit this process's copy of the relay's set
+    /// leaves it not knowing what the relay holds (no clients sent to it from here) until the
+    /// relay's whole set comes, from a heartbeat to this process or to another.
+    pub(super) fn heard_elsewhere(&mut self, from: NodeId, hb: &Heartbeat, names: &[(CatalogName, u64)], now: Instant, catalogs: &Catalogs) {
+        if let Some(relay) = self.table.get_mut(&from) {
+            for (catalog, seq) in names {
+                let at = relay.names_at.entry(catalog.clone()).or_default();
+                *at = (*at).max(*seq);
+            }
+        }
+        if self.book(from, hb, now, None, catalogs).is_some_and(|heard| heard.held.is_none())
+            && let Some(relay) = self.table.get_mut(&from)
+        {
+            for d in std::mem::take(&mut relay.held) {
+                if let Some(h) = self.holders.get_mut(&d) {
+                    h.remove(&from);
+                }
+            }
+            relay.audit.unverified.clear();
+            relay.held_sum = HeldSum::default();
+            relay.held_epoch += 1;
+        }
+    }
+
+    /// `heartbeat` and `heard_elsewhere`: `generation` is the directory's when the relay talks
+    /// to this process, `None` when it talked to another.
+    fn book(&mut self, from: NodeId, hb: &Heartbeat, now: Instant, generation: Option<u64>, catalogs: &Catalogs) -> Option<Heard> {
         let lease = self.config.lease;
         let relay = self.table.get_mut(&from)?;
         let was_alive = !relay.lost && relay.last_seen.is_some_and(|t| now < t + lease);
@@ -530,7 +573,9 @@ impl Relays {
             relay.first_state = None;
             self.reshaped = true;
         }
-        relay.applied_generation = hb.generation.min(generation);
+        if let Some(generation) = generation {
+            relay.applied_generation = hb.generation.min(generation);
+        }
         let change = match &hb.delta {
             None => Some(full_change(relay, &hb.held, catalogs)),
             Some(delta) => delta_change(relay, delta, catalogs),
@@ -561,8 +606,9 @@ impl Relays {
         let quarantined = relay.record.quarantined.is_some();
         // What a relay newly reports holding is checked (one chunk, asked as a client would)
         // before a plain client is sent to it for that artifact. Only a proven relay's first
-        // report after a directory restart is taken on trust.
-        let trusted = relay.record.proven && !relay.reported;
+        // report after a directory restart is taken on trust, and what another process of the
+        // directory took: that process checks it (and a relay that fails is quarantined for all).
+        let trusted = (relay.record.proven && !relay.reported) || generation.is_none();
         relay.reported = true;
         let held_changed = !gone.is_empty() || !new.is_empty();
         relay.held_epoch += u64::from(held_changed);
@@ -756,6 +802,7 @@ impl RelayState {
             held: BTreeSet::new(),
             held_sum: HeldSum::default(),
             held_epoch: 0,
+            names_at: BTreeMap::new(),
             synced_at: None,
             applied_generation: 0,
             lost: false,
@@ -809,6 +856,23 @@ impl RelayState {
     /// knows no names.
     fn auditable(&self) -> bool {
         self.tested && !self.lost && self.record.quarantined.is_none() && self.first_state.is_some_and(|g| self.applied_generation >= g)
+    }
+}
+
+/// A name a client asked for, which the relay sent the client must know: bound at `generation`
+/// in this process, at log position `seq` of `catalog` in every process.
+#[derive(Clone, Copy, Debug)]
+pub(super) struct NameAt<'a> {
+    pub(super) generation: u64,
+    pub(super) catalog: &'a CatalogName,
+    pub(super) seq: u64,
+}
+
+impl NameAt<'_> {
+    /// It applied a state from this process that had the name, or another process saw it
+    /// know the catalog that far.
+    fn known_by(&self, r: &RelayState) -> bool {
+        r.applied_generation >= self.generation || r.names_at.get(self.catalog).is_some_and(|s| *s >= self.seq)
     }
 }
 
