@@ -36,6 +36,7 @@ impl Node {
         let child = Command::new(ODI)
             .arg("directory")
             .args(["--listen", &listen, "--data", self.data.to_str().unwrap(), "--metadata", db, "--blobs", blobs, "--public-url", public])
+            .args(["--heartbeat-interval", "300ms", "--lease", "1500ms", "--probation", "0s"])
             .env("ODI_ADMIN_TOKEN", ADMIN)
             .env("ODI_ENROLL_TOKEN", ENROLL)
             .env("ODI_LINK_TOKEN", LINK)
@@ -154,6 +155,44 @@ fn three_directory_processes_on_one_postgresql_and_one_bucket_serve_one_director
             let fetched = fetch(&lb, name, &got).unwrap_or_else(|e| panic!("round {round}, {name}: {e}"));
             assert!(fetched == *bytes, "round {round}, {name}: the bytes differ");
         }
+    }
+
+    // A relay that talks to one process only (as when the node API is routed to one process
+    // per relay): the others learn from the heartbeats it took what the relay holds, and send
+    // clients to it too.
+    let rport = free_port();
+    let relay_url = format!("http://127.0.0.1:{rport}");
+    let relay_data = tmp.path().join("relay");
+    let relay_args = [
+        "relay",
+        "--listen",
+        &format!("127.0.0.1:{rport}"),
+        "--data",
+        relay_data.to_str().unwrap(),
+        "--directory",
+        &nodes[0].url(),
+        "--public-url",
+        &relay_url,
+    ];
+    let _relay = Proc(spawn_odi(ADMIN, ENROLL, &[&relay_args[..], &["--disk-budget", "1GiB"]].concat()));
+    for (i, node) in nodes.iter().enumerate() {
+        for (name, _) in &files {
+            let url = format!("{}/r/tools/{name}", node.url());
+            let redirected = (0..300).any(|_| {
+                let o = run("curl", &["-s", "-o", "/dev/null", "-w", "%{http_code} %{redirect_url}", &url]);
+                String::from_utf8_lossy(&o.stdout).starts_with(&format!("302 {relay_url}/")) || {
+                    std::thread::sleep(std::time::Duration::from_millis(200));
+                    false
+                }
+            });
+            if !redirected {
+                let views: Vec<String> = nodes.iter().map(|n| odi_ok_as(ADMIN, &["relays", "--directory", &n.url(), "--json"])).collect();
+                panic!("process {i} sends no client for {name} to the relay; relays as each process sees them:\n{}", views.join("\n"));
+            }
+        }
+    }
+    for (name, bytes) in &files {
+        assert!(fetch(&lb, name, &got).unwrap() == *bytes, "{name} through the relay");
     }
 
     // An expunge through one process: the others stop serving the name.

@@ -255,6 +255,7 @@ impl DirectoryServer {
         config.probe_interval = options.probe_interval;
         config.audit_interval = options.audit_interval;
         config.probation = options.probation;
+        config.share_heartbeats = meta.is_shared();
         let clock = Clock::start();
         let mut machine = Directory::new(config, Seed(u64::from_le_bytes(keys::random_bytes::<8>()))).with_heads(key.clone(), options.head_ttl);
         // Each process would number its own federation feed: on a store several processes
