@@ -420,6 +420,11 @@ impl Catalogs {
 
     // ---- queries ----
 
+    /// `catalog`'s log position.
+    pub(super) fn seq(&self, catalog: &CatalogName) -> Option<u64> {
+        self.catalogs.get(catalog).map(|c| c.seq)
+    }
+
     /// What `catalog`'s signed head states: its log position and the digest of its names.
     pub(super) fn head_state(&self, catalog: &CatalogName) -> Option<(u64, Digest)> {
         self.catalogs.get(catalog).map(|c| (c.seq, c.names_sum.digest()))

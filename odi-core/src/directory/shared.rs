@@ -56,7 +56,7 @@ impl Directory {
         let names = if hb.generation == self.placement.generation() && self.relays.is_tested(&from) {
             let carried = self.relays.record(&from).map(|r| r.catalogs.clone()).unwrap_or_default();
             let catalogs = if carried.is_empty() { self.catalogs.names() } else { carried };
-            catalogs.into_iter().filter_map(|c| self.catalogs.head_state(&c).map(|(seq, _)| (c, seq))).collect()
+            catalogs.into_iter().filter_map(|c| self.catalogs.seq(&c).map(|seq| (c, seq))).collect()
         } else {
             Vec::new()
         };
