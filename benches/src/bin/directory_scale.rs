@@ -22,6 +22,10 @@ const USAGE: &str = "usage: odi-directory-scale [--artifacts N] [--relays R] [--
   --decisions D  redirect decisions to measure (default 2_000_000)
   --seed S       seed for paths, digests, relay ids and the path picks (default 1)";
 
+/// The allocator the `odi` binary uses: the state's size depends on it.
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
 /// Decisions timed together; latency percentiles are over these batches' mean per decision.
 const BATCH: usize = 100;
 /// Paths checked for `REPLICAS` eligible relays before measuring.

@@ -7,6 +7,7 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use super::names::Names;
 use super::small_set::SmallSet;
 use super::{AdminError, CatalogView, LookupError};
 use crate::catalog::{Artifact, CatalogConfig, LogEntry, LogOp, MAX_REPLICAS};
@@ -22,7 +23,7 @@ use crate::time::UnixTime;
 struct CatalogState {
     config: CatalogConfig,
     seq: u64,
-    artifacts: BTreeMap<ArtifactPath, Entry>,
+    artifacts: Names,
     /// Expunged paths (410), with the bytes each held when it was expunged.
     expunged: BTreeMap<ArtifactPath, Digest>,
     /// The sum (mod 2^256) of SHA-256(path, digest) over every name: an order-free digest of
@@ -69,9 +70,10 @@ impl NamesSum {
 }
 
 impl CatalogState {
-    fn insert(&mut self, path: ArtifactPath, entry: Entry) -> Option<Entry> {
+    fn insert(&mut self, entry: Entry) -> Option<Entry> {
+        let path = entry.artifact.path.clone();
         self.names_sum.add(NamesSum::term(&path, &entry));
-        let old = self.artifacts.insert(path.clone(), entry);
+        let old = self.artifacts.insert(entry);
         if let Some(old) = &old {
             self.names_sum.sub(NamesSum::term(&path, old));
         }
@@ -79,7 +81,7 @@ impl CatalogState {
     }
 
     fn remove(&mut self, path: &ArtifactPath) -> Option<Entry> {
-        let old = self.artifacts.remove(path);
+        let old = self.artifacts.remove(path.as_str());
         if let Some(old) = &old {
             self.names_sum.sub(NamesSum::term(path, old));
         }
@@ -171,7 +173,7 @@ impl Catalogs {
         // A path in conflict (concurrent bindings from linked directories) is resolved by
         // publishing one of its candidates again: a Put that supersedes all of them.
         let resolves = candidates.contains(&digest);
-        match cat.artifacts.get(&path).map(|e| (e.artifact.digest(), &e.artifact.tags)) {
+        match cat.artifacts.get(path.as_str()).map(|e| (e.artifact.digest(), &e.artifact.tags)) {
             _ if resolves => {}
             Some((current, current_tags)) if current == digest && (tags.is_empty() || *current_tags == tags) => return Ok(None),
             Some((current, _)) if current == digest => {}
@@ -187,7 +189,7 @@ impl Catalogs {
 
     pub(super) fn plan_expunge(&self, catalog: &CatalogName, path: &ArtifactPath, at: UnixTime) -> Result<Record, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
-        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
+        let entry = cat.artifacts.get(path.as_str()).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
         let op = LogOp::ExpungePath { path: path.clone(), digest: entry.artifact.digest() };
         Ok(Record::Log { catalog: catalog.clone(), entry: LogEntry { seq: cat.seq + 1, at, op } })
     }
@@ -201,7 +203,7 @@ impl Catalogs {
         at: UnixTime,
     ) -> Result<Record, AdminError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| AdminError::UnknownCatalog(catalog.clone()))?;
-        let entry = cat.artifacts.get(path).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
+        let entry = cat.artifacts.get(path.as_str()).ok_or_else(|| AdminError::NotFound { catalog: catalog.clone(), path: path.clone() })?;
         let (add, remove) = (normal_tags(add)?, normal_tags(remove)?);
         if add.is_empty() && remove.is_empty() {
             return Err(AdminError::NoTagChange);
@@ -231,7 +233,7 @@ impl Catalogs {
         if self.catalogs.contains_key(&config.name) {
             return false;
         }
-        let state = CatalogState { config: config.clone(), seq: 0, artifacts: BTreeMap::new(), expunged: BTreeMap::new(), names_sum: NamesSum::default() };
+        let state = CatalogState { config: config.clone(), seq: 0, artifacts: Names::default(), expunged: BTreeMap::new(), names_sum: NamesSum::default() };
         self.catalogs.insert(config.name.clone(), state);
         true
     }
@@ -256,7 +258,7 @@ impl Catalogs {
             }
             LogOp::ExpungeDigest { digest } => self.bar(digest, &mut changes),
             LogOp::Tag { path, digest, add, remove } => {
-                if let Some(e) = cat.artifacts.get_mut(path).filter(|e| e.artifact.digest() == *digest) {
+                if let Some(e) = cat.artifacts.get_mut(path.as_str()).filter(|e| e.artifact.digest() == *digest) {
                     e.artifact.tags = fold_tags(&e.artifact.tags, add, remove);
                     changes.push(CatalogChange::Retagged(*digest));
                 }
@@ -306,7 +308,7 @@ impl Catalogs {
                 let Some(cat) = self.catalogs.get(catalog) else { return changes };
                 let digest = binding.digest();
                 let tags: Vec<String> = binding.tags.iter().cloned().collect();
-                if cat.artifacts.get(path).is_some_and(|e| e.artifact.digest() == digest && e.artifact.tags == tags) || self.barred.contains(&digest) {
+                if cat.artifacts.get(path.as_str()).is_some_and(|e| e.artifact.digest() == digest && e.artifact.tags == tags) || self.barred.contains(&digest) {
                     return changes;
                 }
                 let artifact = Artifact {
@@ -321,7 +323,7 @@ impl Catalogs {
             }
             Change::TagsChanged { catalog, path, tags } => {
                 let tags: Vec<String> = tags.iter().cloned().collect();
-                if let Some(e) = self.catalogs.get_mut(catalog).and_then(|c| c.artifacts.get_mut(path))
+                if let Some(e) = self.catalogs.get_mut(catalog).and_then(|c| c.artifacts.get_mut(path.as_str()))
                     && e.artifact.tags != tags
                 {
                     e.artifact.tags = tags;
@@ -344,7 +346,7 @@ impl Catalogs {
 
     /// True when the artifact at `catalog/path` carries one of `tags`.
     pub(super) fn carries_tag(&self, catalog: &CatalogName, path: &ArtifactPath, tags: &[String]) -> bool {
-        self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path)).is_some_and(|e| e.artifact.tags.iter().any(|t| tags.contains(t)))
+        self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path.as_str())).is_some_and(|e| e.artifact.tags.iter().any(|t| tags.contains(t)))
     }
 
     /// Every bound name, as `(catalog, path, digest)`.
@@ -375,7 +377,7 @@ impl Catalogs {
         let path = artifact.path.clone();
         let tags = artifact.tags.clone();
         let seq = cat.seq;
-        let old = cat.insert(path.clone(), Entry { artifact, generation, seq }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        let old = cat.insert(Entry { artifact, generation, seq }).map(|e| (e.artifact.digest(), e.artifact.tags));
         match old {
             Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
             // The same bytes under other tags: placement must look again.
@@ -464,7 +466,7 @@ impl Catalogs {
     /// The catalog entry at `catalog/path`: one search of each map (redirects go through here).
     pub(super) fn entry(&self, catalog: &str, path: &ArtifactPath) -> Result<&Entry, LookupError> {
         let cat = self.catalogs.get(catalog).ok_or_else(|| LookupError::UnknownCatalog(catalog.to_owned()))?;
-        match cat.artifacts.get(path) {
+        match cat.artifacts.get(path.as_str()) {
             Some(e) => Ok(e),
             None if cat.expunged.contains_key(path) => Err(LookupError::Expunged(format!("{catalog}/{path}"))),
             None => Err(LookupError::NotFound { catalog: catalog.to_owned(), path: path.to_string() }),
@@ -525,7 +527,7 @@ impl Catalogs {
 
     /// True when `catalog/path` holds `digest`, bound at `generation` or before.
     pub(super) fn binds(&self, catalog: &CatalogName, path: &ArtifactPath, digest: &Digest, generation: u64) -> bool {
-        let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path));
+        let entry = self.catalogs.get(catalog).and_then(|c| c.artifacts.get(path.as_str()));
         entry.is_some_and(|e| e.artifact.digest() == *digest && e.generation <= generation)
     }
 }

@@ -39,6 +39,7 @@ mod placement;
 mod redirect;
 mod relays;
 mod shared;
+mod names;
 mod small_set;
 mod tokens;
 mod types;
