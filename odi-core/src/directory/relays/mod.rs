@@ -9,6 +9,7 @@
 
 pub(super) mod audits;
 mod lifecycle;
+mod table;
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -16,10 +17,11 @@ use std::time::Duration;
 
 use self::audits::AuditState;
 use self::lifecycle::Lifecycle;
+use self::table::Table;
 use super::catalogs::Catalogs;
 use super::placement::{Eligible, Placement};
 use super::redirect::{Candidate, redirect_weight};
-use super::small_set::SmallSet;
+use super::small_set::IndexSet;
 use super::{DirectoryConfig, Effect, Event, ExpungeView, RelayView};
 use crate::digest::Digest;
 use crate::held::HeldSum;
@@ -111,9 +113,10 @@ struct HeldChange {
 #[derive(Debug)]
 pub(super) struct Relays {
     config: DirectoryConfig,
-    table: BTreeMap<NodeId, RelayState>,
-    /// Who may be sent clients for each digest (holders that are not quarantined or lost).
-    holders: BTreeMap<Digest, SmallSet<NodeId>>,
+    table: Table,
+    /// Who may be sent clients for each digest (holders that are not quarantined or lost), by
+    /// their index in `table`.
+    holders: BTreeMap<Digest, IndexSet>,
     /// Relays that held an expunged digest and have not confirmed deleting it.
     expunge_pending: BTreeMap<Digest, BTreeSet<NodeId>>,
     /// When keys never seen before enrolled in the last minute, per enrollment token.
@@ -133,7 +136,7 @@ impl Relays {
     pub(super) fn new(config: DirectoryConfig) -> Self {
         Self {
             config,
-            table: BTreeMap::new(),
+            table: Table::default(),
             holders: BTreeMap::new(),
             expunge_pending: BTreeMap::new(),
             recent_enrollments: BTreeMap::new(),
@@ -287,11 +290,12 @@ impl Relays {
     /// suspended or quarantined and know the name `name` (when asked by name). With bandwidth
     /// weight and current load.
     pub(super) fn candidates(&self, digest: &Digest, name: Option<NameAt<'_>>, now: Instant) -> Vec<Candidate> {
-        self.holders
+        let mut candidates: Vec<Candidate> = self
+            .holders
             .get(digest)
-            .into_iter()
-            .flatten()
-            .filter_map(|id| self.table.get(id))
+            .map_or(&[][..], IndexSet::as_slice)
+            .iter()
+            .filter_map(|ix| self.table.at(*ix))
             .filter(|r| r.redirectable(now, self.config.lease) && name.is_none_or(|n| n.known_by(r)))
             .map(|r| Candidate {
                 id: r.record.id,
@@ -301,21 +305,24 @@ impl Relays {
                 proven: r.record.proven && !r.audit.unverified.contains(digest),
                 url: r.record.public_url.clone(),
             })
-            .collect()
+            .collect();
+        // In id order, whatever their indexes: the choice draws over this order.
+        candidates.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        candidates
     }
 
     /// Up to eight serving relays other than `except` that hold `digest`.
     pub(super) fn peer_sources(&self, digest: &Digest, except: NodeId, now: Instant) -> Vec<RelayUrl> {
-        self.holders
+        let mut sources: Vec<&RelayState> = self
+            .holders
             .get(digest)
-            .into_iter()
-            .flatten()
-            .filter(|id| **id != except)
-            .filter_map(|id| self.table.get(id))
-            .filter(|r| r.redirectable(now, self.config.lease))
-            .map(|r| r.record.public_url.clone())
-            .take(8)
-            .collect()
+            .map_or(&[][..], IndexSet::as_slice)
+            .iter()
+            .filter_map(|ix| self.table.at(*ix))
+            .filter(|r| r.record.id != except && r.redirectable(now, self.config.lease))
+            .collect();
+        sources.sort_unstable_by(|a, b| a.record.id.cmp(&b.record.id));
+        sources.into_iter().map(|r| r.record.public_url.clone()).take(8).collect()
     }
 
     /// The next instant `handle_timeout` has work to do.
@@ -396,7 +403,7 @@ impl Relays {
     pub(super) fn enrolled(&mut self, record: RelayRecord, now: Instant) {
         let from = record.id;
         let is_new = !self.table.contains_key(&from);
-        let relay = self.table.entry(from).or_insert_with(|| RelayState::new(record.clone(), now));
+        let (_, relay) = self.table.get_or_insert_with(from, || RelayState::new(record.clone(), now));
         // A decision taken while the enrollment was being written stays in force.
         let record = RelayRecord {
             quarantined: relay.record.quarantined.clone(),
@@ -428,10 +435,11 @@ impl Relays {
 
     /// Forgets a relay entirely (its record is gone from the store, or about to be).
     pub(super) fn forget(&mut self, id: NodeId) {
-        if self.table.remove(&id).is_none() {
-            return;
+        let Some((ix, _)) = self.table.remove(&id) else { return };
+        // Before its index can name another relay.
+        for holders in self.holders.values_mut() {
+            holders.remove(ix);
         }
-        self.unhold(id);
         for pending in self.expunge_pending.values_mut() {
             pending.remove(&id);
         }
@@ -447,7 +455,7 @@ impl Relays {
     /// replayed after a restart).
     pub(super) fn apply_record(&mut self, record: &RelayRecord, now: Instant) {
         let presumed_until = Some(now + self.config.lease);
-        let relay = self.table.entry(record.id).or_insert_with(|| RelayState::new(record.clone(), now));
+        let (ix, relay) = self.table.get_or_insert_with(record.id, || RelayState::new(record.clone(), now));
         let newly_quarantined = record.quarantined.is_some() && relay.record.quarantined.is_none();
         let readmitted = record.quarantined.is_none() && relay.record.quarantined.is_some();
         relay.record = record.clone();
@@ -461,9 +469,8 @@ impl Relays {
             relay.tested = false;
             relay.first_state = None;
             relay.suspended = false;
-            let (id, held) = (record.id, relay.held.clone());
-            for d in held {
-                self.holders.entry(d).or_default().insert(id);
+            for d in relay.held.clone() {
+                self.holders.entry(d).or_default().insert(ix);
             }
         }
         self.reshaped = true;
@@ -483,7 +490,8 @@ impl Relays {
     /// It leaves every held set (still counted in their sums: the relays report its deletion).
     pub(super) fn barred(&mut self, digest: &Digest) {
         let mut pending = BTreeSet::new();
-        for (id, r) in &mut self.table {
+        for (id, ix) in &self.table.index {
+            let Some(r) = self.table.slots[*ix as usize].as_mut() else { continue };
             if r.held.remove(digest) {
                 r.audit.unverified.remove(digest);
                 r.held_epoch += 1;
@@ -499,8 +507,8 @@ impl Relays {
     /// A digest no name holds any more: it leaves its holders' known sets (their sums keep it,
     /// as the relays still report it until they evict it).
     pub(super) fn dropped(&mut self, digest: &Digest) {
-        for id in self.holders.remove(digest).into_iter().flatten() {
-            if let Some(r) = self.table.get_mut(&id)
+        for ix in self.holders.remove(digest).as_ref().map_or(&[][..], IndexSet::as_slice) {
+            if let Some(r) = self.table.at_mut(*ix)
                 && r.held.remove(digest)
             {
                 r.audit.unverified.remove(digest);
@@ -537,11 +545,12 @@ impl Relays {
             }
         }
         if self.book(from, hb, now, None, catalogs).is_some_and(|heard| heard.held.is_none())
-            && let Some(relay) = self.table.get_mut(&from)
+            && let Some(ix) = self.table.ix(&from)
+            && let Some(relay) = self.table.at_mut(ix)
         {
             for d in std::mem::take(&mut relay.held) {
                 if let Some(h) = self.holders.get_mut(&d) {
-                    h.remove(&from);
+                    h.remove(ix);
                 }
             }
             relay.audit.unverified.clear();
@@ -554,7 +563,8 @@ impl Relays {
     /// to this process, `None` when it talked to another.
     fn book(&mut self, from: NodeId, hb: &Heartbeat, now: Instant, generation: Option<u64>, catalogs: &Catalogs) -> Option<Heard> {
         let lease = self.config.lease;
-        let relay = self.table.get_mut(&from)?;
+        let ix = self.table.ix(&from)?;
+        let relay = self.table.at_mut(ix)?;
         let was_alive = !relay.lost && relay.last_seen.is_some_and(|t| now < t + lease);
         relay.last_seen = Some(now);
         relay.absent_since = None;
@@ -616,13 +626,13 @@ impl Relays {
             relay.held.remove(d);
             relay.audit.unverified.remove(d);
             if let Some(h) = self.holders.get_mut(d) {
-                h.remove(&from);
+                h.remove(ix);
             }
         }
         for d in new {
             relay.held.insert(d);
             if !quarantined {
-                self.holders.entry(d).or_default().insert(from);
+                self.holders.entry(d).or_default().insert(ix);
                 if self.config.check_possession && !trusted {
                     relay.audit.unverified.insert(d);
                 }
@@ -725,8 +735,9 @@ impl Relays {
 
     /// Removes `relay` from every holder set (it gets no more redirects for anything).
     fn unhold(&mut self, relay: NodeId) {
+        let Some(ix) = self.table.ix(&relay) else { return };
         for holders in self.holders.values_mut() {
-            holders.remove(&relay);
+            holders.remove(ix);
         }
     }
 
@@ -739,7 +750,8 @@ impl Relays {
         let mut audits = Vec::new();
         let mut gone = Vec::new();
         let forget_after = self.config.forget_after;
-        for (id, r) in &mut self.table {
+        for (id, ix) in &self.table.index {
+            let Some(r) = self.table.slots[*ix as usize].as_mut() else { continue };
             if !r.lost && r.last_seen.is_some_and(|t| now >= t + lease) {
                 r.lost = true;
                 r.tested = false;
@@ -969,7 +981,7 @@ mod tests {
     }
 
     fn lifecycle(relays: &Relays, n: u8, now: Instant) -> Lifecycle<'_> {
-        relays.table[&NodeId([n; 32])].lifecycle(now, relays.config.lease)
+        relays.table.get(&NodeId([n; 32])).unwrap().lifecycle(now, relays.config.lease)
     }
 
     fn events(relays: &mut Relays) -> Vec<Event> {

@@ -1,0 +1,87 @@
+//! The relay table: each relay's state at a dense index, found by id.
+//!
+//! The holders index names relays by these indexes (4 bytes, not a 32-byte id), and a redirect
+//! reaches each holder's state by one array access instead of a search of a map of 10,000 ids.
+//! An index is used again only after the relay it named is removed, and `Relays::forget` takes
+//! it out of every holder set first.
+
+use std::collections::BTreeMap;
+
+use super::RelayState;
+use crate::message::NodeId;
+
+#[derive(Debug, Default)]
+pub(super) struct Table {
+    /// States by index; `None` where a relay was removed (its index is in `free`).
+    pub(super) slots: Vec<Option<RelayState>>,
+    /// Index by id, in id order: every walk of the table goes in this order.
+    pub(super) index: BTreeMap<NodeId, u32>,
+    free: Vec<u32>,
+}
+
+impl Table {
+    pub(super) fn ix(&self, id: &NodeId) -> Option<u32> {
+        self.index.get(id).copied()
+    }
+
+    pub(super) fn at(&self, ix: u32) -> Option<&RelayState> {
+        self.slots.get(ix as usize).and_then(Option::as_ref)
+    }
+
+    pub(super) fn at_mut(&mut self, ix: u32) -> Option<&mut RelayState> {
+        self.slots.get_mut(ix as usize).and_then(Option::as_mut)
+    }
+
+    pub(super) fn get(&self, id: &NodeId) -> Option<&RelayState> {
+        self.at(self.ix(id)?)
+    }
+
+    pub(super) fn get_mut(&mut self, id: &NodeId) -> Option<&mut RelayState> {
+        let ix = self.ix(id)?;
+        self.at_mut(ix)
+    }
+
+    pub(super) fn contains_key(&self, id: &NodeId) -> bool {
+        self.index.contains_key(id)
+    }
+
+    /// The state of `id` and its index, made with `new` if there is none.
+    pub(super) fn get_or_insert_with(&mut self, id: NodeId, new: impl FnOnce() -> RelayState) -> (u32, &mut RelayState) {
+        let ix = match self.index.get(&id) {
+            Some(ix) => *ix,
+            None => {
+                let state = Some(new());
+                let ix = match self.free.pop() {
+                    Some(ix) => {
+                        self.slots[ix as usize] = state;
+                        ix
+                    }
+                    None => {
+                        self.slots.push(state);
+                        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 relays")
+                    }
+                };
+                self.index.insert(id, ix);
+                ix
+            }
+        };
+        (ix, self.slots[ix as usize].as_mut().expect("indexed slots are full"))
+    }
+
+    /// Removes `id`: its state and the index it had.
+    pub(super) fn remove(&mut self, id: &NodeId) -> Option<(u32, RelayState)> {
+        let ix = self.index.remove(id)?;
+        let state = self.slots[ix as usize].take().expect("indexed slots are full");
+        self.free.push(ix);
+        Some((ix, state))
+    }
+
+    /// Every relay, in id order.
+    pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeId, &RelayState)> {
+        self.index.iter().map(|(id, ix)| (id, self.slots[*ix as usize].as_ref().expect("indexed slots are full")))
+    }
+
+    pub(super) fn values(&self) -> impl Iterator<Item = &RelayState> {
+        self.iter().map(|(_, r)| r)
+    }
+}
