@@ -96,15 +96,19 @@ pub(super) struct Entry {
     pub(super) generation: u64,
     /// The catalog's log position when it did: the same in every process of the directory.
     pub(super) seq: u64,
+    /// Its blob's slot.
+    pub(super) slot: u32,
 }
 
 #[derive(Debug)]
 pub(super) struct Blob {
     pub(super) manifest: Arc<ChunkManifest>,
     pub(super) names: SmallSet<(CatalogName, ArtifactPath)>,
-    /// Redirects to it since the hot child last took the counts (`take_requests`): counted
-    /// under the machine's read lock, so atomically.
-    pub(super) requests: AtomicU32,
+    /// A dense index while it is known, used again once it is gone: the holders index and the
+    /// request counters are arrays over these slots, so a redirect reaches them without a
+    /// search by digest. A change that drops or bars a blob carries its slot, so the other
+    /// children forget it before the slot is handed out again.
+    pub(super) slot: u32,
 }
 
 impl Blob {
@@ -128,9 +132,10 @@ pub(super) enum CatalogChange {
     /// A name now holds `digest`: place it (again).
     Named(Digest),
     /// `digest` lost its last name and is gone (it took `footprint` bytes on a relay).
-    Dropped { digest: Digest, footprint: u64 },
-    /// `digest` is barred for good; every name that held it is expunged.
-    Barred { digest: Digest, footprint: u64 },
+    Dropped { digest: Digest, footprint: u64, slot: u32 },
+    /// `digest` is barred for good; every name that held it is expunged (`slot`: the one it had,
+    /// if it was known).
+    Barred { digest: Digest, footprint: u64, slot: Option<u32> },
     /// A name holding `digest` has other tags: its placement may change.
     Retagged(Digest),
 }
@@ -143,6 +148,11 @@ pub(super) struct Catalogs {
     barred: BTreeSet<Digest>,
     /// One shared copy of each media type.
     media_types: BTreeSet<Arc<str>>,
+    /// Slots of blobs that are gone, to be used again.
+    free_slots: Vec<u32>,
+    /// Redirects to each slot's blob since the hot child last took the counts
+    /// (`take_requests`): counted under the machine's read lock, so atomically.
+    requests: Vec<AtomicU32>,
 }
 
 impl Catalogs {
@@ -360,8 +370,21 @@ impl Catalogs {
 
     fn bind(&mut self, catalog: &CatalogName, artifact: Artifact, generation: u64, changes: &mut Vec<CatalogChange>) {
         let digest = artifact.digest();
-        let blob =
-            self.blobs.entry(digest).or_insert_with(|| Blob { manifest: artifact.manifest.clone(), names: SmallSet::new(), requests: AtomicU32::new(0) });
+        let (free_slots, requests) = (&mut self.free_slots, &mut self.requests);
+        let blob = self.blobs.entry(digest).or_insert_with(|| {
+            let slot = match free_slots.pop() {
+                Some(slot) => {
+                    requests[slot as usize] = AtomicU32::new(0);
+                    slot
+                }
+                None => {
+                    requests.push(AtomicU32::new(0));
+                    u32::try_from(requests.len() - 1).expect("fewer than 2^32 blobs")
+                }
+            };
+            Blob { manifest: artifact.manifest.clone(), names: SmallSet::new(), slot }
+        });
+        let slot = blob.slot;
         blob.names.insert((catalog.clone(), artifact.path.clone()));
         let mut artifact = artifact;
         artifact.manifest = blob.manifest.clone();
@@ -377,7 +400,7 @@ impl Catalogs {
         let path = artifact.path.clone();
         let tags = artifact.tags.clone();
         let seq = cat.seq;
-        let old = cat.insert(Entry { artifact, generation, seq }).map(|e| (e.artifact.digest(), e.artifact.tags));
+        let old = cat.insert(Entry { artifact, generation, seq, slot }).map(|e| (e.artifact.digest(), e.artifact.tags));
         match old {
             Some((old, old_tags)) if old != digest => self.unname(old, catalog, &path, !old_tags.is_empty(), changes),
             // The same bytes under other tags: placement must look again.
@@ -394,7 +417,10 @@ impl Catalogs {
             return;
         }
         let footprint = self.blobs.get(digest).map_or(0, Blob::footprint);
+        let mut slot = None;
         if let Some(blob) = self.blobs.remove(digest) {
+            slot = Some(blob.slot);
+            self.free_slots.push(blob.slot);
             for (cat, path) in blob.names {
                 if let Some(c) = self.catalogs.get_mut(&cat) {
                     c.remove(&path);
@@ -402,7 +428,7 @@ impl Catalogs {
                 }
             }
         }
-        changes.push(CatalogChange::Barred { digest: *digest, footprint });
+        changes.push(CatalogChange::Barred { digest: *digest, footprint, slot });
     }
 
     /// Takes the name `catalog/path` from `digest`; `tagged`: the name carried tags, so the
@@ -411,9 +437,10 @@ impl Catalogs {
         if let Some(blob) = self.blobs.get_mut(&digest) {
             blob.names.remove(&(catalog.clone(), path.clone()));
             if blob.names.is_empty() {
-                let footprint = blob.footprint();
+                let (footprint, slot) = (blob.footprint(), blob.slot);
                 self.blobs.remove(&digest);
-                changes.push(CatalogChange::Dropped { digest, footprint });
+                self.free_slots.push(slot);
+                changes.push(CatalogChange::Dropped { digest, footprint, slot });
             } else if tagged {
                 changes.push(CatalogChange::Retagged(digest));
             }
@@ -484,19 +511,20 @@ impl Catalogs {
         self.blobs.get(digest)
     }
 
-    /// Counts one redirect to `digest` (a blob no catalog names is not counted).
-    pub(super) fn count_request(&self, digest: &Digest) {
-        if let Some(b) = self.blobs.get(digest) {
-            b.requests.fetch_add(1, Ordering::Relaxed);
+    /// Counts one redirect to the blob in `slot`.
+    pub(super) fn count_request(&self, slot: u32) {
+        if let Some(n) = self.requests.get(slot as usize) {
+            n.fetch_add(1, Ordering::Relaxed);
         }
     }
 
     /// The redirects counted per blob since the last call, resetting them.
     pub(super) fn take_requests(&mut self) -> Vec<(Digest, u32)> {
+        let requests = &mut self.requests;
         self.blobs
-            .iter_mut()
+            .iter()
             .filter_map(|(d, b)| {
-                let n = std::mem::take(b.requests.get_mut());
+                let n = std::mem::take(requests[b.slot as usize].get_mut());
                 (n > 0).then_some((*d, n))
             })
             .collect()
@@ -607,10 +635,11 @@ mod tests {
         assert!(matches!(publish(&mut c, "x.iso", b.clone(), 6), Err(AdminError::Rebind { current, .. }) if current == a.digest()));
         let record = c.plan_expunge(&name("rel"), &path("x.iso"), UnixTime(3)).unwrap();
         let footprint = footprint(a.total_len());
-        assert_eq!(apply(&mut c, record, 6), vec![CatalogChange::Dropped { digest: a.digest(), footprint }]);
+        assert_eq!(apply(&mut c, record, 6), vec![CatalogChange::Dropped { digest: a.digest(), footprint, slot: 0 }]);
         assert!(matches!(c.entry("rel", &path("x.iso")), Err(LookupError::Expunged(_))));
         assert!(matches!(publish(&mut c, "x.iso", b, 7), Err(AdminError::ExpungedPath { previous, .. }) if previous == a.digest()));
-        assert!(publish(&mut c, "x.iso", a, 7).is_ok(), "the bytes it held may come back");
+        assert!(publish(&mut c, "x.iso", a.clone(), 7).is_ok(), "the bytes it held may come back");
+        assert_eq!(c.blob(&a.digest()).unwrap().slot, 0, "in the slot it left");
     }
 
     #[test]
@@ -624,7 +653,8 @@ mod tests {
         assert!(c.binds(&name("rel"), &path("latest"), &b.digest(), 4));
         assert!(!c.binds(&name("rel"), &path("latest"), &b.digest(), 3), "bound after generation 3");
         let changes = publish(&mut c, "pinned", b.clone(), 5).unwrap();
-        assert_eq!(changes, vec![CatalogChange::Dropped { digest: a.digest(), footprint: footprint(a.total_len()) }, CatalogChange::Named(b.digest())]);
+        assert_eq!(changes, vec![CatalogChange::Dropped { digest: a.digest(), footprint: footprint(a.total_len()), slot: 0 }, CatalogChange::Named(b.digest())]);
+        assert_eq!(c.entry("rel", &path("pinned")).unwrap().slot, 1, "b took a slot of its own before a left its");
         assert!(matches!(c.manifest(&a.digest()), Err(LookupError::UnknownDigest(_))));
         assert_eq!(c.names_of(&b.digest()), vec!["rel/latest".to_owned(), "rel/pinned".to_owned()]);
     }
@@ -638,7 +668,7 @@ mod tests {
         let records = c.plan_expunge_digest(a.digest(), UnixTime(4)).unwrap();
         assert_eq!(records.len(), 1, "one entry per catalog");
         let changes = apply(&mut c, records.into_iter().next().unwrap(), 4);
-        assert_eq!(changes, vec![CatalogChange::Barred { digest: a.digest(), footprint: footprint(a.total_len()) }]);
+        assert_eq!(changes, vec![CatalogChange::Barred { digest: a.digest(), footprint: footprint(a.total_len()), slot: Some(0) }]);
         assert!(c.is_barred(&a.digest()));
         assert!(matches!(c.manifest(&a.digest()), Err(LookupError::Expunged(_))));
         assert!(matches!(c.entry("rel", &path("two")), Err(LookupError::Expunged(_))));

@@ -230,3 +230,33 @@ fn an_expunge_is_told_until_a_delta_confirms_it() {
     let ack = beat(&mut dir, generation, Vec::new(), delta(&[d[1]], &[d[0]], &[], &[d[0], d[1]]), t).unwrap();
     assert_eq!(ack.expunged, vec![d[0]]);
 }
+
+#[test]
+fn a_blob_in_the_slot_of_a_barred_one_has_none_of_its_holders() {
+    let (mut dir, d) = directory(2);
+    enroll(&mut dir, T0);
+    let t = T0 + Duration::from_secs(1);
+    beat(&mut dir, 0, vec![d[0], d[1]], None, t).unwrap();
+    let slot = dir.catalogs.blob(&d[0]).unwrap().slot;
+    let id = dir.commit_all(dir.plan_expunge_digest(d[0], WALL).unwrap()).unwrap();
+    drain(&mut dir, t);
+    assert!(matches!(dir.take_outcome(id), Some(Outcome::Applied)));
+    // A new blob takes the slot d[0] left; the relay that held d[0] does not hold it.
+    let fresh = Digest::of(b"fresh");
+    let catalog = CatalogName::new("c").unwrap();
+    let artifact = Artifact {
+        catalog: catalog.clone(),
+        path: ArtifactPath::new("fresh").unwrap(),
+        media_type: "application/octet-stream".into(),
+        tags: Vec::new(),
+        published_at: WALL,
+        manifest: ChunkManifest::new(1, 1 << 20, fresh, vec![fresh]).unwrap().into(),
+    };
+    let seq = dir.catalogs.seq(&catalog).unwrap() + 1;
+    assert!(dir.apply(&Record::Log { catalog, entry: LogEntry { seq, at: WALL, op: LogOp::Put(artifact) } }, t));
+    assert_eq!(dir.catalogs.blob(&fresh).unwrap().slot, slot, "the slot is used again");
+    assert!(!holds(&dir, &[fresh], 0, t), "nobody reported it");
+    assert!(holds(&dir, &d, 1, t), "the other blob keeps its holder");
+    beat(&mut dir, 0, vec![d[1], fresh], None, t).unwrap();
+    assert!(holds(&dir, &[fresh], 0, t), "reported now");
+}

@@ -440,7 +440,7 @@ impl Directory {
             Record::Catalog(config) => self.catalogs.apply_catalog(config),
             Record::Log { catalog, entry } => self.apply_log(catalog, entry),
             Record::Relay(record) => {
-                self.relays.apply_record(record, now);
+                self.relays.apply_record(record, now, &self.catalogs);
                 true
             }
             Record::RelayForgotten { id } => {
@@ -487,13 +487,13 @@ impl Directory {
         for change in changes {
             match change {
                 CatalogChange::Named(digest) => self.placement.named(digest),
-                CatalogChange::Dropped { digest, footprint } => {
+                CatalogChange::Dropped { digest, footprint, slot } => {
                     self.placement.unplace(&digest, footprint);
-                    self.relays.dropped(&digest);
+                    self.relays.dropped(&digest, slot);
                 }
-                CatalogChange::Barred { digest, footprint } => {
+                CatalogChange::Barred { digest, footprint, slot } => {
                     self.placement.unplace(&digest, footprint);
-                    self.relays.barred(&digest);
+                    self.relays.barred(&digest, slot);
                     self.hot.forget(&digest);
                 }
                 CatalogChange::Retagged(digest) => {
@@ -626,22 +626,23 @@ impl Directory {
         let e = self.catalogs.entry(catalog, path)?;
         let name = relays::NameAt { generation: e.generation, catalog: &e.artifact.catalog, seq: e.seq };
         let mutable = self.catalogs.is_mutable(catalog);
-        Ok(Redirect { mutable, ..self.choose(e.artifact.digest(), e.artifact.size(), e.artifact.media_type.clone(), Some(name), now) })
+        Ok(Redirect { mutable, ..self.choose(e.artifact.digest(), e.slot, e.artifact.size(), e.artifact.media_type.clone(), Some(name), now) })
     }
 
     /// Like `redirect`, by digest.
     pub fn redirect_blob(&self, digest: &Digest, now: Instant) -> Result<Redirect, LookupError> {
         let size = self.manifest(digest)?.total_len();
-        Ok(self.choose(*digest, size, Arc::from("application/octet-stream"), None, now))
+        let slot = self.catalogs.blob(digest).ok_or(LookupError::UnknownDigest(*digest))?.slot;
+        Ok(self.choose(*digest, slot, size, Arc::from("application/octet-stream"), None, now))
     }
 
     /// Power of two choices among the relays that may serve `digest` (see `redirect::choose`).
     /// Takes `&self`: counts go to atomics (the blob's requests, the relay's redirects), so
     /// drivers answer redirects under a shared read lock.
-    fn choose(&self, digest: Digest, size: u64, media_type: Arc<str>, name: Option<relays::NameAt<'_>>, now: Instant) -> Redirect {
-        self.catalogs.count_request(&digest);
+    fn choose(&self, digest: Digest, slot: u32, size: u64, media_type: Arc<str>, name: Option<relays::NameAt<'_>>, now: Instant) -> Redirect {
+        self.catalogs.count_request(slot);
         self.hot.arm(now);
-        let candidates = self.candidates(&digest, name, now);
+        let candidates = self.candidates(&digest, slot, name, now);
         let choice = redirect::choose(candidates, &self.redirect_rng);
         if let Some((id, _)) = &choice.target {
             self.relays.redirected(id);
@@ -652,8 +653,8 @@ impl Directory {
     /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
     /// suspended or quarantined, know the name asked for, and are not draining unless the
     /// artifact has too few other holders.
-    fn candidates(&self, digest: &Digest, name: Option<relays::NameAt<'_>>, now: Instant) -> Vec<Candidate> {
-        let mut candidates = self.relays.candidates(digest, name, now);
+    fn candidates(&self, digest: &Digest, slot: u32, name: Option<relays::NameAt<'_>>, now: Instant) -> Vec<Candidate> {
+        let mut candidates = self.relays.candidates(digest, slot, name, now);
         redirect::settle(&mut candidates, || self.replicas_of(digest));
         candidates
     }
@@ -663,7 +664,7 @@ impl Directory {
     pub fn eligible(&self, catalog: &str, path: &ArtifactPath, now: Instant) -> Result<Vec<NodeId>, LookupError> {
         let e = self.catalogs.entry(catalog, path)?;
         let name = relays::NameAt { generation: e.generation, catalog: &e.artifact.catalog, seq: e.seq };
-        Ok(self.candidates(&e.artifact.digest(), Some(name), now).into_iter().map(|c| c.id).collect())
+        Ok(self.candidates(&e.artifact.digest(), e.slot, Some(name), now).into_iter().map(|c| c.id).collect())
     }
 
     // ---- relay protocol ----
@@ -836,7 +837,7 @@ impl Directory {
                     digest: *d,
                     size: b.manifest.total_len(),
                     manifest: missing.then(|| (*b.manifest).clone()),
-                    sources: if missing { self.relays.peer_sources(d, relay, now) } else { Vec::new() },
+                    sources: if missing { self.relays.peer_sources(b.slot, relay, now) } else { Vec::new() },
                 }
             })
             .collect();

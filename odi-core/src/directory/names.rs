@@ -119,7 +119,7 @@ mod tests {
             published_at: UnixTime(0),
             manifest,
         };
-        Entry { artifact, generation: u64::from(n), seq: u64::from(n) }
+        Entry { artifact, generation: u64::from(n), seq: u64::from(n), slot: 0 }
     }
 
     /// Against a `BTreeMap` of the same entries, through inserts, replacements and removals.

@@ -17,11 +17,10 @@ use std::time::Duration;
 
 use self::audits::AuditState;
 use self::lifecycle::Lifecycle;
-use self::table::Table;
+use self::table::{Holders, Table};
 use super::catalogs::Catalogs;
 use super::placement::{Eligible, Placement};
 use super::redirect::{Candidate, redirect_weight};
-use super::small_set::IndexSet;
 use super::{DirectoryConfig, Effect, Event, ExpungeView, RelayView};
 use crate::digest::Digest;
 use crate::held::HeldSum;
@@ -114,9 +113,9 @@ struct HeldChange {
 pub(super) struct Relays {
     config: DirectoryConfig,
     table: Table,
-    /// Who may be sent clients for each digest (holders that are not quarantined or lost), by
+    /// Who may be sent clients for each blob (holders that are not quarantined or lost), by
     /// their index in `table`.
-    holders: BTreeMap<Digest, IndexSet>,
+    holders: Holders,
     /// Relays that held an expunged digest and have not confirmed deleting it.
     expunge_pending: BTreeMap<Digest, BTreeSet<NodeId>>,
     /// When keys never seen before enrolled in the last minute, per enrollment token.
@@ -137,7 +136,7 @@ impl Relays {
         Self {
             config,
             table: Table::default(),
-            holders: BTreeMap::new(),
+            holders: Holders::default(),
             expunge_pending: BTreeMap::new(),
             recent_enrollments: BTreeMap::new(),
             attempts: 0,
@@ -286,14 +285,13 @@ impl Relays {
         Standing { status: lifecycle.status(syncing), reason }
     }
 
-    /// The relays a client may be sent to for `digest`: holders that are tested, alive, not
-    /// suspended or quarantined and know the name `name` (when asked by name). With bandwidth
-    /// weight and current load.
-    pub(super) fn candidates(&self, digest: &Digest, name: Option<NameAt<'_>>, now: Instant) -> Vec<Candidate> {
+    /// The relays a client may be sent to for `digest` (in `slot`): holders that are tested,
+    /// alive, not suspended or quarantined and know the name `name` (when asked by name). With
+    /// bandwidth weight and current load.
+    pub(super) fn candidates(&self, digest: &Digest, slot: u32, name: Option<NameAt<'_>>, now: Instant) -> Vec<Candidate> {
         let mut candidates: Vec<Candidate> = self
             .holders
-            .get(digest)
-            .map_or(&[][..], IndexSet::as_slice)
+            .of(slot)
             .iter()
             .filter_map(|ix| self.table.at(*ix))
             .filter(|r| r.redirectable(now, self.config.lease) && name.is_none_or(|n| n.known_by(r)))
@@ -307,21 +305,20 @@ impl Relays {
             })
             .collect();
         // In id order, whatever their indexes: the choice draws over this order.
-        candidates.sort_unstable_by(|a, b| a.id.cmp(&b.id));
+        candidates.sort_unstable_by_key(|c| c.id);
         candidates
     }
 
-    /// Up to eight serving relays other than `except` that hold `digest`.
-    pub(super) fn peer_sources(&self, digest: &Digest, except: NodeId, now: Instant) -> Vec<RelayUrl> {
+    /// Up to eight serving relays other than `except` that hold the blob in `slot`.
+    pub(super) fn peer_sources(&self, slot: u32, except: NodeId, now: Instant) -> Vec<RelayUrl> {
         let mut sources: Vec<&RelayState> = self
             .holders
-            .get(digest)
-            .map_or(&[][..], IndexSet::as_slice)
+            .of(slot)
             .iter()
             .filter_map(|ix| self.table.at(*ix))
             .filter(|r| r.record.id != except && r.redirectable(now, self.config.lease))
             .collect();
-        sources.sort_unstable_by(|a, b| a.record.id.cmp(&b.record.id));
+        sources.sort_unstable_by_key(|r| r.record.id);
         sources.into_iter().map(|r| r.record.public_url.clone()).take(8).collect()
     }
 
@@ -437,9 +434,7 @@ impl Relays {
     pub(super) fn forget(&mut self, id: NodeId) {
         let Some((ix, _)) = self.table.remove(&id) else { return };
         // Before its index can name another relay.
-        for holders in self.holders.values_mut() {
-            holders.remove(ix);
-        }
+        self.holders.remove_everywhere(ix);
         for pending in self.expunge_pending.values_mut() {
             pending.remove(&id);
         }
@@ -453,7 +448,7 @@ impl Relays {
 
     /// Applies a durable `Record::Relay` (an enrollment, an admin change, a decision, or one
     /// replayed after a restart).
-    pub(super) fn apply_record(&mut self, record: &RelayRecord, now: Instant) {
+    pub(super) fn apply_record(&mut self, record: &RelayRecord, now: Instant, catalogs: &Catalogs) {
         let presumed_until = Some(now + self.config.lease);
         let (ix, relay) = self.table.get_or_insert_with(record.id, || RelayState::new(record.clone(), now));
         let newly_quarantined = record.quarantined.is_some() && relay.record.quarantined.is_none();
@@ -469,8 +464,8 @@ impl Relays {
             relay.tested = false;
             relay.first_state = None;
             relay.suspended = false;
-            for d in relay.held.clone() {
-                self.holders.entry(d).or_default().insert(ix);
+            for b in relay.held.iter().filter_map(|d| catalogs.blob(d)) {
+                self.holders.insert(b.slot, ix);
             }
         }
         self.reshaped = true;
@@ -488,7 +483,7 @@ impl Relays {
     /// A barred digest: every relay that reported it (online or not) must confirm deleting it,
     /// and nobody is sent clients for it.
     /// It leaves every held set (still counted in their sums: the relays report its deletion).
-    pub(super) fn barred(&mut self, digest: &Digest) {
+    pub(super) fn barred(&mut self, digest: &Digest, slot: Option<u32>) {
         let mut pending = BTreeSet::new();
         for (id, ix) in &self.table.index {
             let Some(r) = self.table.slots[*ix as usize].as_mut() else { continue };
@@ -501,13 +496,15 @@ impl Relays {
         if !pending.is_empty() {
             self.expunge_pending.entry(*digest).or_default().extend(pending);
         }
-        self.holders.remove(digest);
+        if let Some(slot) = slot {
+            self.holders.take(slot);
+        }
     }
 
     /// A digest no name holds any more: it leaves its holders' known sets (their sums keep it,
     /// as the relays still report it until they evict it).
-    pub(super) fn dropped(&mut self, digest: &Digest) {
-        for ix in self.holders.remove(digest).as_ref().map_or(&[][..], IndexSet::as_slice) {
+    pub(super) fn dropped(&mut self, digest: &Digest, slot: u32) {
+        for ix in self.holders.take(slot).as_slice() {
             if let Some(r) = self.table.at_mut(*ix)
                 && r.held.remove(digest)
             {
@@ -548,10 +545,8 @@ impl Relays {
             && let Some(ix) = self.table.ix(&from)
             && let Some(relay) = self.table.at_mut(ix)
         {
-            for d in std::mem::take(&mut relay.held) {
-                if let Some(h) = self.holders.get_mut(&d) {
-                    h.remove(ix);
-                }
+            for b in std::mem::take(&mut relay.held).iter().filter_map(|d| catalogs.blob(d)) {
+                self.holders.remove(b.slot, ix);
             }
             relay.audit.unverified.clear();
             relay.held_sum = HeldSum::default();
@@ -625,14 +620,14 @@ impl Relays {
         for d in &gone {
             relay.held.remove(d);
             relay.audit.unverified.remove(d);
-            if let Some(h) = self.holders.get_mut(d) {
-                h.remove(ix);
+            if let Some(b) = catalogs.blob(d) {
+                self.holders.remove(b.slot, ix);
             }
         }
         for d in new {
             relay.held.insert(d);
-            if !quarantined {
-                self.holders.entry(d).or_default().insert(ix);
+            if !quarantined && let Some(b) = catalogs.blob(&d) {
+                self.holders.insert(b.slot, ix);
                 if self.config.check_possession && !trusted {
                     relay.audit.unverified.insert(d);
                 }
@@ -736,9 +731,7 @@ impl Relays {
     /// Removes `relay` from every holder set (it gets no more redirects for anything).
     fn unhold(&mut self, relay: NodeId) {
         let Some(ix) = self.table.ix(&relay) else { return };
-        for holders in self.holders.values_mut() {
-            holders.remove(ix);
-        }
+        self.holders.remove_everywhere(ix);
     }
 
     /// Expires relays whose lease ran out, forgets those gone for `forget_after`, and starts
@@ -1024,7 +1017,7 @@ mod tests {
         relays.handle_self_test(id, attempt, Err("connection refused".into()), probe);
         assert_eq!(lifecycle(&relays, 1, probe), Lifecycle::Suspended);
         assert!(events(&mut relays).contains(&Event::RelaySuspended { relay: id, reason: "connection refused".into() }));
-        assert!(relays.candidates(&Digest::of(b"x"), None, probe).is_empty());
+        assert!(relays.candidates(&Digest::of(b"x"), 0, None, probe).is_empty());
 
         // Silent past its lease: lost.
         let late = probe + relays.config.lease;
@@ -1035,13 +1028,13 @@ mod tests {
         // The directory's decisions, from durable records.
         let mut draining = record(1, "http://r1.example");
         draining.draining = true;
-        relays.apply_record(&draining, late);
+        relays.apply_record(&draining, late, &Catalogs::default());
         relays.enrolled(draining.clone(), late);
         let Some(Effect::SelfTest { attempt, .. }) = relays.poll_effect() else { panic!("tested again on return") };
         relays.handle_self_test(id, attempt, Ok(id), late);
         assert_eq!(lifecycle(&relays, 1, late), Lifecycle::Draining);
         let quarantined = RelayRecord { quarantined: Some("lied".into()), ..draining };
-        relays.apply_record(&quarantined, late);
+        relays.apply_record(&quarantined, late, &Catalogs::default());
         assert_eq!(lifecycle(&relays, 1, late), Lifecycle::Quarantined { reason: "lied" });
         assert_eq!(lifecycle(&relays, 1, late).status(false), RelayStatus::Quarantined);
     }
@@ -1067,7 +1060,7 @@ mod tests {
         let mut relays = Relays::new(config());
         let old = NodeId([1; 32]);
         enrolled(&mut relays, 1, "http://r1.example:8080", T0, Ok(old));
-        relays.apply_record(&RelayRecord { draining: true, ..record(1, "http://r1.example:8080") }, T0);
+        relays.apply_record(&RelayRecord { draining: true, ..record(1, "http://r1.example:8080") }, T0, &Catalogs::default());
         let mut newcomer = record(2, "http://r1.example:8080");
         let refused = relays.admit_new_key(&mut newcomer, T0).unwrap_err();
         assert_eq!(refused.code, RefusalCode::BadRequest);
@@ -1077,7 +1070,7 @@ mod tests {
         assert!(newcomer.draining, "it keeps the decisions taken about its URL");
 
         // A host with a quarantined relay: every new key there starts quarantined.
-        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(1, "http://r1.example:8080") }, gone);
+        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(1, "http://r1.example:8080") }, gone, &Catalogs::default());
         let mut other_port = record(3, "http://r1.example:9090");
         assert_eq!(relays.admit_new_key(&mut other_port, gone), Ok(None));
         assert!(other_port.quarantined.as_deref().is_some_and(|q| q.contains("same host")), "{other_port:?}");
@@ -1089,8 +1082,8 @@ mod tests {
         let forget_after = config.forget_after;
         let mut relays = Relays::new(config);
         let (catalogs, mut rng) = (Catalogs::default(), SeededRng::new(Seed(1)));
-        relays.apply_record(&record(1, "http://r1.example"), T0);
-        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(2, "http://r2.example") }, T0);
+        relays.apply_record(&record(1, "http://r1.example"), T0, &Catalogs::default());
+        relays.apply_record(&RelayRecord { quarantined: Some("lied".into()), ..record(2, "http://r2.example") }, T0, &Catalogs::default());
         relays.handle_timeout(T0 + forget_after - Duration::from_secs(1), &catalogs, &mut rng);
         assert_eq!(relays.poll_forgotten(), None);
         assert_eq!(relays.poll_timeout(), Some(T0 + forget_after), "due when the first is to be forgotten");

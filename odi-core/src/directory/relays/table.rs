@@ -8,6 +8,7 @@
 use std::collections::BTreeMap;
 
 use super::RelayState;
+use crate::directory::small_set::IndexSet;
 use crate::message::NodeId;
 
 #[derive(Debug, Default)]
@@ -83,5 +84,42 @@ impl Table {
 
     pub(super) fn values(&self) -> impl Iterator<Item = &RelayState> {
         self.iter().map(|(_, r)| r)
+    }
+}
+
+/// Who may be sent clients for each blob, by the blob's slot (`catalogs::Blob::slot`): the
+/// holders' table indexes.
+#[derive(Debug, Default)]
+pub(super) struct Holders(Vec<IndexSet>);
+
+impl Holders {
+    pub(super) fn of(&self, slot: u32) -> &[u32] {
+        self.0.get(slot as usize).map_or(&[], IndexSet::as_slice)
+    }
+
+    pub(super) fn insert(&mut self, slot: u32, ix: u32) {
+        let at = slot as usize;
+        if self.0.len() <= at {
+            self.0.resize_with(at + 1, IndexSet::default);
+        }
+        self.0[at].insert(ix);
+    }
+
+    pub(super) fn remove(&mut self, slot: u32, ix: u32) {
+        if let Some(h) = self.0.get_mut(slot as usize) {
+            h.remove(ix);
+        }
+    }
+
+    /// Empties `slot` (its blob is gone), returning who held it.
+    pub(super) fn take(&mut self, slot: u32) -> IndexSet {
+        self.0.get_mut(slot as usize).map(std::mem::take).unwrap_or_default()
+    }
+
+    /// Takes `ix` out of every set.
+    pub(super) fn remove_everywhere(&mut self, ix: u32) {
+        for h in &mut self.0 {
+            h.remove(ix);
+        }
     }
 }
