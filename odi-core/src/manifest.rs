@@ -66,12 +66,37 @@ pub enum ManifestError {
 }
 
 /// A validated manifest: holding one means the chunk count matches the size.
-#[derive(Clone, Debug, Eq, PartialEq, Serialize)]
+#[derive(Clone, Debug, Eq, PartialEq)]
 pub struct ChunkManifest {
     total_len: u64,
     chunk_size: u32,
     digest: Digest,
-    chunks: Vec<Digest>,
+    /// Empty for a one-chunk artifact whose chunk hash is its digest (most artifacts: a
+    /// directory keeps a million of these, and the list would be an allocation each);
+    /// `chunks()` gives the list either way.
+    chunks: Box<[Digest]>,
+}
+
+impl ChunkManifest {
+    fn stored(total_len: u64, chunk_size: u32, digest: Digest, chunks: Vec<Digest>) -> Self {
+        let chunks = if chunks.len() == 1 && chunks[0] == digest { Box::default() } else { chunks.into_boxed_slice() };
+        Self { total_len, chunk_size, digest, chunks }
+    }
+}
+
+/// The wire form as written: the same fields, the chunk list always in full.
+#[derive(Serialize)]
+struct WireManifest<'a> {
+    total_len: u64,
+    chunk_size: u32,
+    digest: &'a Digest,
+    chunks: &'a [Digest],
+}
+
+impl Serialize for ChunkManifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        WireManifest { total_len: self.total_len, chunk_size: self.chunk_size, digest: &self.digest, chunks: self.chunks() }.serialize(s)
+    }
 }
 
 /// The unvalidated wire form.
@@ -111,7 +136,7 @@ impl ChunkManifest {
         if chunks.len() as u64 != needed {
             return Err(ManifestError::ChunkCount { listed: chunks.len(), needed, total_len, chunk_size });
         }
-        Ok(Self { total_len, chunk_size, digest, chunks })
+        Ok(Self::stored(total_len, chunk_size, digest, chunks))
     }
 
     /// Builds the manifest of bytes held in memory.
@@ -143,12 +168,12 @@ impl ChunkManifest {
 
     /// The SHA-256 of each chunk, in order.
     pub fn chunks(&self) -> &[Digest] {
-        &self.chunks
+        if self.chunks.is_empty() && self.total_len > 0 { std::slice::from_ref(&self.digest) } else { &self.chunks }
     }
 
     /// Number of chunks: `total_len` divided by `chunk_size`, rounded up (0 for empty bytes).
     pub fn chunk_count(&self) -> u64 {
-        self.chunks.len() as u64
+        self.chunks().len() as u64
     }
 
     /// Byte range `start..end` of chunk `index`; `None` past the last chunk.
@@ -163,7 +188,7 @@ impl ChunkManifest {
     /// Checks one chunk's bytes against its hash; used when chunks arrive out of order.
     pub fn verify_chunk(&self, index: u64, bytes: &[u8]) -> Result<(), ManifestError> {
         let range = self.chunk_range(index).ok_or(ManifestError::ChunkMismatch { index })?;
-        if bytes.len() as u64 != range.end - range.start || Digest::of(bytes) != self.chunks[index as usize] {
+        if bytes.len() as u64 != range.end - range.start || Digest::of(bytes) != self.chunks()[index as usize] {
             return Err(ManifestError::ChunkMismatch { index });
         }
         Ok(())
@@ -225,7 +250,7 @@ impl ManifestBuilder {
         if self.chunk_fill > 0 {
             self.chunks.push(Digest::from_bytes(self.chunk.finalize().into()));
         }
-        ChunkManifest { total_len: self.total_len, chunk_size: self.chunk_size, digest: Digest::from_bytes(self.whole.finalize().into()), chunks: self.chunks }
+        ChunkManifest::stored(self.total_len, self.chunk_size, Digest::from_bytes(self.whole.finalize().into()), self.chunks)
     }
 }
 
@@ -265,7 +290,7 @@ impl<'m> ChunkVerifier<'m> {
             data = &data[take..];
             if self.chunk_fill == this_chunk {
                 let got = Digest::from_bytes(std::mem::take(&mut self.chunk).finalize().into());
-                if got != self.manifest.chunks[self.index as usize] {
+                if got != self.manifest.chunks()[self.index as usize] {
                     return Err(ManifestError::ChunkMismatch { index: self.index });
                 }
                 self.index += 1;
@@ -301,6 +326,27 @@ mod tests {
 
     fn data(len: usize) -> Vec<u8> {
         (0..len).map(|i| (i * 31 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn a_one_chunk_manifest_keeps_no_list_but_shows_and_sends_it() {
+        let bytes = data(1000);
+        let m = ChunkManifest::of(&bytes, MIN_CHUNK_SIZE).unwrap();
+        assert!(m.chunks.is_empty(), "not stored");
+        assert_eq!(m.chunks(), &[Digest::of(&bytes)]);
+        assert_eq!(m.chunk_count(), 1);
+        m.verify_chunk(0, &bytes).unwrap();
+        let wire = serde_json::to_string(&m).unwrap();
+        assert!(wire.ends_with(&format!("\"chunks\":[\"{}\"]}}", Digest::of(&bytes))), "{wire}");
+        assert_eq!(ChunkManifest::decode(wire.as_bytes()).unwrap(), m);
+        // One chunk whose hash is not the digest (a wrong manifest, kept as sent, then refused
+        // by the chunk check) keeps its list.
+        let other = ChunkManifest::new(1000, MIN_CHUNK_SIZE, m.digest(), vec![Digest::of(b"x")]).unwrap();
+        assert_eq!(other.chunks(), &[Digest::of(b"x")]);
+        assert!(other.verify_chunk(0, &bytes).is_err());
+        assert_ne!(other, m);
+        // Empty bytes: no chunk at all.
+        assert_eq!(ChunkManifest::of(b"", MIN_CHUNK_SIZE).unwrap().chunk_count(), 0);
     }
 
     #[test]
