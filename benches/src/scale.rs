@@ -380,6 +380,20 @@ impl Fleet {
         Ok(spent)
     }
 
+    /// Moves the clock on by one hot tick, keeps every relay alive with a heartbeat, then runs
+    /// the directory's timers: the tick turns the requests counted since the last one into the
+    /// decayed counters behind hot replicas. Returns the time spent in the timers.
+    pub fn hot_tick(&mut self) -> anyhow::Result<std::time::Duration> {
+        self.now = self.now + self.dir.config().hot.tick;
+        self.steady_heartbeats()?;
+        let start = std::time::Instant::now();
+        while self.dir.poll_timeout().is_some_and(|t| t <= self.now) {
+            self.dir.handle_timeout(self.now);
+            self.drain();
+        }
+        Ok(start.elapsed())
+    }
+
     /// One redirect decision, as the directory's `GET /r/{catalog}/{path}` route makes it.
     pub fn redirect(&mut self, path: &ArtifactPath) -> Result<Redirect, LookupError> {
         let out = self.dir.redirect(CATALOG, path, self.now);

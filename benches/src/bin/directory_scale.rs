@@ -180,9 +180,11 @@ fn main() -> anyhow::Result<()> {
         pct(1.0)
     );
     ensure!(to_relay == decisions, "{} decisions had no relay: the directory would serve them itself", decisions - to_relay);
+    let tick = fleet.hot_tick()?;
     let rss_after = rss_bytes();
     println!(
-        "after the decisions: RSS +{:.0} MiB more (the per-artifact request counters behind hot replicas)",
+        "after the decisions and the hot tick that takes their counts ({:.1} ms in the timers): RSS +{:.0} MiB more (the decayed request counters behind hot replicas)",
+        tick.as_secs_f64() * 1e3,
         rss_after.saturating_sub(rss_state) as f64 / MIB
     );
 
