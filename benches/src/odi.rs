@@ -88,7 +88,7 @@ pub(crate) async fn start_directory(data: &Path) -> anyhow::Result<Node> {
     options.lease = LEASE;
     // Relays on probation get only verifying clients: curl and wrk would be served by the
     // directory itself, and the 302 comparison would measure nothing.
-    options.probation = std::time::Duration::ZERO;
+    options.probation = Duration::ZERO;
     options.admin_token = Some(ADMIN_TOKEN.into());
     options.enroll_token = Some(ENROLL_TOKEN.into());
     options.public_url = Some(url.clone());

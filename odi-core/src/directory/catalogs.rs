@@ -653,7 +653,10 @@ mod tests {
         assert!(c.binds(&name("rel"), &path("latest"), &b.digest(), 4));
         assert!(!c.binds(&name("rel"), &path("latest"), &b.digest(), 3), "bound after generation 3");
         let changes = publish(&mut c, "pinned", b.clone(), 5).unwrap();
-        assert_eq!(changes, vec![CatalogChange::Dropped { digest: a.digest(), footprint: footprint(a.total_len()), slot: 0 }, CatalogChange::Named(b.digest())]);
+        assert_eq!(
+            changes,
+            vec![CatalogChange::Dropped { digest: a.digest(), footprint: footprint(a.total_len()), slot: 0 }, CatalogChange::Named(b.digest())]
+        );
         assert_eq!(c.entry("rel", &path("pinned")).unwrap().slot, 1, "b took a slot of its own before a left its");
         assert!(matches!(c.manifest(&a.digest()), Err(LookupError::UnknownDigest(_))));
         assert_eq!(c.names_of(&b.digest()), vec!["rel/latest".to_owned(), "rel/pinned".to_owned()]);
