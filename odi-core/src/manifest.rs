@@ -77,13 +77,6 @@ pub struct ChunkManifest {
     chunks: Box<[Digest]>,
 }
 
-impl ChunkManifest {
-    fn stored(total_len: u64, chunk_size: u32, digest: Digest, chunks: Vec<Digest>) -> Self {
-        let chunks = if chunks.len() == 1 && chunks[0] == digest { Box::default() } else { chunks.into_boxed_slice() };
-        Self { total_len, chunk_size, digest, chunks }
-    }
-}
-
 /// The wire form as written: the same fields, the chunk list always in full.
 #[derive(Serialize)]
 struct WireManifest<'a> {
@@ -137,6 +130,12 @@ impl ChunkManifest {
             return Err(ManifestError::ChunkCount { listed: chunks.len(), needed, total_len, chunk_size });
         }
         Ok(Self::stored(total_len, chunk_size, digest, chunks))
+    }
+
+    /// As kept: a one-chunk list that repeats the digest is left out.
+    fn stored(total_len: u64, chunk_size: u32, digest: Digest, chunks: Vec<Digest>) -> Self {
+        let chunks = if chunks.len() == 1 && chunks[0] == digest { Box::default() } else { chunks.into_boxed_slice() };
+        Self { total_len, chunk_size, digest, chunks }
     }
 
     /// Builds the manifest of bytes held in memory.

@@ -7,6 +7,8 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
+use slab::Slab;
+
 use super::names::Names;
 use super::small_set::SmallSet;
 use super::{AdminError, CatalogView, LookupError};
@@ -148,11 +150,10 @@ pub(super) struct Catalogs {
     barred: BTreeSet<Digest>,
     /// One shared copy of each media type.
     media_types: BTreeSet<Arc<str>>,
-    /// Slots of blobs that are gone, to be used again.
-    free_slots: Vec<u32>,
-    /// Redirects to each slot's blob since the hot child last took the counts
-    /// (`take_requests`): counted under the machine's read lock, so atomically.
-    requests: Vec<AtomicU32>,
+    /// One per known blob, at its slot (the slab hands out the slots, and those of blobs that
+    /// are gone again): the redirects to it since the hot child last took the counts
+    /// (`take_requests`), counted under the machine's read lock, so atomically.
+    requests: Slab<AtomicU32>,
 }
 
 impl Catalogs {
@@ -370,18 +371,9 @@ impl Catalogs {
 
     fn bind(&mut self, catalog: &CatalogName, artifact: Artifact, generation: u64, changes: &mut Vec<CatalogChange>) {
         let digest = artifact.digest();
-        let (free_slots, requests) = (&mut self.free_slots, &mut self.requests);
+        let requests = &mut self.requests;
         let blob = self.blobs.entry(digest).or_insert_with(|| {
-            let slot = match free_slots.pop() {
-                Some(slot) => {
-                    requests[slot as usize] = AtomicU32::new(0);
-                    slot
-                }
-                None => {
-                    requests.push(AtomicU32::new(0));
-                    u32::try_from(requests.len() - 1).expect("fewer than 2^32 blobs")
-                }
-            };
+            let slot = u32::try_from(requests.insert(AtomicU32::new(0))).expect("fewer than 2^32 blobs");
             Blob { manifest: artifact.manifest.clone(), names: SmallSet::new(), slot }
         });
         let slot = blob.slot;
@@ -417,17 +409,16 @@ impl Catalogs {
             return;
         }
         let footprint = self.blobs.get(digest).map_or(0, Blob::footprint);
-        let mut slot = None;
-        if let Some(blob) = self.blobs.remove(digest) {
-            slot = Some(blob.slot);
-            self.free_slots.push(blob.slot);
+        let slot = self.blobs.remove(digest).map(|blob| {
+            self.requests.remove(blob.slot as usize);
             for (cat, path) in blob.names {
                 if let Some(c) = self.catalogs.get_mut(&cat) {
                     c.remove(&path);
                     c.expunged.insert(path, *digest);
                 }
             }
-        }
+            blob.slot
+        });
         changes.push(CatalogChange::Barred { digest: *digest, footprint, slot });
     }
 
@@ -439,7 +430,7 @@ impl Catalogs {
             if blob.names.is_empty() {
                 let (footprint, slot) = (blob.footprint(), blob.slot);
                 self.blobs.remove(&digest);
-                self.free_slots.push(slot);
+                self.requests.remove(slot as usize);
                 changes.push(CatalogChange::Dropped { digest, footprint, slot });
             } else if tagged {
                 changes.push(CatalogChange::Retagged(digest));
@@ -501,10 +492,15 @@ impl Catalogs {
     }
 
     pub(super) fn manifest(&self, digest: &Digest) -> Result<&ChunkManifest, LookupError> {
+        self.known_blob(digest).map(|b| &*b.manifest)
+    }
+
+    /// The blob `digest`, or why a client asking for it gets none.
+    pub(super) fn known_blob(&self, digest: &Digest) -> Result<&Blob, LookupError> {
         if self.barred.contains(digest) {
             return Err(LookupError::Expunged(digest.to_string()));
         }
-        self.blobs.get(digest).map(|b| &*b.manifest).ok_or(LookupError::UnknownDigest(*digest))
+        self.blobs.get(digest).ok_or(LookupError::UnknownDigest(*digest))
     }
 
     pub(super) fn blob(&self, digest: &Digest) -> Option<&Blob> {

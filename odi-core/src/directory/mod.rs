@@ -631,9 +631,8 @@ impl Directory {
 
     /// Like `redirect`, by digest.
     pub fn redirect_blob(&self, digest: &Digest, now: Instant) -> Result<Redirect, LookupError> {
-        let size = self.manifest(digest)?.total_len();
-        let slot = self.catalogs.blob(digest).ok_or(LookupError::UnknownDigest(*digest))?.slot;
-        Ok(self.choose(*digest, slot, size, Arc::from("application/octet-stream"), None, now))
+        let blob = self.catalogs.known_blob(digest)?;
+        Ok(self.choose(*digest, blob.slot, blob.manifest.total_len(), Arc::from("application/octet-stream"), None, now))
     }
 
     /// Power of two choices among the relays that may serve `digest` (see `redirect::choose`).

@@ -11,15 +11,14 @@ use std::collections::BTreeMap;
 use std::hash::BuildHasher;
 
 use hashbrown::{DefaultHashBuilder, HashTable};
+use slab::Slab;
 
 use super::catalogs::Entry;
 use crate::path::ArtifactPath;
 
 #[derive(Debug, Default)]
 pub(super) struct Names {
-    /// Entries by slab index; `None` where a name was removed (its index is in `free`).
-    slots: Vec<Option<Entry>>,
-    free: Vec<u32>,
+    slots: Slab<Entry>,
     /// Path order, for listings.
     order: BTreeMap<ArtifactPath, u32>,
     /// Slab indexes by the hash of their path (a random seed per table: paths are chosen by
@@ -28,24 +27,28 @@ pub(super) struct Names {
     hasher: DefaultHashBuilder,
 }
 
+/// Whether slab index `ix` holds `path`.
+fn holds<'a>(slots: &'a Slab<Entry>, path: &'a str) -> impl Fn(&u32) -> bool + 'a {
+    move |&ix| slots[ix as usize].artifact.path.as_str() == path
+}
+
 impl Names {
     fn hash(&self, path: &str) -> u64 {
         self.hasher.hash_one(path)
     }
 
     fn index(&self, path: &str) -> Option<u32> {
-        let slots = &self.slots;
-        self.lookup.find(self.hash(path), |&ix| slots[ix as usize].as_ref().is_some_and(|e| e.artifact.path.as_str() == path)).copied()
+        self.lookup.find(self.hash(path), holds(&self.slots, path)).copied()
     }
 
     pub(super) fn get(&self, path: &str) -> Option<&Entry> {
-        self.index(path).and_then(|ix| self.slots[ix as usize].as_ref())
+        self.index(path).map(|ix| &self.slots[ix as usize])
     }
 
     /// The entry, to change anything but its path.
     pub(super) fn get_mut(&mut self, path: &str) -> Option<&mut Entry> {
         let ix = self.index(path)?;
-        self.slots[ix as usize].as_mut()
+        Some(&mut self.slots[ix as usize])
     }
 
     pub(super) fn len(&self) -> usize {
@@ -54,42 +57,29 @@ impl Names {
 
     /// Binds the entry's path to it, and returns the entry it replaces.
     pub(super) fn insert(&mut self, entry: Entry) -> Option<Entry> {
-        if let Some(ix) = self.index(entry.artifact.path.as_str()) {
-            return self.slots[ix as usize].replace(entry);
-        }
         let path = entry.artifact.path.clone();
-        let ix = match self.free.pop() {
-            Some(ix) => {
-                self.slots[ix as usize] = Some(entry);
-                ix
-            }
-            None => {
-                let ix = u32::try_from(self.slots.len()).expect("fewer than 2^32 names in a catalog");
-                self.slots.push(Some(entry));
-                ix
-            }
-        };
         let hash = self.hash(path.as_str());
+        if let Some(&ix) = self.lookup.find(hash, holds(&self.slots, path.as_str())) {
+            return Some(std::mem::replace(&mut self.slots[ix as usize], entry));
+        }
+        let ix = u32::try_from(self.slots.insert(entry)).expect("fewer than 2^32 names in a catalog");
         let (slots, hasher) = (&self.slots, &self.hasher);
-        self.lookup.insert_unique(hash, ix, |&i| hasher.hash_one(slots[i as usize].as_ref().expect("indexed slots are full").artifact.path.as_str()));
+        self.lookup.insert_unique(hash, ix, |&i| hasher.hash_one(slots[i as usize].artifact.path.as_str()));
         self.order.insert(path, ix);
         None
     }
 
     pub(super) fn remove(&mut self, path: &str) -> Option<Entry> {
-        let hash = self.hash(path);
-        let slots = &self.slots;
-        let found = self.lookup.find_entry(hash, |&ix| slots[ix as usize].as_ref().is_some_and(|e| e.artifact.path.as_str() == path)).ok()?;
+        let found = self.lookup.find_entry(self.hash(path), holds(&self.slots, path)).ok()?;
         let (ix, _) = found.remove();
-        let entry = self.slots[ix as usize].take().expect("indexed slots are full");
+        let entry = self.slots.remove(ix as usize);
         self.order.remove(&entry.artifact.path);
-        self.free.push(ix);
         Some(entry)
     }
 
     /// Every entry, in path order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&ArtifactPath, &Entry)> {
-        self.order.iter().map(|(p, ix)| (p, self.slots[*ix as usize].as_ref().expect("indexed slots are full")))
+        self.order.iter().map(|(p, ix)| (p, &self.slots[*ix as usize]))
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &Entry> {
@@ -145,6 +135,6 @@ mod tests {
             assert_eq!(names.get(p).map(|e| e.artifact.path.to_string()), Some(p.clone()));
         }
         assert!(names.get("d9/none").is_none() && names.get_mut("d9/none").is_none());
-        assert!(names.slots.len() <= 7 * 60, "removed slots are used again: {}", names.slots.len());
+        assert!(names.slots.vacant_key() <= 7 * 60, "removed slots are used again: {}", names.slots.vacant_key());
     }
 }

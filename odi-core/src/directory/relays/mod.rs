@@ -486,7 +486,7 @@ impl Relays {
     pub(super) fn barred(&mut self, digest: &Digest, slot: Option<u32>) {
         let mut pending = BTreeSet::new();
         for (id, ix) in &self.table.index {
-            let Some(r) = self.table.slots[*ix as usize].as_mut() else { continue };
+            let Some(r) = self.table.slots.get_mut(*ix as usize) else { continue };
             if r.held.remove(digest) {
                 r.audit.unverified.remove(digest);
                 r.held_epoch += 1;
@@ -744,7 +744,7 @@ impl Relays {
         let mut gone = Vec::new();
         let forget_after = self.config.forget_after;
         for (id, ix) in &self.table.index {
-            let Some(r) = self.table.slots[*ix as usize].as_mut() else { continue };
+            let Some(r) = self.table.slots.get_mut(*ix as usize) else { continue };
             if !r.lost && r.last_seen.is_some_and(|t| now >= t + lease) {
                 r.lost = true;
                 r.tested = false;

@@ -7,17 +7,18 @@
 
 use std::collections::BTreeMap;
 
+use slab::Slab;
+
 use super::RelayState;
 use crate::directory::small_set::IndexSet;
 use crate::message::NodeId;
 
 #[derive(Debug, Default)]
 pub(super) struct Table {
-    /// States by index; `None` where a relay was removed (its index is in `free`).
-    pub(super) slots: Vec<Option<RelayState>>,
+    /// States by index.
+    pub(super) slots: Slab<RelayState>,
     /// Index by id, in id order: every walk of the table goes in this order.
     pub(super) index: BTreeMap<NodeId, u32>,
-    free: Vec<u32>,
 }
 
 impl Table {
@@ -26,11 +27,11 @@ impl Table {
     }
 
     pub(super) fn at(&self, ix: u32) -> Option<&RelayState> {
-        self.slots.get(ix as usize).and_then(Option::as_ref)
+        self.slots.get(ix as usize)
     }
 
     pub(super) fn at_mut(&mut self, ix: u32) -> Option<&mut RelayState> {
-        self.slots.get_mut(ix as usize).and_then(Option::as_mut)
+        self.slots.get_mut(ix as usize)
     }
 
     pub(super) fn get(&self, id: &NodeId) -> Option<&RelayState> {
@@ -48,38 +49,20 @@ impl Table {
 
     /// The state of `id` and its index, made with `new` if there is none.
     pub(super) fn get_or_insert_with(&mut self, id: NodeId, new: impl FnOnce() -> RelayState) -> (u32, &mut RelayState) {
-        let ix = match self.index.get(&id) {
-            Some(ix) => *ix,
-            None => {
-                let state = Some(new());
-                let ix = match self.free.pop() {
-                    Some(ix) => {
-                        self.slots[ix as usize] = state;
-                        ix
-                    }
-                    None => {
-                        self.slots.push(state);
-                        u32::try_from(self.slots.len() - 1).expect("fewer than 2^32 relays")
-                    }
-                };
-                self.index.insert(id, ix);
-                ix
-            }
-        };
-        (ix, self.slots[ix as usize].as_mut().expect("indexed slots are full"))
+        let slots = &mut self.slots;
+        let ix = *self.index.entry(id).or_insert_with(|| u32::try_from(slots.insert(new())).expect("fewer than 2^32 relays"));
+        (ix, &mut self.slots[ix as usize])
     }
 
     /// Removes `id`: its state and the index it had.
     pub(super) fn remove(&mut self, id: &NodeId) -> Option<(u32, RelayState)> {
         let ix = self.index.remove(id)?;
-        let state = self.slots[ix as usize].take().expect("indexed slots are full");
-        self.free.push(ix);
-        Some((ix, state))
+        Some((ix, self.slots.remove(ix as usize)))
     }
 
     /// Every relay, in id order.
     pub(super) fn iter(&self) -> impl Iterator<Item = (&NodeId, &RelayState)> {
-        self.index.iter().map(|(id, ix)| (id, self.slots[*ix as usize].as_ref().expect("indexed slots are full")))
+        self.index.iter().map(|(id, ix)| (id, &self.slots[*ix as usize]))
     }
 
     pub(super) fn values(&self) -> impl Iterator<Item = &RelayState> {
