@@ -514,16 +514,15 @@ impl Catalogs {
         }
     }
 
-    /// The redirects counted per blob since the last call, resetting them.
-    pub(super) fn take_requests(&mut self) -> Vec<(Digest, u32)> {
+    /// The redirects counted per blob since the last call, in digest order, resetting each
+    /// counter as it is read: no list of them is built (at a million blobs it would be tens of
+    /// megabytes for one tick).
+    pub(super) fn take_requests(&mut self) -> impl Iterator<Item = (Digest, u32)> + '_ {
         let requests = &mut self.requests;
-        self.blobs
-            .iter()
-            .filter_map(|(d, b)| {
-                let n = std::mem::take(requests[b.slot as usize].get_mut());
-                (n > 0).then_some((*d, n))
-            })
-            .collect()
+        self.blobs.iter().filter_map(|(d, b)| {
+            let n = std::mem::take(requests[b.slot as usize].get_mut());
+            (n > 0).then_some((*d, n))
+        })
     }
 
     /// The blobs after `after` (all of them for `None`), in digest order.

@@ -81,7 +81,10 @@ impl Hot {
     /// with their new count, in digest order (counted ones first, then cooled ones).
     /// `take` gives the requests counted elsewhere since the last tick (the catalogs' counters);
     /// they count as made at this tick, at most one `tick` late.
-    pub(super) fn handle_timeout(&mut self, now: Instant, config: &HotConfig, take: impl FnOnce() -> Vec<(Digest, u32)>) -> Vec<(Digest, u32)> {
+    pub(super) fn handle_timeout<I>(&mut self, now: Instant, config: &HotConfig, take: impl FnOnce() -> I) -> Vec<(Digest, u32)>
+    where
+        I: IntoIterator<Item = (Digest, u32)>,
+    {
         if self.poll_timeout(config).is_none_or(|t| now < t) {
             return Vec::new();
         }
