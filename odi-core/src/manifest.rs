@@ -196,30 +196,65 @@ impl ChunkManifest {
 
 /// Hashes a stream of bytes into a manifest, chunk by chunk, in constant memory.
 pub struct ManifestBuilder {
-    chunk_size: u32,
     whole: Sha256,
+    chunks: ChunkHashes,
+}
+
+impl ManifestBuilder {
+    /// An empty builder; fails if `chunk_size` is out of bounds.
+    pub fn new(chunk_size: u32) -> Result<Self, ManifestError> {
+        Ok(Self { whole: Sha256::new(), chunks: ChunkHashes::new(chunk_size)? })
+    }
+
+    /// Hashes the next bytes; fails once the total would pass `MAX_ARTIFACT_LEN`, and then
+    /// takes none of `data`.
+    pub fn update(&mut self, data: &[u8]) -> Result<(), ManifestError> {
+        self.chunks.update(data)?;
+        self.whole.update(data);
+        Ok(())
+    }
+
+    /// Bytes hashed so far.
+    pub fn len(&self) -> u64 {
+        self.chunks.len()
+    }
+
+    /// True until a byte has been hashed.
+    pub fn is_empty(&self) -> bool {
+        self.chunks.is_empty()
+    }
+
+    /// The manifest of every byte given, closing a short last chunk.
+    pub fn finish(self) -> ChunkManifest {
+        self.chunks.finish(Digest::from_bytes(self.whole.finalize().into()))
+    }
+}
+
+/// The per-chunk half of [`ManifestBuilder`], for a caller that hashes the whole stream itself
+/// (on another thread, say): the same bytes, in the same order, must go to both.
+pub struct ChunkHashes {
+    chunk_size: u32,
     chunk: Sha256,
     chunk_fill: u32,
     total_len: u64,
     chunks: Vec<Digest>,
 }
 
-impl ManifestBuilder {
-    /// An empty builder; fails if `chunk_size` is out of bounds.
+impl ChunkHashes {
+    /// No bytes yet; fails if `chunk_size` is out of bounds.
     pub fn new(chunk_size: u32) -> Result<Self, ManifestError> {
         check_chunk_size(u64::from(chunk_size))?;
-        Ok(Self { chunk_size, whole: Sha256::new(), chunk: Sha256::new(), chunk_fill: 0, total_len: 0, chunks: Vec::new() })
+        Ok(Self { chunk_size, chunk: Sha256::new(), chunk_fill: 0, total_len: 0, chunks: Vec::new() })
     }
 
-    /// Hashes the next bytes; fails once the total would pass `MAX_ARTIFACT_LEN`, and then
-    /// takes none of `data`.
+    /// Hashes the next bytes into their chunks; fails once the total would pass
+    /// `MAX_ARTIFACT_LEN`, and then takes none of `data`.
     pub fn update(&mut self, mut data: &[u8]) -> Result<(), ManifestError> {
         let total = self.total_len.saturating_add(data.len() as u64);
         if total > MAX_ARTIFACT_LEN {
             return Err(ManifestError::TooLarge(total));
         }
         self.total_len = total;
-        self.whole.update(data);
         while !data.is_empty() {
             let room = (self.chunk_size - self.chunk_fill) as usize;
             let take = room.min(data.len());
@@ -244,12 +279,13 @@ impl ManifestBuilder {
         self.total_len == 0
     }
 
-    /// The manifest of every byte given, closing a short last chunk.
-    pub fn finish(mut self) -> ChunkManifest {
+    /// The manifest of every byte given, closing a short last chunk, with `digest` as the
+    /// SHA-256 of the whole stream (the caller's to get right: nothing here checks it).
+    pub fn finish(mut self, digest: Digest) -> ChunkManifest {
         if self.chunk_fill > 0 {
             self.chunks.push(Digest::from_bytes(self.chunk.finalize().into()));
         }
-        ChunkManifest::stored(self.total_len, self.chunk_size, Digest::from_bytes(self.whole.finalize().into()), self.chunks)
+        ChunkManifest::stored(self.total_len, self.chunk_size, digest, self.chunks)
     }
 }
 
