@@ -11,6 +11,7 @@
 //! rest of the [`BlobStore`](odi_core::storage::BlobStore) contract, for any backend.
 
 pub mod faulty;
+pub mod hashing;
 #[cfg(feature = "local-fs")]
 pub mod local;
 #[cfg(feature = "object-store")]
@@ -30,6 +31,7 @@ pub mod conformance;
 pub mod meta_conformance;
 
 pub use faulty::{FaultSwitch, FaultyMeta};
+pub use hashing::ManifestHasher;
 #[cfg(feature = "local-fs")]
 pub use local::{Adopted, LocalStore, OpenedBlob};
 #[cfg(feature = "object-store")]

@@ -30,9 +30,10 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use futures_util::{StreamExt, stream};
 use odi_core::digest::Digest;
-use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
+use odi_core::manifest::{ChunkManifest, ChunkVerifier};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
 
+use crate::hashing::ManifestHasher;
 use crate::partial::{PartialFile, SealedPartial};
 use crate::sums::{BlockSums, SumsBuilder, read_sums, sums_path, write_sums};
 use tokio::fs::{File, OpenOptions};
@@ -300,7 +301,7 @@ impl LocalStore {
     }
 
     /// Streams `body` into a new temp file, passing every piece to `check` before writing it.
-    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Staged> {
+    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&Bytes) -> Result<()> + Send) -> Result<Staged> {
         let (file, temp) = self.create_temp().await?;
         let mut out = BufWriter::with_capacity(PIECE, file);
         let mut sums = SumsBuilder::new();
@@ -368,7 +369,7 @@ impl LocalStore {
 #[async_trait]
 impl BlobStore for LocalStore {
     async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
-        let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
+        let mut builder = ManifestHasher::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
         let staged = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
         let manifest = builder.finish();
         self.commit(staged, &manifest.digest()).await?;

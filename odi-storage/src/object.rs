@@ -11,12 +11,15 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::{SystemTime, UNIX_EPOCH};
 
 use async_trait::async_trait;
+use bytes::Bytes;
 use futures_util::{StreamExt, TryStreamExt, stream};
 use object_store::path::Path;
 use object_store::{GetOptions, GetRange, ObjectStore, ObjectStoreExt, WriteMultipart};
 use odi_core::digest::Digest;
-use odi_core::manifest::{ChunkManifest, ChunkVerifier, ManifestBuilder};
+use odi_core::manifest::{ChunkManifest, ChunkVerifier};
 use odi_core::storage::{BlobStore, ByteStream, GetResult, Result, StorageError, clamp_range};
+
+use crate::hashing::ManifestHasher;
 
 /// The store name used in errors.
 const STORE: &str = "object store";
@@ -81,7 +84,7 @@ impl ObjectBlobStore {
     /// Streams `body` to a temporary key as a multipart upload (parts of 5 MiB, a few in flight,
     /// never the whole blob in memory), passing every piece to `check` as it arrives; on any
     /// failure the upload is aborted and nothing is left.
-    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&[u8]) -> Result<()> + Send) -> Result<Path> {
+    async fn receive(&self, mut body: ByteStream<'_>, mut check: impl FnMut(&Bytes) -> Result<()> + Send) -> Result<Path> {
         let temp = Self::temp_key();
         let fail = |e: object_store::Error| StorageError::backend(STORE, format!("cannot upload to {temp} in {}: {e}", self.inner));
         let mut upload = WriteMultipart::new(self.inner.put_multipart(&temp).await.map_err(fail)?);
@@ -138,7 +141,7 @@ impl ObjectBlobStore {
 #[async_trait]
 impl BlobStore for ObjectBlobStore {
     async fn ingest(&self, chunk_size: u32, body: ByteStream<'_>) -> Result<ChunkManifest> {
-        let mut builder = ManifestBuilder::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
+        let mut builder = ManifestHasher::new(chunk_size).map_err(|e| StorageError::Input(format!("cannot ingest: {e}")))?;
         let temp = self.receive(body, |piece| builder.update(piece).map_err(|e| StorageError::Input(e.to_string()))).await?;
         let manifest = builder.finish();
         self.commit(&manifest.digest(), &temp).await?;
