@@ -6,8 +6,9 @@
 //! 1. a relay serving 1 GiB to curl, against nginx (`sendfile on`);
 //! 2. a relay serving 1000 artifacts of 1 KiB to wrk, against nginx, with the same path list;
 //! 3. checking every 1 MiB chunk of a 1 GiB file against its SHA-256 (what a relay or client
-//!    does with each chunk it receives), against `openssl dgst -sha256`; then, for context with
-//!    no target, `ManifestBuilder` (whole-file and per-chunk SHA-256: two passes) on the same file;
+//!    does with each chunk it receives), against `openssl dgst -sha256`; then a publish's
+//!    hashing (`ManifestHasher`: whole-file and per-chunk SHA-256, on two threads when there are
+//!    two cores) on the same file, against the same single openssl pass;
 //! 4. a relay syncing ~1 GiB of small and large artifacts from a directory to disk, against
 //!    `xargs -P` curl fetching the same files from the same directory, then flushing them;
 //! 5. the directory answering `302` for 1000 small artifacts held by 2 ready relays under wrk,
@@ -431,7 +432,7 @@ async fn serve_small(relay: &str, nginx: &str, work: &Path, data: &Dataset, opti
 /// Comparison 3, and the manifest line after it (context, no target).
 async fn hashing(data: &Dataset, options: &Options) -> anyhow::Result<[Comparison; 2]> {
     let file = &data.big.file;
-    progress(&format!("hashing {}: chunk checks, ManifestBuilder and openssl dgst -sha256", size(data.big.len)));
+    progress(&format!("hashing {}: chunk checks, ManifestHasher and openssl dgst -sha256", size(data.big.len)));
     // The unmeasured first pass warms the page cache and checks both agree on the digest.
     let (_, manifest) = tools::odi_manifest(file)?;
     let (_, hex) = tools::openssl_sha256(file)?;
@@ -441,9 +442,10 @@ async fn hashing(data: &Dataset, options: &Options) -> anyhow::Result<[Compariso
     let openssl = "openssl dgst -sha256";
     let mut chunks =
         Comparison::new(format!("chunk hashing {} (per-chunk SHA-256 of 1 MiB chunks)", size(data.big.len)), "MiB/s", openssl, Better::Higher, 1.0, 0);
-    // A publish hashes every byte twice (the whole file, and its chunk), so against one pass of
-    // openssl it cannot pass 0.5 for long; printed to show where it stands.
-    let mut whole = Comparison::new(format!("manifest {} (whole-file + per-chunk SHA-256)", size(data.big.len)), "MiB/s", openssl, Better::Higher, None, 0);
+    // A publish hashes every byte twice (the whole file, and its chunk): on two threads when
+    // there are two cores, against one pass of openssl.
+    let mut whole =
+        Comparison::new(format!("publish hashing {} (whole-file + per-chunk SHA-256)", size(data.big.len)), "MiB/s", openssl, Better::Higher, 0.9, 0);
     for _ in 0..options.runs {
         chunks.odi.push(mib / tools::odi_chunk_check(file, &manifest)?.as_secs_f64());
         whole.odi.push(mib / tools::odi_manifest(file)?.0.as_secs_f64());

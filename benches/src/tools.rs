@@ -9,7 +9,9 @@ use std::process::{Command, Output};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context as _, bail, ensure};
-use odi_core::manifest::{ChunkManifest, DEFAULT_CHUNK_SIZE, ManifestBuilder};
+use bytes::Bytes;
+use odi_core::manifest::{ChunkManifest, DEFAULT_CHUNK_SIZE};
+use odi_storage::ManifestHasher;
 
 use crate::data::Artifact;
 
@@ -311,21 +313,23 @@ pub(crate) fn odi_chunk_check(file: &Path, manifest: &ChunkManifest) -> anyhow::
     Ok(start.elapsed())
 }
 
-/// odi's manifest hashing over `file` (1 MiB chunks: whole-file and per-chunk SHA-256), reading
-/// from disk like a publish does: wall time and the manifest.
+/// odi's manifest hashing over `file` (1 MiB chunks: whole-file and per-chunk SHA-256) with the
+/// `ManifestHasher` a directory's ingest uses (the whole-file hash on a second thread when there
+/// are two cores), fed pieces read into fresh buffers as an upload's arrive: wall time and the
+/// manifest.
 pub(crate) fn odi_manifest(file: &Path) -> anyhow::Result<(Duration, ChunkManifest)> {
     let start = Instant::now();
     let mut f = fs::File::open(file).with_context(|| format!("cannot open {}", file.display()))?;
-    let mut builder = ManifestBuilder::new(DEFAULT_CHUNK_SIZE)?;
-    let mut buf = vec![0u8; HASH_READ];
+    let mut hasher = ManifestHasher::new(DEFAULT_CHUNK_SIZE)?;
     loop {
-        let n = f.read(&mut buf).with_context(|| format!("cannot read {}", file.display()))?;
+        let mut piece = Vec::with_capacity(HASH_READ);
+        let n = (&mut f).take(HASH_READ as u64).read_to_end(&mut piece).with_context(|| format!("cannot read {}", file.display()))?;
         if n == 0 {
             break;
         }
-        builder.update(&buf[..n])?;
+        hasher.update(&Bytes::from(piece))?;
     }
-    let manifest = builder.finish();
+    let manifest = hasher.finish();
     Ok((start.elapsed(), manifest))
 }
 
